@@ -1,0 +1,85 @@
+// The configuration model (NLB vocabulary) and its loader. Validation is complete
+// at load time: a Config that loads is one the daemon can run.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "stickyd/address.hpp"
+#include "stickyd/log.hpp"
+
+namespace stickyd {
+
+using Duration = std::chrono::milliseconds;
+
+enum class Algorithm { ring, maglev };
+
+struct TargetConfig {
+    std::string id;  // defaults to address.to_string()
+    SocketAddress address;
+    uint32_t weight = 1;
+};
+
+struct StickinessConfig {
+    // Only "source_ip" exists today, as on the NLB.
+    unsigned prefix_v4 = 32;
+    unsigned prefix_v6 = 128;
+};
+
+struct TargetGroupConfig {
+    std::string name;
+    Algorithm algorithm = Algorithm::ring;
+    uint32_t maglev_table_size = 65537;
+    StickinessConfig stickiness;
+    Duration connect_timeout{2000};
+    unsigned connect_retries = 2;  // extra attempts, each on the next distinct target
+    std::vector<TargetConfig> targets;
+};
+
+struct ListenerConfig {
+    std::string name;  // defaults to the bind string
+    SocketAddress bind;
+    std::string target_group;
+};
+
+struct GlobalConfig {
+    unsigned threads = 0;  // 0 = one per online CPU
+    LogLevel log_level = LogLevel::info;
+    Duration shutdown_grace{30000};
+};
+
+struct Config {
+    GlobalConfig global;
+    std::vector<ListenerConfig> listeners;
+    std::vector<TargetGroupConfig> target_groups;
+
+    const TargetGroupConfig* find_group(std::string_view name) const;
+};
+
+// One-line, human-readable: "FILE:LINE:COL: KEY.PATH: message".
+struct ConfigError {
+    std::string source;  // file path, or "<command line>"
+    unsigned line = 0;   // 0 when unknown
+    unsigned column = 0;
+    std::string key_path;  // e.g. "target_group[0].target[2].weight"
+    std::string message;   // what was wrong and what was expected
+    std::string to_string() const;
+};
+
+using ConfigResult = std::variant<Config, ConfigError>;
+
+ConfigResult load_config_file(const std::string& path);
+ConfigResult parse_config(std::string_view toml_text, std::string_view source_name);
+
+// Cross-field checks shared by the file loader and the command-line quick mode.
+std::optional<ConfigError> validate(const Config& config, std::string_view source_name);
+
+// "500ms", "2s", "5m", "1h" (or a bare integer meaning seconds, as NLB attributes do).
+std::optional<Duration> parse_duration(std::string_view text);
+
+}  // namespace stickyd
