@@ -1,0 +1,945 @@
+// The configuration loader: TOML text -> Config, every problem reported as one line
+// that names the file position and key path of the offending value.
+//
+// Two layers share one set of rules:
+//   * the TOML reader checks shape (known keys, types, keywords, and the ranges a value
+//     must satisfy before it fits its field) and records where every key was found;
+//   * validate() checks the Config as a whole (ranges again, duplicates, references,
+//     the maglev table). The command-line quick mode builds a Config in memory and
+//     calls validate() too, so a flag and a file can never disagree about what is valid.
+#include "stickyd/config.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <span>
+
+#include "stickyd/balancer.hpp"
+
+namespace stickyd {
+namespace {
+
+using namespace std::chrono_literals;
+
+// ---------------------------------------------------------------------------------
+// Rules: one definition each, used by the reader and by validate().
+
+struct IntRange {
+    int64_t min;
+    int64_t max;
+    std::string_view note;  // appended to the range, e.g. what a special value means
+    bool contains(int64_t v) const { return v >= min && v <= max; }
+};
+
+constexpr IntRange kThreadsRange{0, 256, " (0 = one per online CPU)"};
+constexpr IntRange kWeightRange{1, kMaxWeight, ""};
+constexpr IntRange kRetriesRange{0, 16, ""};
+constexpr IntRange kPrefixV4Range{0, 32, ""};
+constexpr IntRange kPrefixV6Range{0, 128, ""};
+// Only the bounds a value needs to be worth storing; whether a size suits the group
+// (prime, enough entries per target) is the balancer's rule: maglev_table_size_error.
+constexpr IntRange kMaglevSizeRange{2, kMaxMaglevTableSize, ""};
+
+struct DurationRange {
+    Duration min;
+    Duration max;
+};
+
+constexpr DurationRange kConnectTimeoutRange{10ms, 60s};
+// The NLB caps deregistration_delay at one hour; a longer drain is never intended.
+constexpr DurationRange kShutdownGraceRange{0ms, 3600s};
+
+constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
+constexpr std::string_view kBindExample = "127.0.0.1:8000 or [::]:8000";
+constexpr std::string_view kDurationHint =
+    "expected a duration such as \"2s\" or \"500ms\" (units ms, s, m, h; a bare integer means "
+    "seconds)";
+
+constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error"};
+constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
+
+std::string int_range_message(const IntRange& range, std::string_view got) {
+    return fmt::format("must be an integer from {} to {}{}, got {}", range.min, range.max,
+                       range.note, got);
+}
+
+std::optional<std::string> check_int(int64_t value, const IntRange& range) {
+    if (range.contains(value)) return std::nullopt;
+    return int_range_message(range, std::to_string(value));
+}
+
+// The shortest exact spelling, so messages echo what a user would have written.
+std::string format_duration(Duration d) {
+    auto ms = d.count();
+    if (ms == 0) return "0s";
+    if (ms % 3'600'000 == 0) return fmt::format("{}h", ms / 3'600'000);
+    if (ms % 60'000 == 0) return fmt::format("{}m", ms / 60'000);
+    if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
+    return fmt::format("{}ms", ms);
+}
+
+std::optional<std::string> check_duration(Duration value, const DurationRange& range) {
+    if (value >= range.min && value <= range.max) return std::nullopt;
+    return fmt::format("must be a duration from {} to {}, got {}", format_duration(range.min),
+                       format_duration(range.max), format_duration(value));
+}
+
+// Target group names end up in metrics labels and admin URLs: keep them plain.
+bool is_valid_group_name(std::string_view name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Did-you-mean.
+
+// Optimal string alignment distance: Levenshtein plus adjacent transposition, the
+// commonest typo ("wieght").
+size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+    for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+    for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    return d[a.size()][b.size()];
+}
+
+std::string lowercase(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+// The candidate a typo most likely meant, or nothing when none is close enough for the
+// hint to help rather than mislead.
+std::optional<std::string_view> closest_match(std::string_view word,
+                                              std::span<const std::string_view> candidates) {
+    const std::string w = lowercase(word);
+    std::optional<std::string_view> best;
+    size_t best_distance = SIZE_MAX;
+    for (auto candidate : candidates) {
+        size_t d = edit_distance(w, lowercase(candidate));
+        if (d < best_distance && d < candidate.size()) {
+            best = candidate;
+            best_distance = d;
+        }
+    }
+    const size_t allowed = std::clamp<size_t>(w.size() / 3, 1, 3);
+    if (best && best_distance <= allowed) return best;
+    // A fragment of a longer key ("timeout" for "connect_timeout") is also a good hint.
+    if (w.size() < 4) return std::nullopt;
+    for (auto candidate : candidates) {
+        if (lowercase(candidate).find(w) != std::string::npos) return candidate;
+    }
+    return std::nullopt;
+}
+
+std::string did_you_mean(std::string_view word, std::span<const std::string_view> candidates) {
+    auto match = closest_match(word, candidates);
+    return match ? fmt::format(" (did you mean {:?}?)", *match) : std::string();
+}
+
+std::string quoted_list(std::span<const std::string_view> items) {
+    std::string out;
+    for (auto item : items) out += fmt::format("{}{:?}", out.empty() ? "" : ", ", item);
+    return out;
+}
+
+std::string choice_message(std::string_view got, std::span<const std::string_view> choices) {
+    return fmt::format("must be one of {}, got {:?}{}", quoted_list(choices), got,
+                       did_you_mean(got, choices));
+}
+
+// ---------------------------------------------------------------------------------
+// Addresses.
+
+bool all_digits(std::string_view s) {
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+bool has_letter(std::string_view s) {
+    return std::any_of(s.begin(), s.end(),
+                       [](char c) { return std::isalpha(static_cast<unsigned char>(c)); });
+}
+
+std::optional<std::string> port_problem(std::string_view port) {
+    if (port.empty()) return "missing port after ':'";
+    if (!all_digits(port)) return fmt::format("port {:?} is not a number", port);
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (ec != std::errc() || value == 0 || value > 65535) {
+        return fmt::format("port {} is out of range 1-65535", port);
+    }
+    if (port.front() == '0') return fmt::format("port {:?} has a leading zero", port);
+    return std::nullopt;
+}
+
+std::string host_problem(std::string_view host, bool bracketed) {
+    std::string h(host);
+    if (bracketed) {
+        in6_addr v6{};
+        if (inet_pton(AF_INET6, h.c_str(), &v6) != 1) {
+            return fmt::format("{:?} is not an IPv6 address", host);
+        }
+        return "not a valid address";
+    }
+    in_addr v4{};
+    if (host.empty()) return "missing IP address before ':'";
+    if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return "not a valid address";
+    if (has_letter(host)) {
+        return fmt::format(
+            "{:?} is a host name; an IP address is required (names are not resolved)", host);
+    }
+    return fmt::format("{:?} is not an IPv4 address", host);
+}
+
+// Names what is wrong with text that SocketAddress::parse rejected, so the user is not
+// left to guess between a missing port, a host name and missing brackets.
+std::string address_problem(std::string_view text) {
+    if (text.empty()) return "empty";
+    std::string_view host;
+    std::string_view port;
+    const bool bracketed = text.front() == '[';
+    if (bracketed) {
+        auto close = text.find(']');
+        if (close == std::string_view::npos) return "missing ']' after the IPv6 address";
+        auto rest = text.substr(close + 1);
+        if (rest.empty()) return "missing :port after ']'";
+        if (rest.front() != ':') return "expected ':' and a port after ']'";
+        host = text.substr(1, close - 1);
+        port = rest.substr(1);
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string_view::npos) return "missing :port";
+        if (text.find(':') != colon) return "an IPv6 address needs brackets, as in [::1]:9001";
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+    }
+    if (auto problem = port_problem(port)) return *problem;
+    return host_problem(host, bracketed);
+}
+
+std::string bad_address_message(std::string_view text, std::string_view example) {
+    return fmt::format("{:?}: {}; expected ip:port such as {}", text, address_problem(text),
+                       example);
+}
+
+// ---------------------------------------------------------------------------------
+// Key paths and positions.
+
+struct Position {
+    unsigned line = 0;
+    unsigned column = 0;
+};
+
+Position position_of(const toml::source_region& region) {
+    return {static_cast<unsigned>(region.begin.line), static_cast<unsigned>(region.begin.column)};
+}
+
+bool is_bare_key(std::string_view key) {
+    return !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+    });
+}
+
+std::string join_key(std::string_view parent, std::string_view key) {
+    std::string k = is_bare_key(key) ? std::string(key) : fmt::format("{:?}", key);
+    return parent.empty() ? k : fmt::format("{}.{}", parent, k);
+}
+
+std::string index_key(std::string_view parent, size_t index) {
+    return fmt::format("{}[{}]", parent, index);
+}
+
+// Where each key path was found in the file. A lookup falls back to the nearest
+// recorded ancestor, so a missing or defaulted key is reported at the table that
+// should have held it. Empty for a Config built in memory: every position is 0.
+class PositionMap {
+  public:
+    void record(std::string path, Position position) {
+        map_.insert_or_assign(std::move(path), position);
+    }
+
+    Position find(std::string_view path) const {
+        std::string p(path);
+        while (!p.empty()) {
+            if (auto it = map_.find(p); it != map_.end()) return it->second;
+            auto cut = p.find_last_of(".[");
+            if (cut == std::string::npos) break;
+            p.resize(cut);
+        }
+        return {};
+    }
+
+  private:
+    std::map<std::string, Position, std::less<>> map_;
+};
+
+// Keeps the first error only. Readers carry on with defaults after a failure instead
+// of threading an error through every return; the first problem is the one reported.
+class Diagnostics {
+  public:
+    explicit Diagnostics(std::string_view source) : source_(source) {}
+
+    PositionMap& positions() { return positions_; }
+
+    void fail(std::string_view path, std::string message) {
+        fail_at(path, positions_.find(path), std::move(message));
+    }
+
+    void fail_at(std::string_view path, Position position, std::string message) {
+        if (error_) return;
+        error_ = ConfigError{source_, position.line, position.column, std::string(path),
+                             std::move(message)};
+    }
+
+    bool failed() const { return error_.has_value(); }
+    std::optional<ConfigError> take() { return std::move(error_); }
+
+    // " at line N" when the file position of `path` is known, for "the first one is
+    // there" hints in duplicate errors.
+    std::string at_line(std::string_view path) const {
+        auto line = positions_.find(path).line;
+        return line == 0 ? std::string() : fmt::format(" at line {}", line);
+    }
+
+  private:
+    std::string source_;
+    PositionMap positions_;
+    std::optional<ConfigError> error_;
+};
+
+// ---------------------------------------------------------------------------------
+// The TOML reader.
+
+std::string describe(const toml::node& node) {
+    switch (node.type()) {
+        case toml::node_type::string:
+            return fmt::format("string {:?}", node.as_string()->get());
+        case toml::node_type::integer:
+            return fmt::format("integer {}", node.as_integer()->get());
+        case toml::node_type::floating_point:
+            return fmt::format("floating-point {}", node.as_floating_point()->get());
+        case toml::node_type::boolean:
+            return fmt::format("boolean {}", node.as_boolean()->get());
+        case toml::node_type::table:
+            return "table";
+        case toml::node_type::array:
+            return "array";
+        case toml::node_type::date:
+            return "date";
+        case toml::node_type::time:
+            return "time";
+        case toml::node_type::date_time:
+            return "date-time";
+        case toml::node_type::none:
+            break;
+    }
+    return "nothing";
+}
+
+// Whole seconds, as NLB attributes are written; nullopt if negative or too large.
+std::optional<Duration> seconds_to_duration(int64_t seconds) {
+    if (seconds < 0 || seconds > Duration::max().count() / 1000) return std::nullopt;
+    return Duration(seconds * 1000);
+}
+
+// Reads one TOML table. The constructor rejects keys the table does not define (naming
+// the closest one that it does), then values are taken by key, each read recording
+// where it was found. A new subtable, such as [target_group.health_check], is one more
+// known key in its parent plus one read_* function for its contents.
+class TableReader {
+  public:
+    TableReader(Diagnostics& diag, const toml::table& table, std::string path,
+                std::initializer_list<std::string_view> known)
+        : diag_(diag), table_(table), path_(std::move(path)), known_(known) {
+        if (!path_.empty()) diag_.positions().record(path_, position_of(table.source()));
+        reject_unknown_keys();
+    }
+
+    std::string path_of(std::string_view key) const { return join_key(path_, key); }
+    bool has(std::string_view key) const { return table_.contains(key); }
+
+    void invalid(std::string_view key, std::string message) {
+        diag_.fail(path_of(key), std::move(message));
+    }
+
+    // Reported at the table, since the key has no position of its own. Called after
+    // the values are read, so a present but wrong value is reported first.
+    void require(std::string_view key, std::string_view example) {
+        if (!has(key)) invalid(key, fmt::format("missing required key (e.g. {})", example));
+    }
+
+    std::optional<std::string> string(std::string_view key) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        if (auto* s = node->as_string()) return s->get();
+        invalid(key, fmt::format("expected a string, got {}", describe(*node)));
+        return std::nullopt;
+    }
+
+    std::optional<bool> boolean(std::string_view key) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        if (auto* b = node->as_boolean()) return b->get();
+        invalid(key, fmt::format("expected true or false, got {}", describe(*node)));
+        return std::nullopt;
+    }
+
+    std::optional<int64_t> integer(std::string_view key, const IntRange& range) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        auto* i = node->as_integer();
+        if (!i) {
+            invalid(key, int_range_message(range, describe(*node)));
+            return std::nullopt;
+        }
+        if (auto problem = check_int(i->get(), range)) {
+            invalid(key, *problem);
+            return std::nullopt;
+        }
+        return i->get();
+    }
+
+    std::optional<Duration> duration(std::string_view key, const DurationRange& range) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        std::optional<Duration> value;
+        if (auto* i = node->as_integer()) value = seconds_to_duration(i->get());
+        if (auto* s = node->as_string()) value = parse_duration(s->get());
+        if (!value) {
+            invalid(key, fmt::format("{}, got {}", kDurationHint, describe(*node)));
+            return std::nullopt;
+        }
+        if (auto problem = check_duration(*value, range)) {
+            invalid(key, *problem);
+            return std::nullopt;
+        }
+        return value;
+    }
+
+    std::optional<SocketAddress> address(std::string_view key, std::string_view example) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        auto* s = node->as_string();
+        if (!s) {
+            invalid(key, fmt::format("expected a string \"ip:port\" such as {}, got {}", example,
+                                     describe(*node)));
+            return std::nullopt;
+        }
+        auto parsed = SocketAddress::parse(s->get());
+        if (!parsed) invalid(key, bad_address_message(s->get(), example));
+        return parsed;
+    }
+
+    // A subtable written as `header` in the file; nullptr if absent or not a table.
+    const toml::table* table(std::string_view key, std::string_view header) {
+        const toml::node* node = find(key);
+        if (!node) return nullptr;
+        if (auto* t = node->as_table()) return t;
+        invalid(key, fmt::format("expected a table ({}), got {}", header, describe(*node)));
+        return nullptr;
+    }
+
+    // Calls read(table, path) for each element of an array of tables (`header`).
+    template <typename Read>
+    void for_each_table(std::string_view key, std::string_view header, Read read) {
+        const toml::node* node = find(key);
+        if (!node) return;
+        auto* array = node->as_array();
+        if (!array) {
+            invalid(key, fmt::format("expected an array of tables ({}), got {}", header,
+                                     describe(*node)));
+            return;
+        }
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& element = (*array)[i];
+            std::string path = index_key(path_of(key), i);
+            if (auto* t = element.as_table()) {
+                read(*t, path);
+            } else {
+                diag_.fail_at(
+                    path, position_of(element.source()),
+                    fmt::format("expected a table ({}), got {}", header, describe(element)));
+            }
+        }
+    }
+
+  private:
+    const toml::node* find(std::string_view key) {
+        const toml::node* node = table_.get(key);
+        if (node) diag_.positions().record(path_of(key), position_of(node->source()));
+        return node;
+    }
+
+    // Reports the first unknown key in file order (the table iterates sorted by name).
+    void reject_unknown_keys() {
+        const toml::key* first = nullptr;
+        for (auto&& [key, node] : table_) {
+            if (std::find(known_.begin(), known_.end(), key.str()) != known_.end()) continue;
+            if (!first || key.source().begin < first->source().begin) first = &key;
+        }
+        if (!first) return;
+        std::string hint = did_you_mean(first->str(), known_);
+        if (hint.empty()) hint = fmt::format("; expected one of {}", quoted_list(known_));
+        diag_.fail_at(path_of(first->str()), position_of(first->source()),
+                      fmt::format("unknown key{}", hint));
+    }
+
+    Diagnostics& diag_;
+    const toml::table& table_;
+    std::string path_;
+    std::vector<std::string_view> known_;
+};
+
+std::optional<LogLevel> read_log_level(TableReader& r, std::string_view key) {
+    auto text = r.string(key);
+    if (!text) return std::nullopt;
+    auto level = parse_log_level(*text);
+    if (!level) r.invalid(key, choice_message(*text, kLogLevels));
+    return level;
+}
+
+std::optional<Algorithm> read_algorithm(TableReader& r, std::string_view key) {
+    auto text = r.string(key);
+    if (!text) return std::nullopt;
+    if (*text == "ring") return Algorithm::ring;
+    if (*text == "maglev") return Algorithm::maglev;
+    r.invalid(key, choice_message(*text, kAlgorithms));
+    return std::nullopt;
+}
+
+GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(diag, table, std::move(path), {"threads", "log_level", "shutdown_grace"});
+    GlobalConfig global;
+    if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
+    if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
+    if (auto v = r.duration("shutdown_grace", kShutdownGraceRange)) global.shutdown_grace = *v;
+    return global;
+}
+
+ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(diag, table, std::move(path), {"name", "bind", "target_group"});
+    ListenerConfig listener;
+    if (auto v = r.string("name")) listener.name = *v;
+    if (auto v = r.address("bind", kBindExample)) {
+        listener.bind = *v;
+        if (!r.has("name")) listener.name = v->to_string();
+    }
+    if (auto v = r.string("target_group")) listener.target_group = *v;
+    r.require("bind", "bind = \"127.0.0.1:8000\"");
+    r.require("target_group", "target_group = \"web\"");
+    return listener;
+}
+
+StickinessConfig read_stickiness(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(diag, table, std::move(path), {"type", "enabled", "prefix_v4", "prefix_v6"});
+    StickinessConfig stickiness;
+    if (auto v = r.string("type"); v && *v != "source_ip") {
+        r.invalid("type",
+                  fmt::format("only \"source_ip\" is supported (as on an NLB), got {:?}", *v));
+    }
+    // The NLB can turn stickiness off; stickyd exists to be sticky, so only say so.
+    if (auto v = r.boolean("enabled"); v && !*v) {
+        r.invalid("enabled",
+                  "stickyd is always sticky by source IP; set it to true or remove the key");
+    }
+    if (auto v = r.integer("prefix_v4", kPrefixV4Range)) {
+        stickiness.prefix_v4 = static_cast<unsigned>(*v);
+    }
+    if (auto v = r.integer("prefix_v6", kPrefixV6Range)) {
+        stickiness.prefix_v6 = static_cast<unsigned>(*v);
+    }
+    return stickiness;
+}
+
+TargetConfig read_target(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(diag, table, std::move(path), {"id", "address", "weight"});
+    TargetConfig target;
+    if (auto v = r.string("id")) target.id = *v;
+    if (auto v = r.address("address", kTargetExample)) {
+        target.address = *v;
+        if (!r.has("id")) target.id = v->to_string();
+    }
+    if (auto v = r.integer("weight", kWeightRange)) target.weight = static_cast<uint32_t>(*v);
+    r.require("address", "address = \"127.0.0.1:9001\"");
+    return target;
+}
+
+TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(diag, table, std::move(path),
+                  {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
+                   "stickiness", "target"});
+    TargetGroupConfig group;
+    if (auto v = r.string("name")) group.name = *v;
+    r.require("name", "name = \"web\"");
+    if (auto v = read_algorithm(r, "algorithm")) group.algorithm = *v;
+    if (auto v = r.integer("maglev_table_size", kMaglevSizeRange)) {
+        // Silently ignoring it would hide a half-finished switch between algorithms.
+        if (group.algorithm != Algorithm::maglev) {
+            r.invalid("maglev_table_size",
+                      "only applies with algorithm = \"maglev\"; set that or remove the key");
+        }
+        group.maglev_table_size = static_cast<uint32_t>(*v);
+    }
+    if (auto v = r.duration("connect_timeout", kConnectTimeoutRange)) group.connect_timeout = *v;
+    if (auto v = r.integer("connect_retries", kRetriesRange)) {
+        group.connect_retries = static_cast<unsigned>(*v);
+    }
+    if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
+        group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
+    }
+    r.for_each_table("target", "[[target_group.target]]",
+                     [&](const toml::table& t, std::string target_path) {
+                         group.targets.push_back(read_target(diag, t, std::move(target_path)));
+                     });
+    return group;
+}
+
+Config read_config(Diagnostics& diag, const toml::table& root) {
+    TableReader r(diag, root, "", {"global", "listener", "target_group"});
+    Config config;
+    if (auto* t = r.table("global", "[global]")) {
+        config.global = read_global(diag, *t, r.path_of("global"));
+    }
+    r.for_each_table("listener", "[[listener]]", [&](const toml::table& t, std::string path) {
+        config.listeners.push_back(read_listener(diag, t, std::move(path)));
+    });
+    r.for_each_table(
+        "target_group", "[[target_group]]", [&](const toml::table& t, std::string path) {
+            config.target_groups.push_back(read_target_group(diag, t, std::move(path)));
+        });
+    return config;
+}
+
+std::string first_lower(std::string_view text) {
+    std::string out(text);
+    if (!out.empty()) out[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[0])));
+    return out;
+}
+
+void report_syntax_error(Diagnostics& diag, const toml::parse_error& error) {
+    diag.fail_at("", position_of(error.source()),
+                 fmt::format("invalid TOML: {}", first_lower(error.description())));
+}
+
+// toml++ reports syntax errors by exception or by result, depending on how it was built.
+std::optional<toml::table> parse_toml(Diagnostics& diag, std::string_view text,
+                                      std::string_view source) {
+#if TOML_EXCEPTIONS
+    try {
+        return toml::parse(text, source);
+    } catch (const toml::parse_error& error) {
+        report_syntax_error(diag, error);
+        return std::nullopt;
+    }
+#else
+    toml::parse_result result = toml::parse(text, source);
+    if (!result) {
+        report_syntax_error(diag, result.error());
+        return std::nullopt;
+    }
+    return std::move(result).table();
+#endif
+}
+
+// ---------------------------------------------------------------------------------
+// Whole-config checks (validate).
+
+void check_global(Diagnostics& diag, const GlobalConfig& global) {
+    if (auto problem = check_int(global.threads, kThreadsRange)) {
+        diag.fail("global.threads", *problem);
+    }
+    if (auto problem = check_duration(global.shutdown_grace, kShutdownGraceRange)) {
+        diag.fail("global.shutdown_grace", *problem);
+    }
+}
+
+std::string unknown_group_message(const Config& config, std::string_view name) {
+    if (config.target_groups.empty()) {
+        return fmt::format("unknown target group {:?}; no [[target_group]] is defined", name);
+    }
+    std::vector<std::string_view> known;
+    for (const auto& group : config.target_groups) known.push_back(group.name);
+    return fmt::format("unknown target group {:?}{}; known groups: {}", name,
+                       did_you_mean(name, known), quoted_list(known));
+}
+
+void check_listeners(Diagnostics& diag, const Config& config) {
+    if (config.listeners.empty()) {
+        diag.fail("listener", "no listeners; add a [[listener]] with bind and target_group");
+        return;
+    }
+    std::map<std::string, size_t> binds;
+    std::map<std::string, size_t> names;
+    for (size_t i = 0; i < config.listeners.size(); ++i) {
+        const auto& listener = config.listeners[i];
+        const std::string path = index_key("listener", i);
+        if (listener.bind.family() == AF_UNSPEC) {
+            diag.fail(path + ".bind",
+                      fmt::format("not set; expected ip:port such as {}", kBindExample));
+        } else if (auto [it, fresh] = binds.emplace(listener.bind.to_string(), i); !fresh) {
+            diag.fail(path + ".bind",
+                      fmt::format("duplicate bind address {} (also listener[{}]{})", it->first,
+                                  it->second, diag.at_line(index_key("listener", it->second))));
+        }
+        if (listener.name.empty()) {
+            diag.fail(path + ".name", "must not be empty");
+        } else if (auto [it, fresh] = names.emplace(listener.name, i); !fresh) {
+            diag.fail(path + ".name",
+                      fmt::format("duplicate listener name {:?} (also listener[{}]{})", it->first,
+                                  it->second, diag.at_line(index_key("listener", it->second))));
+        }
+        if (!config.find_group(listener.target_group)) {
+            diag.fail(path + ".target_group", unknown_group_message(config, listener.target_group));
+        }
+    }
+}
+
+void check_target(Diagnostics& diag, const std::string& path, const TargetConfig& target) {
+    if (target.address.family() == AF_UNSPEC) {
+        diag.fail(path + ".address",
+                  fmt::format("not set; expected ip:port such as {}", kTargetExample));
+    }
+    if (target.id.empty()) diag.fail(path + ".id", "must not be empty");
+    if (auto problem = check_int(target.weight, kWeightRange))
+        diag.fail(path + ".weight", *problem);
+}
+
+// Two targets with one address would get two shares of the ring for one backend; two
+// with one id would collide on the ring. Both point at the second and name the first.
+void check_target_duplicates(Diagnostics& diag, const std::string& group_path,
+                             const std::vector<TargetConfig>& targets) {
+    std::map<std::string, size_t> addresses;
+    std::map<std::string, size_t> ids;
+    for (size_t i = 0; i < targets.size(); ++i) {
+        const auto& target = targets[i];
+        const std::string path = index_key(group_path + ".target", i);
+        if (target.address.family() != AF_UNSPEC) {
+            auto [it, fresh] = addresses.emplace(target.address.to_string(), i);
+            if (!fresh) {
+                const std::string first = index_key(group_path + ".target", it->second);
+                diag.fail(path + ".address",
+                          fmt::format("duplicate address {} in this group (also target[{}]{})",
+                                      it->first, it->second, diag.at_line(first + ".address")));
+            }
+        }
+        if (target.id.empty()) continue;
+        auto [it, fresh] = ids.emplace(target.id, i);
+        if (!fresh) {
+            const std::string first = index_key(group_path + ".target", it->second);
+            diag.fail(path + ".id",
+                      fmt::format("duplicate target id {:?} (first used by target[{}]{})",
+                                  it->first, it->second, diag.at_line(first + ".id")));
+        }
+    }
+}
+
+// build_maglev throws on a size it cannot use; asking it first turns that into a
+// load-time error, with one owner for the rule.
+void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupConfig& group) {
+    const uint32_t size = group.maglev_table_size;
+    if (auto problem = check_int(size, kMaglevSizeRange)) {
+        diag.fail(path, *problem);
+    } else if (auto error = maglev_table_size_error(size, group.targets.size())) {
+        // The key path already names the key; drop the balancer's own prefix.
+        constexpr std::string_view kPrefix = "maglev_table_size ";
+        if (std::string_view(*error).starts_with(kPrefix)) error->erase(0, kPrefix.size());
+        diag.fail(path, *error);
+    }
+}
+
+void check_target_group(Diagnostics& diag, const std::string& path,
+                        const TargetGroupConfig& group) {
+    if (!is_valid_group_name(group.name)) {
+        diag.fail(path + ".name",
+                  fmt::format("must be one or more of A-Z a-z 0-9 _ . -, got {:?}", group.name));
+    }
+    if (group.algorithm == Algorithm::maglev) {
+        check_maglev(diag, path + ".maglev_table_size", group);
+    }
+    if (auto problem = check_duration(group.connect_timeout, kConnectTimeoutRange)) {
+        diag.fail(path + ".connect_timeout", *problem);
+    }
+    if (auto problem = check_int(group.connect_retries, kRetriesRange)) {
+        diag.fail(path + ".connect_retries", *problem);
+    }
+    if (auto problem = check_int(group.stickiness.prefix_v4, kPrefixV4Range)) {
+        diag.fail(path + ".stickiness.prefix_v4", *problem);
+    }
+    if (auto problem = check_int(group.stickiness.prefix_v6, kPrefixV6Range)) {
+        diag.fail(path + ".stickiness.prefix_v6", *problem);
+    }
+    for (size_t i = 0; i < group.targets.size(); ++i) {
+        check_target(diag, index_key(path + ".target", i), group.targets[i]);
+    }
+    check_target_duplicates(diag, path, group.targets);
+}
+
+void check_target_groups(Diagnostics& diag, const std::vector<TargetGroupConfig>& groups) {
+    std::map<std::string, size_t> names;
+    for (size_t i = 0; i < groups.size(); ++i) {
+        const std::string path = index_key("target_group", i);
+        check_target_group(diag, path, groups[i]);
+        auto [it, fresh] = names.emplace(groups[i].name, i);
+        if (!fresh) {
+            diag.fail(path + ".name",
+                      fmt::format("duplicate target group name {:?} (also target_group[{}]{})",
+                                  it->first, it->second,
+                                  diag.at_line(index_key("target_group", it->second) + ".name")));
+        }
+    }
+}
+
+void check_config(Diagnostics& diag, const Config& config) {
+    check_global(diag, config.global);
+    check_listeners(diag, config);
+    check_target_groups(diag, config.target_groups);
+}
+
+// ---------------------------------------------------------------------------------
+// Files and durations.
+
+// Returns 0 or the errno that stopped the read.
+int read_whole_file(const std::string& path, std::string& out) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    char buffer[65536];
+    int error = 0;
+    for (;;) {
+        ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n > 0) {
+            out.append(buffer, static_cast<size_t>(n));
+        } else if (n == 0) {
+            break;
+        } else if (errno != EINTR) {
+            error = errno;
+            break;
+        }
+    }
+    ::close(fd);
+    return error;
+}
+
+std::optional<int64_t> unit_in_ms(std::string_view unit) {
+    if (unit.empty() || unit == "s") return 1000;
+    if (unit == "ms") return 1;
+    if (unit == "m") return 60'000;
+    if (unit == "h") return 3'600'000;
+    return std::nullopt;
+}
+
+std::string_view take_digits(std::string_view text, size_t& pos) {
+    size_t start = pos;
+    while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') ++pos;
+    return text.substr(start, pos - start);
+}
+
+// The milliseconds in `digits` tenths/hundredths/... of `unit_ms`, if that is whole.
+std::optional<int64_t> fraction_in_ms(std::string_view digits, int64_t unit_ms) {
+    while (!digits.empty() && digits.back() == '0') digits.remove_suffix(1);
+    if (digits.empty()) return 0;
+    // Beyond 9 digits no unit (at most 3.6e6 ms) leaves a whole millisecond.
+    if (digits.size() > 9) return std::nullopt;
+    int64_t numerator = 0;
+    int64_t denominator = 1;
+    for (char c : digits) {
+        numerator = numerator * 10 + (c - '0');
+        denominator *= 10;
+    }
+    int64_t scaled = numerator * unit_ms;  // < 1e9 * 3.6e6: fits
+    if (scaled % denominator != 0) return std::nullopt;
+    return scaled / denominator;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// Public interface.
+
+const TargetGroupConfig* Config::find_group(std::string_view name) const {
+    for (const auto& group : target_groups) {
+        if (group.name == name) return &group;
+    }
+    return nullptr;
+}
+
+std::string ConfigError::to_string() const {
+    std::string out = source;
+    if (line != 0) {
+        out += fmt::format(":{}", line);
+        if (column != 0) out += fmt::format(":{}", column);
+    }
+    if (!key_path.empty()) out += fmt::format(": {}", key_path);
+    out += fmt::format(": {}", message);
+    return out;
+}
+
+ConfigResult load_config_file(const std::string& path) {
+    std::string text;
+    if (int error = read_whole_file(path, text); error != 0) {
+        return ConfigError{path, 0, 0, "", fmt::format("cannot read: {}", std::strerror(error))};
+    }
+    return parse_config(text, path);
+}
+
+ConfigResult parse_config(std::string_view toml_text, std::string_view source_name) {
+    Diagnostics diag(source_name);
+    auto root = parse_toml(diag, toml_text, source_name);
+    if (!root) return *diag.take();
+    Config config = read_config(diag, *root);
+    if (!diag.failed()) check_config(diag, config);
+    if (auto error = diag.take()) return *error;
+    return config;
+}
+
+std::optional<ConfigError> validate(const Config& config, std::string_view source_name) {
+    Diagnostics diag(source_name);
+    check_config(diag, config);
+    return diag.take();
+}
+
+std::optional<Duration> parse_duration(std::string_view text) {
+    size_t pos = 0;
+    std::string_view whole = take_digits(text, pos);
+    if (whole.empty()) return std::nullopt;
+    std::string_view fraction;
+    if (pos < text.size() && text[pos] == '.') {
+        ++pos;
+        fraction = take_digits(text, pos);
+        if (fraction.empty()) return std::nullopt;
+    }
+    auto unit_ms = unit_in_ms(text.substr(pos));
+    if (!unit_ms) return std::nullopt;
+    int64_t count = 0;
+    auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), count);
+    if (ec != std::errc()) return std::nullopt;
+    auto extra = fraction_in_ms(fraction, *unit_ms);
+    if (!extra) return std::nullopt;
+    int64_t ms = 0;
+    if (__builtin_mul_overflow(count, *unit_ms, &ms) || __builtin_add_overflow(ms, *extra, &ms)) {
+        return std::nullopt;
+    }
+    return Duration(ms);
+}
+
+}  // namespace stickyd

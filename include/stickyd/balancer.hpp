@@ -2,8 +2,10 @@
 // member. Built off the hot path, read concurrently by workers without locks.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -54,5 +56,48 @@ std::unique_ptr<const Balancer> build_ring(std::vector<Member> members);
 inline constexpr uint32_t kDefaultMaglevTableSize = 65537;
 std::unique_ptr<const Balancer> build_maglev(std::vector<Member> members,
                                              uint32_t table_size = kDefaultMaglevTableSize);
+
+// Table size bounds: the paper's M >= 100 * N keeps each member within ~1% of
+// its ideal share; the cap keeps the table (4 bytes per entry) at 20 MB.
+inline constexpr uint32_t kMaglevMinEntriesPerMember = 100;
+inline constexpr uint32_t kMaxMaglevTableSize = 5000011;
+
+// Why `table_size` cannot hold `member_count` members (not prime, too small, too
+// large), or nullopt if it can. build_maglev throws std::invalid_argument with
+// this message; config validation can call it to report the error up front.
+std::optional<std::string> maglev_table_size_error(uint32_t table_size, size_t member_count);
+
+namespace detail {
+
+// Sorts by id (the order every index refers to) and throws std::invalid_argument
+// on an empty or duplicate id or a weight outside 1..kMaxWeight.
+void sort_and_check_members(std::vector<Member>& members);
+
+// The walk behind Balancer::pick, shared by ring and maglev. The caller feeds
+// members in walk order (ring: clockwise points; maglev: table entries from the
+// hash's slot) until accept() says "this one". It accepts the (attempt mod U)-th
+// distinct usable member, U being the number of usable members; with none
+// usable, it walks as if all were. `usable` of the wrong size counts as all
+// usable. One lap over the positions always ends the walk, as long as every
+// member owns at least one position.
+class UsableWalk {
+public:
+    UsableWalk(std::span<const uint8_t> usable, size_t member_count, unsigned attempt);
+    UsableWalk(const UsableWalk&) = delete;
+    UsableWalk& operator=(const UsableWalk&) = delete;
+
+    bool accept(uint32_t member);
+
+private:
+    static constexpr size_t kInlineMembers = 1024;
+    std::span<const uint8_t> usable_;
+    bool all_usable_ = false;
+    size_t remaining_ = 0;
+    std::array<uint64_t, kInlineMembers / 64> inline_seen_{};
+    std::vector<uint64_t> heap_seen_;  // only for groups above kInlineMembers
+    uint64_t* seen_ = inline_seen_.data();
+};
+
+}  // namespace detail
 
 }  // namespace stickyd
