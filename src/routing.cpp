@@ -1,0 +1,53 @@
+#include "stickyd/routing.hpp"
+
+#include <algorithm>
+
+#include "stickyd/hash.hpp"
+
+namespace stickyd {
+
+uint64_t RoutingTable::key_hash(const sockaddr* client) const {
+    return hash_ip(apply_prefix(ip_key_of(client), prefix_v4, prefix_v6));
+}
+
+uint32_t RoutingTable::pick(uint64_t hash, unsigned attempt) const {
+    if (!balancer) return kNoMember;
+    return balancer->pick(hash, usable, attempt);
+}
+
+std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig& group) {
+    // The identity rule lives here and in the config loader's default: an
+    // unnamed target is known by its address, so reordering never remaps it.
+    auto id_of = [](const TargetConfig& t) {
+        return t.id.empty() ? t.address.to_string() : t.id;
+    };
+
+    std::vector<Member> members;
+    members.reserve(group.targets.size());
+    for (const TargetConfig& t : group.targets) members.push_back({id_of(t), t.weight});
+
+    auto table = std::make_shared<RoutingTable>();
+    table->group = group.name;
+    table->balancer = group.algorithm == Algorithm::maglev
+                          ? build_maglev(std::move(members), group.maglev_table_size)
+                          : build_ring(std::move(members));
+
+    // The balancer sorted its members by id and rejected duplicates, so sorting
+    // the targets the same way lines them up index for index.
+    std::vector<const TargetConfig*> sorted;
+    sorted.reserve(group.targets.size());
+    for (const TargetConfig& t : group.targets) sorted.push_back(&t);
+    std::sort(sorted.begin(), sorted.end(), [&](const TargetConfig* a, const TargetConfig* b) {
+        return id_of(*a) < id_of(*b);
+    });
+    for (const TargetConfig* t : sorted) table->targets.push_back({id_of(*t), t->address});
+
+    table->usable.assign(table->targets.size(), 1);
+    table->prefix_v4 = group.stickiness.prefix_v4;
+    table->prefix_v6 = group.stickiness.prefix_v6;
+    table->connect_timeout = group.connect_timeout;
+    table->connect_retries = group.connect_retries;
+    return table;
+}
+
+}  // namespace stickyd
