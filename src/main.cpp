@@ -1,1 +1,361 @@
-int main() { return 0; }
+// stickyd: command line, start-up, signals and shutdown. Everything that moves
+// bytes lives in the workers; this file only wires them up and waits.
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "listener.hpp"
+#include "stickyd/config.hpp"
+#include "stickyd/log.hpp"
+#include "stickyd/routing.hpp"
+#include "stickyd_version.h"
+#include "uring.hpp"
+#include "worker.hpp"
+
+namespace stickyd {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitConfig = 1;
+constexpr int kExitUsage = 2;
+
+struct Options {
+    std::string config_path;
+    std::string check_path;
+    std::vector<std::string> listen;
+    std::vector<std::string> targets;
+    unsigned threads = 0;
+    std::string log_level;
+    std::string algorithm = "ring";
+    unsigned prefix_v4 = 32;
+    unsigned prefix_v6 = 128;
+    std::string connect_timeout = "2s";
+    unsigned connect_retries = 2;
+    std::string shutdown_grace = "30s";
+};
+
+void print_error(std::string_view message) { fmt::print(stderr, "stickyd: {}\n", message); }
+
+// The quick local NLB emulator: one group built from repeated --target flags.
+std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
+    auto fail = [](std::string key, std::string message) {
+        return ConfigError{"<command line>", 0, 0, std::move(key), std::move(message)};
+    };
+    Config config;
+    TargetGroupConfig group;
+    group.name = "default";
+    if (opt.algorithm == "ring") {
+        group.algorithm = Algorithm::ring;
+    } else if (opt.algorithm == "maglev") {
+        group.algorithm = Algorithm::maglev;
+    } else {
+        return fail("--algorithm", fmt::format("expected ring or maglev, got '{}'", opt.algorithm));
+    }
+    group.stickiness.prefix_v4 = opt.prefix_v4;
+    group.stickiness.prefix_v6 = opt.prefix_v6;
+    auto timeout = parse_duration(opt.connect_timeout);
+    if (!timeout) {
+        return fail("--connect-timeout",
+                    fmt::format("expected a duration such as 500ms or 2s, got '{}'",
+                                opt.connect_timeout));
+    }
+    group.connect_timeout = *timeout;
+    group.connect_retries = opt.connect_retries;
+    for (const auto& text : opt.targets) {
+        auto address = SocketAddress::parse(text);
+        if (!address) {
+            return fail("--target",
+                        fmt::format("'{}' is not an address; expected ip:port such as "
+                                    "127.0.0.1:9001 or [::1]:9001",
+                                    text));
+        }
+        group.targets.push_back(TargetConfig{address->to_string(), *address, 1});
+    }
+    config.target_groups.push_back(std::move(group));
+    for (const auto& text : opt.listen) {
+        auto address = SocketAddress::parse(text);
+        if (!address) {
+            return fail("--listen",
+                        fmt::format("'{}' is not an address; expected ip:port such as "
+                                    "127.0.0.1:8000 or [::]:8000",
+                                    text));
+        }
+        config.listeners.push_back(ListenerConfig{address->to_string(), *address, "default"});
+    }
+    auto grace = parse_duration(opt.shutdown_grace);
+    if (!grace) {
+        return fail("--shutdown-grace",
+                    fmt::format("expected a duration such as 30s, got '{}'", opt.shutdown_grace));
+    }
+    config.global.shutdown_grace = *grace;
+    if (auto error = validate(config, "<command line>")) return *error;
+    return config;
+}
+
+void raise_nofile_limit() {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+    if (limit.rlim_cur >= limit.rlim_max) return;
+    rlim_t before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        log::debug("raised open-file limit from {} to {}", before, limit.rlim_max);
+    } else {
+        log::warn("cannot raise open-file limit above {}", before);
+    }
+}
+
+unsigned worker_count(const Config& config) {
+    if (config.global.threads != 0) return config.global.threads;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? static_cast<unsigned>(online) : 1U;
+}
+
+// Owns everything that lives for one run of the daemon.
+class Daemon {
+public:
+    explicit Daemon(Config config) : config_(std::move(config)) {}
+
+    // Binds every listener once per worker before any thread starts, so a port
+    // clash is reported and nothing is half-running.
+    bool start() {
+        for (const auto& group : config_.target_groups) {
+            slots_.emplace(group.name, std::make_unique<RouteSlot>(build_routing_table(group)));
+        }
+        unsigned count = worker_count(config_);
+        std::vector<std::vector<WorkerListener>> per_worker(count);
+        for (const auto& listener : config_.listeners) {
+            RouteSlot* slot = slots_.at(listener.target_group).get();
+            for (unsigned w = 0; w < count; ++w) {
+                std::string error;
+                int fd = open_listener(listener.bind, error);
+                if (fd < 0) {
+                    print_error(error);
+                    close_all(per_worker);
+                    return false;
+                }
+                per_worker[w].push_back(WorkerListener{fd, listener.name, slot});
+            }
+        }
+        try {
+            for (unsigned w = 0; w < count; ++w) {
+                workers_.push_back(std::make_unique<Worker>(w, std::move(per_worker[w]),
+                                                            WorkerOptions{}));
+            }
+        } catch (const std::exception& e) {
+            print_error(e.what());
+            return false;
+        }
+        for (auto& worker : workers_) {
+            threads_.emplace_back([w = worker.get(), this] {
+                try {
+                    w->run();
+                } catch (const std::exception& e) {
+                    log::error("worker failed: {}", e.what());
+                    failed_ = true;
+                }
+            });
+        }
+        for (const auto& listener : config_.listeners) {
+            log::info("listening on {} -> target group '{}' ({} workers)", listener.bind.to_string(),
+                      listener.target_group, count);
+        }
+        return true;
+    }
+
+    void stop(Duration grace) {
+        for (auto& worker : workers_) worker->stop(grace);
+    }
+
+    // Waits for the workers; a worker that dies takes the daemon down with it.
+    int join() {
+        for (auto& thread : threads_) thread.join();
+        return failed_ ? kExitConfig : kExitOk;
+    }
+
+    uint64_t active_connections() const {
+        uint64_t total = 0;
+        for (const auto& worker : workers_) total += worker->stats().active.load();
+        return total;
+    }
+
+private:
+    static void close_all(std::vector<std::vector<WorkerListener>>& lists) {
+        for (auto& list : lists)
+            for (auto& l : list) ::close(l.fd);
+    }
+
+    Config config_;
+    std::map<std::string, std::unique_ptr<RouteSlot>> slots_;
+    std::vector<std::unique_ptr<Worker>> workers_;
+    std::vector<std::thread> threads_;
+    std::atomic<bool> failed_{false};
+};
+
+int run(Config config) {
+    log::set_level(config.global.log_level);
+    if (auto problem = probe_io_uring()) {
+        print_error(*problem);
+        return kExitConfig;
+    }
+    raise_nofile_limit();
+
+    // Signals are taken synchronously by this thread only; workers never see them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+
+    Duration grace = config.global.shutdown_grace;
+    Daemon daemon(std::move(config));
+    if (!daemon.start()) return kExitConfig;
+    log::info("stickyd {} ready", STICKYD_VERSION);
+
+    // A watcher thread turns "all workers returned" into a wake-up for sigwait,
+    // so a crashed worker is not hidden behind a daemon that waits forever.
+    bool stopping = false;
+    int exit_code = kExitOk;
+    std::atomic<bool> joined{false};
+    std::thread joiner([&] {
+        exit_code = daemon.join();
+        joined = true;
+        kill(getpid(), SIGTERM);
+    });
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&signals, &sig) != 0) continue;
+        if (joined) break;
+        if (sig == SIGHUP) {
+            log::warn("SIGHUP received: this version applies configuration changes on restart only");
+            continue;
+        }
+        if (!stopping) {
+            stopping = true;
+            log::info("{} received: stopped accepting; waiting up to {} ms for {} open connections",
+                      sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
+                      daemon.active_connections());
+            daemon.stop(grace);
+        } else {
+            log::warn("second signal: closing all connections now");
+            daemon.stop(Duration{0});
+        }
+    }
+    joiner.join();
+    log::info("stopped");
+    return exit_code;
+}
+
+int check_config(const std::string& path) {
+    auto result = load_config_file(path);
+    if (auto* error = std::get_if<ConfigError>(&result)) {
+        fmt::print(stderr, "{}\n", error->to_string());
+        return kExitConfig;
+    }
+    const auto& config = std::get<Config>(result);
+    size_t targets = 0;
+    for (const auto& group : config.target_groups) targets += group.targets.size();
+    fmt::print("{}: configuration OK ({} listeners, {} target groups, {} targets)\n", path,
+               config.listeners.size(), config.target_groups.size(), targets);
+    return kExitOk;
+}
+
+int main_impl(int argc, char** argv) {
+    Options opt;
+    CLI::App app{"stickyd: a source-IP sticky TCP load balancer (AWS NLB stickiness, off AWS)",
+                 "stickyd"};
+    app.set_version_flag("--version,-V", std::string("stickyd ") + STICKYD_VERSION);
+    auto* config_opt =
+        app.add_option("--config,-c", opt.config_path, "Run with this TOML configuration file");
+    auto* check_opt = app.add_option("--check-config", opt.check_path,
+                                     "Validate a configuration file, then exit 0 (valid) or 1");
+    auto* listen_opt = app.add_option(
+        "--listen", opt.listen, "Quick mode: address to accept clients on (repeatable)");
+    auto* target_opt = app.add_option(
+        "--target", opt.targets, "Quick mode: backend ip:port (repeatable, order does not matter)");
+    app.add_option("--threads", opt.threads, "Worker threads (default: one per CPU)")
+        ->check(CLI::Range(1U, 256U));
+    app.add_option("--log-level", opt.log_level, "trace, debug, info, warn or error")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    auto* algorithm_opt =
+        app.add_option("--algorithm", opt.algorithm, "Quick mode: ring (default) or maglev")
+            ->check(CLI::IsMember({"ring", "maglev"}));
+    auto* prefix4_opt =
+        app.add_option("--prefix-v4", opt.prefix_v4, "Quick mode: hash only this IPv4 prefix")
+            ->check(CLI::Range(0U, 32U));
+    auto* prefix6_opt =
+        app.add_option("--prefix-v6", opt.prefix_v6, "Quick mode: hash only this IPv6 prefix")
+            ->check(CLI::Range(0U, 128U));
+    auto* timeout_opt = app.add_option("--connect-timeout", opt.connect_timeout,
+                                       "Quick mode: backend connect timeout (default 2s)");
+    auto* retries_opt = app.add_option("--connect-retries", opt.connect_retries,
+                                       "Quick mode: extra connect attempts on the next target")
+                            ->check(CLI::Range(0U, 16U));
+    auto* grace_opt = app.add_option("--shutdown-grace", opt.shutdown_grace,
+                                     "Quick mode: how long SIGTERM waits for connections");
+    config_opt->excludes(check_opt)->excludes(listen_opt)->excludes(target_opt);
+    for (auto* quick : {algorithm_opt, prefix4_opt, prefix6_opt, timeout_opt, retries_opt,
+                        grace_opt}) {
+        quick->excludes(config_opt)->excludes(check_opt);
+    }
+    check_opt->excludes(listen_opt)->excludes(target_opt);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::Success& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        print_error(fmt::format("{} (see stickyd --help)", e.what()));
+        return kExitUsage;
+    }
+
+    if (!opt.check_path.empty()) return check_config(opt.check_path);
+
+    std::variant<Config, ConfigError> loaded;
+    if (!opt.config_path.empty()) {
+        loaded = load_config_file(opt.config_path);
+    } else if (!opt.listen.empty() || !opt.targets.empty()) {
+        if (opt.listen.empty()) {
+            print_error("quick mode needs --listen ADDR as well as --target ADDR");
+            return kExitUsage;
+        }
+        if (opt.targets.empty()) {
+            print_error("quick mode needs at least one --target ADDR");
+            return kExitUsage;
+        }
+        loaded = config_from_flags(opt);
+    } else {
+        print_error(
+            "nothing to do: give --config FILE, --check-config FILE, or --listen ADDR --target "
+            "ADDR... (see stickyd --help)");
+        return kExitUsage;
+    }
+    if (auto* error = std::get_if<ConfigError>(&loaded)) {
+        fmt::print(stderr, "{}\n", error->to_string());
+        return kExitConfig;
+    }
+    Config config = std::move(std::get<Config>(loaded));
+    if (opt.threads != 0) config.global.threads = opt.threads;
+    if (!opt.log_level.empty()) config.global.log_level = *parse_log_level(opt.log_level);
+    return run(std::move(config));
+}
+
+}  // namespace
+}  // namespace stickyd
+
+int main(int argc, char** argv) { return stickyd::main_impl(argc, argv); }

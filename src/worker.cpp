@@ -1,0 +1,842 @@
+// The worker: one thread, one io_uring, every connection it accepted.
+//
+// Reading order: the loop (run, reap, dispatch), then a connection's life from
+// accept through connect and relay to teardown, then stop/shutdown.
+//
+// Lifetime rule: every connection op submitted bumps Connection::inflight and
+// every completion for it drops it. A connection being torn down cancels what
+// is in flight and its slot is freed (fds closed, buffers returned, generation
+// bumped) only when inflight reaches zero, so a completion always finds the
+// connection it was submitted for.
+#include "worker.hpp"
+
+#include <linux/time_types.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <stdexcept>
+#include <utility>
+
+#include "connection.hpp"
+#include "stickyd/log.hpp"
+#include "uring.hpp"
+#include "user_data.hpp"
+
+namespace stickyd {
+
+// Keeps one routing snapshot alive while connections that picked from it are
+// still connecting: a retry must walk the same table, and the connect SQE points
+// at its target address. Counted without atomics; only the worker touches it.
+struct SnapshotPin {
+    std::shared_ptr<const RoutingTable> table;
+    __kernel_timespec connect_timeout{};
+    uint32_t users = 0;
+    bool current = true;  // still its listener's latest snapshot
+};
+
+namespace {
+
+constexpr unsigned kSqEntries = 4096;
+constexpr unsigned kCqEntries = 4 * kSqEntries;
+constexpr uint16_t kBufferGroup = 0;
+
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kNoDeadline = INT64_MAX;
+
+// Each counter has a single writer (this worker): a relaxed load+store keeps it
+// readable from other threads without a locked read-modify-write per op.
+void add(std::atomic<uint64_t>& counter, uint64_t n) {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+void subtract(std::atomic<uint64_t>& counter, uint64_t n) {
+    counter.store(counter.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+}
+
+__kernel_timespec to_timespec(std::chrono::nanoseconds d) {
+    __kernel_timespec ts{};
+    ts.tv_sec = d.count() / 1'000'000'000;
+    ts.tv_nsec = d.count() % 1'000'000'000;
+    return ts;
+}
+
+void set_no_delay(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+// close() then sends an RST instead of a FIN: how an abort is forwarded.
+void set_reset_on_close(int fd) {
+    linger abort_on_close{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+}
+
+std::string_view error_text(int res) {
+    return std::strerror(-res);
+}
+
+constexpr Op recv_op(FlowDir dir) {
+    return dir == FlowDir::upstream ? Op::recv_client : Op::recv_target;
+}
+
+constexpr Op send_op(FlowDir dir) {
+    return dir == FlowDir::upstream ? Op::send_target : Op::send_client;
+}
+
+constexpr FlowDir flow_of(Op op) {
+    return op == Op::recv_client || op == Op::send_target ? FlowDir::upstream : FlowDir::downstream;
+}
+
+enum class CloseMode { graceful, reset };
+
+struct ListenerState {
+    int fd = -1;
+    std::string name;
+    RouteSlot* route = nullptr;
+    SnapshotPin* pin = nullptr;       // the latest snapshot this listener handed out
+    uint64_t pin_batch = UINT64_MAX;  // loop iteration in which `pin` was last checked
+    bool accepting = false;           // the multishot accept is in flight
+    std::chrono::milliseconds backoff{0};
+    __kernel_timespec backoff_ts{};  // read by the kernel at submit time
+    bool complained = false;         // logged the current run of accept failures
+    bool pause_requested = false;    // the accept was cancelled to back off
+};
+
+// Owns the listening fds from the moment the worker is constructed.
+struct Listeners {
+    std::vector<ListenerState> items;
+
+    explicit Listeners(std::vector<WorkerListener> given) {
+        items.reserve(given.size());
+        for (auto& l : given) {
+            ListenerState state;
+            state.fd = l.fd;
+            state.name = std::move(l.name);
+            state.route = l.route;
+            items.push_back(std::move(state));
+        }
+    }
+    ~Listeners() {
+        for (auto& l : items)
+            if (l.fd >= 0) ::close(l.fd);
+    }
+    Listeners(const Listeners&) = delete;
+    Listeners& operator=(const Listeners&) = delete;
+};
+
+}  // namespace
+
+struct Worker::Loop {
+    Loop(unsigned index, std::vector<WorkerListener> listeners, WorkerOptions options,
+         WorkerStats& stats);
+    ~Loop();
+
+    void run();
+    void request_stop(std::chrono::milliseconds grace);
+
+  private:
+    // The loop.
+    void reap_completions();
+    void dispatch(const io_uring_cqe& cqe);
+    void after_batch();
+
+    // Accepting.
+    void arm_accept(uint32_t index);
+    void on_accept(uint32_t index, const io_uring_cqe& cqe);
+    void on_accept_failure(uint32_t index, int res);
+    void on_accept_backoff(uint32_t index);
+    void pause_accepting();
+    void accept_client(ListenerState& listener, int fd);
+    SnapshotPin* current_pin(ListenerState& listener);
+    void unpin(Connection& c);
+
+    // Connecting.
+    void start_connect(uint32_t slot);
+    void handle_connect(uint32_t slot, int res);
+    void log_connect_failure(const Connection& c, int res);
+
+    // Relaying.
+    void on_connection_event(UserData ud, const io_uring_cqe& cqe);
+    void begin_relay(uint32_t slot);
+    void submit_recv(uint32_t slot, FlowDir dir);
+    void submit_send(uint32_t slot, FlowDir dir);
+    void carry_out(uint32_t slot, FlowDir dir, Decision decision);
+    void finish_flow(uint32_t slot, FlowDir dir);
+    void rearm_waiters();
+
+    // Teardown.
+    std::optional<uint32_t> allocate_slot();
+    void close_connection(uint32_t slot, CloseMode mode);
+    void free_slot(uint32_t slot);
+    void cancel_all_on(int fd);
+    void close_fd(int fd);
+    void release_buffer(uint16_t bid);
+
+    // Stopping.
+    void arm_wake();
+    void on_wake(int res);
+    void stop_accepting();
+    void arm_stop_timer(Clock::time_point deadline);
+    void on_stop_timer(int res);
+    void force_close_all();
+    void begin_drain();
+
+    io_uring_sqe* sqe(uint64_t user_data) {
+        io_uring_sqe* s = ring_.get_sqe();
+        io_uring_sqe_set_data64(s, user_data);
+        return s;
+    }
+
+    const unsigned index_;
+    const WorkerOptions options_;
+    WorkerStats& stats_;
+    Listeners listeners_;  // before ring_: closes the fds if ring setup throws
+    Uring ring_;
+    ProvidedBuffers buffers_;  // after ring_: unregisters from it
+    int wake_fd_ = -1;
+    uint64_t wake_value_ = 0;  // eventfd read target
+
+    std::vector<Connection> conns_;
+    std::vector<uint32_t> free_slots_;
+    uint32_t live_ = 0;             // slots not free
+    std::deque<uint64_t> waiters_;  // recvs parked on -ENOBUFS, as encoded user_data
+    std::vector<std::unique_ptr<SnapshotPin>> pins_;
+
+    uint64_t batch_ = 0;
+    uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
+    bool full_warned_ = false;
+    bool socket_warned_ = false;
+    bool overflow_warned_ = false;
+
+    std::atomic<int64_t> stop_deadline_ns_{kNoDeadline};  // written by stop() on any thread
+    bool stopping_ = false;
+    bool draining_ = false;
+    Clock::time_point armed_deadline_ = Clock::time_point::max();
+    __kernel_timespec stop_ts_{};
+};
+
+// ---------------------------------------------------------------------------
+// Construction and the loop
+
+Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, WorkerOptions options,
+                   WorkerStats& stats)
+    : index_(index),
+      options_(options),
+      stats_(stats),
+      listeners_(std::move(listeners)),
+      ring_(kSqEntries, kCqEntries),
+      buffers_(ring_, kBufferGroup, options.buffer_count, options.buffer_size) {
+    if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
+    // Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd
+    // with -EAGAIN at once instead of waiting for it to become readable.
+    wake_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (wake_fd_ < 0) {
+        throw std::runtime_error(fmt::format("cannot create an eventfd: {}", std::strerror(errno)));
+    }
+    conns_.reserve(std::min<uint32_t>(options.max_connections, 1024));
+}
+
+Worker::Loop::~Loop() {
+    // Normally empty by now; this covers a loop that never ran or threw.
+    for (const Connection& c : conns_) {
+        if (c.phase == Phase::free) continue;
+        if (c.client_fd >= 0) ::close(c.client_fd);
+        if (c.target_fd >= 0) ::close(c.target_fd);
+    }
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void Worker::Loop::run() {
+    ring_.enable();
+    log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, ring_.mode(),
+               options_.buffer_count, options_.buffer_size / 1024);
+    arm_wake();
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) arm_accept(i);
+    while (!(draining_ && worker_ops_ == 0)) {
+        ring_.submit_and_wait(1);
+        ++batch_;
+        reap_completions();
+        after_batch();
+    }
+    io_uring_submit(ring_.get());  // the last closes queued by the final batch
+}
+
+void Worker::Loop::reap_completions() {
+    io_uring* ring = ring_.get();
+    unsigned head = 0;
+    unsigned seen = 0;
+    io_uring_cqe* cqe = nullptr;
+    io_uring_for_each_cqe(ring, head, cqe) {
+        dispatch(*cqe);
+        ++seen;
+    }
+    io_uring_cq_advance(ring, seen);
+}
+
+void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
+    UserData ud = decode(cqe.user_data);
+    switch (ud.op) {
+        case Op::ignore:
+            return;
+        case Op::wake:
+            return on_wake(cqe.res);
+        case Op::stop_timer:
+            return on_stop_timer(cqe.res);
+        case Op::accept:
+            return on_accept(ud.slot, cqe);
+        case Op::accept_backoff:
+            return on_accept_backoff(ud.slot);
+        case Op::connect:
+        case Op::connect_timeout:
+        case Op::recv_client:
+        case Op::recv_target:
+        case Op::send_target:
+        case Op::send_client:
+            return on_connection_event(ud, cqe);
+    }
+}
+
+void Worker::Loop::after_batch() {
+    buffers_.replenish();
+    rearm_waiters();
+    if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
+        overflow_warned_ = true;
+        log::warn("worker {}: completion queue overflowed; the kernel is buffering completions",
+                  index_);
+    }
+    if (stopping_ && live_ == 0 && !draining_) begin_drain();
+}
+
+// ---------------------------------------------------------------------------
+// Accepting: one multishot accept per listener, re-armed whenever it ends.
+
+void Worker::Loop::arm_accept(uint32_t index) {
+    ListenerState& l = listeners_.items[index];
+    io_uring_prep_multishot_accept(sqe(encode(Op::accept, index)), l.fd, nullptr, nullptr,
+                                   SOCK_CLOEXEC);
+    l.accepting = true;
+    ++worker_ops_;
+}
+
+void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
+    ListenerState& l = listeners_.items[index];
+    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    if (!more) {
+        l.accepting = false;
+        --worker_ops_;
+    }
+    if (cqe.res < 0) {
+        if (!more && !stopping_) on_accept_failure(index, cqe.res);
+        return;
+    }
+    if (stopping_) {  // raced with stop(): the listener is already closed
+        ::close(cqe.res);
+        return;
+    }
+    if (l.complained) {
+        log::info("listener {}: accepting again", l.name);
+        l.complained = false;
+    }
+    l.backoff = std::chrono::milliseconds{0};
+    accept_client(l, cqe.res);
+    if (!more) arm_accept(index);
+}
+
+// Out of fds or memory: accepting again at once would fail again at once (the
+// sniproxy 100% CPU bug), so wait with an io_uring timeout, doubling to 1 s.
+void Worker::Loop::on_accept_failure(uint32_t index, int res) {
+    ListenerState& l = listeners_.items[index];
+    const bool paused = std::exchange(l.pause_requested, false);
+    if (!paused && on_accept_error(-res) == AcceptStep::rearm) {
+        arm_accept(index);
+        return;
+    }
+    l.backoff = next_backoff(l.backoff);
+    if (!l.complained) {
+        l.complained = true;
+        log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time", l.name,
+                  paused ? std::string("cannot take more clients for now")
+                         : fmt::format("accept failed: {}", error_text(res)));
+    }
+    l.backoff_ts = to_timespec(l.backoff);
+    io_uring_prep_timeout(sqe(encode(Op::accept_backoff, index)), &l.backoff_ts, 0, 0);
+    ++worker_ops_;
+}
+
+// Accepted clients would only be reset for want of an fd to reach a target:
+// leave them queued in the backlog and back off as if accept had hit EMFILE.
+void Worker::Loop::pause_accepting() {
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        if (!l.accepting || l.pause_requested) continue;
+        l.pause_requested = true;
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
+    }
+}
+
+void Worker::Loop::on_accept_backoff(uint32_t index) {
+    --worker_ops_;
+    if (!stopping_) arm_accept(index);
+}
+
+void Worker::Loop::accept_client(ListenerState& listener, int fd) {
+    // Multishot accept shares one address buffer between completions, so ask
+    // the socket instead.
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+        ::close(fd);  // already gone
+        return;
+    }
+    SnapshotPin* pin = current_pin(listener);
+    if (pin == nullptr) {  // no routing table published: nowhere to send the client
+        ::close(fd);
+        return;
+    }
+    std::optional<uint32_t> slot = allocate_slot();
+    if (!slot) {
+        if (!full_warned_) {
+            full_warned_ = true;
+            log::warn(
+                "worker {}: {} connections open, the per-worker maximum; resetting new "
+                "clients until some close",
+                index_, live_);
+        }
+        pause_accepting();  // spares the backlog a stream of accept-and-reset
+        set_reset_on_close(fd);
+        ::close(fd);
+        return;
+    }
+    full_warned_ = false;
+    Connection& c = conns_[*slot];
+    c.phase = Phase::connecting;
+    c.client_fd = fd;
+    c.key_hash = pin->table->key_hash(reinterpret_cast<const sockaddr*>(&peer));
+    c.pin = pin;
+    ++pin->users;
+    // A client often sends first; its first recv need not wait for readiness.
+    c.flow(FlowDir::upstream).source_ready = true;
+    ++live_;
+    add(stats_.accepted, 1);
+    add(stats_.active, 1);
+    start_connect(*slot);
+}
+
+// The routing snapshot is re-read at most once per loop iteration per listener:
+// one atomic shared_ptr load per batch instead of per client.
+SnapshotPin* Worker::Loop::current_pin(ListenerState& listener) {
+    if (listener.pin != nullptr && listener.pin_batch == batch_) return listener.pin;
+    listener.pin_batch = batch_;
+    std::shared_ptr<const RoutingTable> table = listener.route->load();
+    if (listener.pin != nullptr && listener.pin->table == table) return listener.pin;
+    if (SnapshotPin* old = listener.pin) {
+        old->current = false;
+        listener.pin = nullptr;
+        if (old->users == 0) std::erase_if(pins_, [old](const auto& p) { return p.get() == old; });
+    }
+    if (!table) return nullptr;
+    auto pin = std::make_unique<SnapshotPin>();
+    pin->connect_timeout = to_timespec(table->connect_timeout);
+    pin->table = std::move(table);
+    listener.pin = pin.get();
+    pins_.push_back(std::move(pin));
+    return listener.pin;
+}
+
+void Worker::Loop::unpin(Connection& c) {
+    SnapshotPin* pin = c.pin;
+    if (pin == nullptr) return;
+    c.pin = nullptr;
+    if (--pin->users == 0 && !pin->current) {
+        std::erase_if(pins_, [pin](const auto& p) { return p.get() == pin; });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connecting: socket() + connect linked to a timeout; on failure the balancer's
+// next distinct target, up to connect_retries more times.
+
+void Worker::Loop::start_connect(uint32_t slot) {
+    Connection& c = conns_[slot];
+    const RoutingTable& table = *c.pin->table;
+    const uint32_t target = table.pick(c.key_hash, c.attempt);
+    if (target >= table.targets.size()) {  // an empty group: nothing to connect to
+        close_connection(slot, CloseMode::graceful);
+        return;
+    }
+    c.target = target;
+    const SocketAddress& address = table.targets[target].address;
+    const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+        // Out of fds: another target would fail the same way.
+        const int err = errno;
+        add(stats_.connect_failures, 1);
+        if (!socket_warned_) {
+            socket_warned_ = true;
+            log::warn("worker {}: cannot create a socket to reach a target: {}", index_,
+                      std::strerror(err));
+        }
+        if (err == EMFILE || err == ENFILE) pause_accepting();
+        close_connection(slot, CloseMode::graceful);
+        return;
+    }
+    socket_warned_ = false;
+    set_no_delay(fd);
+    c.target_fd = fd;
+
+    ring_.reserve(2);  // the link must reach the kernel in one submission
+    io_uring_sqe* connect = sqe(encode(Op::connect, slot, c.generation));
+    io_uring_prep_connect(connect, fd, address.sa(), address.len());
+    connect->flags |= IOSQE_IO_LINK;
+    io_uring_prep_link_timeout(sqe(encode(Op::connect_timeout, slot, c.generation)),
+                               &c.pin->connect_timeout, 0);
+    c.inflight += 2;
+}
+
+// The linked timeout's own completion (-ETIME or -ECANCELED) only counts down
+// inflight; this one decides.
+void Worker::Loop::handle_connect(uint32_t slot, int res) {
+    Connection& c = conns_[slot];
+    if (res == 0) {
+        begin_relay(slot);
+        return;
+    }
+    add(stats_.connect_failures, 1);
+    log_connect_failure(c, res);
+    const unsigned retries = std::min(c.pin->table->connect_retries, 255U);
+    switch (on_connect(res, c.attempt, retries)) {
+        case ConnectStep::retry:
+            ++c.attempt;
+            add(stats_.retries, 1);
+            close_fd(c.target_fd);
+            c.target_fd = -1;
+            start_connect(slot);
+            return;
+        case ConnectStep::give_up:
+            log::debug("worker {}: no target accepted the client after {} attempts; closing it",
+                       index_, c.attempt + 1);
+            close_connection(slot, CloseMode::graceful);
+            return;
+        case ConnectStep::relay:
+            return;
+    }
+}
+
+void Worker::Loop::log_connect_failure(const Connection& c, int res) {
+    if (log::level() > LogLevel::debug) return;
+    const RoutingTable& table = *c.pin->table;
+    const RouteTarget& target = table.targets[c.target];
+    if (res == -ECANCELED) {
+        log::debug("worker {}: connect to target {} ({}) timed out after {} ms (attempt {})",
+                   index_, target.id, target.address.to_string(), table.connect_timeout.count(),
+                   c.attempt + 1);
+    } else {
+        log::debug("worker {}: connect to target {} ({}) failed: {} (attempt {})", index_,
+                   target.id, target.address.to_string(), error_text(res), c.attempt + 1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Relaying: each flow is recv -> send -> recv ...; see connection.hpp.
+
+void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
+    uint16_t bid = kNoBuffer;
+    if (cqe.flags & IORING_CQE_F_BUFFER) {
+        bid = static_cast<uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+        buffers_.consumed();
+    }
+    if (ud.slot >= conns_.size() || conns_[ud.slot].generation != ud.generation ||
+        conns_[ud.slot].phase == Phase::free) {
+        // Cannot happen while inflight is counted right; keep the buffers whole anyway.
+        log::debug("worker {}: stale completion for slot {}", index_, ud.slot);
+        release_buffer(bid);
+        return;
+    }
+    Connection& c = conns_[ud.slot];
+    --c.inflight;
+    if (c.phase == Phase::closing) {
+        release_buffer(bid);
+        if (c.inflight == 0) free_slot(ud.slot);
+        return;
+    }
+    const FlowDir dir = flow_of(ud.op);
+    switch (ud.op) {
+        case Op::connect:
+            return handle_connect(ud.slot, cqe.res);
+        case Op::recv_client:
+        case Op::recv_target: {
+            if (cqe.res > 0) {
+                add(dir == FlowDir::upstream ? stats_.bytes_in : stats_.bytes_out,
+                    static_cast<uint64_t>(cqe.res));
+            }
+            const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
+            return carry_out(ud.slot, dir, on_recv(c.flow(dir), cqe.res, bid, nonempty));
+        }
+        case Op::send_target:
+        case Op::send_client:
+            return carry_out(ud.slot, dir, on_send(c.flow(dir), cqe.res));
+        default:
+            return;  // connect_timeout
+    }
+}
+
+void Worker::Loop::begin_relay(uint32_t slot) {
+    Connection& c = conns_[slot];
+    unpin(c);
+    c.phase = Phase::relaying;
+    submit_recv(slot, FlowDir::upstream);
+    submit_recv(slot, FlowDir::downstream);
+}
+
+// Single-shot recv into a buffer the kernel picks from the ring: an idle
+// connection holds no buffer, and nothing is read until the previous chunk of
+// this flow has been sent (multishot recv would read on regardless).
+void Worker::Loop::submit_recv(uint32_t slot, FlowDir dir) {
+    Connection& c = conns_[slot];
+    Flow& flow = c.flow(dir);
+    start_recv(flow);
+    io_uring_sqe* s = sqe(encode(recv_op(dir), slot, c.generation));
+    io_uring_prep_recv(s, c.source_fd(dir), nullptr, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = buffers_.group();
+    // Nothing queued last time: wait for readiness rather than try, fail and arm.
+    if (!flow.source_ready) s->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    ++c.inflight;
+}
+
+void Worker::Loop::submit_send(uint32_t slot, FlowDir dir) {
+    Connection& c = conns_[slot];
+    const Flow& flow = c.flow(dir);
+    // MSG_WAITALL makes the kernel finish short sends itself; a short completion
+    // still gets the remainder resubmitted by on_send.
+    io_uring_prep_send(sqe(encode(send_op(dir), slot, c.generation)), c.sink_fd(dir),
+                       buffers_.data(flow.buf) + flow.sent, flow.len - flow.sent,
+                       MSG_NOSIGNAL | MSG_WAITALL);
+    ++c.inflight;
+}
+
+void Worker::Loop::carry_out(uint32_t slot, FlowDir dir, Decision decision) {
+    release_buffer(decision.release);
+    switch (decision.step) {
+        case Step::recv:
+            return submit_recv(slot, dir);
+        case Step::send:
+            return submit_send(slot, dir);
+        case Step::wait_buffer:
+            buffers_.starved();
+            waiters_.push_back(encode(recv_op(dir), slot, conns_[slot].generation));
+            return;
+        case Step::finish:
+            return finish_flow(slot, dir);
+        case Step::reset:
+            return close_connection(slot, CloseMode::reset);
+    }
+}
+
+// EOF on one side becomes EOF on the other; the opposite flow keeps going.
+void Worker::Loop::finish_flow(uint32_t slot, FlowDir dir) {
+    Connection& c = conns_[slot];
+    if (c.both_flows_done()) {
+        close_connection(slot, CloseMode::graceful);  // close() sends the last FIN
+        return;
+    }
+    // A plain syscall: IORING_OP_SHUTDOWN would be punted to an io-wq thread.
+    ::shutdown(c.sink_fd(dir), SHUT_WR);
+}
+
+// Re-arms parked recvs, at most as many as there are buffers to receive into.
+void Worker::Loop::rearm_waiters() {
+    uint32_t budget = buffers_.posted();
+    while (budget > 0 && !waiters_.empty()) {
+        const UserData w = decode(waiters_.front());
+        waiters_.pop_front();
+        const FlowDir dir = flow_of(w.op);
+        if (w.slot >= conns_.size()) continue;
+        const Connection& c = conns_[w.slot];
+        if (c.generation != w.generation || c.phase != Phase::relaying ||
+            c.flow(dir).state != FlowState::waiting_buffer) {
+            continue;  // closed since it parked
+        }
+        submit_recv(w.slot, dir);
+        --budget;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Teardown
+
+std::optional<uint32_t> Worker::Loop::allocate_slot() {
+    if (!free_slots_.empty()) {
+        uint32_t slot = free_slots_.back();
+        free_slots_.pop_back();
+        return slot;
+    }
+    if (conns_.size() >= options_.max_connections) return std::nullopt;
+    conns_.emplace_back();
+    return static_cast<uint32_t>(conns_.size() - 1);
+}
+
+// Cancels whatever is in flight on both sockets; the slot is freed when the
+// last completion arrives. A reset forwards an abort as an RST on both sides.
+void Worker::Loop::close_connection(uint32_t slot, CloseMode mode) {
+    Connection& c = conns_[slot];
+    if (c.phase == Phase::closing || c.phase == Phase::free) return;
+    unpin(c);
+    c.phase = Phase::closing;
+    if (mode == CloseMode::reset) {
+        set_reset_on_close(c.client_fd);
+        if (c.target_fd >= 0) set_reset_on_close(c.target_fd);
+    }
+    if (c.inflight == 0) {
+        free_slot(slot);
+        return;
+    }
+    cancel_all_on(c.client_fd);
+    if (c.target_fd >= 0) cancel_all_on(c.target_fd);
+}
+
+void Worker::Loop::free_slot(uint32_t slot) {
+    Connection& c = conns_[slot];
+    close_fd(c.client_fd);
+    close_fd(c.target_fd);
+    for (const Flow& flow : c.flows) release_buffer(flow.buf);
+    const uint32_t generation = next_generation(c.generation);
+    c = Connection{};
+    c.generation = generation;
+    free_slots_.push_back(slot);
+    --live_;
+    subtract(stats_.active, 1);
+}
+
+void Worker::Loop::cancel_all_on(int fd) {
+    io_uring_prep_cancel_fd(sqe(encode(Op::ignore)), fd, IORING_ASYNC_CANCEL_ALL);
+}
+
+// Batched with everything else in the next submit instead of a syscall each.
+void Worker::Loop::close_fd(int fd) {
+    if (fd < 0) return;
+    io_uring_sqe* s = sqe(encode(Op::ignore));
+    io_uring_prep_close(s, fd);
+    if (ring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+void Worker::Loop::release_buffer(uint16_t bid) {
+    if (bid != kNoBuffer) buffers_.release(bid);
+}
+
+// ---------------------------------------------------------------------------
+// Stopping: stop() writes the eventfd; the loop stops accepting, lets
+// connections finish until the deadline, resets the rest, then drains.
+
+void Worker::Loop::request_stop(std::chrono::milliseconds grace) {
+    const int64_t deadline = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 (Clock::now() + grace).time_since_epoch())
+                                 .count();
+    int64_t current = stop_deadline_ns_.load();
+    while (deadline < current && !stop_deadline_ns_.compare_exchange_weak(current, deadline)) {
+    }
+    const uint64_t one = 1;
+    if (::write(wake_fd_, &one, sizeof one) < 0) {
+        log::error("worker {}: cannot signal stop: {}", index_, std::strerror(errno));
+    }
+}
+
+void Worker::Loop::arm_wake() {
+    io_uring_prep_read(sqe(encode(Op::wake)), wake_fd_, &wake_value_, sizeof wake_value_, 0);
+    ++worker_ops_;
+}
+
+void Worker::Loop::on_wake(int res) {
+    --worker_ops_;
+    if (draining_) return;
+    if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        throw std::runtime_error(fmt::format("cannot read the stop eventfd: {}", error_text(res)));
+    }
+    arm_wake();  // a second stop() (shorter grace) must still get through
+    const int64_t deadline_ns = stop_deadline_ns_.load();
+    if (deadline_ns == kNoDeadline) return;
+    if (!stopping_) stop_accepting();
+    const Clock::time_point deadline{std::chrono::nanoseconds(deadline_ns)};
+    if (deadline <= Clock::now()) {
+        force_close_all();
+    } else if (deadline < armed_deadline_) {
+        arm_stop_timer(deadline);
+    }
+}
+
+void Worker::Loop::stop_accepting() {
+    stopping_ = true;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        // By user_data, so closing the fd right away is fine: the pending accept
+        // holds its own reference until the cancel runs.
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept_backoff, i), 0);
+        ::close(l.fd);
+        l.fd = -1;
+    }
+    log::debug("worker {}: stopped accepting; {} connections open", index_, live_);
+}
+
+void Worker::Loop::arm_stop_timer(Clock::time_point deadline) {
+    armed_deadline_ = deadline;
+    // Absolute CLOCK_MONOTONIC, the clock steady_clock reads.
+    stop_ts_ = to_timespec(deadline.time_since_epoch());
+    io_uring_prep_timeout(sqe(encode(Op::stop_timer)), &stop_ts_, 0, IORING_TIMEOUT_ABS);
+    ++worker_ops_;
+}
+
+void Worker::Loop::on_stop_timer(int res) {
+    --worker_ops_;
+    if (res == -ETIME && !draining_) force_close_all();
+}
+
+void Worker::Loop::force_close_all() {
+    unsigned count = 0;
+    for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
+        const Phase phase = conns_[slot].phase;
+        if (phase != Phase::connecting && phase != Phase::relaying) continue;
+        close_connection(slot, CloseMode::reset);
+        ++count;
+    }
+    if (count > 0)
+        log::info("worker {}: shutdown grace expired; reset {} connections", index_, count);
+}
+
+// No connections left: cancel the worker's own ops (wake read, timers) and let
+// run() return once their completions are in.
+void Worker::Loop::begin_drain() {
+    draining_ = true;
+    io_uring_prep_cancel64(sqe(encode(Op::ignore)), 0,
+                           IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+}
+
+// ---------------------------------------------------------------------------
+
+Worker::Worker(unsigned index, std::vector<WorkerListener> listeners, WorkerOptions options) {
+    try {
+        loop_ = std::make_unique<Loop>(index, std::move(listeners), options, stats_);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(fmt::format("worker {}: {}", index, e.what()));
+    }
+}
+
+Worker::~Worker() = default;
+
+void Worker::run() {
+    loop_->run();
+}
+
+void Worker::stop(std::chrono::milliseconds grace) {
+    loop_->request_stop(grace);
+}
+
+}  // namespace stickyd

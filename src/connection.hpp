@@ -1,0 +1,122 @@
+// The per-connection state and the pure "decide" half of the data path.
+//
+// The worker turns each completion into a call to one of the functions below,
+// which update the state and say what to do next; the worker then submits it.
+// Nothing here touches a socket or io_uring, so the unit tests drive these
+// functions with synthetic completions.
+//
+// A proxied connection is two independent flows:
+//   upstream:   client -> target
+//   downstream: target -> client
+// Each flow alternates between one recv on its source and one send to its sink,
+// so it holds at most one buffer and never reads while its send is pending:
+// that is the backpressure. A flow ends at EOF (the sink is shut down for
+// writing while the other flow keeps going); any error aborts the whole
+// connection with an RST on both sides.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace stickyd {
+
+enum class FlowDir : uint8_t { upstream = 0, downstream = 1 };
+
+inline constexpr uint16_t kNoBuffer = UINT16_MAX;
+
+enum class FlowState : uint8_t {
+    idle,            // not started (connection still connecting)
+    receiving,       // a recv is in flight on the source
+    waiting_buffer,  // the last recv found no free buffer; parked until one returns
+    sending,         // a send of buf[sent, len) is in flight to the sink
+    done,            // the source reached EOF and the sink was shut down for writing
+};
+
+struct Flow {
+    uint32_t sent = 0;  // bytes of buf already delivered to the sink
+    uint32_t len = 0;   // bytes received into buf
+    uint16_t buf = kNoBuffer;
+    FlowState state = FlowState::idle;
+    // The last recv left data queued on the source, so the next recv should try
+    // straight away instead of waiting for readiness first.
+    bool source_ready = false;
+};
+
+// What the worker does next for a flow.
+enum class Step : uint8_t {
+    recv,         // arm a recv on the source (IOSQE_BUFFER_SELECT)
+    send,         // send buf[sent, len) to the sink
+    wait_buffer,  // park until buffers are returned to the ring
+    finish,       // EOF: shut down the sink for writing (close if the other flow is done)
+    reset,        // error on either socket: RST both sides and tear down
+};
+
+struct Decision {
+    Step step;
+    uint16_t release = kNoBuffer;  // buffer to hand back to the ring, if any
+};
+
+// Before a recv is submitted (first arm, or re-arm after waiting for a buffer).
+void start_recv(Flow& flow);
+
+// A recv on the source completed: res = bytes (0 = EOF) or -errno; bid = the
+// buffer the kernel filled (kNoBuffer if none); source_nonempty = the CQE said
+// more data is queued (IORING_CQE_F_SOCK_NONEMPTY).
+Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty);
+
+// A send to the sink completed: res = bytes sent or -errno.
+Decision on_send(Flow& flow, int res);
+
+enum class Phase : uint8_t { free, connecting, relaying, closing };
+
+struct SnapshotPin;  // worker.cpp: keeps a routing snapshot alive while connects use it
+
+// One slot of the worker's connection table. Kept at 64 bytes: with no
+// per-connection buffers this is most of the user-space cost of an idle
+// connection.
+struct Connection {
+    Flow flows[2];               // indexed by FlowDir
+    uint64_t key_hash = 0;       // the client's stickiness hash, for connect retries
+    SnapshotPin* pin = nullptr;  // only while connecting
+    int client_fd = -1;
+    int target_fd = -1;
+    uint32_t generation = 0;  // see user_data.hpp
+    uint32_t target = 0;      // index into the pinned table's targets (current attempt)
+    uint8_t attempt = 0;      // 0 = the owner; N = N-th retry
+    uint8_t inflight = 0;     // submitted ops whose completion has not arrived yet
+    Phase phase = Phase::free;
+
+    Flow& flow(FlowDir dir) { return flows[static_cast<unsigned>(dir)]; }
+    const Flow& flow(FlowDir dir) const { return flows[static_cast<unsigned>(dir)]; }
+    int source_fd(FlowDir dir) const { return dir == FlowDir::upstream ? client_fd : target_fd; }
+    int sink_fd(FlowDir dir) const { return dir == FlowDir::upstream ? target_fd : client_fd; }
+    bool both_flows_done() const {
+        return flows[0].state == FlowState::done && flows[1].state == FlowState::done;
+    }
+};
+
+inline constexpr FlowDir other(FlowDir dir) {
+    return dir == FlowDir::upstream ? FlowDir::downstream : FlowDir::upstream;
+}
+
+enum class ConnectStep : uint8_t {
+    relay,    // connected: start both flows
+    retry,    // try attempt + 1 (the next distinct target)
+    give_up,  // out of attempts: close the client
+};
+
+// A connect completed with res (0 or -errno; -ECANCELED = the linked timeout fired).
+ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries);
+
+enum class AcceptStep : uint8_t {
+    rearm,     // transient, tied to one client: accept again now
+    back_off,  // resource exhaustion or unknown: wait, then accept again (never spin)
+};
+
+// A multishot accept ended with -err.
+AcceptStep on_accept_error(int err);
+
+// The accept back-off: 100 ms, doubling up to 1 s. `current` 0 = first failure.
+std::chrono::milliseconds next_backoff(std::chrono::milliseconds current);
+
+}  // namespace stickyd

@@ -1,0 +1,98 @@
+// RAII wrappers around one io_uring instance and its provided-buffer ring.
+// Only the worker (and main, for probe_io_uring) includes this header.
+#pragma once
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace stickyd {
+
+// nullopt if io_uring can run stickyd here; otherwise one human-readable line
+// saying why not and what to change (sysctl, seccomp profile, kernel version).
+std::optional<std::string> probe_io_uring();
+
+class Uring {
+  public:
+    // Throws std::runtime_error with a one-line message if no ring can be set up.
+    // The ring starts disabled: call enable() from the thread that will drive it.
+    Uring(unsigned sq_entries, unsigned cq_entries);
+    ~Uring();
+    Uring(const Uring&) = delete;
+    Uring& operator=(const Uring&) = delete;
+
+    // A SINGLE_ISSUER ring belongs to the thread that enables it.
+    void enable();
+
+    // Never returns null: submits what is queued when the SQ is full.
+    io_uring_sqe* get_sqe();
+    // Makes sure the next `count` get_sqe() calls do not submit in between, so
+    // linked SQEs reach the kernel together.
+    void reserve(unsigned count);
+    // Submits everything queued and waits for at least `wait_nr` completions.
+    // Interrupted waits return normally; other failures throw.
+    void submit_and_wait(unsigned wait_nr);
+
+    io_uring* get() { return &ring_; }
+    // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).
+    bool can_skip_success() const { return (ring_.features & IORING_FEAT_CQE_SKIP) != 0; }
+    // "defer_taskrun", "coop_taskrun" or "plain": how completions are run.
+    std::string_view mode() const { return mode_; }
+
+  private:
+    io_uring ring_{};
+    std::string_view mode_;
+};
+
+// A kernel-registered ring of equally sized receive buffers (one buffer group)
+// plus a user-space LIFO of buffers not currently handed to the kernel.
+//
+// Only a bounded number of buffers sit in the kernel ring at a time; the rest
+// wait on the LIFO. Reuse is therefore last-in-first-out, so the buffers that
+// are touched (resident, cache-hot) are the ones recently needed rather than
+// the whole pool cycling FIFO through the ring. The posted count grows when
+// receives find the ring empty while spare buffers exist.
+class ProvidedBuffers {
+  public:
+    // count: power of two, 1..32768. Throws std::runtime_error.
+    ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size);
+    ~ProvidedBuffers();
+    ProvidedBuffers(const ProvidedBuffers&) = delete;
+    ProvidedBuffers& operator=(const ProvidedBuffers&) = delete;
+
+    uint16_t group() const { return group_; }
+    uint32_t buffer_size() const { return size_; }
+    char* data(uint16_t bid) { return memory_ + static_cast<size_t>(bid) * size_; }
+
+    // A completion reported that the kernel took buffer `bid` out of the ring.
+    void consumed() { --posted_; }
+    // The worker is done with `bid`; it becomes the first candidate for reuse.
+    void release(uint16_t bid) { spare_.push_back(bid); }
+    // A receive found no buffer: post more at the next replenish(), if there are any.
+    void starved();
+    // Tops the kernel ring up from the spare LIFO. Call once per completion batch.
+    void replenish();
+    // Buffers believed to be in the kernel ring (an upper bound: the kernel may
+    // have taken some whose completions are not reaped yet).
+    uint32_t posted() const { return posted_; }
+
+  private:
+    Uring& ring_;
+    io_uring_buf_ring* ring_memory_ = nullptr;
+    size_t ring_bytes_ = 0;
+    char* memory_ = nullptr;
+    size_t memory_bytes_ = 0;
+    uint16_t group_;
+    uint32_t count_;
+    uint32_t size_;
+    uint32_t posted_ = 0;
+    uint32_t target_posted_;
+    bool starved_ = false;
+    std::vector<uint16_t> spare_;
+};
+
+}  // namespace stickyd

@@ -1,0 +1,76 @@
+// The one place that encodes and decodes io_uring CQE user_data.
+//
+// Every SQE the worker submits carries a 64-bit tag that says what the
+// completion is about. The layout is fixed here and nowhere else:
+//
+//    63                      40 39                             8 7        0
+//   +--------------------------+--------------------------------+----------+
+//   |   generation (24 bits)   |        slot index (32 bits)    | op (8)   |
+//   +--------------------------+--------------------------------+----------+
+//
+// - op:         what kind of operation completed (Op below).
+// - slot:       the connection slot for connection ops, the listener index for
+//               accept ops, 0 for worker-wide ops.
+// - generation: the slot's generation when the op was submitted. A slot's
+//               generation is bumped each time it is freed, so a completion that
+//               arrives for an earlier occupant of the slot is recognisably stale.
+//               It wraps modulo 2^24; a slot is only freed once nothing is in
+//               flight on it, so the generation is a second line of defence.
+//
+// user_data 0 decodes as Op::ignore: completions nobody waits for (cancel and
+// close results).
+#pragma once
+
+#include <cstdint>
+
+namespace stickyd {
+
+enum class Op : uint8_t {
+    ignore = 0,       // cancel/close results: nothing to do
+    wake,             // eventfd read: stop() was called
+    stop_timer,       // shutdown grace deadline
+    accept,           // multishot accept; slot = listener index
+    accept_backoff,   // timer before re-arming an accept that hit EMFILE & co.
+    connect,          // connect to a target
+    connect_timeout,  // the connect's linked timeout
+    recv_client,      // recv from the client (upstream flow)
+    recv_target,      // recv from the target (downstream flow)
+    send_target,      // send to the target (upstream flow)
+    send_client,      // send to the client (downstream flow)
+};
+
+struct UserData {
+    Op op = Op::ignore;
+    uint32_t slot = 0;
+    uint32_t generation = 0;
+
+    friend bool operator==(const UserData&, const UserData&) = default;
+};
+
+inline constexpr unsigned kOpBits = 8;
+inline constexpr unsigned kSlotBits = 32;
+inline constexpr unsigned kGenerationBits = 24;
+inline constexpr uint32_t kGenerationMask = (1U << kGenerationBits) - 1;
+
+static_assert(kOpBits + kSlotBits + kGenerationBits == 64);
+
+// The generation is truncated to its 24 bits.
+constexpr uint64_t encode(UserData d) {
+    return static_cast<uint64_t>(d.op) | (static_cast<uint64_t>(d.slot) << kOpBits) |
+           (static_cast<uint64_t>(d.generation & kGenerationMask) << (kOpBits + kSlotBits));
+}
+
+constexpr uint64_t encode(Op op, uint32_t slot = 0, uint32_t generation = 0) {
+    return encode(UserData{op, slot, generation});
+}
+
+constexpr UserData decode(uint64_t value) {
+    return UserData{static_cast<Op>(value & 0xFF), static_cast<uint32_t>(value >> kOpBits),
+                    static_cast<uint32_t>(value >> (kOpBits + kSlotBits)) & kGenerationMask};
+}
+
+constexpr uint32_t next_generation(uint32_t generation) {
+    return (generation + 1) & kGenerationMask;
+}
+
+}  // namespace stickyd
