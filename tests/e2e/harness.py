@@ -1,0 +1,751 @@
+"""Black-box end-to-end harness for stickyd (Python 3 standard library only).
+
+A test file defines ``test_*`` functions and ends with ``harness.main()``. Each test
+starts what it needs through this module (stickyd with a generated config or CLI
+flags, stickyd-echo backends, Python stub backends); everything a test starts is
+killed when the test ends, pass or fail, and again at exit.
+
+Output, one line per case, then a summary line that scripts/test-summary counts:
+    PASS name
+    FAIL name: reason          (followed by indented detail: traceback, process logs)
+    SKIP name: reason
+    cases: N passed, M failed, K skipped
+Exit status: 0 if nothing failed, 1 if anything failed, 77 if every case skipped.
+
+Binaries come from $STICKYD_BIN and $STICKYD_ECHO_BIN (meson sets them; by hand:
+    STICKYD_BIN=build-e2e/stickyd STICKYD_ECHO_BIN=build-e2e/stickyd-echo \
+        python3 tests/e2e/test_stickiness.py [name-substring ...]
+). Every socket operation has a timeout and every test has a deadline, so nothing
+hangs. Traffic only ever goes to 127.0.0.0/8 and ::1.
+"""
+
+import array
+import hashlib
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+SOURCE_ROOT = os.environ.get("STICKYD_SOURCE_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STICKYD_BIN = os.path.abspath(os.environ.get("STICKYD_BIN")
+                              or os.path.join(SOURCE_ROOT, "build", "stickyd"))
+ECHO_BIN = os.path.abspath(os.environ.get("STICKYD_ECHO_BIN")
+                           or os.path.join(SOURCE_ROOT, "build", "stickyd-echo"))
+
+IO_TIMEOUT = 10.0        # any single socket operation
+START_TIMEOUT = 10.0     # a process becoming ready
+TEST_DEADLINE = 90       # one test, whole (seconds)
+CHUNK = 64 * 1024
+
+
+class Skip(Exception):
+    """Raised to skip the current test (for a missing kernel or system feature)."""
+
+
+class Failure(AssertionError):
+    """A failed expectation."""
+
+
+def skip(reason):
+    raise Skip(reason)
+
+
+def expect(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def expect_eq(actual, wanted, what):
+    if actual != wanted:
+        raise Failure(f"{what}: expected {wanted!r}, got {actual!r}")
+
+
+# ---------------------------------------------------------------------------------
+# Per-test resources: everything registered here is torn down after each test.
+
+_cleanups = []      # callables, run last-in first-out
+_processes = []     # every Process ever started (for the exit-time sweep)
+_state = threading.local()
+_test_dir = None
+
+
+def on_cleanup(fn):
+    _cleanups.append(fn)
+    return fn
+
+
+def _run_cleanups():
+    while _cleanups:
+        fn = _cleanups.pop()
+        try:
+            fn()
+        except Exception:  # cleanup must go on
+            traceback.print_exc(file=sys.stdout)
+
+
+def test_dir():
+    """A temporary directory for the current test (removed after it)."""
+    global _test_dir
+    if _test_dir is None:
+        _test_dir = tempfile.mkdtemp(prefix="stickyd-e2e-")
+
+        def remove():
+            global _test_dir
+            shutil.rmtree(_test_dir, ignore_errors=True)
+            _test_dir = None
+        on_cleanup(remove)
+    return _test_dir
+
+
+def write_file(name, text):
+    path = os.path.join(test_dir(), name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------
+# Processes
+
+class Process:
+    """A child in its own process group, output to a log file, killed at cleanup."""
+
+    def __init__(self, argv, label):
+        self.argv = [str(a) for a in argv]
+        self.label = label
+        self.log_path = os.path.join(test_dir(), f"{label}.log")
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        _processes.append(self)
+        on_cleanup(self.kill)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout):
+        """Exit status, or None if still running after `timeout` seconds."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.popen.poll() is None:  # never signal a reaped (reusable) pid
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def describe(self):
+        status = "running" if self.alive() else f"exit status {self.popen.returncode}"
+        tail = "\n".join(self.log().splitlines()[-25:])
+        return f"{self.label} ({' '.join(self.argv)}), {status}; log tail:\n{tail}"
+
+
+def _kill_everything():
+    for p in _processes:
+        if p.popen.returncode is not None:
+            continue
+        try:
+            os.killpg(p.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run(argv, timeout=15, stdin_text=None):
+    """Runs a short command; returns CompletedProcess (text). Fails if it hangs."""
+    try:
+        return subprocess.run([str(a) for a in argv], input=stdin_text, capture_output=True,
+                              text=True, timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
+
+
+# ---------------------------------------------------------------------------------
+# Addresses
+
+def fmt_addr(addr):
+    """('127.0.0.1', 80) -> '127.0.0.1:80'; ('::1', 80) -> '[::1]:80'."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def family_of(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def ipv6_available():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+_picked_ports = set()
+
+
+def free_port(host="127.0.0.1"):
+    """A port that is free now, for daemons that cannot report the one they bound.
+
+    Drawn outside the kernel's ephemeral range when there is room, so that our own
+    outgoing connections (which take ephemeral ports) never collide with it.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    gaps = [(10000, low), (high + 1, 65536)]
+    start, stop = max(gaps, key=lambda g: g[1] - g[0])
+    rng = random.Random()
+    for _ in range(200):
+        if stop - start >= 1000:
+            port = rng.randrange(start, stop)
+        else:  # no room outside the ephemeral range: let the kernel choose
+            with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        if port in _picked_ports:
+            continue
+        try:
+            with socket.socket(family_of(host), socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        _picked_ports.add(port)
+        return port
+    raise Failure("no free port found")
+
+
+def source_ips(count, first=2):
+    """count distinct loopback source addresses: 127.0.0.2, 127.0.0.3, ..."""
+    ips = []
+    n = first
+    while len(ips) < count:
+        ips.append(f"127.0.{n // 256}.{n % 256}")
+        n += 1
+        if n % 256 in (0, 255):
+            n += 1
+    return ips
+
+
+# ---------------------------------------------------------------------------------
+# Sockets
+
+def connect(dst, src_ip=None, timeout=IO_TIMEOUT):
+    """A connected TCP socket to dst (host, port), from src_ip if given."""
+    s = socket.socket(family_of(dst[0]), socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        if src_ip is not None:
+            s.bind((src_ip, 0))
+        s.connect((dst[0], dst[1]))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def send_all(sock, data):
+    """sendall with the timeout per send() rather than for the whole payload."""
+    view = memoryview(data)
+    while view:
+        n = sock.send(view[:CHUNK * 4])
+        view = view[n:]
+
+
+def recv_exact(sock, n):
+    parts = []
+    while n > 0:
+        chunk = sock.recv(min(n, CHUNK * 4))
+        if not chunk:
+            raise Failure(f"connection closed with {n} bytes still expected")
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def recv_line(sock, limit=4096):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise Failure(f"connection closed before the end of a line (got {data!r})")
+        data += chunk
+        if len(data) > limit:
+            raise Failure("line too long")
+    return data.decode("utf-8", "replace").rstrip("\n")
+
+
+def recv_until_eof(sock, hasher=None, limit=None):
+    """Reads to EOF. Returns the byte count (and feeds hasher); raises on reset."""
+    total = 0
+    while True:
+        chunk = sock.recv(CHUNK * 4)
+        if not chunk:
+            return total
+        total += len(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
+        if limit is not None and total > limit:
+            raise Failure(f"more than {limit} bytes received")
+
+
+def wait_closed(sock, timeout=IO_TIMEOUT):
+    """Waits for the peer to end the connection: returns 'eof' or 'reset'."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(CHUNK):
+            pass
+        return "eof"
+    except ConnectionResetError:
+        return "reset"
+
+
+def set_linger_zero(sock):
+    """Makes close() send an RST."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
+    """One HTTP/1.1 request on its own connection. Returns (status, body)."""
+    with connect(dst, src_ip, timeout) as s:
+        host = fmt_addr(dst)
+        send_all(s, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(CHUNK)
+            if not chunk:
+                raise Failure(f"{host}: connection closed before a complete response "
+                              f"(from {src_ip or 'default source'}; got {data!r})")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length is None:
+            raise Failure(f"{host}: response without Content-Length: {head!r}")
+        if len(body) < length:
+            body += recv_exact(s, length - len(body))
+        return status, body[:length].decode("utf-8", "replace")
+
+
+def whoami(src_ip, lb_addr):
+    """The name of the backend that answers GET /hostname for this source address."""
+    status, body = http_get(lb_addr, "/hostname", src_ip)
+    expect_eq(status, 200, f"GET /hostname status from {src_ip}")
+    return body
+
+
+def mapping(lb_addr, ips, repeat=1):
+    """{ip: backend name}; with repeat > 1, fails unless each IP always gets the same."""
+    result = {}
+    for ip in ips:
+        names = {whoami(ip, lb_addr) for _ in range(repeat)}
+        expect(len(names) == 1, f"source {ip} reached several backends over {repeat} "
+                                f"connections: {sorted(names)}")
+        result[ip] = names.pop()
+    return result
+
+
+def wait_accepting(addr, process=None, timeout=START_TIMEOUT):
+    """Waits until addr accepts TCP connections (and process, if given, is alive)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise Failure(f"{process.label} exited during start-up\n{process.describe()}")
+        try:
+            with connect(addr, timeout=1.0):
+                return
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise Failure(f"{fmt_addr(addr)} did not accept within {timeout}s ({last})"
+                  + (f"\n{process.describe()}" if process else ""))
+
+
+# ---------------------------------------------------------------------------------
+# Payloads
+
+PATTERN_MULTIPLIER = 0x9E3779B97F4A7C15
+
+
+def pattern(n):
+    """stickyd-echo's SINK-THEN-REPLY data: LE uint64 words i * 0x9E3779B97F4A7C15."""
+    words = (n + 7) // 8
+    mask = (1 << 64) - 1
+    a = array.array("Q", ((i * PATTERN_MULTIPLIER) & mask for i in range(words)))
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()[:n]
+
+
+def random_payload(size, seed):
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def echo_roundtrip(sock, payload):
+    """Sends payload (from a thread), then EOF; reads the reply to EOF.
+
+    Returns (bytes received, sha256 of them). Errors on either side are raised.
+    """
+    errors = []
+
+    def sender():
+        try:
+            send_all(sock, payload)
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as e:  # reported by the reader
+            errors.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    try:
+        count = recv_until_eof(sock, h)
+    finally:
+        t.join(IO_TIMEOUT * 2)
+    if errors:
+        raise Failure(f"sending failed: {errors[0]!r}")
+    return count, h.hexdigest()
+
+
+def run_parallel(fns, timeout=60):
+    """Runs callables in threads; returns their results; re-raises the first error."""
+    results = [None] * len(fns)
+    errors = []
+
+    def wrap(i, fn):
+        try:
+            results[i] = fn()
+        except BaseException as e:
+            errors.append((i, e, traceback.format_exc()))
+
+    threads = [threading.Thread(target=wrap, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise Failure(f"{sum(t.is_alive() for t in threads)} of {len(fns)} parallel jobs "
+                      f"still running after {timeout}s")
+    if errors:
+        i, e, tb = sorted(errors, key=lambda x: x[0])[0]
+        raise Failure(f"job {i} of {len(fns)} failed ({len(errors)} failed in all): {e!r}\n{tb}")
+    return results
+
+
+# ---------------------------------------------------------------------------------
+# Backends
+
+class Backend:
+    """A stickyd-echo process. name, addr (host, port), address ('ip:port')."""
+
+    def __init__(self, name, listen):
+        self.name = name
+        self.process = Process([ECHO_BIN, "--listen", listen, "--name", name], f"echo-{name}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            m = re.search(r"listening on (\S+)", self.process.log())
+            if m:
+                break
+            if not self.process.alive() or time.monotonic() > deadline:
+                raise Failure(f"backend {name} did not start\n{self.process.describe()}")
+            time.sleep(0.02)
+        self.address = m.group(1)
+        host, _, port = self.address.rpartition(":")
+        self.addr = (host.strip("[]"), int(port))
+
+    def stop(self):
+        self.process.kill()
+
+
+def start_backend(name, host="127.0.0.1"):
+    return Backend(name, fmt_addr((host, 0)))
+
+
+def start_backends(count, host="127.0.0.1", prefix="backend-"):
+    return [start_backend(f"{prefix}{i}", host) for i in range(1, count + 1)]
+
+
+class PyServer:
+    """A Python stub backend: handler(conn) runs in a thread per accepted connection.
+
+    Whatever the handler returns (or raises) is queued; take it with result().
+    A handler returns None for a connection that should not count, such as the
+    readiness probe wait_accepting() makes through stickyd (connect, then close).
+    """
+
+    def __init__(self, handler, host="127.0.0.1"):
+        self.handler = handler
+        self.sock = socket.socket(family_of(host), socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(512)
+        self.sock.settimeout(0.2)
+        self.addr = self.sock.getsockname()[:2]
+        self.address = fmt_addr(self.addr)
+        self.results = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        on_cleanup(self.close)
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(IO_TIMEOUT)
+        try:
+            self.results.put(("ok", self.handler(conn)))
+        except BaseException as e:
+            self.results.put(("error", e))
+        finally:
+            conn.close()
+
+    def result(self, timeout=IO_TIMEOUT * 2):
+        """The next handler result other than None; re-raises a handler exception."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, value = self.results.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise Failure(f"stub backend {self.address}: no connection finished "
+                              f"within {timeout}s")
+            if kind == "error":
+                raise Failure(f"stub backend {self.address}: handler failed: {value!r}")
+            if value is not None:
+                return value
+
+    def close(self):
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+# ---------------------------------------------------------------------------------
+# stickyd
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(v)
+
+
+def config_text(listeners, groups, global_=None):
+    """TOML for stickyd.
+
+    listeners: [{"bind": "127.0.0.1:8000", "target_group": "web"}, ...]
+    groups:    [{"name": "web", "connect_timeout": "1s", ...,
+                 "targets": [{"id": "backend-1", "address": "...", "weight": 1}, ...]}]
+    global_:   {"threads": 2, ...} (defaults below)
+    """
+    g = {"threads": 2, "log_level": "info", "shutdown_grace": "5s"}
+    g.update(global_ or {})
+    out = ["[global]"] + [f"{k} = {toml_value(v)}" for k, v in g.items()]
+    for listener in listeners:
+        out += ["", "[[listener]]"] + [f"{k} = {toml_value(v)}" for k, v in listener.items()]
+    for group in groups:
+        out += ["", "[[target_group]]"]
+        out += [f"{k} = {toml_value(v)}" for k, v in group.items() if k != "targets"]
+        for target in group.get("targets", []):
+            out += ["", "[[target_group.target]]"]
+            out += [f"{k} = {toml_value(v)}" for k, v in target.items()]
+    return "\n".join(out) + "\n"
+
+
+def simple_config(bind, backends, with_ids=True, order=None, group=None, global_=None):
+    """One listener, one group "web" of the given Backends (or 'ip:port' strings)."""
+    targets = []
+    for b in backends:
+        if isinstance(b, str):
+            targets.append({"address": b})
+        else:
+            t = {"id": b.name} if with_ids else {}
+            t.update({"address": b.address, "weight": 1})
+            targets.append(t)
+    if order is not None:
+        targets = [targets[i] for i in order]
+    g = {"name": "web", "connect_timeout": "1s", "connect_retries": 2}
+    g.update(group or {})
+    g["targets"] = targets
+    return config_text([{"bind": bind, "target_group": "web"}], [g], global_)
+
+
+class Stickyd:
+    """A running stickyd. addr is its (first) listener."""
+
+    def __init__(self, args, addr, label="stickyd"):
+        self.addr = addr
+        self.process = Process([STICKYD_BIN] + list(args), label)
+        wait_accepting(addr, self.process)
+
+    def describe(self):
+        return self.process.describe()
+
+
+_stickyd_count = 0
+
+
+def start_stickyd(config=None, args=None, addr=None, label=None):
+    """Starts stickyd with config (TOML text, written to a file) or with args.
+
+    addr: the listener to wait for; defaults to a fresh 127.0.0.1 port that the
+    caller must have put in the config/args. Use lb_port() to get one first.
+    """
+    global _stickyd_count
+    _stickyd_count += 1
+    label = label or f"stickyd-{_stickyd_count}"
+    if config is not None:
+        path = write_file(f"{label}.toml", config)
+        argv = ["--config", path] + list(args or [])
+    else:
+        argv = list(args)
+    return Stickyd(argv, addr, label)
+
+
+def lb_addr(host="127.0.0.1"):
+    """A fresh (host, port) for a stickyd listener."""
+    return (host, free_port(host))
+
+
+def missing_binaries():
+    """A reason string if stickyd or stickyd-echo cannot be run, else None."""
+    for path in (STICKYD_BIN, ECHO_BIN):
+        if not os.access(path, os.X_OK):
+            return f"{path} is not an executable (set STICKYD_BIN / STICKYD_ECHO_BIN)"
+    return None
+
+
+# ---------------------------------------------------------------------------------
+# Runner
+
+class _Deadline(BaseException):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Deadline()
+
+
+def _on_term(signum, frame):
+    _kill_everything()
+    print(f"interrupted by signal {signum}", flush=True)
+    os._exit(1)
+
+
+def main(deadline=TEST_DEADLINE):
+    """Runs the calling module's test_* functions (filtered by argv substrings)."""
+    module = sys.modules["__main__"]
+    tests = [(name, fn) for name, fn in vars(module).items()
+             if name.startswith("test_") and callable(fn)]
+    wanted = sys.argv[1:]
+    if wanted:
+        tests = [(n, f) for n, f in tests if any(w in n for w in wanted)]
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGHUP, _on_term)
+    passed = failed = skipped = 0
+    try:
+        for name, fn in tests:
+            detail = ""
+            try:
+                if missing_binaries():
+                    raise Failure(missing_binaries())
+                signal.alarm(deadline)
+                try:
+                    fn()
+                finally:
+                    signal.alarm(0)
+                outcome, reason = "PASS", ""
+            except Skip as e:
+                outcome, reason = "SKIP", str(e)
+            except _Deadline:
+                outcome, reason = "FAIL", f"did not finish within {deadline}s"
+                detail = traceback.format_exc()
+            except Exception as e:
+                # An expectation's message as it is; anything else with its type, since
+                # "timed out" alone does not say which operation.
+                text = str(e) if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
+                lines = text.splitlines() or ["failed"]
+                outcome, reason, detail = "FAIL", lines[0], "\n".join(lines[1:])
+                if not missing_binaries():
+                    detail += "\n" + traceback.format_exc()
+            if outcome == "FAIL" and _test_dir is not None:
+                detail += "".join("\n" + p.describe() for p in _processes
+                                  if p.log_path.startswith(_test_dir))
+            _run_cleanups()
+            if outcome == "PASS":
+                passed += 1
+                print(f"PASS {name}", flush=True)
+            elif outcome == "SKIP":
+                skipped += 1
+                print(f"SKIP {name}: {reason}", flush=True)
+            else:
+                failed += 1
+                print(f"FAIL {name}: {reason}", flush=True)
+                for line in detail.strip().splitlines():
+                    print(f"    {line}", flush=True)
+    finally:
+        _run_cleanups()
+        _kill_everything()
+    print(f"cases: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    if failed:
+        sys.exit(1)
+    if skipped and not passed:
+        sys.exit(77)
+    sys.exit(0)

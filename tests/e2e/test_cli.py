@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""The command line: configuration errors are one line naming FILE:LINE:COL and the
+key, bad flags are one clear line, and nothing half-starts."""
+import os
+import re
+import socket
+import sys
+
+sys.dont_write_bytecode = True
+import harness as h  # noqa: E402
+
+VALID = """\
+[global]
+threads = 1
+
+[[listener]]
+bind = "127.0.0.1:18000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+
+[[target_group.target]]
+id = "a"
+address = "127.0.0.1:19001"
+weight = 1
+
+[[target_group.target]]
+id = "b"
+address = "127.0.0.1:19002"
+"""
+
+# (case, line number -> new text, the line the error must name, the key path or None)
+BAD_CONFIGS = [
+    ("syntax error", {5: 'bind = "127.0.0.1:18000'}, 5, None),
+    ("unknown key", {3: "threadz = 3"}, 3, "global.threadz"),
+    ("bad listener address", {5: 'bind = "localhost:8000"'}, 5, "listener[0].bind"),
+    ("target address without port", {13: 'address = "127.0.0.1"'}, 13,
+     "target_group[0].target[0].address"),
+    ("duplicate id", {17: 'id = "a"'}, 17, "target_group[0].target[1].id"),
+    ("zero weight", {14: "weight = 0"}, 14, "target_group[0].target[0].weight"),
+    ("listener to an unknown group", {6: 'target_group = "nope"'}, 6, "listener[0].target_group"),
+]
+
+
+def bad_config(changes):
+    lines = VALID.splitlines()
+    for number, text in changes.items():
+        lines[number - 1] = text
+    return "\n".join(lines) + "\n"
+
+
+def one_line(stderr, what):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    h.expect(len(lines) == 1, f"{what}: expected one line on stderr, got {len(lines)}: {stderr!r}")
+    return lines[0]
+
+
+def check_error_line(line, path, wanted_line, key, what):
+    m = re.match(re.escape(path) + r":(\d+):(\d+): (.+)$", line)
+    h.expect(m, f"{what}: {line!r} is not FILE:LINE:COL: ...")
+    h.expect_eq(int(m.group(1)), wanted_line, f"{what}: line number in {line!r}")
+    h.expect(int(m.group(2)) >= 1, f"{what}: column in {line!r}")
+    if key is not None:
+        h.expect(m.group(3).startswith(key + ": ") and len(m.group(3)) > len(key) + 2,
+                 f"{what}: expected '{key}: <message>' after the position in {line!r}")
+
+
+def test_check_config_rejects_each_bad_file_with_one_line():
+    h.expect_eq(h.run([h.STICKYD_BIN, "--check-config", h.write_file("valid.toml", VALID)]).returncode,
+                0, "--check-config on the valid base file")
+    for i, (case, changes, wanted_line, key) in enumerate(BAD_CONFIGS):
+        path = h.write_file(f"bad{i}.toml", bad_config(changes))
+        r = h.run([h.STICKYD_BIN, "--check-config", path])
+        h.expect_eq(r.returncode, 1, f"{case}: exit status of --check-config")
+        check_error_line(one_line(r.stderr, case), path, wanted_line, key, case)
+
+
+def test_config_flag_reports_the_same_error_and_does_not_start():
+    for i, (case, changes, wanted_line, key) in enumerate(BAD_CONFIGS):
+        path = h.write_file(f"bad{i}.toml", bad_config(changes))
+        r = h.run([h.STICKYD_BIN, "--config", path], timeout=10)
+        h.expect(r.returncode != 0, f"{case}: stickyd --config exited 0")
+        check_error_line(one_line(r.stderr, case), path, wanted_line, key, case)
+
+
+def test_shipped_configs_are_valid():
+    for name in ("stickyd.toml", "demo.toml"):
+        path = os.path.join(h.SOURCE_ROOT, "conf", name)
+        r = h.run([h.STICKYD_BIN, "--check-config", path])
+        h.expect_eq(r.returncode, 0, f"--check-config conf/{name} (stderr: {r.stderr.strip()!r})")
+
+
+def test_missing_config_file():
+    path = os.path.join(h.test_dir(), "does-not-exist.toml")
+    r = h.run([h.STICKYD_BIN, "--check-config", path])
+    h.expect_eq(r.returncode, 1, "exit status for a missing file")
+    h.expect(path in one_line(r.stderr, "missing file"), f"the error does not name {path}: {r.stderr!r}")
+
+
+def test_bad_command_lines_fail_with_one_clear_line():
+    port = h.free_port()
+    cases = [
+        ("listen address that is not one", ["--listen", "nonsense", "--target", "127.0.0.1:9001"],
+         "nonsense"),
+        ("target without a port", ["--listen", f"127.0.0.1:{port}", "--target", "1.2.3.4"], "1.2.3.4"),
+        ("unknown flag", ["--bogus"], "--bogus"),
+        ("nothing to do", [], "--config"),
+        ("targets without a listener", ["--target", "127.0.0.1:9001"], "--listen"),
+    ]
+    for case, args, mention in cases:
+        r = h.run([h.STICKYD_BIN] + args, timeout=5)
+        h.expect(r.returncode != 0, f"{case}: stickyd {' '.join(args)} exited 0")
+        line = one_line(r.stderr, case)
+        h.expect(mention in line, f"{case}: the error does not mention {mention!r}: {line!r}")
+
+
+def test_version_and_help():
+    r = h.run([h.STICKYD_BIN, "--version"])
+    h.expect_eq(r.returncode, 0, "--version exit status")
+    h.expect(re.search(r"stickyd.*\d+\.\d+\.\d+", r.stdout), f"--version printed {r.stdout!r}")
+    r = h.run([h.STICKYD_BIN, "--help"])
+    h.expect_eq(r.returncode, 0, "--help exit status")
+    for flag in ("--config", "--check-config", "--listen", "--target"):
+        h.expect(flag in r.stdout, f"--help does not mention {flag}")
+
+
+def test_port_already_in_use():
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    h.on_cleanup(holder.close)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(8)
+    port = holder.getsockname()[1]
+    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"], timeout=10)
+    h.expect(r.returncode != 0, f"stickyd exited 0 although 127.0.0.1:{port} is taken")
+    h.expect(re.search(rf"127\.0\.0\.1:{port}\b.*in use|in use.*127\.0\.0\.1:{port}\b", r.stderr,
+                       re.IGNORECASE),
+             f"no clear 'address in use' error naming 127.0.0.1:{port}: {r.stderr.strip()!r}")
+
+
+if __name__ == "__main__":
+    h.main()
