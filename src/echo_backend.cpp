@@ -45,6 +45,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/core.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
@@ -52,7 +53,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <fmt/core.h>
 #include <map>
 #include <memory>
 #include <optional>
@@ -68,14 +68,14 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr size_t kBlockSize = 64 * 1024;
-constexpr size_t kMaxHeaderBytes = 16 * 1024;     // larger request heads get 431
+constexpr size_t kMaxHeaderBytes = 16 * 1024;        // larger request heads get 431
 constexpr size_t kOutputHighWater = kBlockSize / 2;  // stop parsing requests above this
 constexpr size_t kMaxControlLine = 256;
-constexpr auto kDetectWait = 200ms;   // for a first chunk that could still become HTTP
-constexpr auto kLingerWait = 2s;      // after "Connection: close": drain input, then close
+constexpr auto kDetectWait = 200ms;  // for a first chunk that could still become HTTP
+constexpr auto kLingerWait = 2s;     // after "Connection: close": drain input, then close
 constexpr uint64_t kPatternMultiplier = 0x9E3779B97F4A7C15ULL;
 constexpr std::string_view kControlPrefix = "STICKYD-TEST ";
-constexpr std::string_view kHttpMethods[] = {"GET ",    "HEAD ",    "POST ",  "PUT ",  "DELETE ",
+constexpr std::string_view kHttpMethods[] = {"GET ",     "HEAD ",  "POST ",    "PUT ",  "DELETE ",
                                              "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
 
 void fail(const std::string& message) {
@@ -149,19 +149,23 @@ uint16_t port_of(const sockaddr_storage& storage) {
 }
 
 std::string endpoint_text(const sockaddr_storage& storage) {
-    if (storage.ss_family == AF_INET6) return fmt::format("[{}]:{}", ip_text(storage), port_of(storage));
+    if (storage.ss_family == AF_INET6)
+        return fmt::format("[{}]:{}", ip_text(storage), port_of(storage));
     return fmt::format("{}:{}", ip_text(storage), port_of(storage));
 }
 
 // Binds and listens; returns the fd and the bound address (port 0 becomes the real port).
 std::pair<int, std::string> open_listener(const std::string& text) {
     auto ep = parse_endpoint(text);
-    if (!ep) fail(fmt::format("--listen '{}': expected ip:port such as 127.0.0.1:9001 or [::1]:9001", text));
+    if (!ep)
+        fail(fmt::format("--listen '{}': expected ip:port such as 127.0.0.1:9001 or [::1]:9001",
+                         text));
     int fd = socket(ep->storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) fail(fmt::format("socket for {}: {}", text, strerror(errno)));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (ep->storage.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (ep->storage.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, ep->addr(), ep->length) != 0) {
         fail(fmt::format("cannot listen on {}: {}", text, strerror(errno)));
     }
@@ -176,7 +180,7 @@ std::pair<int, std::string> open_listener(const std::string& text) {
 // Buffers: a byte queue in one 64 KiB block that exists only while it holds data.
 
 class BlockPool {
-public:
+  public:
     std::unique_ptr<char[]> get() {
         if (free_.empty()) return std::make_unique<char[]>(kBlockSize);
         auto block = std::move(free_.back());
@@ -187,12 +191,12 @@ public:
         if (block && free_.size() < 256) free_.push_back(std::move(block));
     }
 
-private:
+  private:
     std::vector<std::unique_ptr<char[]>> free_;
 };
 
 class Buffer {
-public:
+  public:
     size_t size() const { return tail_ - head_; }
     bool empty() const { return head_ == tail_; }
     bool full() const { return size() == kBlockSize; }
@@ -240,7 +244,7 @@ public:
         pool.put(std::move(block_));
     }
 
-private:
+  private:
     std::unique_ptr<char[]> block_;
     size_t head_ = 0;
     size_t tail_ = 0;
@@ -265,30 +269,49 @@ bool icontains(std::string_view haystack, std::string_view needle) {
 
 std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
     return s;
 }
 
 std::string_view reason_phrase(int status) {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+        case 200:
+            return "OK";
+        case 201:
+            return "Created";
+        case 202:
+            return "Accepted";
+        case 204:
+            return "No Content";
+        case 301:
+            return "Moved Permanently";
+        case 302:
+            return "Found";
+        case 304:
+            return "Not Modified";
+        case 400:
+            return "Bad Request";
+        case 403:
+            return "Forbidden";
+        case 404:
+            return "Not Found";
+        case 405:
+            return "Method Not Allowed";
+        case 431:
+            return "Request Header Fields Too Large";
+        case 500:
+            return "Internal Server Error";
+        case 501:
+            return "Not Implemented";
+        case 502:
+            return "Bad Gateway";
+        case 503:
+            return "Service Unavailable";
+        case 504:
+            return "Gateway Timeout";
+        default:
+            return "Status";
     }
 }
 
@@ -335,8 +358,8 @@ Request parse_request(std::string_view head) {
             if (icontains(value, "close")) req.keep_alive = false;
             if (icontains(value, "keep-alive")) req.keep_alive = true;
         } else if (iequals(name, "content-length")) {
-            auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(),
-                                             req.content_length);
+            auto [end, ec] =
+                std::from_chars(value.data(), value.data() + value.size(), req.content_length);
             if (ec != std::errc() || end != value.data() + value.size()) req.bad = true;
         } else if (iequals(name, "transfer-encoding")) {
             req.chunked = true;
@@ -362,7 +385,7 @@ enum class Mode {
     detect,  // waiting for enough bytes to tell HTTP, control and raw apart
     http,
     echo,
-    sink,    // SINK-THEN-REPLY
+    sink,  // SINK-THEN-REPLY
     hold,
     linger,  // said its last words: send `out`, shut the write side, drain input
 };
@@ -374,20 +397,20 @@ struct Connection : Pollable {
     int fd;
     std::string peer_ip;
     Mode mode = Mode::detect;
-    Buffer in;                   // received and not yet handled (echo mode: not yet sent)
-    Buffer out;                  // to send (sent before `in` in echo mode)
-    bool peer_eof = false;       // the client shut down its write side
+    Buffer in;                        // received and not yet handled (echo mode: not yet sent)
+    Buffer out;                       // to send (sent before `in` in echo mode)
+    bool peer_eof = false;            // the client shut down its write side
     bool close_after_output = false;  // HTTP: answered a request that ends the connection
-    bool write_shut = false;     // linger: shutdown(SHUT_WR) done
-    uint64_t body_left = 0;      // HTTP: request body bytes still to discard
-    uint64_t pattern_next = 0;   // SINK-THEN-REPLY: offset of the next pattern byte
+    bool write_shut = false;          // linger: shutdown(SHUT_WR) done
+    uint64_t body_left = 0;           // HTTP: request body bytes still to discard
+    uint64_t pattern_next = 0;        // SINK-THEN-REPLY: offset of the next pattern byte
     uint64_t pattern_end = 0;
-    uint32_t registered = 0;     // epoll events currently registered
+    uint32_t registered = 0;  // epoll events currently registered
     std::optional<std::multimap<Clock::time_point, Connection*>::iterator> timer;
 };
 
 class Worker {
-public:
+  public:
     Worker(std::string name, const std::vector<int>& listeners) : name_(std::move(name)) {
         epoll_ = epoll_create1(EPOLL_CLOEXEC);
         wakeup_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -423,18 +446,22 @@ public:
             for (int i = 0; i < n; ++i) {
                 auto* p = static_cast<Pollable*>(events[i].data.ptr);
                 switch (p->kind) {
-                case Pollable::Kind::listener: accept_all(static_cast<Listener*>(p)->fd); break;
-                case Pollable::Kind::wakeup: stopping_ = true; break;
-                case Pollable::Kind::connection:
-                    on_ready(*static_cast<Connection*>(p), events[i].events);
-                    break;
+                    case Pollable::Kind::listener:
+                        accept_all(static_cast<Listener*>(p)->fd);
+                        break;
+                    case Pollable::Kind::wakeup:
+                        stopping_ = true;
+                        break;
+                    case Pollable::Kind::connection:
+                        on_ready(*static_cast<Connection*>(p), events[i].events);
+                        break;
                 }
             }
             run_timers();
         }
     }
 
-private:
+  private:
     void add(int fd, uint32_t events, Pollable* p) {
         epoll_event ev{};
         ev.events = events;
@@ -458,7 +485,8 @@ private:
                     int dropped = accept(listen_fd, nullptr, nullptr);
                     if (dropped >= 0) ::close(dropped);
                     spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                    fmt::print(stderr, "stickyd-echo: out of file descriptors; dropped a connection\n");
+                    fmt::print(stderr,
+                               "stickyd-echo: out of file descriptors; dropped a connection\n");
                 }
                 return;  // EAGAIN, or another thread took it, or a transient error
             }
@@ -500,35 +528,44 @@ private:
     void step(Connection& c) {
         if (c.mode == Mode::detect) detect(c);
         switch (c.mode) {
-        case Mode::detect: break;
-        case Mode::http: serve_http(c); break;
-        case Mode::echo: break;  // `in` is sent as it is
-        case Mode::sink:
-        case Mode::hold:
-        case Mode::linger: c.in.clear(pool_); break;
+            case Mode::detect:
+                break;
+            case Mode::http:
+                serve_http(c);
+                break;
+            case Mode::echo:
+                break;  // `in` is sent as it is
+            case Mode::sink:
+            case Mode::hold:
+            case Mode::linger:
+                c.in.clear(pool_);
+                break;
         }
         if (!send_pending(c)) return close(c);
 
         switch (c.mode) {
-        case Mode::detect: break;
-        case Mode::http:
-            if (c.close_after_output && c.out.empty()) {
-                c.mode = Mode::linger;
-            } else if (c.peer_eof && c.out.empty()) {
-                return close(c);
-            }
-            break;
-        case Mode::echo:
-        case Mode::sink:
-            if (c.peer_eof && c.out.empty() && c.in.empty() && c.pattern_next == c.pattern_end) {
-                shutdown(c.fd, SHUT_WR);
-                return close(c);
-            }
-            break;
-        case Mode::hold:
-            if (c.peer_eof) return close(c);
-            break;
-        case Mode::linger: break;
+            case Mode::detect:
+                break;
+            case Mode::http:
+                if (c.close_after_output && c.out.empty()) {
+                    c.mode = Mode::linger;
+                } else if (c.peer_eof && c.out.empty()) {
+                    return close(c);
+                }
+                break;
+            case Mode::echo:
+            case Mode::sink:
+                if (c.peer_eof && c.out.empty() && c.in.empty() &&
+                    c.pattern_next == c.pattern_end) {
+                    shutdown(c.fd, SHUT_WR);
+                    return close(c);
+                }
+                break;
+            case Mode::hold:
+                if (c.peer_eof) return close(c);
+                break;
+            case Mode::linger:
+                break;
         }
         if (c.mode == Mode::linger && c.out.empty()) {
             // Our last words are sent: shut our side, then read until the client closes.
@@ -559,7 +596,8 @@ private:
         if (data.starts_with(kControlPrefix)) {
             auto newline = data.find('\n');
             if (newline != std::string_view::npos) return control(c, data.substr(0, newline + 1));
-            if (data.size() > kMaxControlLine || c.peer_eof) return refuse(c, "control line too long or cut short");
+            if (data.size() > kMaxControlLine || c.peer_eof)
+                return refuse(c, "control line too long or cut short");
             return;  // wait for the rest of the line
         }
         could_grow |= kControlPrefix.starts_with(data);
@@ -648,7 +686,8 @@ private:
         } else if (path.starts_with("/status/")) {
             std::string_view code = path.substr(8);
             auto [end, ec] = std::from_chars(code.data(), code.data() + code.size(), status);
-            if (ec != std::errc() || end != code.data() + code.size() || status < 200 || status > 599) {
+            if (ec != std::errc() || end != code.data() + code.size() || status < 200 ||
+                status > 599) {
                 status = 400;
             }
         }
@@ -680,9 +719,9 @@ private:
     bool send_pending(Connection& c) {
         for (;;) {
             if (c.mode == Mode::sink && c.peer_eof) fill_pattern(c);
-            Buffer* source = !c.out.empty()                         ? &c.out
+            Buffer* source = !c.out.empty()                            ? &c.out
                              : (c.mode == Mode::echo && !c.in.empty()) ? &c.in
-                                                                    : nullptr;
+                                                                       : nullptr;
             if (source == nullptr) return true;
             std::string_view data = source->view();
             ssize_t n = send(c.fd, data.data(), data.size(), MSG_NOSIGNAL);
@@ -709,12 +748,16 @@ private:
     bool wants_read(const Connection& c) const {
         if (c.peer_eof) return false;
         switch (c.mode) {
-        case Mode::detect: return !c.in.full();
-        case Mode::http: return !c.in.full() && c.out.size() <= kOutputHighWater;
-        case Mode::echo: return !c.in.full();
-        case Mode::sink:
-        case Mode::hold:
-        case Mode::linger: return true;
+            case Mode::detect:
+                return !c.in.full();
+            case Mode::http:
+                return !c.in.full() && c.out.size() <= kOutputHighWater;
+            case Mode::echo:
+                return !c.in.full();
+            case Mode::sink:
+            case Mode::hold:
+            case Mode::linger:
+                return true;
         }
         return false;
     }
@@ -798,14 +841,16 @@ constexpr const char* kProtocolHelp = R"(What a connection gets is decided by it
 HTTP/1.x ("GET ", "HEAD ", "POST ", ...):
   GET /hostname, GET /   200 with body NAME
   GET /status/NNN        status NNN (200-599), body NAME (none for 204/304)
-  any other path         404
-  Keep-alive and pipelining; "Connection: close" or HTTP/1.0 ends the connection.
+  any other path         404 (other methods on the paths above: 405)
+  Keep-alive and pipelining. "Connection: close" ends the connection; so does
+  HTTP/1.0 unless it asks for "Connection: keep-alive".
 
 Test control, a first line "STICKYD-TEST <command>\n":
   WHOAMI                 reply "NAME PEER-IP\n", then echo as raw
   SINK-THEN-REPLY <n>    discard input until EOF, then send n bytes of pattern
                          data and shut down the write side
   HOLD                   stay silent, discard input, close on EOF
+  anything else          reply "ERR <reason>\n" and close
   Pattern data: little-endian uint64 words i * 0x9E3779B97F4A7C15 (mod 2^64),
   i = 0, 1, 2, ..., cut to n bytes.
 
@@ -822,7 +867,8 @@ int main(int argc, char** argv) {
     std::string name = "stickyd-echo";
     unsigned threads = 1;
     CLI::App app{"stickyd-echo: demo, test and benchmark backend for stickyd", "stickyd-echo"};
-    app.add_option("--listen,-l", listen, "ip:port or [ipv6]:port to accept on (repeatable; port 0 picks one)")
+    app.add_option("--listen,-l", listen,
+                   "ip:port or [ipv6]:port to accept on (repeatable; port 0 picks one)")
         ->required()
         ->type_name("ADDR");
     app.add_option("--name,-n", name, "The name this backend answers with")->capture_default_str();
@@ -851,7 +897,8 @@ int main(int argc, char** argv) {
     std::vector<std::thread> loops;
     for (unsigned i = 0; i < threads; ++i) workers.push_back(std::make_unique<Worker>(name, fds));
     for (auto& worker : workers) loops.emplace_back([w = worker.get()] { w->run(); });
-    for (const auto& address : bound) fmt::print(stderr, "stickyd-echo {} listening on {}\n", name, address);
+    for (const auto& address : bound)
+        fmt::print(stderr, "stickyd-echo {} listening on {}\n", name, address);
 
     int sig = 0;
     while (sigwait(&signals, &sig) != 0) {

@@ -39,7 +39,7 @@ bool is_prime(uint32_t n) {
 }
 
 class Maglev final : public Balancer {
-public:
+  public:
     Maglev(std::vector<Member> members, uint32_t table_size) : members_(std::move(members)) {
         detail::sort_and_check_members(members_);
         if (auto error = maglev_table_size_error(table_size, members_.size())) {
@@ -54,8 +54,7 @@ public:
         return table_.empty() ? kNoMember : table_[hash % table_.size()];
     }
 
-    uint32_t pick(uint64_t hash, std::span<const uint8_t> usable,
-                  unsigned attempt) const override {
+    uint32_t pick(uint64_t hash, std::span<const uint8_t> usable, unsigned attempt) const override {
         if (table_.empty()) return kNoMember;
         const size_t i = hash % table_.size();
         const uint32_t m = table_[i];
@@ -81,7 +80,7 @@ public:
 
     std::string_view algorithm() const override { return "maglev"; }
 
-private:
+  private:
     struct Permutation {
         uint32_t slot;  // next candidate: (offset + j * skip) % M
         uint32_t skip;
@@ -95,9 +94,9 @@ private:
 
     void populate(uint32_t table_size) {
         const uint32_t max_weight =
-            std::max_element(members_.begin(), members_.end(), [](const Member& a, const Member& b) {
-                return a.weight < b.weight;
-            })->weight;
+            std::max_element(members_.begin(), members_.end(),
+                             [](const Member& a, const Member& b) { return a.weight < b.weight; })
+                ->weight;
 
         std::vector<Permutation> perms;
         perms.reserve(members_.size());

@@ -18,9 +18,7 @@ uint32_t RoutingTable::pick(uint64_t hash, unsigned attempt) const {
 std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig& group) {
     // The identity rule lives here and in the config loader's default: an
     // unnamed target is known by its address, so reordering never remaps it.
-    auto id_of = [](const TargetConfig& t) {
-        return t.id.empty() ? t.address.to_string() : t.id;
-    };
+    auto id_of = [](const TargetConfig& t) { return t.id.empty() ? t.address.to_string() : t.id; };
 
     std::vector<Member> members;
     members.reserve(group.targets.size());
@@ -37,9 +35,8 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     std::vector<const TargetConfig*> sorted;
     sorted.reserve(group.targets.size());
     for (const TargetConfig& t : group.targets) sorted.push_back(&t);
-    std::sort(sorted.begin(), sorted.end(), [&](const TargetConfig* a, const TargetConfig* b) {
-        return id_of(*a) < id_of(*b);
-    });
+    std::sort(sorted.begin(), sorted.end(),
+              [&](const TargetConfig* a, const TargetConfig* b) { return id_of(*a) < id_of(*b); });
     for (const TargetConfig* t : sorted) table->targets.push_back({id_of(*t), t->address});
 
     table->usable.assign(table->targets.size(), 1);

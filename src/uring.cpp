@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -197,9 +198,10 @@ void Uring::submit_and_wait(unsigned wait_nr) {
     throw std::runtime_error(fmt::format("io_uring_enter failed: {}", errno_text(-rc)));
 }
 
-ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size)
+ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size,
+                                 uint32_t max_count)
     : ring_(ring), group_(group), count_(count), size_(size) {
-    // The kernel caps a buffer ring at 32768 entries; buffer ids are 16 bits.
+    // The kernel caps a buffer ring at 32768 entries.
     if (count == 0 || count > 32768 || (count & (count - 1)) != 0) {
         throw std::runtime_error(
             fmt::format("buffer count must be a power of two from 1 to 32768, not {}", count));
@@ -207,6 +209,14 @@ ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, ui
     if (size == 0 || size > (1U << 30)) {
         throw std::runtime_error(fmt::format("invalid receive buffer size {}", size));
     }
+    constexpr uint32_t kMaxChunk = 256;
+    const uint32_t chunk = std::min(count, kMaxChunk);
+    chunk_shift_ = static_cast<uint32_t>(std::countr_zero(chunk));
+    chunk_mask_ = chunk - 1;
+    // Ids are 16 bits and 0xFFFF means "no buffer" to the worker.
+    constexpr uint32_t kIdLimit = 65535;
+    max_total_ = std::max(count, std::min(max_count, kIdLimit) & ~chunk_mask_);
+
     ring_bytes_ = count * sizeof(io_uring_buf);
     void* ring_memory =
         mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -215,25 +225,12 @@ ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, ui
             fmt::format("cannot map the provided-buffer ring: {}", errno_text(errno)));
     }
     ring_memory_ = static_cast<io_uring_buf_ring*>(ring_memory);
-
-    memory_bytes_ = static_cast<size_t>(count) * size;
-    // Pages are only made resident when first used; see the class comment.
-    void* memory =
-        mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) {
-        munmap(ring_memory_, ring_bytes_);
-        throw std::runtime_error(fmt::format("cannot map {} MiB of receive buffers: {}",
-                                             memory_bytes_ >> 20, errno_text(errno)));
-    }
-    memory_ = static_cast<char*>(memory);
-
     io_uring_buf_reg reg{};
     reg.ring_addr = reinterpret_cast<uint64_t>(ring_memory_);
     reg.ring_entries = count;
     reg.bgid = group;
     int rc = io_uring_register_buf_ring(ring_.get(), &reg, 0);
     if (rc < 0) {
-        munmap(memory_, memory_bytes_);
         munmap(ring_memory_, ring_bytes_);
         throw std::runtime_error(
             fmt::format("cannot register the provided-buffer ring: {}", errno_text(-rc)));
@@ -241,25 +238,60 @@ ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, ui
     io_uring_buf_ring_init(ring_memory_);
 
     spare_.reserve(count);
-    for (uint32_t bid = count; bid-- > 0;) spare_.push_back(static_cast<uint16_t>(bid));
+    while (total_ < count) {
+        if (!add_chunk()) {
+            const int err = errno;
+            unmap_all();
+            throw std::runtime_error(fmt::format("cannot map {} MiB of receive buffers: {}",
+                                                 (static_cast<size_t>(count) * size) >> 20,
+                                                 errno_text(err)));
+        }
+    }
     constexpr uint32_t kInitialPosted = 32;
     target_posted_ = std::min(count, kInitialPosted);
     replenish();
 }
 
 ProvidedBuffers::~ProvidedBuffers() {
-    io_uring_unregister_buf_ring(ring_.get(), group_);
-    munmap(memory_, memory_bytes_);
-    munmap(ring_memory_, ring_bytes_);
+    unmap_all();
 }
 
-void ProvidedBuffers::starved() { starved_ = true; }
+void ProvidedBuffers::unmap_all() {
+    io_uring_unregister_buf_ring(ring_.get(), group_);
+    const size_t chunk_bytes = (static_cast<size_t>(chunk_mask_) + 1) * size_;
+    for (char* chunk : chunks_) munmap(chunk, chunk_bytes);
+    chunks_.clear();
+    if (ring_memory_ != nullptr) munmap(ring_memory_, ring_bytes_);
+    ring_memory_ = nullptr;
+}
 
-void ProvidedBuffers::replenish() {
-    // Grow once per batch however many receives went without: one burst should
-    // not double the ring a hundred times over.
-    if (starved_ && !spare_.empty()) target_posted_ = std::min(count_, target_posted_ * 2);
-    starved_ = false;
+// Pages are only made resident when first used; see the class comment.
+bool ProvidedBuffers::add_chunk() {
+    const uint32_t chunk = chunk_mask_ + 1;
+    if (total_ + chunk > max_total_) return false;
+    void* memory = mmap(nullptr, static_cast<size_t>(chunk) * size_, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (memory == MAP_FAILED) return false;
+    chunks_.push_back(static_cast<char*>(memory));
+    // Lowest id on top of the LIFO, so a fresh pool is used from its start.
+    for (uint32_t bid = total_ + chunk; bid-- > total_;)
+        spare_.push_back(static_cast<uint16_t>(bid));
+    total_ += chunk;
+    return true;
+}
+
+uint32_t ProvidedBuffers::replenish() {
+    uint32_t grown = 0;
+    if (starved_) {
+        // Once per batch however many receives went without: one burst should
+        // not double the ring a hundred times over.
+        if (!spare_.empty()) {
+            target_posted_ = std::min(count_, target_posted_ * 2);
+        } else if (add_chunk()) {
+            grown = chunk_mask_ + 1;
+        }
+        starved_ = false;
+    }
     const int mask = io_uring_buf_ring_mask(count_);
     int added = 0;
     while (posted_ < target_posted_ && !spare_.empty()) {
@@ -269,6 +301,7 @@ void ProvidedBuffers::replenish() {
         ++posted_;
     }
     if (added > 0) io_uring_buf_ring_advance(ring_memory_, added);
+    return grown;
 }
 
 }  // namespace stickyd

@@ -56,39 +56,56 @@ class Uring {
 // are touched (resident, cache-hot) are the ones recently needed rather than
 // the whole pool cycling FIFO through the ring. The posted count grows when
 // receives find the ring empty while spare buffers exist.
+//
+// The pool starts with `count` buffers. If a receive finds none at all because
+// every buffer is held by a send to a peer that is not reading, the pool grows
+// (in chunks, up to `max_count`): otherwise enough slow readers could hold every
+// buffer and stall all other connections, or deadlock against peers that stop
+// reading until they can write. Memory then tracks the number of blocked flows,
+// never the number of idle connections.
 class ProvidedBuffers {
   public:
-    // count: power of two, 1..32768. Throws std::runtime_error.
-    ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size);
+    // count: power of two, 1..32768; max_count >= count. Throws std::runtime_error.
+    ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size, uint32_t max_count);
     ~ProvidedBuffers();
     ProvidedBuffers(const ProvidedBuffers&) = delete;
     ProvidedBuffers& operator=(const ProvidedBuffers&) = delete;
 
     uint16_t group() const { return group_; }
     uint32_t buffer_size() const { return size_; }
-    char* data(uint16_t bid) { return memory_ + static_cast<size_t>(bid) * size_; }
+    char* data(uint16_t bid) {
+        return chunks_[bid >> chunk_shift_] + static_cast<size_t>(bid & chunk_mask_) * size_;
+    }
 
-    // A completion reported that the kernel took buffer `bid` out of the ring.
+    // A completion reported that the kernel took a buffer out of the ring.
     void consumed() { --posted_; }
     // The worker is done with `bid`; it becomes the first candidate for reuse.
     void release(uint16_t bid) { spare_.push_back(bid); }
-    // A receive found no buffer: post more at the next replenish(), if there are any.
-    void starved();
+    // A receive found no buffer: post more (or grow) at the next replenish().
+    void starved() { starved_ = true; }
     // Tops the kernel ring up from the spare LIFO. Call once per completion batch.
-    void replenish();
+    // Returns the number of buffers added to the pool, if it had to grow.
+    uint32_t replenish();
     // Buffers believed to be in the kernel ring (an upper bound: the kernel may
     // have taken some whose completions are not reaped yet).
     uint32_t posted() const { return posted_; }
+    uint32_t total() const { return total_; }
 
   private:
+    bool add_chunk();
+    void unmap_all();
+
     Uring& ring_;
     io_uring_buf_ring* ring_memory_ = nullptr;
     size_t ring_bytes_ = 0;
-    char* memory_ = nullptr;
-    size_t memory_bytes_ = 0;
+    std::vector<char*> chunks_;  // each holds 1 << chunk_shift_ buffers
+    uint32_t chunk_shift_ = 0;
+    uint32_t chunk_mask_ = 0;
     uint16_t group_;
-    uint32_t count_;
-    uint32_t size_;
+    uint32_t count_;      // kernel ring entries
+    uint32_t size_;       // bytes per buffer
+    uint32_t max_total_;  // pool growth limit (buffer ids are 16 bits)
+    uint32_t total_ = 0;  // buffers created so far
     uint32_t posted_ = 0;
     uint32_t target_posted_;
     bool starved_ = false;

@@ -215,6 +215,7 @@ struct Worker::Loop {
     bool full_warned_ = false;
     bool socket_warned_ = false;
     bool overflow_warned_ = false;
+    bool pool_grew_ = false;
 
     std::atomic<int64_t> stop_deadline_ns_{kNoDeadline};  // written by stop() on any thread
     bool stopping_ = false;
@@ -233,7 +234,10 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
       stats_(stats),
       listeners_(std::move(listeners)),
       ring_(kSqEntries, kCqEntries),
-      buffers_(ring_, kBufferGroup, options.buffer_count, options.buffer_size) {
+      // A connection holds at most one buffer per direction.
+      buffers_(
+          ring_, kBufferGroup, options.buffer_count, options.buffer_size,
+          static_cast<uint32_t>(std::min<uint64_t>(2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     // Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd
     // with -EAGAIN at once instead of waiting for it to become readable.
@@ -305,7 +309,13 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
 }
 
 void Worker::Loop::after_batch() {
-    buffers_.replenish();
+    if (buffers_.replenish() > 0 && !pool_grew_) {
+        pool_grew_ = true;
+        log::info(
+            "worker {}: every receive buffer is held by a send to a slow reader; growing "
+            "the pool beyond {} buffers (now {})",
+            index_, options_.buffer_count, buffers_.total());
+    }
     rearm_waiters();
     if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
         overflow_warned_ = true;
@@ -534,14 +544,15 @@ void Worker::Loop::log_connect_failure(const Connection& c, int res) {
     if (log::level() > LogLevel::debug) return;
     const RoutingTable& table = *c.pin->table;
     const RouteTarget& target = table.targets[c.target];
-    if (res == -ECANCELED) {
-        log::debug("worker {}: connect to target {} ({}) timed out after {} ms (attempt {})",
-                   index_, target.id, target.address.to_string(), table.connect_timeout.count(),
-                   c.attempt + 1);
-    } else {
-        log::debug("worker {}: connect to target {} ({}) failed: {} (attempt {})", index_,
-                   target.id, target.address.to_string(), error_text(res), c.attempt + 1);
+    std::string name = target.id;
+    if (std::string address = target.address.to_string(); address != name) {
+        name += fmt::format(" ({})", address);
     }
+    const std::string reason =
+        res == -ECANCELED ? fmt::format("timed out after {} ms", table.connect_timeout.count())
+                          : fmt::format("failed: {}", error_text(res));
+    log::debug("worker {}: connect to target {} {} (attempt {})", index_, name, reason,
+               c.attempt + 1);
 }
 
 // ---------------------------------------------------------------------------
