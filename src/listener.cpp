@@ -21,6 +21,25 @@ bool set_int_option(int fd, int level, int name, int value) {
 
 }  // namespace
 
+bool check_port_free(const SocketAddress& address, std::string& error) {
+    // SO_REUSEPORT would let a second stickyd bind the same port and silently take
+    // half the clients. A bind without it fails if anyone is listening there.
+    int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+        error = fmt::format("cannot create a socket for {}: {}", address.to_string(),
+                            std::strerror(errno));
+        return false;
+    }
+    set_int_option(fd, SOL_SOCKET, SO_REUSEADDR, 1);  // TIME_WAIT from a restart is fine
+    if (address.family() == AF_INET6) set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0);
+    bool ok = ::bind(fd, address.sa(), address.len()) == 0 && ::listen(fd, 1) == 0;
+    if (!ok) {
+        error = fmt::format("cannot bind {}: {}", address.to_string(), std::strerror(errno));
+    }
+    ::close(fd);
+    return ok;
+}
+
 int open_listener(const SocketAddress& address, std::string& error) {
     const std::string where = address.to_string();
     auto fail = [&](int fd, std::string_view what) {

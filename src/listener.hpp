@@ -13,4 +13,8 @@ namespace stickyd {
 // ([::]) also accepts IPv4 clients. Accepted sockets inherit TCP_NODELAY.
 int open_listener(const SocketAddress& address, std::string& error);
 
+// False (with `error` set) if something already listens on `address`, even a
+// socket with SO_REUSEPORT such as another stickyd.
+bool check_port_free(const SocketAddress& address, std::string& error);
+
 }  // namespace stickyd

@@ -134,6 +134,13 @@ public:
         unsigned count = worker_count(config_);
         std::vector<std::vector<WorkerListener>> per_worker(count);
         for (const auto& listener : config_.listeners) {
+            std::string error;
+            if (!check_port_free(listener.bind, error)) {
+                print_error(error);
+                return false;
+            }
+        }
+        for (const auto& listener : config_.listeners) {
             RouteSlot* slot = slots_.at(listener.target_group).get();
             for (unsigned w = 0; w < count; ++w) {
                 std::string error;

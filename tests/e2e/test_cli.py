@@ -7,6 +7,7 @@ import socket
 import sys
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 VALID = """\
@@ -92,7 +93,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_missing_config_file():
-    path = os.path.join(h.test_dir(), "does-not-exist.toml")
+    path = os.path.join(h.temp_dir(), "does-not-exist.toml")
     r = h.run([h.STICKYD_BIN, "--check-config", path])
     h.expect_eq(r.returncode, 1, "exit status for a missing file")
     h.expect(path in one_line(r.stderr, "missing file"), f"the error does not name {path}: {r.stderr!r}")
@@ -136,6 +137,20 @@ def test_port_already_in_use():
     h.expect(re.search(rf"127\.0\.0\.1:{port}\b.*in use|in use.*127\.0\.0\.1:{port}\b", r.stderr,
                        re.IGNORECASE),
              f"no clear 'address in use' error naming 127.0.0.1:{port}: {r.stderr.strip()!r}")
+
+
+def test_second_instance_on_the_same_port_is_refused():
+    # Regression: with SO_REUSEPORT a second stickyd used to bind the same port
+    # silently and take half the clients.
+    port = h.free_port()
+    first = h.start_stickyd(args=["--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"],
+                            addr=("127.0.0.1", port))
+    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"],
+              timeout=10)
+    h.expect(r.returncode != 0, "a second stickyd started on a port the first one serves")
+    h.expect(re.search(rf"127\.0\.0\.1:{port}\b.*in use", r.stderr, re.IGNORECASE),
+             f"no clear 'address in use' error: {r.stderr.strip()!r}")
+    h.expect(first.process.alive(), "the first stickyd died")
 
 
 if __name__ == "__main__":
