@@ -1,11 +1,11 @@
 // ring-bench: balance, size, build time and lookup cost of the ring and maglev
 // selectors. A microbenchmark to eyeball, not a test: nothing here fails.
 //
-//   ring-bench [--keys N] [--lookups N] [--seed S]
+//   ring-bench [--keys N] [--lookups N] [--passes N] [--seed S]
 //
 // Balance is max/mean (and min/mean) of the keys each target receives over N
 // random IPv4 source addresses. Lookup is pick() with every target usable over
-// pre-generated random hashes, best of ten passes in thread CPU time.
+// pre-generated random hashes, fastest pass in thread CPU time.
 #include <fmt/core.h>
 
 #include <CLI/CLI.hpp>
@@ -56,7 +56,9 @@ std::vector<uint64_t> random_ipv4_hashes(size_t n, uint64_t seed) {
 }
 
 // Keeps `value` alive without a volatile store in the timed loop.
-void do_not_optimize(uint64_t value) { asm volatile("" : : "r"(value) : "memory"); }
+void do_not_optimize(uint64_t value) {
+    asm volatile("" : : "r"(value) : "memory");
+}
 
 // Thread CPU time rather than wall time: the machine may be shared, and a
 // preempted pass should not count. The best of several passes is reported.
@@ -66,10 +68,10 @@ double thread_ns() {
     return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
 }
 
-double lookup_ns(const Balancer& balancer, const std::vector<uint64_t>& hashes) {
+double lookup_ns(const Balancer& balancer, const std::vector<uint64_t>& hashes, int passes) {
     const std::vector<uint8_t> usable(balancer.members().size(), 1);
     double best = 1e300;
-    for (int pass = 0; pass < 10; ++pass) {
+    for (int pass = 0; pass < passes; ++pass) {
         uint64_t sink = 0;
         const double start = thread_ns();
         for (uint64_t h : hashes) sink += balancer.pick(h, usable, 0);
@@ -81,9 +83,10 @@ double lookup_ns(const Balancer& balancer, const std::vector<uint64_t>& hashes) 
 }
 
 Row measure(bool maglev, size_t targets, const std::vector<uint64_t>& keys,
-            const std::vector<uint64_t>& lookups) {
+            const std::vector<uint64_t>& lookups, int passes) {
     const auto start = Clock::now();
-    auto balancer = maglev ? build_maglev(equal_members(targets)) : build_ring(equal_members(targets));
+    auto balancer =
+        maglev ? build_maglev(equal_members(targets)) : build_ring(equal_members(targets));
     const auto built = std::chrono::duration<double, std::milli>(Clock::now() - start);
 
     std::vector<uint64_t> counts(targets);
@@ -97,7 +100,7 @@ Row measure(bool maglev, size_t targets, const std::vector<uint64_t>& keys,
             built.count(),
             static_cast<double>(*hi) / mean,
             static_cast<double>(*lo) / mean,
-            lookup_ns(*balancer, lookups)};
+            lookup_ns(*balancer, lookups, passes)};
 }
 
 }  // namespace
@@ -106,10 +109,13 @@ int main(int argc, char** argv) {
     size_t keys = 1'000'000;
     size_t lookups = 1'000'000;
     uint64_t seed = 42;
+    int passes = 20;
     CLI::App app{"Balance and speed of the ring and maglev selectors"};
     app.add_option("--keys", keys, "random IPv4 keys for the balance columns")
         ->check(CLI::PositiveNumber);
     app.add_option("--lookups", lookups, "random hashes per timed lookup pass")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--passes", passes, "timed lookup passes; the fastest is reported")
         ->check(CLI::PositiveNumber);
     app.add_option("--seed", seed, "seed for the key generator");
     CLI11_PARSE(app, argc, argv);
@@ -117,13 +123,15 @@ int main(int argc, char** argv) {
     const auto key_hashes = random_ipv4_hashes(keys, seed);
     const auto lookup_hashes = random_ipv4_hashes(lookups, seed + 1);
 
-    fmt::print("{} random IPv4 keys, {} lookups per pass, kRingPointsPerWeight={}\n\n", keys,
-               lookups, kRingPointsPerWeight);
-    fmt::print("{:<7} {:>7} {:>10} {:>10} {:>9} {:>9} {:>10}\n", "algo", "targets",
-               "positions", "build ms", "max/mean", "min/mean", "lookup ns");
+    fmt::print(
+        "{} random IPv4 keys, {} lookups per pass, best of {} passes, "
+        "kRingPointsPerWeight={}\n\n",
+        keys, lookups, passes, kRingPointsPerWeight);
+    fmt::print("{:<7} {:>7} {:>10} {:>10} {:>9} {:>9} {:>10}\n", "algo", "targets", "positions",
+               "build ms", "max/mean", "min/mean", "lookup ns");
     for (bool maglev : {false, true}) {
         for (size_t targets : {3, 5, 10, 100}) {
-            const Row r = measure(maglev, targets, key_hashes, lookup_hashes);
+            const Row r = measure(maglev, targets, key_hashes, lookup_hashes, passes);
             fmt::print("{:<7} {:>7} {:>10} {:>10.2f} {:>9.4f} {:>9.4f} {:>10.2f}\n", r.algorithm,
                        r.targets, r.positions, r.build_ms, r.max_over_mean, r.min_over_mean,
                        r.lookup_ns);

@@ -84,7 +84,7 @@ TEST_CASE("SocketAddress::parse rejects everything else") {
         "1.2.3:80",  // short IPv4
         "1.2.3.4.5:80",
         "256.1.1.1:80",
-        "01.2.3.4:80",  // octal-looking octet
+        "01.2.3.4:80",   // octal-looking octet
         "localhost:80",  // no DNS names
         "example.com:443",
         "::1:80",  // IPv6 must be bracketed
@@ -204,4 +204,6 @@ TEST_CASE("apply_prefix keeps the leading bits and zeroes the rest") {
     }
 }
 
-TEST_CASE("to_string of an empty key is empty") { CHECK(to_string(IpKey{}).empty()); }
+TEST_CASE("to_string of an empty key is empty") {
+    CHECK(to_string(IpKey{}).empty());
+}

@@ -38,7 +38,8 @@ std::vector<uint64_t> client_hashes(size_t n, uint64_t seed = 1) {
 std::vector<Member> equal_members(size_t n) {
     std::vector<Member> out;
     for (size_t i = 0; i < n; ++i) {
-        out.push_back({"10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1) + ":80", 1});
+        out.push_back(
+            {"10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1) + ":80", 1});
     }
     return out;
 }
@@ -48,7 +49,9 @@ std::vector<Member> mixed_members() {
             {"web-h", 5}, {"web-f", 1}, {"web-g", 2}, {"web-j", 1}, {"web-i", 1}};
 }
 
-const std::string& owner_id(const Balancer& b, uint64_t h) { return b.members()[b.owner(h)].id; }
+const std::string& owner_id(const Balancer& b, uint64_t h) {
+    return b.members()[b.owner(h)].id;
+}
 
 std::vector<uint8_t> all_usable(const Balancer& b) {
     return std::vector<uint8_t>(b.members().size(), 1);
@@ -174,8 +177,10 @@ TEST_CASE("ring: golden 3-member and 5-member groups") {
     }
     const double shares3[] = {.334639, .327858, .337503};
     const double shares5[] = {.203782, .196831, .198128, .201025, .200234};
-    for (size_t i = 0; i < 3; ++i) CHECK(ring3->shares()[i] == doctest::Approx(shares3[i]).epsilon(1e-5));
-    for (size_t i = 0; i < 5; ++i) CHECK(ring5->shares()[i] == doctest::Approx(shares5[i]).epsilon(1e-5));
+    for (size_t i = 0; i < 3; ++i)
+        CHECK(ring3->shares()[i] == doctest::Approx(shares3[i]).epsilon(1e-5));
+    for (size_t i = 0; i < 5; ++i)
+        CHECK(ring5->shares()[i] == doctest::Approx(shares5[i]).epsilon(1e-5));
 }
 
 TEST_CASE("ring: input order does not matter") {
@@ -302,6 +307,15 @@ TEST_CASE("ring: attempts walk distinct usable targets and wrap") {
     }
 }
 
+TEST_CASE("ring: the walk skips long runs of one unusable heavy target") {
+    auto ring = build_ring({{"big", kMaxWeight}, {"small", 1}});
+    const std::vector<uint8_t> big_down{0, 1};
+    for (uint64_t h : client_hashes(20'000)) {
+        CHECK(ring->pick(h, big_down, 0) == 1);
+        CHECK(ring->pick(h, big_down, 5) == 1);
+    }
+}
+
 TEST_CASE("ring: fails open when nothing is usable") {
     auto ring = build_ring(mixed_members());
     const std::vector<uint8_t> none(ring->members().size(), 0);
@@ -342,7 +356,8 @@ TEST_CASE("ring: shares are exact, sum to 1 and agree with sampling") {
         std::vector<size_t> counts(shares.size());
         for (uint64_t h : keys) ++counts[ring->owner(h)];
         for (size_t m = 0; m < shares.size(); ++m) {
-            const double sampled = static_cast<double>(counts[m]) / static_cast<double>(keys.size());
+            const double sampled =
+                static_cast<double>(counts[m]) / static_cast<double>(keys.size());
             // Binomial noise at 1M keys is below 0.0005 for any share; 0.002 is slack.
             CHECK(std::abs(sampled - shares[m]) < 0.002);
         }
