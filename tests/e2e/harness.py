@@ -25,6 +25,7 @@ import os
 import queue
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -75,7 +76,6 @@ def expect_eq(actual, wanted, what):
 
 _cleanups = []      # callables, run last-in first-out
 _processes = []     # every Process ever started (for the exit-time sweep)
-_state = threading.local()
 _test_dir = None
 
 
@@ -93,7 +93,7 @@ def _run_cleanups():
             traceback.print_exc(file=sys.stdout)
 
 
-def test_dir():
+def temp_dir():
     """A temporary directory for the current test (removed after it)."""
     global _test_dir
     if _test_dir is None:
@@ -108,7 +108,7 @@ def test_dir():
 
 
 def write_file(name, text):
-    path = os.path.join(test_dir(), name)
+    path = os.path.join(temp_dir(), name)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path
@@ -123,7 +123,7 @@ class Process:
     def __init__(self, argv, label):
         self.argv = [str(a) for a in argv]
         self.label = label
-        self.log_path = os.path.join(test_dir(), f"{label}.log")
+        self.log_path = os.path.join(temp_dir(), f"{label}.log")
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -181,6 +181,21 @@ def _kill_everything():
             os.killpg(p.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def fd_count(pid):
+    """How many file descriptors a process has open (from /proc)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def need_open_files(count):
+    """Raises our soft RLIMIT_NOFILE to at least count (children inherit it), or skips."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= count:
+        return
+    if hard != resource.RLIM_INFINITY and hard < count:
+        skip(f"needs {count} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
 def run(argv, timeout=15, stdin_text=None):
@@ -591,6 +606,7 @@ def config_text(listeners, groups, global_=None):
 
     listeners: [{"bind": "127.0.0.1:8000", "target_group": "web"}, ...]
     groups:    [{"name": "web", "connect_timeout": "1s", ...,
+                 "stickiness": {"prefix_v4": 24},          (optional)
                  "targets": [{"id": "backend-1", "address": "...", "weight": 1}, ...]}]
     global_:   {"threads": 2, ...} (defaults below)
     """
@@ -601,7 +617,11 @@ def config_text(listeners, groups, global_=None):
         out += ["", "[[listener]]"] + [f"{k} = {toml_value(v)}" for k, v in listener.items()]
     for group in groups:
         out += ["", "[[target_group]]"]
-        out += [f"{k} = {toml_value(v)}" for k, v in group.items() if k != "targets"]
+        out += [f"{k} = {toml_value(v)}" for k, v in group.items()
+                if k not in ("targets", "stickiness")]
+        if "stickiness" in group:
+            out += ["", "[target_group.stickiness]"]
+            out += [f"{k} = {toml_value(v)}" for k, v in group["stickiness"].items()]
         for target in group.get("targets", []):
             out += ["", "[[target_group.target]]"]
             out += [f"{k} = {toml_value(v)}" for k, v in target.items()]

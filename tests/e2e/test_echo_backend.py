@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """stickyd-echo on its own (no stickyd): the backend every other e2e test and the
 benchmarks rely on does what its --help promises."""
+import os
 import socket
 import sys
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 

@@ -4,11 +4,14 @@
 A FIN in one direction must become shutdown(SHUT_WR) on the other connection while
 the opposite direction keeps flowing; an RST must arrive as an RST, not as a FIN."""
 import hashlib
+import os
 import socket
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 KIB = 1024
@@ -152,6 +155,56 @@ def test_backend_reset_reaches_client_as_reset():
         h.send_all(s, b"hello\n")
         h.expect_eq(server.result(), "sent reset", "stub backend")
         h.expect_eq(h.wait_closed(s), "reset", "what the client saw after the backend's RST")
+
+
+def test_abrupt_endings_mid_transfer_leave_stickyd_healthy():
+    # Clients that vanish in the middle of a bulk transfer in either direction, and
+    # a backend killed mid-stream: stickyd must tear each pair down, keep serving,
+    # and leak no descriptors.
+    backends = [h.start_backend("steady"), h.start_backend("doomed")]
+    lb = h.lb_addr()
+    args = ["--listen", h.fmt_addr(lb), "--threads", "2"]
+    stickyd = h.start_stickyd(args=args + ["--target", backends[0].address], addr=lb)
+    doomed_lb = h.lb_addr()
+    doomed = h.start_stickyd(args=["--listen", h.fmt_addr(doomed_lb), "--target",
+                                   backends[1].address], addr=doomed_lb)
+    pid = stickyd.process.pid
+    baseline = h.fd_count(pid)
+
+    def download_then_reset(i):
+        with h.connect(lb, f"127.0.0.{20 + i}") as s:
+            h.send_all(s, b"STICKYD-TEST SINK-THEN-REPLY %d\n" % (200 * 1024 * 1024))
+            s.shutdown(socket.SHUT_WR)
+            h.recv_exact(s, 256 * KIB)
+            if i % 2:
+                h.set_linger_zero(s)                 # RST; otherwise FIN with unread data
+
+    def upload_then_reset(i):
+        with h.connect(lb, f"127.0.0.{40 + i}") as s:
+            h.send_all(s, b"STICKYD-TEST HOLD\n" + h.random_payload(512 * KIB, seed=i))
+            h.set_linger_zero(s)
+
+    h.run_parallel([lambda i=i: download_then_reset(i) for i in range(8)]
+                   + [lambda i=i: upload_then_reset(i) for i in range(8)], timeout=60)
+
+    # A backend that dies mid-stream: the client must see the end, not hang.
+    with h.connect(doomed_lb, "127.0.0.60") as s:
+        h.send_all(s, b"STICKYD-TEST SINK-THEN-REPLY %d\n" % (200 * 1024 * 1024))
+        s.shutdown(socket.SHUT_WR)
+        h.recv_exact(s, 256 * KIB)
+        backends[1].stop()
+        try:
+            h.recv_until_eof(s)
+        except ConnectionResetError:
+            pass
+    h.expect(doomed.process.alive(), f"stickyd died with its backend\n{doomed.describe()}")
+
+    h.expect_eq(h.whoami("127.0.0.99", lb), "steady", "a request after the abrupt endings")
+    deadline = time.monotonic() + 10
+    while h.fd_count(pid) > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    h.expect(h.fd_count(pid) <= baseline, f"stickyd holds {h.fd_count(pid)} descriptors, "
+                                          f"{baseline} before the abrupt endings")
 
 
 if __name__ == "__main__":

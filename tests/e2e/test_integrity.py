@@ -2,12 +2,15 @@
 """Data integrity under concurrency: many connections carry MiBs each way at once
 and every byte arrives, in order, exactly once (SHA-256 compared at both ends)."""
 import hashlib
+import os
 import random
 import socket
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 MIB = 1024 * 1024
@@ -20,7 +23,7 @@ def sizes(count, seed, low=1 * MIB, high=4 * MIB):
 
 def start(backends, extra_groups=()):
     """stickyd with group "echo" (the backends) and one group per (name, address) in
-    extra_groups, each on its own listener. Returns the listener addresses in order."""
+    extra_groups, each on its own listener. Returns (listener addresses, Stickyd)."""
     addrs = [h.lb_addr()]
     listeners = [{"bind": h.fmt_addr(addrs[0]), "target_group": "echo"}]
     groups = [{"name": "echo", "targets": [{"id": b.name, "address": b.address} for b in backends]}]
@@ -28,15 +31,15 @@ def start(backends, extra_groups=()):
         addrs.append(h.lb_addr())
         listeners.append({"bind": h.fmt_addr(addrs[-1]), "target_group": name})
         groups.append({"name": name, "targets": [{"id": name, "address": address}]})
-    h.start_stickyd(h.config_text(listeners, groups), addr=addrs[0])
+    stickyd = h.start_stickyd(h.config_text(listeners, groups), addr=addrs[0])
     for addr in addrs[1:]:
         h.wait_accepting(addr)
-    return addrs
+    return addrs, stickyd
 
 
 def test_32_concurrent_echo_connections_of_several_mib():
     backends = h.start_backends(3)
-    lb = start(backends)[0]
+    (lb,), _ = start(backends)
     ips = h.source_ips(32, first=10)
     plan = sizes(32, seed=1)
 
@@ -54,7 +57,7 @@ def test_backend_generated_data_after_client_eof():
     # SINK-THEN-REPLY: the client uploads n bytes, closes its side, and the backend
     # then sends m bytes of its own pattern; the client checks them by hash.
     backends = h.start_backends(3)
-    lb = start(backends)[0]
+    (lb,), _ = start(backends)
     ips = h.source_ips(16, first=50)
     ups, downs = sizes(16, seed=2), sizes(16, seed=3)
 
@@ -99,8 +102,7 @@ def test_full_duplex_hashed_at_both_ends():
 
     server = h.PyServer(handler)
     backends = h.start_backends(1)
-    lbs = start(backends, extra_groups=[("stub", server.address)])
-    stub_lb = lbs[1]
+    (_, stub_lb), _ = start(backends, extra_groups=[("stub", server.address)])
     ips = h.source_ips(8, first=80)
     ups, downs = sizes(8, seed=4), sizes(8, seed=5)
 
@@ -122,6 +124,74 @@ def test_full_duplex_hashed_at_both_ends():
         h.expect_eq(got_sha, up_sha, f"{key}: SHA-256 of what the backend received")
         h.expect_eq(down_len, downs[int(key[4:])], f"{key}: bytes the client received")
         h.expect_eq(down_sha, sent_sha, f"{key}: SHA-256 of what the client received")
+
+
+def settled_fd_count(pid, at_most=None, timeout=10.0):
+    """stickyd's descriptor count once closing connections are gone: waits until it
+    is at most `at_most` (or, without it, until it stops falling)."""
+    deadline = time.monotonic() + timeout
+    last = h.fd_count(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = h.fd_count(pid)
+        if (at_most is not None and now <= at_most) or (at_most is None and now >= last):
+            return now
+        last = now
+    return last
+
+
+def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
+    h.need_open_files(4096)
+    backends = h.start_backends(3)
+    (lb,), stickyd = start(backends)
+    pid = stickyd.process.pid
+    baseline = settled_fd_count(pid)
+    ips = h.source_ips(100, first=2)
+    socks, owner = [], {}
+    try:
+        for i in range(1000):
+            ip = ips[i % len(ips)]
+            s = h.connect(lb, ip)
+            socks.append(s)
+            h.send_all(s, b"STICKYD-TEST WHOAMI\n")
+        for i, s in enumerate(socks):
+            ip = ips[i % len(ips)]
+            name, peer = h.recv_line(s).split()
+            h.expect(owner.setdefault(ip, name) == name,
+                     f"{ip} reached {owner[ip]} and {name} while 1000 connections were open")
+        h.expect(len(set(owner.values())) >= 2, "all sources went to one backend")
+        during = h.fd_count(pid)
+        h.expect(during >= baseline + 2000, f"stickyd holds {during} descriptors with 1000 "
+                                            f"connections open (baseline {baseline})")
+        for i, s in enumerate(socks):                 # every held connection still works
+            h.send_all(s, b"ping %d\n" % i)
+        for i, s in enumerate(socks):
+            h.expect_eq(h.recv_line(s), f"ping {i}", f"echo on held connection {i}")
+    finally:
+        for s in socks:
+            s.close()
+    after = settled_fd_count(pid, at_most=baseline)
+    h.expect(after <= baseline, f"stickyd still holds {after} descriptors after all 1000 "
+                                f"connections closed (baseline {baseline})")
+
+
+def test_slow_reader_gets_everything():
+    # The client sends 8 MiB but reads nothing for a second: the relay must apply
+    # backpressure (stop reading) rather than drop or reorder, then deliver it all.
+    backends = h.start_backends(1)
+    (lb,), _ = start(backends)
+    payload = h.random_payload(8 * MIB, seed=7)
+    with h.connect(lb, "127.0.0.2", timeout=30) as s:
+        def sender():
+            h.send_all(s, payload)
+            s.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        time.sleep(1.0)
+        got = hashlib.sha256()
+        count = h.recv_until_eof(s, got)
+        t.join(10)
+    h.expect_eq((count, got.hexdigest()), (len(payload), h.sha256(payload)), "8 MiB slow read")
 
 
 if __name__ == "__main__":

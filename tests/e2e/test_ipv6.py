@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """IPv6: an [::1] listener in front of backends on [::1] and on 127.0.0.1."""
+import os
 import sys
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 SOURCES = h.source_ips(60)
@@ -59,6 +61,29 @@ def test_both_backend_families_carry_traffic():
     with h.connect(lb4, ip) as s:
         count, digest = h.echo_roundtrip(s, payload)
     h.expect_eq((count, digest), (len(payload), h.sha256(payload)), f"echo via {seen[ip]}")
+
+
+def test_ipv4_mapped_clients_hash_as_ipv4():
+    # An IPv6 listener on ::ffff:127.0.0.1 sees IPv4 clients as ::ffff:a.b.c.d, as a
+    # dual-stack [::] listener does. They must hash as plain IPv4: the same sources
+    # reach the same backends through it as through a 127.0.0.1 listener.
+    need_ipv6()
+    backends = h.start_backends(3)
+    lb4 = h.lb_addr("127.0.0.1")
+    mapped_port = h.free_port("127.0.0.1")
+    config = h.config_text(
+        [{"bind": h.fmt_addr(lb4), "target_group": "web"},
+         {"bind": f"[::ffff:127.0.0.1]:{mapped_port}", "target_group": "web"}],
+        [{"name": "web", "targets": [{"id": b.name, "address": b.address} for b in backends]}])
+    h.start_stickyd(config, addr=lb4)
+    mapped = ("127.0.0.1", mapped_port)
+    h.wait_accepting(mapped)
+    plain = h.mapping(lb4, SOURCES)
+    via_mapped = h.mapping(mapped, SOURCES, repeat=2)
+    differ = [ip for ip in SOURCES if plain[ip] != via_mapped[ip]]
+    h.expect(not differ, f"{len(differ)} of {len(SOURCES)} sources reach another backend through "
+                         f"the v4-mapped listener, e.g. {differ[:3]}")
+    h.expect(len(set(plain.values())) >= 2, "all sources went to one backend")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 connections finish, and exits 0 when the last one closes, or closes what is left at
 the shutdown_grace deadline and still exits 0."""
 import hashlib
+import os
 import signal
 import socket
 import sys
 import time
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 KIB = 1024
@@ -24,7 +26,11 @@ def start(grace):
 
 
 def wait_refused(addr, timeout=10.0):
-    """Connects until the listener is gone. Each success is closed at once."""
+    """Connects until the listener is gone. Each success is closed at once.
+
+    A reset is not the end yet: it is what a connection gets that was in the
+    accept queue of a listener being closed.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -32,6 +38,8 @@ def wait_refused(addr, timeout=10.0):
                 pass
         except ConnectionRefusedError:
             return
+        except ConnectionResetError:
+            pass
         time.sleep(0.02)
     raise h.Failure(f"{h.fmt_addr(addr)} still accepted connections {timeout}s after the signal")
 
@@ -109,6 +117,32 @@ def test_grace_deadline_closes_held_connections():
     h.expect(status is not None, f"stickyd still running after closing held connections\n"
                                  f"{proc.describe()}")
     h.expect_eq(status, 0, "exit status after the grace deadline")
+
+
+def test_second_signal_closes_everything_now():
+    lb, proc = start(grace="60s")
+    s = h.connect(lb, "127.0.0.20")
+    h.on_cleanup(s.close)
+    h.send_all(s, b"STICKYD-TEST HOLD\n")
+    proc.signal(signal.SIGTERM)
+    wait_refused(lb)
+    h.expect(proc.alive(), "stickyd exited on the first SIGTERM with a connection open")
+    proc.signal(signal.SIGTERM)
+    how = h.wait_closed(s, timeout=15)
+    h.expect(how in ("eof", "reset"), f"held connection ended with {how}")
+    status = proc.wait(10)
+    h.expect(status is not None, f"stickyd still running after a second SIGTERM (grace 60s)\n"
+                                 f"{proc.describe()}")
+    h.expect_eq(status, 0, "exit status after a second SIGTERM")
+
+
+def test_sighup_does_not_stop_the_daemon():
+    lb, proc = start(grace="5s")
+    before = h.whoami("127.0.0.21", lb)
+    proc.signal(signal.SIGHUP)
+    time.sleep(0.3)  # lets a mishandled SIGHUP take effect before we look
+    h.expect_eq(h.whoami("127.0.0.21", lb), before, "answer after SIGHUP")
+    h.expect(proc.alive(), f"stickyd exited on SIGHUP\n{proc.describe()}")
 
 
 if __name__ == "__main__":

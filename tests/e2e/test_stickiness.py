@@ -2,9 +2,11 @@
 """Source-IP stickiness: one client address always reaches the same backend, the
 mapping is spread over the backends, and it depends only on the targets' identities,
 never on their order in the configuration."""
+import os
 import sys
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 SOURCES = h.source_ips(60)   # 127.0.0.2 ... 127.0.0.61
@@ -80,6 +82,37 @@ def test_quick_mode_is_sticky_and_matches_a_config_without_ids():
     differ = [ip for ip in SOURCES if quick[ip] != from_file[ip]]
     h.expect(not differ, f"{len(differ)} sources map differently in quick mode and in a config "
                          f"file with the same targets, e.g. {differ[:3]}")
+
+
+def test_maglev_is_sticky_and_order_independent():
+    backends = h.start_backends(3)
+    lb1, lb2 = h.lb_addr(), h.lb_addr()
+    group = {"algorithm": "maglev"}
+    h.start_stickyd(h.simple_config(h.fmt_addr(lb1), backends, group=group), addr=lb1)
+    h.start_stickyd(h.simple_config(h.fmt_addr(lb2), backends, group=group, order=[1, 2, 0]),
+                    addr=lb2)
+    first = h.mapping(lb1, SOURCES, repeat=REPEAT)
+    second = h.mapping(lb2, SOURCES)
+    h.expect(len(set(first.values())) >= 2, f"maglev sent every source to {set(first.values())}")
+    differ = [ip for ip in SOURCES if first[ip] != second[ip]]
+    h.expect(not differ, f"{len(differ)} sources map differently with the maglev targets "
+                         f"in another order, e.g. {differ[:3]}")
+
+
+def test_prefix_v4_keeps_a_subnet_together():
+    # prefix_v4 = 24: every 127.0.N.x of one /24 sticks to one backend, while
+    # different /24s still spread.
+    backends = h.start_backends(3)
+    lb = h.lb_addr()
+    h.start_stickyd(h.simple_config(h.fmt_addr(lb), backends,
+                                    group={"stickiness": {"prefix_v4": 24}}), addr=lb)
+    per_subnet = {}
+    for n in range(1, 31):
+        names = {h.whoami(f"127.0.{n}.{host}", lb) for host in (2, 77, 200)}
+        h.expect(len(names) == 1, f"127.0.{n}.0/24 spread over {sorted(names)} with prefix_v4 = 24")
+        per_subnet[n] = names.pop()
+    h.expect(len(set(per_subnet.values())) >= 2,
+             f"all 30 subnets went to {set(per_subnet.values())}: no spreading")
 
 
 def test_weight_gives_a_bigger_share():
