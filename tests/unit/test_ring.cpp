@@ -7,55 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "balancer_fixtures.hpp"
 #include "stickyd/balancer.hpp"
 #include "stickyd/hash.hpp"
 
 using namespace stickyd;
+using namespace stickyd::test;
 
 namespace {
-
-// splitmix64: deterministic on every platform, unlike <random>'s distributions.
-uint64_t splitmix64(uint64_t& state) {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// Hashes of pseudo-random client IPv4 addresses: what the ring sees in production.
-std::vector<uint64_t> client_hashes(size_t n, uint64_t seed = 1) {
-    std::vector<uint64_t> out(n);
-    for (auto& h : out) {
-        IpKey key;
-        key.size = 4;
-        const auto ip = static_cast<uint32_t>(splitmix64(seed));
-        std::memcpy(key.bytes.data(), &ip, 4);
-        h = hash_ip(key);
-    }
-    return out;
-}
-
-std::vector<Member> equal_members(size_t n) {
-    std::vector<Member> out;
-    for (size_t i = 0; i < n; ++i) {
-        out.push_back(
-            {"10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1) + ":80", 1});
-    }
-    return out;
-}
-
-std::vector<Member> mixed_members() {
-    return {{"web-c", 3}, {"web-a", 1}, {"web-e", 1}, {"web-b", 2}, {"web-d", 1},
-            {"web-h", 5}, {"web-f", 1}, {"web-g", 2}, {"web-j", 1}, {"web-i", 1}};
-}
-
-const std::string& owner_id(const Balancer& b, uint64_t h) {
-    return b.members()[b.owner(h)].id;
-}
-
-std::vector<uint8_t> all_usable(const Balancer& b) {
-    return std::vector<uint8_t>(b.members().size(), 1);
-}
 
 // The definition, written the slow and obvious way.
 struct ReferenceRing {
