@@ -1,0 +1,132 @@
+// Target health, as pure logic: the rise/fall policy, the HTTP status-line parser,
+// the success-code matcher, and the store that carries health across reloads.
+// Nothing here does I/O; the checker (src/health_checker.cpp) feeds it results.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace stickyd {
+
+struct Config;
+
+// NLB target health states (DescribeTargetHealth's State).
+enum class HealthState : uint8_t {
+    initial,    // registered; no verdict yet
+    healthy,    // takes new connections
+    unhealthy,  // takes none (unless the whole group is down: fail-open)
+    draining,   // being deregistered: takes none; checks no longer change it
+};
+
+std::string_view to_string(HealthState state);
+
+struct Thresholds {
+    unsigned healthy = 5;    // consecutive passes that make an unhealthy target healthy
+    unsigned unhealthy = 2;  // consecutive failures that make a target unhealthy
+};
+
+// Everything the policy remembers about one target. As in HAProxy's check.c, one
+// counter holds the run of results that disagree with the current state: a result
+// that agrees resets it, so a flapping target never accumulates toward a change.
+struct HealthRecord {
+    HealthState state = HealthState::initial;
+    unsigned streak = 0;  // consecutive results against `state`
+    // Targets known when the daemon starts are routed to while still `initial`:
+    // otherwise a restart would move every sticky client away and back while the
+    // first round of checks is spread over one interval. A target added to a running
+    // daemon (reload) waits for its first pass, as on the NLB.
+    bool routable_while_initial = false;
+
+    friend bool operator==(const HealthRecord&, const HealthRecord&) = default;
+};
+
+struct HealthStep {
+    HealthRecord record;
+    std::optional<HealthState> transition;  // the new state, when it changed
+};
+
+// One active check result. NLB semantics:
+//   initial   + pass -> healthy at once (a new target gets traffic after its first pass)
+//   initial   + fail -> stays initial until `unhealthy` consecutive failures, then
+//                       unhealthy (one lost SYN must not bar a target that never served)
+//   healthy   + fail -> unhealthy after `unhealthy` consecutive failures
+//   unhealthy + pass -> healthy after `healthy` consecutive passes
+//   draining         -> stays draining: deregistration, not health, decides its fate
+HealthStep next(const HealthRecord& record, bool passed, const Thresholds& thresholds);
+
+// Enough consecutive connect failures on client traffic (passive checking): the
+// target is unhealthy now, without waiting for the next active check. Initial and
+// healthy targets fall; unhealthy and draining ones are unchanged.
+HealthStep passive_failure(const HealthRecord& record);
+
+// Whether the target may take new connections (before fail-open is considered).
+bool routable(const HealthRecord& record);
+
+// ---------------------------------------------------------------------------------
+// HTTP health-check responses.
+
+struct StatusLine {
+    enum class Result : uint8_t { incomplete, ok, malformed };
+    Result result = Result::incomplete;
+    int code = 0;              // 100..599 when ok
+    std::string_view problem;  // what was wrong, when malformed
+};
+
+// Longest status line accepted; a longer one is malformed, not "incomplete forever".
+inline constexpr size_t kMaxStatusLine = 1024;
+
+// Parses the start of a response: "HTTP/1.1 200 OK\r\n" (RFC 9112 status-line; the
+// reason may be empty or absent, a bare LF ends the line too). `received` is every
+// byte read so far; incomplete means "read more", and is only returned while the
+// bytes are a valid prefix of a status line.
+StatusLine parse_status_line(std::string_view received);
+
+// The NLB HttpCode matcher: "200", "200-399", "200,202,300-399".
+class Matcher {
+  public:
+    Matcher() = default;  // matches nothing; use parse_matcher
+    bool matches(int code) const;
+    const std::vector<std::pair<uint16_t, uint16_t>>& ranges() const { return ranges_; }
+    const std::string& text() const { return text_; }
+
+    friend bool operator==(const Matcher& a, const Matcher& b) { return a.text_ == b.text_; }
+
+  private:
+    friend std::variant<Matcher, std::string> parse_matcher(std::string_view text);
+    std::vector<std::pair<uint16_t, uint16_t>> ranges_;
+    std::string text_;
+};
+
+inline constexpr int kMinMatcherCode = 200;  // the NLB's range for HttpCode
+inline constexpr int kMaxMatcherCode = 599;
+
+// A Matcher, or what is wrong with `text` (no trailing period, for config errors).
+std::variant<Matcher, std::string> parse_matcher(std::string_view text);
+
+// ---------------------------------------------------------------------------------
+// The health store: health state keyed by what makes a target "the same target".
+
+// A target is carried over a reload only when group, id and address all match: a
+// changed address is a different backend, whatever its id says.
+struct TargetKey {
+    std::string group;
+    std::string id;
+    std::string address;  // normalised "ip:port"
+
+    friend auto operator<=>(const TargetKey&, const TargetKey&) = default;
+};
+
+using HealthStore = std::map<TargetKey, HealthRecord>;
+
+// The store for `config`. Targets that `previous` knows keep their record; the rest
+// start `initial`. previous == nullptr means the daemon is starting: every target
+// is then routable while initial (see HealthRecord).
+HealthStore build_health_store(const Config& config, const HealthStore* previous);
+
+}  // namespace stickyd

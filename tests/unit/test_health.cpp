@@ -1,0 +1,387 @@
+// The pure health logic: the rise/fall policy (every state x result x streak), the
+// HTTP status-line parser against partial and malformed input, the matcher, and
+// the store that carries health over a reload.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "stickyd/config.hpp"
+#include "stickyd/health.hpp"
+
+using namespace stickyd;
+
+namespace {
+
+HealthRecord rec(HealthState state, unsigned streak = 0, bool initial_routable = false) {
+    return HealthRecord{state, streak, initial_routable};
+}
+
+// Feeds results; returns the transitions seen, as "state@index".
+std::string run(HealthRecord r, std::string_view results, Thresholds th) {
+    std::string out;
+    for (size_t i = 0; i < results.size(); ++i) {
+        HealthStep step = next(r, results[i] == 'P', th);
+        if (step.transition) {
+            CHECK(*step.transition == step.record.state);
+            out += fmt::format("{}{}@{}", out.empty() ? "" : " ", to_string(*step.transition), i);
+        } else {
+            CHECK(step.record.state == r.state);
+        }
+        r = step.record;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("policy: initial") {
+    const Thresholds th{5, 3};
+    SUBCASE("the first pass makes a new target healthy at once, whatever the threshold") {
+        for (unsigned streak = 0; streak < 3; ++streak) {
+            HealthStep s = next(rec(HealthState::initial, streak), true, th);
+            REQUIRE(s.transition);
+            CHECK(*s.transition == HealthState::healthy);
+            CHECK(s.record == rec(HealthState::healthy, 0));
+        }
+    }
+    SUBCASE("failures count up to unhealthy_threshold, then unhealthy") {
+        HealthStep s = next(rec(HealthState::initial, 0), false, th);
+        CHECK_FALSE(s.transition);
+        CHECK(s.record == rec(HealthState::initial, 1));
+        s = next(s.record, false, th);
+        CHECK(s.record == rec(HealthState::initial, 2));
+        s = next(s.record, false, th);
+        REQUIRE(s.transition);
+        CHECK(*s.transition == HealthState::unhealthy);
+        CHECK(s.record == rec(HealthState::unhealthy, 0));
+    }
+    SUBCASE("routable_while_initial survives every step") {
+        HealthStep s = next(rec(HealthState::initial, 0, true), false, th);
+        CHECK(s.record.routable_while_initial);
+        s = next(s.record, true, th);
+        CHECK(s.record.routable_while_initial);
+    }
+}
+
+TEST_CASE("policy: healthy") {
+    const Thresholds th{4, 3};
+    for (unsigned streak = 0; streak < 3; ++streak) {
+        CAPTURE(streak);
+        HealthStep pass = next(rec(HealthState::healthy, streak), true, th);
+        CHECK_FALSE(pass.transition);
+        CHECK(pass.record == rec(HealthState::healthy, 0));  // a pass breaks the run
+        HealthStep fail = next(rec(HealthState::healthy, streak), false, th);
+        if (streak + 1 >= 3) {
+            REQUIRE(fail.transition);
+            CHECK(*fail.transition == HealthState::unhealthy);
+            CHECK(fail.record == rec(HealthState::unhealthy, 0));
+        } else {
+            CHECK_FALSE(fail.transition);
+            CHECK(fail.record == rec(HealthState::healthy, streak + 1));
+        }
+    }
+}
+
+TEST_CASE("policy: unhealthy") {
+    const Thresholds th{4, 3};
+    for (unsigned streak = 0; streak < 4; ++streak) {
+        CAPTURE(streak);
+        HealthStep fail = next(rec(HealthState::unhealthy, streak), false, th);
+        CHECK_FALSE(fail.transition);
+        CHECK(fail.record == rec(HealthState::unhealthy, 0));
+        HealthStep pass = next(rec(HealthState::unhealthy, streak), true, th);
+        if (streak + 1 >= 4) {
+            REQUIRE(pass.transition);
+            CHECK(*pass.transition == HealthState::healthy);
+            CHECK(pass.record == rec(HealthState::healthy, 0));
+        } else {
+            CHECK_FALSE(pass.transition);
+            CHECK(pass.record == rec(HealthState::unhealthy, streak + 1));
+        }
+    }
+}
+
+TEST_CASE("policy: draining ignores checks") {
+    for (bool passed : {true, false}) {
+        HealthStep s = next(rec(HealthState::draining, 2), passed, Thresholds{2, 2});
+        CHECK_FALSE(s.transition);
+        CHECK(s.record == rec(HealthState::draining, 0));
+    }
+}
+
+TEST_CASE("policy: sequences, NLB defaults and the extremes of the ranges") {
+    CHECK(run(rec(HealthState::initial), "P", {5, 2}) == "healthy@0");
+    CHECK(run(rec(HealthState::initial), "FFPPPPP", {5, 2}) == "unhealthy@1 healthy@6");
+    CHECK(run(rec(HealthState::initial), "FPF", {5, 2}) == "healthy@1");
+    // Flapping never accumulates: every disagreeing run is broken before it counts.
+    CHECK(run(rec(HealthState::healthy), "FPFPFPFP", {2, 2}) == "");
+    CHECK(run(rec(HealthState::unhealthy), "PFPFPFPF", {2, 2}) == "");
+    CHECK(run(rec(HealthState::healthy),
+              "FF"
+              "PPPPPPPPP"
+              "P",
+              {10, 2}) == "unhealthy@1 healthy@11");
+    CHECK(run(rec(HealthState::healthy),
+              "FFFFFFFFF"
+              "F",
+              {2, 10}) == "unhealthy@9");
+    CHECK(run(rec(HealthState::healthy), "FFPFF", {2, 2}) == "unhealthy@1");
+    CHECK(run(rec(HealthState::healthy), "FFPPFF", {2, 2}) == "unhealthy@1 healthy@3 unhealthy@5");
+}
+
+TEST_CASE("policy: passive failures") {
+    for (HealthState s : {HealthState::initial, HealthState::healthy}) {
+        HealthStep step = passive_failure(rec(s, 1, true));
+        REQUIRE(step.transition);
+        CHECK(*step.transition == HealthState::unhealthy);
+        CHECK(step.record == rec(HealthState::unhealthy, 0, true));
+    }
+    HealthStep recovering = passive_failure(rec(HealthState::unhealthy, 1));
+    CHECK_FALSE(recovering.transition);
+    CHECK(recovering.record == rec(HealthState::unhealthy, 0));  // recovery starts over
+    HealthStep draining = passive_failure(rec(HealthState::draining, 0));
+    CHECK_FALSE(draining.transition);
+    CHECK(draining.record.state == HealthState::draining);
+}
+
+TEST_CASE("routable") {
+    CHECK(routable(rec(HealthState::healthy)));
+    CHECK_FALSE(routable(rec(HealthState::unhealthy)));
+    CHECK_FALSE(routable(rec(HealthState::draining)));
+    CHECK_FALSE(routable(rec(HealthState::initial)));
+    CHECK(routable(rec(HealthState::initial, 0, true)));
+    CHECK_FALSE(routable(rec(HealthState::unhealthy, 0, true)));
+}
+
+TEST_CASE("to_string(HealthState)") {
+    CHECK(to_string(HealthState::initial) == "initial");
+    CHECK(to_string(HealthState::healthy) == "healthy");
+    CHECK(to_string(HealthState::unhealthy) == "unhealthy");
+    CHECK(to_string(HealthState::draining) == "draining");
+}
+
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+std::string parsed(std::string_view in) {
+    StatusLine s = parse_status_line(in);
+    switch (s.result) {
+        case StatusLine::Result::incomplete:
+            return "incomplete";
+        case StatusLine::Result::ok:
+            return std::to_string(s.code);
+        case StatusLine::Result::malformed:
+            return fmt::format("malformed: {}", s.problem);
+    }
+    return "?";
+}
+
+}  // namespace
+
+TEST_CASE("status line: well formed") {
+    CHECK(parsed("HTTP/1.1 200 OK\r\n") == "200");
+    CHECK(parsed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == "200");
+    CHECK(parsed("HTTP/1.0 503 Service Unavailable\r\n") == "503");
+    CHECK(parsed("HTTP/1.1 204 \r\n") == "204");         // empty reason
+    CHECK(parsed("HTTP/1.1 302\r\n") == "302");          // reason left out
+    CHECK(parsed("HTTP/1.1 404 Not Found\n") == "404");  // bare LF
+    CHECK(parsed("HTTP/2.0 599 x\tz\r\n") == "599");
+    CHECK(parsed("HTTP/1.1 100 Continue\r\n") == "100");
+}
+
+TEST_CASE("status line: every prefix of a valid line is incomplete") {
+    const std::string line = "HTTP/1.1 503 Service Unavailable\r\n";
+    for (size_t n = 0; n < line.size(); ++n) {
+        CAPTURE(n);
+        CHECK(parsed(line.substr(0, n)) == "incomplete");
+    }
+    CHECK(parsed(line) == "503");
+}
+
+TEST_CASE("status line: malformed") {
+    CHECK(parsed("SSH-2.0-OpenSSH\r\n") == "malformed: response does not start with \"HTTP/\"");
+    CHECK(parsed("http/1.1 200 OK\r\n") == "malformed: response does not start with \"HTTP/\"");
+    CHECK(parsed("H") == "incomplete");
+    CHECK(parsed("HX") == "malformed: response does not start with \"HTTP/\"");
+    CHECK(parsed("<html>") == "malformed: response does not start with \"HTTP/\"");
+    CHECK(parsed("HTTP/x.1 200 OK\r\n") == "malformed: bad HTTP version");
+    CHECK(parsed("HTTP/1,1 200 OK\r\n") == "malformed: bad HTTP version");
+    CHECK(parsed("HTTP/1.x 200 OK\r\n") == "malformed: bad HTTP version");
+    CHECK(parsed("HTTP/1.1  200 OK\r\n") == "malformed: status code is not three digits");
+    CHECK(parsed("HTTP/1.1200 OK\r\n") == "malformed: expected a space after the HTTP version");
+    CHECK(parsed("HTTP/1.1 20 OK\r\n") == "malformed: status code is not three digits");
+    CHECK(parsed("HTTP/1.1 2000 OK\r\n") == "malformed: status code is not three digits");
+    CHECK(parsed("HTTP/1.1 2x0 OK\r\n") == "malformed: status code is not three digits");
+    CHECK(parsed("HTTP/1.1 099 OK\r\n") == "malformed: status code below 100");
+    CHECK(parsed("HTTP/1.1 200 OK\rX") == "malformed: CR not followed by LF");
+    CHECK(parsed("HTTP/1.1 200 O\x01K\r\n") == "malformed: control character in the reason phrase");
+    CHECK(parsed(std::string_view("HTTP/1.1 200 \0K\r\n", 17)) ==
+          "malformed: control character in the reason phrase");
+    CHECK(parsed("HTTP/1.1 200\r\r\n") == "malformed: CR not followed by LF");
+    // A line that never ends must not be "incomplete" forever.
+    const std::string endless = "HTTP/1.1 200 " + std::string(kMaxStatusLine, 'x');
+    CHECK(parsed(endless) == "malformed: status line too long");
+    CHECK(parsed(endless.substr(0, kMaxStatusLine)) == "malformed: status line too long");
+    CHECK(parsed(endless.substr(0, kMaxStatusLine - 1)) == "incomplete");
+}
+
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+Matcher matcher(std::string_view text) {
+    auto m = parse_matcher(text);
+    if (auto* problem = std::get_if<std::string>(&m)) FAIL(*problem);
+    return std::get<Matcher>(m);
+}
+
+std::string matcher_error(std::string_view text) {
+    auto m = parse_matcher(text);
+    if (auto* problem = std::get_if<std::string>(&m)) return *problem;
+    return "<valid>";
+}
+
+}  // namespace
+
+TEST_CASE("matcher: forms the NLB accepts") {
+    Matcher single = matcher("200");
+    CHECK(single.matches(200));
+    CHECK_FALSE(single.matches(201));
+    CHECK(single.text() == "200");
+
+    Matcher range = matcher("200-399");
+    CHECK_FALSE(range.matches(199));
+    CHECK(range.matches(200));
+    CHECK(range.matches(302));
+    CHECK(range.matches(399));
+    CHECK_FALSE(range.matches(400));
+    CHECK_FALSE(range.matches(500));
+
+    Matcher list = matcher("200,202,300-399");
+    CHECK(list.matches(200));
+    CHECK_FALSE(list.matches(201));
+    CHECK(list.matches(202));
+    CHECK(list.matches(350));
+    CHECK_FALSE(list.matches(400));
+    CHECK(list.ranges().size() == 3);
+
+    CHECK(matcher(" 200 , 204 ").matches(204));  // spaces around entries are tolerated
+    CHECK(matcher("200-200").matches(200));
+    CHECK(matcher("599").matches(599));
+    CHECK(matcher("200-599").matches(503));
+    CHECK_FALSE(Matcher().matches(200));
+}
+
+TEST_CASE("matcher: rejections") {
+    const std::string hint =
+        "; expected codes and ranges such as \"200\", \"200-399\" or \"200,202,300-399\"";
+    CHECK(matcher_error("") == "empty" + hint);
+    CHECK(matcher_error("  ") == "empty" + hint);
+    CHECK(matcher_error("200,") == "empty entry in \"200,\"" + hint);
+    CHECK(matcher_error(",200") == "empty entry in \",200\"" + hint);
+    CHECK(matcher_error("200,,300") == "empty entry in \"200,,300\"" + hint);
+    CHECK(matcher_error("OK") == "\"OK\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("2xx") == "\"2xx\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("+200") == "\"+200\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("-200") == "\"\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("200-") == "\"\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("200-300-400") == "\"300-400\" is not an HTTP status code" + hint);
+    CHECK(matcher_error("199") == "code 199 is outside 200-599" + hint);
+    CHECK(matcher_error("600") == "code 600 is outside 200-599" + hint);
+    CHECK(matcher_error("200-600") == "code 600 is outside 200-599" + hint);
+    CHECK(matcher_error("100-200") == "code 100 is outside 200-599" + hint);
+    CHECK(matcher_error("399-200") == "range \"399-200\" is backwards; write the lower code first");
+}
+
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+Config two_groups() {
+    auto target = [](std::string id, std::string address) {
+        TargetConfig t;
+        t.id = std::move(id);
+        t.address = *SocketAddress::parse(address);
+        return t;
+    };
+    Config config;
+    TargetGroupConfig web;
+    web.name = "web";
+    web.targets = {target("web-1", "127.0.0.1:9001"), target("web-2", "127.0.0.1:9002")};
+    TargetGroupConfig api;
+    api.name = "api";
+    api.targets = {target("127.0.0.1:9001", "127.0.0.1:9001")};
+    config.target_groups = {web, api};
+    return config;
+}
+
+}  // namespace
+
+TEST_CASE("store: a starting daemon routes to targets before their first check") {
+    HealthStore store = build_health_store(two_groups(), nullptr);
+    REQUIRE(store.size() == 3);
+    for (const auto& [key, record] : store) {
+        CHECK(record.state == HealthState::initial);
+        CHECK(record.routable_while_initial);
+    }
+    CHECK(store.count(TargetKey{"web", "web-1", "127.0.0.1:9001"}) == 1);
+    CHECK(store.count(TargetKey{"api", "127.0.0.1:9001", "127.0.0.1:9001"}) == 1);
+}
+
+TEST_CASE("store: a reload keeps the state of unchanged targets only") {
+    HealthStore old = build_health_store(two_groups(), nullptr);
+    old[TargetKey{"web", "web-1", "127.0.0.1:9001"}] = rec(HealthState::unhealthy, 1, true);
+    old[TargetKey{"web", "web-2", "127.0.0.1:9002"}] = rec(HealthState::healthy, 1, true);
+    old[TargetKey{"api", "127.0.0.1:9001", "127.0.0.1:9001"}] = rec(HealthState::healthy, 0, true);
+
+    Config next_config = two_groups();
+    // web-2 moves to another address: a different backend, so it starts over.
+    next_config.target_groups[0].targets[1].address = *SocketAddress::parse("127.0.0.1:9003");
+    // A target added to web, and the api group renamed: both new to the store.
+    TargetConfig added;
+    added.id = "web-3";
+    added.address = *SocketAddress::parse("127.0.0.1:9004");
+    next_config.target_groups[0].targets.push_back(added);
+    next_config.target_groups[1].name = "api2";
+    // Reordering does not matter: the key is the identity, not the position.
+    std::swap(next_config.target_groups[0].targets[0], next_config.target_groups[0].targets[2]);
+
+    HealthStore store = build_health_store(next_config, &old);
+    REQUIRE(store.size() == 4);
+    CHECK(store.at(TargetKey{"web", "web-1", "127.0.0.1:9001"}) ==
+          rec(HealthState::unhealthy, 1, true));
+    // New targets wait for their first pass (routable_while_initial false), as on the NLB.
+    CHECK(store.at(TargetKey{"web", "web-2", "127.0.0.1:9003"}) == rec(HealthState::initial));
+    CHECK(store.at(TargetKey{"web", "web-3", "127.0.0.1:9004"}) == rec(HealthState::initial));
+    CHECK(store.at(TargetKey{"api2", "127.0.0.1:9001", "127.0.0.1:9001"}) ==
+          rec(HealthState::initial));
+    // Removed targets are gone.
+    CHECK(store.count(TargetKey{"web", "web-2", "127.0.0.1:9002"}) == 0);
+    CHECK(store.count(TargetKey{"api", "127.0.0.1:9001", "127.0.0.1:9001"}) == 0);
+}
+
+TEST_CASE("store: carrying over the same config changes nothing") {
+    HealthStore old = build_health_store(two_groups(), nullptr);
+    old[TargetKey{"web", "web-2", "127.0.0.1:9002"}] = rec(HealthState::unhealthy, 1, true);
+    CHECK(build_health_store(two_groups(), &old) == old);
+}
+
+TEST_CASE("HealthCheckConfig defaults are the NLB's") {
+    HealthCheckConfig hc;
+    CHECK(hc.enabled);
+    CHECK(hc.protocol == HealthProtocol::tcp);
+    CHECK_FALSE(hc.port.has_value());
+    CHECK(hc.path == "/");
+    CHECK(hc.interval == Duration{30000});
+    CHECK(hc.effective_timeout() == Duration{10000});
+    CHECK(hc.healthy_threshold == 5);
+    CHECK(hc.unhealthy_threshold == 2);
+    CHECK(hc.matcher.text() == "200-399");
+    hc.protocol = HealthProtocol::http;
+    CHECK(hc.effective_timeout() == Duration{6000});
+    hc.interval = Duration{1000};  // below the default timeout: half the interval
+    CHECK(hc.effective_timeout() == Duration{500});
+    hc.timeout = Duration{300};
+    CHECK(hc.effective_timeout() == Duration{300});
+}
