@@ -59,6 +59,16 @@ constexpr DurationRange kConnectTimeoutRange{10ms, 60s};
 // The NLB caps deregistration_delay at one hour; a longer drain is never intended.
 constexpr DurationRange kShutdownGraceRange{0ms, 3600s};
 
+// Health checks: the NLB allows intervals of 5-300 s and timeouts of 2-120 s. The
+// lower bounds here are a stickyd extension so tests and demos can detect a dead
+// backend in about a second; below 100 ms checks would only measure scheduling noise.
+constexpr DurationRange kHealthIntervalRange{100ms, 300s};
+constexpr DurationRange kHealthTimeoutRange{100ms, 120s};
+constexpr IntRange kHealthThresholdRange{2, 10, ""};
+constexpr IntRange kHealthPortRange{1, 65535, " or \"traffic-port\""};
+constexpr IntRange kPassiveFailuresRange{1, 100, ""};
+constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
+
 constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
 constexpr std::string_view kBindExample = "127.0.0.1:8000 or [::]:8000";
 constexpr std::string_view kDurationHint =
@@ -67,6 +77,7 @@ constexpr std::string_view kDurationHint =
 
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error"};
 constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
+constexpr std::string_view kHealthProtocols[] = {"tcp", "http"};
 
 std::string int_range_message(const IntRange& range, std::string_view got) {
     return fmt::format("must be an integer from {} to {}{}, got {}", range.min, range.max,
@@ -585,10 +596,83 @@ TargetConfig read_target(Diagnostics& diag, const toml::table& table, std::strin
     return target;
 }
 
+HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table, std::string path) {
+    TableReader r(
+        diag, table, std::move(path),
+        {"enabled", "protocol", "port", "path", "interval", "timeout", "healthy_threshold",
+         "unhealthy_threshold", "matcher", "passive", "passive_failures"});
+    HealthCheckConfig hc;
+    if (auto v = r.boolean("enabled")) hc.enabled = *v;
+    if (auto v = r.string("protocol")) {
+        if (*v == "tcp") {
+            hc.protocol = HealthProtocol::tcp;
+        } else if (*v == "http") {
+            hc.protocol = HealthProtocol::http;
+        } else if (lowercase(*v) == "https") {
+            r.invalid("protocol",
+                      "\"https\" health checks are not supported yet; use \"http\" or \"tcp\"");
+        } else {
+            r.invalid("protocol", choice_message(*v, kHealthProtocols));
+        }
+    }
+    if (const toml::node* node = table.get("port")) {
+        // NLB writes the port as a string: "traffic-port" or a number.
+        std::optional<int64_t> number;
+        if (node->is_string()) {
+            const std::string text = *r.string("port");  // also records the position
+            if (all_digits(text) && text.size() <= 5) {
+                number = std::stoll(text);
+            } else if (text != "traffic-port") {
+                r.invalid("port", int_range_message(kHealthPortRange, describe(*node)));
+            }
+        } else {
+            number = r.integer("port", kHealthPortRange);
+        }
+        if (number) {
+            if (auto problem = check_int(*number, kHealthPortRange)) {
+                r.invalid("port", *problem);
+            } else {
+                hc.port = static_cast<uint16_t>(*number);
+            }
+        }
+    }
+    const bool http = hc.protocol == HealthProtocol::http;
+    if (auto v = r.string("path")) {
+        if (!http)
+            r.invalid("path", "only applies with protocol = \"http\"; set that or remove the key");
+        hc.path = *v;
+    }
+    if (auto v = r.duration("interval", kHealthIntervalRange)) hc.interval = *v;
+    if (auto v = r.duration("timeout", kHealthTimeoutRange)) hc.timeout = *v;
+    if (auto v = r.integer("healthy_threshold", kHealthThresholdRange)) {
+        hc.healthy_threshold = static_cast<unsigned>(*v);
+    }
+    if (auto v = r.integer("unhealthy_threshold", kHealthThresholdRange)) {
+        hc.unhealthy_threshold = static_cast<unsigned>(*v);
+    }
+    if (auto v = r.string("matcher")) {
+        if (!http) {
+            r.invalid("matcher",
+                      "only applies with protocol = \"http\"; set that or remove the key");
+        }
+        auto parsed = parse_matcher(*v);
+        if (auto* problem = std::get_if<std::string>(&parsed)) {
+            r.invalid("matcher", *problem);
+        } else {
+            hc.matcher = std::get<Matcher>(std::move(parsed));
+        }
+    }
+    if (auto v = r.boolean("passive")) hc.passive = *v;
+    if (auto v = r.integer("passive_failures", kPassiveFailuresRange)) {
+        hc.passive_failures = static_cast<unsigned>(*v);
+    }
+    return hc;
+}
+
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
-                   "stickiness", "target"});
+                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -605,8 +689,14 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     if (auto v = r.integer("connect_retries", kRetriesRange)) {
         group.connect_retries = static_cast<unsigned>(*v);
     }
+    if (auto v = r.boolean("connection_termination_on_unhealthy")) {
+        group.connection_termination_on_unhealthy = *v;
+    }
     if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
         group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
+    }
+    if (auto* t = r.table("health_check", "[target_group.health_check]")) {
+        group.health_check = read_health_check(diag, *t, r.path_of("health_check"));
     }
     r.for_each_table("target", "[[target_group.target]]",
                      [&](const toml::table& t, std::string target_path) {
@@ -768,6 +858,54 @@ void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupC
     }
 }
 
+// Ranges again (for configs built in memory) and the rules that relate keys.
+void check_health_check(Diagnostics& diag, const std::string& path, const HealthCheckConfig& hc) {
+    if (auto problem = check_duration(hc.interval, kHealthIntervalRange)) {
+        diag.fail(path + ".interval", *problem);
+    }
+    if (hc.timeout) {
+        if (auto problem = check_duration(*hc.timeout, kHealthTimeoutRange)) {
+            diag.fail(path + ".timeout", *problem);
+        } else if (*hc.timeout >= hc.interval) {
+            diag.fail(path + ".timeout",
+                      fmt::format("must be shorter than the interval ({}), got {}",
+                                  format_duration(hc.interval), format_duration(*hc.timeout)));
+        }
+    }
+    if (auto problem = check_int(hc.healthy_threshold, kHealthThresholdRange)) {
+        diag.fail(path + ".healthy_threshold", *problem);
+    }
+    if (auto problem = check_int(hc.unhealthy_threshold, kHealthThresholdRange)) {
+        diag.fail(path + ".unhealthy_threshold", *problem);
+    }
+    if (auto problem = check_int(hc.passive_failures, kPassiveFailuresRange)) {
+        diag.fail(path + ".passive_failures", *problem);
+    }
+    if (hc.port && *hc.port == 0) {
+        diag.fail(path + ".port", int_range_message(kHealthPortRange, "0"));
+    }
+    if (hc.protocol == HealthProtocol::http) {
+        // The path goes into a request line verbatim: no room for spaces or controls.
+        const bool clean = std::all_of(hc.path.begin(), hc.path.end(), [](char c) {
+            const auto u = static_cast<unsigned char>(c);
+            return u > 0x20 && u != 0x7f;
+        });
+        if (!hc.path.starts_with('/')) {
+            diag.fail(path + ".path", fmt::format("must start with \"/\", got {:?}", hc.path));
+        } else if (!clean) {
+            diag.fail(
+                path + ".path",
+                fmt::format("must not contain spaces or control characters, got {:?}", hc.path));
+        } else if (hc.path.size() > kMaxHealthPath) {
+            diag.fail(path + ".path", fmt::format("must be at most {} characters, got {}",
+                                                  kMaxHealthPath, hc.path.size()));
+        }
+        if (hc.matcher.ranges().empty()) {
+            diag.fail(path + ".matcher", "must name at least one status code, e.g. \"200-399\"");
+        }
+    }
+}
+
 void check_target_group(Diagnostics& diag, const std::string& path,
                         const TargetGroupConfig& group) {
     if (!is_valid_group_name(group.name)) {
@@ -789,6 +927,7 @@ void check_target_group(Diagnostics& diag, const std::string& path,
     if (auto problem = check_int(group.stickiness.prefix_v6, kPrefixV6Range)) {
         diag.fail(path + ".stickiness.prefix_v6", *problem);
     }
+    check_health_check(diag, path + ".health_check", group.health_check);
     for (size_t i = 0; i < group.targets.size(); ++i) {
         check_target(diag, index_key(path + ".target", i), group.targets[i]);
     }
@@ -875,6 +1014,15 @@ std::optional<int64_t> fraction_in_ms(std::string_view digits, int64_t unit_ms) 
 
 // ---------------------------------------------------------------------------------
 // Public interface.
+
+HealthCheckConfig::HealthCheckConfig() : matcher(std::get<Matcher>(parse_matcher("200-399"))) {}
+
+Duration HealthCheckConfig::effective_timeout() const {
+    if (timeout) return *timeout;
+    const Duration fallback = protocol == HealthProtocol::http ? Duration{6000} : Duration{10000};
+    // A short interval without a timeout: the NLB default would overlap the next check.
+    return fallback < interval ? fallback : interval / 2;
+}
 
 const TargetGroupConfig* Config::find_group(std::string_view name) const {
     for (const auto& group : target_groups) {

@@ -1,10 +1,37 @@
 #include "stickyd/routing.hpp"
 
+#include <sys/eventfd.h>
+
 #include <algorithm>
 
 #include "stickyd/hash.hpp"
 
 namespace stickyd {
+
+PassiveHealth::PassiveHealth(size_t targets, unsigned threshold, int notify_fd)
+    : failures_(targets), last_error_(targets), threshold_(threshold), notify_fd_(notify_fd) {}
+
+void PassiveHealth::connect_failed(uint32_t target, int err) {
+    if (target >= failures_.size()) return;
+    last_error_[target].store(err, std::memory_order_relaxed);
+    const uint32_t before = failures_[target].fetch_add(1, std::memory_order_relaxed);
+    // Wake the control thread once per crossing, not once per failure.
+    if (before + 1 == threshold_ && notify_fd_ >= 0) eventfd_write(notify_fd_, 1);
+}
+
+void PassiveHealth::connect_succeeded(uint32_t target) {
+    if (target >= failures_.size()) return;
+    if (failures_[target].load(std::memory_order_relaxed) != 0) {
+        failures_[target].store(0, std::memory_order_relaxed);
+    }
+}
+
+std::optional<int> PassiveHealth::take_tripped(uint32_t target) {
+    if (target >= failures_.size()) return std::nullopt;
+    if (failures_[target].load(std::memory_order_relaxed) < threshold_) return std::nullopt;
+    failures_[target].store(0, std::memory_order_relaxed);
+    return last_error_[target].load(std::memory_order_relaxed);
+}
 
 uint64_t RoutingTable::key_hash(const sockaddr* client) const {
     return hash_ip(apply_prefix(ip_key_of(client), prefix_v4, prefix_v6));
@@ -40,6 +67,7 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     for (const TargetConfig* t : sorted) table->targets.push_back({id_of(*t), t->address});
 
     table->usable.assign(table->targets.size(), 1);
+    table->terminations.assign(table->targets.size(), 0);
     table->prefix_v4 = group.stickiness.prefix_v4;
     table->prefix_v6 = group.stickiness.prefix_v6;
     table->connect_timeout = group.connect_timeout;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "stickyd/address.hpp"
+#include "stickyd/health.hpp"
 #include "stickyd/log.hpp"
 
 namespace stickyd {
@@ -31,6 +32,33 @@ struct StickinessConfig {
     unsigned prefix_v6 = 128;
 };
 
+enum class HealthProtocol { tcp, http };
+
+// [target_group.health_check]: the NLB's health check settings, same names and
+// defaults. Intervals and timeouts below the NLB's minimums (5 s, 2 s) are a stickyd
+// extension for local testing and demos; the floor is 100 ms.
+struct HealthCheckConfig {
+    bool enabled = true;
+    HealthProtocol protocol = HealthProtocol::tcp;
+    std::optional<uint16_t> port;  // nullopt = "traffic-port" (the target's own port)
+    std::string path = "/";        // http only
+    Duration interval{30000};
+    // nullopt = the protocol's default (10 s tcp, 6 s http), reduced to half the
+    // interval when that would not be shorter than the interval.
+    std::optional<Duration> timeout;
+    unsigned healthy_threshold = 5;
+    unsigned unhealthy_threshold = 2;
+    Matcher matcher;  // http only; default "200-399" (set by the constructor)
+    // Passive checking: this many consecutive connect failures (refused, timed out)
+    // on client traffic make the target unhealthy before the next active check.
+    bool passive = true;
+    unsigned passive_failures = 2;
+
+    HealthCheckConfig();
+    Duration effective_timeout() const;
+    Thresholds thresholds() const { return {healthy_threshold, unhealthy_threshold}; }
+};
+
 struct TargetGroupConfig {
     std::string name;
     Algorithm algorithm = Algorithm::ring;
@@ -39,6 +67,10 @@ struct TargetGroupConfig {
     Duration connect_timeout{2000};
     unsigned connect_retries = 2;  // extra attempts, each on the next distinct target
     std::vector<TargetConfig> targets;
+    HealthCheckConfig health_check;
+    // NLB target_health_state.unhealthy.connection_termination.enabled: reset the open
+    // connections of a target that turns unhealthy (true), or let them run (false).
+    bool connection_termination_on_unhealthy = true;
 };
 
 struct ListenerConfig {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -19,6 +20,33 @@ struct RouteTarget {
     SocketAddress address;
 };
 
+// Passive health: workers report the outcome of every connect to a target here, and
+// the control thread reads it. Per target one relaxed atomic counter of consecutive
+// failures; a success only writes when the counter is non-zero, so healthy traffic
+// touches no shared cache line for writing. The control thread is woken (one
+// eventfd write) only when a counter reaches the threshold.
+class PassiveHealth {
+  public:
+    // notify_fd: an eventfd the control thread reads (not owned); -1 = never wake.
+    PassiveHealth(size_t targets, unsigned threshold, int notify_fd);
+
+    // Worker side (any thread). err: the positive errno of the failed connect.
+    void connect_failed(uint32_t target, int err);
+    void connect_succeeded(uint32_t target);
+
+    // Control side: whether the target reached the threshold, with the last error;
+    // resets its counter when it did.
+    std::optional<int> take_tripped(uint32_t target);
+    size_t size() const { return failures_.size(); }
+    unsigned threshold() const { return threshold_; }
+
+  private:
+    std::vector<std::atomic<uint32_t>> failures_;
+    std::vector<std::atomic<int>> last_error_;
+    unsigned threshold_;
+    int notify_fd_;
+};
+
 struct RoutingTable {
     std::string group;
     std::shared_ptr<const Balancer> balancer;
@@ -28,6 +56,13 @@ struct RoutingTable {
     unsigned prefix_v6 = 128;
     Duration connect_timeout{2000};
     unsigned connect_retries = 2;
+    // Shared by every snapshot of the group; nullptr when passive checking is off.
+    std::shared_ptr<PassiveHealth> passive;
+    // Per target (same order): how many times it was turned unhealthy with
+    // connection termination on. A worker that sees a count rise between two
+    // snapshots of the same group resets its open connections to that target, even
+    // if it never saw the snapshots in between.
+    std::vector<uint32_t> terminations;
 
     uint64_t key_hash(const sockaddr* client) const;
     // Index into targets for this client's attempt-th try (see Balancer::pick).
@@ -39,14 +74,16 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
 
 // One per target group; workers read, the control thread writes.
 class RouteSlot {
-public:
+  public:
     explicit RouteSlot(std::shared_ptr<const RoutingTable> t) : table_(std::move(t)) {}
-    std::shared_ptr<const RoutingTable> load() const { return table_.load(std::memory_order_acquire); }
+    std::shared_ptr<const RoutingTable> load() const {
+        return table_.load(std::memory_order_acquire);
+    }
     void store(std::shared_ptr<const RoutingTable> t) {
         table_.store(std::move(t), std::memory_order_release);
     }
 
-private:
+  private:
     std::atomic<std::shared_ptr<const RoutingTable>> table_;
 };
 
