@@ -82,6 +82,7 @@ struct Connection {
     int target_fd = -1;
     uint32_t generation = 0;  // see user_data.hpp
     uint32_t target = 0;      // index into the pinned table's targets (current attempt)
+    uint16_t listener = 0;    // the worker's listener it came in on (so: its target group)
     uint8_t attempt = 0;      // 0 = the owner; N = N-th retry
     uint8_t inflight = 0;     // submitted ops whose completion has not arrived yet
     Phase phase = Phase::free;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "health_checker.hpp"
 #include "listener.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
@@ -41,9 +43,76 @@ struct Options {
     std::string connect_timeout = "2s";
     unsigned connect_retries = 2;
     std::string shutdown_grace = "30s";
+    // Health checks: quick mode is for local use, so checks are fast by default.
+    std::string health_check = "tcp";
+    std::string health_path = "/";
+    std::string health_port = "traffic-port";
+    std::string health_interval = "1s";
+    std::string health_timeout;  // empty = the protocol default, capped below the interval
+    unsigned healthy_threshold = 2;
+    unsigned unhealthy_threshold = 2;
+    std::string matcher = "200-399";
+    unsigned passive_failures = 2;  // 0 = passive checking off
+    std::string connection_termination = "on";
 };
 
-void print_error(std::string_view message) { fmt::print(stderr, "stickyd: {}\n", message); }
+void print_error(std::string_view message) {
+    fmt::print(stderr, "stickyd: {}\n", message);
+}
+
+std::optional<ConfigError> health_from_flags(const Options& opt, TargetGroupConfig& group) {
+    auto fail = [](std::string key, std::string message) {
+        return ConfigError{"<command line>", 0, 0, std::move(key), std::move(message)};
+    };
+    HealthCheckConfig& hc = group.health_check;
+    if (opt.health_check == "off") {
+        hc.enabled = false;
+    } else if (opt.health_check == "http") {
+        hc.protocol = HealthProtocol::http;
+    } else if (opt.health_check == "https") {
+        return fail("--health-check", "https health checks are not supported yet; use http or tcp");
+    } else if (opt.health_check != "tcp") {
+        return fail("--health-check",
+                    fmt::format("expected tcp, http or off, got '{}'", opt.health_check));
+    }
+    hc.path = opt.health_path;
+    if (opt.health_port != "traffic-port") {
+        unsigned port = 0;
+        auto [end, ec] = std::from_chars(opt.health_port.data(),
+                                         opt.health_port.data() + opt.health_port.size(), port);
+        if (ec != std::errc() || end != opt.health_port.data() + opt.health_port.size() ||
+            port == 0 || port > 65535) {
+            return fail("--health-port",
+                        fmt::format("expected traffic-port or 1-65535, got '{}'", opt.health_port));
+        }
+        hc.port = static_cast<uint16_t>(port);
+    }
+    auto interval = parse_duration(opt.health_interval);
+    if (!interval) {
+        return fail(
+            "--health-interval",
+            fmt::format("expected a duration such as 1s or 30s, got '{}'", opt.health_interval));
+    }
+    hc.interval = *interval;
+    if (!opt.health_timeout.empty()) {
+        auto timeout = parse_duration(opt.health_timeout);
+        if (!timeout) {
+            return fail("--health-timeout",
+                        fmt::format("expected a duration such as 500ms or 5s, got '{}'",
+                                    opt.health_timeout));
+        }
+        hc.timeout = *timeout;
+    }
+    hc.healthy_threshold = opt.healthy_threshold;
+    hc.unhealthy_threshold = opt.unhealthy_threshold;
+    auto matcher = parse_matcher(opt.matcher);
+    if (auto* problem = std::get_if<std::string>(&matcher)) return fail("--matcher", *problem);
+    hc.matcher = std::get<Matcher>(std::move(matcher));
+    hc.passive = opt.passive_failures > 0;
+    if (hc.passive) hc.passive_failures = opt.passive_failures;
+    group.connection_termination_on_unhealthy = opt.connection_termination == "on";
+    return std::nullopt;
+}
 
 // The quick local NLB emulator: one group built from repeated --target flags.
 std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
@@ -64,19 +133,19 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
     group.stickiness.prefix_v6 = opt.prefix_v6;
     auto timeout = parse_duration(opt.connect_timeout);
     if (!timeout) {
-        return fail("--connect-timeout",
-                    fmt::format("expected a duration such as 500ms or 2s, got '{}'",
-                                opt.connect_timeout));
+        return fail(
+            "--connect-timeout",
+            fmt::format("expected a duration such as 500ms or 2s, got '{}'", opt.connect_timeout));
     }
     group.connect_timeout = *timeout;
     group.connect_retries = opt.connect_retries;
+    if (auto error = health_from_flags(opt, group)) return *error;
     for (const auto& text : opt.targets) {
         auto address = SocketAddress::parse(text);
         if (!address) {
-            return fail("--target",
-                        fmt::format("'{}' is not an address; expected ip:port such as "
-                                    "127.0.0.1:9001 or [::1]:9001",
-                                    text));
+            return fail("--target", fmt::format("'{}' is not an address; expected ip:port such as "
+                                                "127.0.0.1:9001 or [::1]:9001",
+                                                text));
         }
         group.targets.push_back(TargetConfig{address->to_string(), *address, 1});
     }
@@ -84,10 +153,9 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
     for (const auto& text : opt.listen) {
         auto address = SocketAddress::parse(text);
         if (!address) {
-            return fail("--listen",
-                        fmt::format("'{}' is not an address; expected ip:port such as "
-                                    "127.0.0.1:8000 or [::]:8000",
-                                    text));
+            return fail("--listen", fmt::format("'{}' is not an address; expected ip:port such as "
+                                                "127.0.0.1:8000 or [::]:8000",
+                                                text));
         }
         config.listeners.push_back(ListenerConfig{address->to_string(), *address, "default"});
     }
@@ -122,14 +190,27 @@ unsigned worker_count(const Config& config) {
 
 // Owns everything that lives for one run of the daemon.
 class Daemon {
-public:
+  public:
     explicit Daemon(Config config) : config_(std::move(config)) {}
 
     // Binds every listener once per worker before any thread starts, so a port
     // clash is reported and nothing is half-running.
     bool start() {
+        std::map<std::string, RouteSlot*> slots;
         for (const auto& group : config_.target_groups) {
-            slots_.emplace(group.name, std::make_unique<RouteSlot>(build_routing_table(group)));
+            auto slot = std::make_unique<RouteSlot>(build_routing_table(group));
+            slots.emplace(group.name, slot.get());
+            slots_.emplace(group.name, std::move(slot));
+        }
+        // Before the workers: they must start from the health-aware snapshots.
+        try {
+            checker_ = std::make_unique<HealthChecker>(
+                config_, slots, build_health_store(config_, nullptr), [this] {
+                    for (auto& worker : workers_) worker->routes_changed();
+                });
+        } catch (const std::exception& e) {
+            print_error(e.what());
+            return false;
         }
         unsigned count = worker_count(config_);
         std::vector<std::vector<WorkerListener>> per_worker(count);
@@ -155,8 +236,8 @@ public:
         }
         try {
             for (unsigned w = 0; w < count; ++w) {
-                workers_.push_back(std::make_unique<Worker>(w, std::move(per_worker[w]),
-                                                            WorkerOptions{}));
+                workers_.push_back(
+                    std::make_unique<Worker>(w, std::move(per_worker[w]), WorkerOptions{}));
             }
         } catch (const std::exception& e) {
             print_error(e.what());
@@ -172,9 +253,10 @@ public:
                 }
             });
         }
+        checker_->start();
         for (const auto& listener : config_.listeners) {
-            log::info("listening on {} -> target group '{}' ({} workers)", listener.bind.to_string(),
-                      listener.target_group, count);
+            log::info("listening on {} -> target group '{}' ({} workers)",
+                      listener.bind.to_string(), listener.target_group, count);
         }
         return true;
     }
@@ -186,6 +268,7 @@ public:
     // Waits for the workers; a worker that dies takes the daemon down with it.
     int join() {
         for (auto& thread : threads_) thread.join();
+        if (checker_) checker_->stop();
         return failed_ ? kExitConfig : kExitOk;
     }
 
@@ -195,7 +278,7 @@ public:
         return total;
     }
 
-private:
+  private:
     static void close_all(std::vector<std::vector<WorkerListener>>& lists) {
         for (auto& list : lists)
             for (auto& l : list) ::close(l.fd);
@@ -204,6 +287,7 @@ private:
     Config config_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;
     std::vector<std::unique_ptr<Worker>> workers_;
+    std::unique_ptr<HealthChecker> checker_;  // after workers_: destroyed first
     std::vector<std::thread> threads_;
     std::atomic<bool> failed_{false};
 };
@@ -245,7 +329,8 @@ int run(Config config) {
         if (sigwait(&signals, &sig) != 0) continue;
         if (joined) break;
         if (sig == SIGHUP) {
-            log::warn("SIGHUP received: this version applies configuration changes on restart only");
+            log::warn(
+                "SIGHUP received: this version applies configuration changes on restart only");
             continue;
         }
         if (!stopping) {
@@ -287,8 +372,8 @@ int main_impl(int argc, char** argv) {
         app.add_option("--config,-c", opt.config_path, "Run with this TOML configuration file");
     auto* check_opt = app.add_option("--check-config", opt.check_path,
                                      "Validate a configuration file, then exit 0 (valid) or 1");
-    auto* listen_opt = app.add_option(
-        "--listen", opt.listen, "Quick mode: address to accept clients on (repeatable)");
+    auto* listen_opt = app.add_option("--listen", opt.listen,
+                                      "Quick mode: address to accept clients on (repeatable)");
     auto* target_opt = app.add_option(
         "--target", opt.targets, "Quick mode: backend ip:port (repeatable, order does not matter)");
     app.add_option("--threads", opt.threads, "Worker threads (default: one per CPU)")
@@ -311,9 +396,40 @@ int main_impl(int argc, char** argv) {
                             ->check(CLI::Range(0U, 16U));
     auto* grace_opt = app.add_option("--shutdown-grace", opt.shutdown_grace,
                                      "Quick mode: how long SIGTERM waits for connections");
+    auto* hc_opt =
+        app.add_option("--health-check", opt.health_check, "Quick mode: tcp (default), http or off")
+            ->check(CLI::IsMember({"tcp", "http", "https", "off"}));
+    auto* hc_path_opt =
+        app.add_option("--health-path", opt.health_path, "Quick mode: HTTP check path (default /)");
+    auto* hc_port_opt = app.add_option("--health-port", opt.health_port,
+                                       "Quick mode: check port (default traffic-port)");
+    auto* hc_interval_opt = app.add_option("--health-interval", opt.health_interval,
+                                           "Quick mode: check interval (default 1s)");
+    auto* hc_timeout_opt =
+        app.add_option("--health-timeout", opt.health_timeout,
+                       "Quick mode: check timeout (default 10s tcp / 6s http, below the interval)");
+    auto* hc_rise_opt = app.add_option("--healthy-threshold", opt.healthy_threshold,
+                                       "Quick mode: passes to become healthy (default 2)")
+                            ->check(CLI::Range(2U, 10U));
+    auto* hc_fall_opt = app.add_option("--unhealthy-threshold", opt.unhealthy_threshold,
+                                       "Quick mode: failures to become unhealthy (default 2)")
+                            ->check(CLI::Range(2U, 10U));
+    auto* hc_matcher_opt = app.add_option("--matcher", opt.matcher,
+                                          "Quick mode: HTTP codes that pass (default 200-399)");
+    auto* passive_opt =
+        app.add_option("--passive-failures", opt.passive_failures,
+                       "Quick mode: consecutive client connect failures that make a target "
+                       "unhealthy (default 2; 0 = off)")
+            ->check(CLI::Range(0U, 100U));
+    auto* termination_opt =
+        app.add_option("--connection-termination", opt.connection_termination,
+                       "Quick mode: reset connections of a target that turns unhealthy (on|off)")
+            ->check(CLI::IsMember({"on", "off"}));
     config_opt->excludes(check_opt)->excludes(listen_opt)->excludes(target_opt);
-    for (auto* quick : {algorithm_opt, prefix4_opt, prefix6_opt, timeout_opt, retries_opt,
-                        grace_opt}) {
+    for (auto* quick :
+         {algorithm_opt, prefix4_opt, prefix6_opt, timeout_opt, retries_opt, grace_opt, hc_opt,
+          hc_path_opt, hc_port_opt, hc_interval_opt, hc_timeout_opt, hc_rise_opt, hc_fall_opt,
+          hc_matcher_opt, passive_opt, termination_opt}) {
         quick->excludes(config_opt)->excludes(check_opt);
     }
     check_opt->excludes(listen_opt)->excludes(target_opt);
@@ -365,4 +481,6 @@ int main_impl(int argc, char** argv) {
 }  // namespace
 }  // namespace stickyd
 
-int main(int argc, char** argv) { return stickyd::main_impl(argc, argv); }
+int main(int argc, char** argv) {
+    return stickyd::main_impl(argc, argv);
+}

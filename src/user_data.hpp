@@ -10,7 +10,7 @@
 //
 // - op:         what kind of operation completed (Op below).
 // - slot:       the connection slot for connection ops, the listener index for
-//               accept ops, 0 for worker-wide ops.
+//               accept ops, the target for health-check ops, 0 for loop-wide ops.
 // - generation: the slot's generation when the op was submitted. A slot's
 //               generation is bumped each time it is freed, so a completion that
 //               arrives for an earlier occupant of the slot is recognisably stale.
@@ -37,6 +37,13 @@ enum class Op : uint8_t {
     recv_target,      // recv from the target (downstream flow)
     send_target,      // send to the target (upstream flow)
     send_client,      // send to the client (downstream flow)
+    // The health checker's ring (src/health_checker.cpp); slot = checked target.
+    check_wake,     // eventfd read: stop, or passive failures to look at
+    check_tick,     // the timer for the next scheduled check
+    check_connect,  // connect to the checked target
+    check_send,     // send the HTTP request
+    check_recv,     // recv the response (or drain it before closing)
+    check_timeout,  // the check's deadline
 };
 
 struct UserData {

@@ -79,6 +79,15 @@ void set_reset_on_close(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
 }
 
+// close() on a socket with unread data sends an RST (RFC 2525). A client we
+// could not serve gets a clean FIN instead: drop what it sent without copying it
+// (MSG_TRUNC on TCP discards). Bounded, so a fast sender cannot keep us here.
+void discard_unread(int fd) {
+    for (int i = 0; i < 16; ++i) {
+        if (::recv(fd, nullptr, 1 << 20, MSG_DONTWAIT | MSG_TRUNC) <= 0) return;
+    }
+}
+
 std::string_view error_text(int res) {
     return std::strerror(-res);
 }
@@ -108,6 +117,8 @@ struct ListenerState {
     __kernel_timespec backoff_ts{};  // read by the kernel at submit time
     bool complained = false;         // logged the current run of accept failures
     bool pause_requested = false;    // the accept was cancelled to back off
+    // The last snapshot whose connection-termination counts this worker acted on.
+    std::shared_ptr<const RoutingTable> seen;
 };
 
 // Owns the listening fds from the moment the worker is constructed.
@@ -121,6 +132,7 @@ struct Listeners {
             state.fd = l.fd;
             state.name = std::move(l.name);
             state.route = l.route;
+            state.seen = l.route->load();
             items.push_back(std::move(state));
         }
     }
@@ -141,6 +153,7 @@ struct Worker::Loop {
 
     void run();
     void request_stop(std::chrono::milliseconds grace);
+    void request_route_check();
 
   private:
     // The loop.
@@ -162,6 +175,10 @@ struct Worker::Loop {
     void start_connect(uint32_t slot);
     void handle_connect(uint32_t slot, int res);
     void log_connect_failure(const Connection& c, int res);
+    void report_connect(const Connection& c, int res);
+
+    // Routing changes.
+    void check_routes();
 
     // Relaying.
     void on_connection_event(UserData ud, const io_uring_cqe& cqe);
@@ -218,6 +235,7 @@ struct Worker::Loop {
     bool pool_grew_ = false;
 
     std::atomic<int64_t> stop_deadline_ns_{kNoDeadline};  // written by stop() on any thread
+    std::atomic<bool> routes_changed_{false};             // written by routes_changed()
     bool stopping_ = false;
     bool draining_ = false;
     Clock::time_point armed_deadline_ = Clock::time_point::max();
@@ -239,6 +257,7 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
           ring_, kBufferGroup, options.buffer_count, options.buffer_size,
           static_cast<uint32_t>(std::min<uint64_t>(2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
+    if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
     // Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd
     // with -EAGAIN at once instead of waiting for it to become readable.
     wake_fd_ = eventfd(0, EFD_CLOEXEC);
@@ -305,6 +324,13 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
         case Op::send_target:
         case Op::send_client:
             return on_connection_event(ud, cqe);
+        case Op::check_wake:
+        case Op::check_tick:
+        case Op::check_connect:
+        case Op::check_send:
+        case Op::check_recv:
+        case Op::check_timeout:
+            return;  // the health checker's ring only
     }
 }
 
@@ -429,6 +455,7 @@ void Worker::Loop::accept_client(ListenerState& listener, int fd) {
     Connection& c = conns_[*slot];
     c.phase = Phase::connecting;
     c.client_fd = fd;
+    c.listener = static_cast<uint16_t>(&listener - listeners_.items.data());
     c.key_hash = pin->table->key_hash(reinterpret_cast<const sockaddr*>(&peer));
     c.pin = pin;
     ++pin->users;
@@ -515,6 +542,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
 // inflight; this one decides.
 void Worker::Loop::handle_connect(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    report_connect(c, res);
     if (res == 0) {
         begin_relay(slot);
         return;
@@ -533,6 +561,7 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
         case ConnectStep::give_up:
             log::debug("worker {}: no target accepted the client after {} attempts; closing it",
                        index_, c.attempt + 1);
+            discard_unread(c.client_fd);
             close_connection(slot, CloseMode::graceful);
             return;
         case ConnectStep::relay:
@@ -553,6 +582,74 @@ void Worker::Loop::log_connect_failure(const Connection& c, int res) {
                           : fmt::format("failed: {}", error_text(res));
     log::debug("worker {}: connect to target {} {} (attempt {})", index_, name, reason,
                c.attempt + 1);
+}
+
+// Passive health: refusals and timeouts count against the target; a success
+// clears its count. Other errors (out of memory, a local failure) say nothing
+// about the target.
+void Worker::Loop::report_connect(const Connection& c, int res) {
+    PassiveHealth* passive = c.pin->table->passive.get();
+    if (passive == nullptr) return;
+    switch (res) {
+        case 0:
+            return passive->connect_succeeded(c.target);
+        case -ECONNREFUSED:
+        case -ECANCELED:  // the linked timeout fired
+        case -ETIMEDOUT:
+        case -EHOSTUNREACH:
+        case -ENETUNREACH:
+        case -ECONNRESET:
+            return passive->connect_failed(c.target, -res);
+        default:
+            return;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routing changes: connection termination for targets that turned unhealthy.
+
+void Worker::Loop::request_route_check() {
+    routes_changed_ = true;
+    const uint64_t one = 1;
+    if (::write(wake_fd_, &one, sizeof one) < 0) {
+        log::error("worker {}: cannot signal a routing change: {}", index_, std::strerror(errno));
+    }
+}
+
+// A walk over the connections, but only when a snapshot asks for resets (a health
+// change), never per batch. Snapshots the worker never loaded are covered: the
+// counts only grow, so comparing with the last one seen catches every reset.
+void Worker::Loop::check_routes() {
+    if (!routes_changed_.exchange(false)) return;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        std::shared_ptr<const RoutingTable> table = l.route->load();
+        std::shared_ptr<const RoutingTable> seen = std::exchange(l.seen, table);
+        // A different balancer is a different target list (reload): indexes do not
+        // line up, so there is nothing to compare.
+        if (!table || !seen || table->balancer != seen->balancer ||
+            table->terminations.size() != seen->terminations.size()) {
+            continue;
+        }
+        std::vector<uint8_t> reset(table->terminations.size(), 0);
+        bool any = false;
+        for (size_t t = 0; t < reset.size(); ++t) {
+            reset[t] = table->terminations[t] != seen->terminations[t];
+            any = any || reset[t];
+        }
+        if (!any) continue;
+        unsigned count = 0;
+        for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
+            const Connection& c = conns_[slot];
+            if (c.phase != Phase::relaying || c.listener != i || !reset[c.target]) continue;
+            close_connection(slot, CloseMode::reset);
+            ++count;
+        }
+        if (count > 0) {
+            log::info("worker {}: listener {}: reset {} connections to unhealthy targets", index_,
+                      l.name, count);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -772,6 +869,7 @@ void Worker::Loop::on_wake(int res) {
         throw std::runtime_error(fmt::format("cannot read the stop eventfd: {}", error_text(res)));
     }
     arm_wake();  // a second stop() (shorter grace) must still get through
+    check_routes();
     const int64_t deadline_ns = stop_deadline_ns_.load();
     if (deadline_ns == kNoDeadline) return;
     if (!stopping_) stop_accepting();
@@ -848,6 +946,10 @@ void Worker::run() {
 
 void Worker::stop(std::chrono::milliseconds grace) {
     loop_->request_stop(grace);
+}
+
+void Worker::routes_changed() {
+    loop_->request_route_check();
 }
 
 }  // namespace stickyd

@@ -43,6 +43,10 @@ class Worker {
     // remains after `grace`, then run() returns. A later call with a shorter
     // grace brings the deadline forward.
     void stop(std::chrono::milliseconds grace);
+    // Thread-safe: a routing snapshot that asks for connection resets was
+    // published; the worker compares each listener's snapshot with the last one
+    // it saw and resets its connections to targets that turned unhealthy.
+    void routes_changed();
     const WorkerStats& stats() const { return stats_; }
 
   private:

@@ -5,9 +5,11 @@
 using namespace stickyd;
 
 TEST_CASE("user_data round-trips op, slot and generation") {
-    const Op ops[] = {Op::ignore,         Op::wake,        Op::stop_timer,      Op::accept,
-                      Op::accept_backoff, Op::connect,     Op::connect_timeout, Op::recv_client,
-                      Op::recv_target,    Op::send_target, Op::send_client};
+    const Op ops[] = {Op::ignore,         Op::wake,          Op::stop_timer,      Op::accept,
+                      Op::accept_backoff, Op::connect,       Op::connect_timeout, Op::recv_client,
+                      Op::recv_target,    Op::send_target,   Op::send_client,     Op::check_wake,
+                      Op::check_tick,     Op::check_connect, Op::check_send,      Op::check_recv,
+                      Op::check_timeout};
     const uint32_t slots[] = {0, 1, 65535, 65536, 0xDEADBEEF, UINT32_MAX};
     const uint32_t generations[] = {0, 1, 0x123456, kGenerationMask};
     for (Op op : ops) {
