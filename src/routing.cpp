@@ -34,7 +34,11 @@ std::optional<int> PassiveHealth::take_tripped(uint32_t target) {
 }
 
 uint64_t RoutingTable::key_hash(const sockaddr* client) const {
-    return hash_ip(apply_prefix(ip_key_of(client), prefix_v4, prefix_v6));
+    return key_hash(ip_key_of(client));
+}
+
+uint64_t RoutingTable::key_hash(const IpKey& client) const {
+    return hash_ip(apply_prefix(client, prefix_v4, prefix_v6));
 }
 
 uint32_t RoutingTable::pick(uint64_t hash, unsigned attempt) const {

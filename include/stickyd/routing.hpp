@@ -65,6 +65,8 @@ struct RoutingTable {
     std::vector<uint32_t> terminations;
 
     uint64_t key_hash(const sockaddr* client) const;
+    // The same for a bare IP (stickyctl lookup): applies this group's prefixes.
+    uint64_t key_hash(const IpKey& client) const;
     // Index into targets for this client's attempt-th try (see Balancer::pick).
     uint32_t pick(uint64_t key_hash, unsigned attempt) const;
 };

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""stickyctl offline: given the config a daemon runs with, `lookup` names the target
+real connections land on, `ring` shares sum to 1, `simulate --remove` moves exactly
+the removed target's share and nothing between the others, and mistakes are one
+clear line with a non-zero exit."""
+import json
+import os
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
+                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+SOURCES = h.source_ips(60)
+
+# Addresses need not be reachable for the offline commands.
+OFFLINE_TARGETS = [{"id": f"t{i}", "address": f"127.0.0.1:{19000 + i}", "weight": w}
+                   for i, w in enumerate([1, 2, 1, 3, 1], start=1)]
+
+
+def stickyctl(*args, ok=True):
+    result = h.run([STICKYCTL_BIN] + list(args))
+    if ok:
+        h.expect(result.returncode == 0,
+                 f"stickyctl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def stickyctl_json(*args):
+    return json.loads(stickyctl(*args, "--json").stdout)
+
+
+def offline_config(algorithm="ring", groups=None):
+    groups = groups or [{"name": "web", "algorithm": algorithm, "targets": OFFLINE_TARGETS}]
+    return h.write_file("offline.toml", h.config_text(
+        [{"bind": "127.0.0.1:18000", "target_group": groups[0]["name"]}], groups))
+
+
+def test_lookup_agrees_with_real_connections():
+    for algorithm in ("ring", "maglev"):
+        backends = h.start_backends(4, prefix=f"{algorithm}-")
+        lb = h.lb_addr()
+        config = h.simple_config(h.fmt_addr(lb), backends, group={"algorithm": algorithm})
+        stickyd = h.start_stickyd(config, addr=lb)
+        path = h.write_file(f"{algorithm}.toml", config)
+
+        answer = stickyctl_json("lookup", "--config", path, *SOURCES)
+        h.expect_eq(answer["group"], "web", "group")
+        predicted = {entry["ip"]: entry["chosen"] for entry in answer["lookups"]}
+        h.expect_eq(sorted(predicted), sorted(SOURCES), "IPs answered")
+        for entry in answer["lookups"]:
+            h.expect_eq(entry["owner"], entry["chosen"], f"owner of {entry['ip']} (all healthy)")
+        actual = h.mapping(stickyd.addr, SOURCES)
+        wrong = {ip: (predicted[ip], actual[ip]) for ip in SOURCES if predicted[ip] != actual[ip]}
+        h.expect(not wrong, f"{algorithm}: stickyctl lookup (predicted, actual) differs for "
+                            f"{len(wrong)} of {len(SOURCES)} sources: {wrong}")
+        h.expect(len(set(actual.values())) > 1, f"{algorithm}: every source went to one target")
+        for b in backends:
+            b.stop()
+
+
+def test_lookup_table_names_ip_owner_and_address():
+    path = offline_config()
+    out = stickyctl("lookup", "--config", path, "192.0.2.1", "2001:db8::1").stdout
+    lines = out.splitlines()
+    h.expect(lines[0].split() == ["IP", "KEY", "OWNER", "CHOSEN", "ADDRESS"], f"header: {out}")
+    h.expect(lines[1].startswith("192.0.2.1 ") and "192.0.2.1/32" in lines[1], out)
+    h.expect(lines[2].startswith("2001:db8::1 "), out)
+
+
+def test_ring_shares_sum_to_one():
+    for algorithm in ("ring", "maglev"):
+        path = offline_config(algorithm)
+        ring = stickyctl_json("ring", "--config", path)
+        shares = [t["share"] for t in ring["targets"]]
+        h.expect_eq(sorted(t["id"] for t in ring["targets"]),
+                    [t["id"] for t in OFFLINE_TARGETS], "targets")
+        h.expect(abs(sum(shares) - 1) <= 1e-6, f"{algorithm}: shares sum to {sum(shares)}")
+        h.expect(abs(ring["min"] - min(shares)) < 1e-12 and abs(ring["max"] - max(shares)) < 1e-12,
+                 f"{algorithm}: min/max {ring}")
+        # Weight 3 of 8 in total: within a few percent of 3/8.
+        t4 = next(t for t in ring["targets"] if t["id"] == "t4")
+        h.expect(abs(t4["share"] - 3 / 8) < 0.03, f"{algorithm}: t4 share {t4['share']}")
+
+        text = stickyctl("ring", "--config", path).stdout
+        for t in OFFLINE_TARGETS:
+            h.expect(any(line.startswith(t["id"] + " ") and "█" in line
+                         for line in text.splitlines()), f"no bar for {t['id']}:\n{text}")
+        h.expect("max/mean" in text, f"no summary line:\n{text}")
+
+
+def test_simulate_remove_moves_exactly_that_share():
+    path = offline_config()
+    shares = {t["id"]: t["share"] for t in stickyctl_json("ring", "--config", path)["targets"]}
+    for removed in ("t2", "t4"):
+        sim = stickyctl_json("simulate", "--config", path, "--remove", removed)
+        h.expect(abs(sim["moved"] - shares[removed]) < 1e-9,
+                 f"remove {removed}: moved {sim['moved']}, its share is {shares[removed]}")
+        for move in sim["moves"]:
+            h.expect_eq(move["from"], removed, f"a move when removing {removed}: {move}")
+        h.expect(abs(sum(m["share"] for m in sim["moves"]) - sim["moved"]) < 1e-12, "move sum")
+        h.expect_eq(sim["unaffected_moves"], "OK", "check")
+        weight = next(t["weight"] for t in OFFLINE_TARGETS if t["id"] == removed)
+        h.expect(abs(sim["ideal"] - weight / 8) < 1e-12, f"ideal {sim['ideal']}")
+
+    text = stickyctl("simulate", "--config", path, "--remove", "t2").stdout
+    h.expect("no key moves between two unaffected targets: OK" in text, text)
+    h.expect("ideal 25.000%" in text, text)
+
+
+def test_simulate_add_and_down():
+    path = offline_config()
+    sim = stickyctl_json("simulate", "--config", path, "--add", "t6=127.0.0.1:19006,weight=2")
+    h.expect(all(m["to"] == "t6" for m in sim["moves"]), f"moves: {sim['moves']}")
+    h.expect(abs(sim["ideal"] - 2 / 10) < 1e-12, f"ideal {sim['ideal']}")
+    h.expect_eq(sim["unaffected_moves"], "OK", "check after add")
+
+    sim = stickyctl_json("simulate", "--config", path, "--down", "t3")
+    h.expect(all(m["from"] == "t3" for m in sim["moves"]), f"moves: {sim['moves']}")
+    t3 = next(t for t in sim["targets"] if t["id"] == "t3")
+    h.expect(abs(sim["moved"] - t3["before"]) < 1e-12 and t3["after"] == 0, f"t3: {t3}")
+
+
+def one_line_error(args, must_contain):
+    result = stickyctl(*args, ok=False)
+    h.expect(result.returncode != 0, f"stickyctl {' '.join(args)} succeeded: {result.stdout}")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    h.expect(len(lines) == 1, f"{args}: expected one line on stderr, got {result.stderr!r}")
+    h.expect(must_contain in lines[0], f"{args}: {lines[0]!r} does not name {must_contain!r}")
+    h.expect_eq(result.stdout, "", f"{args}: stdout")
+
+
+def test_errors_are_one_line():
+    path = offline_config()
+    one_line_error(["lookup", "--config", path, "127.0.0.1", "10.0.0.300"], '"10.0.0.300"')
+    one_line_error(["lookup", "--config", path, "--group", "nope", "127.0.0.1"], '"nope"')
+    one_line_error(["ring", "--config", path, "--group", "nope"], '"nope"')
+    one_line_error(["simulate", "--config", path, "--remove", "t9"], '"t9"')
+    one_line_error(["simulate", "--config", path, "--down", "t9"], '"t9"')
+    one_line_error(["simulate", "--config", path, "--add", "t1=127.0.0.1:1"], '"t1"')
+    one_line_error(["simulate", "--config", path, "--add", "t7=nowhere"], "nowhere")
+    one_line_error(["ring", "--config", path + ".missing"], ".missing")
+
+    two = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS},
+                                 {"name": "api", "targets": OFFLINE_TARGETS[:2]}])
+    one_line_error(["ring", "--config", two], "--group")
+    api = stickyctl_json("ring", "--config", two, "--group", "api")
+    h.expect_eq(len(api["targets"]), 2, "api targets")
+
+
+if __name__ == "__main__":
+    h.main()
