@@ -542,13 +542,15 @@ void Worker::Loop::start_connect(uint32_t slot) {
 // inflight; this one decides.
 void Worker::Loop::handle_connect(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    // Log a failure before reporting it: the report may wake the control thread,
+    // whose "unhealthy" line must come after the failure that caused it.
+    if (res != 0) log_connect_failure(c, res);
     report_connect(c, res);
     if (res == 0) {
         begin_relay(slot);
         return;
     }
     add(stats_.connect_failures, 1);
-    log_connect_failure(c, res);
     const unsigned retries = std::min(c.pin->table->connect_retries, 255U);
     switch (on_connect(res, c.attempt, retries)) {
         case ConnectStep::retry:
