@@ -13,7 +13,7 @@ namespace stickyd {
 uint64_t hash_ip(const IpKey& key);
 
 // Position of virtual node `replica` of the member with stable identity `id`:
-// XXH3-64 of `id` with seed = replica.
+// XXH3-64 (seed 0) of the id's bytes followed by `replica` as 4 little-endian bytes.
 uint64_t hash_point(std::string_view id, uint32_t replica);
 
 }  // namespace stickyd

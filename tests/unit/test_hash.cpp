@@ -62,18 +62,19 @@ TEST_CASE("hash_ip is XXH3-64 of exactly the used bytes") {
 }
 
 TEST_CASE("hash_point golden vectors") {
-    // id                  replica  hash_point (XXH3-64 of id, seed = replica)
-    // 10.0.0.1:80               0  0bdac9db975d9f08
-    // 10.0.0.1:80               1  cc0cb57c4b1d01ab
-    // 10.0.0.1:80            4095  816066ac8b0fb52a
-    // web-a                     0  7850c7a144f1531e
-    // web-a                     7  57b7307a27421bbe
-    // [2001:db8::1]:443         0  637bacf232bb4574
-    CHECK(hash_point("10.0.0.1:80", 0) == 0x0bdac9db975d9f08ull);
-    CHECK(hash_point("10.0.0.1:80", 1) == 0xcc0cb57c4b1d01abull);
-    CHECK(hash_point("10.0.0.1:80", 4095) == 0x816066ac8b0fb52aull);
-    CHECK(hash_point("web-a", 0) == 0x7850c7a144f1531eull);
-    CHECK(hash_point("web-a", 7) == 0x57b7307a27421bbeull);
-    CHECK(hash_point("[2001:db8::1]:443", 0) == 0x637bacf232bb4574ull);
-    CHECK(hash_point("web-a", 7) == XXH3_64bits_withSeed("web-a", 5, 7));
+    // id                  replica  hash_point (XXH3-64 of id + replica as 4 LE bytes)
+    // 10.0.0.1:80                0  3ce583956d416258
+    // 10.0.0.1:80                1  b7411e12a97a8916
+    // 10.0.0.1:80             4095  66bcf727d27708fd
+    // web-a                      0  19e91d0002be895c
+    // web-a                      7  32e706512b36424f
+    // [2001:db8::1]:443          0  021a8aa68ce3563b
+    CHECK(hash_point("10.0.0.1:80", 0) == 0x3ce583956d416258ull);
+    CHECK(hash_point("10.0.0.1:80", 1) == 0xb7411e12a97a8916ull);
+    CHECK(hash_point("10.0.0.1:80", 4095) == 0x66bcf727d27708fdull);
+    CHECK(hash_point("web-a", 0) == 0x19e91d0002be895cull);
+    CHECK(hash_point("web-a", 7) == 0x32e706512b36424full);
+    CHECK(hash_point("[2001:db8::1]:443", 0) == 0x021a8aa68ce3563bull);
+    const char input[] = {'w', 'e', 'b', '-', 'a', 7, 0, 0, 0};
+    CHECK(hash_point("web-a", 7) == XXH3_64bits(input, sizeof input));
 }
