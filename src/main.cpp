@@ -6,8 +6,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -16,6 +20,7 @@
 
 #include "health_checker.hpp"
 #include "listener.hpp"
+#include "sd_notify.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
@@ -191,7 +196,8 @@ unsigned worker_count(const Config& config) {
 // Owns everything that lives for one run of the daemon.
 class Daemon {
   public:
-    explicit Daemon(Config config) : config_(std::move(config)) {}
+    Daemon(Config config, WorkerOptions worker_options)
+        : config_(std::move(config)), worker_options_(worker_options) {}
 
     // Binds every listener once per worker before any thread starts, so a port
     // clash is reported and nothing is half-running.
@@ -237,7 +243,7 @@ class Daemon {
         try {
             for (unsigned w = 0; w < count; ++w) {
                 workers_.push_back(
-                    std::make_unique<Worker>(w, std::move(per_worker[w]), WorkerOptions{}));
+                    std::make_unique<Worker>(w, std::move(per_worker[w]), worker_options_));
             }
         } catch (const std::exception& e) {
             print_error(e.what());
@@ -278,6 +284,27 @@ class Daemon {
         return total;
     }
 
+    // The STATUS= line systemctl status shows.
+    std::string status_line() const {
+        size_t targets = 0;
+        for (const auto& group : config_.target_groups) targets += group.targets.size();
+        return fmt::format("{} listeners, {} targets, {} active connections",
+                           config_.listeners.size(), targets, active_connections());
+    }
+
+    // True if every worker's loop went round since the last call: the watchdog is
+    // only fed while all of them are alive, so one wedged loop gets us restarted.
+    bool workers_progressed() {
+        bool all = true;
+        last_beats_.resize(workers_.size(), 0);
+        for (size_t i = 0; i < workers_.size(); ++i) {
+            const uint64_t beat = workers_[i]->stats().heartbeat.load(std::memory_order_relaxed);
+            if (beat == last_beats_[i]) all = false;
+            last_beats_[i] = beat;
+        }
+        return all;
+    }
+
   private:
     static void close_all(std::vector<std::vector<WorkerListener>>& lists) {
         for (auto& list : lists)
@@ -285,12 +312,23 @@ class Daemon {
     }
 
     Config config_;
+    WorkerOptions worker_options_;
+    std::vector<uint64_t> last_beats_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<HealthChecker> checker_;  // after workers_: destroyed first
     std::vector<std::thread> threads_;
     std::atomic<bool> failed_{false};
 };
+
+// Failing to reach systemd is worth one warning, not one per status tick.
+void notified(int rc) {
+    static bool warned = false;
+    if (rc < 0 && !warned) {
+        warned = true;
+        log::warn("cannot notify systemd through NOTIFY_SOCKET: {}", std::strerror(-rc));
+    }
+}
 
 int run(Config config) {
     log::set_level(config.global.log_level);
@@ -309,10 +347,24 @@ int run(Config config) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);
 
+    // The signal loop wakes every `tick` to refresh STATUS= and, under a systemd
+    // watchdog, to ping it at half its timeout. Workers then beat twice per tick,
+    // so a loop that is turning never misses a ping.
+    using std::chrono::milliseconds;
+    const auto watchdog = sd::watchdog_interval();
+    milliseconds tick{5000};
+    WorkerOptions worker_options;
+    if (watchdog) {
+        tick = std::clamp(std::chrono::duration_cast<milliseconds>(*watchdog / 2), milliseconds{2},
+                          tick);
+        worker_options.heartbeat = tick / 2;
+    }
+
     Duration grace = config.global.shutdown_grace;
-    Daemon daemon(std::move(config));
+    Daemon daemon(std::move(config), worker_options);
     if (!daemon.start()) return kExitConfig;
     log::info("stickyd {} ready", STICKYD_VERSION);
+    notified(sd::ready(daemon.status_line()));
 
     // A watcher thread turns "all workers returned" into a wake-up for sigwait,
     // so a crashed worker is not hidden behind a daemon that waits forever.
@@ -324,9 +376,23 @@ int run(Config config) {
         joined = true;
         kill(getpid(), SIGTERM);
     });
+    auto next_tick = std::chrono::steady_clock::now() + tick;
     for (;;) {
-        int sig = 0;
-        if (sigwait(&signals, &sig) != 0) continue;
+        const auto left = std::max(next_tick - std::chrono::steady_clock::now(),
+                                   std::chrono::steady_clock::duration::zero());
+        const auto left_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+        const timespec timeout{static_cast<time_t>(left_ns / 1000000000),
+                               static_cast<long>(left_ns % 1000000000)};
+        const int sig = sigtimedwait(&signals, nullptr, &timeout);
+        if (sig < 0) {
+            if (errno != EAGAIN) continue;  // EINTR
+            next_tick = std::chrono::steady_clock::now() + tick;
+            notified(
+                sd::status(stopping ? "stopping: " + daemon.status_line() : daemon.status_line()));
+            // Past STOPPING=1 systemd no longer expects pings.
+            if (watchdog && !stopping && daemon.workers_progressed()) notified(sd::watchdog());
+            continue;
+        }
         if (joined) break;
         if (sig == SIGHUP) {
             log::warn(
@@ -335,6 +401,7 @@ int run(Config config) {
         }
         if (!stopping) {
             stopping = true;
+            notified(sd::stopping());
             log::info("{} received: stopped accepting; waiting up to {} ms for {} open connections",
                       sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
                       daemon.active_connections());
@@ -345,6 +412,7 @@ int run(Config config) {
         }
     }
     joiner.join();
+    if (!stopping) notified(sd::stopping());  // a worker failed: we stop unasked
     log::info("stopped");
     return exit_code;
 }

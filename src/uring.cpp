@@ -198,6 +198,13 @@ void Uring::submit_and_wait(unsigned wait_nr) {
     throw std::runtime_error(fmt::format("io_uring_enter failed: {}", errno_text(-rc)));
 }
 
+void Uring::submit_and_wait(unsigned wait_nr, __kernel_timespec timeout) {
+    io_uring_cqe* cqe = nullptr;
+    int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, wait_nr, &timeout, nullptr);
+    if (rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc == -ETIME) return;
+    throw std::runtime_error(fmt::format("io_uring_enter failed: {}", errno_text(-rc)));
+}
+
 ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size,
                                  uint32_t max_count)
     : ring_(ring), group_(group), count_(count), size_(size) {

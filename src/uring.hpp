@@ -36,6 +36,9 @@ class Uring {
     // Submits everything queued and waits for at least `wait_nr` completions.
     // Interrupted waits return normally; other failures throw.
     void submit_and_wait(unsigned wait_nr);
+    // The same, but returns after `timeout` at the latest even if nothing
+    // completed. Uses IORING_ENTER_EXT_ARG (5.11+), so it costs no SQE.
+    void submit_and_wait(unsigned wait_nr, __kernel_timespec timeout);
 
     io_uring* get() { return &ring_; }
     // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).

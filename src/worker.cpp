@@ -283,8 +283,15 @@ void Worker::Loop::run() {
                options_.buffer_count, options_.buffer_size / 1024);
     arm_wake();
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) arm_accept(i);
+    const bool beat = options_.heartbeat.count() > 0;
+    const __kernel_timespec beat_ts = to_timespec(options_.heartbeat);
     while (!(draining_ && worker_ops_ == 0)) {
-        ring_.submit_and_wait(1);
+        if (beat) {
+            ring_.submit_and_wait(1, beat_ts);
+        } else {
+            ring_.submit_and_wait(1);
+        }
+        add(stats_.heartbeat, 1);
         ++batch_;
         reap_completions();
         after_batch();

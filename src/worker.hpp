@@ -22,11 +22,16 @@ struct WorkerOptions {
     uint32_t buffer_size = 16 * 1024;  // provided-buffer size
     uint32_t buffer_count = 4096;      // per worker, power of 2
     uint32_t max_connections = 65536;  // per worker
+    // When nonzero, the loop wakes at least this often even when idle, so that
+    // WorkerStats::heartbeat proves to the systemd watchdog that it still turns.
+    std::chrono::milliseconds heartbeat{0};
 };
 
 struct WorkerStats {
     std::atomic<uint64_t> accepted{0}, active{0}, connect_failures{0}, retries{0}, bytes_in{0},
         bytes_out{0};
+    // Bumped once per loop iteration: a counter that stops moving means a wedged loop.
+    std::atomic<uint64_t> heartbeat{0};
 };
 
 class Worker {

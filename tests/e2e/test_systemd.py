@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""systemd integration: the unit passes `systemd-analyze verify` and rates an
+exposure of 2.0 or lower, and the real stickyd speaks the sd_notify protocol to a
+datagram socket standing in for systemd: READY=1 once it accepts, STATUS= lines,
+STOPPING=1 on SIGTERM, and WATCHDOG=1 pings while its loops run."""
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+MAX_EXPOSURE = 2.0
+
+
+def analyze():
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        h.skip("systemd-analyze is not installed (Debian package: systemd)")
+    return path
+
+
+def unit_for_this_build():
+    """The unit template with its paths pointing at this build and conf/, so that
+    verify finds the binary it names. Named stickyd.service, as installed."""
+    with open(os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
+        text = f.read()
+    text = text.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
+                        os.path.join(h.SOURCE_ROOT, "conf", "stickyd.toml"))
+    text = text.replace("@BINDIR@", os.path.dirname(h.STICKYD_BIN))
+    left = re.findall(r"@[A-Z_]+@", text)
+    h.expect(not left, f"placeholders the test does not fill: {left}")
+    return h.write_file("stickyd.service", text)
+
+
+def test_unit_verifies():
+    tool = analyze()
+    unit = unit_for_this_build()
+    result = h.run([tool, "verify", unit], timeout=60)
+    # verify also reports on the units it loads alongside; only ours counts.
+    ours = [line for line in (result.stdout + result.stderr).splitlines()
+            if "stickyd.service" in line]
+    h.expect(result.returncode == 0 and not ours,
+             f"systemd-analyze verify exited {result.returncode}:\n"
+             f"{result.stdout}{result.stderr}")
+
+
+def test_unit_exposure_at_most_2():
+    tool = analyze()
+    unit = unit_for_this_build()
+    result = h.run([tool, "security", "--offline=yes", unit], timeout=60)
+    output = result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for stickyd\.service: (\d+\.\d+)", output)
+    h.expect(match is not None, f"no exposure level in:\n{output}")
+    score = float(match.group(1))
+    h.expect(score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{output}")
+
+
+# ---------------------------------------------------------------------------------
+# The notify protocol, with a socket of ours as NOTIFY_SOCKET
+
+class FakeSystemd:
+    def __init__(self):
+        self.path = os.path.join(h.temp_dir(), "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        h.on_cleanup(self.sock.close)
+        self.messages = []
+
+    def next(self, timeout):
+        """The next datagram as a dict of its assignments, or None on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096).decode()
+        except socket.timeout:
+            return None
+        message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+        self.messages.append(message)
+        return message
+
+    def wait_for(self, key, timeout=h.START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.next(max(0.01, deadline - time.monotonic()))
+            if message is not None and key in message:
+                return message
+        raise h.Failure(f"no {key}= within {timeout}s; got {self.messages}")
+
+
+def spawn(argv, env, label):
+    """A Process whose environment adds `env` (Process takes the harness's own)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return h.Process(argv, label)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def stickyd_argv(lb, backend):
+    return [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
+            "--threads", "2", "--health-check", "off"]
+
+
+def test_ready_status_stopping():
+    systemd = FakeSystemd()
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    proc = spawn(stickyd_argv(lb, backend), {"NOTIFY_SOCKET": systemd.path}, "stickyd")
+    ready = systemd.wait_for("READY")
+    h.expect_eq(ready["READY"], "1", "READY value")
+    # No retry: the listener must already accept when READY=1 is sent.
+    with h.connect(lb, timeout=2.0):
+        pass
+    h.expect(re.fullmatch(r"1 listeners, 1 targets, \d+ active connections",
+                          ready.get("STATUS", "")) is not None,
+             f"STATUS= with READY=1: {ready}")
+    h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "a request through stickyd")
+    proc.signal(signal.SIGTERM)
+    systemd.wait_for("STOPPING")
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
+def test_watchdog_pings_and_status_lines():
+    systemd = FakeSystemd()
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    # WATCHDOG_PID must be stickyd's own pid: the shell execs into it.
+    argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"] + stickyd_argv(lb, backend)
+    proc = spawn(argv, {"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000"}, "stickyd")
+    systemd.wait_for("READY")
+    held = h.connect(lb, "127.0.0.3")
+    h.on_cleanup(held.close)
+    h.send_all(held, b"STICKYD-TEST WHOAMI\n")
+    h.recv_line(held)
+    # Half the 1 s watchdog: ~6 pings in 3 s; ask for 4 to allow for a loaded machine.
+    start = time.monotonic()
+    pings = 0
+    status_with_conn = False
+    while time.monotonic() - start < 3.0:
+        message = systemd.next(1.0)
+        h.expect(message is not None, f"nothing from stickyd for 1s; got {systemd.messages}")
+        pings += message.get("WATCHDOG") == "1"
+        status_with_conn |= message.get("STATUS", "").endswith(" 1 active connections")
+    h.expect(pings >= 4, f"{pings} WATCHDOG=1 pings in 3s with WATCHDOG_USEC=1000000")
+    h.expect(status_with_conn, f"no STATUS= showing the open connection: {systemd.messages}")
+    held.close()
+    proc.signal(signal.SIGTERM)
+    systemd.wait_for("STOPPING")
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
+def test_watchdog_pid_of_another_process_is_ignored():
+    systemd = FakeSystemd()
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    env = {"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
+    proc = spawn(stickyd_argv(lb, backend), env, "stickyd")
+    systemd.wait_for("READY")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        message = systemd.next(0.2)
+        h.expect(message is None or "WATCHDOG" not in message,
+                 "WATCHDOG=1 sent although WATCHDOG_PID names another process")
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
+if __name__ == "__main__":
+    h.main()
