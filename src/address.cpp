@@ -21,16 +21,6 @@ std::optional<uint16_t> parse_port(std::string_view text) {
     return static_cast<uint16_t>(value);
 }
 
-// inet_pton needs a NUL-terminated string; anything longer than the longest
-// textual IPv6 address cannot be valid anyway.
-bool pton(int family, std::string_view text, void* out) {
-    char buf[INET6_ADDRSTRLEN];
-    if (text.empty() || text.size() >= sizeof buf) return false;
-    std::memcpy(buf, text.data(), text.size());
-    buf[text.size()] = '\0';
-    return inet_pton(family, buf, out) == 1;
-}
-
 IpKey key_from_v4(const in_addr& addr) {
     IpKey key;
     key.size = 4;
@@ -52,6 +42,16 @@ IpKey key_from_v6(const in6_addr& addr) {
 
 }  // namespace
 
+// inet_pton needs a NUL-terminated string; anything longer than the longest
+// textual IPv6 address cannot be valid anyway.
+bool parse_ip_bytes(int family, std::string_view text, void* out) {
+    char buf[INET6_ADDRSTRLEN];
+    if (text.empty() || text.size() >= sizeof buf) return false;
+    std::memcpy(buf, text.data(), text.size());
+    buf[text.size()] = '\0';
+    return inet_pton(family, buf, out) == 1;
+}
+
 std::optional<SocketAddress> SocketAddress::parse(std::string_view text) {
     SocketAddress out;
     if (!text.empty() && text.front() == '[') {
@@ -61,7 +61,7 @@ std::optional<SocketAddress> SocketAddress::parse(std::string_view text) {
         }
         auto port = parse_port(text.substr(close + 2));
         sockaddr_in6 sin6{};
-        if (!port || !pton(AF_INET6, text.substr(1, close - 1), &sin6.sin6_addr)) {
+        if (!port || !parse_ip_bytes(AF_INET6, text.substr(1, close - 1), &sin6.sin6_addr)) {
             return std::nullopt;
         }
         sin6.sin6_family = AF_INET6;
@@ -76,7 +76,8 @@ std::optional<SocketAddress> SocketAddress::parse(std::string_view text) {
     if (colon == std::string_view::npos) return std::nullopt;
     auto port = parse_port(text.substr(colon + 1));
     sockaddr_in sin{};
-    if (!port || !pton(AF_INET, text.substr(0, colon), &sin.sin_addr)) return std::nullopt;
+    if (!port || !parse_ip_bytes(AF_INET, text.substr(0, colon), &sin.sin_addr))
+        return std::nullopt;
     sin.sin_family = AF_INET;
     sin.sin_port = htons(*port);
     std::memcpy(&out.storage_, &sin, sizeof sin);
@@ -155,9 +156,9 @@ IpKey ip_key_of(const sockaddr* sa) {
 
 std::optional<IpKey> parse_ip(std::string_view text) {
     in_addr v4{};
-    if (pton(AF_INET, text, &v4)) return key_from_v4(v4);
+    if (parse_ip_bytes(AF_INET, text, &v4)) return key_from_v4(v4);
     in6_addr v6{};
-    if (pton(AF_INET6, text, &v6)) return key_from_v6(v6);
+    if (parse_ip_bytes(AF_INET6, text, &v6)) return key_from_v6(v6);
     return std::nullopt;
 }
 

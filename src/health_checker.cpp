@@ -264,15 +264,7 @@ void HealthChecker::Loop::run() {
     arm_tick();
     while (!(stopping_ && loop_ops_ == 0 && checks_ == 0)) {
         ring_.submit_and_wait(1);
-        io_uring* ring = ring_.get();
-        unsigned head = 0;
-        unsigned seen = 0;
-        io_uring_cqe* cqe = nullptr;
-        io_uring_for_each_cqe(ring, head, cqe) {
-            dispatch(*cqe);
-            ++seen;
-        }
-        io_uring_cq_advance(ring, seen);
+        ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
         if (!stopping_ && !tick_armed_) arm_tick();
     }
 }

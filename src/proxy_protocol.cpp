@@ -155,15 +155,6 @@ std::optional<uint16_t> v1_port(std::string_view text) {
     return static_cast<uint16_t>(value);
 }
 
-// inet_pton needs a NUL-terminated copy; longer text cannot be an address anyway.
-bool v1_ip(int family, std::string_view text, void* out) {
-    char buf[INET6_ADDRSTRLEN];
-    if (text.empty() || text.size() >= sizeof buf) return false;
-    std::memcpy(buf, text.data(), text.size());
-    buf[text.size()] = '\0';
-    return inet_pton(family, buf, out) == 1;
-}
-
 // `body` is the line without "PROXY " and without CRLF.
 ParseResult parse_v1_body(std::string_view body, size_t consumed) {
     ProxyHeader h;
@@ -195,8 +186,8 @@ ParseResult parse_v1_body(std::string_view body, size_t consumed) {
     const int family = tcp4 ? AF_INET : AF_INET6;
     uint8_t src[16];
     uint8_t dst[16];
-    if (!v1_ip(family, fields[1], src)) return invalid("bad v1 source address");
-    if (!v1_ip(family, fields[2], dst)) return invalid("bad v1 destination address");
+    if (!parse_ip_bytes(family, fields[1], src)) return invalid("bad v1 source address");
+    if (!parse_ip_bytes(family, fields[2], dst)) return invalid("bad v1 destination address");
     const auto sport = v1_port(fields[3]);
     const auto dport = v1_port(fields[4]);
     if (!sport) return invalid("bad v1 source port");

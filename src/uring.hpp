@@ -41,6 +41,21 @@ class Uring {
     void submit_and_wait(unsigned wait_nr, __kernel_timespec timeout);
 
     io_uring* get() { return &ring_; }
+
+    // Hands every completion that is ready to `handle`, then retires them all at
+    // once (one store to the CQ head instead of one per completion).
+    template <typename Handle>
+    unsigned for_each_completion(Handle&& handle) {
+        unsigned head = 0;
+        unsigned seen = 0;
+        io_uring_cqe* cqe = nullptr;
+        io_uring_for_each_cqe(&ring_, head, cqe) {
+            handle(*cqe);
+            ++seen;
+        }
+        io_uring_cq_advance(&ring_, seen);
+        return seen;
+    }
     // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).
     bool can_skip_success() const { return (ring_.features & IORING_FEAT_CQE_SKIP) != 0; }
     // "defer_taskrun", "coop_taskrun" or "plain": how completions are run.

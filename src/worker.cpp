@@ -300,15 +300,7 @@ void Worker::Loop::run() {
 }
 
 void Worker::Loop::reap_completions() {
-    io_uring* ring = ring_.get();
-    unsigned head = 0;
-    unsigned seen = 0;
-    io_uring_cqe* cqe = nullptr;
-    io_uring_for_each_cqe(ring, head, cqe) {
-        dispatch(*cqe);
-        ++seen;
-    }
-    io_uring_cq_advance(ring, seen);
+    ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
 }
 
 void Worker::Loop::dispatch(const io_uring_cqe& cqe) {

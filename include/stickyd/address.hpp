@@ -14,7 +14,7 @@ namespace stickyd {
 
 // An IPv4 or IPv6 endpoint. Value type; cheap to copy.
 class SocketAddress {
-public:
+  public:
     SocketAddress() = default;
 
     // Accepts "1.2.3.4:80", "[::1]:80", "[::ffff:1.2.3.4]:80". Port 1-65535.
@@ -31,7 +31,7 @@ public:
 
     friend bool operator==(const SocketAddress& a, const SocketAddress& b);
 
-private:
+  private:
     sockaddr_storage storage_{};
     socklen_t len_ = 0;
 };
@@ -47,6 +47,8 @@ struct IpKey {
 
 // Normalises the IP part of a socket address (port is ignored).
 IpKey ip_key_of(const sockaddr* sa);
+// inet_pton on a string_view: writes the 4 or 16 address bytes of `family` to out.
+bool parse_ip_bytes(int family, std::string_view text, void* out);
 // Parses a bare IP ("1.2.3.4", "::1", "::ffff:1.2.3.4") and normalises it.
 std::optional<IpKey> parse_ip(std::string_view text);
 // Keeps the first prefix_v4 / prefix_v6 bits, zeroing the rest.
