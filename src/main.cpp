@@ -212,7 +212,7 @@ class Daemon {
         try {
             checker_ = std::make_unique<HealthChecker>(
                 config_, slots, build_health_store(config_, nullptr), [this] {
-                    for (auto& worker : workers_) worker->routes_changed();
+                    for (auto& worker : workers_) worker->terminate({});
                 });
         } catch (const std::exception& e) {
             print_error(e.what());
@@ -237,7 +237,10 @@ class Daemon {
                     close_all(per_worker);
                     return false;
                 }
-                per_worker[w].push_back(WorkerListener{fd, listener.name, slot});
+                ListenerSettings settings;
+                settings.name = listener.name;
+                settings.route = slot;
+                per_worker[w].push_back(WorkerListener{fd, std::move(settings)});
             }
         }
         try {

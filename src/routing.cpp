@@ -68,7 +68,9 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     for (const TargetConfig& t : group.targets) sorted.push_back(&t);
     std::sort(sorted.begin(), sorted.end(),
               [&](const TargetConfig* a, const TargetConfig* b) { return id_of(*a) < id_of(*b); });
-    for (const TargetConfig* t : sorted) table->targets.push_back({id_of(*t), t->address});
+    for (const TargetConfig* t : sorted) {
+        table->targets.push_back({id_of(*t), t->address, std::make_shared<TargetStats>()});
+    }
 
     table->usable.assign(table->targets.size(), 1);
     table->terminations.assign(table->targets.size(), 0);
@@ -76,6 +78,7 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     table->prefix_v6 = group.stickiness.prefix_v6;
     table->connect_timeout = group.connect_timeout;
     table->connect_retries = group.connect_retries;
+    table->proxy_protocol_v2 = group.proxy_protocol_v2;
     return table;
 }
 

@@ -130,9 +130,9 @@ struct Listeners {
         for (auto& l : given) {
             ListenerState state;
             state.fd = l.fd;
-            state.name = std::move(l.name);
-            state.route = l.route;
-            state.seen = l.route->load();
+            state.name = std::move(l.settings.name);
+            state.route = l.settings.route;
+            state.seen = state.route->load();
             items.push_back(std::move(state));
         }
     }
@@ -949,8 +949,12 @@ void Worker::stop(std::chrono::milliseconds grace) {
     loop_->request_stop(grace);
 }
 
-void Worker::routes_changed() {
+void Worker::terminate(std::vector<std::shared_ptr<TargetStats>>) {
     loop_->request_route_check();
 }
+
+void Worker::add_listener(WorkerListener) {}
+void Worker::update_listener(ListenerSettings) {}
+void Worker::remove_listener(const std::string&) {}
 
 }  // namespace stickyd

@@ -12,10 +12,26 @@
 
 namespace stickyd {
 
-struct WorkerListener {
-    int fd;  // owned by the worker from construction on
+// Counters of one configured listener, shared by its sockets in every worker.
+struct ListenerStats {
+    std::atomic<uint64_t> accepted{0};
+    std::atomic<uint64_t> proxy_header_errors{0};  // accept_proxy_protocol: bad or missing
+};
+
+// How a worker handles the clients of one listener. Everything but the fd can
+// change on a reload (update_listener).
+struct ListenerSettings {
     std::string name;
-    RouteSlot* route;
+    RouteSlot* route = nullptr;
+    std::chrono::milliseconds idle_timeout{350000};
+    bool accept_proxy_protocol = false;
+    std::chrono::milliseconds proxy_protocol_timeout{3000};
+    std::shared_ptr<ListenerStats> stats;
+};
+
+struct WorkerListener {
+    int fd;  // owned by the worker from construction (or add_listener) on
+    ListenerSettings settings;
 };
 
 struct WorkerOptions {
@@ -48,10 +64,18 @@ class Worker {
     // remains after `grace`, then run() returns. A later call with a shorter
     // grace brings the deadline forward.
     void stop(std::chrono::milliseconds grace);
-    // Thread-safe: a routing snapshot that asks for connection resets was
-    // published; the worker compares each listener's snapshot with the last one
-    // it saw and resets its connections to targets that turned unhealthy.
-    void routes_changed();
+    // Thread-safe: reset every open connection (connecting or relaying) to one of
+    // these targets: connection termination for an unhealthy target, or the end of a
+    // deregistration delay.
+    void terminate(std::vector<std::shared_ptr<TargetStats>> targets);
+    // Thread-safe reload of listeners. add: start accepting on a new socket.
+    // update: new settings for the listener of that name (its socket stays open, so
+    // no queued client is lost); connections already open keep the idle timeout they
+    // started with. remove: stop accepting and close the socket; connections that
+    // came through it continue.
+    void add_listener(WorkerListener listener);
+    void update_listener(ListenerSettings settings);
+    void remove_listener(const std::string& name);
     const WorkerStats& stats() const { return stats_; }
 
   private:

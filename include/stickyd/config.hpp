@@ -59,6 +59,22 @@ struct HealthCheckConfig {
     Thresholds thresholds() const { return {healthy_threshold, unhealthy_threshold}; }
 };
 
+// [target_group.deregistration_delay]: the NLB's deregistration_delay.* attributes.
+// A target that is removed (reload, DNS) or drained (admin API) takes no new
+// connections; its open ones may finish for `timeout`, then they are reset.
+struct DeregistrationConfig {
+    Duration timeout{300000};             // deregistration_delay.timeout_seconds
+    bool connection_termination = false;  // ...connection_termination.enabled: reset at once
+};
+
+// dns = "NAME:PORT": targets discovered from NAME's A and AAAA records (a Kubernetes
+// headless service), each with id "ip:port" and weight 1.
+struct DnsDiscoveryConfig {
+    std::string name;
+    uint16_t port = 0;
+    Duration refresh{5000};  // dns_refresh
+};
+
 struct TargetGroupConfig {
     std::string name;
     Algorithm algorithm = Algorithm::ring;
@@ -71,18 +87,38 @@ struct TargetGroupConfig {
     // NLB target_health_state.unhealthy.connection_termination.enabled: reset the open
     // connections of a target that turns unhealthy (true), or let them run (false).
     bool connection_termination_on_unhealthy = true;
+    DeregistrationConfig deregistration_delay;
+    // NLB proxy_protocol_v2.enabled: every connection to a target starts with a PROXY
+    // v2 header carrying the client's and the listener's addresses; health checks
+    // send a LOCAL header.
+    bool proxy_protocol_v2 = false;
+    std::optional<DnsDiscoveryConfig> dns;  // nullopt = static targets only
 };
 
 struct ListenerConfig {
     std::string name;  // defaults to the bind string
     SocketAddress bind;
     std::string target_group;
+    // NLB tcp.idle_timeout.seconds: a connection with no bytes either way for this long
+    // is closed on both sides. The NLB allows 60-6000 s; stickyd allows from 1 s so
+    // tests and demos can use short ones.
+    Duration idle_timeout{350000};
+    // Beyond the NLB: clients arrive through another balancer that sends a PROXY v1
+    // or v2 header; stickiness then hashes the client address the header carries.
+    bool accept_proxy_protocol = false;
+    // How long a client may take to send the whole header before it is closed.
+    Duration proxy_protocol_timeout{3000};
 };
 
 struct GlobalConfig {
     unsigned threads = 0;  // 0 = one per online CPU
     LogLevel log_level = LogLevel::info;
     Duration shutdown_grace{30000};
+    // The admin HTTP endpoint (status, ring, lookup, drain, metrics). Empty = no unix
+    // socket. The directory is created if missing; the socket gets mode 0660.
+    std::string admin_socket = "/run/stickyd/admin.sock";
+    // Optionally also on TCP (e.g. 127.0.0.1:9090 for Prometheus); nullopt = not.
+    std::optional<SocketAddress> admin_address;
 };
 
 struct Config {

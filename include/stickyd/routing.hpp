@@ -15,9 +15,22 @@
 
 namespace stickyd {
 
+// Live counters of one target, shared by every snapshot that lists it and by every
+// connection to it, so a target keeps its numbers across health changes and reloads
+// (it is "the same target" when group, id and address match). Written by workers
+// with relaxed atomics, read by the admin endpoint.
+struct TargetStats {
+    std::atomic<uint64_t> active{0};            // connections open now (connecting or relaying)
+    std::atomic<uint64_t> connections{0};       // connects attempted, total
+    std::atomic<uint64_t> connect_failures{0};  // of those, failed (refused, timed out, ...)
+    std::atomic<uint64_t> bytes_in{0};          // client -> target
+    std::atomic<uint64_t> bytes_out{0};         // target -> client
+};
+
 struct RouteTarget {
     std::string id;
     SocketAddress address;
+    std::shared_ptr<TargetStats> stats;  // never null in a published table
 };
 
 // Passive health: workers report the outcome of every connect to a target here, and
@@ -56,6 +69,7 @@ struct RoutingTable {
     unsigned prefix_v6 = 128;
     Duration connect_timeout{2000};
     unsigned connect_retries = 2;
+    bool proxy_protocol_v2 = false;  // send a PROXY v2 header first on every connection
     // Shared by every snapshot of the group; nullptr when passive checking is off.
     std::shared_ptr<PassiveHealth> passive;
     // Per target (same order): how many times it was turned unhealthy with

@@ -1,0 +1,131 @@
+// The control thread: the one place that decides which targets exist and which may
+// take new connections. It owns every target group's live state (targets from the
+// config and from DNS, their health, admin drains, deregistrations), runs the
+// active health checks on its own io_uring, and publishes a new routing snapshot
+// into a group's RouteSlot whenever routing must change. Workers only read those
+// snapshots; everything else reaches the control thread as a command (reload,
+// drain, enable, DNS results) executed on its own thread, in order.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "stickyd/config.hpp"
+#include "stickyd/health.hpp"
+#include "stickyd/routing.hpp"
+
+namespace stickyd {
+
+// Why a target is out of rotation, beyond its health.
+enum class Deregistration : uint8_t {
+    none,
+    drained,  // POST /targets/ID/drain (can be undone with enable)
+    removed,  // gone from the config or from DNS: forgotten once its connections end
+};
+
+// One target as the admin endpoint shows it (copied out of the control thread).
+struct TargetView {
+    std::string id;
+    SocketAddress address;
+    uint32_t weight = 1;
+    bool discovered = false;  // came from DNS rather than the config
+    HealthState state = HealthState::initial;
+    Deregistration deregistration = Deregistration::none;
+    bool usable = false;  // may take new connections now (fail-open aside)
+    // The last active check: its verdict, why, when it ended and how long it took.
+    std::optional<bool> last_check_passed;
+    std::string last_check_reason;
+    std::chrono::system_clock::time_point last_check_at{};
+    std::chrono::microseconds last_check_duration{0};
+    // When a drained or removed target's remaining connections will be reset.
+    std::optional<std::chrono::system_clock::time_point> deregistration_deadline;
+    std::shared_ptr<TargetStats> stats;  // live counters
+};
+
+// Health-check durations of one group, as a Prometheus histogram.
+struct CheckDurationHistogram {
+    // Upper bounds in seconds; the last bucket (+Inf) is implicit.
+    static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                         0.05,   0.1,   0.25,   0.5,   1,    2.5,
+                                         5,      10};
+    static constexpr size_t kBuckets = std::size(kBounds) + 1;
+    uint64_t counts[kBuckets] = {};  // not cumulative: counts[i] = in (bound[i-1], bound[i]]
+    uint64_t total = 0;
+    double sum_seconds = 0;
+
+    void observe(double seconds);
+};
+
+struct GroupView {
+    std::string name;
+    Algorithm algorithm = Algorithm::ring;
+    bool health_checks = true;
+    bool failing_open = false;
+    std::shared_ptr<const RoutingTable> table;  // the snapshot workers use now
+    std::vector<TargetView> targets;            // sorted by id; includes removed ones
+    CheckDurationHistogram check_durations;
+    std::optional<std::string> dns_error;  // the last resolution failure, while failing
+};
+
+struct ControlView {
+    std::vector<GroupView> groups;  // in config order
+    const GroupView* find(std::string_view group) const;
+};
+
+// The outcome of drain/enable.
+struct AdminChange {
+    enum class Result : uint8_t { ok, unknown_group, unknown_target, ambiguous } result;
+    std::string message;  // one line: what changed, or what was wrong
+};
+
+class Control {
+  public:
+    // Asks every worker to reset its connections (connecting or relaying) to these
+    // targets. Called on the control thread.
+    using Terminate = std::function<void(std::vector<std::shared_ptr<TargetStats>>)>;
+
+    // Builds every group's first snapshot (all targets routable while `initial`, as
+    // at any daemon start) and publishes it, so workers never see an empty slot.
+    // Throws std::runtime_error with a one-line message if its ring cannot be set up.
+    Control(const Config& config, Terminate terminate);
+    ~Control();
+    Control(const Control&) = delete;
+    Control& operator=(const Control&) = delete;
+
+    // The group's slot; stable for the life of the Control, also for groups a reload
+    // removed (their listeners are gone by then). nullptr for an unknown group.
+    RouteSlot* slot(const std::string& group);
+
+    void start();
+    void stop();  // idempotent; cancels every check and joins the thread
+
+    // Thread-safe, each returns once the control thread has applied it.
+    // A reload with an already validated config: targets that stay keep their health,
+    // stats and connections; new ones start `initial` (routable after their first
+    // passed check); removed ones deregister with their group's delay. Groups that
+    // are new get slots (call slot() after apply).
+    void apply(const Config& config);
+    // DNS discovery results for a group with `dns` set: the full current set.
+    void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
+    // DNS failed: keep the last good set; `error` is shown in the view until the next
+    // success (set_discovered clears it).
+    void set_discovery_error(const std::string& group, std::string error);
+    // Admin drain/enable. group may be empty when the id is unique across groups.
+    AdminChange drain(const std::string& group, const std::string& id);
+    AdminChange enable(const std::string& group, const std::string& id);
+    // A consistent copy of every group's state.
+    std::shared_ptr<const ControlView> view();
+
+  private:
+    struct Loop;
+    std::unique_ptr<Loop> loop_;
+    std::thread thread_;
+};
+
+}  // namespace stickyd
