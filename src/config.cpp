@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/un.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
@@ -67,6 +68,12 @@ constexpr DurationRange kHealthTimeoutRange{100ms, 120s};
 constexpr IntRange kHealthThresholdRange{2, 10, ""};
 constexpr IntRange kHealthPortRange{1, 65535, " or \"traffic-port\""};
 constexpr IntRange kPassiveFailuresRange{1, 100, ""};
+// The NLB allows 60-6000 s; below 60 s is a stickyd extension for tests and demos.
+constexpr DurationRange kIdleTimeoutRange{1s, 6000s};
+constexpr DurationRange kProxyTimeoutRange{100ms, 60s};
+constexpr DurationRange kDeregistrationRange{0s, 3600s};  // the NLB's range
+constexpr DurationRange kDnsRefreshRange{1s, 3600s};
+constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
 constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
 
 constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
@@ -540,16 +547,21 @@ std::optional<Algorithm> read_algorithm(TableReader& r, std::string_view key) {
 }
 
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
-    TableReader r(diag, table, std::move(path), {"threads", "log_level", "shutdown_grace"});
+    TableReader r(diag, table, std::move(path),
+                  {"threads", "log_level", "shutdown_grace", "admin_socket", "admin_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
     if (auto v = r.duration("shutdown_grace", kShutdownGraceRange)) global.shutdown_grace = *v;
+    if (auto v = r.string("admin_socket")) global.admin_socket = *v;
+    if (auto v = r.address("admin_address", "\"127.0.0.1:9090\"")) global.admin_address = *v;
     return global;
 }
 
 ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::string path) {
-    TableReader r(diag, table, std::move(path), {"name", "bind", "target_group"});
+    TableReader r(diag, table, std::move(path),
+                  {"name", "bind", "target_group", "idle_timeout", "accept_proxy_protocol",
+                   "proxy_protocol_timeout"});
     ListenerConfig listener;
     if (auto v = r.string("name")) listener.name = *v;
     if (auto v = r.address("bind", kBindExample)) {
@@ -557,6 +569,15 @@ ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::s
         if (!r.has("name")) listener.name = v->to_string();
     }
     if (auto v = r.string("target_group")) listener.target_group = *v;
+    if (auto v = r.duration("idle_timeout", kIdleTimeoutRange)) listener.idle_timeout = *v;
+    if (auto v = r.boolean("accept_proxy_protocol")) listener.accept_proxy_protocol = *v;
+    if (auto v = r.duration("proxy_protocol_timeout", kProxyTimeoutRange)) {
+        if (!listener.accept_proxy_protocol) {
+            r.invalid("proxy_protocol_timeout",
+                      "only applies with accept_proxy_protocol = true; set that or remove the key");
+        }
+        listener.proxy_protocol_timeout = *v;
+    }
     r.require("bind", "bind = \"127.0.0.1:8000\"");
     r.require("target_group", "target_group = \"web\"");
     return listener;
@@ -669,10 +690,51 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
     return hc;
 }
 
+DeregistrationConfig read_deregistration(Diagnostics& diag, const toml::table& table,
+                                         std::string path) {
+    TableReader r(diag, table, std::move(path), {"timeout", "connection_termination"});
+    DeregistrationConfig delay;
+    if (auto v = r.duration("timeout", kDeregistrationRange)) delay.timeout = *v;
+    if (auto v = r.boolean("connection_termination")) delay.connection_termination = *v;
+    return delay;
+}
+
+// "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
+// <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
+std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+    const std::string_view name = text.substr(0, colon);
+    const std::string_view port_text = text.substr(colon + 1);
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
+        port > 65535) {
+        return std::nullopt;
+    }
+    if (name.size() > 253) return std::nullopt;
+    size_t label = 0;
+    for (char c : name) {
+        if (c == '.') {
+            if (label == 0) return std::nullopt;
+            label = 0;
+            continue;
+        }
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '-' || c == '_';
+        if (!ok || ++label > 63) return std::nullopt;
+    }
+    DnsDiscoveryConfig dns;
+    dns.name = std::string(name);
+    dns.port = static_cast<uint16_t>(port);
+    return dns;
+}
+
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
-                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target"});
+                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
+                   "deregistration_delay", "proxy_protocol_v2", "dns", "dns_refresh"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -691,6 +753,24 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     }
     if (auto v = r.boolean("connection_termination_on_unhealthy")) {
         group.connection_termination_on_unhealthy = *v;
+    }
+    if (auto v = r.boolean("proxy_protocol_v2")) group.proxy_protocol_v2 = *v;
+    if (auto* t = r.table("deregistration_delay", "[target_group.deregistration_delay]")) {
+        group.deregistration_delay =
+            read_deregistration(diag, *t, r.path_of("deregistration_delay"));
+    }
+    if (auto v = r.string("dns")) {
+        if (auto dns = parse_dns_name(*v)) {
+            group.dns = std::move(*dns);
+        } else {
+            r.invalid("dns",
+                      fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, *v));
+        }
+    }
+    if (auto v = r.duration("dns_refresh", kDnsRefreshRange)) {
+        if (!group.dns)
+            r.invalid("dns_refresh", "only applies with dns set; set it or remove the key");
+        if (group.dns) group.dns->refresh = *v;
     }
     if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
         group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
@@ -762,6 +842,16 @@ void check_global(Diagnostics& diag, const GlobalConfig& global) {
     if (auto problem = check_duration(global.shutdown_grace, kShutdownGraceRange)) {
         diag.fail("global.shutdown_grace", *problem);
     }
+    if (!global.admin_socket.empty()) {
+        if (!global.admin_socket.starts_with('/')) {
+            diag.fail("global.admin_socket",
+                      fmt::format("must be an absolute path, got {:?}", global.admin_socket));
+        } else if (global.admin_socket.size() >= sizeof(sockaddr_un{}.sun_path)) {
+            diag.fail("global.admin_socket",
+                      fmt::format("must be shorter than {} bytes (a unix socket path), got {}",
+                                  sizeof(sockaddr_un{}.sun_path), global.admin_socket.size()));
+        }
+    }
 }
 
 std::string unknown_group_message(const Config& config, std::string_view name) {
@@ -801,6 +891,12 @@ void check_listeners(Diagnostics& diag, const Config& config) {
         }
         if (!config.find_group(listener.target_group)) {
             diag.fail(path + ".target_group", unknown_group_message(config, listener.target_group));
+        }
+        if (auto problem = check_duration(listener.idle_timeout, kIdleTimeoutRange)) {
+            diag.fail(path + ".idle_timeout", *problem);
+        }
+        if (auto problem = check_duration(listener.proxy_protocol_timeout, kProxyTimeoutRange)) {
+            diag.fail(path + ".proxy_protocol_timeout", *problem);
         }
     }
 }
@@ -928,6 +1024,14 @@ void check_target_group(Diagnostics& diag, const std::string& path,
         diag.fail(path + ".stickiness.prefix_v6", *problem);
     }
     check_health_check(diag, path + ".health_check", group.health_check);
+    if (auto problem = check_duration(group.deregistration_delay.timeout, kDeregistrationRange)) {
+        diag.fail(path + ".deregistration_delay.timeout", *problem);
+    }
+    if (group.dns) {
+        if (auto problem = check_duration(group.dns->refresh, kDnsRefreshRange)) {
+            diag.fail(path + ".dns_refresh", *problem);
+        }
+    }
     for (size_t i = 0; i < group.targets.size(); ++i) {
         check_target(diag, index_key(path + ".target", i), group.targets[i]);
     }

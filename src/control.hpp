@@ -51,9 +51,8 @@ struct TargetView {
 // Health-check durations of one group, as a Prometheus histogram.
 struct CheckDurationHistogram {
     // Upper bounds in seconds; the last bucket (+Inf) is implicit.
-    static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                         0.05,   0.1,   0.25,   0.5,   1,    2.5,
-                                         5,      10};
+    static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
     static constexpr size_t kBuckets = std::size(kBounds) + 1;
     uint64_t counts[kBuckets] = {};  // not cumulative: counts[i] = in (bound[i-1], bound[i]]
     uint64_t total = 0;

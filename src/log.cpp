@@ -24,19 +24,28 @@ std::optional<LogLevel> parse_log_level(std::string_view text) {
 
 std::string_view to_string(LogLevel level) {
     switch (level) {
-        case LogLevel::trace: return "trace";
-        case LogLevel::debug: return "debug";
-        case LogLevel::info: return "info";
-        case LogLevel::warn: return "warn";
-        case LogLevel::error: return "error";
+        case LogLevel::trace:
+            return "trace";
+        case LogLevel::debug:
+            return "debug";
+        case LogLevel::info:
+            return "info";
+        case LogLevel::warn:
+            return "warn";
+        case LogLevel::error:
+            return "error";
     }
     return "?";
 }
 
 namespace log {
 
-void set_level(LogLevel level) { g_level.store(level, std::memory_order_relaxed); }
-LogLevel level() { return g_level.load(std::memory_order_relaxed); }
+void set_level(LogLevel level) {
+    g_level.store(level, std::memory_order_relaxed);
+}
+LogLevel level() {
+    return g_level.load(std::memory_order_relaxed);
+}
 
 void write(LogLevel lvl, std::string_view message) {
     using namespace std::chrono;

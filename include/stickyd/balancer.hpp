@@ -23,7 +23,7 @@ inline constexpr uint32_t kMaxWeight = 100;
 inline constexpr uint32_t kNoMember = UINT32_MAX;
 
 class Balancer {
-public:
+  public:
     virtual ~Balancer() = default;
 
     // Members sorted by id. Every index returned or taken below refers to this order.
@@ -81,14 +81,14 @@ void sort_and_check_members(std::vector<Member>& members);
 // usable. One lap over the positions always ends the walk, as long as every
 // member owns at least one position.
 class UsableWalk {
-public:
+  public:
     UsableWalk(std::span<const uint8_t> usable, size_t member_count, unsigned attempt);
     UsableWalk(const UsableWalk&) = delete;
     UsableWalk& operator=(const UsableWalk&) = delete;
 
     bool accept(uint32_t member);
 
-private:
+  private:
     static constexpr size_t kInlineMembers = 1024;
     std::span<const uint8_t> usable_;
     bool all_usable_ = false;

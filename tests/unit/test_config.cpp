@@ -514,9 +514,10 @@ wieght = 2
         CHECK(error_of(R"(
 [[listener]]
 bind = "127.0.0.1:8000"
-protocol = "TCP"
-)") == "t.toml:3:1: listener[0].protocol: unknown key; expected one of \"name\", \"bind\", "
-       "\"target_group\"");
+mode = "tcp"
+)") == "t.toml:3:1: listener[0].mode: unknown key; expected one of \"name\", \"bind\", "
+       "\"target_group\", \"idle_timeout\", \"accept_proxy_protocol\", "
+       "\"proxy_protocol_timeout\"");
     }
     SUBCASE("health check") {
         CHECK(error_of(R"(
@@ -542,7 +543,7 @@ HealthyThresholdCount = 3
 zzz = 1
 aaa = 2
 )") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
-       "\"shutdown_grace\"");
+       "\"shutdown_grace\", \"admin_socket\", \"admin_address\"");
     }
     SUBCASE("unusual key names are quoted in the path") {
         CHECK(error_of(R"(
@@ -1616,4 +1617,166 @@ TEST_CASE("health check: validate covers configs built in memory") {
           "passive_failures: must be an integer from 1 to 100, got 0");
     hc.passive_failures = 1;
     CHECK(validate_error(config) == "<valid>");
+}
+
+// ---------------------------------------------------------------------------------
+// Service-life keys: admin endpoint, idle timeout, PROXY protocol, deregistration, DNS.
+
+TEST_CASE("service-life keys have NLB defaults") {
+    const Config config = loaded(kMinimal);
+    CHECK(config.global.admin_socket == "/run/stickyd/admin.sock");
+    CHECK_FALSE(config.global.admin_address.has_value());
+    const ListenerConfig& listener = config.listeners.at(0);
+    CHECK(listener.idle_timeout == 350s);
+    CHECK_FALSE(listener.accept_proxy_protocol);
+    CHECK(listener.proxy_protocol_timeout == 3s);
+    const TargetGroupConfig& group = config.target_groups.at(0);
+    CHECK(group.deregistration_delay.timeout == 300s);
+    CHECK_FALSE(group.deregistration_delay.connection_termination);
+    CHECK_FALSE(group.proxy_protocol_v2);
+    CHECK_FALSE(group.dns.has_value());
+}
+
+TEST_CASE("service-life keys parse") {
+    const Config config = loaded(R"(
+[global]
+admin_socket = "/tmp/stickyd-admin.sock"
+admin_address = "127.0.0.1:9090"
+
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+idle_timeout = "2s"
+accept_proxy_protocol = true
+proxy_protocol_timeout = "500ms"
+
+[[target_group]]
+name = "web"
+proxy_protocol_v2 = true
+dns = "app-headless.default.svc.cluster.local:8080"
+dns_refresh = "10s"
+
+[target_group.deregistration_delay]
+timeout = 0
+connection_termination = true
+)");
+    CHECK(config.global.admin_socket == "/tmp/stickyd-admin.sock");
+    REQUIRE(config.global.admin_address.has_value());
+    CHECK(config.global.admin_address->to_string() == "127.0.0.1:9090");
+    const ListenerConfig& listener = config.listeners.at(0);
+    CHECK(listener.idle_timeout == 2s);
+    CHECK(listener.accept_proxy_protocol);
+    CHECK(listener.proxy_protocol_timeout == 500ms);
+    const TargetGroupConfig& group = config.target_groups.at(0);
+    CHECK(group.proxy_protocol_v2);
+    CHECK(group.targets.empty());
+    REQUIRE(group.dns.has_value());
+    CHECK(group.dns->name == "app-headless.default.svc.cluster.local");
+    CHECK(group.dns->port == 8080);
+    CHECK(group.dns->refresh == 10s);
+    CHECK(group.deregistration_delay.timeout == 0s);
+    CHECK(group.deregistration_delay.connection_termination);
+}
+
+TEST_CASE("an empty admin_socket turns the unix socket off") {
+    const Config config = loaded(R"(
+[global]
+admin_socket = ""
+
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+)");
+    CHECK(config.global.admin_socket.empty());
+}
+
+TEST_CASE("service-life keys are checked") {
+    constexpr std::string_view kListener = R"(
+[[target_group]]
+name = "web"
+
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+)";
+    auto with = [&](std::string_view extra) { return std::string(kListener) + std::string(extra); };
+    CHECK(error_of(with("idle_timeout = \"0s\"\n")) ==
+          "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 0s");
+    CHECK(error_of(with("idle_timeout = \"2h\"\n")) ==
+          "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 2h");
+    CHECK(error_of(with("accept_proxy_protocol = \"yes\"\n")) ==
+          "t.toml:7:25: listener[0].accept_proxy_protocol: expected true or false, got string "
+          "\"yes\"");
+    CHECK(error_of(with("proxy_protocol_timeout = \"1s\"\n")) ==
+          "t.toml:7:26: listener[0].proxy_protocol_timeout: only applies with "
+          "accept_proxy_protocol = true; set that or remove the key");
+    CHECK(error_of(R"(
+[global]
+admin_socket = "run/admin.sock"
+)") == "t.toml:2:16: global.admin_socket: must be an absolute path, got \"run/admin.sock\"");
+    CHECK(error_of(R"(
+[global]
+admin_address = "localhost:9090"
+)")
+              .starts_with("t.toml:2:17: global.admin_address: "));
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+[target_group.deregistration_delay]
+timeout = "2h"
+)") == "t.toml:4:11: target_group[0].deregistration_delay.timeout: must be a duration from 0s to "
+       "1h, got 2h");
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+[target_group.deregistration_delay]
+timout = "2s"
+)")
+              .starts_with("t.toml:4:1: target_group[0].deregistration_delay.timout: unknown key"));
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+deregistration_delay = 30
+)")
+              .starts_with("t.toml:3:24: target_group[0].deregistration_delay: expected a table"));
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+dns_refresh = "5s"
+)") == "t.toml:3:15: target_group[0].dns_refresh: only applies with dns set; set it or remove "
+       "the key");
+    for (std::string_view bad :
+         {"app", "app:0", "app:65536", ":80", "a..b:80", "a b:80", "app:x"}) {
+        CAPTURE(bad);
+        CHECK(error_of(fmt::format("[[target_group]]\nname = \"web\"\ndns = \"{}\"\n", bad)) ==
+              fmt::format("t.toml:3:7: target_group[0].dns: expected \"NAME:PORT\" such as "
+                          "\"app-headless.default.svc.cluster.local:8080\", got \"{}\"",
+                          bad));
+    }
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+dns = "app:80"
+dns_refresh = "100ms"
+)") == "t.toml:4:15: target_group[0].dns_refresh: must be a duration from 1s to 1h, got 100ms");
+}
+
+TEST_CASE("validate: service-life ranges for configs built in memory") {
+    Config config = cli_config();
+    config.listeners[0].idle_timeout = 0s;
+    CHECK(validate_error(config) ==
+          "<command line>: listener[0].idle_timeout: must be a duration from 1s to 100m, got 0s");
+    config = cli_config();
+    config.target_groups[0].deregistration_delay.timeout = 3601s;
+    CHECK(validate_error(config) ==
+          "<command line>: target_group[0].deregistration_delay.timeout: "
+          "must be a duration from 0s to 1h, got 3601s");
+    config = cli_config();
+    config.global.admin_socket = "/" + std::string(200, 'a');
+    CHECK(validate_error(config) ==
+          "<command line>: global.admin_socket: must be shorter than 108 bytes (a unix socket "
+          "path), got 201");
 }
