@@ -606,7 +606,8 @@ def config_text(listeners, groups, global_=None):
 
     listeners: [{"bind": "127.0.0.1:8000", "target_group": "web"}, ...]
     groups:    [{"name": "web", "connect_timeout": "1s", ...,
-                 "stickiness": {"prefix_v4": 24},          (optional)
+                 "stickiness": {"prefix_v4": 24},          (optional; any dict value
+                 "health_check": {"interval": "200ms"},     becomes a subtable)
                  "targets": [{"id": "backend-1", "address": "...", "weight": 1}, ...]}]
     global_:   {"threads": 2, ...} (defaults below)
     """
@@ -618,10 +619,12 @@ def config_text(listeners, groups, global_=None):
     for group in groups:
         out += ["", "[[target_group]]"]
         out += [f"{k} = {toml_value(v)}" for k, v in group.items()
-                if k not in ("targets", "stickiness")]
-        if "stickiness" in group:
-            out += ["", "[target_group.stickiness]"]
-            out += [f"{k} = {toml_value(v)}" for k, v in group["stickiness"].items()]
+                if k != "targets" and not isinstance(v, dict)]
+        # Subtables: "stickiness", "health_check", "deregistration_delay", ...
+        for key, table in group.items():
+            if isinstance(table, dict):
+                out += ["", f"[target_group.{key}]"]
+                out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         for target in group.get("targets", []):
             out += ["", "[[target_group.target]]"]
             out += [f"{k} = {toml_value(v)}" for k, v in target.items()]
