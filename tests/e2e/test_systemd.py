@@ -130,6 +130,40 @@ def test_ready_status_stopping():
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 
 
+def test_reload_notifies_reloading_then_ready():
+    systemd = FakeSystemd()
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    text = h.simple_config(h.fmt_addr(lb), [backend], group={"health_check": {"enabled": False}})
+    path = h.write_file("reload.toml", text)
+    proc = spawn([h.STICKYD_BIN, "--config", path], {"NOTIFY_SOCKET": systemd.path}, "stickyd")
+    systemd.wait_for("READY")
+
+    # An invalid file: no RELOADING=1, and STATUS= says what is wrong.
+    with open(path, "w") as f:
+        f.write(text.replace("[[listener]]", "[[listener]]\nbogus = 1"))
+    proc.signal(signal.SIGHUP)
+    status = systemd.wait_for("STATUS")
+    while "reload failed" not in status["STATUS"]:
+        status = systemd.wait_for("STATUS")
+    h.expect("bogus: unknown key" in status["STATUS"], f"STATUS= names the key: {status}")
+    h.expect(not any("RELOADING" in m for m in systemd.messages),
+             f"RELOADING=1 for a reload that was refused: {systemd.messages}")
+
+    # A valid one: RELOADING=1 with MONOTONIC_USEC, then READY=1.
+    with open(path, "w") as f:
+        f.write(text)
+    proc.signal(signal.SIGHUP)
+    reloading = systemd.wait_for("RELOADING")
+    h.expect_eq(reloading["RELOADING"], "1", "RELOADING value")
+    h.expect(reloading.get("MONOTONIC_USEC", "").isdigit(), f"MONOTONIC_USEC: {reloading}")
+    ready = systemd.wait_for("READY")
+    h.expect_eq(ready["READY"], "1", "READY after the reload")
+    h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "a request after the reload")
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
 def test_watchdog_pings_and_status_lines():
     systemd = FakeSystemd()
     backend = h.start_backend("echo")
