@@ -19,15 +19,9 @@
 #include "stickyd/config.hpp"
 #include "stickyd/health.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/target_set.hpp"
 
 namespace stickyd {
-
-// Why a target is out of rotation, beyond its health.
-enum class Deregistration : uint8_t {
-    none,
-    drained,  // POST /targets/ID/drain (can be undone with enable)
-    removed,  // gone from the config or from DNS: forgotten once its connections end
-};
 
 // One target as the admin endpoint shows it (copied out of the control thread).
 struct TargetView {
@@ -51,9 +45,8 @@ struct TargetView {
 // Health-check durations of one group, as a Prometheus histogram.
 struct CheckDurationHistogram {
     // Upper bounds in seconds; the last bucket (+Inf) is implicit.
-    static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                         0.05,   0.1,   0.25,   0.5,   1,    2.5,
-                                         5,      10};
+    static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
     static constexpr size_t kBuckets = std::size(kBounds) + 1;
     uint64_t counts[kBuckets] = {};  // not cumulative: counts[i] = in (bound[i-1], bound[i]]
     uint64_t total = 0;
