@@ -19,15 +19,9 @@
 #include "stickyd/config.hpp"
 #include "stickyd/health.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/target_set.hpp"
 
 namespace stickyd {
-
-// Why a target is out of rotation, beyond its health.
-enum class Deregistration : uint8_t {
-    none,
-    drained,  // POST /targets/ID/drain (can be undone with enable)
-    removed,  // gone from the config or from DNS: forgotten once its connections end
-};
 
 // One target as the admin endpoint shows it (copied out of the control thread).
 struct TargetView {

@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <charconv>
 
-#include "stickyd/config.hpp"
-
 namespace stickyd {
 
 std::string_view to_string(HealthState state) {
@@ -198,27 +196,6 @@ std::variant<Matcher, std::string> parse_matcher(std::string_view text) {
     }
     matcher.text_ = std::string(text);
     return matcher;
-}
-
-// ---------------------------------------------------------------------------------
-// Store
-
-HealthStore build_health_store(const Config& config, const HealthStore* previous) {
-    HealthStore store;
-    for (const TargetGroupConfig& group : config.target_groups) {
-        for (const TargetConfig& target : group.targets) {
-            const std::string address = target.address.to_string();
-            TargetKey key{group.name, target.id.empty() ? address : target.id, address};
-            HealthRecord record;
-            if (previous == nullptr) {
-                record.routable_while_initial = true;
-            } else if (auto it = previous->find(key); it != previous->end()) {
-                record = it->second;
-            }
-            store.emplace(std::move(key), record);
-        }
-    }
-    return store;
 }
 
 }  // namespace stickyd

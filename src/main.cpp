@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "health_checker.hpp"
+#include "control.hpp"
 #include "listener.hpp"
 #include "sd_notify.hpp"
 #include "stickyd/config.hpp"
@@ -202,17 +202,11 @@ class Daemon {
     // Binds every listener once per worker before any thread starts, so a port
     // clash is reported and nothing is half-running.
     bool start() {
-        std::map<std::string, RouteSlot*> slots;
-        for (const auto& group : config_.target_groups) {
-            auto slot = std::make_unique<RouteSlot>(build_routing_table(group));
-            slots.emplace(group.name, slot.get());
-            slots_.emplace(group.name, std::move(slot));
-        }
         // Before the workers: they must start from the health-aware snapshots.
         try {
-            checker_ = std::make_unique<HealthChecker>(
-                config_, slots, build_health_store(config_, nullptr), [this] {
-                    for (auto& worker : workers_) worker->terminate({});
+            control_ = std::make_unique<Control>(
+                config_, [this](std::vector<std::shared_ptr<TargetStats>> targets) {
+                    for (auto& worker : workers_) worker->terminate(targets);
                 });
         } catch (const std::exception& e) {
             print_error(e.what());
@@ -228,7 +222,7 @@ class Daemon {
             }
         }
         for (const auto& listener : config_.listeners) {
-            RouteSlot* slot = slots_.at(listener.target_group).get();
+            RouteSlot* slot = control_->slot(listener.target_group);
             for (unsigned w = 0; w < count; ++w) {
                 std::string error;
                 int fd = open_listener(listener.bind, error);
@@ -262,7 +256,7 @@ class Daemon {
                 }
             });
         }
-        checker_->start();
+        control_->start();
         for (const auto& listener : config_.listeners) {
             log::info("listening on {} -> target group '{}' ({} workers)",
                       listener.bind.to_string(), listener.target_group, count);
@@ -277,7 +271,7 @@ class Daemon {
     // Waits for the workers; a worker that dies takes the daemon down with it.
     int join() {
         for (auto& thread : threads_) thread.join();
-        if (checker_) checker_->stop();
+        if (control_) control_->stop();
         return failed_ ? kExitConfig : kExitOk;
     }
 
@@ -317,9 +311,8 @@ class Daemon {
     Config config_;
     WorkerOptions worker_options_;
     std::vector<uint64_t> last_beats_;
-    std::map<std::string, std::unique_ptr<RouteSlot>> slots_;
     std::vector<std::unique_ptr<Worker>> workers_;
-    std::unique_ptr<HealthChecker> checker_;  // after workers_: destroyed first
+    std::unique_ptr<Control> control_;  // after workers_: destroyed first
     std::vector<std::thread> threads_;
     std::atomic<bool> failed_{false};
 };

@@ -42,7 +42,7 @@ uint64_t RoutingTable::key_hash(const IpKey& client) const {
 }
 
 uint32_t RoutingTable::pick(uint64_t hash, unsigned attempt) const {
-    if (!balancer) return kNoMember;
+    if (!balancer || no_target) return kNoMember;
     return balancer->pick(hash, usable, attempt);
 }
 

@@ -1,10 +1,10 @@
 // Target health, as pure logic: the rise/fall policy, the HTTP status-line parser,
-// the success-code matcher, and the store that carries health across reloads.
-// Nothing here does I/O; the checker (src/health_checker.cpp) feeds it results.
+// and the success-code matcher. Nothing here does I/O; the control thread
+// (src/control.cpp) feeds it results and carries records across reloads
+// (stickyd/target_set.hpp).
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,8 +13,6 @@
 #include <vector>
 
 namespace stickyd {
-
-struct Config;
 
 // NLB target health states (DescribeTargetHealth's State).
 enum class HealthState : uint8_t {
@@ -108,25 +106,5 @@ inline constexpr int kMaxMatcherCode = 599;
 
 // A Matcher, or what is wrong with `text` (no trailing period, for config errors).
 std::variant<Matcher, std::string> parse_matcher(std::string_view text);
-
-// ---------------------------------------------------------------------------------
-// The health store: health state keyed by what makes a target "the same target".
-
-// A target is carried over a reload only when group, id and address all match: a
-// changed address is a different backend, whatever its id says.
-struct TargetKey {
-    std::string group;
-    std::string id;
-    std::string address;  // normalised "ip:port"
-
-    friend auto operator<=>(const TargetKey&, const TargetKey&) = default;
-};
-
-using HealthStore = std::map<TargetKey, HealthRecord>;
-
-// The store for `config`. Targets that `previous` knows keep their record; the rest
-// start `initial`. previous == nullptr means the daemon is starting: every target
-// is then routable while initial (see HealthRecord).
-HealthStore build_health_store(const Config& config, const HealthStore* previous);
 
 }  // namespace stickyd

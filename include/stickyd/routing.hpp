@@ -70,6 +70,9 @@ struct RoutingTable {
     Duration connect_timeout{2000};
     unsigned connect_retries = 2;
     bool proxy_protocol_v2 = false;  // send a PROXY v2 header first on every connection
+    // Every member is drained: there is nothing to fail open to, so pick() returns
+    // kNoMember instead of the usual walk over all members.
+    bool no_target = false;
     // Shared by every snapshot of the group; nullptr when passive checking is off.
     std::shared_ptr<PassiveHealth> passive;
     // Per target (same order): how many times it was turned unhealthy with
