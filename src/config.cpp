@@ -672,7 +672,8 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
-                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target"});
+                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
+                   "proxy_protocol_v2"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -692,6 +693,7 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     if (auto v = r.boolean("connection_termination_on_unhealthy")) {
         group.connection_termination_on_unhealthy = *v;
     }
+    if (auto v = r.boolean("proxy_protocol_v2")) group.proxy_protocol_v2 = *v;
     if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
         group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
     }
