@@ -1180,7 +1180,7 @@ void Control::Loop::publish(Group& group) {
             "target group '{}': no target is healthy; failing open: routing to all {} targets "
             "in service as if they were healthy",
             name, std::count(table.usable.begin(), table.usable.end(), 1));
-    } else if (!routing.failing_open && group.failing_open) {
+    } else if (!routing.failing_open && group.failing_open && routing.usable > 0) {
         log::warn("target group '{}': {} of {} targets healthy again; no longer failing open", name,
                   routing.usable, table.targets.size());
     }

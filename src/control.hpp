@@ -98,7 +98,9 @@ class Control {
     void start();
     void stop();  // idempotent; cancels every check and joins the thread
 
-    // Thread-safe, each returns once the control thread has applied it.
+    // Thread-safe, each returns once the control thread has applied it. Before
+    // start() and after stop() they run on the caller's thread instead (nothing else
+    // touches the state then). Never call them from a Terminate callback.
     // A reload with an already validated config: targets that stay keep their health,
     // stats and connections; new ones start `initial` (routable after their first
     // passed check); removed ones deregister with their group's delay. Groups that

@@ -37,7 +37,7 @@ enum class Op : uint8_t {
     recv_target,      // recv from the target (downstream flow)
     send_target,      // send to the target (upstream flow)
     send_client,      // send to the client (downstream flow)
-    // The health checker's ring (src/health_checker.cpp); slot = checked target.
+    // The control thread's ring (src/control.cpp); slot = the check's probe.
     check_wake,     // eventfd read: stop, or passive failures to look at
     check_tick,     // the timer for the next scheduled check
     check_connect,  // connect to the checked target

@@ -1,0 +1,417 @@
+// The control thread's commands. Most cases run before start(), when commands
+// execute inline on the caller (the same code the thread runs); the timer and
+// health-check cases start the thread and use real loopback sockets.
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "src/control.hpp"
+#include "stickyd/proxy_protocol.hpp"
+
+using namespace stickyd;
+using namespace std::chrono_literals;
+
+namespace {
+
+SocketAddress addr(const std::string& text) {
+    auto parsed = SocketAddress::parse(text);
+    REQUIRE(parsed.has_value());
+    return *parsed;
+}
+
+TargetGroupConfig group(const std::string& name,
+                        std::vector<std::pair<std::string, std::string>> targets) {
+    TargetGroupConfig g;
+    g.name = name;
+    for (auto& [id, address] : targets) g.targets.push_back({id, addr(address), 1});
+    g.health_check.interval = Duration{3600000};  // no check runs during a test
+    g.deregistration_delay.timeout = Duration{300000};
+    return g;
+}
+
+Config two_groups() {
+    Config c;
+    c.target_groups = {group("web", {{"web-1", "127.0.0.1:9001"},
+                                     {"web-2", "127.0.0.1:9002"},
+                                     {"shared", "127.0.0.1:9003"}}),
+                       group("api", {{"api-1", "127.0.0.1:9101"}, {"shared", "127.0.0.1:9103"}})};
+    return c;
+}
+
+const TargetView* target_in(const ControlView& view, std::string_view g, std::string_view id) {
+    const GroupView* gv = view.find(g);
+    REQUIRE(gv != nullptr);
+    for (const TargetView& t : gv->targets)
+        if (t.id == id) return &t;
+    return nullptr;
+}
+
+bool usable_in_table(const RoutingTable& table, std::string_view id) {
+    for (size_t i = 0; i < table.targets.size(); ++i)
+        if (table.targets[i].id == id) return table.usable[i] != 0;
+    return false;
+}
+
+bool in_table(const RoutingTable& table, std::string_view id) {
+    for (const auto& t : table.targets)
+        if (t.id == id) return true;
+    return false;
+}
+
+// Records every terminate call.
+struct Terminations {
+    std::mutex mutex;
+    std::vector<std::shared_ptr<TargetStats>> seen;
+    Control::Terminate callback() {
+        return [this](std::vector<std::shared_ptr<TargetStats>> stats) {
+            std::lock_guard lock(mutex);
+            seen.insert(seen.end(), stats.begin(), stats.end());
+        };
+    }
+    bool contains(const std::shared_ptr<TargetStats>& stats) {
+        std::lock_guard lock(mutex);
+        return std::find(seen.begin(), seen.end(), stats) != seen.end();
+    }
+    size_t size() {
+        std::lock_guard lock(mutex);
+        return seen.size();
+    }
+};
+
+template <typename F>
+bool eventually(F condition) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (condition()) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return condition();
+}
+
+}  // namespace
+
+TEST_CASE("control: check-duration histogram buckets") {
+    CheckDurationHistogram h;
+    h.observe(0.0001);  // first bucket
+    h.observe(0.0005);  // on a bound: that bucket
+    h.observe(0.003);   // (0.0025, 0.005]
+    h.observe(10);      // last finite bound
+    h.observe(11);      // +Inf
+    CHECK(h.counts[0] == 2);
+    CHECK(h.counts[3] == 1);
+    CHECK(h.counts[std::size(CheckDurationHistogram::kBounds) - 1] == 1);
+    CHECK(h.counts[CheckDurationHistogram::kBuckets - 1] == 1);
+    CHECK(h.total == 5);
+    CHECK(h.sum_seconds == doctest::Approx(21.0036));
+}
+
+TEST_CASE("control: start publishes every group with all targets routable") {
+    Control control(two_groups(), nullptr);
+    CHECK(control.slot("nope") == nullptr);
+    auto web = control.slot("web")->load();
+    REQUIRE(web != nullptr);
+    CHECK(web->targets.size() == 3);
+    CHECK(web->usable == std::vector<uint8_t>{1, 1, 1});
+    CHECK(web->passive != nullptr);
+    auto view = control.view();
+    REQUIRE(view->groups.size() == 2);
+    CHECK(view->groups[0].name == "web");
+    CHECK(view->groups[1].name == "api");
+    CHECK(view->groups[0].table == web);
+    const TargetView* t = target_in(*view, "web", "web-2");
+    REQUIRE(t != nullptr);
+    CHECK(t->state == HealthState::initial);
+    CHECK(t->usable);
+    CHECK(t->deregistration == Deregistration::none);
+    CHECK(!t->deregistration_deadline);
+    CHECK(t->stats == web->targets[2].stats);
+}
+
+TEST_CASE("control: drain and enable") {
+    Control control(two_groups(), nullptr);
+    auto before = control.slot("web")->load();
+
+    auto drained = control.drain("web", "web-2");
+    CHECK(drained.result == AdminChange::Result::ok);
+    CHECK(drained.message ==
+          "target group 'web': target web-2 (127.0.0.1:9002) is draining: deregistered via admin "
+          "API; its 0 connections get 300 s");
+    auto table = control.slot("web")->load();
+    CHECK(table != before);
+    CHECK(table->balancer == before->balancer);  // still a member: its keys come back
+    CHECK_FALSE(usable_in_table(*table, "web-2"));
+    CHECK(usable_in_table(*table, "web-1"));
+    auto view = control.view();
+    const TargetView* t = target_in(*view, "web", "web-2");
+    CHECK(t->deregistration == Deregistration::drained);
+    CHECK_FALSE(t->usable);
+    REQUIRE(t->deregistration_deadline);
+    CHECK(*t->deregistration_deadline > std::chrono::system_clock::now() + 200s);
+
+    auto again = control.drain("web", "web-2");
+    CHECK(again.result == AdminChange::Result::ok);
+    CHECK(again.message == "target group 'web': target web-2 (127.0.0.1:9002) is already draining");
+    CHECK(control.slot("web")->load() == table);  // nothing changed: nothing published
+
+    auto enabled = control.enable("", "web-2");  // unique across groups
+    CHECK(enabled.result == AdminChange::Result::ok);
+    CHECK(enabled.message ==
+          "target group 'web': target web-2 (127.0.0.1:9002) is enabled via admin API: takes new "
+          "connections");
+    auto after = control.slot("web")->load();
+    CHECK(after->usable == before->usable);
+    CHECK(after->balancer == before->balancer);
+    CHECK(!target_in(*control.view(), "web", "web-2")->deregistration_deadline);
+
+    auto twice = control.enable("web", "web-2");
+    CHECK(twice.result == AdminChange::Result::ok);
+    CHECK(twice.message == "target group 'web': target web-2 (127.0.0.1:9002) is already enabled");
+}
+
+TEST_CASE("control: admin errors name the problem") {
+    Control control(two_groups(), nullptr);
+    auto unknown_group = control.drain("db", "web-1");
+    CHECK(unknown_group.result == AdminChange::Result::unknown_group);
+    CHECK(unknown_group.message == "no target group 'db'");
+    auto unknown_target = control.enable("web", "api-1");
+    CHECK(unknown_target.result == AdminChange::Result::unknown_target);
+    CHECK(unknown_target.message == "target group 'web' has no target 'api-1'");
+    auto nowhere = control.drain("", "ghost");
+    CHECK(nowhere.result == AdminChange::Result::unknown_target);
+    CHECK(nowhere.message == "no target 'ghost' in any target group");
+    auto ambiguous = control.drain("", "shared");
+    CHECK(ambiguous.result == AdminChange::Result::ambiguous);
+    CHECK(ambiguous.message ==
+          "target 'shared' is in several target groups ('web', 'api'); name the target group");
+    CHECK(control.drain("api", "shared").result == AdminChange::Result::ok);
+    CHECK(target_in(*control.view(), "web", "shared")->deregistration == Deregistration::none);
+}
+
+TEST_CASE("control: draining every target leaves nothing to fail open to") {
+    Config c;
+    c.target_groups = {group("web", {{"a", "127.0.0.1:9001"}, {"b", "127.0.0.1:9002"}})};
+    Control control(c, nullptr);
+    control.drain("web", "a");
+    CHECK_FALSE(control.slot("web")->load()->no_target);
+    control.drain("web", "b");
+    auto table = control.slot("web")->load();
+    CHECK(table->no_target);
+    CHECK(table->pick(42, 0) == kNoMember);
+    CHECK_FALSE(control.view()->groups[0].failing_open);
+    control.enable("web", "a");
+    table = control.slot("web")->load();
+    CHECK_FALSE(table->no_target);
+    CHECK(table->targets[table->pick(42, 0)].id == "a");
+}
+
+TEST_CASE("control: reload keeps, adds and removes targets and groups") {
+    Config c = two_groups();
+    Control control(c, nullptr);
+    auto web1_stats = target_in(*control.view(), "web", "web-1")->stats;
+    control.drain("web", "web-2");
+    RouteSlot* api_slot = control.slot("api");
+
+    Config next = c;
+    next.target_groups[0].targets = {{"web-1", addr("127.0.0.1:9001"), 1},
+                                     {"web-2", addr("127.0.0.1:9002"), 1},
+                                     {"web-4", addr("127.0.0.1:9004"), 1}};
+    next.target_groups[0].proxy_protocol_v2 = true;
+    next.target_groups[0].stickiness.prefix_v4 = 24;
+    next.target_groups.pop_back();  // api goes
+    next.target_groups.push_back(group("db", {{"db-1", "127.0.0.1:9201"}}));
+    control.apply(next);
+
+    auto web = control.slot("web")->load();
+    CHECK(web->proxy_protocol_v2);
+    CHECK(web->prefix_v4 == 24);
+    CHECK(in_table(*web, "web-1"));
+    CHECK_FALSE(in_table(*web, "shared"));  // removed: out of the balancer at once
+    CHECK(in_table(*web, "web-4"));
+    CHECK_FALSE(usable_in_table(*web, "web-4"));  // waits for its first passed check
+    CHECK(usable_in_table(*web, "web-1"));
+    CHECK(target_in(*control.view(), "web", "web-1")->stats == web1_stats);
+    CHECK(web->targets[0].id == "web-1");
+    CHECK(web->targets[0].stats == web1_stats);
+
+    auto view = control.view();
+    REQUIRE(view->groups.size() == 3);
+    CHECK(view->groups[0].name == "web");
+    CHECK(view->groups[1].name == "db");
+    CHECK(view->groups[2].name == "api");  // still deregistering its targets
+    CHECK(target_in(*view, "web", "web-2")->deregistration == Deregistration::drained);
+    CHECK(target_in(*view, "web", "shared")->deregistration == Deregistration::removed);
+    CHECK(target_in(*view, "web", "shared")->deregistration_deadline);
+    CHECK(target_in(*view, "web", "web-4")->state == HealthState::initial);
+    CHECK(target_in(*view, "api", "api-1")->deregistration == Deregistration::removed);
+    CHECK(control.slot("api") == api_slot);  // stable
+    CHECK(control.slot("api")->load()->targets.empty());
+    REQUIRE(control.slot("db") != nullptr);
+    CHECK(control.slot("db")->load()->targets.size() == 1);
+
+    // Enabling a removed target is refused; draining it again says what it is.
+    auto enable_removed = control.enable("web", "shared");
+    CHECK(enable_removed.result == AdminChange::Result::unknown_target);
+    CHECK(enable_removed.message ==
+          "target group 'web': target shared (127.0.0.1:9003) was removed from the "
+          "configuration; only a registered target can be enabled");
+    CHECK(control.drain("web", "shared").message ==
+          "target group 'web': target shared (127.0.0.1:9003) is already deregistering (removed)");
+
+    // Back within the delay: kept, with its stats.
+    auto shared_stats = target_in(*control.view(), "web", "shared")->stats;
+    control.apply(c);
+    view = control.view();
+    CHECK(view->groups.size() == 3);  // db is deregistering now
+    CHECK(view->groups[1].name == "api");
+    CHECK(target_in(*view, "web", "shared")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "shared")->stats == shared_stats);
+    CHECK(target_in(*view, "api", "api-1")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "web-2")->deregistration == Deregistration::drained);
+    CHECK(control.slot("api") == api_slot);
+    CHECK(control.slot("api")->load()->targets.size() == 2);
+    CHECK_FALSE(control.slot("web")->load()->proxy_protocol_v2);
+}
+
+TEST_CASE("control: an unchanged reload publishes nothing") {
+    Config c = two_groups();
+    Control control(c, nullptr);
+    auto web = control.slot("web")->load();
+    control.apply(c);
+    CHECK(control.slot("web")->load() == web);
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    control.apply(c);
+    auto maglev = control.slot("web")->load();
+    CHECK(maglev != web);
+    CHECK(maglev->balancer->algorithm() == "maglev");
+}
+
+TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for the view") {
+    Config c;
+    c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
+    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    Control control(c, nullptr);
+    control.set_discovered("web",
+                           {addr("127.0.0.2:80"), addr("127.0.0.3:80"), addr("127.0.0.2:80")});
+    auto view = control.view();
+    REQUIRE(view->groups[0].targets.size() == 3);
+    const TargetView* found = target_in(*view, "web", "127.0.0.2:80");
+    REQUIRE(found != nullptr);
+    CHECK(found->discovered);
+    CHECK_FALSE(found->usable);  // added at runtime: initial until its first pass
+    CHECK(view->groups[0].dns_error == std::nullopt);
+
+    control.set_discovery_error("web", "web.local: NXDOMAIN");
+    view = control.view();
+    CHECK(view->groups[0].dns_error == "web.local: NXDOMAIN");
+    CHECK(view->groups[0].targets.size() == 3);
+
+    control.set_discovered("web", {addr("127.0.0.3:80")});
+    view = control.view();
+    CHECK(view->groups[0].dns_error == std::nullopt);
+    CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::removed);
+    CHECK(target_in(*view, "web", "127.0.0.3:80")->deregistration == Deregistration::none);
+    CHECK_FALSE(in_table(*control.slot("web")->load(), "127.0.0.2:80"));
+
+    control.set_discovered("nope", {addr("127.0.0.9:80")});  // unknown group: ignored
+    CHECK(control.view()->groups.size() == 1);
+}
+
+TEST_CASE("control: deregistration deadlines reset connections, then removed targets go") {
+    Terminations terminations;
+    Config c;
+    c.target_groups = {
+        group("web", {{"a", "127.0.0.1:9001"}, {"b", "127.0.0.1:9002"}, {"c", "127.0.0.1:9003"}})};
+    c.target_groups[0].health_check.enabled = false;
+    c.target_groups[0].deregistration_delay.timeout = Duration{200};
+    Control control(c, terminations.callback());
+    control.start();
+    auto view = control.view();
+    auto a_stats = target_in(*view, "web", "a")->stats;
+    auto b_stats = target_in(*view, "web", "b")->stats;
+    auto c_stats = target_in(*view, "web", "c")->stats;
+
+    control.drain("web", "a");
+    REQUIRE(eventually([&] { return terminations.contains(a_stats); }));
+    view = control.view();
+    CHECK(target_in(*view, "web", "a")->deregistration == Deregistration::drained);
+    CHECK(!target_in(*view, "web", "a")->deregistration_deadline);
+
+    // Drained then enabled before the delay ends: no reset.
+    Config slow = c;
+    slow.target_groups[0].deregistration_delay.timeout = Duration{3600000};
+    control.apply(slow);
+    control.drain("web", "b");
+    control.enable("web", "b");
+
+    Config without_c = c;
+    without_c.target_groups[0].targets.pop_back();
+    without_c.target_groups[0].deregistration_delay.connection_termination = true;
+    control.apply(without_c);
+    REQUIRE(eventually([&] { return terminations.contains(c_stats); }));
+    REQUIRE(eventually([&] { return target_in(*control.view(), "web", "c") == nullptr; }));
+    CHECK_FALSE(terminations.contains(b_stats));
+    CHECK(terminations.size() == 2);
+    control.stop();
+    // Commands still work once stopped.
+    CHECK(control.enable("web", "a").result == AdminChange::Result::ok);
+}
+
+TEST_CASE("control: health checks of a proxy_protocol_v2 group start with a LOCAL header") {
+    const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listener >= 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&sin), sizeof sin) == 0);
+    REQUIRE(::listen(listener, 16) == 0);
+    socklen_t len = sizeof sin;
+    REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&sin), &len) == 0);
+    const std::string address = "127.0.0.1:" + std::to_string(ntohs(sin.sin_port));
+
+    Config c;
+    c.target_groups = {group("web", {{"a", address}})};
+    c.target_groups[0].proxy_protocol_v2 = true;
+    c.target_groups[0].health_check.interval = Duration{200};
+    c.target_groups[0].health_check.timeout = Duration{100};
+    Control control(c, nullptr);
+    control.start();
+
+    pollfd pfd{listener, POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 20000) == 1);
+    const int conn = ::accept(listener, nullptr, nullptr);
+    REQUIRE(conn >= 0);
+    std::string received;
+    char buffer[64];
+    for (;;) {
+        pollfd cp{conn, POLLIN, 0};
+        REQUIRE(::poll(&cp, 1, 20000) == 1);
+        const ssize_t n = ::read(conn, buffer, sizeof buffer);
+        if (n <= 0) break;  // the checker's FIN after the header
+        received.append(buffer, static_cast<size_t>(n));
+    }
+    ::close(conn);
+    const auto local = proxy::encode_v2_local();
+    CHECK(received ==
+          std::string(reinterpret_cast<const char*>(local.view().data()), local.view().size()));
+
+    REQUIRE(eventually([&] {
+        auto view = control.view();
+        const TargetView* t = target_in(*view, "web", "a");
+        return t->last_check_passed == true && view->groups[0].check_durations.total > 0;
+    }));
+    auto view = control.view();
+    const TargetView* t = target_in(*view, "web", "a");
+    CHECK(t->state == HealthState::healthy);
+    CHECK(t->last_check_reason == "connected");
+    CHECK(t->last_check_at.time_since_epoch().count() > 0);
+    control.stop();
+    ::close(listener);
+}
