@@ -1,6 +1,9 @@
 // stickyctl: answers "who gets this client", "how is the keyspace shared" and
 // "what would this change move" from a configuration file, computed exactly from
-// the same tables the daemon builds (see src/ring_report.hpp).
+// the same tables the daemon builds (see src/ring_report.hpp); and asks a running
+// daemon the same through its admin endpoint (src/admin_render.hpp documents the
+// JSON), plus its status and drain/enable. Offline and remote answers are the same
+// documents, printed by the same code.
 #include <fmt/core.h>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "src/admin_client.hpp"
+#include "src/admin_render.hpp"
 #include "src/ring_report.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
@@ -18,8 +23,6 @@
 
 namespace stickyd {
 namespace {
-
-using Json = nlohmann::ordered_json;
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
@@ -33,16 +36,32 @@ struct UserError : std::runtime_error {
 
 struct Common {
     std::string config_path;
+    std::string admin = kDefaultAdminSocket;
     std::string group;
     bool json = false;
 };
 
-void add_common(CLI::App* command, Common& common) {
-    command->add_option("--config,-c", common.config_path, "stickyd configuration file")
-        ->required();
-    command->add_option("--group,-g", common.group,
-                        "Target group (default: the only one in the configuration)");
+void add_group_and_json(CLI::App* command, Common& common, const char* group_help) {
+    command->add_option("--group,-g", common.group, group_help);
     command->add_flag("--json", common.json, "Print JSON for scripts instead of tables");
+}
+
+// ring and lookup: from a config file (offline) or from a running daemon.
+void add_config_or_admin(CLI::App* command, Common& common) {
+    auto* config = command->add_option("--config,-c", common.config_path,
+                                       "Answer offline from this stickyd configuration file");
+    auto* admin = command->add_option("--admin", common.admin,
+                                      "Ask the daemon at this unix socket PATH or HOST:PORT "
+                                      "(default /run/stickyd/admin.sock)");
+    config->excludes(admin);
+    add_group_and_json(command, common, "Target group (default: the only one)");
+}
+
+void add_admin(CLI::App* command, Common& common, const char* group_help) {
+    command->add_option("--admin", common.admin,
+                        "The daemon's admin unix socket PATH or HOST:PORT "
+                        "(default /run/stickyd/admin.sock)");
+    add_group_and_json(command, common, group_help);
 }
 
 const TargetGroupConfig& load_group(const Common& common, Config& storage) {
@@ -52,6 +71,34 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
     const GroupChoice choice = choose_group(storage, common.group);
     if (!choice.group) throw UserError(choice.error);
     return *choice.group;
+}
+
+// One request to the daemon; a non-2xx answer becomes the daemon's own one-line error.
+Json ask(const Common& common, const std::string& method, const std::string& target) {
+    AdminResponse response;
+    try {
+        response = admin_request(common.admin, method, target);
+    } catch (const AdminUnreachable& e) {
+        throw UserError(e.what());
+    }
+    Json body;
+    try {
+        body = Json::parse(response.body);
+    } catch (const Json::parse_error&) {
+        throw UserError(fmt::format("the admin endpoint at {} answered HTTP {} without JSON",
+                                    common.admin, response.status));
+    }
+    if (response.status < 200 || response.status > 299) {
+        const std::string error = body.contains("error") && body["error"].is_string()
+                                      ? body["error"].get<std::string>()
+                                      : body.dump();
+        throw UserError(error);
+    }
+    return body;
+}
+
+std::string group_query(const Common& common, char first) {
+    return common.group.empty() ? "" : fmt::format("{}group={}", first, url_encode(common.group));
 }
 
 std::string percent(double share) {
@@ -74,6 +121,16 @@ size_t id_width(const std::vector<std::string>& ids, size_t heading) {
     return width;
 }
 
+std::string describe_algorithm(const Json& ring) {
+    if (ring["algorithm"] == "maglev") {
+        return ring.contains("table_size")
+                   ? fmt::format("maglev, table size {}", ring["table_size"].get<uint64_t>())
+                   : std::string("maglev");
+    }
+    return fmt::format("ring, {} points per unit of weight",
+                       ring["points_per_weight"].get<uint64_t>());
+}
+
 std::string describe_algorithm(const TargetGroupConfig& group) {
     if (group.algorithm == Algorithm::maglev) {
         return fmt::format("maglev, table size {}", group.maglev_table_size);
@@ -81,95 +138,198 @@ std::string describe_algorithm(const TargetGroupConfig& group) {
     return fmt::format("ring, {} points per unit of weight", kRingPointsPerWeight);
 }
 
-int run_ring(const Common& common) {
-    Config config;
-    const TargetGroupConfig& group = load_group(common, config);
-    const auto table = build_routing_table(group);
-    const std::vector<double> shares = table->balancer->shares();
-    const std::vector<Member>& members = table->balancer->members();
-    const ShareSummary summary = summarize_shares(shares);
-
-    if (common.json) {
-        Json out{{"group", group.name}, {"algorithm", table->balancer->algorithm()}};
-        if (group.algorithm == Algorithm::maglev) {
-            out["table_size"] = group.maglev_table_size;
-        } else {
-            out["points_per_weight"] = kRingPointsPerWeight;
-        }
-        Json targets = Json::array();
-        for (size_t i = 0; i < members.size(); ++i) {
-            targets.push_back({{"id", members[i].id},
-                               {"address", table->targets[i].address.to_string()},
-                               {"weight", members[i].weight},
-                               {"share", shares[i]}});
-        }
-        out["targets"] = std::move(targets);
-        out["min"] = summary.min;
-        out["max"] = summary.max;
-        out["mean"] = summary.mean;
-        out["max_over_mean"] = summary.max_over_mean;
-        fmt::print("{}\n", out.dump(2));
-        return kExitOk;
-    }
-
+// The /ring document as a table with bars; the same for a config and a daemon.
+void print_ring(const Json& ring) {
+    const Json& targets = ring["targets"];
     std::vector<std::string> ids;
-    for (const Member& m : members) ids.push_back(m.id);
+    for (const Json& t : targets) ids.push_back(t["id"].get<std::string>());
     const size_t w = id_width(ids, 6);
-    fmt::print("group {} ({}), {} targets\n\n", group.name, describe_algorithm(group),
-               members.size());
+    const double max = ring["max"].get<double>();
+    fmt::print("group {} ({}), {} targets\n\n", ring["group"].get<std::string>(),
+               describe_algorithm(ring), targets.size());
     fmt::print("{:<{}}  {:>6}  {:>8}\n", "TARGET", w, "WEIGHT", "SHARE");
-    for (size_t i = 0; i < members.size(); ++i) {
-        fmt::print("{:<{}}  {:>6}  {:>8}  {}\n", members[i].id, w, members[i].weight,
-                   percent(shares[i]), bar(shares[i], summary.max));
+    for (const Json& t : targets) {
+        const double share = t["share"].get<double>();
+        fmt::print("{:<{}}  {:>6}  {:>8}  {}\n", t["id"].get<std::string>(), w,
+                   t["weight"].get<uint64_t>(), percent(share), bar(share, max));
     }
-    fmt::print("\nmin {}  max {}  max/mean {:.4f}\n", percent(summary.min), percent(summary.max),
-               summary.max_over_mean);
+    fmt::print("\nmin {}  max {}  max/mean {:.4f}\n", percent(ring["min"].get<double>()),
+               percent(max), ring["max_over_mean"].get<double>());
+}
+
+void print_json(const Json& doc) {
+    fmt::print("{}\n", doc.dump(2));
+}
+
+int run_ring(const Common& common) {
+    Json ring;
+    if (!common.config_path.empty()) {
+        Config config;
+        const TargetGroupConfig& group = load_group(common, config);
+        ring = ring_document(*build_routing_table(group), group.maglev_table_size);
+    } else {
+        ring = ask(common, "GET", "/ring" + group_query(common, '?'));
+    }
+    if (common.json) {
+        print_json(ring);
+    } else {
+        print_ring(ring);
+    }
     return kExitOk;
 }
 
-int run_lookup(const Common& common, const std::vector<std::string>& ips) {
-    Config config;
-    const TargetGroupConfig& group = load_group(common, config);
-    const auto table = build_routing_table(group);
-
-    // Every IP is checked before anything is printed: no half answers.
-    std::vector<Lookup> lookups;
-    for (const std::string& ip : ips) {
-        std::optional<Lookup> found = lookup_ip(*table, ip);
-        if (!found) {
-            throw UserError(fmt::format(
-                "lookup: \"{}\" is not an IP address (expected e.g. 192.0.2.1 or 2001:db8::1)",
-                ip));
-        }
-        lookups.push_back(std::move(*found));
+// The /lookup document as a table; a daemon's answer also says why.
+void print_lookups(const Json& doc, bool with_reason) {
+    std::vector<std::string> ids, ips, keys;
+    for (const Json& l : doc["lookups"]) {
+        ids.push_back(l["owner"].get<std::string>());
+        ids.push_back(l["chosen"].get<std::string>());
+        ips.push_back(l["ip"].get<std::string>());
+        keys.push_back(l["key"].get<std::string>());
     }
-
-    if (common.json) {
-        Json list = Json::array();
-        for (const Lookup& l : lookups) {
-            list.push_back({{"ip", l.ip},
-                            {"key", l.key},
-                            {"owner", table->targets[l.owner].id},
-                            {"chosen", table->targets[l.chosen].id},
-                            {"address", table->targets[l.chosen].address.to_string()}});
+    std::vector<std::string> addresses;
+    for (const Json& l : doc["lookups"]) addresses.push_back(l["address"].get<std::string>());
+    const size_t wi = id_width(ips, 2), wk = id_width(keys, 3), wt = id_width(ids, 6),
+                 wa = id_width(addresses, 7);
+    if (with_reason) {
+        fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", "IP", wi, "KEY", wk, "OWNER", wt,
+                   "CHOSEN", wt, "ADDRESS", wa, "REASON");
+    } else {
+        fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", "IP", wi, "KEY", wk, "OWNER", wt,
+                   "CHOSEN", wt, "ADDRESS");
+    }
+    for (const Json& l : doc["lookups"]) {
+        const std::string line =
+            fmt::format("{:<{}}  {:<{}}  {:<{}}  {:<{}}  ", l["ip"].get<std::string>(), wi,
+                        l["key"].get<std::string>(), wk, l["owner"].get<std::string>(), wt,
+                        l["chosen"].get<std::string>(), wt);
+        if (with_reason) {
+            fmt::print("{}{:<{}}  {}\n", line, l["address"].get<std::string>(), wa,
+                       l["reason"].get<std::string>());
+        } else {
+            fmt::print("{}{}\n", line, l["address"].get<std::string>());
         }
-        fmt::print("{}\n", Json{{"group", group.name}, {"lookups", std::move(list)}}.dump(2));
+    }
+}
+
+int run_lookup(const Common& common, const std::vector<std::string>& ips) {
+    Json doc;
+    const bool offline = !common.config_path.empty();
+    if (offline) {
+        Config config;
+        const TargetGroupConfig& group = load_group(common, config);
+        const auto table = build_routing_table(group);
+        // Every IP is checked before anything is printed: no half answers.
+        std::vector<LookupAnswer> answers;
+        for (const std::string& ip : ips) {
+            std::optional<LookupAnswer> found = explain_lookup(*table, {}, ip);
+            if (!found) {
+                throw UserError(
+                    fmt::format("lookup: \"{}\" is not an IP address (expected e.g. 192.0.2.1 or "
+                                "2001:db8::1)",
+                                ip));
+            }
+            answers.push_back(std::move(*found));
+        }
+        doc = lookup_document(*table, answers);
+    } else {
+        std::string target = "/lookup?";
+        for (const std::string& ip : ips) target += "ip=" + url_encode(ip) + "&";
+        target.pop_back();
+        doc = ask(common, "GET", target + group_query(common, '&'));
+    }
+    if (common.json) {
+        print_json(doc);
+    } else {
+        print_lookups(doc, !offline);
+    }
+    return kExitOk;
+}
+
+std::string human_bytes(uint64_t n) {
+    static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = static_cast<double>(n);
+    size_t unit = 0;
+    while (v >= 1024 && unit + 1 < std::size(kUnits)) {
+        v /= 1024;
+        ++unit;
+    }
+    return unit == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, kUnits[unit]);
+}
+
+std::string last_check(const Json& t) {
+    const Json& check = t["last_check"];
+    if (check.is_null()) return "-";
+    return fmt::format("{} in {:.1f} ms: {}", check["passed"].get<bool>() ? "passed" : "failed",
+                       check["duration_seconds"].get<double>() * 1000,
+                       check["reason"].get<std::string>());
+}
+
+int run_status(const Common& common) {
+    const Json status = ask(common, "GET", "/status");
+    if (common.json) {
+        print_json(status);
         return kExitOk;
     }
-
-    std::vector<std::string> ids, shown_ips, keys;
-    for (const Lookup& l : lookups) {
-        ids.push_back(table->targets[l.owner].id);
-        shown_ips.push_back(l.ip);
-        keys.push_back(l.key);
+    const Json& totals = status["totals"];
+    fmt::print(
+        "stickyd {}: {} active connections, {} accepted, {} connect failures, {} retries, "
+        "{} in, {} out\n",
+        status["version"].get<std::string>(), totals["active"].get<uint64_t>(),
+        totals["accepted"].get<uint64_t>(), totals["connect_failures"].get<uint64_t>(),
+        totals["retries"].get<uint64_t>(), human_bytes(totals["bytes_in"].get<uint64_t>()),
+        human_bytes(totals["bytes_out"].get<uint64_t>()));
+    std::vector<std::string> names, binds;
+    for (const Json& l : status["listeners"]) {
+        names.push_back(l["name"].get<std::string>());
+        binds.push_back(l["bind"].get<std::string>());
     }
-    const size_t wi = id_width(shown_ips, 2), wk = id_width(keys, 3), wt = id_width(ids, 6);
-    fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", "IP", wi, "KEY", wk, "OWNER", wt, "CHOSEN",
-               wt, "ADDRESS");
-    for (const Lookup& l : lookups) {
-        const RouteTarget& chosen = table->targets[l.chosen];
-        fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", l.ip, wi, l.key, wk,
-                   table->targets[l.owner].id, wt, chosen.id, wt, chosen.address.to_string());
+    const size_t wn = id_width(names, 8), wb = id_width(binds, 4);
+    fmt::print("\n{:<{}}  {:<{}}  {:<12}  {:>8}\n", "LISTENER", wn, "BIND", wb, "TARGET GROUP",
+               "ACCEPTED");
+    for (const Json& l : status["listeners"]) {
+        fmt::print("{:<{}}  {:<{}}  {:<12}  {:>8}\n", l["name"].get<std::string>(), wn,
+                   l["bind"].get<std::string>(), wb, l["target_group"].get<std::string>(),
+                   l["accepted"].get<uint64_t>());
+    }
+    for (const Json& g : status["groups"]) {
+        if (!common.group.empty() && g["name"] != common.group) continue;
+        fmt::print("\ngroup {} ({}), {} targets{}\n", g["name"].get<std::string>(),
+                   g["algorithm"].get<std::string>(), g["targets"].size(),
+                   g["failing_open"].get<bool>() ? ": FAILING OPEN (no usable target)" : "");
+        if (g["dns_error"].is_string()) {
+            fmt::print("DNS: {}\n", g["dns_error"].get<std::string>());
+        }
+        std::vector<std::string> ids, addresses;
+        for (const Json& t : g["targets"]) {
+            ids.push_back(t["id"].get<std::string>());
+            addresses.push_back(t["address"].get<std::string>());
+        }
+        const size_t wi = id_width(ids, 6), wa = id_width(addresses, 7);
+        fmt::print("{:<{}}  {:<{}}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
+                   "TARGET", wi, "ADDRESS", wa, "STATE", "ACTIVE", "CONNECTIONS", "FAILURES", "IN",
+                   "OUT", "SHARE", "LAST CHECK");
+        for (const Json& t : g["targets"]) {
+            fmt::print("{:<{}}  {:<{}}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
+                       t["id"].get<std::string>(), wi, t["address"].get<std::string>(), wa,
+                       t["state"].get<std::string>(), t["active_connections"].get<uint64_t>(),
+                       t["connections"].get<uint64_t>(), t["connect_failures"].get<uint64_t>(),
+                       human_bytes(t["bytes_in"].get<uint64_t>()),
+                       human_bytes(t["bytes_out"].get<uint64_t>()),
+                       percent(t["share"].get<double>()), last_check(t));
+        }
+    }
+    return kExitOk;
+}
+
+int run_change(const Common& common, const std::string& id, bool drain) {
+    const Json answer = ask(common, "POST",
+                            fmt::format("/targets/{}/{}{}", url_encode(id),
+                                        drain ? "drain" : "enable", group_query(common, '?')));
+    if (common.json) {
+        print_json(answer);
+    } else {
+        fmt::print("{}\n", answer["message"].get<std::string>());
     }
     return kExitOk;
 }
@@ -264,22 +424,40 @@ int main_impl(int argc, char** argv) {
     app.set_version_flag("--version,-V", std::string("stickyctl ") + STICKYD_VERSION);
     app.require_subcommand(1);
 
-    Common ring_opts, lookup_opts, simulate_opts;
-    auto* ring = app.add_subcommand("ring", "Each target's exact share of the keyspace");
-    add_common(ring, ring_opts);
+    Common ring_opts, lookup_opts, simulate_opts, status_opts, drain_opts, enable_opts;
+    auto* ring = app.add_subcommand(
+        "ring", "Each target's exact share of the keyspace (from the daemon, or --config)");
+    add_config_or_admin(ring, ring_opts);
 
     std::vector<std::string> ips;
-    auto* lookup = app.add_subcommand("lookup", "The target each client IP goes to");
-    add_common(lookup, lookup_opts);
+    auto* lookup = app.add_subcommand(
+        "lookup", "The target each client IP goes to, and why (from the daemon, or --config)");
+    add_config_or_admin(lookup, lookup_opts);
     lookup->add_option("ip", ips, "Client IPs (IPv4 or IPv6)")->required();
 
     SimulateArgs sim;
     auto* simulate = app.add_subcommand(
         "simulate", "What share of the keyspace a change of targets moves, and where");
-    add_common(simulate, simulate_opts);
+    simulate->add_option("--config,-c", simulate_opts.config_path, "stickyd configuration file")
+        ->required();
+    add_group_and_json(simulate, simulate_opts,
+                       "Target group (default: the only one in the configuration)");
     simulate->add_option("--remove", sim.remove, "Remove this target id (repeatable)");
     simulate->add_option("--add", sim.add, "Add a target: ID=ADDR[,weight=W] (repeatable)");
     simulate->add_option("--down", sim.down, "Make this target unhealthy (repeatable)");
+
+    auto* status = app.add_subcommand(
+        "status", "Listeners, and every target's state, connections, traffic and share");
+    add_admin(status, status_opts, "Show only this target group");
+
+    std::string drain_id, enable_id;
+    auto* drain = app.add_subcommand(
+        "drain", "Take a target out: no new connections, open ones continue (deregister)");
+    add_admin(drain, drain_opts, "The target's group (needed when the id is in several)");
+    drain->add_option("id", drain_id, "Target id")->required();
+    auto* enable = app.add_subcommand("enable", "Put a drained target back into rotation");
+    add_admin(enable, enable_opts, "The target's group (needed when the id is in several)");
+    enable->add_option("id", enable_id, "Target id")->required();
 
     try {
         app.parse(argc, argv);
@@ -297,6 +475,9 @@ int main_impl(int argc, char** argv) {
     try {
         if (ring->parsed()) return run_ring(ring_opts);
         if (lookup->parsed()) return run_lookup(lookup_opts, ips);
+        if (status->parsed()) return run_status(status_opts);
+        if (drain->parsed()) return run_change(drain_opts, drain_id, true);
+        if (enable->parsed()) return run_change(enable_opts, enable_id, false);
         return run_simulate(simulate_opts, sim);
     } catch (const UserError& e) {
         fmt::print(stderr, "stickyctl: {}\n", e.what());

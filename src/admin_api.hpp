@@ -1,0 +1,59 @@
+// What the admin endpoint answers, independent of how requests arrive: the
+// AdminSource interface the daemon implements (snapshots and counters only, never a
+// lock a worker takes), and the request router that turns one parsed request into
+// one reply. src/admin.cpp carries requests to it over HTTP; the tests call it
+// directly and through a real socket.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "src/admin_render.hpp"
+#include "src/control.hpp"
+#include "src/worker.hpp"
+
+namespace stickyd {
+
+struct ListenerInfo {
+    std::string name;
+    std::string bind;
+    std::string target_group;
+    std::shared_ptr<const ListenerStats> stats;
+};
+
+// Called from admin threads, concurrently: every method must be thread-safe.
+class AdminSource {
+  public:
+    virtual ~AdminSource() = default;
+    virtual std::shared_ptr<const ControlView> view() = 0;
+    // group may be empty when the id is unique across groups.
+    virtual AdminChange drain(const std::string& group, const std::string& id) = 0;
+    virtual AdminChange enable(const std::string& group, const std::string& id) = 0;
+    virtual std::vector<ListenerInfo> listeners() = 0;
+    virtual DaemonTotals totals() = 0;
+    // A maglev group's table size, for its entry counts in /ring; 0 = unknown.
+    virtual uint32_t maglev_table_size(const std::string& /*group*/) { return 0; }
+    // This process's fd usage (/proc/self/fd and RLIMIT_NOFILE).
+    virtual ProcessFds process_fds();
+};
+
+struct AdminRequest {
+    std::string method;                             // "GET", "POST", ...
+    std::string path;                               // percent-decoded, without the query
+    std::multimap<std::string, std::string> query;  // decoded
+};
+
+struct AdminReply {
+    int status = 200;
+    std::string content_type = "application/json";
+    std::string body;
+    std::string allow;  // for 405: the methods the path takes
+};
+
+AdminReply error_reply(int status, std::string_view message);
+
+AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source);
+
+}  // namespace stickyd

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""The admin endpoint and remote stickyctl against the real daemon: lookups agree with
+where real connections land (also with a target down), /ring matches the offline ring,
+drain keeps open connections and steers new ones away until enable, /metrics passes a
+strict format check and its counters follow real traffic, and malformed requests get
+clean JSON errors while traffic keeps flowing."""
+import http.client
+import json
+import math
+import os
+import re
+import socket
+import stat
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
+                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+SOURCES = h.source_ips(60)
+FAST_CHECKS = {"interval": "200ms", "timeout": "100ms", "healthy_threshold": 2,
+               "unhealthy_threshold": 2}
+
+
+# ---------------------------------------------------------------------------------
+# Talking to the endpoint
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=h.IO_TIMEOUT):
+        super().__init__("stickyd", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def admin(where, method, target):
+    """(status, headers, body text) from the endpoint at a unix path or (host, port)."""
+    if isinstance(where, str):
+        conn = UnixHTTPConnection(where)
+    else:
+        conn = http.client.HTTPConnection(where[0], where[1], timeout=h.IO_TIMEOUT)
+    try:
+        conn.request(method, target)
+        response = conn.getresponse()
+        return response.status, response.headers, response.read().decode("utf-8")
+    finally:
+        conn.close()
+
+
+def admin_json(where, target, method="GET", status=200):
+    code, headers, body = admin(where, method, target)
+    h.expect(code == status, f"{method} {target}: expected HTTP {status}, got {code}: {body}")
+    h.expect(headers.get("Content-Type", "").startswith("application/json"),
+             f"{method} {target}: Content-Type {headers.get('Content-Type')}")
+    return json.loads(body)
+
+
+def raw_exchange(path, data):
+    """Sends raw bytes to the unix socket, returns (status, JSON body) of the answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(h.IO_TIMEOUT)
+        s.connect(path)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before reading it all: the answer is still there to read
+        reply = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    h.expect(head.startswith(b"HTTP/1.1 "), f"not an HTTP answer: {reply[:200]!r}")
+    return int(head.split()[1]), json.loads(body)
+
+
+def stickyctl(*args, ok=True):
+    result = h.run([STICKYCTL_BIN] + [str(a) for a in args])
+    if ok:
+        h.expect(result.returncode == 0,
+                 f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: "
+                 f"{result.stderr}")
+    return result
+
+
+def stickyctl_json(*args):
+    return json.loads(stickyctl(*args, "--json").stdout)
+
+
+def wait_for(what, condition, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise h.Failure(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def target_state(sock, target_id):
+    status = admin_json(sock, "/status")
+    for group in status["groups"]:
+        for t in group["targets"]:
+            if t["id"] == target_id:
+                return t
+    raise h.Failure(f"/status has no target {target_id}")
+
+
+# ---------------------------------------------------------------------------------
+# A strict check of the Prometheus text exposition format 0.0.4
+
+METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE_RE = re.compile(rf"({METRIC_NAME})(?:\{{({LABEL}(?:,{LABEL})*)?\}})? "
+                       r"(-?[0-9.eE+-]+|[+-]Inf|NaN)")
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value}; fails on anything the format does not allow."""
+    h.expect(text.endswith("\n"), "metrics do not end with a newline")
+    samples, declared = {}, set()
+    family = kind = None
+    buckets = {}
+    for n, line in enumerate(text.split("\n")[:-1], start=1):
+        where = f"line {n}: {line!r}"
+        m = re.fullmatch(rf"# HELP ({METRIC_NAME}) (.*)", line)
+        if m:
+            continue
+        m = re.fullmatch(rf"# TYPE ({METRIC_NAME}) (counter|gauge|histogram|summary|untyped)",
+                         line)
+        if m:
+            h.expect(m.group(1) not in declared, f"family declared twice, {where}")
+            declared.add(m.group(1))
+            family, kind = m.group(1), m.group(2)
+            h.expect(kind != "counter" or family.endswith("_total"), f"counter name, {where}")
+            continue
+        h.expect(not line.startswith("#"), f"stray comment, {where}")
+        m = SAMPLE_RE.fullmatch(line)
+        h.expect(m is not None, f"not a sample, {where}")
+        name, label_text, value_text = m.groups()
+        suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+        h.expect(family is not None and any(name == family + s for s in suffixes),
+                 f"sample outside its family {family}, {where}")
+        value = float(value_text.replace("Inf", "inf"))
+        labels = dict(LABEL_RE.findall(label_text or ""))
+        h.expect(len(labels) == len(LABEL_RE.findall(label_text or "")), f"label twice, {where}")
+        key = (name, frozenset(labels.items()))
+        h.expect(key not in samples, f"series repeated, {where}")
+        samples[key] = value
+        if kind == "counter" or name.endswith(("_bucket", "_count")):
+            h.expect(value >= 0 and not math.isnan(value), f"negative count, {where}")
+        if name.endswith("_bucket"):
+            rest = frozenset((k, v) for k, v in labels.items() if k != "le")
+            previous = buckets.get(rest, 0)
+            h.expect(value >= previous, f"buckets not cumulative, {where}")
+            buckets[rest] = value
+        if name.endswith("_count") and kind == "histogram":
+            inf = samples.get((family + "_bucket",
+                               frozenset(list(labels.items()) + [("le", "+Inf")])))
+            h.expect(inf == value, f"_count differs from the +Inf bucket, {where}")
+    return samples
+
+
+def metric(samples, name, **labels):
+    key = (name, frozenset(labels.items()))
+    h.expect(key in samples, f"no sample {name}{labels}")
+    return samples[key]
+
+
+def metric_sum(samples, name):
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+# ---------------------------------------------------------------------------------
+
+def start(backends, group=None, global_=None):
+    lb = h.lb_addr()
+    g = {"health_check": dict(FAST_CHECKS)}
+    g.update(group or {})
+    config = h.simple_config(h.fmt_addr(lb), backends, group=g, global_=global_)
+    stickyd = h.start_stickyd(config, addr=lb)
+    sock = stickyd.admin_socket
+    h.expect(sock and os.path.exists(sock), f"no admin socket at {sock}\n{stickyd.describe()}")
+    return stickyd, sock, h.write_file("same.toml", config)
+
+
+def lookups(sock, ips):
+    return {e["ip"]: e for e in stickyctl_json("lookup", "--admin", sock, *ips)["lookups"]}
+
+
+def test_lookup_agrees_with_real_connections_also_with_a_target_down():
+    backends = h.start_backends(4)
+    stickyd, sock, _ = start(backends)
+
+    predicted = lookups(sock, SOURCES)
+    via_http = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in SOURCES))["lookups"]
+    h.expect_eq({e["ip"]: e["chosen"] for e in via_http},
+                {ip: e["chosen"] for ip, e in predicted.items()}, "/lookup vs stickyctl lookup")
+    actual = h.mapping(stickyd.addr, SOURCES)
+    wrong = {ip: (predicted[ip]["chosen"], actual[ip]) for ip in SOURCES
+             if predicted[ip]["chosen"] != actual[ip]}
+    h.expect(not wrong, f"(predicted, actual) differ for {len(wrong)} sources: {wrong}")
+    h.expect(len(set(actual.values())) == 4, f"sources reached only {set(actual.values())}")
+    h.expect(all(e["reason"] == "owner healthy" for e in predicted.values()),
+             f"reasons: {set(e['reason'] for e in predicted.values())}")
+
+    down = backends[1]
+    down.stop()
+    wait_for(f"{down.name} unhealthy", lambda: target_state(sock, down.name)["state"] == "unhealthy")
+    predicted = lookups(sock, SOURCES)
+    moved = [ip for ip, e in predicted.items() if e["owner"] == down.name]
+    h.expect(moved, f"no source owned by {down.name}")
+    for ip in moved:
+        h.expect_eq(predicted[ip]["reason"], "owner unhealthy -> next usable clockwise",
+                    f"reason for {ip}")
+        h.expect(predicted[ip]["chosen"] != down.name, f"{ip} still chosen for the down target")
+    actual = h.mapping(stickyd.addr, SOURCES)
+    wrong = {ip: (predicted[ip]["chosen"], actual[ip]) for ip in SOURCES
+             if predicted[ip]["chosen"] != actual[ip]}
+    h.expect(not wrong, f"with {down.name} down, (predicted, actual) differ: {wrong}")
+    table = stickyctl("lookup", "--admin", sock, moved[0]).stdout
+    h.expect("owner unhealthy -> next usable clockwise" in table, table)
+
+
+def test_ring_shares_sum_to_one_and_match_the_offline_ring():
+    backends = h.start_backends(3)
+    for algorithm in ("ring", "maglev"):
+        stickyd, sock, path = start(backends, group={"algorithm": algorithm})
+        ring = admin_json(sock, "/ring")
+        shares = {t["id"]: t["share"] for t in ring["targets"]}
+        h.expect(abs(sum(shares.values()) - 1) < 1e-9, f"{algorithm}: sum {sum(shares.values())}")
+        offline = stickyctl_json("ring", "--config", path)
+        h.expect_eq(shares, {t["id"]: t["share"] for t in offline["targets"]},
+                    f"{algorithm}: /ring vs offline shares")
+        h.expect_eq(ring, offline, f"{algorithm}: /ring vs offline document")
+        h.expect_eq(stickyctl("ring", "--admin", sock).stdout,
+                    stickyctl("ring", "--config", path).stdout, f"{algorithm}: ring tables")
+        if algorithm == "ring":
+            h.expect(all(t["points"] == 4096 for t in ring["targets"]), "points per target")
+        else:
+            h.expect_eq(sum(t["points"] for t in ring["targets"]), 65537, "maglev entries")
+        stickyd.process.kill()
+
+
+def whoami_connection(lb, src_ip):
+    s = h.connect(lb, src_ip)
+    s.sendall(b"STICKYD-TEST WHOAMI\n")
+    return s, h.recv_line(s).split()[0]
+
+
+def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
+    backends = h.start_backends(3)
+    stickyd, sock, _ = start(backends)
+    before = h.mapping(stickyd.addr, SOURCES)
+    victim = "backend-1"
+    owned = [ip for ip in SOURCES if before[ip] == victim]
+    h.expect(owned, f"no source reaches {victim}")
+    held, name = whoami_connection(stickyd.addr, owned[0])
+    h.expect_eq(name, victim, "long-lived connection's backend")
+
+    out = stickyctl("drain", victim, "--admin", sock).stdout
+    h.expect(victim in out, f"drain output: {out}")
+    wait_for(f"{victim} draining", lambda: not target_state(sock, victim)["usable"])
+    state = target_state(sock, victim)
+    h.expect_eq((state["state"], state["deregistration"]), ("draining", "drained"), "state")
+    after = h.mapping(stickyd.addr, SOURCES)
+    h.expect(all(after[ip] != victim for ip in SOURCES), f"new connections reached {victim}")
+    unmoved = {ip: (before[ip], after[ip]) for ip in SOURCES
+               if before[ip] != victim and before[ip] != after[ip]}
+    h.expect(not unmoved, f"sources of other targets moved: {unmoved}")
+    reasons = {e["reason"] for ip, e in lookups(sock, owned).items()}
+    h.expect_eq(reasons, {"owner draining -> next usable clockwise"}, "lookup reasons")
+
+    for i in range(3):  # the drained target's open connection still works both ways
+        message = f"still here {i}\n".encode()
+        held.sendall(message)
+        h.expect_eq(h.recv_exact(held, len(message)), message, "echo on the held connection")
+    h.expect(target_state(sock, victim)["active_connections"] >= 1, "active connection count")
+
+    stickyctl("enable", victim, "--admin", sock)
+    wait_for(f"{victim} usable again", lambda: target_state(sock, victim)["usable"])
+    h.expect_eq(h.mapping(stickyd.addr, SOURCES), before, "mapping after enable")
+    held.sendall(b"bye\n")
+    h.expect_eq(h.recv_exact(held, 4), b"bye\n", "echo after enable")
+    held.close()
+
+
+def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
+    backends = h.start_backends(3)
+    stickyd, sock, _ = start(backends)
+    code, headers, text = admin(sock, "GET", "/metrics")
+    h.expect_eq(code, 200, "/metrics status")
+    h.expect(headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers)
+    first = parse_metrics(text)
+    listener = h.fmt_addr(stickyd.addr)
+    accepted0 = metric(first, "stickyd_listener_accepted_connections_total",
+                       listener=listener, target_group="web")
+    connections0 = metric_sum(first, "stickyd_target_connections_total")
+
+    count = 30
+    h.mapping(stickyd.addr, SOURCES[:count])
+
+    def moved():
+        m = parse_metrics(admin(sock, "GET", "/metrics")[2])
+        ok = (metric(m, "stickyd_listener_accepted_connections_total", listener=listener,
+                     target_group="web") >= accepted0 + count
+              and metric_sum(m, "stickyd_target_connections_total") >= connections0 + count
+              and metric_sum(m, "stickyd_target_bytes_sent_total") > 0
+              and metric_sum(m, "stickyd_target_bytes_received_total") > 0
+              and metric(m, "stickyd_health_check_duration_seconds_count", group="web") > 0)
+        return m if ok else None
+    m = wait_for("counters to follow the traffic", moved)
+    for b in backends:
+        labels = {"group": "web", "target": b.name, "address": b.address}
+        h.expect_eq(metric(m, "stickyd_target_healthy", **labels), 1.0, f"{b.name} healthy")
+        h.expect_eq(metric(m, "stickyd_target_state", state="healthy", **labels), 1.0, "state")
+    h.expect(metric(m, "stickyd_process_open_fds") > 0, "open fds")
+    h.expect(metric(m, "stickyd_process_max_fds") >= metric(m, "stickyd_process_open_fds"),
+             "max fds")
+    h.expect(("stickyd_connect_retries_total", frozenset()) in m, "retries counter")
+
+
+def test_malformed_requests_get_clean_errors_while_traffic_flows():
+    backends = h.start_backends(2)
+    stickyd, sock, _ = start(backends)
+    stop = threading.Event()
+    done, errors = [0], []
+
+    def traffic():
+        i = 0
+        while not stop.is_set():
+            try:
+                h.whoami(SOURCES[i % len(SOURCES)], stickyd.addr)
+                done[0] += 1
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+            i += 1
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        cases = [
+            ("GET", "/lookup?ip=10.0.0.300", 400, "is not an IP address"),
+            ("GET", "/lookup?ip=not-an-ip", 400, "is not an IP address"),
+            ("GET", "/ring?group=nope", 404, "unknown target group"),
+            ("POST", "/targets/nope/drain", 404, "nope"),
+            ("POST", "/targets/backend-1/enable?group=nope", 404, "nope"),
+            ("DELETE", "/status", 405, "takes GET only"),
+            ("GET", "/targets/backend-1/drain", 405, "takes POST only"),
+            ("GET", "/nope", 404, "no such endpoint"),
+        ]
+        for method, target, status, text in cases:
+            body = admin_json(sock, target, method=method, status=status)
+            h.expect(text in body["error"], f"{method} {target}: {body}")
+        status, body = raw_exchange(sock, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+        h.expect_eq(status, 400, f"garbage bytes: {body}")
+        big = b"GET /status HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        status, body = raw_exchange(sock, big)
+        h.expect_eq(status, 431, f"1 MiB header: {body}")
+        h.expect("larger than" in body["error"], body)
+        start_count = done[0]
+        wait_for("traffic to go on", lambda: done[0] >= start_count + 20)
+    finally:
+        stop.set()
+        t.join(h.IO_TIMEOUT * 2)
+    h.expect(not errors, f"client traffic failed {len(errors)} times: {errors[:3]}")
+    h.expect(stickyd.process.alive(), "stickyd died")
+    admin_json(sock, "/status")
+    h.expect(target_state(sock, "backend-1")["deregistration"] == "none", "nothing drained")
+
+
+def test_admin_socket_mode_refusal_stale_file_and_removal():
+    backends = h.start_backends(1)
+    stickyd, sock, _ = start(backends)
+    mode = stat.S_IMODE(os.stat(sock).st_mode)
+    h.expect_eq(oct(mode), oct(0o660), "admin socket mode")
+    h.expect(stat.S_ISSOCK(os.stat(sock).st_mode), "is a socket")
+
+    # A second daemon (config mode) on the same admin socket refuses to start.
+    lb2 = h.lb_addr()
+    config2 = h.simple_config(h.fmt_addr(lb2), backends, global_={"admin_socket": sock})
+    path2 = h.write_file("second.toml", config2)
+    result = h.run([h.STICKYD_BIN, "--config", path2], timeout=20)
+    h.expect(result.returncode == 1, f"second daemon exit {result.returncode}: {result.stderr}")
+    lines = [l for l in result.stderr.splitlines() if "admin socket" in l]
+    h.expect(len(lines) == 1 and sock in lines[0] and "another process answers" in lines[0],
+             f"refusal: {result.stderr}")
+    admin_json(sock, "/status")  # the first one still answers
+
+    stickyd.process.signal(15)
+    h.expect_eq(stickyd.process.wait(20), 0, "exit status after SIGTERM")
+    h.expect(not os.path.exists(sock), "admin socket left behind after SIGTERM")
+
+    # A socket file nobody answers on (a killed daemon's) is replaced.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(sock)
+    stale.close()
+    lb3 = h.lb_addr()
+    config3 = h.simple_config(h.fmt_addr(lb3), backends, global_={"admin_socket": sock})
+    h.start_stickyd(config3, addr=lb3)
+    admin_json(sock, "/status")
+
+
+def test_quick_mode_flags_and_tcp_admin_address():
+    backends = h.start_backends(2)
+    lb = h.lb_addr()
+    port = h.free_port()
+    sock = os.path.join(h.temp_dir(), "quick.sock")
+    stickyd = h.start_stickyd(args=["--listen", h.fmt_addr(lb)] +
+                              [a for b in backends for a in ("--target", b.address)] +
+                              ["--admin-socket", sock, "--admin-address", f"127.0.0.1:{port}"],
+                              addr=lb)
+    h.whoami(SOURCES[0], stickyd.addr)
+    code, headers, text = admin(("127.0.0.1", port), "GET", "/metrics")
+    h.expect_eq(code, 200, "/metrics over TCP")
+    parse_metrics(text)
+    status = stickyctl_json("status", "--admin", f"127.0.0.1:{port}")
+    h.expect_eq(len(status["groups"][0]["targets"]), 2, "targets over TCP")
+    by_unix = stickyctl_json("status", "--admin", sock)
+    h.expect_eq([t["id"] for t in by_unix["groups"][0]["targets"]],
+                [t["id"] for t in status["groups"][0]["targets"]], "unix socket and TCP agree")
+    out = stickyctl("status", "--admin", sock).stdout
+    h.expect("TARGET" in out and backends[0].address in out, out)
+
+    # Quick mode: an admin socket that cannot be set up is a warning, not a failure.
+    blocker = h.write_file("not-a-dir", "")
+    lb2 = h.lb_addr()
+    second = h.start_stickyd(args=["--listen", h.fmt_addr(lb2), "--target", backends[0].address,
+                                   "--admin-socket", os.path.join(blocker, "admin.sock")],
+                             addr=lb2)
+    h.whoami(SOURCES[1], second.addr)
+    h.expect("admin" in second.process.log() and "warn" in second.process.log(),
+             second.describe())
+
+
+if __name__ == "__main__":
+    h.main()

@@ -1,0 +1,369 @@
+// The admin router against a fake source, and the server over real sockets (a unix
+// socket in a temp dir, TCP on loopback).
+#include "src/admin.hpp"
+
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+
+#include "admin_fixtures.hpp"
+
+using namespace stickyd;
+using namespace stickyd::testing;
+
+namespace {
+
+FakeSource two_groups() {
+    return FakeSource(
+        {group("web", {target("a", "127.0.0.1:9001"), target("shared", "127.0.0.1:9002")}),
+         group("api", {target("b", "127.0.0.1:9101"), target("shared", "127.0.0.1:9102")})});
+}
+
+FakeSource one_group() {
+    return FakeSource({group("web", {target("a", "127.0.0.1:9001"), target("b", "127.0.0.1:9002"),
+                                     target("[::1]:9003", "[::1]:9003")})});
+}
+
+AdminReply call(AdminSource& source, std::string method, std::string path,
+                std::multimap<std::string, std::string> query = {}) {
+    return handle_admin_request({std::move(method), std::move(path), std::move(query)}, source);
+}
+
+std::string error_of(const AdminReply& reply) {
+    return Json::parse(reply.body)["error"].get<std::string>();
+}
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char name[] = "/tmp/stickyd-admin-test-XXXXXX";
+        REQUIRE(mkdtemp(name) != nullptr);
+        path = name;
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+int connect_unix(const std::string& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+// Sends `request` (then half-closes if asked), reads the whole answer.
+std::string send_and_read(int fd, const std::string& request, bool half_close = false) {
+    size_t sent = 0;
+    while (sent < request.size()) {
+        const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+        if (n <= 0) break;  // the server may answer and stop reading early (431)
+        sent += static_cast<size_t>(n);
+    }
+    if (half_close) ::shutdown(fd, SHUT_WR);
+    std::string reply;
+    char buffer[4096];
+    for (;;) {
+        const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n <= 0) break;
+        reply.append(buffer, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return reply;
+}
+
+int status_of(const std::string& reply) {
+    REQUIRE(reply.starts_with("HTTP/1.1 "));
+    return std::atoi(reply.c_str() + 9);
+}
+
+std::string body_of(const std::string& reply) {
+    const size_t end = reply.find("\r\n\r\n");
+    REQUIRE(end != std::string::npos);
+    return reply.substr(end + 4);
+}
+
+std::string get(const std::string& socket_path, const std::string& target) {
+    const int fd = connect_unix(socket_path);
+    REQUIRE(fd >= 0);
+    return send_and_read(
+        fd, "GET " + target + " HTTP/1.1\r\nHost: stickyd\r\nConnection: close\r\n\r\n");
+}
+
+AdminOptions unix_options(const std::string& path) {
+    AdminOptions o;
+    o.unix_path = path;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("router: GET endpoints answer with JSON, /metrics with the exposition format") {
+    FakeSource source = one_group();
+    AdminReply status = call(source, "GET", "/status");
+    CHECK(status.status == 200);
+    CHECK(status.content_type == "application/json");
+    CHECK(Json::parse(status.body)["groups"][0]["name"] == "web");
+    AdminReply ring = call(source, "GET", "/ring");
+    CHECK(ring.status == 200);
+    CHECK(Json::parse(ring.body)["targets"].size() == 3);
+    AdminReply metrics = call(source, "GET", "/metrics");
+    CHECK(metrics.status == 200);
+    CHECK(metrics.content_type == "text/plain; version=0.0.4; charset=utf-8");
+    CHECK(exposition_problems(metrics.body).empty());
+    CHECK(metrics.body.find("stickyd_process_max_fds ") != std::string::npos);
+}
+
+TEST_CASE("router: /lookup answers several IPs from one snapshot, and rejects bad ones") {
+    FakeSource source = one_group();
+    AdminReply ok = call(source, "GET", "/lookup", {{"ip", "10.1.1.1"}, {"ip", "2001:db8::7"}});
+    REQUIRE(ok.status == 200);
+    const Json doc = Json::parse(ok.body);
+    REQUIRE(doc["lookups"].size() == 2);
+    CHECK(doc["lookups"][1]["ip"] == "2001:db8::7");
+    CHECK(doc["lookups"][1]["key"] == "2001:db8::7/128");
+
+    AdminReply bad = call(source, "GET", "/lookup", {{"ip", "10.1.1.1"}, {"ip", "10.1.1.300"}});
+    CHECK(bad.status == 400);
+    CHECK(error_of(bad).find("\"10.1.1.300\" is not an IP address") != std::string::npos);
+    AdminReply none = call(source, "GET", "/lookup");
+    CHECK(none.status == 400);
+    CHECK(error_of(none) == "lookup needs ?ip=ADDR (repeatable)");
+}
+
+TEST_CASE("router: the group is named when there are several, and must exist") {
+    FakeSource source = two_groups();
+    AdminReply ambiguous = call(source, "GET", "/ring");
+    CHECK(ambiguous.status == 400);
+    CHECK(error_of(ambiguous) == "several target groups (web, api): add ?group=NAME");
+    CHECK(call(source, "GET", "/ring", {{"group", "api"}}).status == 200);
+    CHECK(Json::parse(call(source, "GET", "/ring", {{"group", "api"}}).body)["group"] == "api");
+    AdminReply unknown = call(source, "GET", "/lookup", {{"group", "nope"}, {"ip", "10.0.0.1"}});
+    CHECK(unknown.status == 404);
+    CHECK(error_of(unknown) == "unknown target group \"nope\" (groups: web, api)");
+}
+
+TEST_CASE("router: drain and enable change the target, with 404 and 409 for mistakes") {
+    FakeSource source = two_groups();
+    AdminReply drained = call(source, "POST", "/targets/a/drain");
+    CHECK(drained.status == 200);
+    CHECK(Json::parse(drained.body)["message"] == "drained a");
+    CHECK(source.view()->groups[0].targets[0].deregistration == Deregistration::drained);
+    CHECK(source.view()->groups[0].table->usable[0] == 0);
+    CHECK(call(source, "POST", "/targets/a/enable").status == 200);
+    CHECK(source.view()->groups[0].targets[0].deregistration == Deregistration::none);
+
+    CHECK(call(source, "POST", "/targets/nope/drain").status == 404);
+    CHECK(call(source, "POST", "/targets/a/drain", {{"group", "nope"}}).status == 404);
+    AdminReply ambiguous = call(source, "POST", "/targets/shared/drain");
+    CHECK(ambiguous.status == 409);
+    CHECK(call(source, "POST", "/targets/shared/drain", {{"group", "api"}}).status == 200);
+    CHECK(source.view()->groups[1].targets[1].deregistration == Deregistration::drained);
+    CHECK(source.view()->groups[0].targets[1].deregistration == Deregistration::none);
+}
+
+TEST_CASE("router: a target id is one percent-encoded path segment") {
+    FakeSource source = one_group();
+    CHECK(call(source, "POST", "/targets/%5B%3A%3A1%5D%3A9003/drain").status == 200);
+    CHECK(source.view()->groups[0].targets[0].id == "[::1]:9003");
+    CHECK(source.view()->groups[0].targets[0].deregistration == Deregistration::drained);
+    AdminReply bad = call(source, "POST", "/targets/a%zz/drain");
+    CHECK(bad.status == 400);
+    CHECK(call(source, "POST", "/targets/a%2/drain").status == 400);
+    CHECK(call(source, "POST", "/targets//drain").status == 404);
+}
+
+TEST_CASE("router: wrong methods get 405 with Allow, unknown paths 404") {
+    FakeSource source = one_group();
+    for (const char* path : {"/status", "/ring", "/lookup", "/metrics"}) {
+        AdminReply reply = call(source, "POST", path);
+        CHECK(reply.status == 405);
+        CHECK(reply.allow == "GET");
+        CHECK(error_of(reply) == std::string(path) + " takes GET only, not POST");
+    }
+    AdminReply get_drain = call(source, "GET", "/targets/a/drain");
+    CHECK(get_drain.status == 405);
+    CHECK(get_drain.allow == "POST");
+    CHECK(call(source, "DELETE", "/targets/a/enable").status == 405);
+    AdminReply unknown = call(source, "GET", "/nope");
+    CHECK(unknown.status == 404);
+    CHECK(error_of(unknown).starts_with("no such endpoint: GET /nope (endpoints: GET /status"));
+    CHECK(call(source, "GET", "/targets/a/reboot").status == 404);
+}
+
+TEST_CASE("process fd usage counts this process's open fds") {
+    FakeSource source = one_group();
+    const ProcessFds before = source.process_fds();
+    const int fd = ::dup(0);
+    const ProcessFds after = source.process_fds();
+    ::close(fd);
+    CHECK(after.open == before.open + 1);
+    CHECK(after.max > 0);
+    CHECK(after.max >= after.open);
+}
+
+TEST_CASE("server: serves HTTP on a unix socket it creates (directory too), mode 0660") {
+    TempDir dir;
+    const std::string path = dir.path + "/run/stickyd/admin.sock";
+    FakeSource source = one_group();
+    AdminServer server(source, unix_options(path));
+    server.start();
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK((st.st_mode & 0777) == 0660);
+    REQUIRE(::stat((dir.path + "/run/stickyd").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0755);
+
+    const std::string reply = get(path, "/lookup?ip=10.0.0.1&ip=10.0.0.2");
+    CHECK(status_of(reply) == 200);
+    CHECK(reply.find("Content-Type: application/json") != std::string::npos);
+    CHECK(Json::parse(body_of(reply))["lookups"].size() == 2);
+    const std::string metrics = get(path, "/metrics");
+    CHECK(metrics.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+    CHECK(exposition_problems(body_of(metrics)).empty());
+
+    server.stop();
+    CHECK(::access(path.c_str(), F_OK) != 0);  // removed on stop
+}
+
+TEST_CASE("server: a stale socket file is replaced; a live one or a plain file refuses") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    {
+        // Bound, then closed without unlink: what a killed daemon leaves behind.
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, path.data(), path.size());
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        ::close(fd);
+    }
+    FakeSource source = one_group();
+    AdminServer first(source, unix_options(path));
+    first.start();
+    CHECK(status_of(get(path, "/status")) == 200);
+
+    AdminServer second(source, unix_options(path));
+    try {
+        second.start();
+        FAIL("a second server started on a live socket");
+    } catch (const std::runtime_error& e) {
+        CHECK(std::string(e.what()) ==
+              "admin socket " + path +
+                  ": another process answers on it (another stickyd?); stop it or choose "
+                  "another path (admin_socket, --admin-socket)");
+    }
+    second.stop();
+    CHECK(status_of(get(path, "/status")) == 200);  // the refused one removed nothing
+    first.stop();
+
+    const std::string file = dir.path + "/plain";
+    FILE* f = std::fopen(file.c_str(), "w");
+    std::fclose(f);
+    AdminServer third(source, unix_options(file));
+    CHECK_THROWS_WITH_AS(third.start(),
+                         ("admin socket " + file + ": exists and is not a socket").c_str(),
+                         std::runtime_error);
+    CHECK(::access(file.c_str(), F_OK) == 0);
+    AdminServer too_long(source, unix_options(dir.path + "/" + std::string(120, 'x')));
+    CHECK_THROWS_AS(too_long.start(), std::runtime_error);
+}
+
+TEST_CASE("server: oversized, garbage, truncated and slow requests get JSON errors") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminOptions options = unix_options(path);
+    options.io_timeout = std::chrono::milliseconds(1000);
+    AdminServer server(source, options);
+    server.start();
+
+    // A 1 MiB header.
+    std::string huge = "GET /status HTTP/1.1\r\nX-Big: " + std::string(1 << 20, 'a') + "\r\n\r\n";
+    std::string reply = send_and_read(connect_unix(path), huge);
+    CHECK(status_of(reply) == 431);
+    CHECK(Json::parse(body_of(reply))["error"] == "request head larger than 16384 bytes");
+
+    reply = send_and_read(connect_unix(path), "\x16\x03\x01garbage bytes\r\n\r\n");
+    CHECK(status_of(reply) == 400);
+    CHECK(Json::parse(body_of(reply))["error"] == "malformed HTTP request");
+
+    reply = send_and_read(connect_unix(path), "GET /status HTTP/1.1\r\nHost:", /*half_close=*/true);
+    CHECK(status_of(reply) == 400);
+    CHECK(Json::parse(body_of(reply))["error"] == "incomplete HTTP request");
+
+    // Never finishes its head: answered 408 once the deadline passes.
+    reply = send_and_read(connect_unix(path), "GET /status HTTP/1.1\r\n");
+    CHECK(status_of(reply) == 408);
+    CHECK(Json::parse(body_of(reply))["error"].get<std::string>().starts_with(
+        "request not complete"));
+
+    reply = send_and_read(connect_unix(path),
+                          "POST /targets/a/drain HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" +
+                              std::string(100000, 'x'));
+    CHECK(status_of(reply) == 413);
+    CHECK(source.view()->groups[0].targets[0].deregistration == Deregistration::none);
+
+    reply = send_and_read(connect_unix(path), "PUT /status HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    CHECK(status_of(reply) == 405);
+    CHECK(reply.find("Allow: GET") != std::string::npos);
+
+    CHECK(status_of(get(path, "/status")) == 200);  // and it still serves
+}
+
+TEST_CASE("server: a client that sends nothing does not hold up the others") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminOptions options = unix_options(path);
+    options.threads = 2;
+    AdminServer server(source, options);
+    server.start();
+    const int idle = connect_unix(path);
+    REQUIRE(idle >= 0);
+    for (int i = 0; i < 5; ++i) CHECK(status_of(get(path, "/status")) == 200);
+    ::close(idle);
+}
+
+TEST_CASE("server: also on TCP loopback, and without a unix socket when the path is empty") {
+    FakeSource source = one_group();
+    AdminOptions options;
+    options.tcp = SocketAddress::parse("127.0.0.1:1");
+    // Find a free port the way the daemon's users would pick one: ask the kernel.
+    const int probe = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in any{};
+    any.sin_family = AF_INET;
+    any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(probe, reinterpret_cast<sockaddr*>(&any), sizeof any) == 0);
+    socklen_t len = sizeof any;
+    ::getsockname(probe, reinterpret_cast<sockaddr*>(&any), &len);
+    ::close(probe);
+    options.tcp = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&any), len);
+    AdminServer server(source, options);
+    server.start();
+    REQUIRE(server.tcp_address());
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(::connect(fd, server.tcp_address()->sa(), server.tcp_address()->len()) == 0);
+    const std::string reply =
+        send_and_read(fd, "GET /ring HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(status_of(reply) == 200);
+    CHECK(Json::parse(body_of(reply))["group"] == "web");
+
+    AdminServer taken(source, options);
+    CHECK_THROWS_AS(taken.start(), std::runtime_error);
+}
