@@ -702,6 +702,9 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
             waiters_.push_back(encode(Op::recv_header, slot, c.generation));
             return;
         case 0:
+            // Connect-and-close is a port probe or a TCP health check of the
+            // balancer in front, not a broken header: no warning for those.
+            if (setup.inbound.empty()) return close_connection(slot, CloseMode::graceful);
             return reject_header(slot, "closed before sending a complete PROXY header");
         case -ECANCELED:  // the linked timeout fired
             return reject_header(slot, fmt::format("no complete PROXY header within {} ms",
