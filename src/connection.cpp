@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cerrno>
 
+#include <fmt/core.h>
+
 namespace stickyd {
 
-static_assert(sizeof(Connection) <= 64, "keep the per-connection slot within a cache line");
+static_assert(sizeof(Connection) <= 96,
+              "keep the per-connection slot small: idle memory is a goal");
 
 void start_recv(Flow& flow) {
     flow.state = FlowState::receiving;
@@ -48,6 +51,42 @@ Decision on_send(Flow& flow, int res) {
     if (res == -EAGAIN || res == -EINTR) return {Step::send};
     // 0 bytes for a non-empty send means the sink is gone, like -EPIPE.
     return {Step::reset};
+}
+
+uint16_t idle_timeout_ticks(std::chrono::milliseconds timeout, std::chrono::milliseconds tick) {
+    if (timeout.count() <= 0 || tick.count() <= 0) return 1;
+    const int64_t ticks = (timeout.count() + tick.count() - 1) / tick.count();
+    return static_cast<uint16_t>(std::clamp<int64_t>(ticks, 1, UINT16_MAX));
+}
+
+HeaderOutcome on_header_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
+                              size_t limit) {
+    const size_t before = pending.size();
+    // Never copy more than could still belong to a header of the allowed size.
+    const size_t take = std::min(chunk.size(), limit + 1 - std::min(before, limit + 1));
+    pending.insert(pending.end(), chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(take));
+    proxy::ParseResult parsed = proxy::parse_proxy_header(pending);
+    HeaderOutcome out;
+    switch (parsed.status) {
+        case proxy::ParseStatus::ok:
+            out.step = HeaderStep::done;
+            out.payload_offset = parsed.header.consumed - before;
+            out.header = std::move(parsed.header);
+            return out;
+        case proxy::ParseStatus::invalid:
+            out.step = HeaderStep::invalid;
+            out.reason = std::move(parsed.reason);
+            return out;
+        case proxy::ParseStatus::incomplete:
+            if (parsed.needed > limit || pending.size() > limit) {
+                out.step = HeaderStep::invalid;
+                out.reason = fmt::format("header longer than {} bytes", limit);
+                return out;
+            }
+            out.step = HeaderStep::more;
+            return out;
+    }
+    return out;
 }
 
 ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries) {

@@ -16,7 +16,14 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "stickyd/proxy_protocol.hpp"
 
 namespace stickyd {
 
@@ -67,24 +74,39 @@ Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty);
 // A send to the sink completed: res = bytes sent or -errno.
 Decision on_send(Flow& flow, int res);
 
-enum class Phase : uint8_t { free, connecting, relaying, closing };
+enum class Phase : uint8_t {
+    free,
+    handshake,   // reading the client's PROXY header (accept_proxy_protocol)
+    connecting,  // connecting to a target, then sending it our PROXY header if any
+    relaying,
+    closing,
+};
 
 struct SnapshotPin;  // worker.cpp: keeps a routing snapshot alive while connects use it
+struct Setup;        // worker.cpp: PROXY protocol state, only while it is needed
+struct TargetStats;  // stickyd/routing.hpp
 
-// One slot of the worker's connection table. Kept at 64 bytes: with no
-// per-connection buffers this is most of the user-space cost of an idle
-// connection.
+// One slot of the worker's connection table. 96 bytes: with no per-connection
+// buffers this is most of the user-space cost of an idle connection. What a
+// connection needs only before it relays (PROXY headers, addresses) lives in a
+// separate Setup that is freed when relaying starts, and only connections that
+// use the PROXY protocol allocate one.
 struct Connection {
     Flow flows[2];               // indexed by FlowDir
     uint64_t key_hash = 0;       // the client's stickiness hash, for connect retries
     SnapshotPin* pin = nullptr;  // only while connecting
+    Setup* setup = nullptr;      // only while a PROXY header is read or sent
+    // The current target's live counters: `active` counts this connection while set.
+    std::shared_ptr<TargetStats> stats;
     int client_fd = -1;
     int target_fd = -1;
-    uint32_t generation = 0;  // see user_data.hpp
-    uint32_t target = 0;      // index into the pinned table's targets (current attempt)
-    uint16_t listener = 0;    // the worker's listener it came in on (so: its target group)
-    uint8_t attempt = 0;      // 0 = the owner; N = N-th retry
-    uint8_t inflight = 0;     // submitted ops whose completion has not arrived yet
+    uint32_t generation = 0;   // see user_data.hpp
+    uint32_t target = 0;       // index into the pinned table's targets (current attempt)
+    uint32_t last_active = 0;  // idle-wheel tick of the last byte either way
+    uint16_t idle_ticks = 0;   // the listener's idle timeout when accepted, in wheel ticks
+    uint16_t listener = 0;     // the worker's listener it came in on (so: its target group)
+    uint8_t attempt = 0;       // 0 = the owner; N = N-th retry
+    uint8_t inflight = 0;      // submitted ops whose completion has not arrived yet
     Phase phase = Phase::free;
 
     Flow& flow(FlowDir dir) { return flows[static_cast<unsigned>(dir)]; }
@@ -105,6 +127,39 @@ enum class ConnectStep : uint8_t {
     retry,    // try attempt + 1 (the next distinct target)
     give_up,  // out of attempts: close the client
 };
+
+// The idle timeout in wheel ticks, rounded up (never closes early) and kept
+// within what Connection::idle_ticks holds.
+uint16_t idle_timeout_ticks(std::chrono::milliseconds timeout, std::chrono::milliseconds tick);
+
+// The first wheel tick at which a connection last active at `last_active` has been
+// idle for `idle_ticks` whole ticks. One extra tick because activity is stamped
+// with the tick it happened in, which may have been almost over.
+inline uint64_t idle_due(uint64_t last_active, uint16_t idle_ticks) {
+    return last_active + idle_ticks + 1;
+}
+
+// accept_proxy_protocol: the client's PROXY header, read in whatever pieces the
+// network delivers it.
+enum class HeaderStep : uint8_t {
+    more,     // incomplete: read on
+    invalid,  // cannot become a valid header (or too long): close the client
+    done,     // complete: route by it; the rest of the last chunk is client data
+};
+
+struct HeaderOutcome {
+    HeaderStep step = HeaderStep::more;
+    std::string reason;         // invalid: why, one short phrase
+    size_t payload_offset = 0;  // done: where client data starts in the last chunk
+    proxy::ProxyHeader header;  // done
+};
+
+// The most header bytes (TLVs included) a client may send before its data.
+inline constexpr size_t kMaxInboundHeader = 4096;
+
+// Appends `chunk` to `pending` (the bytes read so far) and parses them.
+HeaderOutcome on_header_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
+                              size_t limit = kMaxInboundHeader);
 
 // A connect completed with res (0 or -errno; -ECANCELED = the linked timeout fired).
 ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries);

@@ -1188,30 +1188,12 @@ void Control::Loop::publish(Group& group) {
         log::warn("target group '{}': every target is drained: new clients are refused", name);
     }
     group.failing_open = routing.failing_open;
-    // TRANSITIONAL (drop on merge with Worker::terminate): counts carry over while
-    // indexes line up.
-    if (group.table && group.table->balancer == table.balancer &&
-        group.table->terminations.size() == table.terminations.size()) {
-        table.terminations = group.table->terminations;
-    }
     if (group.table && same_routing(*group.table, table)) return;
     group.table = routing.table;
     group.slot->store(group.table);
 }
 
 void Control::Loop::terminate(const GroupTarget& target) {
-    // TRANSITIONAL (drop on merge with Worker::terminate): today's worker resets
-    // connections when a snapshot's termination count for a target rises.
-    for (auto& g : groups_) {
-        if (!g->table) continue;
-        for (size_t m = 0; m < g->table->targets.size(); ++m) {
-            if (g->table->targets[m].stats != target.stats) continue;
-            auto table = std::make_shared<RoutingTable>(*g->table);
-            ++table->terminations[m];
-            g->table = table;
-            g->slot->store(g->table);
-        }
-    }
     if (terminate_) terminate_({target.stats});
 }
 

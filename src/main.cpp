@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "control.hpp"
@@ -59,6 +60,10 @@ struct Options {
     std::string matcher = "200-399";
     unsigned passive_failures = 2;  // 0 = passive checking off
     std::string connection_termination = "on";
+    std::string idle_timeout = "350s";
+    bool proxy_protocol_v2 = false;
+    bool accept_proxy_protocol = false;
+    std::string proxy_protocol_timeout = "3s";
 };
 
 void print_error(std::string_view message) {
@@ -144,7 +149,19 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
     }
     group.connect_timeout = *timeout;
     group.connect_retries = opt.connect_retries;
+    group.proxy_protocol_v2 = opt.proxy_protocol_v2;
     if (auto error = health_from_flags(opt, group)) return *error;
+    auto idle = parse_duration(opt.idle_timeout);
+    if (!idle || *idle < Duration{1000} || *idle > Duration{6000000}) {
+        return fail("--idle-timeout", fmt::format("expected a duration from 1s to 6000s, got '{}'",
+                                                  opt.idle_timeout));
+    }
+    auto header_timeout = parse_duration(opt.proxy_protocol_timeout);
+    if (!header_timeout || header_timeout->count() <= 0) {
+        return fail("--proxy-protocol-timeout",
+                    fmt::format("expected a duration such as 500ms or 3s, got '{}'",
+                                opt.proxy_protocol_timeout));
+    }
     for (const auto& text : opt.targets) {
         auto address = SocketAddress::parse(text);
         if (!address) {
@@ -162,7 +179,11 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
                                                 "127.0.0.1:8000 or [::]:8000",
                                                 text));
         }
-        config.listeners.push_back(ListenerConfig{address->to_string(), *address, "default"});
+        ListenerConfig listener{address->to_string(), *address, "default"};
+        listener.idle_timeout = *idle;
+        listener.accept_proxy_protocol = opt.accept_proxy_protocol;
+        listener.proxy_protocol_timeout = *header_timeout;
+        config.listeners.push_back(std::move(listener));
     }
     auto grace = parse_duration(opt.shutdown_grace);
     if (!grace) {
@@ -223,6 +244,8 @@ class Daemon {
         }
         for (const auto& listener : config_.listeners) {
             RouteSlot* slot = control_->slot(listener.target_group);
+            // One set of counters per configured listener, whichever worker accepts.
+            auto listener_stats = std::make_shared<ListenerStats>();
             for (unsigned w = 0; w < count; ++w) {
                 std::string error;
                 int fd = open_listener(listener.bind, error);
@@ -234,6 +257,10 @@ class Daemon {
                 ListenerSettings settings;
                 settings.name = listener.name;
                 settings.route = slot;
+                settings.idle_timeout = listener.idle_timeout;
+                settings.accept_proxy_protocol = listener.accept_proxy_protocol;
+                settings.proxy_protocol_timeout = listener.proxy_protocol_timeout;
+                settings.stats = listener_stats;
                 per_worker[w].push_back(WorkerListener{fd, std::move(settings)});
             }
         }
@@ -489,11 +516,22 @@ int main_impl(int argc, char** argv) {
         app.add_option("--connection-termination", opt.connection_termination,
                        "Quick mode: reset connections of a target that turns unhealthy (on|off)")
             ->check(CLI::IsMember({"on", "off"}));
+    auto* idle_opt = app.add_option("--idle-timeout", opt.idle_timeout,
+                                    "Quick mode: close connections idle this long (default 350s)");
+    auto* pp2_opt = app.add_flag("--proxy-protocol-v2", opt.proxy_protocol_v2,
+                                 "Quick mode: send a PROXY v2 header to targets first");
+    auto* accept_pp_opt =
+        app.add_flag("--accept-proxy-protocol", opt.accept_proxy_protocol,
+                     "Quick mode: clients start with a PROXY v1/v2 header; route by it");
+    auto* pp_timeout_opt =
+        app.add_option("--proxy-protocol-timeout", opt.proxy_protocol_timeout,
+                       "Quick mode: how long a client may take to send its header (default 3s)");
     config_opt->excludes(check_opt)->excludes(listen_opt)->excludes(target_opt);
     for (auto* quick :
-         {algorithm_opt, prefix4_opt, prefix6_opt, timeout_opt, retries_opt, grace_opt, hc_opt,
-          hc_path_opt, hc_port_opt, hc_interval_opt, hc_timeout_opt, hc_rise_opt, hc_fall_opt,
-          hc_matcher_opt, passive_opt, termination_opt}) {
+         {algorithm_opt,   prefix4_opt, prefix6_opt, timeout_opt,    retries_opt,
+          grace_opt,       hc_opt,      hc_path_opt, hc_port_opt,    hc_interval_opt,
+          hc_timeout_opt,  hc_rise_opt, hc_fall_opt, hc_matcher_opt, passive_opt,
+          termination_opt, idle_opt,    pp2_opt,     accept_pp_opt,  pp_timeout_opt}) {
         quick->excludes(config_opt)->excludes(check_opt);
     }
     check_opt->excludes(listen_opt)->excludes(target_opt);

@@ -73,7 +73,6 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     }
 
     table->usable.assign(table->targets.size(), 1);
-    table->terminations.assign(table->targets.size(), 0);
     table->prefix_v4 = group.stickiness.prefix_v4;
     table->prefix_v6 = group.stickiness.prefix_v6;
     table->connect_timeout = group.connect_timeout;

@@ -131,7 +131,6 @@ GroupRouting build_group_routing(const TargetGroupConfig& group,
     }
     // The workers' reset-on-snapshot counters are being replaced by
     // Worker::terminate; the field must still line up with the targets.
-    table->terminations.assign(table->targets.size(), 0);
 
     if (out.usable == 0 && !table->targets.empty()) {
         if (drained == table->targets.size()) {

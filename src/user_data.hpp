@@ -44,6 +44,11 @@ enum class Op : uint8_t {
     check_send,     // send the HTTP request
     check_recv,     // recv the response (or drain it before closing)
     check_timeout,  // the check's deadline
+    // The worker again (added later, so the values above stay put).
+    recv_header,     // recv of the client's PROXY header (accept_proxy_protocol)
+    header_timeout,  // that recv's linked timeout: proxy_protocol_timeout ran out
+    send_header,     // send of our PROXY v2 header to the target
+    idle_timer,      // the idle wheel's next due tick
 };
 
 struct UserData {

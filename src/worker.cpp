@@ -1,7 +1,10 @@
 // The worker: one thread, one io_uring, every connection it accepted.
 //
 // Reading order: the loop (run, reap, dispatch), then a connection's life from
-// accept through connect and relay to teardown, then stop/shutdown.
+// accept through the client's PROXY header (if the listener expects one), connect,
+// our PROXY header (if the group sends one), relay and idle timeout to teardown;
+// then commands from other threads (terminate, listener changes) and
+// stop/shutdown.
 //
 // Lifetime rule: every connection op submitted bumps Connection::inflight and
 // every completion for it drops it. A connection being torn down cancels what
@@ -21,12 +24,16 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <utility>
+#include <variant>
 
 #include "connection.hpp"
+#include "idle_wheel.hpp"
 #include "stickyd/log.hpp"
+#include "stickyd/proxy_protocol.hpp"
 #include "uring.hpp"
 #include "user_data.hpp"
 
@@ -42,9 +49,32 @@ struct SnapshotPin {
     bool current = true;  // still its listener's latest snapshot
 };
 
+// What a connection needs only until it relays, when the PROXY protocol is on:
+// heap-allocated for those connections alone, so the others stay at one slot.
+struct Setup {
+    // accept_proxy_protocol: the header bytes read so far, and until when.
+    std::vector<uint8_t> inbound;
+    __kernel_timespec header_deadline{};  // absolute CLOCK_MONOTONIC, for the linked timeout
+    std::chrono::milliseconds header_timeout{0};
+    std::shared_ptr<ListenerStats> listener_stats;
+    std::string listener_name;
+    // The client and the address it connected to, as its PROXY header said; unset
+    // without a header, or for LOCAL/UNKNOWN (then the socket's own addresses count).
+    std::optional<SocketAddress> client;
+    std::optional<SocketAddress> local;
+    // proxy_protocol_v2: the header for the target and how much of it went out.
+    proxy::EncodedHeader outbound;
+    uint8_t outbound_sent = 0;
+};
+
 namespace {
 
 constexpr unsigned kSqEntries = 4096;
+// The idle wheel's resolution: an idle connection is closed between its timeout
+// and its timeout plus two ticks. 4096 buckets span 409.6 s, one turn for the
+// default 350 s timeout.
+constexpr std::chrono::milliseconds kIdleTick{100};
+constexpr uint32_t kIdleBuckets = 4096;
 constexpr unsigned kCqEntries = 4 * kSqEntries;
 constexpr uint16_t kBufferGroup = 0;
 
@@ -59,6 +89,11 @@ void add(std::atomic<uint64_t>& counter, uint64_t n) {
 
 void subtract(std::atomic<uint64_t>& counter, uint64_t n) {
     counter.store(counter.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+}
+
+// Target and listener counters are shared by every worker: a real atomic add.
+void count(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+    counter.fetch_add(n, std::memory_order_relaxed);
 }
 
 __kernel_timespec to_timespec(std::chrono::nanoseconds d) {
@@ -92,6 +127,20 @@ std::string_view error_text(int res) {
     return std::strerror(-res);
 }
 
+std::optional<SocketAddress> peer_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return std::nullopt;
+    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), len);
+}
+
+std::optional<SocketAddress> local_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return std::nullopt;
+    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), len);
+}
+
 constexpr Op recv_op(FlowDir dir) {
     return dir == FlowDir::upstream ? Op::recv_client : Op::recv_target;
 }
@@ -106,10 +155,14 @@ constexpr FlowDir flow_of(Op op) {
 
 enum class CloseMode { graceful, reset };
 
+// A removed listener stays in the table as a tombstone (fd -1) until its accept
+// and back-off timer have completed, so that no late completion for its index can
+// reach a listener added later in its place.
 struct ListenerState {
     int fd = -1;
-    std::string name;
-    RouteSlot* route = nullptr;
+    ListenerSettings settings;
+    bool removed = false;
+    bool backoff_pending = false;     // the accept_backoff timer is in flight
     SnapshotPin* pin = nullptr;       // the latest snapshot this listener handed out
     uint64_t pin_batch = UINT64_MAX;  // loop iteration in which `pin` was last checked
     bool accepting = false;           // the multishot accept is in flight
@@ -117,8 +170,8 @@ struct ListenerState {
     __kernel_timespec backoff_ts{};  // read by the kernel at submit time
     bool complained = false;         // logged the current run of accept failures
     bool pause_requested = false;    // the accept was cancelled to back off
-    // The last snapshot whose connection-termination counts this worker acted on.
-    std::shared_ptr<const RoutingTable> seen;
+
+    bool reusable() const { return removed && !accepting && !backoff_pending; }
 };
 
 // Owns the listening fds from the moment the worker is constructed.
@@ -130,9 +183,7 @@ struct Listeners {
         for (auto& l : given) {
             ListenerState state;
             state.fd = l.fd;
-            state.name = std::move(l.settings.name);
-            state.route = l.settings.route;
-            state.seen = state.route->load();
+            state.settings = std::move(l.settings);
             items.push_back(std::move(state));
         }
     }
@@ -144,6 +195,42 @@ struct Listeners {
     Listeners& operator=(const Listeners&) = delete;
 };
 
+// Requests from other threads, applied by the loop in order.
+struct TerminateCommand {
+    std::vector<std::shared_ptr<TargetStats>> targets;
+};
+struct AddListenerCommand {
+    WorkerListener listener;
+};
+struct UpdateListenerCommand {
+    ListenerSettings settings;
+};
+struct RemoveListenerCommand {
+    std::string name;
+};
+using Command = std::variant<TerminateCommand, AddListenerCommand, UpdateListenerCommand,
+                             RemoveListenerCommand>;
+
+// Warnings a client can trigger (bad PROXY headers) are limited to one line per
+// second per worker, and the next line says how many were left out.
+class WarnLimit {
+  public:
+    // Whether to log now; `suppressed` is set to the lines dropped since the last one.
+    bool allow(Clock::time_point now, uint64_t& suppressed) {
+        if (now < next_) {
+            ++dropped_;
+            return false;
+        }
+        next_ = now + std::chrono::seconds(1);
+        suppressed = std::exchange(dropped_, 0);
+        return true;
+    }
+
+  private:
+    Clock::time_point next_{};
+    uint64_t dropped_ = 0;
+};
+
 }  // namespace
 
 struct Worker::Loop {
@@ -153,7 +240,7 @@ struct Worker::Loop {
 
     void run();
     void request_stop(std::chrono::milliseconds grace);
-    void request_route_check();
+    void post(Command command);
 
   private:
     // The loop.
@@ -167,18 +254,25 @@ struct Worker::Loop {
     void on_accept_failure(uint32_t index, int res);
     void on_accept_backoff(uint32_t index);
     void pause_accepting();
-    void accept_client(ListenerState& listener, int fd);
+    void accept_client(uint32_t index, int fd);
     SnapshotPin* current_pin(ListenerState& listener);
     void unpin(Connection& c);
 
-    // Connecting.
+    // The client's PROXY header (accept_proxy_protocol).
+    void submit_header_recv(uint32_t slot);
+    void handle_header_recv(uint32_t slot, int res, uint16_t bid);
+    void reject_header(uint32_t slot, std::string_view reason);
+
+    // Connecting, and our PROXY header to the target (proxy_protocol_v2).
+    void route_client(uint32_t slot, const sockaddr* client);
     void start_connect(uint32_t slot);
     void handle_connect(uint32_t slot, int res);
     void log_connect_failure(const Connection& c, int res);
     void report_connect(const Connection& c, int res);
-
-    // Routing changes.
-    void check_routes();
+    void detach_target(Connection& c);
+    void send_proxy_header(uint32_t slot);
+    void submit_header_send(uint32_t slot);
+    void handle_header_send(uint32_t slot, int res);
 
     // Relaying.
     void on_connection_event(UserData ud, const io_uring_cqe& cqe);
@@ -189,15 +283,31 @@ struct Worker::Loop {
     void finish_flow(uint32_t slot, FlowDir dir);
     void rearm_waiters();
 
+    // Idle timeout.
+    void update_clock();
+    void arm_idle_timer();
+    void on_idle_timer();
+
+    // Commands from other threads.
+    void run_commands();
+    void terminate_targets(const std::vector<std::shared_ptr<TargetStats>>& targets);
+    void add_listener(WorkerListener listener);
+    void update_listener(ListenerSettings settings);
+    void remove_listener(const std::string& name);
+    std::optional<uint32_t> find_listener(const std::string& name) const;
+    void drop_pin(ListenerState& listener);
+
     // Teardown.
     std::optional<uint32_t> allocate_slot();
     void close_connection(uint32_t slot, CloseMode mode);
     void free_slot(uint32_t slot);
+    void free_setup(Connection& c);
     void cancel_all_on(int fd);
     void close_fd(int fd);
     void release_buffer(uint16_t bid);
 
     // Stopping.
+    void wake();
     void arm_wake();
     void on_wake(int res);
     void stop_accepting();
@@ -234,8 +344,17 @@ struct Worker::Loop {
     bool overflow_warned_ = false;
     bool pool_grew_ = false;
 
+    IdleWheel wheel_{kIdleBuckets};
+    const Clock::time_point epoch_ = Clock::now();  // wheel tick 0
+    uint64_t now_tick_ = 0;                         // read once per batch
+    uint64_t idle_timer_tick_ = IdleWheel::kNever;  // when the armed idle timer fires
+    __kernel_timespec idle_ts_{};
+    WarnLimit header_warnings_;
+
+    std::mutex commands_mutex_;
+    std::vector<Command> commands_;  // guarded by commands_mutex_
+
     std::atomic<int64_t> stop_deadline_ns_{kNoDeadline};  // written by stop() on any thread
-    std::atomic<bool> routes_changed_{false};             // written by routes_changed()
     bool stopping_ = false;
     bool draining_ = false;
     Clock::time_point armed_deadline_ = Clock::time_point::max();
@@ -269,10 +388,14 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
 
 Worker::Loop::~Loop() {
     // Normally empty by now; this covers a loop that never ran or threw.
-    for (const Connection& c : conns_) {
+    for (Connection& c : conns_) {
         if (c.phase == Phase::free) continue;
         if (c.client_fd >= 0) ::close(c.client_fd);
         if (c.target_fd >= 0) ::close(c.target_fd);
+        free_setup(c);
+    }
+    for (Command& command : commands_) {
+        if (auto* add = std::get_if<AddListenerCommand>(&command)) ::close(add->listener.fd);
     }
     if (wake_fd_ >= 0) ::close(wake_fd_);
 }
@@ -293,6 +416,7 @@ void Worker::Loop::run() {
         }
         add(stats_.heartbeat, 1);
         ++batch_;
+        update_clock();
         reap_completions();
         after_batch();
     }
@@ -316,12 +440,17 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
             return on_accept(ud.slot, cqe);
         case Op::accept_backoff:
             return on_accept_backoff(ud.slot);
+        case Op::idle_timer:
+            return on_idle_timer();
         case Op::connect:
         case Op::connect_timeout:
         case Op::recv_client:
         case Op::recv_target:
         case Op::send_target:
         case Op::send_client:
+        case Op::recv_header:
+        case Op::header_timeout:
+        case Op::send_header:
             return on_connection_event(ud, cqe);
         case Op::check_wake:
         case Op::check_tick:
@@ -342,6 +471,7 @@ void Worker::Loop::after_batch() {
             index_, options_.buffer_count, buffers_.total());
     }
     rearm_waiters();
+    arm_idle_timer();
     if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
         overflow_warned_ = true;
         log::warn("worker {}: completion queue overflowed; the kernel is buffering completions",
@@ -368,6 +498,10 @@ void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
         l.accepting = false;
         --worker_ops_;
     }
+    if (l.removed) {  // raced with remove_listener(): the socket is already closed
+        if (cqe.res >= 0) ::close(cqe.res);
+        return;
+    }
     if (cqe.res < 0) {
         if (!more && !stopping_) on_accept_failure(index, cqe.res);
         return;
@@ -377,11 +511,11 @@ void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
         return;
     }
     if (l.complained) {
-        log::info("listener {}: accepting again", l.name);
+        log::info("listener {}: accepting again", l.settings.name);
         l.complained = false;
     }
     l.backoff = std::chrono::milliseconds{0};
-    accept_client(l, cqe.res);
+    accept_client(index, cqe.res);
     if (!more) arm_accept(index);
 }
 
@@ -397,12 +531,14 @@ void Worker::Loop::on_accept_failure(uint32_t index, int res) {
     l.backoff = next_backoff(l.backoff);
     if (!l.complained) {
         l.complained = true;
-        log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time", l.name,
+        log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time",
+                  l.settings.name,
                   paused ? std::string("cannot take more clients for now")
                          : fmt::format("accept failed: {}", error_text(res)));
     }
     l.backoff_ts = to_timespec(l.backoff);
     io_uring_prep_timeout(sqe(encode(Op::accept_backoff, index)), &l.backoff_ts, 0, 0);
+    l.backoff_pending = true;
     ++worker_ops_;
 }
 
@@ -411,7 +547,7 @@ void Worker::Loop::on_accept_failure(uint32_t index, int res) {
 void Worker::Loop::pause_accepting() {
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
         ListenerState& l = listeners_.items[i];
-        if (!l.accepting || l.pause_requested) continue;
+        if (!l.accepting || l.pause_requested || l.removed) continue;
         l.pause_requested = true;
         io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
     }
@@ -419,10 +555,14 @@ void Worker::Loop::pause_accepting() {
 
 void Worker::Loop::on_accept_backoff(uint32_t index) {
     --worker_ops_;
-    if (!stopping_) arm_accept(index);
+    ListenerState& l = listeners_.items[index];
+    l.backoff_pending = false;
+    if (!stopping_ && !l.removed) arm_accept(index);
 }
 
-void Worker::Loop::accept_client(ListenerState& listener, int fd) {
+void Worker::Loop::accept_client(uint32_t index, int fd) {
+    ListenerState& listener = listeners_.items[index];
+    if (listener.settings.stats) count(listener.settings.stats->accepted);
     // Multishot accept shares one address buffer between completions, so ask
     // the socket instead.
     sockaddr_storage peer{};
@@ -451,19 +591,29 @@ void Worker::Loop::accept_client(ListenerState& listener, int fd) {
         return;
     }
     full_warned_ = false;
+    const ListenerSettings& settings = listener.settings;
     Connection& c = conns_[*slot];
-    c.phase = Phase::connecting;
     c.client_fd = fd;
-    c.listener = static_cast<uint16_t>(&listener - listeners_.items.data());
-    c.key_hash = pin->table->key_hash(reinterpret_cast<const sockaddr*>(&peer));
+    c.listener = static_cast<uint16_t>(index);
+    c.idle_ticks = idle_timeout_ticks(settings.idle_timeout, kIdleTick);
     c.pin = pin;
     ++pin->users;
-    // A client often sends first; its first recv need not wait for readiness.
-    c.flow(FlowDir::upstream).source_ready = true;
     ++live_;
     add(stats_.accepted, 1);
     add(stats_.active, 1);
-    start_connect(*slot);
+    if (settings.accept_proxy_protocol) {
+        // Routing waits for the header: it says who the client is.
+        c.phase = Phase::handshake;
+        c.setup = new Setup;
+        c.setup->header_timeout = settings.proxy_protocol_timeout;
+        c.setup->header_deadline =
+            to_timespec((Clock::now() + settings.proxy_protocol_timeout).time_since_epoch());
+        c.setup->listener_stats = settings.stats;
+        c.setup->listener_name = settings.name;
+        submit_header_recv(*slot);
+        return;
+    }
+    route_client(*slot, reinterpret_cast<const sockaddr*>(&peer));
 }
 
 // The routing snapshot is re-read at most once per loop iteration per listener:
@@ -471,13 +621,9 @@ void Worker::Loop::accept_client(ListenerState& listener, int fd) {
 SnapshotPin* Worker::Loop::current_pin(ListenerState& listener) {
     if (listener.pin != nullptr && listener.pin_batch == batch_) return listener.pin;
     listener.pin_batch = batch_;
-    std::shared_ptr<const RoutingTable> table = listener.route->load();
+    std::shared_ptr<const RoutingTable> table = listener.settings.route->load();
     if (listener.pin != nullptr && listener.pin->table == table) return listener.pin;
-    if (SnapshotPin* old = listener.pin) {
-        old->current = false;
-        listener.pin = nullptr;
-        if (old->users == 0) std::erase_if(pins_, [old](const auto& p) { return p.get() == old; });
-    }
+    drop_pin(listener);
     if (!table) return nullptr;
     auto pin = std::make_unique<SnapshotPin>();
     pin->connect_timeout = to_timespec(table->connect_timeout);
@@ -497,8 +643,110 @@ void Worker::Loop::unpin(Connection& c) {
 }
 
 // ---------------------------------------------------------------------------
+// The client's PROXY header: read in as many recvs as it takes, all linked to one
+// absolute deadline, before anything is routed. Whatever follows the header in
+// the last recv is the client's first data and stays in that buffer, queued as
+// the upstream flow's first send.
+
+void Worker::Loop::submit_header_recv(uint32_t slot) {
+    Connection& c = conns_[slot];
+    ring_.reserve(2);  // the link must reach the kernel in one submission
+    io_uring_sqe* recv = sqe(encode(Op::recv_header, slot, c.generation));
+    io_uring_prep_recv(recv, c.client_fd, nullptr, 0, 0);
+    recv->flags |= IOSQE_BUFFER_SELECT | IOSQE_IO_LINK;
+    recv->buf_group = buffers_.group();
+    recv->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    io_uring_prep_link_timeout(sqe(encode(Op::header_timeout, slot, c.generation)),
+                               &c.setup->header_deadline, IORING_TIMEOUT_ABS);
+    c.inflight += 2;
+}
+
+void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
+    Connection& c = conns_[slot];
+    Setup& setup = *c.setup;
+    if (res > 0 && bid != kNoBuffer) {
+        const auto* data = reinterpret_cast<const uint8_t*>(buffers_.data(bid));
+        HeaderOutcome out = on_header_bytes(setup.inbound, {data, static_cast<size_t>(res)});
+        switch (out.step) {
+            case HeaderStep::more:
+                release_buffer(bid);
+                return submit_header_recv(slot);
+            case HeaderStep::invalid:
+                release_buffer(bid);
+                return reject_header(slot, fmt::format("invalid PROXY header: {}", out.reason));
+            case HeaderStep::done:
+                break;
+        }
+        if (out.payload_offset < static_cast<size_t>(res)) {
+            Flow& up = c.flow(FlowDir::upstream);
+            up.buf = bid;
+            up.sent = static_cast<uint32_t>(out.payload_offset);
+            up.len = static_cast<uint32_t>(res);
+            add(stats_.bytes_in, up.len - up.sent);
+        } else {
+            release_buffer(bid);
+        }
+        std::vector<uint8_t>().swap(setup.inbound);
+        setup.client = std::move(out.header.source);
+        setup.local = std::move(out.header.destination);
+        if (setup.client) return route_client(slot, setup.client->sa());
+        // LOCAL or UNKNOWN: the connection's own peer is the client.
+        std::optional<SocketAddress> peer = peer_of(c.client_fd);
+        if (!peer) return close_connection(slot, CloseMode::reset);
+        return route_client(slot, peer->sa());
+    }
+    release_buffer(bid);
+    switch (res) {
+        case -ENOBUFS:
+            buffers_.starved();
+            waiters_.push_back(encode(Op::recv_header, slot, c.generation));
+            return;
+        case 0:
+            // Connect-and-close is a port probe or a TCP health check of the
+            // balancer in front, not a broken header: no warning for those.
+            if (setup.inbound.empty()) return close_connection(slot, CloseMode::graceful);
+            return reject_header(slot, "closed before sending a complete PROXY header");
+        case -ECANCELED:  // the linked timeout fired
+            return reject_header(slot, fmt::format("no complete PROXY header within {} ms",
+                                                   setup.header_timeout.count()));
+        case -EAGAIN:
+        case -EINTR:
+            return submit_header_recv(slot);
+        default:
+            return close_connection(slot, CloseMode::reset);
+    }
+}
+
+void Worker::Loop::reject_header(uint32_t slot, std::string_view reason) {
+    Connection& c = conns_[slot];
+    Setup& setup = *c.setup;
+    if (setup.listener_stats) count(setup.listener_stats->proxy_header_errors);
+    uint64_t suppressed = 0;
+    if (header_warnings_.allow(Clock::now(), suppressed)) {
+        std::optional<SocketAddress> peer = peer_of(c.client_fd);
+        log::warn("listener {}: closing client {}: {}{}", setup.listener_name,
+                  peer ? peer->to_string() : std::string("(gone)"), reason,
+                  suppressed > 0 ? fmt::format(" ({} similar lines suppressed)", suppressed)
+                                 : std::string());
+    }
+    discard_unread(c.client_fd);
+    close_connection(slot, CloseMode::graceful);
+}
+
+// ---------------------------------------------------------------------------
 // Connecting: socket() + connect linked to a timeout; on failure the balancer's
 // next distinct target, up to connect_retries more times.
+
+// The client is known (its socket's peer, or what its PROXY header said): hash it
+// and connect to the target it sticks to.
+void Worker::Loop::route_client(uint32_t slot, const sockaddr* client) {
+    Connection& c = conns_[slot];
+    c.key_hash = c.pin->table->key_hash(client);
+    c.phase = Phase::connecting;
+    // A client often sends first; its first recv need not wait for readiness.
+    c.flow(FlowDir::upstream).source_ready = true;
+    start_connect(slot);
+}
 
 void Worker::Loop::start_connect(uint32_t slot) {
     Connection& c = conns_[slot];
@@ -527,6 +775,11 @@ void Worker::Loop::start_connect(uint32_t slot) {
     socket_warned_ = false;
     set_no_delay(fd);
     c.target_fd = fd;
+    c.stats = table.targets[target].stats;
+    if (c.stats) {
+        count(c.stats->connections);
+        count(c.stats->active);
+    }
 
     ring_.reserve(2);  // the link must reach the kernel in one submission
     io_uring_sqe* connect = sqe(encode(Op::connect, slot, c.generation));
@@ -546,10 +799,12 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
     if (res != 0) log_connect_failure(c, res);
     report_connect(c, res);
     if (res == 0) {
-        begin_relay(slot);
-        return;
+        if (c.pin->table->proxy_protocol_v2) return send_proxy_header(slot);
+        return begin_relay(slot);
     }
     add(stats_.connect_failures, 1);
+    if (c.stats) count(c.stats->connect_failures);
+    detach_target(c);
     const unsigned retries = std::min(c.pin->table->connect_retries, 255U);
     switch (on_connect(res, c.attempt, retries)) {
         case ConnectStep::retry:
@@ -606,51 +861,44 @@ void Worker::Loop::report_connect(const Connection& c, int res) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Routing changes: connection termination for targets that turned unhealthy.
-
-void Worker::Loop::request_route_check() {
-    routes_changed_ = true;
-    const uint64_t one = 1;
-    if (::write(wake_fd_, &one, sizeof one) < 0) {
-        log::error("worker {}: cannot signal a routing change: {}", index_, std::strerror(errno));
-    }
+void Worker::Loop::detach_target(Connection& c) {
+    if (!c.stats) return;
+    c.stats->active.fetch_sub(1, std::memory_order_relaxed);
+    c.stats.reset();
 }
 
-// A walk over the connections, but only when a snapshot asks for resets (a health
-// change), never per batch. Snapshots the worker never loaded are covered: the
-// counts only grow, so comparing with the last one seen catches every reset.
-void Worker::Loop::check_routes() {
-    if (!routes_changed_.exchange(false)) return;
-    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
-        ListenerState& l = listeners_.items[i];
-        std::shared_ptr<const RoutingTable> table = l.route->load();
-        std::shared_ptr<const RoutingTable> seen = std::exchange(l.seen, table);
-        // A different balancer is a different target list (reload): indexes do not
-        // line up, so there is nothing to compare.
-        if (!table || !seen || table->balancer != seen->balancer ||
-            table->terminations.size() != seen->terminations.size()) {
-            continue;
-        }
-        std::vector<uint8_t> reset(table->terminations.size(), 0);
-        bool any = false;
-        for (size_t t = 0; t < reset.size(); ++t) {
-            reset[t] = table->terminations[t] != seen->terminations[t];
-            any = any || reset[t];
-        }
-        if (!any) continue;
-        unsigned count = 0;
-        for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
-            const Connection& c = conns_[slot];
-            if (c.phase != Phase::relaying || c.listener != i || !reset[c.target]) continue;
-            close_connection(slot, CloseMode::reset);
-            ++count;
-        }
-        if (count > 0) {
-            log::info("worker {}: listener {}: reset {} connections to unhealthy targets", index_,
-                      l.name, count);
-        }
-    }
+// proxy_protocol_v2: the header goes out before any client byte, because the
+// flows start only once it is fully sent. It names the client and the address it
+// connected to; with accept_proxy_protocol, those its own header named.
+void Worker::Loop::send_proxy_header(uint32_t slot) {
+    Connection& c = conns_[slot];
+    if (c.setup == nullptr) c.setup = new Setup;
+    Setup& setup = *c.setup;
+    std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
+    std::optional<SocketAddress> local = setup.local ? setup.local : local_of(c.client_fd);
+    if (!client || !local) return close_connection(slot, CloseMode::reset);  // client gone
+    setup.outbound = proxy::encode_v2_proxy(*client, *local);
+    setup.outbound_sent = 0;
+    submit_header_send(slot);
+}
+
+void Worker::Loop::submit_header_send(uint32_t slot) {
+    Connection& c = conns_[slot];
+    const Setup& setup = *c.setup;
+    io_uring_prep_send(sqe(encode(Op::send_header, slot, c.generation)), c.target_fd,
+                       setup.outbound.bytes.data() + setup.outbound_sent,
+                       setup.outbound.size - setup.outbound_sent, MSG_NOSIGNAL | MSG_WAITALL);
+    ++c.inflight;
+}
+
+void Worker::Loop::handle_header_send(uint32_t slot, int res) {
+    Connection& c = conns_[slot];
+    Setup& setup = *c.setup;
+    if (res == -EAGAIN || res == -EINTR) return submit_header_send(slot);
+    if (res <= 0) return close_connection(slot, CloseMode::reset);
+    setup.outbound_sent = static_cast<uint8_t>(setup.outbound_sent + res);
+    if (setup.outbound_sent < setup.outbound.size) return submit_header_send(slot);
+    begin_relay(slot);
 }
 
 // ---------------------------------------------------------------------------
@@ -678,30 +926,50 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
     }
     const FlowDir dir = flow_of(ud.op);
     switch (ud.op) {
+        case Op::recv_header:
+            return handle_header_recv(ud.slot, cqe.res, bid);
         case Op::connect:
             return handle_connect(ud.slot, cqe.res);
+        case Op::send_header:
+            return handle_header_send(ud.slot, cqe.res);
         case Op::recv_client:
         case Op::recv_target: {
             if (cqe.res > 0) {
-                add(dir == FlowDir::upstream ? stats_.bytes_in : stats_.bytes_out,
-                    static_cast<uint64_t>(cqe.res));
+                const auto n = static_cast<uint64_t>(cqe.res);
+                const bool up = dir == FlowDir::upstream;
+                add(up ? stats_.bytes_in : stats_.bytes_out, n);
+                count(up ? c.stats->bytes_in : c.stats->bytes_out, n);
+                c.last_active = static_cast<uint32_t>(now_tick_);
             }
             const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
             return carry_out(ud.slot, dir, on_recv(c.flow(dir), cqe.res, bid, nonempty));
         }
         case Op::send_target:
         case Op::send_client:
+            if (cqe.res > 0) c.last_active = static_cast<uint32_t>(now_tick_);
             return carry_out(ud.slot, dir, on_send(c.flow(dir), cqe.res));
         default:
-            return;  // connect_timeout
+            return;  // connect_timeout, header_timeout: their op's completion decides
     }
 }
 
+// From here on the connection is in the idle wheel. The client data that came
+// with its PROXY header, if any, is the upstream flow's first send.
 void Worker::Loop::begin_relay(uint32_t slot) {
     Connection& c = conns_[slot];
     unpin(c);
+    free_setup(c);
     c.phase = Phase::relaying;
-    submit_recv(slot, FlowDir::upstream);
+    c.last_active = static_cast<uint32_t>(now_tick_);
+    wheel_.schedule({slot, c.generation}, idle_due(c.last_active, c.idle_ticks));
+    Flow& up = c.flow(FlowDir::upstream);
+    if (up.buf != kNoBuffer) {
+        count(c.stats->bytes_in, up.len - up.sent);
+        up.state = FlowState::sending;
+        submit_send(slot, FlowDir::upstream);
+    } else {
+        submit_recv(slot, FlowDir::upstream);
+    }
     submit_recv(slot, FlowDir::downstream);
 }
 
@@ -767,15 +1035,72 @@ void Worker::Loop::rearm_waiters() {
     while (budget > 0 && !waiters_.empty()) {
         const UserData w = decode(waiters_.front());
         waiters_.pop_front();
-        const FlowDir dir = flow_of(w.op);
         if (w.slot >= conns_.size()) continue;
         const Connection& c = conns_[w.slot];
+        if (w.op == Op::recv_header) {
+            if (c.generation != w.generation || c.phase != Phase::handshake) continue;
+            submit_header_recv(w.slot);
+            --budget;
+            continue;
+        }
+        const FlowDir dir = flow_of(w.op);
         if (c.generation != w.generation || c.phase != Phase::relaying ||
             c.flow(dir).state != FlowState::waiting_buffer) {
             continue;  // closed since it parked
         }
         submit_recv(w.slot, dir);
         --budget;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Idle timeout (NLB tcp.idle_timeout): see idle_wheel.hpp. One io_uring timeout
+// for the wheel's next due tick; nothing per byte but a store of the tick.
+
+void Worker::Loop::update_clock() {
+    now_tick_ = static_cast<uint64_t>((Clock::now() - epoch_) / kIdleTick);
+}
+
+// The timer only moves earlier here (a new connection with a shorter timeout); a
+// fired timer re-arms for whatever is next.
+void Worker::Loop::arm_idle_timer() {
+    const uint64_t due = wheel_.next_due();
+    if (draining_ || due == IdleWheel::kNever || due >= idle_timer_tick_) return;
+    idle_ts_ = to_timespec((epoch_ + due * kIdleTick).time_since_epoch());
+    if (idle_timer_tick_ == IdleWheel::kNever) {
+        io_uring_prep_timeout(sqe(encode(Op::idle_timer)), &idle_ts_, 0, IORING_TIMEOUT_ABS);
+        ++worker_ops_;
+    } else {
+        // If it fired meanwhile the update fails harmlessly: its completion re-arms.
+        io_uring_prep_timeout_update(sqe(encode(Op::ignore)), &idle_ts_, encode(Op::idle_timer),
+                                     IORING_TIMEOUT_ABS);
+    }
+    idle_timer_tick_ = due;
+}
+
+// NLB resets both sides of an idle connection; so does stickyd, so clients and
+// targets see the same thing as behind the NLB (and no FIN handshake is left
+// waiting on a peer that may be gone).
+void Worker::Loop::on_idle_timer() {
+    --worker_ops_;
+    idle_timer_tick_ = IdleWheel::kNever;
+    if (draining_) return;
+    unsigned closed = 0;
+    wheel_.expire(now_tick_, [&](const WheelEntry& e) {
+        if (e.slot >= conns_.size()) return;
+        const Connection& c = conns_[e.slot];
+        if (c.generation != e.generation || c.phase != Phase::relaying) return;  // closed since
+        const uint64_t due = idle_due(c.last_active, c.idle_ticks);
+        if (due > now_tick_) {
+            wheel_.schedule(e, due);
+            return;
+        }
+        close_connection(e.slot, CloseMode::reset);
+        ++closed;
+    });
+    if (closed > 0) {
+        add(stats_.idle_timeouts, closed);
+        log::debug("worker {}: reset {} idle connections", index_, closed);
     }
 }
 
@@ -817,12 +1142,19 @@ void Worker::Loop::free_slot(uint32_t slot) {
     close_fd(c.client_fd);
     close_fd(c.target_fd);
     for (const Flow& flow : c.flows) release_buffer(flow.buf);
+    detach_target(c);
+    free_setup(c);
     const uint32_t generation = next_generation(c.generation);
     c = Connection{};
     c.generation = generation;
     free_slots_.push_back(slot);
     --live_;
     subtract(stats_.active, 1);
+}
+
+void Worker::Loop::free_setup(Connection& c) {
+    delete c.setup;
+    c.setup = nullptr;
 }
 
 void Worker::Loop::cancel_all_on(int fd) {
@@ -842,6 +1174,132 @@ void Worker::Loop::release_buffer(uint16_t bid) {
 }
 
 // ---------------------------------------------------------------------------
+// Commands from other threads: queued under a mutex, then the eventfd wakes the
+// loop, which applies them in order between completions.
+
+void Worker::Loop::post(Command command) {
+    {
+        std::lock_guard lock(commands_mutex_);
+        commands_.push_back(std::move(command));
+    }
+    wake();
+}
+
+void Worker::Loop::run_commands() {
+    std::vector<Command> commands;
+    {
+        std::lock_guard lock(commands_mutex_);
+        commands.swap(commands_);
+    }
+    for (Command& command : commands) {
+        std::visit(
+            [this](auto& cmd) {
+                using T = std::decay_t<decltype(cmd)>;
+                if constexpr (std::is_same_v<T, TerminateCommand>) {
+                    terminate_targets(cmd.targets);
+                } else if constexpr (std::is_same_v<T, AddListenerCommand>) {
+                    add_listener(std::move(cmd.listener));
+                } else if constexpr (std::is_same_v<T, UpdateListenerCommand>) {
+                    update_listener(std::move(cmd.settings));
+                } else {
+                    remove_listener(cmd.name);
+                }
+            },
+            command);
+    }
+}
+
+// Connection termination (unhealthy target, end of a deregistration delay): a
+// walk over the connections, but only when asked, never per batch. Connections
+// still reading a PROXY header have no target yet.
+void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetStats>>& targets) {
+    if (targets.empty()) return;
+    std::vector<const TargetStats*> doomed;
+    for (const auto& t : targets) doomed.push_back(t.get());
+    std::sort(doomed.begin(), doomed.end());
+    unsigned closed = 0;
+    for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
+        const Connection& c = conns_[slot];
+        if (c.phase != Phase::connecting && c.phase != Phase::relaying) continue;
+        if (!c.stats || !std::binary_search(doomed.begin(), doomed.end(), c.stats.get())) continue;
+        close_connection(slot, CloseMode::reset);
+        ++closed;
+    }
+    if (closed > 0)
+        log::info("worker {}: reset {} connections to terminated targets", index_, closed);
+}
+
+std::optional<uint32_t> Worker::Loop::find_listener(const std::string& name) const {
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        const ListenerState& l = listeners_.items[i];
+        if (!l.removed && l.settings.name == name) return i;
+    }
+    return std::nullopt;
+}
+
+// The listener hands out no more connections from its snapshot; connections
+// still connecting keep it alive until they are done.
+void Worker::Loop::drop_pin(ListenerState& listener) {
+    SnapshotPin* pin = std::exchange(listener.pin, nullptr);
+    if (pin == nullptr) return;
+    pin->current = false;
+    if (pin->users == 0) std::erase_if(pins_, [pin](const auto& p) { return p.get() == pin; });
+}
+
+void Worker::Loop::add_listener(WorkerListener listener) {
+    if (stopping_) {  // a reload racing shutdown: nothing will accept any more
+        ::close(listener.fd);
+        return;
+    }
+    auto& items = listeners_.items;
+    auto free_index = std::find_if(items.begin(), items.end(),
+                                   [](const ListenerState& l) { return l.reusable(); });
+    if (free_index == items.end()) {
+        if (items.size() >= UINT16_MAX) {
+            log::error("worker {}: cannot add listener {}: too many listeners", index_,
+                       listener.settings.name);
+            ::close(listener.fd);
+            return;
+        }
+        free_index = items.insert(items.end(), ListenerState{});
+    }
+    *free_index = ListenerState{};
+    free_index->fd = listener.fd;
+    free_index->settings = std::move(listener.settings);
+    arm_accept(static_cast<uint32_t>(free_index - items.begin()));
+}
+
+void Worker::Loop::update_listener(ListenerSettings settings) {
+    std::optional<uint32_t> index = find_listener(settings.name);
+    if (!index) {
+        log::error("worker {}: cannot update listener {}: no such listener", index_, settings.name);
+        return;
+    }
+    ListenerState& l = listeners_.items[*index];
+    if (settings.route != l.settings.route) drop_pin(l);
+    l.settings = std::move(settings);
+}
+
+void Worker::Loop::remove_listener(const std::string& name) {
+    std::optional<uint32_t> index = find_listener(name);
+    if (!index) {
+        log::error("worker {}: cannot remove listener {}: no such listener", index_, name);
+        return;
+    }
+    ListenerState& l = listeners_.items[*index];
+    // By user_data, so closing the fd right away is fine: the pending accept holds
+    // its own reference until the cancel runs.
+    if (l.accepting) io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, *index), 0);
+    if (l.backoff_pending) {
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept_backoff, *index), 0);
+    }
+    if (l.fd >= 0) ::close(l.fd);
+    l.fd = -1;
+    l.removed = true;
+    drop_pin(l);
+}
+
+// ---------------------------------------------------------------------------
 // Stopping: stop() writes the eventfd; the loop stops accepting, lets
 // connections finish until the deadline, resets the rest, then drains.
 
@@ -852,9 +1310,13 @@ void Worker::Loop::request_stop(std::chrono::milliseconds grace) {
     int64_t current = stop_deadline_ns_.load();
     while (deadline < current && !stop_deadline_ns_.compare_exchange_weak(current, deadline)) {
     }
+    wake();
+}
+
+void Worker::Loop::wake() {
     const uint64_t one = 1;
     if (::write(wake_fd_, &one, sizeof one) < 0) {
-        log::error("worker {}: cannot signal stop: {}", index_, std::strerror(errno));
+        log::error("worker {}: cannot wake the loop: {}", index_, std::strerror(errno));
     }
 }
 
@@ -870,7 +1332,7 @@ void Worker::Loop::on_wake(int res) {
         throw std::runtime_error(fmt::format("cannot read the stop eventfd: {}", error_text(res)));
     }
     arm_wake();  // a second stop() (shorter grace) must still get through
-    check_routes();
+    run_commands();
     const int64_t deadline_ns = stop_deadline_ns_.load();
     if (deadline_ns == kNoDeadline) return;
     if (!stopping_) stop_accepting();
@@ -886,6 +1348,7 @@ void Worker::Loop::stop_accepting() {
     stopping_ = true;
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
         ListenerState& l = listeners_.items[i];
+        if (l.removed) continue;
         // By user_data, so closing the fd right away is fine: the pending accept
         // holds its own reference until the cancel runs.
         io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
@@ -913,7 +1376,9 @@ void Worker::Loop::force_close_all() {
     unsigned count = 0;
     for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
         const Phase phase = conns_[slot].phase;
-        if (phase != Phase::connecting && phase != Phase::relaying) continue;
+        if (phase != Phase::handshake && phase != Phase::connecting && phase != Phase::relaying) {
+            continue;
+        }
         close_connection(slot, CloseMode::reset);
         ++count;
     }
@@ -949,12 +1414,20 @@ void Worker::stop(std::chrono::milliseconds grace) {
     loop_->request_stop(grace);
 }
 
-void Worker::terminate(std::vector<std::shared_ptr<TargetStats>>) {
-    loop_->request_route_check();
+void Worker::terminate(std::vector<std::shared_ptr<TargetStats>> targets) {
+    loop_->post(TerminateCommand{std::move(targets)});
 }
 
-void Worker::add_listener(WorkerListener) {}
-void Worker::update_listener(ListenerSettings) {}
-void Worker::remove_listener(const std::string&) {}
+void Worker::add_listener(WorkerListener listener) {
+    loop_->post(AddListenerCommand{std::move(listener)});
+}
+
+void Worker::update_listener(ListenerSettings settings) {
+    loop_->post(UpdateListenerCommand{std::move(settings)});
+}
+
+void Worker::remove_listener(const std::string& name) {
+    loop_->post(RemoveListenerCommand{name});
+}
 
 }  // namespace stickyd

@@ -46,6 +46,7 @@ struct WorkerOptions {
 struct WorkerStats {
     std::atomic<uint64_t> accepted{0}, active{0}, connect_failures{0}, retries{0}, bytes_in{0},
         bytes_out{0};
+    std::atomic<uint64_t> idle_timeouts{0};  // connections reset for the listener's idle_timeout
     // Bumped once per loop iteration: a counter that stops moving means a wedged loop.
     std::atomic<uint64_t> heartbeat{0};
 };

@@ -75,11 +75,6 @@ struct RoutingTable {
     bool no_target = false;
     // Shared by every snapshot of the group; nullptr when passive checking is off.
     std::shared_ptr<PassiveHealth> passive;
-    // Per target (same order): how many times it was turned unhealthy with
-    // connection termination on. A worker that sees a count rise between two
-    // snapshots of the same group resets its open connections to that target, even
-    // if it never saw the snapshots in between.
-    std::vector<uint32_t> terminations;
 
     uint64_t key_hash(const sockaddr* client) const;
     // The same for a bare IP (stickyctl lookup): applies this group's prefixes.

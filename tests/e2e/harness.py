@@ -382,6 +382,82 @@ def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
         return status, body[:length].decode("utf-8", "replace")
 
 
+def http_get_after(dst, preamble, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
+    """http_get, but preamble (e.g. a PROXY header) goes out in the same send as the
+    request. Returns (status, body)."""
+    with connect(dst, src_ip, timeout) as s:
+        host = fmt_addr(dst)
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        send_all(s, preamble + request.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(CHUNK)
+            if not chunk:
+                raise Failure(f"{host}: connection closed before a complete response "
+                              f"(got {data!r})")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if len(body) < length:
+            body += recv_exact(s, length - len(body))
+        return status, body[:length].decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------
+# PROXY protocol (haproxy proxy-protocol.txt), written and read independently of
+# stickyd's own code.
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1_header(src, dst):
+    """'PROXY TCP4|TCP6 src dst sport dport\\r\\n' for (host, port) pairs."""
+    proto = "TCP6" if ":" in src[0] else "TCP4"
+    return f"PROXY {proto} {src[0]} {dst[0]} {src[1]} {dst[1]}\r\n".encode()
+
+
+def proxy_v2_header(src, dst, command=1):
+    """A v2 header (command 1 = PROXY, 0 = LOCAL) for (host, port) pairs, no TLVs."""
+    if command == 0:
+        return PROXY_V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
+    fam = family_of(src[0])
+    block = (socket.inet_pton(fam, src[0]) + socket.inet_pton(fam, dst[0])
+             + src[1].to_bytes(2, "big") + dst[1].to_bytes(2, "big"))
+    family_proto = 0x11 if fam == socket.AF_INET else 0x21
+    return PROXY_V2_SIGNATURE + bytes([0x21, family_proto]) + len(block).to_bytes(2, "big") + block
+
+
+def read_proxy_v2(sock):
+    """Reads one v2 header from sock. Returns (command, src, dst) where src and dst
+    are (ip, port) or None when the header carries no addresses."""
+    fixed = recv_exact(sock, 16)
+    expect_eq(fixed[:12], PROXY_V2_SIGNATURE, "PROXY v2 signature")
+    expect_eq(fixed[12] >> 4, 2, "PROXY header version")
+    command = fixed[12] & 0x0F
+    family_proto = fixed[13]
+    length = int.from_bytes(fixed[14:16], "big")
+    block = recv_exact(sock, length) if length else b""
+    if family_proto == 0x11:
+        expect(length >= 12, f"INET block of {length} bytes")
+        src = (socket.inet_ntop(socket.AF_INET, block[0:4]), int.from_bytes(block[8:10], "big"))
+        dst = (socket.inet_ntop(socket.AF_INET, block[4:8]), int.from_bytes(block[10:12], "big"))
+        return command, src, dst
+    if family_proto == 0x21:
+        expect(length >= 36, f"INET6 block of {length} bytes")
+        src = (socket.inet_ntop(socket.AF_INET6, block[0:16]),
+               int.from_bytes(block[32:34], "big"))
+        dst = (socket.inet_ntop(socket.AF_INET6, block[16:32]),
+               int.from_bytes(block[34:36], "big"))
+        return command, src, dst
+    return command, None, None
+
+
 def whoami(src_ip, lb_addr):
     """The name of the backend that answers GET /hostname for this source address."""
     status, body = http_get(lb_addr, "/hostname", src_ip)

@@ -4,6 +4,10 @@
 #include <doctest/doctest.h>
 
 #include <cerrno>
+#include <string_view>
+#include <vector>
+
+#include "stickyd/address.hpp"
 
 using namespace stickyd;
 using std::chrono::milliseconds;
@@ -167,8 +171,8 @@ TEST_CASE("accept back-off: 100 ms doubling to 1 s") {
     }
 }
 
-TEST_CASE("the connection slot stays within one cache line") {
-    CHECK(sizeof(Connection) <= 64);
+TEST_CASE("the connection slot stays within 96 bytes (idle memory per connection)") {
+    CHECK(sizeof(Connection) <= 96);
     Connection c;
     c.client_fd = 10;
     c.target_fd = 11;
@@ -177,4 +181,119 @@ TEST_CASE("the connection slot stays within one cache line") {
     CHECK(c.source_fd(FlowDir::downstream) == 11);
     CHECK(c.sink_fd(FlowDir::downstream) == 10);
     CHECK(other(FlowDir::upstream) == FlowDir::downstream);
+}
+
+// ---------------------------------------------------------------------------
+// Idle timeout in wheel ticks
+
+TEST_CASE("idle timeouts round up to whole ticks and fit the slot's field") {
+    const milliseconds tick{100};
+    CHECK(idle_timeout_ticks(milliseconds{1000}, tick) == 10);
+    CHECK(idle_timeout_ticks(milliseconds{1001}, tick) == 11);  // never close early
+    CHECK(idle_timeout_ticks(milliseconds{350000}, tick) == 3500);
+    CHECK(idle_timeout_ticks(milliseconds{6000000}, tick) == 60000);
+    CHECK(idle_timeout_ticks(milliseconds{1}, tick) == 1);
+    CHECK(idle_timeout_ticks(milliseconds{0}, tick) == 1);
+    CHECK(idle_timeout_ticks(milliseconds{100000000}, tick) == UINT16_MAX);
+}
+
+TEST_CASE("a connection is due one tick after its timeout, counted from its last tick") {
+    CHECK(idle_due(0, 10) == 11);
+    CHECK(idle_due(500, 3500) == 4001);
+}
+
+// ---------------------------------------------------------------------------
+// Reading the client's PROXY header
+
+namespace {
+
+std::vector<uint8_t> bytes(std::string_view text) {
+    return {text.begin(), text.end()};
+}
+
+std::vector<uint8_t> v2_header(const char* client, const char* local) {
+    const auto header =
+        proxy::encode_v2_proxy(*SocketAddress::parse(client), *SocketAddress::parse(local));
+    return {header.view().begin(), header.view().end()};
+}
+
+}  // namespace
+
+TEST_CASE("a v1 header in one chunk: the rest of the chunk is client data") {
+    std::vector<uint8_t> pending;
+    const auto chunk = bytes("PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\nGET / HTTP/1.0\r\n");
+    HeaderOutcome out = on_header_bytes(pending, chunk);
+    REQUIRE(out.step == HeaderStep::done);
+    CHECK(out.payload_offset == 39);
+    CHECK(std::string(chunk.begin() + 39, chunk.end()) == "GET / HTTP/1.0\r\n");
+    REQUIRE(out.header.source);
+    CHECK(out.header.source->to_string() == "10.1.2.3:40000");
+    CHECK(out.header.destination->to_string() == "10.0.0.1:80");
+}
+
+TEST_CASE("a v2 header delivered byte by byte completes on its last byte") {
+    const auto header = v2_header("[2001:db8::7]:5000", "[2001:db8::1]:443");
+    std::vector<uint8_t> pending;
+    for (size_t i = 0; i + 1 < header.size(); ++i) {
+        CHECK(on_header_bytes(pending, std::span(&header[i], 1)).step == HeaderStep::more);
+    }
+    // The last header byte arrives together with the first payload bytes.
+    std::vector<uint8_t> last = {header.back(), 'h', 'i'};
+    HeaderOutcome out = on_header_bytes(pending, last);
+    REQUIRE(out.step == HeaderStep::done);
+    CHECK(out.payload_offset == 1);
+    CHECK(out.header.version == 2);
+    CHECK(out.header.source->to_string() == "[2001:db8::7]:5000");
+}
+
+TEST_CASE("a header that ends exactly with the chunk leaves no client data") {
+    const auto header = v2_header("192.0.2.9:1234", "192.0.2.1:80");
+    std::vector<uint8_t> pending;
+    HeaderOutcome out = on_header_bytes(pending, header);
+    REQUIRE(out.step == HeaderStep::done);
+    CHECK(out.payload_offset == header.size());
+}
+
+TEST_CASE("LOCAL and UNKNOWN headers complete without addresses") {
+    std::vector<uint8_t> pending;
+    HeaderOutcome out = on_header_bytes(pending, bytes("PROXY UNKNOWN\r\nx"));
+    REQUIRE(out.step == HeaderStep::done);
+    CHECK_FALSE(out.header.source);
+    CHECK(out.payload_offset == 15);
+    const auto local = proxy::encode_v2_local();
+    pending.clear();
+    out = on_header_bytes(pending, local.view());
+    REQUIRE(out.step == HeaderStep::done);
+    CHECK(out.header.command == proxy::Command::local);
+    CHECK_FALSE(out.header.source);
+}
+
+TEST_CASE("garbage is invalid as soon as it cannot be a header") {
+    std::vector<uint8_t> pending;
+    HeaderOutcome out = on_header_bytes(pending, bytes("GET / HTTP/1.1\r\n"));
+    CHECK(out.step == HeaderStep::invalid);
+    CHECK_FALSE(out.reason.empty());
+    pending.clear();
+    CHECK(on_header_bytes(pending, bytes("PROX")).step == HeaderStep::more);
+    CHECK(on_header_bytes(pending, bytes("Y TCP4 999.1.1.1 1.1.1.1 1 2\r\n")).step ==
+          HeaderStep::invalid);
+}
+
+TEST_CASE("a header longer than the limit is refused without buffering it all") {
+    // A v2 header announcing 5000 address/TLV bytes.
+    std::vector<uint8_t> big;
+    for (uint8_t b : proxy::kV2Signature) big.push_back(b);
+    for (uint8_t b : {0x21, 0x11, 0x13, 0x88}) big.push_back(b);
+    std::vector<uint8_t> pending;
+    HeaderOutcome out = on_header_bytes(pending, big, 4096);
+    CHECK(out.step == HeaderStep::invalid);
+    CHECK(out.reason == "header longer than 4096 bytes");
+    // A v1 line that never ends: cut off at the limit, whatever the chunk size.
+    pending.clear();
+    HeaderOutcome last = on_header_bytes(pending, bytes("PROXY TCP4 "));
+    for (int i = 0; i < 100 && last.step == HeaderStep::more; ++i) {
+        last = on_header_bytes(pending, std::vector<uint8_t>(1000, '1'));
+    }
+    CHECK(last.step == HeaderStep::invalid);
+    CHECK(pending.size() <= 4097);
 }

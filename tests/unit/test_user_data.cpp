@@ -9,7 +9,8 @@ TEST_CASE("user_data round-trips op, slot and generation") {
                       Op::accept_backoff, Op::connect,       Op::connect_timeout, Op::recv_client,
                       Op::recv_target,    Op::send_target,   Op::send_client,     Op::check_wake,
                       Op::check_tick,     Op::check_connect, Op::check_send,      Op::check_recv,
-                      Op::check_timeout};
+                      Op::check_timeout,  Op::recv_header,   Op::header_timeout,  Op::send_header,
+                      Op::idle_timer};
     const uint32_t slots[] = {0, 1, 65535, 65536, 0xDEADBEEF, UINT32_MAX};
     const uint32_t generations[] = {0, 1, 0x123456, kGenerationMask};
     for (Op op : ops) {

@@ -1,0 +1,254 @@
+// The worker's thread-safe control API (listeners, terminate) and its per-target and
+// per-listener counters, driven through a real Worker on loopback sockets. These
+// entry points have no CLI yet (reload and the control thread call them), so they
+// are exercised here directly.
+#include "src/worker.hpp"
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <functional>
+#include <thread>
+
+#include "src/listener.hpp"
+#include "stickyd/config.hpp"
+#include "stickyd/routing.hpp"
+
+using namespace stickyd;
+using namespace std::chrono_literals;
+
+namespace {
+
+SocketAddress loopback(uint16_t port) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&sin), sizeof sin);
+}
+
+uint16_t port_of(int fd) {
+    sockaddr_in sin{};
+    socklen_t len = sizeof sin;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
+    return ntohs(sin.sin_port);
+}
+
+void set_timeout(int fd) {
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+struct Fd {
+    int fd = -1;
+    explicit Fd(int f) : fd(f) {}
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+};
+
+// A listening backend on an ephemeral loopback port.
+int backend_socket() {
+    std::string error;
+    int fd = open_listener(loopback(0), error);
+    REQUIRE_MESSAGE(fd >= 0, error);
+    return fd;
+}
+
+int connect_to(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    set_timeout(fd);
+    const SocketAddress a = loopback(port);
+    if (::connect(fd, a.sa(), a.len()) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool eventually(const std::function<bool()>& condition) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (condition()) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return false;
+}
+
+// Blocking calls in this thread can see EINTR (io_uring task-work notifications
+// of the worker's ring, created on this thread, interrupt them): retry those.
+template <typename Call>
+auto retry(Call call) {
+    for (;;) {
+        auto rc = call();
+        if (rc >= 0 || errno != EINTR) return rc;
+    }
+}
+
+// One byte client -> backend and one back, through the worker.
+bool round_trip(int client, int server, char c) {
+    char got = 0;
+    if (retry([&] { return ::send(client, &c, 1, MSG_NOSIGNAL); }) != 1) return false;
+    if (retry([&] { return ::recv(server, &got, 1, 0); }) != 1 || got != c) return false;
+    if (retry([&] { return ::send(server, &c, 1, MSG_NOSIGNAL); }) != 1) return false;
+    return retry([&] { return ::recv(client, &got, 1, 0); }) == 1 && got == c;
+}
+
+// The errno of a recv that fails (0 if it returned data or EOF), read before
+// anything else can change it.
+int recv_error(int fd) {
+    char byte = 0;
+    const ssize_t n = retry([&] { return ::recv(fd, &byte, 1, 0); });
+    return n < 0 ? errno : 0;
+}
+
+struct Rig {
+    Fd backend{backend_socket()};
+    TargetGroupConfig group;
+    std::unique_ptr<RouteSlot> slot;
+    std::shared_ptr<const RoutingTable> table;
+    std::unique_ptr<Worker> worker;
+    std::thread thread;
+
+    Rig() {
+        set_timeout(backend.fd);
+        group.name = "g";
+        TargetConfig target;
+        target.address = loopback(port_of(backend.fd));
+        target.id = "backend";
+        group.targets.push_back(std::move(target));
+        table = build_routing_table(group);
+        slot = std::make_unique<RouteSlot>(table);
+        WorkerOptions options;
+        options.buffer_count = 64;
+        options.max_connections = 64;
+        worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
+        thread = std::thread([this] { worker->run(); });
+    }
+    ~Rig() {
+        worker->stop(0ms);
+        thread.join();
+    }
+
+    ListenerSettings settings(std::string name, std::shared_ptr<ListenerStats> stats) {
+        ListenerSettings s;
+        s.name = std::move(name);
+        s.route = slot.get();
+        s.stats = std::move(stats);
+        return s;
+    }
+
+    // Adds a listener on a fresh port; returns the port once it accepts.
+    uint16_t add(const std::string& name, std::shared_ptr<ListenerStats> stats) {
+        std::string error;
+        int fd = open_listener(loopback(0), error);
+        REQUIRE_MESSAGE(fd >= 0, error);
+        const uint16_t port = port_of(fd);
+        worker->add_listener(WorkerListener{fd, settings(name, std::move(stats))});
+        return port;
+    }
+
+    // A client connection through `port` and the backend's end of it.
+    std::pair<int, int> open_pair(uint16_t port) {
+        int client = connect_to(port);
+        REQUIRE(client >= 0);
+        int server = retry([&] { return ::accept4(backend.fd, nullptr, nullptr, SOCK_CLOEXEC); });
+        REQUIRE(server >= 0);
+        set_timeout(server);
+        return {client, server};
+    }
+
+    const TargetStats& target() const { return *table->targets[0].stats; }
+};
+
+}  // namespace
+
+TEST_CASE("an added listener accepts; counters follow connections, bytes and closes") {
+    Rig rig;
+    auto stats = std::make_shared<ListenerStats>();
+    const uint16_t port = rig.add("a", stats);
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    CHECK(round_trip(client, server, 'x'));
+    CHECK(round_trip(client, server, 'y'));
+    CHECK(stats->accepted.load() == 1);
+    CHECK(rig.target().connections.load() == 1);
+    CHECK(rig.target().active.load() == 1);
+    CHECK(rig.target().connect_failures.load() == 0);
+    CHECK(eventually([&] { return rig.target().bytes_in.load() == 2; }));
+    CHECK(eventually([&] { return rig.target().bytes_out.load() == 2; }));
+    ::close(c.fd);
+    c.fd = -1;
+    ::shutdown(server, SHUT_WR);
+    CHECK(eventually([&] { return rig.target().active.load() == 0; }));
+}
+
+TEST_CASE("terminate resets the connections to those targets, and only those") {
+    Rig rig;
+    const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    REQUIRE(round_trip(client, server, 'x'));
+    // Another target's stats: nothing happens to this connection.
+    rig.worker->terminate({std::make_shared<TargetStats>()});
+    CHECK(round_trip(client, server, 'y'));
+    rig.worker->terminate({rig.table->targets[0].stats});
+    CHECK(recv_error(client) == ECONNRESET);
+    CHECK(recv_error(server) == ECONNRESET);
+    CHECK(eventually([&] { return rig.target().active.load() == 0; }));
+}
+
+TEST_CASE("a removed listener stops accepting; its connections carry on") {
+    Rig rig;
+    const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    rig.worker->remove_listener("a");
+    CHECK(eventually([&] {
+        int fd = connect_to(port);
+        if (fd >= 0) ::close(fd);
+        return fd < 0;
+    }));
+    CHECK(round_trip(client, server, 'z'));
+    // A listener added afterwards (possibly in the removed one's place) works.
+    auto stats = std::make_shared<ListenerStats>();
+    const uint16_t port2 = rig.add("b", stats);
+    auto [client2, server2] = rig.open_pair(port2);
+    Fd c2{client2}, s2{server2};
+    CHECK(round_trip(client2, server2, 'w'));
+    CHECK(stats->accepted.load() == 1);
+}
+
+TEST_CASE("update_listener applies to new connections only") {
+    Rig rig;
+    auto before = std::make_shared<ListenerStats>();
+    const uint16_t port = rig.add("a", before);
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    auto after = std::make_shared<ListenerStats>();
+    ListenerSettings changed = rig.settings("a", after);
+    changed.idle_timeout = 1000ms;
+    rig.worker->update_listener(changed);
+    // Same socket: the port still accepts, counted under the new settings.
+    REQUIRE(eventually([&] {
+        auto [client2, server2] = rig.open_pair(port);
+        ::close(client2);
+        ::close(server2);
+        return after->accepted.load() >= 1;
+    }));
+    CHECK(before->accepted.load() >= 1);
+    auto [client3, server3] = rig.open_pair(port);
+    Fd c3{client3}, s3{server3};
+    // The new connection has the 1 s idle timeout and is reset; the old one keeps
+    // the default 350 s and still works afterwards.
+    CHECK(recv_error(client3) == ECONNRESET);
+    CHECK(round_trip(client, server, 'q'));
+}
