@@ -261,5 +261,33 @@ def test_stickyd_keeps_the_last_good_set_when_the_name_fails():
     h.expect_eq(h.mapping(lb, clients), before, "mapping after the name is back")
 
 
+# ---------------------------------------------------------------------------------
+# The Kubernetes example: stickyd's dns name must be the headless service it ships.
+
+def test_kubernetes_example_discovers_its_headless_service():
+    try:
+        import yaml
+    except ImportError:
+        h.skip("python3-yaml is not installed")
+    directory = os.path.join(h.SOURCE_ROOT, "kubernetes")
+    docs = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".yaml"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                docs += [d for d in yaml.safe_load_all(f) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    headless = [s for s in by_kind.get("Service", []) if s["spec"].get("clusterIP") == "None"]
+    h.expect_eq(len(headless), 1, "headless services")
+    svc = headless[0]
+    port = svc["spec"]["ports"][0]["port"]
+    wanted = f'{svc["metadata"]["name"]}.{svc["metadata"]["namespace"]}.svc.cluster.local:{port}'
+    config = by_kind["ConfigMap"][0]["data"]["stickyd.toml"]
+    h.expect(f'dns = "{wanted}"' in config, f"the ConfigMap's dns is {wanted}")
+    path = h.write_file("k8s-stickyd.toml", config)
+    dns_supported(path)  # and --check-config accepts it
+
+
 if __name__ == "__main__":
     h.main()
