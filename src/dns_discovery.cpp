@@ -1,0 +1,245 @@
+#include "dns_discovery.hpp"
+
+#include <fmt/core.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <tuple>
+#include <utility>
+
+#include "stickyd/log.hpp"
+
+namespace stickyd {
+namespace {
+
+// (family, address bytes, port): IPv4 first, so logs and views read naturally.
+auto order_key(const SocketAddress& a) {
+    std::array<uint8_t, 16> bytes{};
+    if (a.family() == AF_INET) {
+        std::memcpy(bytes.data(), &reinterpret_cast<const sockaddr_in*>(a.sa())->sin_addr, 4);
+    } else {
+        std::memcpy(bytes.data(), &reinterpret_cast<const sockaddr_in6*>(a.sa())->sin6_addr, 16);
+    }
+    return std::tuple(a.family() == AF_INET ? 0 : 1, bytes, a.port());
+}
+
+std::string join(const std::vector<SocketAddress>& addresses) {
+    std::string out;
+    for (const auto& a : addresses) {
+        if (!out.empty()) out += ", ";
+        out += a.to_string();
+    }
+    return out;
+}
+
+std::string where(const std::string& group, const std::string& name, uint16_t port) {
+    return fmt::format("target group '{}': dns {}:{}", group, name, port);
+}
+
+void log_result(const std::string& group, const std::string& name, uint16_t port,
+                const std::vector<SocketAddress>& addresses) {
+    log::info("{} resolves to {} address{}: {}", where(group, name, port), addresses.size(),
+              addresses.size() == 1 ? "" : "es", join(addresses));
+}
+
+void log_error(const std::string& group, const std::string& name, uint16_t port,
+               const DnsAnswer& answer, const DiscoveryTracker& tracker) {
+    const size_t kept = tracker.last_good() ? tracker.last_good()->size() : 0;
+    log::warn("{}: {}; keeping the last {} discovered target{} until it resolves again",
+              where(group, name, port), answer.error, kept, kept == 1 ? "" : "s");
+}
+
+}  // namespace
+
+DnsAnswer make_answer(std::vector<SocketAddress> addresses, const std::string& name) {
+    if (addresses.empty()) return {{}, fmt::format("{} has no A or AAAA records", name)};
+    std::sort(
+        addresses.begin(), addresses.end(),
+        [](const SocketAddress& a, const SocketAddress& b) { return order_key(a) < order_key(b); });
+    addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+    return {std::move(addresses), {}};
+}
+
+DnsAnswer resolve_dns(const std::string& name, uint16_t port) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    // No AI_ADDRCONFIG: it hides every address when only loopback is configured, and
+    // a pod network may well be IPv6 while the host's own address is IPv4.
+    addrinfo* list = nullptr;
+    const int rc = ::getaddrinfo(name.c_str(), nullptr, &hints, &list);
+    if (rc != 0) {
+        const char* why = rc == EAI_SYSTEM ? std::strerror(errno) : ::gai_strerror(rc);
+        return {{}, fmt::format("cannot resolve {}: {}", name, why)};
+    }
+    std::vector<SocketAddress> addresses;
+    for (const addrinfo* ai = list; ai != nullptr; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET) {
+            sockaddr_in sin{};
+            std::memcpy(&sin, ai->ai_addr, sizeof sin);
+            sin.sin_port = htons(port);
+            addresses.push_back(
+                SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof sin));
+        } else if (ai->ai_family == AF_INET6) {
+            sockaddr_in6 sin6{};
+            std::memcpy(&sin6, ai->ai_addr, sizeof sin6);
+            sin6.sin6_port = htons(port);
+            addresses.push_back(
+                SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&sin6), sizeof sin6));
+        }
+    }
+    ::freeaddrinfo(list);
+    return make_answer(std::move(addresses), name);
+}
+
+DiscoveryTracker::Report DiscoveryTracker::update(const DnsAnswer& answer) {
+    if (!answer.ok()) {
+        if (failing_) return Report::nothing;
+        failing_ = true;
+        return Report::error;
+    }
+    const bool recovered = std::exchange(failing_, false);
+    if (last_good_ && *last_good_ == answer.addresses && !recovered) return Report::nothing;
+    last_good_ = answer.addresses;
+    return Report::result;
+}
+
+std::map<std::string, DnsAnswer> resolve_once(const Config& config, const Resolver& resolver) {
+    std::map<std::string, DnsAnswer> answers;
+    for (const auto& group : config.target_groups) {
+        if (!group.dns) continue;
+        DnsAnswer answer = resolver(group.dns->name, group.dns->port);
+        if (answer.ok()) {
+            log_result(group.name, group.dns->name, group.dns->port, answer.addresses);
+        } else {
+            log::warn("{}: {}; starting without discovered targets",
+                      where(group.name, group.dns->name, group.dns->port), answer.error);
+        }
+        answers.emplace(group.name, std::move(answer));
+    }
+    return answers;
+}
+
+DnsDiscovery::DnsDiscovery(const Config& config, Callbacks callbacks,
+                           const std::map<std::string, DnsAnswer>& initial, Resolver resolver)
+    : callbacks_(std::move(callbacks)), resolver_(std::move(resolver)) {
+    set_groups(config, &initial);
+}
+
+DnsDiscovery::~DnsDiscovery() {
+    stop();
+}
+
+void DnsDiscovery::start() {
+    std::lock_guard lock(mutex_);
+    if (thread_.joinable() || stopping_) return;
+    thread_ = std::thread([this] { run(); });
+}
+
+void DnsDiscovery::stop() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+void DnsDiscovery::apply(const Config& config) {
+    {
+        std::lock_guard lock(mutex_);
+        set_groups(config, nullptr);
+    }
+    wake_.notify_all();
+}
+
+// Called with the mutex held (or before the thread exists).
+void DnsDiscovery::set_groups(const Config& config,
+                              const std::map<std::string, DnsAnswer>* initial) {
+    const auto now = Clock::now();
+    std::map<std::string, Group> next;
+    for (const auto& group : config.target_groups) {
+        if (!group.dns) continue;
+        auto old = groups_.find(group.name);
+        if (old != groups_.end() && old->second.name == group.dns->name &&
+            old->second.port == group.dns->port) {
+            Group kept = std::move(old->second);
+            // A shorter refresh takes effect now rather than after the old, longer wait.
+            if (group.dns->refresh < kept.refresh)
+                kept.due = std::min(kept.due, now + group.dns->refresh);
+            kept.refresh = group.dns->refresh;
+            next.emplace(group.name, std::move(kept));
+            continue;
+        }
+        Group fresh;
+        fresh.name = group.dns->name;
+        fresh.port = group.dns->port;
+        fresh.refresh = group.dns->refresh;
+        fresh.generation = next_generation_++;
+        fresh.due = now;
+        if (initial != nullptr) {
+            if (auto it = initial->find(group.name); it != initial->end()) {
+                fresh.tracker.update(it->second);
+                fresh.due = now + fresh.refresh;
+            }
+        }
+        next.emplace(group.name, std::move(fresh));
+    }
+    groups_ = std::move(next);
+}
+
+void DnsDiscovery::run() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+        auto soonest = groups_.end();
+        for (auto it = groups_.begin(); it != groups_.end(); ++it) {
+            if (soonest == groups_.end() || it->second.due < soonest->second.due) soonest = it;
+        }
+        if (soonest == groups_.end()) {
+            wake_.wait(lock);  // nothing to resolve until a reload adds a group
+            continue;
+        }
+        if (Clock::now() < soonest->second.due) {
+            // Re-evaluated after every wake-up: apply() may have changed the schedule.
+            wake_.wait_until(lock, soonest->second.due);
+            continue;
+        }
+        const std::string group = soonest->first;
+        const std::string name = soonest->second.name;
+        const uint16_t port = soonest->second.port;
+        const uint64_t generation = soonest->second.generation;
+
+        lock.unlock();
+        DnsAnswer answer = resolver_(name, port);
+        lock.lock();
+        if (stopping_) break;
+
+        auto it = groups_.find(group);
+        if (it == groups_.end() || it->second.generation != generation) continue;
+        Group& g = it->second;
+        g.due = Clock::now() + g.refresh;
+        const auto report = g.tracker.update(answer);
+        if (report == DiscoveryTracker::Report::nothing) continue;
+        if (report == DiscoveryTracker::Report::result) {
+            log_result(group, name, port, answer.addresses);
+        } else {
+            log_error(group, name, port, answer, g.tracker);
+        }
+        // Outside the lock: the callee may block (Control applies it on its thread),
+        // and apply() or stop() must not wait behind that.
+        lock.unlock();
+        if (report == DiscoveryTracker::Report::result) {
+            if (callbacks_.on_result) callbacks_.on_result(group, std::move(answer.addresses));
+        } else {
+            if (callbacks_.on_error) callbacks_.on_error(group, std::move(answer.error));
+        }
+        lock.lock();
+    }
+}
+
+}  // namespace stickyd
