@@ -73,18 +73,6 @@ bool any_usable(const RoutingTable& table) {
 
 }  // namespace
 
-std::string_view to_string(Deregistration d) {
-    switch (d) {
-        case Deregistration::none:
-            return "none";
-        case Deregistration::drained:
-            return "drained";
-        case Deregistration::removed:
-            return "removed";
-    }
-    return "none";
-}
-
 std::string rfc3339_utc(std::chrono::system_clock::time_point t) {
     using namespace std::chrono;
     const auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();

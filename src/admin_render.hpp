@@ -98,8 +98,6 @@ struct AdminState {
     ProcessFds fds;
 };
 
-std::string_view to_string(Deregistration d);
-
 // "2026-11-23T09:01:02.345Z"
 std::string rfc3339_utc(std::chrono::system_clock::time_point t);
 

@@ -19,8 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include "control.hpp"
-#include "listener.hpp"
+#include "daemon.hpp"
 #include "sd_notify.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
@@ -64,6 +63,8 @@ struct Options {
     bool proxy_protocol_v2 = false;
     bool accept_proxy_protocol = false;
     std::string proxy_protocol_timeout = "3s";
+    std::optional<std::string> admin_socket;
+    std::string admin_address;
 };
 
 void print_error(std::string_view message) {
@@ -208,142 +209,6 @@ void raise_nofile_limit() {
     }
 }
 
-unsigned worker_count(const Config& config) {
-    if (config.global.threads != 0) return config.global.threads;
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    return online > 0 ? static_cast<unsigned>(online) : 1U;
-}
-
-// Owns everything that lives for one run of the daemon.
-class Daemon {
-  public:
-    Daemon(Config config, WorkerOptions worker_options)
-        : config_(std::move(config)), worker_options_(worker_options) {}
-
-    // Binds every listener once per worker before any thread starts, so a port
-    // clash is reported and nothing is half-running.
-    bool start() {
-        // Before the workers: they must start from the health-aware snapshots.
-        try {
-            control_ = std::make_unique<Control>(
-                config_, [this](std::vector<std::shared_ptr<TargetStats>> targets) {
-                    for (auto& worker : workers_) worker->terminate(targets);
-                });
-        } catch (const std::exception& e) {
-            print_error(e.what());
-            return false;
-        }
-        unsigned count = worker_count(config_);
-        std::vector<std::vector<WorkerListener>> per_worker(count);
-        for (const auto& listener : config_.listeners) {
-            std::string error;
-            if (!check_port_free(listener.bind, error)) {
-                print_error(error);
-                return false;
-            }
-        }
-        for (const auto& listener : config_.listeners) {
-            RouteSlot* slot = control_->slot(listener.target_group);
-            // One set of counters per configured listener, whichever worker accepts.
-            auto listener_stats = std::make_shared<ListenerStats>();
-            for (unsigned w = 0; w < count; ++w) {
-                std::string error;
-                int fd = open_listener(listener.bind, error);
-                if (fd < 0) {
-                    print_error(error);
-                    close_all(per_worker);
-                    return false;
-                }
-                ListenerSettings settings;
-                settings.name = listener.name;
-                settings.route = slot;
-                settings.idle_timeout = listener.idle_timeout;
-                settings.accept_proxy_protocol = listener.accept_proxy_protocol;
-                settings.proxy_protocol_timeout = listener.proxy_protocol_timeout;
-                settings.stats = listener_stats;
-                per_worker[w].push_back(WorkerListener{fd, std::move(settings)});
-            }
-        }
-        try {
-            for (unsigned w = 0; w < count; ++w) {
-                workers_.push_back(
-                    std::make_unique<Worker>(w, std::move(per_worker[w]), worker_options_));
-            }
-        } catch (const std::exception& e) {
-            print_error(e.what());
-            return false;
-        }
-        for (auto& worker : workers_) {
-            threads_.emplace_back([w = worker.get(), this] {
-                try {
-                    w->run();
-                } catch (const std::exception& e) {
-                    log::error("worker failed: {}", e.what());
-                    failed_ = true;
-                }
-            });
-        }
-        control_->start();
-        for (const auto& listener : config_.listeners) {
-            log::info("listening on {} -> target group '{}' ({} workers)",
-                      listener.bind.to_string(), listener.target_group, count);
-        }
-        return true;
-    }
-
-    void stop(Duration grace) {
-        for (auto& worker : workers_) worker->stop(grace);
-    }
-
-    // Waits for the workers; a worker that dies takes the daemon down with it.
-    int join() {
-        for (auto& thread : threads_) thread.join();
-        if (control_) control_->stop();
-        return failed_ ? kExitConfig : kExitOk;
-    }
-
-    uint64_t active_connections() const {
-        uint64_t total = 0;
-        for (const auto& worker : workers_) total += worker->stats().active.load();
-        return total;
-    }
-
-    // The STATUS= line systemctl status shows.
-    std::string status_line() const {
-        size_t targets = 0;
-        for (const auto& group : config_.target_groups) targets += group.targets.size();
-        return fmt::format("{} listeners, {} targets, {} active connections",
-                           config_.listeners.size(), targets, active_connections());
-    }
-
-    // True if every worker's loop went round since the last call: the watchdog is
-    // only fed while all of them are alive, so one wedged loop gets us restarted.
-    bool workers_progressed() {
-        bool all = true;
-        last_beats_.resize(workers_.size(), 0);
-        for (size_t i = 0; i < workers_.size(); ++i) {
-            const uint64_t beat = workers_[i]->stats().heartbeat.load(std::memory_order_relaxed);
-            if (beat == last_beats_[i]) all = false;
-            last_beats_[i] = beat;
-        }
-        return all;
-    }
-
-  private:
-    static void close_all(std::vector<std::vector<WorkerListener>>& lists) {
-        for (auto& list : lists)
-            for (auto& l : list) ::close(l.fd);
-    }
-
-    Config config_;
-    WorkerOptions worker_options_;
-    std::vector<uint64_t> last_beats_;
-    std::vector<std::unique_ptr<Worker>> workers_;
-    std::unique_ptr<Control> control_;  // after workers_: destroyed first
-    std::vector<std::thread> threads_;
-    std::atomic<bool> failed_{false};
-};
-
 // Failing to reach systemd is worth one warning, not one per status tick.
 void notified(int rc) {
     static bool warned = false;
@@ -353,7 +218,7 @@ void notified(int rc) {
     }
 }
 
-int run(Config config) {
+int run(Config config, DaemonOptions options) {
     log::set_level(config.global.log_level);
     if (auto problem = probe_io_uring()) {
         print_error(*problem);
@@ -376,15 +241,13 @@ int run(Config config) {
     using std::chrono::milliseconds;
     const auto watchdog = sd::watchdog_interval();
     milliseconds tick{5000};
-    WorkerOptions worker_options;
     if (watchdog) {
         tick = std::clamp(std::chrono::duration_cast<milliseconds>(*watchdog / 2), milliseconds{2},
                           tick);
-        worker_options.heartbeat = tick / 2;
+        options.worker.heartbeat = tick / 2;
     }
 
-    Duration grace = config.global.shutdown_grace;
-    Daemon daemon(std::move(config), worker_options);
+    Daemon daemon(std::move(config), std::move(options));
     if (!daemon.start()) return kExitConfig;
     log::info("stickyd {} ready", STICKYD_VERSION);
     notified(sd::ready(daemon.status_line()));
@@ -418,12 +281,22 @@ int run(Config config) {
         }
         if (joined) break;
         if (sig == SIGHUP) {
-            log::warn(
-                "SIGHUP received: this version applies configuration changes on restart only");
+            if (stopping) continue;  // nothing to reload into once draining
+            // RELOADING=1 only for a file that validated: a refused reload changes
+            // nothing, and says why in STATUS= for `systemctl status`.
+            const Daemon::ReloadResult result = daemon.reload([] { notified(sd::reloading()); });
+            if (result.applied) {
+                notified(sd::ready(daemon.status_line()));
+            } else {
+                notified(sd::status(result.message));
+                // Keep the failure visible until the next tick replaces it.
+                next_tick = std::chrono::steady_clock::now() + tick;
+            }
             continue;
         }
         if (!stopping) {
             stopping = true;
+            const Duration grace = daemon.shutdown_grace();
             notified(sd::stopping());
             log::info("{} received: stopped accepting; waiting up to {} ms for {} open connections",
                       sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
@@ -471,6 +344,10 @@ int main_impl(int argc, char** argv) {
         ->check(CLI::Range(1U, 256U));
     app.add_option("--log-level", opt.log_level, "trace, debug, info, warn or error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    app.add_option("--admin-socket", opt.admin_socket,
+                   "Admin endpoint unix socket (default /run/stickyd/admin.sock; \"\" = none)");
+    app.add_option("--admin-address", opt.admin_address,
+                   "Also serve the admin endpoint on this ip:port (e.g. 127.0.0.1:9090)");
     auto* algorithm_opt =
         app.add_option("--algorithm", opt.algorithm, "Quick mode: ring (default) or maglev")
             ->check(CLI::IsMember({"ring", "maglev"}));
@@ -575,9 +452,29 @@ int main_impl(int argc, char** argv) {
         return kExitConfig;
     }
     Config config = std::move(std::get<Config>(loaded));
-    if (opt.threads != 0) config.global.threads = opt.threads;
-    if (!opt.log_level.empty()) config.global.log_level = *parse_log_level(opt.log_level);
-    return run(std::move(config));
+    DaemonOptions options;
+    options.config_path = opt.config_path;
+    options.admin_optional = opt.config_path.empty();
+    if (opt.threads != 0) options.threads = opt.threads;
+    if (!opt.log_level.empty()) options.log_level = *parse_log_level(opt.log_level);
+    options.admin_socket = opt.admin_socket;
+    if (!opt.admin_address.empty()) {
+        auto address = SocketAddress::parse(opt.admin_address);
+        if (!address) {
+            print_error(
+                fmt::format("--admin-address: '{}' is not an address; expected ip:port "
+                            "such as 127.0.0.1:9090",
+                            opt.admin_address));
+            return kExitUsage;
+        }
+        options.admin_address = *address;
+    }
+    apply_overrides(config, options);
+    if (auto error = validate(config, "<command line>")) {
+        fmt::print(stderr, "{}\n", error->to_string());
+        return kExitConfig;
+    }
+    return run(std::move(config), std::move(options));
 }
 
 }  // namespace

@@ -677,6 +677,16 @@ def toml_value(v):
     raise TypeError(v)
 
 
+_admin_count = 0
+
+
+def admin_socket_args():
+    """Quick-mode flags that give a daemon started by hand its own admin socket."""
+    global _admin_count
+    _admin_count += 1
+    return ["--admin-socket", os.path.join(temp_dir(), f"admin-{_admin_count}.sock")]
+
+
 def config_text(listeners, groups, global_=None):
     """TOML for stickyd.
 
@@ -687,7 +697,11 @@ def config_text(listeners, groups, global_=None):
                  "targets": [{"id": "backend-1", "address": "...", "weight": 1}, ...]}]
     global_:   {"threads": 2, ...} (defaults below)
     """
-    g = {"threads": 2, "log_level": "info", "shutdown_grace": "5s"}
+    global _admin_count
+    _admin_count += 1
+    # Its own admin socket: tests never touch /run/stickyd, and daemons never collide.
+    g = {"threads": 2, "log_level": "info", "shutdown_grace": "5s",
+         "admin_socket": os.path.join(temp_dir(), f"admin-{_admin_count}.sock")}
     g.update(global_ or {})
     out = ["[global]"] + [f"{k} = {toml_value(v)}" for k, v in g.items()]
     for listener in listeners:
@@ -726,10 +740,11 @@ def simple_config(bind, backends, with_ids=True, order=None, group=None, global_
 
 
 class Stickyd:
-    """A running stickyd. addr is its (first) listener."""
+    """A running stickyd. addr is its (first) listener; admin_socket its admin endpoint."""
 
-    def __init__(self, args, addr, label="stickyd"):
+    def __init__(self, args, addr, label="stickyd", admin_socket=None):
         self.addr = addr
+        self.admin_socket = admin_socket
         self.process = Process([STICKYD_BIN] + list(args), label)
         wait_accepting(addr, self.process)
 
@@ -749,12 +764,22 @@ def start_stickyd(config=None, args=None, addr=None, label=None):
     global _stickyd_count
     _stickyd_count += 1
     label = label or f"stickyd-{_stickyd_count}"
+    argv = list(args or [])
+    # Every daemon gets its own admin socket in the test's temp dir: tests never
+    # touch /run/stickyd, and two daemons of one test never collide.
+    admin_socket = None
+    if "--admin-socket" in argv:
+        admin_socket = argv[argv.index("--admin-socket") + 1]
+    elif config is not None:
+        m = re.search(r'^admin_socket = "(.*)"$', config, re.M)
+        admin_socket = m.group(1) if m else None
+    if admin_socket is None:
+        admin_socket = os.path.join(temp_dir(), f"{label}-admin.sock")
+        argv += ["--admin-socket", admin_socket]
     if config is not None:
         path = write_file(f"{label}.toml", config)
-        argv = ["--config", path] + list(args or [])
-    else:
-        argv = list(args)
-    return Stickyd(argv, addr, label)
+        argv = ["--config", path] + argv
+    return Stickyd(argv, addr, label, admin_socket or None)
 
 
 def lb_addr(host="127.0.0.1"):

@@ -132,7 +132,8 @@ def test_port_already_in_use():
     holder.bind(("127.0.0.1", 0))
     holder.listen(8)
     port = holder.getsockname()[1]
-    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"], timeout=10)
+    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"]
+              + h.admin_socket_args(), timeout=10)
     h.expect(r.returncode != 0, f"stickyd exited 0 although 127.0.0.1:{port} is taken")
     h.expect(re.search(rf"127\.0\.0\.1:{port}\b.*in use|in use.*127\.0\.0\.1:{port}\b", r.stderr,
                        re.IGNORECASE),
@@ -145,8 +146,8 @@ def test_second_instance_on_the_same_port_is_refused():
     port = h.free_port()
     first = h.start_stickyd(args=["--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"],
                             addr=("127.0.0.1", port))
-    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"],
-              timeout=10)
+    r = h.run([h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:9"]
+              + h.admin_socket_args(), timeout=10)
     h.expect(r.returncode != 0, "a second stickyd started on a port the first one serves")
     h.expect(re.search(rf"127\.0\.0\.1:{port}\b.*in use", r.stderr, re.IGNORECASE),
              f"no clear 'address in use' error: {r.stderr.strip()!r}")

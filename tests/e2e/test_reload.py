@@ -86,7 +86,7 @@ def echo_connection(lb, src_ip):
 
 def echo_ok(s, tag):
     payload = h.random_payload(4096, seed=hash(tag) & 0xFFFF)
-    h.expect_eq(h.echo_roundtrip(s, payload), h.sha256(payload), f"echo on {tag}")
+    h.expect_eq(h.echo_roundtrip(s, payload), (len(payload), h.sha256(payload)), f"echo on {tag}")
 
 
 def ip_owned_by(lb, backend_name, sources=SOURCES):

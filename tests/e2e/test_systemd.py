@@ -108,7 +108,7 @@ def spawn(argv, env, label):
 
 def stickyd_argv(lb, backend):
     return [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
-            "--threads", "2", "--health-check", "off"]
+            "--threads", "2", "--health-check", "off"] + h.admin_socket_args()
 
 
 def test_ready_status_stopping():

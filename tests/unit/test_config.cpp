@@ -1760,8 +1760,8 @@ dns_refresh = "5s"
 [[target_group]]
 name = "web"
 dns = "app:80"
-dns_refresh = "100ms"
-)") == "t.toml:4:15: target_group[0].dns_refresh: must be a duration from 1s to 1h, got 100ms");
+dns_refresh = "10ms"
+)") == "t.toml:4:15: target_group[0].dns_refresh: must be a duration from 100ms to 1h, got 10ms");
 }
 
 TEST_CASE("validate: service-life ranges for configs built in memory") {

@@ -1,0 +1,376 @@
+#include "daemon.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <set>
+#include <stdexcept>
+
+#include "listener.hpp"
+#include "socket_activation.hpp"
+#include "stickyd/log.hpp"
+#include "stickyd/reload_plan.hpp"
+
+namespace stickyd {
+namespace {
+
+unsigned worker_count(const Config& config) {
+    if (config.global.threads != 0) return config.global.threads;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? static_cast<unsigned>(online) : 1U;
+}
+
+void close_all(const std::vector<int>& fds) {
+    for (int fd : fds) ::close(fd);
+}
+
+size_t static_targets(const Config& config) {
+    size_t n = 0;
+    for (const auto& group : config.target_groups) n += group.targets.size();
+    return n;
+}
+
+}  // namespace
+
+void apply_overrides(Config& config, const DaemonOptions& options) {
+    if (options.threads) config.global.threads = *options.threads;
+    if (options.log_level) config.global.log_level = *options.log_level;
+    if (options.admin_socket) config.global.admin_socket = *options.admin_socket;
+    if (options.admin_address) config.global.admin_address = *options.admin_address;
+}
+
+Daemon::Daemon(Config config, DaemonOptions options)
+    : config_(std::move(config)), options_(std::move(options)) {}
+
+Daemon::~Daemon() {
+    if (admin_) admin_->stop();
+    if (dns_) dns_->stop();
+    if (control_) control_->stop();
+    for (auto& [name, fd] : adopted_) ::close(fd);
+}
+
+ListenerSettings Daemon::settings_for(const ListenerConfig& listener) {
+    // One set of counters per configured listener, whichever worker accepts; a
+    // listener that a reload keeps keeps its counters.
+    auto& stats = listener_stats_[listener.name];
+    if (!stats) stats = std::make_shared<ListenerStats>();
+    ListenerSettings settings;
+    settings.name = listener.name;
+    settings.route = control_->slot(listener.target_group);
+    settings.idle_timeout = listener.idle_timeout;
+    settings.accept_proxy_protocol = listener.accept_proxy_protocol;
+    settings.proxy_protocol_timeout = listener.proxy_protocol_timeout;
+    settings.stats = stats;
+    return settings;
+}
+
+std::vector<int> Daemon::open_sockets(const ListenerConfig& listener, std::string& error) {
+    const size_t count = worker_count(config_);
+    std::vector<int> fds;
+    auto adopted = adopted_.find(listener.name);
+    for (size_t w = 0; w < count; ++w) {
+        int fd = -1;
+        if (adopted != adopted_.end()) {
+            // Every worker shares systemd's one socket: extra SO_REUSEPORT sockets
+            // beside it would reset their queued clients on our next restart.
+            fd = ::fcntl(adopted->second, F_DUPFD_CLOEXEC, 0);
+            if (fd < 0)
+                error = fmt::format("cannot duplicate the socket systemd passed for {}: {}",
+                                    listener.bind.to_string(), std::strerror(errno));
+        } else {
+            fd = open_listener(listener.bind, error);
+        }
+        if (fd < 0) {
+            close_all(fds);
+            return {};
+        }
+        fds.push_back(fd);
+    }
+    return fds;
+}
+
+bool Daemon::start() {
+    auto print_error = [](std::string_view message) {
+        fmt::print(stderr, "stickyd: {}\n", message);
+    };
+    auto adoption = activation::adopt_listeners(config_.listeners);
+    if (auto* error = std::get_if<std::string>(&adoption)) {
+        print_error(*error);
+        return false;
+    }
+    adopted_ = std::move(std::get<std::map<std::string, int>>(adoption));
+
+    // Before the workers: they must start from the health-aware snapshots.
+    try {
+        control_ = std::make_unique<Control>(
+            config_, [this](std::vector<std::shared_ptr<TargetStats>> targets) {
+                for (auto& worker : workers_) worker->terminate(targets);
+            });
+    } catch (const std::exception& e) {
+        print_error(e.what());
+        return false;
+    }
+    for (const auto& listener : config_.listeners) {
+        std::string error;
+        // An adopted socket is already listening: that is systemd, not a clash.
+        if (!adopted_.contains(listener.name) && !check_port_free(listener.bind, error)) {
+            print_error(error);
+            return false;
+        }
+    }
+    const unsigned count = worker_count(config_);
+    std::vector<std::vector<WorkerListener>> per_worker(count);
+    auto close_opened = [&] {
+        for (auto& list : per_worker)
+            for (auto& l : list) ::close(l.fd);
+    };
+    for (const auto& listener : config_.listeners) {
+        std::string error;
+        std::vector<int> fds = open_sockets(listener, error);
+        if (fds.empty()) {
+            print_error(error);
+            close_opened();
+            return false;
+        }
+        const ListenerSettings settings = settings_for(listener);
+        for (unsigned w = 0; w < count; ++w)
+            per_worker[w].push_back(WorkerListener{fds[w], settings});
+    }
+    try {
+        for (unsigned w = 0; w < count; ++w) {
+            workers_.push_back(
+                std::make_unique<Worker>(w, std::move(per_worker[w]), options_.worker));
+        }
+    } catch (const std::exception& e) {
+        print_error(e.what());
+        return false;
+    }
+    // The control thread first: DNS results are applied through it, and the first
+    // set must be routable before the first client is accepted.
+    control_->start();
+    start_dns(config_);
+
+    admin_source_ = std::make_unique<DaemonAdminSource>(*control_, workers_);
+    admin_source_->update(config_, listener_stats_);
+    const GlobalConfig& g = config_.global;
+    if (!g.admin_socket.empty() || g.admin_address) {
+        AdminOptions admin_options;
+        admin_options.unix_path = g.admin_socket;
+        admin_options.tcp = g.admin_address;
+        auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
+        try {
+            admin->start();
+            admin_ = std::move(admin);
+            if (!g.admin_socket.empty()) log::info("admin endpoint on {}", g.admin_socket);
+            if (auto tcp = admin_->tcp_address()) {
+                log::info("admin endpoint on http://{}", tcp->to_string());
+            }
+        } catch (const std::exception& e) {
+            if (!options_.admin_optional) {
+                print_error(e.what());
+                return false;
+            }
+            log::warn("{}; running without the admin endpoint", e.what());
+        }
+    }
+
+    for (auto& worker : workers_) {
+        threads_.emplace_back([w = worker.get(), this] {
+            try {
+                w->run();
+            } catch (const std::exception& e) {
+                log::error("worker failed: {}", e.what());
+                failed_ = true;
+            }
+        });
+    }
+    for (const auto& listener : config_.listeners) {
+        log::info("listening on {} -> target group '{}' ({} workers{})", listener.bind.to_string(),
+                  listener.target_group, count,
+                  adopted_.contains(listener.name) ? ", socket from systemd" : "");
+    }
+    status_listeners_ = config_.listeners.size();
+    status_targets_ = static_targets(config_);
+    return true;
+}
+
+void Daemon::start_dns(const Config& config) {
+    bool any = false;
+    for (const auto& group : config.target_groups) any = any || group.dns.has_value();
+    if (!any) return;
+    auto initial = resolve_once(config);
+    for (auto& [group, answer] : initial) {
+        if (answer.ok()) {
+            control_->set_discovered(group, answer.addresses);
+        } else {
+            control_->set_discovery_error(group, answer.error);
+        }
+    }
+    Control* control = control_.get();
+    dns_ = std::make_unique<DnsDiscovery>(
+        config,
+        DnsDiscovery::Callbacks{
+            [control](const std::string& group, std::vector<SocketAddress> addresses) {
+                control->set_discovered(group, std::move(addresses));
+            },
+            [control](const std::string& group, std::string error) {
+                control->set_discovery_error(group, std::move(error));
+            }},
+        initial);
+    dns_->start();
+}
+
+Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
+    auto refuse = [](std::string why) {
+        ReloadResult result{
+            false, "reload failed, still serving the previous configuration: " + std::move(why)};
+        log::error("{}", result.message);
+        return result;
+    };
+    if (options_.config_path.empty()) {
+        ReloadResult result{false,
+                            "SIGHUP ignored: started without --config, so there is no file to "
+                            "re-read"};
+        log::warn("{}", result.message);
+        return result;
+    }
+    auto loaded = load_config_file(options_.config_path);
+    if (auto* error = std::get_if<ConfigError>(&loaded)) return refuse(error->to_string());
+    Config next = std::move(std::get<Config>(loaded));
+    apply_overrides(next, options_);
+    const ReloadPlan plan = plan_reload(config_, next);
+
+    // New sockets before anything changes: a port someone else holds fails the whole
+    // reload with the old config untouched. Our own ports (a listener renamed or
+    // moved between names) are shared through SO_REUSEPORT, so they are not probed.
+    std::set<std::string> ours;
+    for (const auto& l : config_.listeners) ours.insert(l.bind.to_string());
+    std::vector<std::pair<const ListenerConfig*, std::vector<int>>> opened;
+    auto close_opened = [&] {
+        for (auto& [l, fds] : opened) close_all(fds);
+    };
+    for (const ListenerConfig* l : plan.add) {
+        std::string error;
+        if (!ours.contains(l->bind.to_string()) && !check_port_free(l->bind, error)) {
+            close_opened();
+            return refuse(fmt::format("listener {:?}: {}", l->name, error));
+        }
+        std::vector<int> fds = open_sockets(*l, error);
+        if (fds.empty()) {
+            close_opened();
+            return refuse(fmt::format("listener {:?}: {}", l->name, error));
+        }
+        opened.emplace_back(l, std::move(fds));
+    }
+
+    if (before_apply) before_apply();
+    control_->apply(next);  // new groups get their slots here, before listeners use them
+    std::set<std::string> readded;
+    for (const ListenerConfig* l : plan.add) readded.insert(l->name);
+    // A listener moving to another address is closed first: its name must be unique
+    // in each worker. Everything else is added before it is removed, so a port
+    // handed from one listener name to another never stops accepting.
+    for (const std::string& name : plan.remove) {
+        if (!readded.contains(name)) continue;
+        for (auto& worker : workers_) worker->remove_listener(name);
+    }
+    for (auto& [l, fds] : opened) {
+        const ListenerSettings settings = settings_for(*l);
+        for (size_t w = 0; w < workers_.size(); ++w) {
+            workers_[w]->add_listener(WorkerListener{fds[w], settings});
+        }
+    }
+    for (const ListenerConfig* l : plan.update) {
+        const ListenerSettings settings = settings_for(*l);
+        for (auto& worker : workers_) worker->update_listener(settings);
+    }
+    for (const std::string& name : plan.remove) {
+        if (!readded.contains(name)) {
+            for (auto& worker : workers_) worker->remove_listener(name);
+        }
+        if (auto it = adopted_.find(name); it != adopted_.end() && !readded.contains(name)) {
+            ::close(it->second);  // systemd keeps its own copy open
+            adopted_.erase(it);
+        }
+    }
+    for (const std::string& name : plan.remove) {
+        if (!readded.contains(name)) listener_stats_.erase(name);
+    }
+    if (dns_) {
+        dns_->apply(next);
+    } else {
+        start_dns(next);
+    }
+    for (const std::string& line : plan.restart_only) {
+        log::warn("{}: applies on restart only; keeping the running value", line);
+    }
+    log::set_level(next.global.log_level);
+    // What only a restart applies stays as it runs, so the view of "the running
+    // config" is the new file with those few values kept.
+    next.global.threads = config_.global.threads;
+    next.global.admin_socket = config_.global.admin_socket;
+    next.global.admin_address = config_.global.admin_address;
+    config_ = std::move(next);
+    admin_source_->update(config_, listener_stats_);
+    status_listeners_ = config_.listeners.size();
+    status_targets_ = static_targets(config_);
+
+    ReloadResult result{
+        true,
+        fmt::format("reloaded {}: {} listeners ({} added, {} removed), {} target groups, "
+                    "{} static targets",
+                    options_.config_path, config_.listeners.size(), plan.add.size(),
+                    plan.remove.size(), config_.target_groups.size(), static_targets(config_))};
+    log::info("{}", result.message);
+    return result;
+}
+
+void Daemon::stop(Duration grace) {
+    for (auto& worker : workers_) worker->stop(grace);
+}
+
+int Daemon::join() {
+    for (auto& thread : threads_) thread.join();
+    if (admin_) admin_->stop();
+    if (dns_) dns_->stop();
+    if (control_) control_->stop();
+    return failed_ ? 1 : 0;
+}
+
+Duration Daemon::shutdown_grace() const {
+    return config_.global.shutdown_grace;
+}
+
+uint64_t Daemon::active_connections() const {
+    uint64_t total = 0;
+    for (const auto& worker : workers_) total += worker->stats().active.load();
+    return total;
+}
+
+std::string Daemon::status_line() const {
+    // Targets in service, DNS-discovered ones included.
+    size_t targets = status_targets_.load();
+    if (control_) {
+        targets = 0;
+        for (const GroupView& group : control_->view()->groups) {
+            for (const TargetView& t : group.targets) {
+                if (t.deregistration == Deregistration::none) ++targets;
+            }
+        }
+    }
+    return fmt::format("{} listeners, {} targets, {} active connections", status_listeners_.load(),
+                       targets, active_connections());
+}
+
+bool Daemon::workers_progressed() {
+    bool all = true;
+    last_beats_.resize(workers_.size(), 0);
+    for (size_t i = 0; i < workers_.size(); ++i) {
+        const uint64_t beat = workers_[i]->stats().heartbeat.load(std::memory_order_relaxed);
+        if (beat == last_beats_[i]) all = false;
+        last_beats_[i] = beat;
+    }
+    return all;
+}
+
+}  // namespace stickyd

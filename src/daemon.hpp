@@ -1,0 +1,95 @@
+// One run of the daemon: the control thread, the workers and their listeners, DNS
+// discovery and the admin endpoint, started in dependency order, reloaded as a
+// difference on SIGHUP, and stopped in reverse. main.cpp only parses the command
+// line and turns signals into calls here.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "admin.hpp"
+#include "admin_daemon_source.hpp"
+#include "control.hpp"
+#include "dns_discovery.hpp"
+#include "stickyd/config.hpp"
+#include "worker.hpp"
+
+namespace stickyd {
+
+struct DaemonOptions {
+    WorkerOptions worker;
+    // The file SIGHUP re-reads; empty in quick mode (nothing to re-read).
+    std::string config_path;
+    // Command-line settings that win over the file, on start and on every reload.
+    std::optional<unsigned> threads;
+    std::optional<LogLevel> log_level;
+    std::optional<std::string> admin_socket;
+    std::optional<SocketAddress> admin_address;
+    // Quick mode is a developer's tool: an admin socket that cannot be set up is a
+    // warning there, and a start-up error with a config file.
+    bool admin_optional = false;
+};
+
+// Applies the command-line overrides to a loaded config.
+void apply_overrides(Config& config, const DaemonOptions& options);
+
+class Daemon {
+  public:
+    Daemon(Config config, DaemonOptions options);
+    ~Daemon();
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+
+    // Binds every listener once per worker before any thread starts, so a port clash
+    // is reported (one line on stderr) and nothing is half-running.
+    bool start();
+
+    struct ReloadResult {
+        bool applied = false;
+        std::string message;  // one line: what was applied, or why nothing was
+    };
+    // SIGHUP: re-reads and validates the file; on success applies the difference
+    // (targets via the control thread, listeners via the workers, DNS, log level,
+    // shutdown grace). On any error nothing changes. Logs the outcome itself.
+    // `before_apply` runs once the new config is known to be good (RELOADING=1).
+    ReloadResult reload(const std::function<void()>& before_apply);
+
+    // Stop accepting; connections get `grace` to finish.
+    void stop(Duration grace);
+    // Waits for the workers, then stops the rest; a worker that died makes it non-zero.
+    int join();
+
+    Duration shutdown_grace() const;
+    uint64_t active_connections() const;
+    std::string status_line() const;  // for STATUS=
+    bool workers_progressed();        // for the watchdog
+
+  private:
+    ListenerSettings settings_for(const ListenerConfig& listener);
+    // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.
+    std::vector<int> open_sockets(const ListenerConfig& listener, std::string& error);
+    void start_dns(const Config& config);
+
+    Config config_;
+    DaemonOptions options_;
+    std::map<std::string, int> adopted_;  // socket activation: listener name -> fd
+    std::map<std::string, std::shared_ptr<ListenerStats>> listener_stats_;
+    std::vector<uint64_t> last_beats_;
+    std::atomic<size_t> status_listeners_{0}, status_targets_{0};
+    // Destroyed in reverse: admin first, then DNS, then the control thread (nothing
+    // may call it after that), then the workers.
+    std::vector<std::unique_ptr<Worker>> workers_;
+    std::unique_ptr<Control> control_;
+    std::unique_ptr<DnsDiscovery> dns_;
+    std::unique_ptr<DaemonAdminSource> admin_source_;
+    std::unique_ptr<AdminServer> admin_;
+    std::vector<std::thread> threads_;
+    std::atomic<bool> failed_{false};
+};
+
+}  // namespace stickyd
