@@ -198,7 +198,7 @@ struct Deadline {
 }  // namespace
 
 struct Control::Loop {
-    Loop(const Config& config, Terminate terminate);
+    Loop(const Config& config, Terminate terminate, const Discovered& discovered);
     ~Loop();
 
     RouteSlot* slot(const std::string& group);
@@ -306,7 +306,7 @@ struct Control::Loop {
 // ---------------------------------------------------------------------------
 // Set-up
 
-Control::Loop::Loop(const Config& config, Terminate terminate)
+Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered& discovered)
     : terminate_(std::move(terminate)), ring_(kSqEntries, kCqEntries) {
     // Blocking on purpose, as in the worker: io_uring completes a read of a
     // non-blocking eventfd with -EAGAIN at once.
@@ -318,8 +318,13 @@ Control::Loop::Loop(const Config& config, Terminate terminate)
     const Clock::time_point now = Clock::now();
     for (const TargetGroupConfig& gc : config.target_groups) {
         Group& group = add_group(gc);
-        // Every target known at start is routed to while initial (see HealthRecord).
-        auto r = reconcile({}, desired_targets(gc, {}), gc.deregistration_delay, now, true);
+        if (auto it = discovered.find(gc.name); it != discovered.end()) {
+            group.discovered = it->second;
+        }
+        // Every target known at start is routed to while initial (see HealthRecord),
+        // the ones DNS named at start-up included.
+        auto r = reconcile({}, desired_targets(gc, group.discovered), gc.deregistration_delay, now,
+                           true);
         group.targets = std::move(r.targets);
         for (GroupTarget& t : group.targets) t.handle = take_probe(group, t);
         publish(group);
@@ -507,11 +512,8 @@ void Control::Loop::set_discovered(const std::string& name, std::vector<SocketAd
 void Control::Loop::set_discovery_error(const std::string& name, std::string error) {
     Group* group = find_group(name);
     if (group == nullptr || !group->configured) return;
-    if (group->dns_error != error) {
-        log::warn(
-            "target group '{}': DNS discovery failed: {}; keeping the {} targets found before",
-            name, error, group->discovered.size());
-    }
+    // Logged once per failure run by DnsDiscovery itself; here it is only kept for
+    // the admin view.
     group->dns_error = std::move(error);
 }
 
@@ -1199,8 +1201,8 @@ void Control::Loop::terminate(const GroupTarget& target) {
 
 // ---------------------------------------------------------------------------
 
-Control::Control(const Config& config, Terminate terminate)
-    : loop_(std::make_unique<Loop>(config, std::move(terminate))) {}
+Control::Control(const Config& config, Terminate terminate, const Discovered& discovered)
+    : loop_(std::make_unique<Loop>(config, std::move(terminate), discovered)) {}
 
 Control::~Control() {
     stop();

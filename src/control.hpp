@@ -86,7 +86,10 @@ class Control {
     // Builds every group's first snapshot (all targets routable while `initial`, as
     // at any daemon start) and publishes it, so workers never see an empty slot.
     // Throws std::runtime_error with a one-line message if its ring cannot be set up.
-    Control(const Config& config, Terminate terminate);
+    // DNS answers resolved before start, by group: their targets count as known at
+    // start too, so a restart does not move their clients either.
+    using Discovered = std::map<std::string, std::vector<SocketAddress>>;
+    Control(const Config& config, Terminate terminate, const Discovered& discovered = {});
     ~Control();
     Control(const Control&) = delete;
     Control& operator=(const Control&) = delete;

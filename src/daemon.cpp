@@ -100,12 +100,21 @@ bool Daemon::start() {
     }
     adopted_ = std::move(std::get<std::map<std::string, int>>(adoption));
 
+    // DNS first: the targets it names at start-up are targets known at start, routed
+    // to before their first check like the configured ones.
+    const auto initial_dns = resolve_initial(config_);
+    Control::Discovered discovered;
+    for (const auto& [group, answer] : initial_dns) {
+        if (answer.ok()) discovered[group] = answer.addresses;
+    }
     // Before the workers: they must start from the health-aware snapshots.
     try {
         control_ = std::make_unique<Control>(
-            config_, [this](std::vector<std::shared_ptr<TargetStats>> targets) {
+            config_,
+            [this](std::vector<std::shared_ptr<TargetStats>> targets) {
                 for (auto& worker : workers_) worker->terminate(targets);
-            });
+            },
+            discovered);
     } catch (const std::exception& e) {
         print_error(e.what());
         return false;
@@ -145,10 +154,9 @@ bool Daemon::start() {
         print_error(e.what());
         return false;
     }
-    // The control thread first: DNS results are applied through it, and the first
-    // set must be routable before the first client is accepted.
+    create_dns(config_, initial_dns, false);
     control_->start();
-    start_dns(config_);
+    if (dns_) dns_->start();
 
     admin_source_ = std::make_unique<DaemonAdminSource>(*control_, workers_);
     admin_source_->update(config_, listener_stats_);
@@ -194,16 +202,26 @@ bool Daemon::start() {
     return true;
 }
 
-void Daemon::start_dns(const Config& config) {
+std::map<std::string, DnsAnswer> Daemon::resolve_initial(const Config& config) {
+    bool any = false;
+    for (const auto& group : config.target_groups) any = any || group.dns.has_value();
+    if (!any) return {};
+    return resolve_once(config);
+}
+
+// Hands the answers resolve_initial found to the control thread (successes went
+// into the Control constructor already when starting) and creates the discovery
+// thread that keeps them current; the caller starts it.
+void Daemon::create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
+                        bool apply_results) {
     bool any = false;
     for (const auto& group : config.target_groups) any = any || group.dns.has_value();
     if (!any) return;
-    auto initial = resolve_once(config);
-    for (auto& [group, answer] : initial) {
-        if (answer.ok()) {
-            control_->set_discovered(group, answer.addresses);
-        } else {
+    for (const auto& [group, answer] : initial) {
+        if (!answer.ok()) {
             control_->set_discovery_error(group, answer.error);
+        } else if (apply_results) {
+            control_->set_discovered(group, answer.addresses);
         }
     }
     Control* control = control_.get();
@@ -217,7 +235,6 @@ void Daemon::start_dns(const Config& config) {
                 control->set_discovery_error(group, std::move(error));
             }},
         initial);
-    dns_->start();
 }
 
 Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
@@ -299,7 +316,8 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
     if (dns_) {
         dns_->apply(next);
     } else {
-        start_dns(next);
+        create_dns(next, resolve_initial(next), true);
+        if (dns_) dns_->start();
     }
     for (const std::string& line : plan.restart_only) {
         log::warn("{}: applies on restart only; keeping the running value", line);

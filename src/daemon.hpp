@@ -73,7 +73,9 @@ class Daemon {
     ListenerSettings settings_for(const ListenerConfig& listener);
     // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.
     std::vector<int> open_sockets(const ListenerConfig& listener, std::string& error);
-    void start_dns(const Config& config);
+    std::map<std::string, DnsAnswer> resolve_initial(const Config& config);
+    void create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
+                    bool apply_results);
 
     Config config_;
     DaemonOptions options_;

@@ -189,7 +189,10 @@ def dns_backends(names_ips):
 
 def start_dns_stickyd(hosts, port, lb):
     group = {"name": "web", "connect_timeout": "1s", "connect_retries": 2,
-             "dns": f"{NAME}:{port}", "dns_refresh": "200ms"}
+             "dns": f"{NAME}:{port}", "dns_refresh": "200ms",
+             # A pod that appears takes clients after its first passed check (NLB
+             # "initial"): check fast so that happens within the test's patience.
+             "health_check": {"interval": "300ms", "timeout": "200ms"}}
     config = h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}], [group])
     path = h.write_file("stickyd.toml", config)
     dns_supported(path)
