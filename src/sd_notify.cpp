@@ -1,5 +1,7 @@
 #include "sd_notify.hpp"
 
+#include "stickyd/parse_number.hpp"
+
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -14,15 +16,6 @@
 
 namespace stickyd::sd {
 namespace {
-
-// A decimal integer that is the whole of `text`.
-template <typename T>
-std::optional<T> parse_whole(std::string_view text) {
-    T value{};
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
-    return value;
-}
 
 class Fd {
   public:
@@ -96,12 +89,12 @@ int watchdog() {
 std::optional<std::chrono::microseconds> watchdog_interval() {
     const char* usec_text = std::getenv("WATCHDOG_USEC");
     if (usec_text == nullptr) return std::nullopt;
-    auto usec = parse_whole<unsigned long long>(usec_text);
+    auto usec = parse_whole_number<unsigned long long>(usec_text);
     if (!usec || *usec == 0 || *usec > static_cast<unsigned long long>(INT64_MAX)) {
         return std::nullopt;
     }
     if (const char* pid_text = std::getenv("WATCHDOG_PID")) {
-        auto pid = parse_whole<pid_t>(pid_text);
+        auto pid = parse_whole_number<pid_t>(pid_text);
         if (!pid || *pid != ::getpid()) return std::nullopt;
     }
     return std::chrono::microseconds(static_cast<int64_t>(*usec));

@@ -15,17 +15,10 @@
 #include <string_view>
 
 #include "stickyd/log.hpp"
+#include "stickyd/parse_number.hpp"
 
 namespace stickyd::activation {
 namespace {
-
-template <typename T>
-std::optional<T> parse_number(std::string_view text) {
-    T value{};
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
-    return value;
-}
 
 std::vector<std::string> split_names(std::string_view text) {
     std::vector<std::string> names;
@@ -53,12 +46,12 @@ std::variant<PassedFds, std::string> parse_listen_env(const char* listen_pid,
                                                       const char* listen_fds,
                                                       const char* listen_fdnames, pid_t self) {
     if (listen_fds == nullptr || listen_pid == nullptr) return PassedFds{};
-    const auto pid = parse_number<pid_t>(listen_pid);
+    const auto pid = parse_whole_number<pid_t>(listen_pid);
     if (!pid || *pid <= 0) {
         return fmt::format("LISTEN_PID: expected a process id, got '{}'", listen_pid);
     }
     if (*pid != self) return PassedFds{};
-    const auto count = parse_number<int>(listen_fds);
+    const auto count = parse_whole_number<int>(listen_fds);
     if (!count || *count < 0 || *count > INT_MAX - kFirstFd) {
         return fmt::format("LISTEN_FDS: expected a number of file descriptors, got '{}'",
                            listen_fds);
