@@ -1,6 +1,7 @@
 #include "daemon.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <set>
@@ -182,8 +183,11 @@ bool Daemon::start() {
         }
     }
 
-    for (auto& worker : workers_) {
-        threads_.emplace_back([w = worker.get(), this] {
+    for (size_t i = 0; i < workers_.size(); ++i) {
+        threads_.emplace_back([w = workers_[i].get(), i, this] {
+            // Named for `top -H` and for tests that find a worker's thread.
+            const std::string name = fmt::format("worker-{}", i);
+            pthread_setname_np(pthread_self(), name.c_str());
             try {
                 w->run();
             } catch (const std::exception& e) {
@@ -381,14 +385,11 @@ std::string Daemon::status_line() const {
 }
 
 bool Daemon::workers_progressed() {
-    bool all = true;
-    last_beats_.resize(workers_.size(), 0);
-    for (size_t i = 0; i < workers_.size(); ++i) {
-        const uint64_t beat = workers_[i]->stats().heartbeat.load(std::memory_order_relaxed);
-        if (beat == last_beats_[i]) all = false;
-        last_beats_[i] = beat;
+    std::vector<uint64_t> beats;
+    for (const auto& worker : workers_) {
+        beats.push_back(worker->stats().heartbeat.load(std::memory_order_relaxed));
     }
-    return all;
+    return heartbeats_.all_moved(beats);
 }
 
 }  // namespace stickyd

@@ -16,6 +16,7 @@
 #include "admin_daemon_source.hpp"
 #include "control.hpp"
 #include "dns_discovery.hpp"
+#include "sd_notify.hpp"
 #include "stickyd/config.hpp"
 #include "worker.hpp"
 
@@ -81,7 +82,7 @@ class Daemon {
     DaemonOptions options_;
     std::map<std::string, int> adopted_;  // socket activation: listener name -> fd
     std::map<std::string, std::shared_ptr<ListenerStats>> listener_stats_;
-    std::vector<uint64_t> last_beats_;
+    sd::HeartbeatGate heartbeats_;
     std::atomic<size_t> status_listeners_{0}, status_targets_{0};
     // Destroyed in reverse: admin first, then DNS, then the control thread (nothing
     // may call it after that), then the workers.

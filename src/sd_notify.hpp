@@ -10,6 +10,7 @@
 #include <chrono>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace stickyd::sd {
 
@@ -35,5 +36,25 @@ int watchdog();
 // nullopt if there is none: unset, not a positive integer, or $WATCHDOG_PID is set
 // and names another process (the variables were inherited from a parent).
 std::optional<std::chrono::microseconds> watchdog_interval();
+
+// Decides whether to feed the watchdog: only when every event loop's heartbeat
+// counter moved since the previous look, so one wedged loop among several still
+// gets the service restarted.
+class HeartbeatGate {
+  public:
+    // beats: each loop's counter now, in a fixed order.
+    bool all_moved(const std::vector<uint64_t>& beats) {
+        bool all = true;
+        last_.resize(beats.size(), 0);
+        for (size_t i = 0; i < beats.size(); ++i) {
+            if (beats[i] == last_[i]) all = false;
+            last_[i] = beats[i];
+        }
+        return all;
+    }
+
+  private:
+    std::vector<uint64_t> last_;
+};
 
 }  // namespace stickyd::sd

@@ -193,6 +193,65 @@ def test_watchdog_pings_and_status_lines():
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 
 
+class FrozenThread:
+    """Stops one thread of another process (not the whole process, as SIGSTOP would)
+    with ptrace: PTRACE_SEIZE, then PTRACE_INTERRUPT. Detaching lets it run again."""
+    PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+
+    def __init__(self, tid):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+        self.tid = tid
+        if self.libc.ptrace(self.PTRACE_SEIZE, tid, None, None) != 0:
+            h.skip(f"ptrace is not permitted here (errno {ctypes.get_errno()})")
+        self.libc.ptrace(self.PTRACE_INTERRUPT, tid, None, None)
+        # Reap the stop so the thread is known to be stopped before the test goes on.
+        os.waitpid(tid, os.__dict__.get("__WALL", 0x40000000))
+
+    def release(self):
+        self.libc.ptrace(self.PTRACE_DETACH, self.tid, None, None)
+
+
+def thread_named(pid, name):
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                return int(tid)
+    raise h.Failure(f"no thread named {name} in stickyd ({pid})")
+
+
+def test_a_wedged_worker_stops_the_watchdog_pings():
+    systemd = FakeSystemd()
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"] + stickyd_argv(lb, backend)
+    proc = spawn(argv, {"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000"}, "stickyd")
+    systemd.wait_for("READY")
+    systemd.wait_for("WATCHDOG")
+    frozen = FrozenThread(thread_named(proc.pid, "worker-1"))
+    try:
+        # Let any ping already decided arrive, then watch 3 s: STATUS= lines keep
+        # coming (the main thread is fine) but no WATCHDOG=1.
+        time.sleep(0.6)
+        while systemd.next(0.01) is not None:
+            pass
+        systemd.messages.clear()
+        start = time.monotonic()
+        while time.monotonic() - start < 3.0:
+            systemd.next(0.5)
+        pings = [m for m in systemd.messages if m.get("WATCHDOG") == "1"]
+        h.expect(not pings, f"{len(pings)} watchdog pings while worker-1 was stopped")
+        h.expect(any("STATUS" in m for m in systemd.messages),
+                 f"the signal loop itself stopped too: {systemd.messages}")
+    finally:
+        frozen.release()
+    systemd.wait_for("WATCHDOG", timeout=5)  # pings resume once it turns again
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
 def test_watchdog_pid_of_another_process_is_ignored():
     systemd = FakeSystemd()
     backend = h.start_backend("echo")

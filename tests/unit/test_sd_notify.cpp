@@ -132,3 +132,20 @@ TEST_CASE("sd_notify: watchdog_interval") {
         CHECK_MESSAGE(!sd::watchdog_interval(), bad);
     }
 }
+
+TEST_CASE("sd_notify: the watchdog is fed only while every loop turns") {
+    sd::HeartbeatGate gate;
+    CHECK(gate.all_moved({1, 1, 1}));
+    CHECK(gate.all_moved({2, 5, 9}));
+    // Worker 1 wedged: no ping, however busy the others are.
+    CHECK_FALSE(gate.all_moved({3, 5, 10}));
+    CHECK_FALSE(gate.all_moved({4, 5, 11}));
+    // It turns again: pings resume.
+    CHECK(gate.all_moved({5, 6, 12}));
+    // A loop that never beat (counter still 0) counts as wedged.
+    sd::HeartbeatGate fresh;
+    CHECK_FALSE(fresh.all_moved({0, 1}));
+    // No loops at all: nothing is wedged.
+    sd::HeartbeatGate none;
+    CHECK(none.all_moved({}));
+}
