@@ -187,7 +187,17 @@ def metric_sum(samples, name):
 
 # ---------------------------------------------------------------------------------
 
-def start(backends, group=None, global_=None):
+def wait_until_all_healthy(sock):
+    """Targets known at start are routable while `initial` (before their first check);
+    the cases that assert health states, reasons or health metrics wait for the checks."""
+    def states():
+        status = admin_json(sock, "/status")
+        return {t["id"]: t["state"] for g in status["groups"] for t in g["targets"]}
+    wait_for("the first health checks to pass",
+             lambda: all(s == "healthy" for s in states().values()))
+
+
+def start(backends, group=None, global_=None, healthy=True):
     lb = h.lb_addr()
     g = {"health_check": dict(FAST_CHECKS)}
     g.update(group or {})
@@ -195,6 +205,8 @@ def start(backends, group=None, global_=None):
     stickyd = h.start_stickyd(config, addr=lb)
     sock = stickyd.admin_socket
     h.expect(sock and os.path.exists(sock), f"no admin socket at {sock}\n{stickyd.describe()}")
+    if healthy:
+        wait_until_all_healthy(sock)
     return stickyd, sock, h.write_file("same.toml", config)
 
 
@@ -204,9 +216,33 @@ def lookups(sock, ips):
 
 def test_lookup_agrees_with_real_connections_also_with_a_target_down():
     backends = h.start_backends(4)
-    stickyd, sock, _ = start(backends)
+    stickyd, sock, _ = start(backends, healthy=False)
 
+    # Right after start the targets may still be `initial` (routable, not checked yet):
+    # the reason follows the owner's state. States only go initial -> healthy here, so an
+    # owner healthy before the lookup must be reported healthy, and one still initial
+    # after it must be reported initial.
+    def states():
+        return {t["id"]: t["state"] for g in admin_json(sock, "/status")["groups"]
+                for t in g["targets"]}
+    before = states()
+    early = lookups(sock, SOURCES)
+    after = states()
+    for ip, e in early.items():
+        h.expect(e["chosen"] == e["owner"], f"{ip}: chosen {e['chosen']}, owner {e['owner']}")
+        if before[e["owner"]] == "healthy":
+            h.expect_eq(e["reason"], "owner healthy", f"reason for {ip} (owner healthy)")
+        elif after[e["owner"]] == "initial":
+            h.expect_eq(e["reason"], "owner usable (initial, not checked yet)",
+                        f"reason for {ip} (owner initial)")
+        else:
+            h.expect(e["reason"] in ("owner healthy", "owner usable (initial, not checked yet)"),
+                     f"reason for {ip}: {e['reason']}")
+
+    wait_until_all_healthy(sock)
     predicted = lookups(sock, SOURCES)
+    h.expect_eq({ip: e["chosen"] for ip, e in predicted.items()},
+                {ip: e["chosen"] for ip, e in early.items()}, "lookups before and after checks")
     via_http = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in SOURCES))["lookups"]
     h.expect_eq({e["ip"]: e["chosen"] for e in via_http},
                 {ip: e["chosen"] for ip, e in predicted.items()}, "/lookup vs stickyctl lookup")
@@ -221,9 +257,15 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
     down = backends[1]
     down.stop()
     wait_for(f"{down.name} unhealthy", lambda: target_state(sock, down.name)["state"] == "unhealthy")
+    healthy_predicted = predicted
     predicted = lookups(sock, SOURCES)
+    h.expect_eq({ip: e["owner"] for ip, e in predicted.items()},
+                {ip: e["owner"] for ip, e in healthy_predicted.items()}, "owners with one down")
     moved = [ip for ip, e in predicted.items() if e["owner"] == down.name]
     h.expect(moved, f"no source owned by {down.name}")
+    for ip in set(SOURCES) - set(moved):
+        h.expect_eq((predicted[ip]["chosen"], predicted[ip]["reason"]),
+                    (healthy_predicted[ip]["chosen"], "owner healthy"), f"unaffected {ip}")
     for ip in moved:
         h.expect_eq(predicted[ip]["reason"], "owner unhealthy -> next usable clockwise",
                     f"reason for {ip}")
