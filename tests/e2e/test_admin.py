@@ -466,6 +466,10 @@ def test_quick_mode_flags_and_tcp_admin_address():
                               ["--admin-socket", sock, "--admin-address", f"127.0.0.1:{port}"],
                               addr=lb)
     h.whoami(SOURCES[0], stickyd.addr)
+    announced = [l for l in stickyd.process.log().splitlines() if "admin endpoint on" in l]
+    h.expect(len(announced) == 2 and sock in announced[0]
+             and f"http://127.0.0.1:{port}" in announced[1],
+             f"each admin address is announced once: {announced}")
     code, headers, text = admin(("127.0.0.1", port), "GET", "/metrics")
     h.expect_eq(code, 200, "/metrics over TCP")
     parse_metrics(text)
