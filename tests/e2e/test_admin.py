@@ -341,6 +341,50 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
     held.close()
 
 
+def test_lookup_with_every_target_drained_or_down():
+    """Regression: /lookup with every target of the group drained crashed the daemon
+    (the chosen target was indexed as kNoMember); with every target down the reason
+    and failing_open must say the group fails open."""
+    backends = h.start_backends(2)
+    stickyd, sock, _ = start(backends)
+    ips = SOURCES[:10]
+    for b in backends:
+        stickyctl("drain", b.name, "--admin", sock)
+    wait_for("both drained", lambda: not any(target_state(sock, b.name)["usable"]
+                                             for b in backends))
+    doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
+    h.expect_eq(doc["failing_open"], False, "failing_open with every target drained")
+    for e in doc["lookups"]:
+        h.expect(e["owner"] in {b.name for b in backends}, f"owner: {e}")
+        h.expect_eq((e["chosen"], e["address"]), (None, None), f"chosen with all drained: {e}")
+        h.expect("every target is drained" in e["reason"], f"reason: {e}")
+    table = stickyctl("lookup", "--admin", sock, ips[0]).stdout
+    h.expect("every target is drained" in table, table)
+    h.expect(stickyd.process.alive(), "stickyd died answering /lookup with every target drained")
+    try:
+        reached = h.whoami(ips[0], stickyd.addr)
+    except (OSError, h.Failure):  # refused: what stickyd does with no target in service
+        reached = None
+    h.expect(reached is None, f"a new connection reached {reached} with every target drained")
+    for b in backends:
+        stickyctl("enable", b.name, "--admin", sock)
+    wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
+    h.expect_eq({e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
+                h.mapping(stickyd.addr, ips), "lookups after enable vs real connections")
+
+    for b in backends:
+        b.stop()
+    wait_for("every target unhealthy",
+             lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends))
+    doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
+    h.expect_eq(doc["failing_open"], True, "failing_open with every target down")
+    status = admin_json(sock, "/status")
+    h.expect_eq(status["groups"][0]["failing_open"], True, "/status failing_open")
+    for e in doc["lookups"]:
+        h.expect(e["reason"].startswith("fail-open"), f"reason with every target down: {e}")
+        h.expect_eq(e["chosen"], e["owner"], f"fail-open routes to the owner: {e}")
+
+
 def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
     backends = h.start_backends(3)
     stickyd, sock, _ = start(backends)
