@@ -94,7 +94,7 @@ AdminReply lookup(const AdminRequest& request, AdminSource& source) {
     std::vector<LookupAnswer> answers;
     for (auto it = first; it != last; ++it) {
         std::optional<LookupAnswer> answer =
-            explain_lookup(table, chosen.group->targets, it->second);
+            explain_lookup(table, chosen.group->targets, it->second, chosen.group->failing_open);
         if (!answer) {
             return error_reply(400, fmt::format("\"{}\" is not an IP address (expected e.g. "
                                                 "192.0.2.1 or 2001:db8::1)",
@@ -102,7 +102,7 @@ AdminReply lookup(const AdminRequest& request, AdminSource& source) {
         }
         answers.push_back(std::move(*answer));
     }
-    return json_reply(lookup_document(table, answers));
+    return json_reply(lookup_document(table, answers, chosen.group->failing_open));
 }
 
 AdminReply change(const AdminRequest& request, AdminSource& source, const std::string& id,

@@ -161,7 +161,7 @@ Json ring_document(const RoutingTable& table, uint32_t maglev_table_size) {
 
 std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
                                            const std::vector<TargetView>& targets,
-                                           std::string_view ip) {
+                                           std::string_view ip, bool failing_open) {
     std::optional<Lookup> found = lookup_ip(table, ip);
     if (!found) return std::nullopt;
     LookupAnswer out{found->ip, found->key, found->owner, found->chosen, {}};
@@ -173,7 +173,10 @@ std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
     for (const TargetView& t : targets) {
         if (t.id == owner_id) owner = &t;
     }
-    if (!any_usable(table)) {
+    if (table.no_target || found->chosen == kNoMember) {
+        out.chosen = kNoMember;
+        out.reason = "no target: every target is drained, new connections are refused";
+    } else if (failing_open || !any_usable(table)) {
         out.reason = "fail-open: no usable target, routing as if all were healthy";
     } else if (table.usable[found->owner] != 0) {
         out.reason = owner != nullptr && owner->state == HealthState::initial
@@ -192,19 +195,22 @@ std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
     return out;
 }
 
-Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>& answers) {
+Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>& answers,
+                     bool failing_open) {
     Json list = Json::array();
     for (const LookupAnswer& a : answers) {
+        const bool chosen = a.chosen < table.targets.size();
         list.push_back({{"ip", a.ip},
                         {"key", a.key},
                         {"owner", table.targets[a.owner].id},
                         {"owner_address", table.targets[a.owner].address.to_string()},
-                        {"chosen", table.targets[a.chosen].id},
-                        {"address", table.targets[a.chosen].address.to_string()},
+                        {"chosen", chosen ? Json(table.targets[a.chosen].id) : Json(nullptr)},
+                        {"address", chosen ? Json(table.targets[a.chosen].address.to_string())
+                                           : Json(nullptr)},
                         {"reason", a.reason}});
     }
-    return Json{
-        {"group", table.group}, {"failing_open", !any_usable(table)}, {"lookups", std::move(list)}};
+    const bool open = failing_open || (!table.no_target && !any_usable(table));
+    return Json{{"group", table.group}, {"failing_open", open}, {"lookups", std::move(list)}};
 }
 
 // ---------------------------------------------------------------------------------

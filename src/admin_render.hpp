@@ -36,12 +36,13 @@
 // GET /lookup?group=NAME&ip=ADDR[&ip=ADDR...]
 //   {"group", "failing_open",
 //    "lookups": [{"ip", "key" (what is hashed, after the prefix mask), "owner",
-//                 "owner_address", "chosen", "address" (the chosen target's),
-//                 "reason"}]}
+//                 "owner_address", "chosen", "address" (the chosen target's; both
+//                 null when every target is drained), "reason"}]}
 //   reason: "owner healthy", "owner usable (initial, not checked yet)",
 //           "owner unhealthy -> next usable clockwise", "owner draining -> next usable
 //           clockwise", "owner not checked yet -> next usable clockwise", "fail-open: no
-//           usable target, routing as if all were healthy" ("in table order" for maglev).
+//           usable target, routing as if all were healthy", "no target: every target is
+//           drained, new connections are refused" ("in table order" for maglev).
 //
 // Errors (any endpoint): {"error": "one line"} with a 4xx or 5xx status.
 #pragma once
@@ -117,12 +118,16 @@ struct LookupAnswer {
     std::string reason;
 };
 
-// nullopt when `ip` is not an IPv4 or IPv6 address.
+// nullopt when `ip` is not an IPv4 or IPv6 address. `failing_open` is the group's
+// flag (GroupView): while failing open the daemon's table marks every target in
+// service usable, so the table alone does not show it. chosen is kNoMember when
+// every target is drained (table.no_target).
 std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
                                            const std::vector<TargetView>& targets,
-                                           std::string_view ip);
+                                           std::string_view ip, bool failing_open = false);
 
-Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>& answers);
+Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>& answers,
+                     bool failing_open = false);
 
 // ---------------------------------------------------------------------------------
 // Prometheus text exposition format 0.0.4.

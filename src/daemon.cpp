@@ -169,11 +169,7 @@ bool Daemon::start() {
         auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
         try {
             admin->start();
-            admin_ = std::move(admin);
-            if (!g.admin_socket.empty()) log::info("admin endpoint on {}", g.admin_socket);
-            if (auto tcp = admin_->tcp_address()) {
-                log::info("admin endpoint on http://{}", tcp->to_string());
-            }
+            admin_ = std::move(admin);  // AdminServer::start logged where it listens
         } catch (const std::exception& e) {
             if (!options_.admin_optional) {
                 print_error(e.what());

@@ -178,17 +178,22 @@ int run_ring(const Common& common) {
     return kExitOk;
 }
 
+// A string field, or "-" where the document has null (no chosen target).
+std::string text_or_dash(const Json& value) {
+    return value.is_string() ? value.get<std::string>() : "-";
+}
+
 // The /lookup document as a table; a daemon's answer also says why.
 void print_lookups(const Json& doc, bool with_reason) {
     std::vector<std::string> ids, ips, keys;
     for (const Json& l : doc["lookups"]) {
         ids.push_back(l["owner"].get<std::string>());
-        ids.push_back(l["chosen"].get<std::string>());
+        ids.push_back(text_or_dash(l["chosen"]));
         ips.push_back(l["ip"].get<std::string>());
         keys.push_back(l["key"].get<std::string>());
     }
     std::vector<std::string> addresses;
-    for (const Json& l : doc["lookups"]) addresses.push_back(l["address"].get<std::string>());
+    for (const Json& l : doc["lookups"]) addresses.push_back(text_or_dash(l["address"]));
     const size_t wi = id_width(ips, 2), wk = id_width(keys, 3), wt = id_width(ids, 6),
                  wa = id_width(addresses, 7);
     if (with_reason) {
@@ -202,12 +207,12 @@ void print_lookups(const Json& doc, bool with_reason) {
         const std::string line =
             fmt::format("{:<{}}  {:<{}}  {:<{}}  {:<{}}  ", l["ip"].get<std::string>(), wi,
                         l["key"].get<std::string>(), wk, l["owner"].get<std::string>(), wt,
-                        l["chosen"].get<std::string>(), wt);
+                        text_or_dash(l["chosen"]), wt);
         if (with_reason) {
-            fmt::print("{}{:<{}}  {}\n", line, l["address"].get<std::string>(), wa,
+            fmt::print("{}{:<{}}  {}\n", line, text_or_dash(l["address"]), wa,
                        l["reason"].get<std::string>());
         } else {
-            fmt::print("{}{}\n", line, l["address"].get<std::string>());
+            fmt::print("{}{}\n", line, text_or_dash(l["address"]));
         }
     }
 }

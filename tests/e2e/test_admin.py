@@ -187,7 +187,17 @@ def metric_sum(samples, name):
 
 # ---------------------------------------------------------------------------------
 
-def start(backends, group=None, global_=None):
+def wait_until_all_healthy(sock):
+    """Targets known at start are routable while `initial` (before their first check);
+    the cases that assert health states, reasons or health metrics wait for the checks."""
+    def states():
+        status = admin_json(sock, "/status")
+        return {t["id"]: t["state"] for g in status["groups"] for t in g["targets"]}
+    wait_for("the first health checks to pass",
+             lambda: all(s == "healthy" for s in states().values()))
+
+
+def start(backends, group=None, global_=None, healthy=True):
     lb = h.lb_addr()
     g = {"health_check": dict(FAST_CHECKS)}
     g.update(group or {})
@@ -195,6 +205,8 @@ def start(backends, group=None, global_=None):
     stickyd = h.start_stickyd(config, addr=lb)
     sock = stickyd.admin_socket
     h.expect(sock and os.path.exists(sock), f"no admin socket at {sock}\n{stickyd.describe()}")
+    if healthy:
+        wait_until_all_healthy(sock)
     return stickyd, sock, h.write_file("same.toml", config)
 
 
@@ -204,9 +216,33 @@ def lookups(sock, ips):
 
 def test_lookup_agrees_with_real_connections_also_with_a_target_down():
     backends = h.start_backends(4)
-    stickyd, sock, _ = start(backends)
+    stickyd, sock, _ = start(backends, healthy=False)
 
+    # Right after start the targets may still be `initial` (routable, not checked yet):
+    # the reason follows the owner's state. States only go initial -> healthy here, so an
+    # owner healthy before the lookup must be reported healthy, and one still initial
+    # after it must be reported initial.
+    def states():
+        return {t["id"]: t["state"] for g in admin_json(sock, "/status")["groups"]
+                for t in g["targets"]}
+    before = states()
+    early = lookups(sock, SOURCES)
+    after = states()
+    for ip, e in early.items():
+        h.expect(e["chosen"] == e["owner"], f"{ip}: chosen {e['chosen']}, owner {e['owner']}")
+        if before[e["owner"]] == "healthy":
+            h.expect_eq(e["reason"], "owner healthy", f"reason for {ip} (owner healthy)")
+        elif after[e["owner"]] == "initial":
+            h.expect_eq(e["reason"], "owner usable (initial, not checked yet)",
+                        f"reason for {ip} (owner initial)")
+        else:
+            h.expect(e["reason"] in ("owner healthy", "owner usable (initial, not checked yet)"),
+                     f"reason for {ip}: {e['reason']}")
+
+    wait_until_all_healthy(sock)
     predicted = lookups(sock, SOURCES)
+    h.expect_eq({ip: e["chosen"] for ip, e in predicted.items()},
+                {ip: e["chosen"] for ip, e in early.items()}, "lookups before and after checks")
     via_http = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in SOURCES))["lookups"]
     h.expect_eq({e["ip"]: e["chosen"] for e in via_http},
                 {ip: e["chosen"] for ip, e in predicted.items()}, "/lookup vs stickyctl lookup")
@@ -221,9 +257,15 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
     down = backends[1]
     down.stop()
     wait_for(f"{down.name} unhealthy", lambda: target_state(sock, down.name)["state"] == "unhealthy")
+    healthy_predicted = predicted
     predicted = lookups(sock, SOURCES)
+    h.expect_eq({ip: e["owner"] for ip, e in predicted.items()},
+                {ip: e["owner"] for ip, e in healthy_predicted.items()}, "owners with one down")
     moved = [ip for ip, e in predicted.items() if e["owner"] == down.name]
     h.expect(moved, f"no source owned by {down.name}")
+    for ip in set(SOURCES) - set(moved):
+        h.expect_eq((predicted[ip]["chosen"], predicted[ip]["reason"]),
+                    (healthy_predicted[ip]["chosen"], "owner healthy"), f"unaffected {ip}")
     for ip in moved:
         h.expect_eq(predicted[ip]["reason"], "owner unhealthy -> next usable clockwise",
                     f"reason for {ip}")
@@ -297,6 +339,50 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
     held.sendall(b"bye\n")
     h.expect_eq(h.recv_exact(held, 4), b"bye\n", "echo after enable")
     held.close()
+
+
+def test_lookup_with_every_target_drained_or_down():
+    """Regression: /lookup with every target of the group drained crashed the daemon
+    (the chosen target was indexed as kNoMember); with every target down the reason
+    and failing_open must say the group fails open."""
+    backends = h.start_backends(2)
+    stickyd, sock, _ = start(backends)
+    ips = SOURCES[:10]
+    for b in backends:
+        stickyctl("drain", b.name, "--admin", sock)
+    wait_for("both drained", lambda: not any(target_state(sock, b.name)["usable"]
+                                             for b in backends))
+    doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
+    h.expect_eq(doc["failing_open"], False, "failing_open with every target drained")
+    for e in doc["lookups"]:
+        h.expect(e["owner"] in {b.name for b in backends}, f"owner: {e}")
+        h.expect_eq((e["chosen"], e["address"]), (None, None), f"chosen with all drained: {e}")
+        h.expect("every target is drained" in e["reason"], f"reason: {e}")
+    table = stickyctl("lookup", "--admin", sock, ips[0]).stdout
+    h.expect("every target is drained" in table, table)
+    h.expect(stickyd.process.alive(), "stickyd died answering /lookup with every target drained")
+    try:
+        reached = h.whoami(ips[0], stickyd.addr)
+    except (OSError, h.Failure):  # refused: what stickyd does with no target in service
+        reached = None
+    h.expect(reached is None, f"a new connection reached {reached} with every target drained")
+    for b in backends:
+        stickyctl("enable", b.name, "--admin", sock)
+    wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
+    h.expect_eq({e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
+                h.mapping(stickyd.addr, ips), "lookups after enable vs real connections")
+
+    for b in backends:
+        b.stop()
+    wait_for("every target unhealthy",
+             lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends))
+    doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
+    h.expect_eq(doc["failing_open"], True, "failing_open with every target down")
+    status = admin_json(sock, "/status")
+    h.expect_eq(status["groups"][0]["failing_open"], True, "/status failing_open")
+    for e in doc["lookups"]:
+        h.expect(e["reason"].startswith("fail-open"), f"reason with every target down: {e}")
+        h.expect_eq(e["chosen"], e["owner"], f"fail-open routes to the owner: {e}")
 
 
 def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
@@ -424,6 +510,10 @@ def test_quick_mode_flags_and_tcp_admin_address():
                               ["--admin-socket", sock, "--admin-address", f"127.0.0.1:{port}"],
                               addr=lb)
     h.whoami(SOURCES[0], stickyd.addr)
+    announced = [l for l in stickyd.process.log().splitlines() if "admin endpoint on" in l]
+    h.expect(len(announced) == 2 and sock in announced[0]
+             and f"http://127.0.0.1:{port}" in announced[1],
+             f"each admin address is announced once: {announced}")
     code, headers, text = admin(("127.0.0.1", port), "GET", "/metrics")
     h.expect_eq(code, 200, "/metrics over TCP")
     parse_metrics(text)

@@ -328,3 +328,38 @@ TEST_CASE("RFC 3339 timestamps in UTC with milliseconds") {
     CHECK(rfc3339_utc(system_clock::time_point(seconds(1795424462) + milliseconds(7))) ==
           "2026-11-23T09:01:02.007Z");
 }
+
+TEST_CASE("/lookup with every target drained: no chosen target, and no crash") {
+    // Regression: the chosen target was indexed with kNoMember (the daemon crashed).
+    FakeSource source = three_targets();
+    RoutingTable table = table_of(source);  // what build_group_routing makes then
+    table.usable.assign(table.targets.size(), 0);
+    table.no_target = true;
+    auto a = explain_lookup(table, {}, "192.0.2.1");
+    REQUIRE(a);
+    CHECK(a->owner != kNoMember);
+    CHECK(a->chosen == kNoMember);
+    CHECK(a->reason == "no target: every target is drained, new connections are refused");
+    const Json doc = lookup_document(table, {*a}, false);
+    CHECK(doc["failing_open"] == false);
+    const Json& l = doc["lookups"][0];
+    CHECK(l["owner"] == table.targets[a->owner].id);
+    CHECK(l["chosen"].is_null());
+    CHECK(l["address"].is_null());
+}
+
+TEST_CASE("/lookup while the group fails open as the daemon's snapshot has it") {
+    // build_group_routing marks the targets in service usable when none is healthy,
+    // so the table alone does not tell: the group's failing_open flag does.
+    FakeSource source = three_targets();
+    const std::string ip = ip_owned_by(table_of(source), "t2");
+    for (const char* id : {"t1", "t2", "t3"}) source.set("web", id, HealthState::unhealthy);
+    const GroupView& g = source.view()->groups.front();
+    RoutingTable table = *g.table;
+    table.usable.assign(table.targets.size(), 1);
+    auto a = explain_lookup(table, g.targets, ip, g.failing_open);
+    REQUIRE(a);
+    CHECK(a->reason == "fail-open: no usable target, routing as if all were healthy");
+    CHECK(a->chosen == a->owner);
+    CHECK(lookup_document(table, {*a}, g.failing_open)["failing_open"] == true);
+}
