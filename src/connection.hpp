@@ -49,6 +49,19 @@ struct Flow {
     bool source_ready = false;
 };
 
+// Whether the send of the flow's current buffer should carry MSG_MORE: the recv
+// that filled it came back short of a full buffer yet said more is already
+// queued on the source. That is almost always the FIN (the kernel counts it as
+// queued), so the next recv completes at once with EOF, and the sink holds the
+// partial segment until then: a short reply followed by EOF leaves as one
+// segment carrying the FIN instead of two. Full buffers (bulk) go out at once:
+// corking them costs more CPU per byte than it saves in segments. Only valid
+// right after on_recv (a flow that starts with data from elsewhere has no such
+// promise); a recv that then has to wait for a buffer must push the sink.
+inline bool send_more(const Flow& flow, uint32_t buffer_size) {
+    return flow.source_ready && flow.len < buffer_size;
+}
+
 // What the worker does next for a flow.
 enum class Step : uint8_t {
     recv,         // arm a recv on the source (IOSQE_BUFFER_SELECT)

@@ -221,7 +221,10 @@ Movement simulate_change(const TargetGroupConfig& group, const TargetChange& cha
 }
 
 ParsedTarget parse_target_spec(std::string_view spec) {
-    const std::string quoted = "\"" + std::string(spec) + "\"";
+    // Appended piecewise: g++ 12 at -O3 reports a false -Wrestrict on "\"" + std::string.
+    std::string quoted;
+    quoted.reserve(spec.size() + 2);
+    quoted.append(1, '"').append(spec).append(1, '"');
     const size_t eq = spec.find('=');
     if (eq == std::string_view::npos || eq == 0) {
         return {std::nullopt, "--add " + quoted + ": expected ID=ADDR[,weight=W]"};

@@ -966,6 +966,7 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     if (up.buf != kNoBuffer) {
         count(c.stats->bytes_in, up.len - up.sent);
         up.state = FlowState::sending;
+        up.source_ready = false;  // unknown: no MSG_MORE on this send (see send_more)
         submit_send(slot, FlowDir::upstream);
     } else {
         submit_recv(slot, FlowDir::upstream);
@@ -994,9 +995,10 @@ void Worker::Loop::submit_send(uint32_t slot, FlowDir dir) {
     const Flow& flow = c.flow(dir);
     // MSG_WAITALL makes the kernel finish short sends itself; a short completion
     // still gets the remainder resubmitted by on_send.
-    io_uring_prep_send(sqe(encode(send_op(dir), slot, c.generation)), c.sink_fd(dir),
-                       buffers_.data(flow.buf) + flow.sent, flow.len - flow.sent,
-                       MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_prep_send(
+        sqe(encode(send_op(dir), slot, c.generation)), c.sink_fd(dir),
+        buffers_.data(flow.buf) + flow.sent, flow.len - flow.sent,
+        MSG_NOSIGNAL | MSG_WAITALL | (send_more(flow, buffers_.buffer_size()) ? MSG_MORE : 0));
     ++c.inflight;
 }
 
@@ -1008,6 +1010,9 @@ void Worker::Loop::carry_out(uint32_t slot, FlowDir dir, Decision decision) {
         case Step::send:
             return submit_send(slot, dir);
         case Step::wait_buffer:
+            // The last send may have left a partial segment corked (send_more):
+            // push it now rather than when a buffer comes back. Rare: starvation only.
+            set_no_delay(conns_[slot].sink_fd(dir));
             buffers_.starved();
             waiters_.push_back(encode(recv_op(dir), slot, conns_[slot].generation));
             return;

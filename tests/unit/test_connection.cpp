@@ -116,6 +116,22 @@ TEST_CASE("no free buffer parks the recv instead of closing") {
     CHECK(on_recv(flow, 42, 9, false).step == Step::send);
 }
 
+TEST_CASE("a short chunk with more queued behind it is sent with MSG_MORE, a full one is not") {
+    constexpr uint32_t kSize = 32 * 1024;
+    Flow flow = receiving_flow();
+    // A reply with its FIN already queued: held back to leave with the FIN.
+    REQUIRE(on_recv(flow, 120, 1, true).step == Step::send);
+    CHECK(send_more(flow, kSize));
+    CHECK(on_send(flow, 120).step == Step::recv);
+    // Nothing queued behind it: out at once.
+    REQUIRE(on_recv(flow, 120, 1, false).step == Step::send);
+    CHECK_FALSE(send_more(flow, kSize));
+    CHECK(on_send(flow, 120).step == Step::recv);
+    // A full buffer (bulk) goes out at once even with more queued.
+    REQUIRE(on_recv(flow, kSize, 1, true).step == Step::send);
+    CHECK_FALSE(send_more(flow, kSize));
+}
+
 TEST_CASE("resets and errors abort the connection from either side") {
     for (int err : {ECONNRESET, EPIPE, ETIMEDOUT, EHOSTUNREACH, ECANCELED}) {
         CAPTURE(err);
