@@ -71,20 +71,36 @@ void print_error(std::string_view message) {
     fmt::print(stderr, "stickyd: {}\n", message);
 }
 
+ConfigError flag_error(std::string flag, std::string message) {
+    return ConfigError{"<command line>", 0, 0, std::move(flag), std::move(message)};
+}
+
+// A quick-mode duration flag into `out`, or the one-line error naming the flag and
+// what it expected (`expected` also states the range when there is one).
+std::optional<ConfigError> read_duration_flag(std::string flag, const std::string& text,
+                                              std::string_view expected, Duration& out,
+                                              Duration min = Duration{0},
+                                              Duration max = Duration::max()) {
+    auto value = parse_duration(text);
+    if (!value || *value < min || *value > max) {
+        return flag_error(std::move(flag), fmt::format("expected {}, got '{}'", expected, text));
+    }
+    out = *value;
+    return std::nullopt;
+}
+
 std::optional<ConfigError> health_from_flags(const Options& opt, TargetGroupConfig& group) {
-    auto fail = [](std::string key, std::string message) {
-        return ConfigError{"<command line>", 0, 0, std::move(key), std::move(message)};
-    };
     HealthCheckConfig& hc = group.health_check;
     if (opt.health_check == "off") {
         hc.enabled = false;
     } else if (opt.health_check == "http") {
         hc.protocol = HealthProtocol::http;
     } else if (opt.health_check == "https") {
-        return fail("--health-check", "https health checks are not supported yet; use http or tcp");
+        return flag_error("--health-check",
+                          "https health checks are not supported yet; use http or tcp");
     } else if (opt.health_check != "tcp") {
-        return fail("--health-check",
-                    fmt::format("expected tcp, http or off, got '{}'", opt.health_check));
+        return flag_error("--health-check",
+                          fmt::format("expected tcp, http or off, got '{}'", opt.health_check));
     }
     hc.path = opt.health_path;
     if (opt.health_port != "traffic-port") {
@@ -93,31 +109,29 @@ std::optional<ConfigError> health_from_flags(const Options& opt, TargetGroupConf
                                          opt.health_port.data() + opt.health_port.size(), port);
         if (ec != std::errc() || end != opt.health_port.data() + opt.health_port.size() ||
             port == 0 || port > 65535) {
-            return fail("--health-port",
-                        fmt::format("expected traffic-port or 1-65535, got '{}'", opt.health_port));
+            return flag_error(
+                "--health-port",
+                fmt::format("expected traffic-port or 1-65535, got '{}'", opt.health_port));
         }
         hc.port = static_cast<uint16_t>(port);
     }
-    auto interval = parse_duration(opt.health_interval);
-    if (!interval) {
-        return fail(
-            "--health-interval",
-            fmt::format("expected a duration such as 1s or 30s, got '{}'", opt.health_interval));
+    if (auto error = read_duration_flag("--health-interval", opt.health_interval,
+                                        "a duration such as 1s or 30s", hc.interval)) {
+        return error;
     }
-    hc.interval = *interval;
     if (!opt.health_timeout.empty()) {
-        auto timeout = parse_duration(opt.health_timeout);
-        if (!timeout) {
-            return fail("--health-timeout",
-                        fmt::format("expected a duration such as 500ms or 5s, got '{}'",
-                                    opt.health_timeout));
+        Duration timeout{};
+        if (auto error = read_duration_flag("--health-timeout", opt.health_timeout,
+                                            "a duration such as 500ms or 5s", timeout)) {
+            return error;
         }
-        hc.timeout = *timeout;
+        hc.timeout = timeout;
     }
     hc.healthy_threshold = opt.healthy_threshold;
     hc.unhealthy_threshold = opt.unhealthy_threshold;
     auto matcher = parse_matcher(opt.matcher);
-    if (auto* problem = std::get_if<std::string>(&matcher)) return fail("--matcher", *problem);
+    if (auto* problem = std::get_if<std::string>(&matcher))
+        return flag_error("--matcher", *problem);
     hc.matcher = std::get<Matcher>(std::move(matcher));
     hc.passive = opt.passive_failures > 0;
     if (hc.passive) hc.passive_failures = opt.passive_failures;
@@ -127,9 +141,6 @@ std::optional<ConfigError> health_from_flags(const Options& opt, TargetGroupConf
 
 // The quick local NLB emulator: one group built from repeated --target flags.
 std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
-    auto fail = [](std::string key, std::string message) {
-        return ConfigError{"<command line>", 0, 0, std::move(key), std::move(message)};
-    };
     Config config;
     TargetGroupConfig group;
     group.name = "default";
@@ -138,37 +149,37 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
     } else if (opt.algorithm == "maglev") {
         group.algorithm = Algorithm::maglev;
     } else {
-        return fail("--algorithm", fmt::format("expected ring or maglev, got '{}'", opt.algorithm));
+        return flag_error("--algorithm",
+                          fmt::format("expected ring or maglev, got '{}'", opt.algorithm));
     }
     group.stickiness.prefix_v4 = opt.prefix_v4;
     group.stickiness.prefix_v6 = opt.prefix_v6;
-    auto timeout = parse_duration(opt.connect_timeout);
-    if (!timeout) {
-        return fail(
-            "--connect-timeout",
-            fmt::format("expected a duration such as 500ms or 2s, got '{}'", opt.connect_timeout));
+    if (auto error = read_duration_flag("--connect-timeout", opt.connect_timeout,
+                                        "a duration such as 500ms or 2s", group.connect_timeout)) {
+        return *error;
     }
-    group.connect_timeout = *timeout;
     group.connect_retries = opt.connect_retries;
     group.proxy_protocol_v2 = opt.proxy_protocol_v2;
     if (auto error = health_from_flags(opt, group)) return *error;
-    auto idle = parse_duration(opt.idle_timeout);
-    if (!idle || *idle < Duration{1000} || *idle > Duration{6000000}) {
-        return fail("--idle-timeout", fmt::format("expected a duration from 1s to 6000s, got '{}'",
-                                                  opt.idle_timeout));
+    Duration idle{};
+    if (auto error =
+            read_duration_flag("--idle-timeout", opt.idle_timeout, "a duration from 1s to 6000s",
+                               idle, Duration{1000}, Duration{6000000})) {
+        return *error;
     }
-    auto header_timeout = parse_duration(opt.proxy_protocol_timeout);
-    if (!header_timeout || header_timeout->count() <= 0) {
-        return fail("--proxy-protocol-timeout",
-                    fmt::format("expected a duration such as 500ms or 3s, got '{}'",
-                                opt.proxy_protocol_timeout));
+    Duration header_timeout{};
+    if (auto error =
+            read_duration_flag("--proxy-protocol-timeout", opt.proxy_protocol_timeout,
+                               "a duration such as 500ms or 3s", header_timeout, Duration{1})) {
+        return *error;
     }
     for (const auto& text : opt.targets) {
         auto address = SocketAddress::parse(text);
         if (!address) {
-            return fail("--target", fmt::format("'{}' is not an address; expected ip:port such as "
-                                                "127.0.0.1:9001 or [::1]:9001",
-                                                text));
+            return flag_error("--target",
+                              fmt::format("'{}' is not an address; expected ip:port such as "
+                                          "127.0.0.1:9001 or [::1]:9001",
+                                          text));
         }
         group.targets.push_back(TargetConfig{address->to_string(), *address, 1});
     }
@@ -176,22 +187,21 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
     for (const auto& text : opt.listen) {
         auto address = SocketAddress::parse(text);
         if (!address) {
-            return fail("--listen", fmt::format("'{}' is not an address; expected ip:port such as "
-                                                "127.0.0.1:8000 or [::]:8000",
-                                                text));
+            return flag_error("--listen",
+                              fmt::format("'{}' is not an address; expected ip:port such as "
+                                          "127.0.0.1:8000 or [::]:8000",
+                                          text));
         }
         ListenerConfig listener{address->to_string(), *address, "default"};
-        listener.idle_timeout = *idle;
+        listener.idle_timeout = idle;
         listener.accept_proxy_protocol = opt.accept_proxy_protocol;
-        listener.proxy_protocol_timeout = *header_timeout;
+        listener.proxy_protocol_timeout = header_timeout;
         config.listeners.push_back(std::move(listener));
     }
-    auto grace = parse_duration(opt.shutdown_grace);
-    if (!grace) {
-        return fail("--shutdown-grace",
-                    fmt::format("expected a duration such as 30s, got '{}'", opt.shutdown_grace));
+    if (auto error = read_duration_flag("--shutdown-grace", opt.shutdown_grace,
+                                        "a duration such as 30s", config.global.shutdown_grace)) {
+        return *error;
     }
-    config.global.shutdown_grace = *grace;
     if (auto error = validate(config, "<command line>")) return *error;
     return config;
 }
