@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "command_line.hpp"
 #include "daemon.hpp"
 #include "sd_notify.hpp"
 #include "stickyd/config.hpp"
@@ -33,7 +34,7 @@ namespace {
 
 constexpr int kExitOk = 0;
 constexpr int kExitConfig = 1;
-constexpr int kExitUsage = 2;
+constexpr int kExitUsage = kExitUsageError;
 
 struct Options {
     std::string config_path;
@@ -423,18 +424,7 @@ int main_impl(int argc, char** argv) {
     }
     check_opt->excludes(listen_opt)->excludes(target_opt);
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::Success& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        print_error(fmt::format("{} (see stickyd --help)", e.what()));
-        return kExitUsage;
-    }
+    if (auto status = parse_command_line(app, argc, argv, "stickyd")) return *status;
 
     if (!opt.check_path.empty()) return check_config(opt.check_path);
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "src/admin_client.hpp"
 #include "src/admin_render.hpp"
 #include "src/ring_report.hpp"
@@ -26,7 +27,7 @@ namespace {
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
-constexpr int kExitUsage = 2;
+constexpr int kExitUsage = kExitUsageError;
 constexpr size_t kBarWidth = 40;
 
 // Thrown for anything the user must fix; main prints it as one line.
@@ -464,18 +465,7 @@ int main_impl(int argc, char** argv) {
     add_admin(enable, enable_opts, "The target's group (needed when the id is in several)");
     enable->add_option("id", enable_id, "Target id")->required();
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::Success& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        fmt::print(stderr, "stickyctl: {} (see stickyctl --help)\n", e.what());
-        return kExitUsage;
-    }
+    if (auto status = parse_command_line(app, argc, argv, "stickyctl")) return *status;
 
     try {
         if (ring->parsed()) return run_ring(ring_opts);
