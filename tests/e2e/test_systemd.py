@@ -164,7 +164,8 @@ def test_reload_notifies_reloading_then_ready():
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 
 
-def test_watchdog_pings_and_status_lines():
+def start_under_watchdog():
+    """stickyd with a 1 s watchdog, READY=1 received: (fake systemd, process, listener)."""
     systemd = FakeSystemd()
     backend = h.start_backend("echo")
     lb = h.lb_addr()
@@ -172,6 +173,11 @@ def test_watchdog_pings_and_status_lines():
     argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"] + stickyd_argv(lb, backend)
     proc = spawn(argv, {"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000"}, "stickyd")
     systemd.wait_for("READY")
+    return systemd, proc, lb
+
+
+def test_watchdog_pings_and_status_lines():
+    systemd, proc, lb = start_under_watchdog()
     held = h.connect(lb, "127.0.0.3")
     h.on_cleanup(held.close)
     h.send_all(held, b"STICKYD-TEST WHOAMI\n")
@@ -223,12 +229,7 @@ def thread_named(pid, name):
 
 
 def test_a_wedged_worker_stops_the_watchdog_pings():
-    systemd = FakeSystemd()
-    backend = h.start_backend("echo")
-    lb = h.lb_addr()
-    argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh"] + stickyd_argv(lb, backend)
-    proc = spawn(argv, {"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000"}, "stickyd")
-    systemd.wait_for("READY")
+    systemd, proc, _ = start_under_watchdog()
     systemd.wait_for("WATCHDOG")
     frozen = FrozenThread(thread_named(proc.pid, "worker-1"))
     try:
