@@ -355,11 +355,14 @@ def set_linger_zero(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
-def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
-    """One HTTP/1.1 request on its own connection. Returns (status, body)."""
+def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b""):
+    """One HTTP/1.1 request on its own connection. Returns (status, body).
+
+    preamble (e.g. a PROXY header) goes out in the same send as the request."""
     with connect(dst, src_ip, timeout) as s:
         host = fmt_addr(dst)
-        send_all(s, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        send_all(s, preamble + request.encode())
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = s.recv(CHUNK)
@@ -377,33 +380,6 @@ def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
                 length = int(value.strip())
         if length is None:
             raise Failure(f"{host}: response without Content-Length: {head!r}")
-        if len(body) < length:
-            body += recv_exact(s, length - len(body))
-        return status, body[:length].decode("utf-8", "replace")
-
-
-def http_get_after(dst, preamble, path="/hostname", src_ip=None, timeout=IO_TIMEOUT):
-    """http_get, but preamble (e.g. a PROXY header) goes out in the same send as the
-    request. Returns (status, body)."""
-    with connect(dst, src_ip, timeout) as s:
-        host = fmt_addr(dst)
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        send_all(s, preamble + request.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(CHUNK)
-            if not chunk:
-                raise Failure(f"{host}: connection closed before a complete response "
-                              f"(got {data!r})")
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
         if len(body) < length:
             body += recv_exact(s, length - len(body))
         return status, body[:length].decode("utf-8", "replace")

@@ -184,7 +184,8 @@ def test_header_address_decides_stickiness_v1_and_v2():
     for make in (h.proxy_v1_header, h.proxy_v2_header):
         for ip in FAKE_CLIENTS:
             # Always from 127.0.0.1: only the header differs.
-            status, name = h.http_get_after(proxied, make((ip, 5555), proxied), src_ip="127.0.0.1")
+            status, name = h.http_get(proxied, src_ip="127.0.0.1",
+                                      preamble=make((ip, 5555), proxied))
             h.expect_eq(status, 200, "status")
             h.expect_eq(name, expected[ip], f"backend for {ip} in a {make.__name__}")
 
