@@ -586,11 +586,11 @@ class PyServer:
     readiness probe wait_accepting() makes through stickyd (connect, then close).
     """
 
-    def __init__(self, handler, host="127.0.0.1"):
+    def __init__(self, handler, host="127.0.0.1", port=0):
         self.handler = handler
         self.sock = socket.socket(family_of(host), socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(512)
         self.sock.settimeout(0.2)
         self.addr = self.sock.getsockname()[:2]
