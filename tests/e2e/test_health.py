@@ -4,9 +4,7 @@ fail-open, passive failures, connection termination. State changes are read from
 stickyd's log, which records every transition once, with its reason."""
 import os
 import re
-import socket
 import sys
-import threading
 import time
 
 sys.dont_write_bytecode = True
