@@ -44,9 +44,7 @@ Daemon::Daemon(Config config, DaemonOptions options)
     : config_(std::move(config)), options_(std::move(options)) {}
 
 Daemon::~Daemon() {
-    if (admin_) admin_->stop();
-    if (dns_) dns_->stop();
-    if (control_) control_->stop();
+    stop_services();
     for (auto& [name, fd] : adopted_) ::close(fd);
 }
 
@@ -197,8 +195,6 @@ bool Daemon::start() {
                   listener.target_group, count,
                   adopted_.contains(listener.name) ? ", socket from systemd" : "");
     }
-    status_listeners_ = config_.listeners.size();
-    status_targets_ = static_targets(config_);
     return true;
 }
 
@@ -302,16 +298,13 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
         for (auto& worker : workers_) worker->update_listener(settings);
     }
     for (const std::string& name : plan.remove) {
-        if (!readded.contains(name)) {
-            for (auto& worker : workers_) worker->remove_listener(name);
-        }
-        if (auto it = adopted_.find(name); it != adopted_.end() && !readded.contains(name)) {
+        if (readded.contains(name)) continue;  // closed above
+        for (auto& worker : workers_) worker->remove_listener(name);
+        listener_stats_.erase(name);
+        if (auto it = adopted_.find(name); it != adopted_.end()) {
             ::close(it->second);  // systemd keeps its own copy open
             adopted_.erase(it);
         }
-    }
-    for (const std::string& name : plan.remove) {
-        if (!readded.contains(name)) listener_stats_.erase(name);
     }
     if (dns_) {
         dns_->apply(next);
@@ -330,8 +323,6 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
     next.global.admin_address = config_.global.admin_address;
     config_ = std::move(next);
     admin_source_->update(config_, listener_stats_);
-    status_listeners_ = config_.listeners.size();
-    status_targets_ = static_targets(config_);
 
     ReloadResult result{
         true,
@@ -349,10 +340,15 @@ void Daemon::stop(Duration grace) {
 
 int Daemon::join() {
     for (auto& thread : threads_) thread.join();
+    stop_services();
+    return failed_ ? 1 : 0;
+}
+
+// In reverse order of start: nothing may call the control thread once it is gone.
+void Daemon::stop_services() {
     if (admin_) admin_->stop();
     if (dns_) dns_->stop();
     if (control_) control_->stop();
-    return failed_ ? 1 : 0;
 }
 
 Duration Daemon::shutdown_grace() const {
@@ -367,16 +363,13 @@ uint64_t Daemon::active_connections() const {
 
 std::string Daemon::status_line() const {
     // Targets in service, DNS-discovered ones included.
-    size_t targets = status_targets_.load();
-    if (control_) {
-        targets = 0;
-        for (const GroupView& group : control_->view()->groups) {
-            for (const TargetView& t : group.targets) {
-                if (t.deregistration == Deregistration::none) ++targets;
-            }
+    size_t targets = 0;
+    for (const GroupView& group : control_->view()->groups) {
+        for (const TargetView& t : group.targets) {
+            if (t.deregistration == Deregistration::none) ++targets;
         }
     }
-    return fmt::format("{} listeners, {} targets, {} active connections", status_listeners_.load(),
+    return fmt::format("{} listeners, {} targets, {} active connections", config_.listeners.size(),
                        targets, active_connections());
 }
 

@@ -67,11 +67,12 @@ class Daemon {
 
     Duration shutdown_grace() const;
     uint64_t active_connections() const;
-    std::string status_line() const;  // for STATUS=
+    std::string status_line() const;  // for STATUS=; only after a successful start()
     bool workers_progressed();        // for the watchdog
 
   private:
     ListenerSettings settings_for(const ListenerConfig& listener);
+    void stop_services();
     // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.
     std::vector<int> open_sockets(const ListenerConfig& listener, std::string& error);
     std::map<std::string, DnsAnswer> resolve_initial(const Config& config);
@@ -83,7 +84,6 @@ class Daemon {
     std::map<std::string, int> adopted_;  // socket activation: listener name -> fd
     std::map<std::string, std::shared_ptr<ListenerStats>> listener_stats_;
     sd::HeartbeatGate heartbeats_;
-    std::atomic<size_t> status_listeners_{0}, status_targets_{0};
     // Destroyed in reverse: admin first, then DNS, then the control thread (nothing
     // may call it after that), then the workers.
     std::vector<std::unique_ptr<Worker>> workers_;
