@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
 #include <stdexcept>
 
@@ -101,7 +102,7 @@ bool Daemon::start() {
 
     // DNS first: the targets it names at start-up are targets known at start, routed
     // to before their first check like the configured ones.
-    const auto initial_dns = resolve_initial(config_);
+    const auto initial_dns = resolve_once(config_);
     Control::Discovered discovered;
     for (const auto& [group, answer] : initial_dns) {
         if (answer.ok()) discovered[group] = answer.addresses;
@@ -198,20 +199,13 @@ bool Daemon::start() {
     return true;
 }
 
-std::map<std::string, DnsAnswer> Daemon::resolve_initial(const Config& config) {
-    bool any = false;
-    for (const auto& group : config.target_groups) any = any || group.dns.has_value();
-    if (!any) return {};
-    return resolve_once(config);
-}
-
-// Hands the answers resolve_initial found to the control thread (successes went
+// Hands the answers resolve_once found to the control thread (successes went
 // into the Control constructor already when starting) and creates the discovery
 // thread that keeps them current; the caller starts it.
 void Daemon::create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
                         bool apply_results) {
-    bool any = false;
-    for (const auto& group : config.target_groups) any = any || group.dns.has_value();
+    const bool any = std::any_of(config.target_groups.begin(), config.target_groups.end(),
+                                 [](const TargetGroupConfig& g) { return g.dns.has_value(); });
     if (!any) return;
     for (const auto& [group, answer] : initial) {
         if (!answer.ok()) {
@@ -309,7 +303,7 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
     if (dns_) {
         dns_->apply(next);
     } else {
-        create_dns(next, resolve_initial(next), true);
+        create_dns(next, resolve_once(next), true);
         if (dns_) dns_->start();
     }
     for (const std::string& line : plan.restart_only) {

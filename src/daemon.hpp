@@ -75,7 +75,6 @@ class Daemon {
     void stop_services();
     // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.
     std::vector<int> open_sockets(const ListenerConfig& listener, std::string& error);
-    std::map<std::string, DnsAnswer> resolve_initial(const Config& config);
     void create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
                     bool apply_results);
 
