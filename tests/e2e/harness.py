@@ -355,6 +355,17 @@ def set_linger_zero(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
+def recv_head(sock, data=b""):
+    """Reads until the blank line that ends an HTTP head. Returns all bytes read; if
+    the peer closed first they lack b"\r\n\r\n", which the caller checks."""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(CHUNK)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b""):
     """One HTTP/1.1 request on its own connection. Returns (status, body).
 
@@ -363,13 +374,10 @@ def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b"
         host = fmt_addr(dst)
         request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         send_all(s, preamble + request.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(CHUNK)
-            if not chunk:
-                raise Failure(f"{host}: connection closed before a complete response "
-                              f"(from {src_ip or 'default source'}; got {data!r})")
-            data += chunk
+        data = recv_head(s)
+        if b"\r\n\r\n" not in data:
+            raise Failure(f"{host}: connection closed before a complete response "
+                          f"(from {src_ip or 'default source'}; got {data!r})")
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])

@@ -71,12 +71,9 @@ def test_tcp_check_of_a_proxy_protocol_group_sends_a_local_header():
 
 def test_http_check_of_a_proxy_protocol_group_sends_the_header_then_the_request():
     def answer(conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return data
-            data += chunk
+        data = h.recv_head(conn)
+        if b"\r\n\r\n" not in data:
+            return data
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         return data
 

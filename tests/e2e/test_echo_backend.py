@@ -12,12 +12,9 @@ import harness as h  # noqa: E402
 
 def read_response(sock, buffered=b"", head_request=False):
     """Reads one HTTP response. Returns (status, headers dict, body, leftover bytes)."""
-    data = buffered
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise h.Failure(f"connection closed inside a response head: {data!r}")
-        data += chunk
+    data = h.recv_head(sock, buffered)
+    if b"\r\n\r\n" not in data:
+        raise h.Failure(f"connection closed inside a response head: {data!r}")
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])

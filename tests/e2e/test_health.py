@@ -65,12 +65,8 @@ class StatusServer(h.PyServer):
 
     def _answer(self, conn):
         try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return None
-                data += chunk
+            if b"\r\n\r\n" not in h.recv_head(conn):
+                return None
             self.checks += 1
             if self.silent:             # accept, read, never answer
                 while conn.recv(4096):
