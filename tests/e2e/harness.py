@@ -780,6 +780,30 @@ def missing_binaries():
 
 
 # ---------------------------------------------------------------------------------
+# systemd units
+
+def systemd_analyze():
+    """The systemd-analyze binary, or SKIP when it is missing."""
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        skip("systemd-analyze is not installed (Debian package: systemd)")
+    return path
+
+
+def service_unit_for_this_build():
+    """systemd/stickyd.service.in with its paths pointing at this build and conf/, so
+    that verify finds the binary it names. Written as stickyd.service, as installed."""
+    with open(os.path.join(SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
+        text = f.read()
+    text = text.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
+                        os.path.join(SOURCE_ROOT, "conf", "stickyd.toml"))
+    text = text.replace("@BINDIR@", os.path.dirname(STICKYD_BIN))
+    left = re.findall(r"@[A-Z_]+@", text)
+    expect(not left, f"placeholders the test does not fill: {left}")
+    return write_file("stickyd.service", text)
+
+
+# ---------------------------------------------------------------------------------
 # Runner
 
 class _Deadline(BaseException):

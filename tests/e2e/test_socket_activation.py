@@ -17,22 +17,9 @@ import harness as h
 SOCKET_UNIT = os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.socket")
 
 
-def analyze():
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        h.skip("systemd-analyze is not installed")
-    return tool
-
-
 def test_socket_unit_verifies():
-    tool = analyze()
-    with open(os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.in"),
-              encoding="utf-8") as f:
-        service = f.read()
-    service = service.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
-                              os.path.join(h.SOURCE_ROOT, "conf", "stickyd.toml"))
-    service = service.replace("@BINDIR@", os.path.dirname(h.STICKYD_BIN))
-    service_path = h.write_file("stickyd.service", service)
+    tool = h.systemd_analyze()
+    service_path = h.service_unit_for_this_build()
     with open(SOCKET_UNIT, encoding="utf-8") as f:
         socket_path = h.write_file("stickyd.socket", f.read())
     result = h.run([tool, "verify", socket_path, service_path], timeout=60)

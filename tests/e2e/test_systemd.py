@@ -5,7 +5,6 @@ datagram socket standing in for systemd: READY=1 once it accepts, STATUS= lines,
 STOPPING=1 on SIGTERM, and WATCHDOG=1 pings while its loops run."""
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -18,29 +17,9 @@ import harness as h  # noqa: E402
 MAX_EXPOSURE = 2.0
 
 
-def analyze():
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        h.skip("systemd-analyze is not installed (Debian package: systemd)")
-    return path
-
-
-def unit_for_this_build():
-    """The unit template with its paths pointing at this build and conf/, so that
-    verify finds the binary it names. Named stickyd.service, as installed."""
-    with open(os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
-        text = f.read()
-    text = text.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
-                        os.path.join(h.SOURCE_ROOT, "conf", "stickyd.toml"))
-    text = text.replace("@BINDIR@", os.path.dirname(h.STICKYD_BIN))
-    left = re.findall(r"@[A-Z_]+@", text)
-    h.expect(not left, f"placeholders the test does not fill: {left}")
-    return h.write_file("stickyd.service", text)
-
-
 def test_unit_verifies():
-    tool = analyze()
-    unit = unit_for_this_build()
+    tool = h.systemd_analyze()
+    unit = h.service_unit_for_this_build()
     result = h.run([tool, "verify", unit], timeout=60)
     # verify also reports on the units it loads alongside; only ours counts.
     ours = [line for line in (result.stdout + result.stderr).splitlines()
@@ -51,8 +30,8 @@ def test_unit_verifies():
 
 
 def test_unit_exposure_at_most_2():
-    tool = analyze()
-    unit = unit_for_this_build()
+    tool = h.systemd_analyze()
+    unit = h.service_unit_for_this_build()
     result = h.run([tool, "security", "--offline=yes", unit], timeout=60)
     output = result.stdout + result.stderr
     match = re.search(r"Overall exposure level for stickyd\.service: (\d+\.\d+)", output)
