@@ -954,6 +954,18 @@ void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupC
     }
 }
 
+}  // namespace
+
+std::optional<std::string> capacity_error(const TargetGroupConfig& group, size_t targets,
+                                          uint64_t total_weight) {
+    if (group.algorithm == Algorithm::maglev) {
+        return maglev_table_size_error(group.maglev_table_size, targets);
+    }
+    return ring_weight_error(total_weight);
+}
+
+namespace {
+
 // Ranges again (for configs built in memory) and the rules that relate keys.
 void check_health_check(Diagnostics& diag, const std::string& path, const HealthCheckConfig& hc) {
     if (auto problem = check_duration(hc.interval, kHealthIntervalRange)) {
@@ -1010,6 +1022,12 @@ void check_target_group(Diagnostics& diag, const std::string& path,
     }
     if (group.algorithm == Algorithm::maglev) {
         check_maglev(diag, path + ".maglev_table_size", group);
+    } else {
+        uint64_t weight = 0;
+        for (const TargetConfig& t : group.targets) weight += t.weight;
+        if (auto problem = capacity_error(group, group.targets.size(), weight)) {
+            diag.fail(path + ".target", *problem);
+        }
     }
     if (auto problem = check_duration(group.connect_timeout, kConnectTimeoutRange)) {
         diag.fail(path + ".connect_timeout", *problem);

@@ -213,6 +213,7 @@ struct Control::Loop {
 
     // Commands.
     void apply(const Config& config);
+    std::optional<std::string> check(const Config& config);
     void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
     void set_discovery_error(const std::string& group, std::string error);
     AdminChange drain(const std::string& group, const std::string& id);
@@ -319,7 +320,13 @@ Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered&
     for (const TargetGroupConfig& gc : config.target_groups) {
         Group& group = add_group(gc);
         if (auto it = discovered.find(gc.name); it != discovered.end()) {
-            group.discovered = it->second;
+            if (auto error = capacity_error(gc, desired_targets(gc, it->second))) {
+                log::error("target group '{}': the {} addresses DNS gave at start-up are not used: {}",
+                           gc.name, it->second.size(), *error);
+                group.dns_error = std::move(error);
+            } else {
+                group.discovered = it->second;
+            }
         }
         // Every target known at start is routed to while initial (see HealthRecord),
         // the ones DNS named at start-up included.
@@ -468,6 +475,12 @@ void Control::Loop::apply(const Config& config) {
             if (!gc.dns) {
                 group->discovered.clear();
                 group->dns_error.reset();
+            } else if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
+                // check() refuses such a reload; this is a DNS answer that came in between.
+                log::error("target group '{}': its {} DNS addresses deregister: {}", gc.name,
+                           group->discovered.size(), *error);
+                group->discovered.clear();
+                group->dns_error = std::move(error);
             }
             // Another algorithm (or table size): the last snapshot has nothing to lend.
             if (!same_balancer) group->table = nullptr;
@@ -493,12 +506,33 @@ void Control::Loop::apply(const Config& config) {
     erase_finished_groups();
 }
 
+std::optional<std::string> Control::Loop::check(const Config& config) {
+    for (const TargetGroupConfig& gc : config.target_groups) {
+        const Group* group = find_group(gc.name);
+        if (group == nullptr || !gc.dns || group->discovered.empty()) continue;
+        if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
+            return fmt::format("target group '{}' with the {} addresses DNS gives now: {}",
+                               gc.name, group->discovered.size(), *error);
+        }
+    }
+    return std::nullopt;
+}
+
 void Control::Loop::set_discovered(const std::string& name, std::vector<SocketAddress> addresses) {
     Group* group = find_group(name);
     if (group == nullptr || !group->configured) return;
     std::sort(addresses.begin(), addresses.end(),
               [](const auto& a, const auto& b) { return a.to_string() < b.to_string(); });
     addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+    if (auto error = capacity_error(group->config, desired_targets(group->config, addresses))) {
+        if (group->dns_error != error) {
+            log::error("target group '{}': DNS answer of {} addresses not used, the previous {} "
+                       "stay: {}",
+                       name, addresses.size(), group->discovered.size(), *error);
+        }
+        group->dns_error = std::move(error);
+        return;
+    }
     if (group->dns_error) {
         log::info("target group '{}': DNS discovery works again ({} addresses)", name,
                   addresses.size());
@@ -1234,6 +1268,10 @@ void Control::stop() {
 
 void Control::apply(const Config& config) {
     loop_->call([&] { loop_->apply(config); });
+}
+
+std::optional<std::string> Control::check(const Config& config) {
+    return loop_->call([&] { return loop_->check(config); });
 }
 
 void Control::set_discovered(const std::string& group, std::vector<SocketAddress> addresses) {

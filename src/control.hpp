@@ -109,7 +109,12 @@ class Control {
     // passed check); removed ones deregister with their group's delay. Groups that
     // are new get slots (call slot() after apply).
     void apply(const Config& config);
-    // DNS discovery results for a group with `dns` set: the full current set.
+    // Why apply(config) would have to drop DNS-discovered targets (the addresses a
+    // group holds now do not fit its new balancer settings), or nullopt.
+    std::optional<std::string> check(const Config& config);
+    // DNS discovery results for a group with `dns` set: the full current set. A set
+    // the group's balancer cannot hold is not used: the last good one stays, and
+    // the reason shows as the group's DNS error.
     void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
     // DNS failed: keep the last good set; `error` is shown in the view until the next
     // success (set_discovered clears it).

@@ -245,6 +245,7 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
     if (auto* error = std::get_if<ConfigError>(&loaded)) return refuse(error->to_string());
     Config next = std::move(std::get<Config>(loaded));
     apply_overrides(next, options_);
+    if (auto misfit = control_->check(next)) return refuse(*misfit);
     const ReloadPlan plan = plan_reload(config_, next);
 
     // New sockets before anything changes: a port someone else holds fails the whole

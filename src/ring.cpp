@@ -83,7 +83,8 @@ constexpr unsigned kMaxBucketBits = 22;
 constexpr unsigned kMaxDirectBits = 22;
 // Member indices are 16-bit, and kSearch marks a slice that holds points.
 constexpr uint16_t kSearch = UINT16_MAX;
-constexpr size_t kMaxRingMembers = kSearch;
+// Every member weighs at least 1, so the weight cap bounds the member count too.
+static_assert(kMaxRingWeight < kSearch);
 
 class Ring final : public Balancer {
   public:
@@ -129,13 +130,10 @@ class Ring final : public Balancer {
     };
 
     void build() {
-        if (members_.size() > kMaxRingMembers) {
-            throw std::invalid_argument("a ring holds at most " + std::to_string(kMaxRingMembers) +
-                                        " members");
-        }
-        uint64_t total = 0;
-        for (const Member& m : members_) total += uint64_t{m.weight} * kRingPointsPerWeight;
-        if (total >= UINT32_MAX) throw std::invalid_argument("too many ring points");
+        uint64_t weight = 0;
+        for (const Member& m : members_) weight += m.weight;
+        if (auto error = ring_weight_error(weight)) throw std::invalid_argument(*error);
+        const uint64_t total = weight * kRingPointsPerWeight;
         if (total == 0) return;
 
         std::vector<Point> points;
@@ -245,6 +243,13 @@ class Ring final : public Balancer {
 };
 
 }  // namespace
+
+std::optional<std::string> ring_weight_error(uint64_t total_weight) {
+    if (total_weight <= kMaxRingWeight) return std::nullopt;
+    return "the targets' weights add up to " + std::to_string(total_weight) +
+           ", more than one ring holds (" + std::to_string(kMaxRingWeight) +
+           "); use smaller weights (only their ratios matter) or algorithm = \"maglev\"";
+}
 
 std::unique_ptr<const Balancer> build_ring(std::vector<Member> members) {
     return std::make_unique<Ring>(std::move(members));

@@ -35,6 +35,13 @@ std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
     return out;
 }
 
+std::optional<std::string> capacity_error(const TargetGroupConfig& group,
+                                          std::span<const DesiredTarget> desired) {
+    uint64_t weight = 0;
+    for (const DesiredTarget& t : desired) weight += t.weight;
+    return capacity_error(group, desired.size(), weight);
+}
+
 SteadyTime deregistration_deadline(const DeregistrationConfig& delay, SteadyTime now) {
     return delay.connection_termination ? now : now + delay.timeout;
 }

@@ -50,6 +50,12 @@ class Balancer {
 // Ring: kRingPointsPerWeight virtual nodes per unit of weight, at
 // hash_point(id, 0..n-1). The count never depends on how many members exist.
 inline constexpr uint32_t kRingPointsPerWeight = 4096;
+// Most weight one ring holds, summed over its members. Each point costs about 14
+// bytes kept and 16 more while building: 1024 units is ~56 MiB and ~1 s to build
+// on the control thread; 100 targets of weight 100 would be ~400 MiB and ~13 s.
+inline constexpr uint32_t kMaxRingWeight = 1024;
+// Why members of this total weight do not fit one ring, or nullopt if they do.
+std::optional<std::string> ring_weight_error(uint64_t total_weight);
 std::unique_ptr<const Balancer> build_ring(std::vector<Member> members);
 
 // Maglev (Eisenbud et al. 2016) lookup table of prime size, from sorted members.

@@ -147,6 +147,13 @@ ConfigResult parse_config(std::string_view toml_text, std::string_view source_na
 // Cross-field checks shared by the file loader and the command-line quick mode.
 std::optional<ConfigError> validate(const Config& config, std::string_view source_name);
 
+// Why the group's balancer cannot hold `targets` targets weighing `total_weight`
+// together (a ring's weight cap, a maglev table's size), or nullopt if it can.
+// Config validation asks it about the configured targets; the control thread asks
+// again about each DNS answer, which can add targets at run time.
+std::optional<std::string> capacity_error(const TargetGroupConfig& group, size_t targets,
+                                          uint64_t total_weight);
+
 // "500ms", "2s", "5m", "1h" (or a bare integer meaning seconds, as NLB attributes do).
 std::optional<Duration> parse_duration(std::string_view text);
 

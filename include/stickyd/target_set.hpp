@@ -49,6 +49,11 @@ struct DesiredTarget {
 std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
                                            std::span<const SocketAddress> discovered);
 
+// Why the group's balancer cannot hold these targets (see capacity_error in
+// config.hpp), or nullopt if it can.
+std::optional<std::string> capacity_error(const TargetGroupConfig& group,
+                                          std::span<const DesiredTarget> desired);
+
 // The result of the last active check, kept for the admin view.
 struct LastCheck {
     bool passed = false;

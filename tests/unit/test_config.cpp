@@ -937,6 +937,44 @@ algorithm = "maglev"
     }
 }
 
+TEST_CASE("a ring's total weight is capped; the error points at the first target") {
+    std::string text = R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+)";
+    for (int i = 0; i < 10; ++i) {
+        text += fmt::format("[[target_group.target]]\naddress = \"127.0.0.1:{}\"\nweight = 100\n",
+                            9000 + i);
+    }
+    CHECK(error_of(text) == "<loaded>");  // 1000
+    const std::string heavier =
+        text + "[[target_group.target]]\naddress = \"127.0.0.1:9999\"\nweight = 25\n";
+    CHECK(error_of(heavier) ==
+          "t.toml:7:1: target_group[0].target: the targets' weights add up to 1025, more than "
+          "one ring holds (1024); use smaller weights (only their ratios matter) or algorithm = "
+          "\"maglev\"");
+    SUBCASE("maglev has no weight cap") {
+        std::string maglev = heavier;
+        const std::string name = "name = \"web\"\n";
+        maglev.insert(maglev.find(name) + name.size(), "algorithm = \"maglev\"\n");
+        CHECK(error_of(maglev) == "<loaded>");
+    }
+    SUBCASE("validate applies the same rule") {
+        Config c = cli_config();
+        c.target_groups[0].targets[0].weight = 100;
+        for (int i = 0; i < 10; ++i) c.target_groups[0].targets.push_back(c.target_groups[0].targets[0]);
+        for (size_t i = 0; i < c.target_groups[0].targets.size(); ++i) {
+            c.target_groups[0].targets[i].id = fmt::format("t{}", i);
+        }
+        CHECK(validate_error(c).starts_with(
+            "<command line>: target_group[0].target: the targets' weights add up to 1101,"));
+    }
+}
+
 TEST_CASE("missing required keys point at the table") {
     CHECK(error_of(R"(
 [[listener]]

@@ -324,6 +324,74 @@ TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for 
     CHECK(control.view()->groups.size() == 1);
 }
 
+// Regression: a DNS answer with more addresses than a maglev table holds threw
+// out of the balancer build and ended the control thread.
+TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last good set stays") {
+    Config c;
+    c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 307;  // room for 3 targets, 100 entries each
+    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    Control control(c, nullptr);
+    control.set_discovered("web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")});
+    auto table = control.slot("web")->load();
+    REQUIRE(table->targets.size() == 3);
+
+    control.set_discovered("web", {addr("127.0.0.2:80"), addr("127.0.0.3:80"),
+                                   addr("127.0.0.4:80")});
+    auto view = control.view();
+    REQUIRE(view->groups[0].dns_error.has_value());
+    CHECK(view->groups[0].dns_error->find("too small for 4 targets") != std::string::npos);
+    CHECK(view->groups[0].targets.size() == 3);
+    CHECK(target_in(*view, "web", "127.0.0.4:80") == nullptr);
+    CHECK(control.slot("web")->load() == table);
+
+    // The same reload with a larger table fits; a smaller one is refused up front.
+    Config smaller = c;
+    smaller.target_groups[0].maglev_table_size = 211;
+    auto misfit = control.check(smaller);
+    REQUIRE(misfit.has_value());
+    CHECK(misfit->find("target group 'web' with the 2 addresses DNS gives now") == 0);
+    CHECK(misfit->find("too small for 3 targets") != std::string::npos);
+    CHECK(control.check(c) == std::nullopt);
+
+    control.set_discovered("web", {addr("127.0.0.4:80")});  // fits again
+    view = control.view();
+    CHECK(view->groups[0].dns_error == std::nullopt);
+    CHECK(target_in(*view, "web", "127.0.0.4:80")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::removed);
+}
+
+TEST_CASE("control: DNS addresses a reload's balancer cannot hold deregister instead of failing") {
+    Config c;
+    c.target_groups = {group("web", {})};
+    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    Control control(c, nullptr, {{"web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}});
+    REQUIRE(control.slot("web")->load()->targets.size() == 2);
+
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 101;  // one target
+    control.apply(c);
+    auto view = control.view();
+    REQUIRE(view->groups[0].dns_error.has_value());
+    CHECK(view->groups[0].dns_error->find("too small for 2 targets") != std::string::npos);
+    CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::removed);
+    CHECK(control.slot("web")->load()->targets.empty());
+}
+
+TEST_CASE("control: DNS addresses at start-up that do not fit are not used") {
+    Config c;
+    c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 211;
+    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    Control control(c, nullptr, {{"web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}});
+    auto view = control.view();
+    CHECK(view->groups[0].targets.size() == 1);
+    REQUIRE(view->groups[0].dns_error.has_value());
+    CHECK(view->groups[0].dns_error->find("too small for 3 targets") != std::string::npos);
+}
+
 TEST_CASE("control: deregistration deadlines reset connections, then removed targets go") {
     Terminations terminations;
     Config c;

@@ -357,6 +357,22 @@ TEST_CASE("ring: rejects bad members") {
     CHECK_NOTHROW(build_ring({{"a", kMaxWeight}}));
 }
 
+TEST_CASE("ring: total weight is capped at kMaxRingWeight") {
+    CHECK(ring_weight_error(kMaxRingWeight) == std::nullopt);
+    auto error = ring_weight_error(kMaxRingWeight + 1);
+    REQUIRE(error.has_value());
+    CHECK(*error ==
+          "the targets' weights add up to 1025, more than one ring holds (1024); use smaller "
+          "weights (only their ratios matter) or algorithm = \"maglev\"");
+
+    std::vector<Member> members;
+    for (int i = 0; i < 11; ++i) members.push_back({"t" + std::to_string(i), kMaxWeight});
+    CHECK_THROWS_WITH_AS(build_ring(members),
+                         "the targets' weights add up to 1100, more than one ring holds (1024); "
+                         "use smaller weights (only their ratios matter) or algorithm = \"maglev\"",
+                         std::invalid_argument);
+}
+
 // Regression: hash_point once used the replica as XXH3's seed, which inputs of
 // 1-8 bytes mix in so weakly that short ids ("t0".."t49") put many points on the
 // same positions and some targets owned nothing.
