@@ -142,6 +142,10 @@ def test_errors_are_one_line():
     one_line_error(["simulate", "--config", path, "--add", "t1=127.0.0.1:1"], '"t1"')
     one_line_error(["simulate", "--config", path, "--add", "t7=nowhere"], "nowhere")
     one_line_error(["ring", "--config", path + ".missing"], ".missing")
+    heavy = offline_config(groups=[{"name": "web", "targets": [
+        {"id": f"h{i}", "address": f"127.0.0.1:{19100 + i}", "weight": 100} for i in range(10)]}])
+    one_line_error(["simulate", "--config", heavy, "--add", "h10=127.0.0.1:19110,weight=100"],
+                   "weights add up to 1100")
 
     two = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS},
                                  {"name": "api", "targets": OFFLINE_TARGETS[:2]}])
