@@ -321,8 +321,9 @@ Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered&
         Group& group = add_group(gc);
         if (auto it = discovered.find(gc.name); it != discovered.end()) {
             if (auto error = capacity_error(gc, desired_targets(gc, it->second))) {
-                log::error("target group '{}': the {} addresses DNS gave at start-up are not used: {}",
-                           gc.name, it->second.size(), *error);
+                log::error(
+                    "target group '{}': the {} addresses DNS gave at start-up are not used: {}",
+                    gc.name, it->second.size(), *error);
                 group.dns_error = std::move(error);
             } else {
                 group.discovered = it->second;
@@ -511,8 +512,8 @@ std::optional<std::string> Control::Loop::check(const Config& config) {
         const Group* group = find_group(gc.name);
         if (group == nullptr || !gc.dns || group->discovered.empty()) continue;
         if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
-            return fmt::format("target group '{}' with the {} addresses DNS gives now: {}",
-                               gc.name, group->discovered.size(), *error);
+            return fmt::format("target group '{}' with the {} addresses DNS gives now: {}", gc.name,
+                               group->discovered.size(), *error);
         }
     }
     return std::nullopt;
@@ -526,9 +527,10 @@ void Control::Loop::set_discovered(const std::string& name, std::vector<SocketAd
     addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
     if (auto error = capacity_error(group->config, desired_targets(group->config, addresses))) {
         if (group->dns_error != error) {
-            log::error("target group '{}': DNS answer of {} addresses not used, the previous {} "
-                       "stay: {}",
-                       name, addresses.size(), group->discovered.size(), *error);
+            log::error(
+                "target group '{}': DNS answer of {} addresses not used, the previous {} "
+                "stay: {}",
+                name, addresses.size(), group->discovered.size(), *error);
         }
         group->dns_error = std::move(error);
         return;

@@ -254,6 +254,9 @@ struct Worker::Loop {
     void on_accept_failure(uint32_t index, int res);
     void on_accept_backoff(uint32_t index);
     void pause_accepting();
+    void retry_fd_waiters();
+    void wait_for_fds(uint32_t index);
+    void fds_available();
     void accept_client(uint32_t index, int fd);
     SnapshotPin* current_pin(ListenerState& listener);
     void unpin(Connection& c);
@@ -335,12 +338,16 @@ struct Worker::Loop {
     std::vector<uint32_t> free_slots_;
     uint32_t live_ = 0;             // slots not free
     std::deque<uint64_t> waiters_;  // recvs parked on -ENOBUFS, as encoded user_data
+    // Clients accepted when no fd was left for their target socket, as encoded
+    // user_data (slot + generation): they wait, like the backlog, for fds.
+    std::vector<uint64_t> fd_waiters_;
     std::vector<std::unique_ptr<SnapshotPin>> pins_;
 
     uint64_t batch_ = 0;
     uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
     bool full_warned_ = false;
     bool socket_warned_ = false;
+    bool short_of_fds_ = false;  // an accept pause is running or just ended
     bool overflow_warned_ = false;
     bool pool_grew_ = false;
 
@@ -510,13 +517,13 @@ void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
         ::close(cqe.res);
         return;
     }
-    if (l.complained) {
-        log::info("listener {}: accepting again", l.settings.name);
-        l.complained = false;
-    }
-    l.backoff = std::chrono::milliseconds{0};
     accept_client(index, cqe.res);
-    if (!more) arm_accept(index);
+    if (more) return;
+    if (fd_waiters_.empty()) {
+        arm_accept(index);
+    } else {
+        wait_for_fds(index);
+    }
 }
 
 // Out of fds or memory: accepting again at once would fail again at once (the
@@ -529,6 +536,7 @@ void Worker::Loop::on_accept_failure(uint32_t index, int res) {
         return;
     }
     l.backoff = next_backoff(l.backoff);
+    short_of_fds_ = true;
     if (!l.complained) {
         l.complained = true;
         log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time",
@@ -553,11 +561,80 @@ void Worker::Loop::pause_accepting() {
     }
 }
 
+// Clients that already wait for an fd go first; while any still waits, the
+// backlog keeps the rest and the pause grows.
 void Worker::Loop::on_accept_backoff(uint32_t index) {
     --worker_ops_;
     ListenerState& l = listeners_.items[index];
     l.backoff_pending = false;
-    if (!stopping_ && !l.removed) arm_accept(index);
+    if (stopping_ || l.removed) return;
+    retry_fd_waiters();
+    if (fd_waiters_.empty()) {
+        arm_accept(index);
+    } else {
+        wait_for_fds(index);
+    }
+}
+
+void Worker::Loop::wait_for_fds(uint32_t index) {
+    listeners_.items[index].pause_requested = true;
+    on_accept_failure(index, -EMFILE);
+}
+
+// Oldest first. A waiter that still finds no fd takes the newest waiter's: a
+// client is only worth its fd with a target socket beside it, so one of them is
+// reset rather than both holding an fd the other needs (with no fd left at all,
+// waiting clients alone would never get anywhere).
+void Worker::Loop::retry_fd_waiters() {
+    std::vector<uint64_t> retry;
+    retry.swap(fd_waiters_);
+    auto waiting = [&](uint64_t encoded) {
+        const UserData ud = decode(encoded);
+        const Connection& c = conns_[ud.slot];
+        // Closed meanwhile (shutdown, reload) and perhaps reused: not ours any more.
+        return c.generation == ud.generation && c.phase == Phase::connecting && c.target_fd < 0;
+    };
+    size_t next = 0;
+    size_t end = retry.size();
+    unsigned shed = 0;
+    while (next < end) {
+        if (!waiting(retry[next])) {
+            ++next;
+            continue;
+        }
+        start_connect(decode(retry[next]).slot);
+        if (fd_waiters_.empty()) {
+            ++next;
+            continue;
+        }
+        fd_waiters_.pop_back();  // itself, parked again
+        while (end > next + 1 && !waiting(retry[end - 1])) --end;
+        if (end == next + 1) break;  // no one newer to take an fd from: it waits on
+        close_connection(decode(retry[--end]).slot, CloseMode::reset);
+        ++shed;
+    }
+    for (size_t i = next; i < end; ++i)
+        if (waiting(retry[i])) fd_waiters_.push_back(retry[i]);
+    if (shed > 0) {
+        log::warn(
+            "worker {}: out of fds: reset {} waiting clients so that older ones reach "
+            "their targets",
+            index_, shed);
+    }
+}
+
+// A target socket could be had: pauses start small again, and the listeners that
+// said they paused say they accept again.
+void Worker::Loop::fds_available() {
+    short_of_fds_ = false;
+    socket_warned_ = false;
+    for (ListenerState& l : listeners_.items) {
+        l.backoff = std::chrono::milliseconds{0};
+        if (l.complained && !l.removed) {
+            log::info("listener {}: accepting again", l.settings.name);
+        }
+        l.complained = false;
+    }
 }
 
 void Worker::Loop::accept_client(uint32_t index, int fd) {
@@ -762,17 +839,25 @@ void Worker::Loop::start_connect(uint32_t slot) {
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
         const int err = errno;
-        add(stats_.connect_failures, 1);
         if (!socket_warned_) {
             socket_warned_ = true;
-            log::warn("worker {}: cannot create a socket to reach a target: {}", index_,
-                      std::strerror(err));
+            log::warn("worker {}: cannot create a socket to reach a target: {}{}", index_,
+                      std::strerror(err),
+                      err == EMFILE || err == ENFILE ? "; clients wait until fds are free" : "");
         }
-        if (err == EMFILE || err == ENFILE) pause_accepting();
+        if (err == EMFILE || err == ENFILE) {
+            // The client keeps its place, as it would in the backlog; the accept
+            // back-off timer retries it before accepting anyone else.
+            fd_waiters_.push_back(encode(Op::ignore, slot, c.generation));
+            short_of_fds_ = true;
+            pause_accepting();
+            return;
+        }
+        add(stats_.connect_failures, 1);
         close_connection(slot, CloseMode::graceful);
         return;
     }
-    socket_warned_ = false;
+    if (short_of_fds_) fds_available();
     set_no_delay(fd);
     c.target_fd = fd;
     c.stats = table.targets[target].stats;
@@ -1360,6 +1445,17 @@ void Worker::Loop::stop_accepting() {
         io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept_backoff, i), 0);
         ::close(l.fd);
         l.fd = -1;
+    }
+    // Clients still waiting for an fd never got a target: they go the way of the
+    // backlog that closing the listeners just reset.
+    std::vector<uint64_t> waiting;
+    waiting.swap(fd_waiters_);
+    for (uint64_t encoded : waiting) {
+        const UserData ud = decode(encoded);
+        if (conns_[ud.slot].generation == ud.generation && conns_[ud.slot].target_fd < 0 &&
+            conns_[ud.slot].phase == Phase::connecting) {
+            close_connection(ud.slot, CloseMode::reset);
+        }
     }
     log::debug("worker {}: stopped accepting; {} connections open", index_, live_);
 }

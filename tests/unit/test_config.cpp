@@ -966,7 +966,8 @@ name = "web"
     SUBCASE("validate applies the same rule") {
         Config c = cli_config();
         c.target_groups[0].targets[0].weight = 100;
-        for (int i = 0; i < 10; ++i) c.target_groups[0].targets.push_back(c.target_groups[0].targets[0]);
+        for (int i = 0; i < 10; ++i)
+            c.target_groups[0].targets.push_back(c.target_groups[0].targets[0]);
         for (size_t i = 0; i < c.target_groups[0].targets.size(); ++i) {
             c.target_groups[0].targets[i].id = fmt::format("t{}", i);
         }

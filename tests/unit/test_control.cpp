@@ -337,8 +337,8 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
     auto table = control.slot("web")->load();
     REQUIRE(table->targets.size() == 3);
 
-    control.set_discovered("web", {addr("127.0.0.2:80"), addr("127.0.0.3:80"),
-                                   addr("127.0.0.4:80")});
+    control.set_discovered("web",
+                           {addr("127.0.0.2:80"), addr("127.0.0.3:80"), addr("127.0.0.4:80")});
     auto view = control.view();
     REQUIRE(view->groups[0].dns_error.has_value());
     CHECK(view->groups[0].dns_error->find("too small for 4 targets") != std::string::npos);
