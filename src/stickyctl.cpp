@@ -90,9 +90,15 @@ Json ask(const Common& common, const std::string& method, const std::string& tar
                                     common.admin, response.status));
     }
     if (response.status < 200 || response.status > 299) {
-        const std::string error = body.contains("error") && body["error"].is_string()
-                                      ? body["error"].get<std::string>()
-                                      : body.dump();
+        std::string error = body.contains("error") && body["error"].is_string()
+                                ? body["error"].get<std::string>()
+                                : body.dump();
+        // The endpoint speaks HTTP; here the way to name a group is the flag.
+        constexpr std::string_view kQueryHint = "add ?group=NAME";
+        if (error.ends_with(kQueryHint)) {
+            error.replace(error.size() - kQueryHint.size(), kQueryHint.size(),
+                          "choose one with --group NAME");
+        }
         throw UserError(error);
     }
     return body;

@@ -163,6 +163,24 @@ TEST_CASE("drain and enable change the target; mistakes are one line and exit 1"
     CHECK(bad_group.out == "stickyctl: unknown target group \"api\" (groups: web)\n");
 }
 
+TEST_CASE("with several groups, the error names the --group flag, not the HTTP query") {
+    Fixture f;
+    FakeSource two{{group("web", {target("t1", "127.0.0.1:9001")}),
+                    group("api", {target("a1", "127.0.0.1:9101")})}};
+    AdminOptions options;
+    options.unix_path = f.dir + "/two.sock";
+    AdminServer server(two, options);
+    server.start();
+    Run ambiguous = stickyctl({"ring", "--admin", options.unix_path});
+    CHECK(ambiguous.status == 1);
+    CHECK(ambiguous.out ==
+          "stickyctl: several target groups (web, api): choose one with --group NAME\n");
+    Run chosen = stickyctl({"ring", "--admin", options.unix_path, "--group", "api"});
+    CHECK(chosen.status == 0);
+    CHECK(chosen.out.find("a1") != std::string::npos);
+    server.stop();
+}
+
 TEST_CASE("an unreachable daemon is one line naming the socket and suggesting --admin") {
     const Run run = stickyctl({"status", "--admin", "/nonexistent/stickyd/admin.sock"});
     CHECK(run.status == 1);
