@@ -96,9 +96,6 @@ std::optional<ConfigError> health_from_flags(const Options& opt, TargetGroupConf
         hc.enabled = false;
     } else if (opt.health_check == "http") {
         hc.protocol = HealthProtocol::http;
-    } else if (opt.health_check == "https") {
-        return flag_error("--health-check",
-                          "https health checks are not supported yet; use http or tcp");
     } else if (opt.health_check != "tcp") {
         return flag_error("--health-check",
                           fmt::format("expected tcp, http or off, got '{}'", opt.health_check));
@@ -377,7 +374,7 @@ int main_impl(int argc, char** argv) {
                                      "Quick mode: how long SIGTERM waits for connections");
     auto* hc_opt =
         app.add_option("--health-check", opt.health_check, "Quick mode: tcp (default), http or off")
-            ->check(CLI::IsMember({"tcp", "http", "https", "off"}));
+            ->check(CLI::IsMember({"tcp", "http", "off"}));
     auto* hc_path_opt =
         app.add_option("--health-path", opt.health_path, "Quick mode: HTTP check path (default /)");
     auto* hc_port_opt = app.add_option("--health-port", opt.health_port,
@@ -386,7 +383,8 @@ int main_impl(int argc, char** argv) {
                                            "Quick mode: check interval (default 1s)");
     auto* hc_timeout_opt =
         app.add_option("--health-timeout", opt.health_timeout,
-                       "Quick mode: check timeout (default 10s tcp / 6s http, below the interval)");
+                       "Quick mode: check timeout, below the interval (default 10s tcp / 6s "
+                       "http, or half the interval when that is shorter: 500ms at 1s)");
     auto* hc_rise_opt = app.add_option("--healthy-threshold", opt.healthy_threshold,
                                        "Quick mode: passes to become healthy (default 2)")
                             ->check(CLI::Range(2U, 10U));
