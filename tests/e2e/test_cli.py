@@ -127,7 +127,7 @@ def test_version_and_help():
     h.expect_eq(r.returncode, 0, "--help exit status")
     for flag in ("--config", "--check-config", "--listen", "--target"):
         h.expect(flag in r.stdout, f"--help does not mention {flag}")
-    checks = re.search(r"--health-check\s.*", r.stdout)
+    checks = re.search(r"--health-check TEXT.*", r.stdout)
     h.expect(checks and "https" not in checks.group(0),
              f"--help offers a check protocol that is refused: {checks and checks.group(0)!r}")
 
