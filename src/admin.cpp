@@ -196,6 +196,21 @@ class HttpGlue final : public httplib::Server {
 };
 
 // Where the head ends ("\r\n\r\n", or "\n\n" from a lax client), or npos.
+// Debian's cpp-httplib is a compiled library built with an 8192-byte line limit
+// (CPPHTTPLIB_HEADER_MAX_LENGTH); a longer line would come back as a bare 400.
+constexpr size_t kMaxHeadLine = 8192;
+
+size_t longest_line(std::string_view head) {
+    size_t longest = 0;
+    while (!head.empty()) {
+        const size_t nl = head.find('\n');
+        const size_t len = nl == std::string_view::npos ? head.size() : nl + 1;
+        longest = std::max(longest, len);
+        head.remove_prefix(len);
+    }
+    return longest;
+}
+
 size_t head_end(std::string_view data) {
     const size_t crlf = data.find("\r\n\r\n");
     const size_t lf = data.find("\n\n");
@@ -392,11 +407,23 @@ struct AdminServer::Impl {
         std::string head;
         char buffer[4096];
         for (;;) {
-            if (head_end(head) != std::string::npos) break;
-            if (head.size() > options.max_head) {
+            // Exactly max_head, whatever the recv sizes: a head that ends past it,
+            // or has not ended within it, is too large.
+            const size_t end = head_end(head);
+            if ((end == std::string::npos && head.size() >= options.max_head) ||
+                (end != std::string::npos && end > options.max_head)) {
                 return reject(fd, 431,
                               fmt::format("request head larger than {} bytes", options.max_head),
                               deadline);
+            }
+            if (end != std::string::npos) {
+                if (longest_line(std::string_view(head).substr(0, end)) > kMaxHeadLine) {
+                    return reject(
+                        fd, 431,
+                        fmt::format("request header line longer than {} bytes", kMaxHeadLine),
+                        deadline);
+                }
+                break;
             }
             const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
             if (n > 0) {

@@ -299,6 +299,30 @@ TEST_CASE("server: oversized, garbage, truncated and slow requests get JSON erro
     CHECK(status_of(reply) == 431);
     CHECK(Json::parse(body_of(reply))["error"] == "request head larger than 16384 bytes");
 
+    // The cap is exact: a head of 16384 bytes is served, one byte more is refused.
+    // Header lines are capped at 8192 bytes (the httplib build's limit): 431 too.
+    auto head_of = [](size_t total, size_t line) {  // `line` counts its CRLF
+        std::string head = "GET /status HTTP/1.1\r\n";
+        size_t left = total - head.size() - 2;  // for header lines, before the last CRLF
+        for (int i = 0; left > 0; ++i) {
+            size_t n = std::min(line, left);
+            if (left - n > 0 && left - n < 16) n = left - 16;  // room for one more line
+            const std::string name = fmt::format("X-Pad-{}: ", i);
+            head += name + std::string(n - name.size() - 2, 'p') + "\r\n";
+            left -= n;
+        }
+        return head + "\r\n";
+    };
+    REQUIRE(head_of(16385, 4000).size() == 16385);
+    CHECK(status_of(send_and_read(connect_unix(path), head_of(16384, 4000))) == 200);
+    reply = send_and_read(connect_unix(path), head_of(16385, 4000));
+    CHECK(status_of(reply) == 431);
+    CHECK(Json::parse(body_of(reply))["error"] == "request head larger than 16384 bytes");
+    CHECK(status_of(send_and_read(connect_unix(path), head_of(8192 + 100, 8192))) == 200);
+    reply = send_and_read(connect_unix(path), head_of(8192 + 100, 8193));
+    CHECK(status_of(reply) == 431);
+    CHECK(Json::parse(body_of(reply))["error"] == "request header line longer than 8192 bytes");
+
     reply = send_and_read(connect_unix(path), "\x16\x03\x01garbage bytes\r\n\r\n");
     CHECK(status_of(reply) == 400);
     CHECK(Json::parse(body_of(reply))["error"] == "malformed HTTP request");
