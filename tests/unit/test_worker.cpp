@@ -5,14 +5,18 @@
 #include "src/worker.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include "src/listener.hpp"
@@ -169,7 +173,63 @@ struct Rig {
     const TargetStats& target() const { return *table->targets[0].stats; }
 };
 
+bool same_address(const sockaddr_in& a, const sockaddr_in& b) {
+    return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
+}
+
+// The worker's sockets live in this process: find the one whose own address
+// (local = true) or peer address is `wanted`, other than `except`.
+std::optional<int> socket_with(const sockaddr_in& wanted, bool local, int except) {
+    DIR* dir = ::opendir("/proc/self/fd");
+    REQUIRE(dir != nullptr);
+    std::optional<int> found;
+    while (dirent* e = ::readdir(dir)) {
+        const int fd = std::atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == except || fd == ::dirfd(dir)) continue;
+        sockaddr_in a{};
+        socklen_t len = sizeof a;
+        const int rc = local ? ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len)
+                             : ::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len);
+        if (rc == 0 && a.sin_family == AF_INET && same_address(a, wanted)) found = fd;
+    }
+    ::closedir(dir);
+    return found;
+}
+
+int no_delay(int fd) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0);
+    return on;
+}
+
 }  // namespace
+
+TEST_CASE("TCP_NODELAY is set on the listener, on accepted clients and toward targets") {
+    std::string error;
+    Fd listener{open_listener(loopback(0), error)};
+    REQUIRE(listener.fd >= 0);
+    CHECK(no_delay(listener.fd) == 1);
+
+    Rig rig;
+    const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    CHECK(round_trip(client, server, 'x'));
+    CHECK(no_delay(client) == 0);  // the test's own sockets: the default, so the check can fail
+
+    sockaddr_in client_local{}, target_local{};
+    socklen_t len = sizeof client_local;
+    REQUIRE(::getsockname(client, reinterpret_cast<sockaddr*>(&client_local), &len) == 0);
+    len = sizeof target_local;
+    REQUIRE(::getpeername(server, reinterpret_cast<sockaddr*>(&target_local), &len) == 0);
+    const std::optional<int> accepted = socket_with(client_local, false, client);
+    const std::optional<int> toward_target = socket_with(target_local, true, server);
+    REQUIRE(accepted.has_value());
+    REQUIRE(toward_target.has_value());
+    CHECK(no_delay(*accepted) == 1);
+    CHECK(no_delay(*toward_target) == 1);
+}
 
 TEST_CASE("an added listener accepts; counters follow connections, bytes and closes") {
     Rig rig;
