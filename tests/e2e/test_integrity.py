@@ -71,7 +71,7 @@ def test_backend_generated_data_after_client_eof():
     h.run_parallel([lambda i=i: job(i) for i in range(16)], timeout=80)
 
 
-def test_full_duplex_hashed_at_both_ends():
+def test_32_full_duplex_connections_hashed_at_both_ends():
     # A stub backend that sends its own random stream while it receives, and records
     # the SHA-256 of what it got. Both directions run at the same time, so a relay
     # that serialises them (or loses bytes while the other side is busy) fails.
@@ -103,8 +103,8 @@ def test_full_duplex_hashed_at_both_ends():
     server = h.PyServer(handler)
     backends = h.start_backends(1)
     (_, stub_lb), _ = start(backends, extra_groups=[("stub", server.address)])
-    ips = h.source_ips(8, first=80)
-    ups, downs = sizes(8, seed=4), sizes(8, seed=5)
+    ips = h.source_ips(32, first=80)
+    ups, downs = sizes(32, seed=4, high=3 * MIB), sizes(32, seed=5, high=3 * MIB)
 
     def job(i):
         key = f"conn{i}"
@@ -114,7 +114,7 @@ def test_full_duplex_hashed_at_both_ends():
             count, digest = h.echo_roundtrip(s, payload)
         return key, len(payload), h.sha256(payload), count, digest
 
-    results = h.run_parallel([lambda i=i: job(i) for i in range(8)], timeout=80)
+    results = h.run_parallel([lambda i=i: job(i) for i in range(32)], timeout=80)
     for _ in results:
         server.result()
     for key, up_len, up_sha, down_len, down_sha in results:
