@@ -194,5 +194,64 @@ def test_slow_reader_gets_everything():
     h.expect_eq((count, got.hexdigest()), (len(payload), h.sha256(payload)), "8 MiB slow read")
 
 
+
+def private_dirty(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1]) * 1024
+    raise h.Failure("no Private_Dirty in smaps_rollup")
+
+
+def test_a_backend_that_does_not_read_stalls_the_client_without_growing_memory():
+    # Backpressure, seen from outside: with the backend not reading, stickyd stops
+    # reading the clients once the kernel's buffers are full, so the clients' sends
+    # stall and stickyd's own memory stays flat (at most a buffer per direction per
+    # connection). A relay that kept reading would grow by what the clients push.
+    release = threading.Event()
+
+    def handler(conn):
+        release.wait(60)
+        count = h.recv_until_eof(conn)
+        return count or None  # the readiness probe sends nothing
+
+    server = h.PyServer(handler)
+    (_, stub_lb), stickyd = start(h.start_backends(1), extra_groups=[("stub", server.address)])
+    pid = stickyd.process.pid
+    clients, size = 10, 48 * MIB
+    sent = [0] * clients
+    chunk = h.random_payload(256 * 1024, seed=9)
+
+    def push(i):
+        with h.connect(stub_lb, h.source_ips(clients, first=120)[i], timeout=60) as s:
+            while sent[i] < size:
+                n = s.send(chunk[:min(len(chunk), size - sent[i])])
+                sent[i] += n
+            s.shutdown(socket.SHUT_WR)
+            return h.recv_until_eof(s)
+
+    base = private_dirty(pid)
+    threads = [threading.Thread(target=push, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    sent_1, mem_1 = sum(sent), private_dirty(pid)
+    time.sleep(1.5)
+    sent_2, mem_2 = sum(sent), private_dirty(pid)
+    h.expect(sent_2 < clients * size, "every client got all its bytes out with nobody reading")
+    h.expect(sent_2 - sent_1 < 2 * MIB,
+             f"clients kept sending while the backend read nothing: {sent_1} then {sent_2} bytes")
+    h.expect(mem_2 - mem_1 < 1 * MIB, f"stickyd grew from {mem_1} to {mem_2} B while stalled")
+    bound = clients * 2 * 32 * 1024 + 4 * MIB  # a receive buffer per direction, plus slack
+    h.expect(mem_2 - base < bound,
+             f"stickyd holds {mem_2 - base} B more than before {clients} stalled clients")
+
+    release.set()
+    for t in threads:
+        t.join(60)
+    counts = sorted(server.result(timeout=60) for _ in range(clients))
+    h.expect_eq(counts, [size] * clients, "bytes each backend connection received")
+
+
 if __name__ == "__main__":
     h.main()
