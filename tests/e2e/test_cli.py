@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The command line: configuration errors are one line naming FILE:LINE:COL and the
 key, bad flags are one clear line, and nothing half-starts."""
+import errno
 import os
 import re
 import socket
@@ -117,6 +118,20 @@ def test_bad_command_lines_fail_with_one_clear_line():
         h.expect(r.returncode != 0, f"{case}: stickyd {' '.join(args)} exited 0")
         line = one_line(r.stderr, case)
         h.expect(mention in line, f"{case}: the error does not mention {mention!r}: {line!r}")
+
+
+def test_io_uring_refused_by_seccomp_is_one_clear_line():
+    tool = os.environ.get("WITHOUT_URING_BIN")
+    if not tool:
+        h.skip("WITHOUT_URING_BIN is not set (run through meson)")
+    port = h.free_port()
+    for err, name, cause in ((errno.EPERM, "EPERM", "seccomp"), (errno.ENOSYS, "ENOSYS", "kernel")):
+        r = h.run([tool, str(err), h.STICKYD_BIN, "--listen", f"127.0.0.1:{port}", "--target",
+                   "127.0.0.1:9001"], timeout=10)
+        h.expect_eq(r.returncode, 1, f"exit status with io_uring_setup failing with {name}")
+        line = one_line(r.stderr, f"io_uring refused with {name}")
+        for word in ("io_uring", name, cause):
+            h.expect(word in line, f"{name}: {line!r} does not name {word!r}")
 
 
 def test_version_and_help():
