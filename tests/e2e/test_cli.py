@@ -134,6 +134,38 @@ def test_io_uring_refused_by_seccomp_is_one_clear_line():
             h.expect(word in line, f"{name}: {line!r} does not name {word!r}")
 
 
+def listening_sockets(pid, port):
+    """How many of pid's sockets listen on TCP port (any IPv4 address)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        m = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if m:
+            inodes.add(m.group(1))
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.split(":")[1], 16) == port and inode in inodes:
+                count += 1
+    return count
+
+
+def test_one_reuseport_listener_per_worker():
+    backend = h.start_backend("b1")
+    for threads in (1, 3):
+        lb = h.lb_addr()
+        d = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
+                                  "--threads", str(threads)], addr=lb)
+        h.expect_eq(listening_sockets(d.process.pid, lb[1]), threads,
+                    f"listening sockets on port {lb[1]} with --threads {threads}")
+        d.process.kill()
+
+
 def test_version_and_help():
     r = h.run([h.STICKYD_BIN, "--version"])
     h.expect_eq(r.returncode, 0, "--version exit status")
