@@ -104,15 +104,21 @@ std::optional<std::string> probe_buffer_ring(io_uring& ring) {
 
 }  // namespace
 
-std::optional<std::string> probe_io_uring() {
-    int disabled = read_io_uring_disabled();
+std::optional<std::string> io_uring_refusal(int setup_errno, int disabled) {
     if (disabled == 2) {
         return "io_uring is disabled on this host (sysctl kernel.io_uring_disabled=2); stickyd "
                "needs it: set kernel.io_uring_disabled=0 (or 1 with kernel.io_uring_group)";
     }
+    if (setup_errno == 0) return std::nullopt;
+    return setup_failure(setup_errno, disabled);
+}
+
+std::optional<std::string> probe_io_uring() {
+    const int disabled = read_io_uring_disabled();
+    if (disabled == 2) return io_uring_refusal(0, disabled);  // no ring to try
     io_uring ring{};
     int rc = io_uring_queue_init(8, &ring, 0);
-    if (rc < 0) return setup_failure(-rc, disabled);
+    if (rc < 0) return io_uring_refusal(-rc, disabled);
 
     std::optional<std::string> problem;
     io_uring_probe* probe = io_uring_get_probe_ring(&ring);

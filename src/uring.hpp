@@ -16,6 +16,11 @@ namespace stickyd {
 // saying why not and what to change (sysctl, seccomp profile, kernel version).
 std::optional<std::string> probe_io_uring();
 
+// The reasoning behind it, without I/O: why io_uring cannot run stickyd given
+// io_uring_setup's errno (0: it worked) and the kernel.io_uring_disabled sysctl
+// (-1: absent, before Linux 6.6), or nullopt if it can.
+std::optional<std::string> io_uring_refusal(int setup_errno, int disabled);
+
 class Uring {
   public:
     // Throws std::runtime_error with a one-line message if no ring can be set up.

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <set>
 
 using namespace stickyd;
@@ -29,6 +30,30 @@ TEST_CASE("io_uring is usable on this machine (stickyd needs it)") {
     auto problem = probe_io_uring();
     INFO(problem.value_or(""));
     REQUIRE_FALSE(problem.has_value());
+}
+
+TEST_CASE("why io_uring is refused names the cause and the fix") {
+    CHECK(io_uring_refusal(0, -1) == std::nullopt);
+    CHECK(io_uring_refusal(0, 0) == std::nullopt);
+    CHECK(io_uring_refusal(0, 1) == std::nullopt);  // allowed for this process's group
+    auto disabled = io_uring_refusal(0, 2);
+    REQUIRE(disabled.has_value());
+    CHECK(disabled->starts_with(
+        "io_uring is disabled on this host (sysctl kernel.io_uring_disabled=2)"));
+    CHECK(io_uring_refusal(EPERM, 2) == disabled);
+    auto restricted = io_uring_refusal(EPERM, 1);
+    REQUIRE(restricted.has_value());
+    CHECK(
+        restricted->starts_with("io_uring is restricted on this host (sysctl "
+                                "kernel.io_uring_disabled=1)"));
+    CHECK(restricted->find("kernel.io_uring_group") != std::string::npos);
+    auto seccomp = io_uring_refusal(EPERM, 0);
+    REQUIRE(seccomp.has_value());
+    CHECK(seccomp->find("seccomp") != std::string::npos);
+    CHECK(io_uring_refusal(EPERM, -1) == seccomp);
+    CHECK(io_uring_refusal(ENOSYS, -1)->starts_with("io_uring is not available"));
+    CHECK(io_uring_refusal(ENOMEM, 0)->find("RLIMIT_MEMLOCK") != std::string::npos);
+    CHECK(io_uring_refusal(EINVAL, 0) == "io_uring_setup() failed: Invalid argument");
 }
 
 TEST_CASE("get_sqe never fails: a full SQ is submitted to make room") {
