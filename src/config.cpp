@@ -561,7 +561,7 @@ GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::strin
 ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"name", "bind", "target_group", "idle_timeout", "accept_proxy_protocol",
-                   "proxy_protocol_timeout"});
+                   "proxy_protocol_timeout", "access_log"});
     ListenerConfig listener;
     if (auto v = r.string("name")) listener.name = *v;
     if (auto v = r.address("bind", kBindExample)) {
@@ -578,6 +578,7 @@ ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::s
         }
         listener.proxy_protocol_timeout = *v;
     }
+    if (auto v = r.boolean("access_log")) listener.access_log = *v;
     r.require("bind", "bind = \"127.0.0.1:8000\"");
     r.require("target_group", "target_group = \"web\"");
     return listener;

@@ -60,6 +60,7 @@ ListenerSettings Daemon::settings_for(const ListenerConfig& listener) {
     settings.idle_timeout = listener.idle_timeout;
     settings.accept_proxy_protocol = listener.accept_proxy_protocol;
     settings.proxy_protocol_timeout = listener.proxy_protocol_timeout;
+    settings.access_log = listener.access_log;
     settings.stats = stats;
     return settings;
 }

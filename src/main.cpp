@@ -64,6 +64,7 @@ struct Options {
     bool proxy_protocol_v2 = false;
     bool accept_proxy_protocol = false;
     std::string proxy_protocol_timeout = "3s";
+    bool access_log = false;
     std::optional<std::string> admin_socket;
     std::string admin_address;
 };
@@ -194,6 +195,7 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
         listener.idle_timeout = idle;
         listener.accept_proxy_protocol = opt.accept_proxy_protocol;
         listener.proxy_protocol_timeout = header_timeout;
+        listener.access_log = opt.access_log;
         config.listeners.push_back(std::move(listener));
     }
     if (auto error = read_duration_flag("--shutdown-grace", opt.shutdown_grace,
@@ -412,12 +414,14 @@ int main_impl(int argc, char** argv) {
     auto* pp_timeout_opt =
         app.add_option("--proxy-protocol-timeout", opt.proxy_protocol_timeout,
                        "Quick mode: how long a client may take to send its header (default 3s)");
+    auto* access_opt = app.add_flag("--access-log", opt.access_log,
+                                    "Quick mode: log one info line per finished connection");
     config_opt->excludes(check_opt)->excludes(listen_opt)->excludes(target_opt);
     for (auto* quick :
-         {algorithm_opt,   prefix4_opt, prefix6_opt, timeout_opt,    retries_opt,
-          grace_opt,       hc_opt,      hc_path_opt, hc_port_opt,    hc_interval_opt,
-          hc_timeout_opt,  hc_rise_opt, hc_fall_opt, hc_matcher_opt, passive_opt,
-          termination_opt, idle_opt,    pp2_opt,     accept_pp_opt,  pp_timeout_opt}) {
+         {algorithm_opt, prefix4_opt,    prefix6_opt, timeout_opt,     retries_opt,    grace_opt,
+          hc_opt,        hc_path_opt,    hc_port_opt, hc_interval_opt, hc_timeout_opt, hc_rise_opt,
+          hc_fall_opt,   hc_matcher_opt, passive_opt, termination_opt, idle_opt,       pp2_opt,
+          accept_pp_opt, pp_timeout_opt, access_opt}) {
         quick->excludes(config_opt)->excludes(check_opt);
     }
     check_opt->excludes(listen_opt)->excludes(target_opt);

@@ -30,6 +30,7 @@
 #include <utility>
 #include <variant>
 
+#include "access_log.hpp"
 #include "connection.hpp"
 #include "idle_wheel.hpp"
 #include "stickyd/log.hpp"
@@ -255,6 +256,8 @@ struct Worker::Loop {
     void on_accept_backoff(uint32_t index);
     void pause_accepting();
     void retry_fd_waiters();
+    AccessRecord* access(uint32_t slot);
+    void note_end(uint32_t slot, std::string_view why);
     void wait_for_fds(uint32_t index);
     void fds_available();
     void accept_client(uint32_t index, int fd);
@@ -341,6 +344,9 @@ struct Worker::Loop {
     // Clients accepted when no fd was left for their target socket, as encoded
     // user_data (slot + generation): they wait, like the backlog, for fds.
     std::vector<uint64_t> fd_waiters_;
+    // By slot, for connections of listeners with access_log = true (kept out of
+    // Connection so that the slots of everyone else stay small).
+    std::vector<std::unique_ptr<AccessRecord>> access_;
     std::vector<std::unique_ptr<SnapshotPin>> pins_;
 
     uint64_t batch_ = 0;
@@ -610,7 +616,9 @@ void Worker::Loop::retry_fd_waiters() {
         fd_waiters_.pop_back();  // itself, parked again
         while (end > next + 1 && !waiting(retry[end - 1])) --end;
         if (end == next + 1) break;  // no one newer to take an fd from: it waits on
-        close_connection(decode(retry[--end]).slot, CloseMode::reset);
+        const uint32_t newest = decode(retry[--end]).slot;
+        note_end(newest, "out of fds");
+        close_connection(newest, CloseMode::reset);
         ++shed;
     }
     for (size_t i = next; i < end; ++i)
@@ -678,6 +686,16 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
     ++live_;
     add(stats_.accepted, 1);
     add(stats_.active, 1);
+    if (settings.access_log) {
+        if (access_.size() <= *slot) access_.resize(*slot + 1);
+        auto record = std::make_unique<AccessRecord>();
+        record->listener = settings.name;
+        record->client =
+            SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), peer_len)
+                .to_string();
+        record->started = Clock::now();
+        access_[*slot] = std::move(record);
+    }
     if (settings.accept_proxy_protocol) {
         // Routing waits for the header: it says who the client is.
         c.phase = Phase::handshake;
@@ -760,12 +778,15 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
             up.sent = static_cast<uint32_t>(out.payload_offset);
             up.len = static_cast<uint32_t>(res);
             add(stats_.bytes_in, up.len - up.sent);
+            if (AccessRecord* a = access(slot)) a->bytes_up += up.len - up.sent;
         } else {
             release_buffer(bid);
         }
         std::vector<uint8_t>().swap(setup.inbound);
         setup.client = std::move(out.header.source);
         setup.local = std::move(out.header.destination);
+        if (AccessRecord* a = access(slot); a && setup.client)
+            a->source = setup.client->to_string();
         if (setup.client) return route_client(slot, setup.client->sa());
         // LOCAL or UNKNOWN: the connection's own peer is the client.
         std::optional<SocketAddress> peer = peer_of(c.client_fd);
@@ -798,6 +819,7 @@ void Worker::Loop::reject_header(uint32_t slot, std::string_view reason) {
     Connection& c = conns_[slot];
     Setup& setup = *c.setup;
     if (setup.listener_stats) count(setup.listener_stats->proxy_header_errors);
+    note_end(slot, "bad PROXY header");
     uint64_t suppressed = 0;
     if (header_warnings_.allow(Clock::now(), suppressed)) {
         std::optional<SocketAddress> peer = peer_of(c.client_fd);
@@ -830,11 +852,18 @@ void Worker::Loop::start_connect(uint32_t slot) {
     const RoutingTable& table = *c.pin->table;
     const uint32_t target = table.pick(c.key_hash, c.attempt);
     if (target >= table.targets.size()) {  // an empty group: nothing to connect to
+        note_end(slot, "no target");
         close_connection(slot, CloseMode::graceful);
         return;
     }
     c.target = target;
     const SocketAddress& address = table.targets[target].address;
+    if (AccessRecord* a = access(slot)) {
+        a->group = table.group;
+        a->target = table.targets[target].id;
+        a->target_address = address.to_string();
+        ++a->attempts;
+    }
     const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
@@ -903,6 +932,7 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
             log::debug("worker {}: no target accepted the client after {} attempts; closing it",
                        index_, c.attempt + 1);
             discard_unread(c.client_fd);
+            note_end(slot, "connect failed");
             close_connection(slot, CloseMode::graceful);
             return;
         case ConnectStep::relay:
@@ -1024,6 +1054,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
                 const bool up = dir == FlowDir::upstream;
                 add(up ? stats_.bytes_in : stats_.bytes_out, n);
                 count(up ? c.stats->bytes_in : c.stats->bytes_out, n);
+                if (AccessRecord* a = access(ud.slot)) (up ? a->bytes_up : a->bytes_down) += n;
                 c.last_active = static_cast<uint32_t>(now_tick_);
             }
             const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
@@ -1185,6 +1216,7 @@ void Worker::Loop::on_idle_timer() {
             wheel_.schedule(e, due);
             return;
         }
+        note_end(e.slot, "idle timeout");
         close_connection(e.slot, CloseMode::reset);
         ++closed;
     });
@@ -1216,6 +1248,7 @@ void Worker::Loop::close_connection(uint32_t slot, CloseMode mode) {
     unpin(c);
     c.phase = Phase::closing;
     if (mode == CloseMode::reset) {
+        note_end(slot, "reset");
         set_reset_on_close(c.client_fd);
         if (c.target_fd >= 0) set_reset_on_close(c.target_fd);
     }
@@ -1227,7 +1260,19 @@ void Worker::Loop::close_connection(uint32_t slot, CloseMode mode) {
     if (c.target_fd >= 0) cancel_all_on(c.target_fd);
 }
 
+AccessRecord* Worker::Loop::access(uint32_t slot) {
+    return slot < access_.size() ? access_[slot].get() : nullptr;
+}
+
+void Worker::Loop::note_end(uint32_t slot, std::string_view why) {
+    if (AccessRecord* a = access(slot); a != nullptr && a->end.empty()) a->end = why;
+}
+
 void Worker::Loop::free_slot(uint32_t slot) {
+    if (AccessRecord* a = access(slot)) {
+        log::info("{}", access_line(*a, Clock::now()));
+        access_[slot].reset();
+    }
     Connection& c = conns_[slot];
     close_fd(c.client_fd);
     close_fd(c.target_fd);
@@ -1312,6 +1357,7 @@ void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetSta
         const Connection& c = conns_[slot];
         if (c.phase != Phase::connecting && c.phase != Phase::relaying) continue;
         if (!c.stats || !std::binary_search(doomed.begin(), doomed.end(), c.stats.get())) continue;
+        note_end(slot, "deregistered");
         close_connection(slot, CloseMode::reset);
         ++closed;
     }
@@ -1454,6 +1500,7 @@ void Worker::Loop::stop_accepting() {
         const UserData ud = decode(encoded);
         if (conns_[ud.slot].generation == ud.generation && conns_[ud.slot].target_fd < 0 &&
             conns_[ud.slot].phase == Phase::connecting) {
+            note_end(ud.slot, "shutdown");
             close_connection(ud.slot, CloseMode::reset);
         }
     }
@@ -1480,6 +1527,7 @@ void Worker::Loop::force_close_all() {
         if (phase != Phase::handshake && phase != Phase::connecting && phase != Phase::relaying) {
             continue;
         }
+        note_end(slot, "shutdown");
         close_connection(slot, CloseMode::reset);
         ++count;
     }

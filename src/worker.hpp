@@ -26,6 +26,7 @@ struct ListenerSettings {
     std::chrono::milliseconds idle_timeout{350000};
     bool accept_proxy_protocol = false;
     std::chrono::milliseconds proxy_protocol_timeout{3000};
+    bool access_log = false;  // one info line per finished connection
     std::shared_ptr<ListenerStats> stats;
 };
 

@@ -108,6 +108,8 @@ struct ListenerConfig {
     bool accept_proxy_protocol = false;
     // How long a client may take to send the whole header before it is closed.
     Duration proxy_protocol_timeout{3000};
+    // One info line per finished connection (client, target, bytes, duration, end).
+    bool access_log = false;
 };
 
 struct GlobalConfig {

@@ -976,6 +976,26 @@ name = "web"
     }
 }
 
+TEST_CASE("access_log is a per-listener boolean, off by default") {
+    const std::string base = R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+ACCESS
+[[target_group]]
+name = "web"
+)";
+    auto with = [&](const std::string& line) {
+        std::string text = base;
+        text.replace(text.find("ACCESS"), 6, line);
+        return text;
+    };
+    CHECK_FALSE(loaded(with("")).listeners[0].access_log);
+    CHECK(loaded(with("access_log = true")).listeners[0].access_log);
+    CHECK(error_of(with("access_log = \"yes\""))
+              .starts_with("t.toml:4:14: listener[0].access_log: "));
+}
+
 TEST_CASE("missing required keys point at the table") {
     CHECK(error_of(R"(
 [[listener]]

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Logging per connection: none at info level unless a listener asks for an access
+log; with `access_log` (or --access-log) exactly one line per finished connection,
+naming the client, the target and the bytes each way; --log-level hides or shows
+lines by level; a reload turns the access log on for new connections."""
+import os
+import re
+import signal
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+PAYLOAD = b"x" * 1000
+
+
+def echo_once(lb, ip):
+    with h.connect(lb, ip) as s:
+        h.send_all(s, PAYLOAD)
+        h.expect_eq(h.recv_exact(s, len(PAYLOAD)), PAYLOAD, f"echo from {ip}")
+
+
+def quick(backends, *extra, refusing=None):
+    lb = h.lb_addr()
+    args = ["--listen", h.fmt_addr(lb), "--health-check", "off", "--connect-retries", "2"]
+    for b in backends:
+        args += ["--target", b.address]
+    if refusing:
+        args += ["--target", f"127.0.0.1:{refusing}"]
+    return h.start_stickyd(args=args + list(extra), addr=lb), lb
+
+
+def access_lines(log):
+    return [line for line in log.splitlines() if " access listener=" in line]
+
+
+def settled_log(process, predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate(process.log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process.log()
+
+
+def test_no_line_per_connection_at_info_level_without_the_access_log():
+    backends = h.start_backends(2)
+    d, lb = quick(backends, refusing=h.free_port())  # some clients are retried
+    time.sleep(0.2)
+    before = d.process.log().count("\n")
+    ips = h.source_ips(40)
+    for ip in ips:
+        echo_once(lb, ip)
+        echo_once(lb, ip)
+    time.sleep(0.5)
+    after = d.process.log()
+    added = after.splitlines()[before:]
+    # The refusing target may be logged as such once; never once per connection.
+    h.expect(len(added) <= 3, f"{len(added)} lines for 80 connections:\n" + "\n".join(added))
+
+
+def test_one_access_line_per_connection_with_client_target_and_bytes():
+    backends = h.start_backends(2)
+    d, lb = quick(backends, "--access-log")
+    ips = h.source_ips(12, first=30)
+    for ip in ips:
+        echo_once(lb, ip)
+    log = settled_log(d.process, lambda text: len(access_lines(text)) >= len(ips) + 1)
+    lines = [l for l in access_lines(log) if "up=0 down=0" not in l]  # the readiness probe
+    h.expect_eq(len(lines), len(ips), "access lines for the echoed connections")
+    by_backend = {b.address: b for b in backends}
+    for ip, line in zip(ips, lines):
+        m = re.search(r"access listener=(\S+) client=(\S+) group=default target=(\S+) "
+                      r"addr=(\S+) attempts=1 up=(\d+) down=(\d+) ms=[\d.]+ end=closed$", line)
+        h.expect(m, f"unexpected access line: {line!r}")
+        h.expect(m.group(2).startswith(ip + ":"), f"client in {line!r} is not {ip}")
+        h.expect(m.group(4) in by_backend, f"target address in {line!r}")
+        h.expect_eq((int(m.group(5)), int(m.group(6))), (len(PAYLOAD), len(PAYLOAD)),
+                    f"bytes in {line!r}")
+
+
+def test_log_level_hides_info_and_shows_debug():
+    backends = h.start_backends(1)
+    quiet, lb = quick(backends, "--access-log", "--log-level", "warn")
+    echo_once(lb, "127.0.0.2")
+    time.sleep(0.3)
+    h.expect_eq(quiet.process.log().strip(), "", "what --log-level warn printed")
+    # Per-connection events (here: connects to a refusing target) are debug lines.
+    loud, lb = quick(backends, "--log-level", "debug", refusing=h.free_port())
+    for ip in h.source_ips(10, first=60):
+        echo_once(lb, ip)
+    log = settled_log(loud.process, lambda text: "debug worker" in text and "connect to target" in text)
+    h.expect(re.search(r" debug +worker \d+: connect to target", log),
+             f"no debug line for a refused connect:\n{log}")
+
+
+def test_reload_turns_the_access_log_on_for_new_connections():
+    backends = h.start_backends(1)
+    lb = h.lb_addr()
+    config = h.simple_config(h.fmt_addr(lb), backends)
+    d = h.start_stickyd(config, addr=lb)
+    echo_once(lb, "127.0.0.2")
+    path = d.process.argv[d.process.argv.index("--config") + 1]
+    with open(path, "w") as f:
+        f.write(config.replace('target_group = "', 'access_log = true\ntarget_group = "', 1))
+    d.process.signal(signal.SIGHUP)
+    settled_log(d.process, lambda text: "reloaded" in text)
+    h.expect("reloaded" in d.process.log(), f"no reload\n{d.describe()}")
+    echo_once(lb, "127.0.0.4")
+    log = settled_log(d.process, lambda text: any("client=127.0.0.4:" in l for l in access_lines(text)))
+    lines = access_lines(log)
+    h.expect(any("client=127.0.0.4:" in l for l in lines), f"no access line after reload:\n{log}")
+    h.expect(not any("client=127.0.0.2:" in l for l in lines), "a line from before the reload")
+
+
+if __name__ == "__main__":
+    h.main()
