@@ -517,7 +517,7 @@ bind = "127.0.0.1:8000"
 mode = "tcp"
 )") == "t.toml:3:1: listener[0].mode: unknown key; expected one of \"name\", \"bind\", "
        "\"target_group\", \"idle_timeout\", \"accept_proxy_protocol\", "
-       "\"proxy_protocol_timeout\"");
+       "\"proxy_protocol_timeout\", \"access_log\"");
     }
     SUBCASE("health check") {
         CHECK(error_of(R"(
