@@ -41,6 +41,21 @@ SocketAddress addr(std::string_view text) {
     return *parsed;
 }
 
+// A listener and group "web" (`group_keys` added to its table) with `count`
+// targets of `weight` at 10.0.x.y:80; the first target's table is on line 7, or
+// later by the lines of group_keys.
+std::string many_targets(const std::string& group_keys, int count, int weight) {
+    std::string text =
+        "[[listener]]\nbind = \"127.0.0.1:8000\"\ntarget_group = \"web\"\n\n[[target_group]]\n"
+        "name = \"web\"\n" +
+        group_keys;
+    for (int i = 0; i < count; ++i) {
+        text += fmt::format("[[target_group.target]]\naddress = \"10.0.{}.{}:80\"\nweight = {}\n",
+                            i / 256, i % 256, weight);
+    }
+    return text;
+}
+
 // A small valid in-memory config, as the command-line quick mode builds one.
 Config cli_config() {
     Config config;
@@ -903,19 +918,7 @@ address = "127.0.0.1:9003"
         too_small.starts_with("t.toml:8:21: target_group[0].maglev_table_size: 211 is too "
                               "small for 3 targets"));
     SUBCASE("the default size is checked against the target count too, at the group") {
-        std::string text = R"(
-[[listener]]
-bind = "127.0.0.1:8000"
-target_group = "web"
-
-[[target_group]]
-name = "web"
-algorithm = "maglev"
-)";
-        for (int i = 0; i < 656; ++i) {
-            text += fmt::format("[[target_group.target]]\naddress = \"10.0.{}.{}:80\"\n", i / 256,
-                                i % 256);
-        }
+        const std::string text = many_targets("algorithm = \"maglev\"\n", 656, 1);
         CHECK(error_of(text).starts_with(
             "t.toml:5:1: target_group[0].maglev_table_size: 65537 is too small for 656 targets"));
     }
@@ -938,18 +941,7 @@ algorithm = "maglev"
 }
 
 TEST_CASE("a ring's total weight is capped; the error points at the first target") {
-    std::string text = R"(
-[[listener]]
-bind = "127.0.0.1:8000"
-target_group = "web"
-
-[[target_group]]
-name = "web"
-)";
-    for (int i = 0; i < 10; ++i) {
-        text += fmt::format("[[target_group.target]]\naddress = \"127.0.0.1:{}\"\nweight = 100\n",
-                            9000 + i);
-    }
+    const std::string text = many_targets("", 10, 100);
     CHECK(error_of(text) == "<loaded>");  // 1000
     const std::string heavier =
         text + "[[target_group.target]]\naddress = \"127.0.0.1:9999\"\nweight = 25\n";
