@@ -79,6 +79,25 @@ def test_one_access_line_per_connection_with_client_target_and_bytes():
                     f"bytes in {line!r}")
 
 
+def test_a_proxy_header_client_is_logged_as_source_and_a_bad_header_as_such():
+    backends = h.start_backends(1)
+    d, lb = quick(backends, "--access-log", "--accept-proxy-protocol")
+    with h.connect(lb, "127.0.0.5") as s:
+        h.send_all(s, h.proxy_v1_header(("203.0.113.7", 41000), ("127.0.0.1", lb[1])) + PAYLOAD)
+        h.expect_eq(h.recv_exact(s, len(PAYLOAD)), PAYLOAD, "echo after a PROXY header")
+    with h.connect(lb, "127.0.0.6") as s:
+        h.send_all(s, b"GET / HTTP/1.0\r\n\r\n")
+        h.wait_closed(s)
+    log = settled_log(d.process, lambda text: "127.0.0.6:" in text and "127.0.0.5:" in text)
+    lines = access_lines(log)
+    proxied = [l for l in lines if "client=127.0.0.5:" in l]
+    h.expect(len(proxied) == 1 and " source=203.0.113.7:41000 " in proxied[0]
+             and f" up={len(PAYLOAD)} " in proxied[0], f"PROXY client's line: {proxied}")
+    bad = [l for l in lines if "client=127.0.0.6:" in l]
+    h.expect(len(bad) == 1 and bad[0].endswith('end="bad PROXY header"') and " target=- " in bad[0],
+             f"bad header's line: {bad}")
+
+
 def test_log_level_hides_info_and_shows_debug():
     backends = h.start_backends(1)
     quiet, lb = quick(backends, "--access-log", "--log-level", "warn")
