@@ -115,10 +115,15 @@ def test_all_targets_down_ends_the_client_and_recovers():
     dead = [("down-1", f"127.0.0.1:{ports[0]}"), ("down-2", f"127.0.0.1:{ports[1]}")]
     stickyd = h.start_stickyd(config(lb, [], extra_targets=dead), addr=lb)
     for ip in SOURCES[:5]:
-        with h.connect(lb, ip) as s:
-            h.send_all(s, b"GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n")
-            how = h.wait_closed(s)
-            h.expect(how in ("eof", "reset"), f"{ip}: {how}")
+        # Regression: on a loaded machine the reset can arrive before connect()
+        # returns here; that is the same outcome, not a failure.
+        try:
+            with h.connect(lb, ip) as s:
+                h.send_all(s, b"GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n")
+                how = h.wait_closed(s)
+        except (ConnectionResetError, BrokenPipeError):
+            how = "reset"
+        h.expect(how in ("eof", "reset"), f"{ip}: {how}")
     h.expect(stickyd.process.alive(), f"stickyd died with every target down\n{stickyd.describe()}")
     revived = h.Backend("down-2", f"127.0.0.1:{ports[1]}")
     seen = h.mapping(lb, SOURCES, repeat=2)
