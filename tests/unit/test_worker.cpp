@@ -122,7 +122,7 @@ struct Rig {
     std::unique_ptr<Worker> worker;
     std::thread thread;
 
-    Rig() {
+    explicit Rig(uint32_t buffer_count = 64) {
         set_timeout(backend.fd);
         group.name = "g";
         TargetConfig target;
@@ -132,7 +132,7 @@ struct Rig {
         table = build_routing_table(group);
         slot = std::make_unique<RouteSlot>(table);
         WorkerOptions options;
-        options.buffer_count = 64;
+        options.buffer_count = buffer_count;
         options.max_connections = 64;
         worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
         thread = std::thread([this] { worker->run(); });
@@ -311,4 +311,96 @@ TEST_CASE("update_listener applies to new connections only") {
     // the default 350 s and still works afterwards.
     CHECK(recv_error(client3) == ECONNRESET);
     CHECK(round_trip(client, server, 'q'));
+}
+
+namespace {
+
+void set_linger_zero(int fd) {  // close() then sends an RST
+    linger l{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+// Writes as much of `data` as the socket takes now; returns how much.
+size_t send_some(int fd, const std::string& data, size_t from) {
+    size_t sent = from;
+    while (sent < data.size()) {
+        const ssize_t n =
+            ::send(fd, data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n <= 0) break;
+        sent += static_cast<size_t>(n);
+    }
+    return sent;
+}
+
+std::string pattern(size_t size, char seed) {
+    std::string out(size, '\0');
+    for (size_t i = 0; i < size; ++i) out[i] = static_cast<char>(seed + (i * 7) % 61);
+    return out;
+}
+
+// Sends `data` from `from` on fd while reading `expect.size()` bytes on `peer`.
+bool deliver(int fd, const std::string& data, size_t from, int peer, const std::string& expect) {
+    std::string got;
+    char buffer[65536];
+    size_t sent = from;
+    while (got.size() < expect.size()) {
+        sent = send_some(fd, data, sent);
+        const ssize_t n = retry([&] { return ::recv(peer, buffer, sizeof buffer, 0); });
+        if (n <= 0) return false;
+        got.append(buffer, static_cast<size_t>(n));
+    }
+    return got == expect;
+}
+
+}  // namespace
+
+// Two receive buffers for six busy connections: recvs park on ENOBUFS and the
+// pool grows. Connections reset while parked leave stale waiters and completions
+// behind; the connections that reuse their slots must not see any of it.
+TEST_CASE("connections reset while starved for buffers leave nothing to the slots' next users") {
+    Rig rig(2);
+    const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
+    constexpr size_t kSize = 512 * 1024;
+    struct Pair {
+        int client, server;
+        std::string up, down;
+        size_t up_sent = 0, down_sent = 0;
+    };
+    std::vector<Pair> pairs;
+    for (int i = 0; i < 6; ++i) {
+        auto [client, server] = rig.open_pair(port);
+        pairs.push_back({client, server, pattern(kSize, static_cast<char>('a' + i)),
+                         pattern(kSize, static_cast<char>('A' + i))});
+    }
+    // Everyone pushes both ways and nobody reads: every buffer ends up held.
+    for (Pair& p : pairs) {
+        p.up_sent = send_some(p.client, p.up, 0);
+        p.down_sent = send_some(p.server, p.down, 0);
+    }
+    std::this_thread::sleep_for(100ms);
+    for (int i = 0; i < 3; ++i) {  // reset half of them while their recvs wait
+        set_linger_zero(pairs[i].client);
+        ::close(pairs[i].client);
+        ::close(pairs[i].server);
+    }
+    CHECK(eventually([&] { return rig.target().active.load() == 3; }));
+
+    // New connections take the freed slots and must carry exactly their own bytes.
+    for (int i = 0; i < 3; ++i) {
+        auto [client, server] = rig.open_pair(port);
+        Fd c{client}, s{server};
+        const std::string up = pattern(kSize, static_cast<char>('0' + i));
+        const std::string down = pattern(kSize, static_cast<char>('k' + i));
+        CHECK(deliver(client, up, 0, server, up));
+        CHECK(deliver(server, down, 0, client, down));
+    }
+    // And the survivors deliver everything they started with, in order.
+    for (int i = 3; i < 6; ++i) {
+        Pair& p = pairs[i];
+        CHECK(deliver(p.client, p.up, p.up_sent, p.server, p.up));
+        CHECK(deliver(p.server, p.down, p.down_sent, p.client, p.down));
+        ::close(p.client);
+        ::close(p.server);
+    }
+    CHECK(eventually([&] { return rig.target().active.load() == 0; }));
 }
