@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,11 +68,32 @@ int backend_socket() {
     return fd;
 }
 
+// Blocking calls in this thread can see EINTR (io_uring task-work notifications
+// of the worker's ring, created on this thread, interrupt them): retry those.
+template <typename Call>
+auto retry(Call call) {
+    for (;;) {
+        auto rc = call();
+        if (rc >= 0 || errno != EINTR) return rc;
+    }
+}
+
 int connect_to(uint16_t port) {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     set_timeout(fd);
     const SocketAddress a = loopback(port);
     if (::connect(fd, a.sa(), a.len()) != 0) {
+        // Interrupted (see retry below), the connect goes on in the kernel: wait
+        // for its outcome instead of calling it a failure.
+        int error = errno;
+        if (error == EINTR) {
+            pollfd p{fd, POLLOUT, 0};
+            socklen_t len = sizeof error;
+            if (retry([&] { return ::poll(&p, 1, 10000); }) == 1 &&
+                ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 && error == 0) {
+                return fd;
+            }
+        }
         ::close(fd);
         return -1;
     }
@@ -85,16 +107,6 @@ bool eventually(const std::function<bool()>& condition) {
         std::this_thread::sleep_for(10ms);
     }
     return false;
-}
-
-// Blocking calls in this thread can see EINTR (io_uring task-work notifications
-// of the worker's ring, created on this thread, interrupt them): retry those.
-template <typename Call>
-auto retry(Call call) {
-    for (;;) {
-        auto rc = call();
-        if (rc >= 0 || errno != EINTR) return rc;
-    }
 }
 
 // One byte client -> backend and one back, through the worker.
