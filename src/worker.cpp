@@ -354,6 +354,7 @@ struct Worker::Loop {
     bool full_warned_ = false;
     bool socket_warned_ = false;
     bool short_of_fds_ = false;  // an accept pause is running or just ended
+    bool retrying_fd_waiters_ = false;
     bool overflow_warned_ = false;
     bool pool_grew_ = false;
 
@@ -587,13 +588,14 @@ void Worker::Loop::wait_for_fds(uint32_t index) {
     on_accept_failure(index, -EMFILE);
 }
 
-// Oldest first. A waiter that still finds no fd takes the newest waiter's: a
-// client is only worth its fd with a target socket beside it, so one of them is
-// reset rather than both holding an fd the other needs (with no fd left at all,
-// waiting clients alone would never get anywhere).
+// Oldest first. When the waiters are all that is left and still find no fd, a
+// waiter takes the newest waiter's: a client is only worth its fd with a target
+// socket beside it, and with no other connection to end and free one, waiting
+// clients alone would never get anywhere.
 void Worker::Loop::retry_fd_waiters() {
     std::vector<uint64_t> retry;
     retry.swap(fd_waiters_);
+    retrying_fd_waiters_ = true;
     auto waiting = [&](uint64_t encoded) {
         const UserData ud = decode(encoded);
         const Connection& c = conns_[ud.slot];
@@ -603,6 +605,7 @@ void Worker::Loop::retry_fd_waiters() {
     size_t next = 0;
     size_t end = retry.size();
     unsigned shed = 0;
+    unsigned served = 0;
     while (next < end) {
         if (!waiting(retry[next])) {
             ++next;
@@ -611,11 +614,17 @@ void Worker::Loop::retry_fd_waiters() {
         start_connect(decode(retry[next]).slot);
         if (fd_waiters_.empty()) {
             ++next;
+            ++served;
             continue;
         }
         fd_waiters_.pop_back();  // itself, parked again
         while (end > next + 1 && !waiting(retry[end - 1])) --end;
         if (end == next + 1) break;  // no one newer to take an fd from: it waits on
+        // Connections other than the waiters will free fds when they end: wait for
+        // those rather than reset anyone.
+        const auto still_waiting = static_cast<uint32_t>(
+            std::count_if(retry.begin() + next, retry.begin() + end, waiting));
+        if (live_ > still_waiting) break;
         const uint32_t newest = decode(retry[--end]).slot;
         note_end(newest, "out of fds");
         close_connection(newest, CloseMode::reset);
@@ -623,6 +632,8 @@ void Worker::Loop::retry_fd_waiters() {
     }
     for (size_t i = next; i < end; ++i)
         if (waiting(retry[i])) fd_waiters_.push_back(retry[i]);
+    retrying_fd_waiters_ = false;
+    if (served > 0 && fd_waiters_.empty() && short_of_fds_) fds_available();
     if (shed > 0) {
         log::warn(
             "worker {}: out of fds: reset {} waiting clients so that older ones reach "
@@ -886,7 +897,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
         close_connection(slot, CloseMode::graceful);
         return;
     }
-    if (short_of_fds_) fds_available();
+    if (short_of_fds_ && fd_waiters_.empty() && !retrying_fd_waiters_) fds_available();
     set_no_delay(fd);
     c.target_fd = fd;
     c.stats = table.targets[target].stats;
