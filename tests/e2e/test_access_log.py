@@ -120,6 +120,49 @@ def test_a_retried_client_is_logged_once_with_the_target_that_served_it():
     h.expect_eq(sorted(set(attempts)), [1, 2], "attempts over the clients (owner, retried)")
 
 
+def test_no_target_reached_is_logged_with_dashes_and_connect_failed():
+    refusing = [h.free_port(), h.free_port()]
+    lb = h.lb_addr()
+    args = ["--listen", h.fmt_addr(lb), "--health-check", "off", "--connect-retries", "1",
+            "--access-log"]
+    for port in refusing:
+        args += ["--target", f"127.0.0.1:{port}"]
+    d = h.start_stickyd(args=args, addr=lb)
+    with h.connect(lb, "127.0.0.7") as s:
+        h.wait_closed(s)
+    log = settled_log(d.process, lambda text: "client=127.0.0.7:" in text)
+    lines = [l for l in access_lines(log) if " client=127.0.0.7:" in l]
+    h.expect(len(lines) == 1 and " target=- addr=- attempts=2 up=0 down=0 " in lines[0]
+             and lines[0].endswith('end="connect failed"'), f"line of a refused client: {lines}")
+
+
+def test_a_reset_names_the_side_that_reset():
+    backends = h.start_backends(1)
+
+    def reset_after_reading(conn):
+        data = conn.recv(100)
+        if not data:
+            return None  # the readiness probe
+        h.set_linger_zero(conn)
+        return data
+
+    resetting = h.PyServer(reset_after_reading)
+    d, lb = quick(backends, "--access-log")
+    with h.connect(lb, "127.0.0.8") as s:
+        echo_once_on(s)
+        h.set_linger_zero(s)
+    other, lb2 = quick([resetting], "--access-log")
+    with h.connect(lb2, "127.0.0.9") as s:
+        h.send_all(s, b"hello")
+        h.expect_eq(h.wait_closed(s), "reset", "what the client saw")
+    for proc, ip, end in ((d.process, "127.0.0.8", "client reset"),
+                          (other.process, "127.0.0.9", "target reset")):
+        log = settled_log(proc, lambda text: f"client={ip}:" in text)
+        lines = [l for l in access_lines(log) if f" client={ip}:" in l]
+        h.expect(len(lines) == 1 and lines[0].endswith(f'end="{end}"'),
+                 f"expected one line ending {end}: {lines}")
+
+
 def test_a_proxy_header_client_is_logged_as_source_and_a_bad_header_as_such():
     backends = h.start_backends(1)
     d, lb = quick(backends, "--access-log", "--accept-proxy-protocol")
