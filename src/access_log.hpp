@@ -5,18 +5,23 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "stickyd/address.hpp"
+
 namespace stickyd {
 
+// Addresses are kept as they are and only turned into text when the line is
+// written, so accepting and connecting format nothing.
 struct AccessRecord {
     std::string listener;
-    std::string client;  // the TCP peer, ip:port
-    std::string source;  // the PROXY header's client, when the listener reads one
-    std::string group;   // empty until routed
-    std::string target;  // id of the last target tried; empty if none was
-    std::string target_address;
+    SocketAddress client;                 // the TCP peer
+    std::optional<SocketAddress> source;  // the PROXY header's client, when it named one
+    std::string group;                    // empty until a target accepted the connection
+    std::string target;                   // the id of the target that accepted it
+    std::optional<SocketAddress> target_address;
     unsigned attempts = 0;    // connects started
     uint64_t bytes_up = 0;    // received from the client
     uint64_t bytes_down = 0;  // received from the target

@@ -258,6 +258,7 @@ struct Worker::Loop {
     void retry_fd_waiters();
     AccessRecord* access(uint32_t slot);
     void note_end(uint32_t slot, std::string_view why);
+    void note_reset(uint32_t slot, bool client_side);
     void wait_for_fds(uint32_t index);
     void fds_available();
     void accept_client(uint32_t index, int fd);
@@ -702,8 +703,7 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
         auto record = std::make_unique<AccessRecord>();
         record->listener = settings.name;
         record->client =
-            SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), peer_len)
-                .to_string();
+            SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), peer_len);
         record->started = Clock::now();
         access_[*slot] = std::move(record);
     }
@@ -796,12 +796,14 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
         std::vector<uint8_t>().swap(setup.inbound);
         setup.client = std::move(out.header.source);
         setup.local = std::move(out.header.destination);
-        if (AccessRecord* a = access(slot); a && setup.client)
-            a->source = setup.client->to_string();
+        if (AccessRecord* a = access(slot)) a->source = setup.client;
         if (setup.client) return route_client(slot, setup.client->sa());
         // LOCAL or UNKNOWN: the connection's own peer is the client.
         std::optional<SocketAddress> peer = peer_of(c.client_fd);
-        if (!peer) return close_connection(slot, CloseMode::reset);
+        if (!peer) {
+            note_reset(slot, true);  // getpeername fails once the client has reset
+            return close_connection(slot, CloseMode::reset);
+        }
         return route_client(slot, peer->sa());
     }
     release_buffer(bid);
@@ -822,6 +824,7 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
         case -EINTR:
             return submit_header_recv(slot);
         default:
+            note_reset(slot, true);
             return close_connection(slot, CloseMode::reset);
     }
 }
@@ -869,12 +872,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
     }
     c.target = target;
     const SocketAddress& address = table.targets[target].address;
-    if (AccessRecord* a = access(slot)) {
-        a->group = table.group;
-        a->target = table.targets[target].id;
-        a->target_address = address.to_string();
-        ++a->attempts;
-    }
+    if (AccessRecord* a = access(slot)) ++a->attempts;
     const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
@@ -894,6 +892,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
             return;
         }
         add(stats_.connect_failures, 1);
+        note_end(slot, "connect failed");
         close_connection(slot, CloseMode::graceful);
         return;
     }
@@ -924,6 +923,12 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
     if (res != 0) log_connect_failure(c, res);
     report_connect(c, res);
     if (res == 0) {
+        if (AccessRecord* a = access(slot)) {
+            const RoutingTable& table = *c.pin->table;
+            a->group = table.group;
+            a->target = table.targets[c.target].id;
+            a->target_address = table.targets[c.target].address;
+        }
         if (c.pin->table->proxy_protocol_v2) return send_proxy_header(slot);
         return begin_relay(slot);
     }
@@ -1002,7 +1007,10 @@ void Worker::Loop::send_proxy_header(uint32_t slot) {
     Setup& setup = *c.setup;
     std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
     std::optional<SocketAddress> local = setup.local ? setup.local : local_of(c.client_fd);
-    if (!client || !local) return close_connection(slot, CloseMode::reset);  // client gone
+    if (!client || !local) {  // the client has gone
+        note_reset(slot, true);
+        return close_connection(slot, CloseMode::reset);
+    }
     setup.outbound = proxy::encode_v2_proxy(*client, *local);
     setup.outbound_sent = 0;
     submit_header_send(slot);
@@ -1021,7 +1029,10 @@ void Worker::Loop::handle_header_send(uint32_t slot, int res) {
     Connection& c = conns_[slot];
     Setup& setup = *c.setup;
     if (res == -EAGAIN || res == -EINTR) return submit_header_send(slot);
-    if (res <= 0) return close_connection(slot, CloseMode::reset);
+    if (res <= 0) {
+        note_reset(slot, false);
+        return close_connection(slot, CloseMode::reset);
+    }
     setup.outbound_sent = static_cast<uint8_t>(setup.outbound_sent + res);
     if (setup.outbound_sent < setup.outbound.size) return submit_header_send(slot);
     begin_relay(slot);
@@ -1069,12 +1080,17 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
                 c.last_active = static_cast<uint32_t>(now_tick_);
             }
             const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
-            return carry_out(ud.slot, dir, on_recv(c.flow(dir), cqe.res, bid, nonempty));
+            const Decision decision = on_recv(c.flow(dir), cqe.res, bid, nonempty);
+            if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::recv_client);
+            return carry_out(ud.slot, dir, decision);
         }
         case Op::send_target:
-        case Op::send_client:
+        case Op::send_client: {
             if (cqe.res > 0) c.last_active = static_cast<uint32_t>(now_tick_);
-            return carry_out(ud.slot, dir, on_send(c.flow(dir), cqe.res));
+            const Decision decision = on_send(c.flow(dir), cqe.res);
+            if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::send_client);
+            return carry_out(ud.slot, dir, decision);
+        }
         default:
             return;  // connect_timeout, header_timeout: their op's completion decides
     }
@@ -1277,6 +1293,12 @@ AccessRecord* Worker::Loop::access(uint32_t slot) {
 
 void Worker::Loop::note_end(uint32_t slot, std::string_view why) {
     if (AccessRecord* a = access(slot); a != nullptr && a->end.empty()) a->end = why;
+}
+
+// An error on one socket (in practice its peer's RST) resets both: the log says
+// whose socket it was.
+void Worker::Loop::note_reset(uint32_t slot, bool client_side) {
+    note_end(slot, client_side ? "client reset" : "target reset");
 }
 
 void Worker::Loop::free_slot(uint32_t slot) {

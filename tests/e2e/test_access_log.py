@@ -2,10 +2,11 @@
 """Logging per connection: none at info level unless a listener asks for an access
 log; with `access_log` (or --access-log) exactly one line per finished connection,
 naming the client, the target and the bytes each way; --log-level hides or shows
-lines by level; a reload turns the access log on for new connections."""
+lines by level; a reload turns the access log on and off for new connections."""
 import os
 import re
 import signal
+import socket
 import sys
 import time
 
@@ -16,10 +17,14 @@ import harness as h  # noqa: E402
 PAYLOAD = b"x" * 1000
 
 
+def echo_once_on(s):
+    h.send_all(s, PAYLOAD)
+    h.expect_eq(h.recv_exact(s, len(PAYLOAD)), PAYLOAD, "echo")
+
+
 def echo_once(lb, ip):
     with h.connect(lb, ip) as s:
-        h.send_all(s, PAYLOAD)
-        h.expect_eq(h.recv_exact(s, len(PAYLOAD)), PAYLOAD, f"echo from {ip}")
+        echo_once_on(s)
 
 
 def quick(backends, *extra, refusing=None):
@@ -43,20 +48,35 @@ def settled_log(process, predicate, timeout=10.0):
     return process.log()
 
 
+def connect_retries_total(d):
+    """stickyd_connect_retries_total from the admin endpoint."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(h.IO_TIMEOUT)
+        s.connect(d.admin_socket)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    m = re.search(rb"^stickyd_connect_retries_total (\d+)$", reply, re.M)
+    h.expect(m, f"no retries counter in /metrics:\n{reply[:400]!r}")
+    return int(m.group(1))
+
+
 def test_no_line_per_connection_at_info_level_without_the_access_log():
     backends = h.start_backends(2)
-    d, lb = quick(backends, refusing=h.free_port())  # some clients are retried
+    # Passive health is off so that the refusing target keeps its clients: they
+    # are all retried, and none of them may add a line either.
+    d, lb = quick(backends, "--passive-failures", "0", refusing=h.free_port())
     time.sleep(0.2)
     before = d.process.log().count("\n")
-    ips = h.source_ips(40)
+    ips = h.source_ips(100)
     for ip in ips:
         echo_once(lb, ip)
         echo_once(lb, ip)
+    h.expect(connect_retries_total(d) >= 10, "too few clients were retried to prove anything")
     time.sleep(0.5)
-    after = d.process.log()
-    added = after.splitlines()[before:]
-    # The refusing target may be logged as such once; never once per connection.
-    h.expect(len(added) <= 3, f"{len(added)} lines for 80 connections:\n" + "\n".join(added))
+    added = d.process.log().splitlines()[before:]
+    h.expect_eq(added, [], "info lines added by 200 connections")
 
 
 def test_one_access_line_per_connection_with_client_target_and_bytes():
@@ -77,6 +97,70 @@ def test_one_access_line_per_connection_with_client_target_and_bytes():
         h.expect(m.group(4) in by_backend, f"target address in {line!r}")
         h.expect_eq((int(m.group(5)), int(m.group(6))), (len(PAYLOAD), len(PAYLOAD)),
                     f"bytes in {line!r}")
+
+
+def test_a_retried_client_is_logged_once_with_the_target_that_served_it():
+    backends = h.start_backends(1)
+    d, lb = quick(backends, "--access-log", "--passive-failures", "0", refusing=h.free_port())
+    ips = h.source_ips(20, first=80)
+    for ip in ips:
+        echo_once(lb, ip)
+    log = settled_log(d.process, lambda text: all(f"client={ip}:" in text for ip in ips))
+    attempts = []
+    for ip in ips:
+        lines = [l for l in access_lines(log) if f" client={ip}:" in l]
+        h.expect_eq(len(lines), 1, f"access lines for {ip}")
+        m = re.search(r" target=(\S+) addr=(\S+) attempts=(\d) up=(\d+) down=(\d+) .* end=closed$",
+                      lines[0])
+        h.expect(m, f"unexpected access line: {lines[0]!r}")
+        h.expect_eq(m.group(2), backends[0].address, f"target address in {lines[0]!r}")
+        h.expect_eq((int(m.group(4)), int(m.group(5))), (len(PAYLOAD), len(PAYLOAD)),
+                    f"bytes in {lines[0]!r}")
+        attempts.append(int(m.group(3)))
+    h.expect_eq(sorted(set(attempts)), [1, 2], "attempts over the clients (owner, retried)")
+
+
+def test_no_target_reached_is_logged_with_dashes_and_connect_failed():
+    refusing = [h.free_port(), h.free_port()]
+    lb = h.lb_addr()
+    args = ["--listen", h.fmt_addr(lb), "--health-check", "off", "--connect-retries", "1",
+            "--access-log"]
+    for port in refusing:
+        args += ["--target", f"127.0.0.1:{port}"]
+    d = h.start_stickyd(args=args, addr=lb)
+    with h.connect(lb, "127.0.0.7") as s:
+        h.wait_closed(s)
+    log = settled_log(d.process, lambda text: "client=127.0.0.7:" in text)
+    lines = [l for l in access_lines(log) if " client=127.0.0.7:" in l]
+    h.expect(len(lines) == 1 and " target=- addr=- attempts=2 up=0 down=0 " in lines[0]
+             and lines[0].endswith('end="connect failed"'), f"line of a refused client: {lines}")
+
+
+def test_a_reset_names_the_side_that_reset():
+    backends = h.start_backends(1)
+
+    def reset_after_reading(conn):
+        data = conn.recv(100)
+        if not data:
+            return None  # the readiness probe
+        h.set_linger_zero(conn)
+        return data
+
+    resetting = h.PyServer(reset_after_reading)
+    d, lb = quick(backends, "--access-log")
+    with h.connect(lb, "127.0.0.8") as s:
+        echo_once_on(s)
+        h.set_linger_zero(s)
+    other, lb2 = quick([resetting], "--access-log")
+    with h.connect(lb2, "127.0.0.9") as s:
+        h.send_all(s, b"hello")
+        h.expect_eq(h.wait_closed(s), "reset", "what the client saw")
+    for proc, ip, end in ((d.process, "127.0.0.8", "client reset"),
+                          (other.process, "127.0.0.9", "target reset")):
+        log = settled_log(proc, lambda text: f"client={ip}:" in text)
+        lines = [l for l in access_lines(log) if f" client={ip}:" in l]
+        h.expect(len(lines) == 1 and lines[0].endswith(f'end="{end}"'),
+                 f"expected one line ending {end}: {lines}")
 
 
 def test_a_proxy_header_client_is_logged_as_source_and_a_bad_header_as_such():
@@ -113,23 +197,32 @@ def test_log_level_hides_info_and_shows_debug():
              f"no debug line for a refused connect:\n{log}")
 
 
-def test_reload_turns_the_access_log_on_for_new_connections():
+def test_reload_turns_the_access_log_on_and_off_for_new_connections():
     backends = h.start_backends(1)
     lb = h.lb_addr()
     config = h.simple_config(h.fmt_addr(lb), backends)
     d = h.start_stickyd(config, addr=lb)
-    echo_once(lb, "127.0.0.2")
     path = d.process.argv[d.process.argv.index("--config") + 1]
-    with open(path, "w") as f:
-        f.write(config.replace('target_group = "', 'access_log = true\ntarget_group = "', 1))
-    d.process.signal(signal.SIGHUP)
-    settled_log(d.process, lambda text: "reloaded" in text)
-    h.expect("reloaded" in d.process.log(), f"no reload\n{d.describe()}")
+
+    def reload(text, count):
+        with open(path, "w") as f:
+            f.write(text)
+        d.process.signal(signal.SIGHUP)
+        settled_log(d.process, lambda log: log.count("reloaded") >= count)
+        h.expect(d.process.log().count("reloaded") >= count, f"no reload\n{d.describe()}")
+
+    # The setting a connection was accepted under decides whether it gets a line.
+    on = config.replace('target_group = "', 'access_log = true\ntarget_group = "', 1)
+    echo_once(lb, "127.0.0.2")
+    reload(on, 1)
+    echo_once(lb, "127.0.0.3")
+    reload(config, 2)
     echo_once(lb, "127.0.0.4")
-    log = settled_log(d.process, lambda text: any("client=127.0.0.4:" in l for l in access_lines(text)))
-    lines = access_lines(log)
-    h.expect(any("client=127.0.0.4:" in l for l in lines), f"no access line after reload:\n{log}")
-    h.expect(not any("client=127.0.0.2:" in l for l in lines), "a line from before the reload")
+    reload(on, 3)
+    echo_once(lb, "127.0.0.5")
+    log = settled_log(d.process, lambda text: "client=127.0.0.5:" in text)
+    clients = [re.search(r" client=([\d.]+):", l).group(1) for l in access_lines(log)]
+    h.expect_eq(clients, ["127.0.0.3", "127.0.0.5"], "clients with an access line")
 
 
 if __name__ == "__main__":

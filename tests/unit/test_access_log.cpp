@@ -9,10 +9,10 @@ using namespace std::chrono_literals;
 TEST_CASE("a relayed connection: every field, in a fixed order") {
     AccessRecord r;
     r.listener = "web";
-    r.client = "127.0.0.2:40000";
+    r.client = *SocketAddress::parse("127.0.0.2:40000");
     r.group = "app";
     r.target = "backend-1";
-    r.target_address = "127.0.0.1:9001";
+    r.target_address = SocketAddress::parse("127.0.0.1:9001");
     r.attempts = 2;
     r.bytes_up = 120;
     r.bytes_down = 34567;
@@ -20,15 +20,15 @@ TEST_CASE("a relayed connection: every field, in a fixed order") {
     CHECK(access_line(r, r.started + 12345us) ==
           "access listener=web client=127.0.0.2:40000 group=app target=backend-1 "
           "addr=127.0.0.1:9001 attempts=2 up=120 down=34567 ms=12.3 end=closed");
-    r.end = "idle timeout";
-    CHECK(access_line(r, r.started).ends_with(" ms=0.0 end=\"idle timeout\""));
+    r.end = "target reset";
+    CHECK(access_line(r, r.started).ends_with(" ms=0.0 end=\"target reset\""));
 }
 
 TEST_CASE("never routed: missing values are '-'; a PROXY source is shown") {
     AccessRecord r;
     r.listener = "edge";
-    r.client = "[::1]:5000";
-    r.source = "203.0.113.7:41000";
+    r.client = *SocketAddress::parse("[::1]:5000");
+    r.source = SocketAddress::parse("203.0.113.7:41000");
     r.end = "bad PROXY header";
     CHECK(access_line(r, r.started) ==
           "access listener=edge client=[::1]:5000 source=203.0.113.7:41000 group=- target=- "
@@ -38,7 +38,7 @@ TEST_CASE("never routed: missing values are '-'; a PROXY source is shown") {
 TEST_CASE("values that could be misread are quoted and escaped") {
     AccessRecord r;
     r.listener = "a b";
-    r.client = "127.0.0.1:1";
+    r.client = *SocketAddress::parse("127.0.0.1:1");
     r.target = "x=\"y\"";
     const std::string line = access_line(r, r.started);
     CHECK(line.starts_with("access listener=\"a b\" client=127.0.0.1:1 "));
