@@ -89,7 +89,11 @@ def test_one_access_line_per_connection_with_client_target_and_bytes():
     lines = [l for l in access_lines(log) if "up=0 down=0" not in l]  # the readiness probe
     h.expect_eq(len(lines), len(ips), "access lines for the echoed connections")
     by_backend = {b.address: b for b in backends}
-    for ip, line in zip(ips, lines):
+    # Two workers log as connections close, so lines need not come in client order.
+    by_client = {re.search(r" client=([\d.]+):", l).group(1): l for l in lines}
+    h.expect_eq(sorted(by_client), sorted(ips), "clients named by the access lines")
+    for ip in ips:
+        line = by_client[ip]
         m = re.search(r"access listener=(\S+) client=(\S+) group=default target=(\S+) "
                       r"addr=(\S+) attempts=1 up=(\d+) down=(\d+) ms=[\d.]+ end=closed$", line)
         h.expect(m, f"unexpected access line: {line!r}")
