@@ -460,6 +460,21 @@ def mapping(lb_addr, ips, repeat=1):
     return result
 
 
+def wait_for(what, condition, timeout=20.0, process=None):
+    """condition()'s first true value within timeout seconds; fails early if
+    process (a Process) exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and not process.alive():
+            raise Failure(f"{process.label} exited while waiting for {what}\n"
+                          f"{process.describe()}")
+        time.sleep(0.05)
+    raise Failure(f"timed out after {timeout}s waiting for {what}"
+                  + (f"\n{process.describe()}" if process else ""))
+
 def wait_accepting(addr, process=None, timeout=START_TIMEOUT):
     """Waits until addr accepts TCP connections (and process, if given, is alive)."""
     deadline = time.monotonic() + timeout
