@@ -198,11 +198,11 @@ def need_open_files(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
-def run(argv, timeout=15, stdin_text=None):
+def run(argv, timeout=15, stdin_text=None, cwd=None):
     """Runs a short command; returns CompletedProcess (text). Fails if it hangs."""
     try:
         return subprocess.run([str(a) for a in argv], input=stdin_text, capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True)
+                              text=True, timeout=timeout, start_new_session=True, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
 
