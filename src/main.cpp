@@ -386,7 +386,8 @@ int main_impl(int argc, char** argv) {
     auto* hc_timeout_opt =
         app.add_option("--health-timeout", opt.health_timeout,
                        "Quick mode: check timeout, below the interval (default 10s tcp / 6s "
-                       "http, or half the interval when that is shorter: 500ms at 1s)");
+                       "http, or half the interval when the interval is not longer than that: "
+                       "500ms at the default 1s)");
     auto* hc_rise_opt = app.add_option("--healthy-threshold", opt.healthy_threshold,
                                        "Quick mode: passes to become healthy (default 2)")
                             ->check(CLI::Range(2U, 10U));

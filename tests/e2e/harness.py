@@ -198,11 +198,11 @@ def need_open_files(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
-def run(argv, timeout=15, stdin_text=None):
+def run(argv, timeout=15, stdin_text=None, cwd=None):
     """Runs a short command; returns CompletedProcess (text). Fails if it hangs."""
     try:
         return subprocess.run([str(a) for a in argv], input=stdin_text, capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True)
+                              text=True, timeout=timeout, start_new_session=True, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
 
@@ -459,6 +459,21 @@ def mapping(lb_addr, ips, repeat=1):
         result[ip] = names.pop()
     return result
 
+
+def wait_for(what, condition, timeout=20.0, process=None):
+    """condition()'s first true value within timeout seconds; fails early if
+    process (a Process) exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and not process.alive():
+            raise Failure(f"{process.label} exited while waiting for {what}\n"
+                          f"{process.describe()}")
+        time.sleep(0.05)
+    raise Failure(f"timed out after {timeout}s waiting for {what}"
+                  + (f"\n{process.describe()}" if process else ""))
 
 def wait_accepting(addr, process=None, timeout=START_TIMEOUT):
     """Waits until addr accepts TCP connections (and process, if given, is alive)."""

@@ -13,7 +13,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -99,17 +98,6 @@ def stickyctl_json(*args):
     return json.loads(stickyctl(*args, "--json").stdout)
 
 
-def wait_for(what, condition, timeout=20):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise h.Failure(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def target_state(sock, target_id):
     status = admin_json(sock, "/status")
     for group in status["groups"]:
@@ -193,8 +181,8 @@ def wait_until_all_healthy(sock):
     def states():
         status = admin_json(sock, "/status")
         return {t["id"]: t["state"] for g in status["groups"] for t in g["targets"]}
-    wait_for("the first health checks to pass",
-             lambda: all(s == "healthy" for s in states().values()))
+    h.wait_for("the first health checks to pass",
+               lambda: all(s == "healthy" for s in states().values()))
 
 
 def start(backends, group=None, global_=None, healthy=True):
@@ -256,7 +244,8 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
 
     down = backends[1]
     down.stop()
-    wait_for(f"{down.name} unhealthy", lambda: target_state(sock, down.name)["state"] == "unhealthy")
+    h.wait_for(f"{down.name} unhealthy",
+               lambda: target_state(sock, down.name)["state"] == "unhealthy")
     healthy_predicted = predicted
     predicted = lookups(sock, SOURCES)
     h.expect_eq({ip: e["owner"] for ip, e in predicted.items()},
@@ -316,7 +305,7 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
 
     out = stickyctl("drain", victim, "--admin", sock).stdout
     h.expect(victim in out, f"drain output: {out}")
-    wait_for(f"{victim} draining", lambda: not target_state(sock, victim)["usable"])
+    h.wait_for(f"{victim} draining", lambda: not target_state(sock, victim)["usable"])
     state = target_state(sock, victim)
     h.expect_eq((state["state"], state["deregistration"]), ("draining", "drained"), "state")
     after = h.mapping(stickyd.addr, SOURCES)
@@ -334,7 +323,7 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
     h.expect(target_state(sock, victim)["active_connections"] >= 1, "active connection count")
 
     stickyctl("enable", victim, "--admin", sock)
-    wait_for(f"{victim} usable again", lambda: target_state(sock, victim)["usable"])
+    h.wait_for(f"{victim} usable again", lambda: target_state(sock, victim)["usable"])
     h.expect_eq(h.mapping(stickyd.addr, SOURCES), before, "mapping after enable")
     held.sendall(b"bye\n")
     h.expect_eq(h.recv_exact(held, 4), b"bye\n", "echo after enable")
@@ -350,8 +339,8 @@ def test_lookup_with_every_target_drained_or_down():
     ips = SOURCES[:10]
     for b in backends:
         stickyctl("drain", b.name, "--admin", sock)
-    wait_for("both drained", lambda: not any(target_state(sock, b.name)["usable"]
-                                             for b in backends))
+    h.wait_for("both drained", lambda: not any(target_state(sock, b.name)["usable"]
+                                               for b in backends))
     doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
     h.expect_eq(doc["failing_open"], False, "failing_open with every target drained")
     for e in doc["lookups"]:
@@ -368,14 +357,14 @@ def test_lookup_with_every_target_drained_or_down():
     h.expect(reached is None, f"a new connection reached {reached} with every target drained")
     for b in backends:
         stickyctl("enable", b.name, "--admin", sock)
-    wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
+    h.wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
     h.expect_eq({e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
                 h.mapping(stickyd.addr, ips), "lookups after enable vs real connections")
 
     for b in backends:
         b.stop()
-    wait_for("every target unhealthy",
-             lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends))
+    h.wait_for("every target unhealthy",
+               lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends))
     doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
     h.expect_eq(doc["failing_open"], True, "failing_open with every target down")
     status = admin_json(sock, "/status")
@@ -409,7 +398,7 @@ def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
               and metric_sum(m, "stickyd_target_bytes_received_total") > 0
               and metric(m, "stickyd_health_check_duration_seconds_count", group="web") > 0)
         return m if ok else None
-    m = wait_for("counters to follow the traffic", moved)
+    m = h.wait_for("counters to follow the traffic", moved)
     for b in backends:
         labels = {"group": "web", "target": b.name, "address": b.address}
         h.expect_eq(metric(m, "stickyd_target_healthy", **labels), 1.0, f"{b.name} healthy")
@@ -458,7 +447,7 @@ def test_malformed_requests_get_clean_errors_while_traffic_flows():
         h.expect_eq(status, 431, f"1 MiB header: {body}")
         h.expect("larger than" in body["error"], body)
         start_count = done[0]
-        wait_for("traffic to go on", lambda: done[0] >= start_count + 20)
+        h.wait_for("traffic to go on", lambda: done[0] >= start_count + 20)
     finally:
         stop.set()
         t.join(h.IO_TIMEOUT * 2)

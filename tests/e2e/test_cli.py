@@ -179,6 +179,54 @@ def test_version_and_help():
              f"--help offers a check protocol that is refused: {checks and checks.group(0)!r}")
 
 
+def option_help(text, flag):
+    """The --help entry of one option: its line and the description under it."""
+    m = re.search(rf"^\s*{re.escape(flag)} .*\n((?:\s{{10,}}.*\n)*)", text, re.M)
+    h.expect(m, f"--help has no entry for {flag}")
+    return " ".join(m.group(1).split())
+
+
+def check_timeouts_logged(stickyd, count=1):
+    """The timeouts (ms) of stickyd's first failed HTTP checks, from its debug log."""
+    pattern = re.compile(r"health check of \S+: failed \(timed out after (\d+) ms")
+    h.wait_for("a timed-out check in the log",
+               lambda: len(pattern.findall(stickyd.process.log())) >= count, timeout=25,
+               process=stickyd.process)
+    return [int(ms) for ms in pattern.findall(stickyd.process.log())]
+
+
+def test_help_states_the_default_check_timeout_the_daemon_uses():
+    # Regression: --help said "half the interval when that is shorter", which gives
+    # 4s at an 8s interval over http; the rule is half the interval only when the
+    # interval is not longer than the protocol's default (6s http, 10s tcp).
+    r = h.run([h.STICKYD_BIN, "--help"])
+    h.expect("default 1s" in option_help(r.stdout, "--health-interval"),
+             f"--health-interval help: {option_help(r.stdout, '--health-interval')!r}")
+    timeout_help = option_help(r.stdout, "--health-timeout")
+    for words in ("10s tcp", "6s http", "half the interval when the interval is not longer",
+                  "500ms at the default 1s"):
+        h.expect(words in timeout_help, f"--health-timeout help lacks {words!r}: {timeout_help!r}")
+    # Targets that accept (the kernel's backlog) but never answer: every HTTP check
+    # times out, after exactly the timeout stickyd chose.
+    mute = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    h.on_cleanup(mute.close)
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(64)
+    target = h.fmt_addr(mute.getsockname())
+    daemons = {}
+    for interval, wanted in ((None, 500), ("8s", 6000)):
+        lb = h.lb_addr()
+        args = ["--listen", h.fmt_addr(lb), "--target", target, "--health-check", "http",
+                "--log-level", "debug"]
+        if interval:
+            args += ["--health-interval", interval]
+        daemons[interval] = (h.start_stickyd(args=args, addr=lb), wanted)
+    for interval, (stickyd, wanted) in daemons.items():
+        timeouts = check_timeouts_logged(stickyd)
+        h.expect_eq(set(timeouts), {wanted},
+                    f"check timeouts (ms) at --health-interval {interval or 'default'}")
+
+
 def test_port_already_in_use():
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     h.on_cleanup(holder.close)

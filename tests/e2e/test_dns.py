@@ -70,20 +70,6 @@ def in_namespace(argv, hosts, label):
     return h.Process(["unshare", "--mount", "--", "sh", "-c", script, "sh"] + flat + argv, label)
 
 
-def wait_for(what, condition, timeout=20.0, process=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and not process.alive():
-            raise h.Failure(f"{process.label} exited while waiting for {what}\n"
-                            f"{process.describe()}")
-        time.sleep(0.05)
-    raise h.Failure(f"timed out after {timeout}s waiting for {what}"
-                    + (f"\n{process.describe()}" if process else ""))
-
-
 # ---------------------------------------------------------------------------------
 # dns-watch: the discovery thread on its own, through the real getaddrinfo.
 
@@ -98,8 +84,8 @@ class Watch:
                 if line.startswith(("result ", "error ", "stopped"))]
 
     def wait_events(self, count):
-        wait_for(f"{count} reports from dns-watch", lambda: len(self.events()) >= count,
-                 process=self.process)
+        h.wait_for(f"{count} reports from dns-watch", lambda: len(self.events()) >= count,
+                   process=self.process)
         return self.events()
 
     def settle(self, refreshes=10):
@@ -216,9 +202,9 @@ def test_stickyd_targets_follow_the_name():
     h.expect_eq(reached(lb, clients), {"pod-a"}, "backends reached with one address")
 
     hosts.set(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
-    wait_for("clients on all three pods", lambda: reached(lb, clients) == {"pod-a", "pod-b",
-                                                                           "pod-c"},
-             process=stickyd)
+    h.wait_for("clients on all three pods", lambda: reached(lb, clients) == {"pod-a", "pod-b",
+                                                                             "pod-c"},
+               process=stickyd)
 
     # A client of pod-b keeps an open connection through the removal: the
     # deregistration delay (300 s by default) lets it finish.
@@ -229,8 +215,8 @@ def test_stickyd_targets_follow_the_name():
     h.expect(h.recv_line(held).startswith("pod-b "), "held connection is on pod-b")
 
     hosts.set(["127.0.0.2", "127.0.0.4"])
-    wait_for("pod-b gone from new connections",
-             lambda: reached(lb, clients) == {"pod-a", "pod-c"}, process=stickyd)
+    h.wait_for("pod-b gone from new connections",
+               lambda: reached(lb, clients) == {"pod-a", "pod-c"}, process=stickyd)
     after = h.mapping(lb, clients)
     moved = {ip for ip in clients if before[ip] != after[ip]}
     h.expect_eq(moved, {ip for ip in clients if before[ip] == "pod-b"},
@@ -251,16 +237,16 @@ def test_stickyd_keeps_the_last_good_set_when_the_name_fails():
     h.expect_eq(set(before.values()), {"pod-a", "pod-b"}, "backends reached")
 
     hosts.set([])
-    wait_for("the resolution failure in the log", lambda: "cannot resolve" in stickyd.log(),
-             process=stickyd)
+    h.wait_for("the resolution failure in the log", lambda: "cannot resolve" in stickyd.log(),
+               process=stickyd)
     time.sleep(2)  # ten refreshes of a name that stays broken
     h.expect_eq(h.mapping(lb, clients), before, "mapping while the name does not resolve")
     failures = [line for line in stickyd.log().splitlines() if "cannot resolve" in line]
     h.expect_eq(len(failures), 1, f"log lines about the failure ({failures})")
 
     hosts.set(["127.0.0.3", "127.0.0.2"])
-    wait_for("recovery in the log", lambda: stickyd.log().count("resolves to") >= 2,
-             process=stickyd)
+    h.wait_for("recovery in the log", lambda: stickyd.log().count("resolves to") >= 2,
+               process=stickyd)
     h.expect_eq(h.mapping(lb, clients), before, "mapping after the name is back")
 
 

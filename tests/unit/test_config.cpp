@@ -1541,6 +1541,18 @@ TEST_CASE("health check: other accepted spellings and bounds") {
     // The http default timeout is 6 s.
     CHECK(hc_group("[target_group.health_check]\nprotocol = \"http\"\n")
               .health_check.effective_timeout() == 6s);
+    // Half the interval only when the interval is not longer than the protocol's
+    // default (what --help and the README state): not whenever half is shorter.
+    auto timeout_at = [&](std::string_view protocol, std::string_view interval) {
+        return hc_group(fmt::format("[target_group.health_check]\nprotocol = \"{}\"\n"
+                                    "interval = \"{}\"\n",
+                                    protocol, interval))
+            .health_check.effective_timeout();
+    };
+    CHECK(timeout_at("tcp", "15s") == 10s);
+    CHECK(timeout_at("tcp", "10s") == 5s);
+    CHECK(timeout_at("http", "8s") == 6s);
+    CHECK(timeout_at("http", "6s") == 3s);
     CHECK(hc_group("[target_group.health_check]\nprotocol = \"http\"\nmatcher = \"200-599\"\n")
               .health_check.matcher.matches(599));
 }
