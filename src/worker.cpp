@@ -288,6 +288,7 @@ struct Worker::Loop {
     void submit_send(uint32_t slot, FlowDir dir);
     void carry_out(uint32_t slot, FlowDir dir, Decision decision);
     void finish_flow(uint32_t slot, FlowDir dir);
+    void park(uint64_t waiter);
     void rearm_waiters();
 
     // Idle timeout.
@@ -387,9 +388,10 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
       listeners_(std::move(listeners)),
       ring_(kSqEntries, kCqEntries),
       // A connection holds at most one buffer per direction.
-      buffers_(
-          ring_, kBufferGroup, options.buffer_count, options.buffer_size,
-          static_cast<uint32_t>(std::min<uint64_t>(2ULL * options.max_connections, UINT32_MAX))) {
+      buffers_(ring_, kBufferGroup, options.buffer_count, options.buffer_size,
+               options.max_buffers > 0 ? options.max_buffers
+                                       : static_cast<uint32_t>(std::min<uint64_t>(
+                                             2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
     // Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd
@@ -809,9 +811,7 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
     release_buffer(bid);
     switch (res) {
         case -ENOBUFS:
-            buffers_.starved();
-            waiters_.push_back(encode(Op::recv_header, slot, c.generation));
-            return;
+            return park(encode(Op::recv_header, slot, c.generation));
         case 0:
             // Connect-and-close is a port probe or a TCP health check of the
             // balancer in front, not a broken header: no warning for those.
@@ -1051,6 +1051,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
         conns_[ud.slot].phase == Phase::free) {
         // Cannot happen while inflight is counted right; keep the buffers whole anyway.
         log::debug("worker {}: stale completion for slot {}", index_, ud.slot);
+        add(stats_.stale_completions, 1);
         release_buffer(bid);
         return;
     }
@@ -1156,9 +1157,7 @@ void Worker::Loop::carry_out(uint32_t slot, FlowDir dir, Decision decision) {
             // The last send may have left a partial segment corked (send_more):
             // push it now rather than when a buffer comes back. Rare: starvation only.
             set_no_delay(conns_[slot].sink_fd(dir));
-            buffers_.starved();
-            waiters_.push_back(encode(recv_op(dir), slot, conns_[slot].generation));
-            return;
+            return park(encode(recv_op(dir), slot, conns_[slot].generation));
         case Step::finish:
             return finish_flow(slot, dir);
         case Step::reset:
@@ -1177,6 +1176,13 @@ void Worker::Loop::finish_flow(uint32_t slot, FlowDir dir) {
     ::shutdown(c.sink_fd(dir), SHUT_WR);
 }
 
+// A recv found no buffer: it waits, as `waiter` (its user_data), for one to come back.
+void Worker::Loop::park(uint64_t waiter) {
+    buffers_.starved();
+    waiters_.push_back(waiter);
+    add(stats_.buffer_waits, 1);
+}
+
 // Re-arms parked recvs, at most as many as there are buffers to receive into.
 void Worker::Loop::rearm_waiters() {
     uint32_t budget = buffers_.posted();
@@ -1185,17 +1191,18 @@ void Worker::Loop::rearm_waiters() {
         waiters_.pop_front();
         if (w.slot >= conns_.size()) continue;
         const Connection& c = conns_[w.slot];
+        if (c.generation != w.generation) {  // closed since it parked; maybe reused
+            add(stats_.stale_waiters, 1);
+            continue;
+        }
         if (w.op == Op::recv_header) {
-            if (c.generation != w.generation || c.phase != Phase::handshake) continue;
+            if (c.phase != Phase::handshake) continue;
             submit_header_recv(w.slot);
             --budget;
             continue;
         }
         const FlowDir dir = flow_of(w.op);
-        if (c.generation != w.generation || c.phase != Phase::relaying ||
-            c.flow(dir).state != FlowState::waiting_buffer) {
-            continue;  // closed since it parked
-        }
+        if (c.phase != Phase::relaying || c.flow(dir).state != FlowState::waiting_buffer) continue;
         submit_recv(w.slot, dir);
         --budget;
     }

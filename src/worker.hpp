@@ -42,6 +42,10 @@ struct WorkerOptions {
     uint32_t buffer_size = 32 * 1024;
     uint32_t buffer_count = 4096;      // per worker, power of 2
     uint32_t max_connections = 65536;  // per worker
+    // How far the pool may grow when every buffer is held by a blocked send; 0: one
+    // buffer per direction per connection (within the 16-bit buffer ids). Tests set
+    // it low to keep receives parked on -ENOBUFS.
+    uint32_t max_buffers = 0;
     // When nonzero, the loop wakes at least this often even when idle, so that
     // WorkerStats::heartbeat proves to the systemd watchdog that it still turns.
     std::chrono::milliseconds heartbeat{0};
@@ -51,6 +55,14 @@ struct WorkerStats {
     std::atomic<uint64_t> accepted{0}, active{0}, connect_failures{0}, retries{0}, bytes_in{0},
         bytes_out{0};
     std::atomic<uint64_t> idle_timeouts{0};  // connections reset for the listener's idle_timeout
+    // Receives that found every buffer taken and wait (parked) for one to come back.
+    std::atomic<uint64_t> buffer_waits{0};
+    // Receives parked on -ENOBUFS whose connection was closed (its slot possibly
+    // reused) before a buffer came back: dropped by their generation, never re-armed.
+    std::atomic<uint64_t> stale_waiters{0};
+    // Completions for a slot that was freed or reused. Zero unless inflight
+    // accounting is broken: a slot is only freed once nothing is in flight on it.
+    std::atomic<uint64_t> stale_completions{0};
     // Bumped once per loop iteration: a counter that stops moving means a wedged loop.
     std::atomic<uint64_t> heartbeat{0};
 };

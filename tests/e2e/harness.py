@@ -199,10 +199,13 @@ def need_open_files(count):
 
 
 def run(argv, timeout=15, stdin_text=None, cwd=None):
-    """Runs a short command; returns CompletedProcess (text). Fails if it hangs."""
+    """Runs a short command; returns CompletedProcess (text). Fails if it hangs.
+
+    Like CI: no terminal (a new session) and stdin /dev/null unless stdin_text."""
+    stdin = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
     try:
-        return subprocess.run([str(a) for a in argv], input=stdin_text, capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True, cwd=cwd)
+        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                              timeout=timeout, start_new_session=True, cwd=cwd, **stdin)
     except subprocess.TimeoutExpired:
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
 

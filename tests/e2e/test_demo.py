@@ -27,7 +27,27 @@ def port_taken(port):
     return False
 
 
+def session_members(sid):
+    """{pid: command} of the live processes in session sid (zombies do not count)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found[int(name)] = command
+    return found
+
+
 def test_setup_is_quiet_when_nothing_is_missing():
+    # As in CI: no terminal (a session of its own) and stdin from /dev/null.
     r = h.run([os.path.join(h.SOURCE_ROOT, "scripts", "setup")], timeout=300)
     h.expect_eq(r.returncode, 0, "scripts/setup exit status")
     h.expect_eq((r.stdout, r.stderr), ("", ""), "what scripts/setup printed")
@@ -38,6 +58,14 @@ def test_demo_runs_sticks_and_stops_cleanly():
     if taken:
         h.skip(f"the demo's fixed ports {taken} are in use (is a demo running?)")
     demo = h.Process([os.path.join(h.SOURCE_ROOT, "scripts", "demo")], "demo")
+
+    @h.on_cleanup
+    def kill_leftovers():  # the harness only kills the group while the script runs
+        for pid in session_members(demo.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + 240  # scripts/build may have to build first
     while "Press Ctrl-C to stop." not in demo.log():
         h.expect(demo.alive(), f"scripts/demo exited early\n{demo.describe()}")
@@ -49,13 +77,22 @@ def test_demo_runs_sticks_and_stops_cleanly():
              f"the demo's own stickiness line is not one backend three times: {shown!r}")
 
     lb = ("127.0.0.1", 8000)
-    mine = {h.http_get(lb, src_ip="127.0.0.2")[1] for _ in range(5)}
-    h.expect_eq(mine, {answers[0]}, "127.0.0.2 through the demo")
+    # The README's command, three times.
+    curl = ["curl", "-s", "--max-time", "5", "--interface", "127.0.0.2",
+            "http://127.0.0.1:8000/hostname"]
+    mine = [h.run(curl).stdout for _ in range(3)]
+    h.expect_eq(mine, [answers[0]] * 3, "curl --interface 127.0.0.2 through the demo")
     spread = {h.http_get(lb, src_ip=f"127.0.0.{i}")[1] for i in range(2, 21)}
     h.expect(len(spread) >= 2, f"19 source IPs all reached one backend: {spread}")
 
     demo.signal(signal.SIGINT)
     h.expect(demo.wait(15) is not None, f"scripts/demo did not stop on SIGINT\n{demo.describe()}")
+    # Everything it started (backends, stickyd) is in its session: nothing may outlive it.
+    deadline = time.monotonic() + 10
+    while session_members(demo.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = session_members(demo.pid)
+    h.expect(not left, f"processes of the demo still running after it stopped: {left}")
     deadline = time.monotonic() + 10
     while any(port_taken(p) for p in DEMO_PORTS) and time.monotonic() < deadline:
         time.sleep(0.1)

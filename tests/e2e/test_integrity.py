@@ -203,54 +203,109 @@ def private_dirty(pid):
     raise h.Failure("no Private_Dirty in smaps_rollup")
 
 
-def test_a_backend_that_does_not_read_stalls_the_client_without_growing_memory():
+def stickyd_receive_queues(lb, client_ips):
+    """Recv-Q of each of stickyd's sockets on the listener's port connected to one of
+    client_ips: bytes the kernel holds that stickyd has not read. A client whose bytes
+    all fit in the kernel's buffers has sent its FIN too, so its socket may be in
+    CLOSE-WAIT."""
+    r = h.run(["ss", "-Htna", f"( sport = :{lb[1]} )"])
+    h.expect_eq(r.returncode, 0, f"ss exit status ({r.stderr.strip()})")
+    rows = [line.split() for line in r.stdout.splitlines()]
+    return sorted(int(row[1]) for row in rows
+                  if len(row) >= 5 and row[0] in ("ESTAB", "CLOSE-WAIT")
+                  and row[4].rpartition(":")[0] in client_ips)
+
+
+def wait_until_stalled(sent, quiet=0.5, timeout=30.0):
+    """Waits until the clients' byte counts stop moving for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last = sum(sent)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = sum(sent)
+        if now == last:
+            return now
+        last = now
+    raise h.Failure(f"the clients were still sending after {timeout}s ({last} bytes)")
+
+
+def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory():
     # Backpressure, seen from outside: with the backend not reading, stickyd stops
-    # reading the clients once the kernel's buffers are full, so the clients' sends
-    # stall and stickyd's own memory stays flat (at most a buffer per direction per
-    # connection). A relay that kept reading would grow by what the clients push.
+    # reading the clients once the kernel's buffers are full (a side is not read
+    # while its peer's send is pending), so their bytes wait in the kernel's receive
+    # queues of stickyd's sockets, the clients' sends stall, and stickyd's own
+    # memory stays flat. A relay that kept reading would hold what the clients push.
     release = threading.Event()
 
     def handler(conn):
         release.wait(60)
-        count = h.recv_until_eof(conn)
-        return count or None  # the readiness probe sends nothing
+        got = hashlib.sha256()
+        count = h.recv_until_eof(conn, got)
+        return (count, got.hexdigest()) if count else None  # the probe sends nothing
 
     server = h.PyServer(handler)
     (_, stub_lb), stickyd = start(h.start_backends(1), extra_groups=[("stub", server.address)])
     pid = stickyd.process.pid
-    clients, size = 10, 48 * MIB
+    # 10 MB per client (200 MB in all), about twice what the kernel buffers along one
+    # connection: the client's send buffer (kept small), stickyd's receive buffer,
+    # stickyd's send buffer toward the backend (up to tcp_wmem's maximum, 4 MiB by
+    # default; more where it is raised) and the backend's receive buffer.
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        wmem_max = int(f.read().split()[2])
+    clients = 20
+    size = max(10 * 1000 * 1000, 2 * wmem_max)
+    chunks = [h.random_payload(256 * 1024, seed=900 + i) for i in range(clients)]
+    ips = h.source_ips(clients, first=120)
     sent = [0] * clients
-    chunk = h.random_payload(256 * 1024, seed=9)
 
     def push(i):
-        with h.connect(stub_lb, h.source_ips(clients, first=120)[i], timeout=60) as s:
+        with h.connect(stub_lb, ips[i], timeout=60) as s:  # 60 s per send, at most
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 128 * 1024)
+            chunk = chunks[i]
             while sent[i] < size:
-                n = s.send(chunk[:min(len(chunk), size - sent[i])])
-                sent[i] += n
+                start_at = sent[i] % len(chunk)
+                sent[i] += s.send(chunk[start_at:start_at + size - sent[i]])
             s.shutdown(socket.SHUT_WR)
             return h.recv_until_eof(s)
+
+    def expected_sha256(i):
+        digest = hashlib.sha256()
+        for _ in range(size // len(chunks[i])):
+            digest.update(chunks[i])
+        digest.update(chunks[i][:size % len(chunks[i])])
+        return digest.hexdigest()
 
     base = private_dirty(pid)
     threads = [threading.Thread(target=push, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
-    sent_1, mem_1 = sum(sent), private_dirty(pid)
+    sent_1 = wait_until_stalled(sent)
+    mem_1, queues_1 = private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
     time.sleep(1.5)
-    sent_2, mem_2 = sum(sent), private_dirty(pid)
+    sent_2, mem_2, queues_2 = sum(sent), private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
+
     h.expect(sent_2 < clients * size, "every client got all its bytes out with nobody reading")
-    h.expect(sent_2 - sent_1 < 2 * MIB,
+    h.expect(sent_2 - sent_1 < MIB,
              f"clients kept sending while the backend read nothing: {sent_1} then {sent_2} bytes")
-    h.expect(mem_2 - mem_1 < 1 * MIB, f"stickyd grew from {mem_1} to {mem_2} B while stalled")
-    bound = clients * 2 * 32 * 1024 + 4 * MIB  # a receive buffer per direction, plus slack
+    for when, queues in (("first", queues_1), ("second", queues_2)):
+        h.expect(len(queues) == clients and min(queues) > 0,
+                 f"Recv-Q of stickyd's {len(queues)} client-side sockets at the {when} sample "
+                 f"(all {clients} should hold unread bytes): {queues}")
+    h.expect(mem_2 - mem_1 < MIB, f"stickyd grew from {mem_1} to {mem_2} B while stalled")
+    # A receive buffer per direction per connection, plus slack for the buffers the
+    # start touched: far below what the clients pushed, which a relay without
+    # backpressure would hold.
+    bound = clients * 2 * 32 * 1024 + 8 * MIB
     h.expect(mem_2 - base < bound,
-             f"stickyd holds {mem_2 - base} B more than before {clients} stalled clients")
+             f"stickyd holds {mem_2 - base} B more than before {clients} stalled clients "
+             f"(they pushed {sent_2} B)")
 
     release.set()
     for t in threads:
         t.join(60)
-    counts = sorted(server.result(timeout=60) for _ in range(clients))
-    h.expect_eq(counts, [size] * clients, "bytes each backend connection received")
+    results = sorted(server.result(timeout=60) for _ in range(clients))
+    h.expect_eq(results, sorted((size, expected_sha256(i)) for i in range(clients)),
+                "(bytes, SHA-256) each backend connection received")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cstddef>
+#include <vector>
+
 using namespace stickyd;
 
 TEST_CASE("user_data round-trips op, slot and generation") {
@@ -49,11 +52,29 @@ TEST_CASE("generations wrap within 24 bits and never bleed into the slot") {
     CHECK(d.generation == 1);
 }
 
-TEST_CASE("a reused slot's tags differ from its previous occupant's") {
-    const uint32_t before = 41;
-    const uint64_t stale = encode(Op::recv_client, 9, before);
-    const uint64_t fresh = encode(Op::recv_client, 9, next_generation(before));
-    CHECK(stale != fresh);
-    CHECK(decode(stale).slot == decode(fresh).slot);
-    CHECK(decode(stale).generation != decode(fresh).generation);
+// What the generation buys: a completion left over from any of a slot's previous
+// 2^24 - 1 occupants carries a tag that no later occupant's op has, so it can only
+// be mistaken for a fresh one after 2^24 reuses of that slot. Walks all of them,
+// across the wrap, from one slot's tag.
+TEST_CASE("a slot's tags repeat only after 2^24 reuses") {
+    constexpr uint32_t kSlot = 0xABCDEF;
+    constexpr uint32_t kFirst = kGenerationMask - 7;  // wraps a few reuses in
+    std::vector<bool> seen(std::size_t{1} << kGenerationBits);
+    const uint64_t first = encode(Op::recv_client, kSlot, kFirst);
+    uint32_t generation = kFirst;
+    uint64_t repeats = 0, misplaced = 0, reuses = 0;
+    for (;;) {
+        const uint64_t tag = encode(Op::recv_client, kSlot, generation);
+        const UserData d = decode(tag);
+        if (d.op != Op::recv_client || d.slot != kSlot) ++misplaced;
+        if (seen[d.generation]) ++repeats;
+        seen[d.generation] = true;
+        generation = next_generation(generation);
+        ++reuses;
+        if (encode(Op::recv_client, kSlot, generation) == first) break;
+        if (reuses > (uint64_t{1} << kGenerationBits)) break;  // never repeats: also wrong
+    }
+    CHECK(reuses == (uint64_t{1} << kGenerationBits));
+    CHECK(repeats == 0);
+    CHECK(misplaced == 0);
 }

@@ -126,25 +126,37 @@ int recv_error(int fd) {
     return n < 0 ? errno : 0;
 }
 
-struct Rig {
+// A listening backend and a target group with it as its only target.
+struct Group {
     Fd backend{backend_socket()};
-    TargetGroupConfig group;
-    std::unique_ptr<RouteSlot> slot;
+    TargetGroupConfig config;
     std::shared_ptr<const RoutingTable> table;
-    std::unique_ptr<Worker> worker;
-    std::thread thread;
+    std::unique_ptr<RouteSlot> slot;
 
-    explicit Rig(uint32_t buffer_count = 64) {
+    explicit Group(std::string name) {
         set_timeout(backend.fd);
-        group.name = "g";
+        config.name = std::move(name);
         TargetConfig target;
         target.address = loopback(port_of(backend.fd));
         target.id = "backend";
-        group.targets.push_back(std::move(target));
-        table = build_routing_table(group);
+        config.targets.push_back(std::move(target));
+        table = build_routing_table(config);
         slot = std::make_unique<RouteSlot>(table);
+    }
+
+    const std::shared_ptr<TargetStats>& stats() const { return table->targets[0].stats; }
+};
+
+struct Rig {
+    Group group{"g"};
+    std::unique_ptr<Worker> worker;
+    std::thread thread;
+
+    // buffer_count and max_buffers: see WorkerOptions (max_buffers 0: the default).
+    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0) {
         WorkerOptions options;
         options.buffer_count = buffer_count;
+        options.max_buffers = max_buffers;
         options.max_connections = 64;
         worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
         thread = std::thread([this] { worker->run(); });
@@ -154,35 +166,40 @@ struct Rig {
         thread.join();
     }
 
-    ListenerSettings settings(std::string name, std::shared_ptr<ListenerStats> stats) {
+    ListenerSettings settings(std::string name, std::shared_ptr<ListenerStats> stats,
+                              const Group* to = nullptr) {
         ListenerSettings s;
         s.name = std::move(name);
-        s.route = slot.get();
+        s.route = (to != nullptr ? to : &group)->slot.get();
         s.stats = std::move(stats);
         return s;
     }
 
-    // Adds a listener on a fresh port; returns the port once it accepts.
-    uint16_t add(const std::string& name, std::shared_ptr<ListenerStats> stats) {
+    // Adds a listener on a fresh port, routing to `to` (default: the rig's group);
+    // returns the port once it accepts.
+    uint16_t add(const std::string& name, std::shared_ptr<ListenerStats> stats,
+                 const Group* to = nullptr) {
         std::string error;
         int fd = open_listener(loopback(0), error);
         REQUIRE_MESSAGE(fd >= 0, error);
         const uint16_t port = port_of(fd);
-        worker->add_listener(WorkerListener{fd, settings(name, std::move(stats))});
+        worker->add_listener(WorkerListener{fd, settings(name, std::move(stats), to)});
         return port;
     }
 
-    // A client connection through `port` and the backend's end of it.
-    std::pair<int, int> open_pair(uint16_t port) {
+    // A client connection through `port` and the backend's end of it (the backend of
+    // the group that port's listener routes to).
+    std::pair<int, int> open_pair(uint16_t port, const Group* to = nullptr) {
         int client = connect_to(port);
         REQUIRE(client >= 0);
-        int server = retry([&] { return ::accept4(backend.fd, nullptr, nullptr, SOCK_CLOEXEC); });
+        const int backend = (to != nullptr ? to : &group)->backend.fd;
+        int server = retry([&] { return ::accept4(backend, nullptr, nullptr, SOCK_CLOEXEC); });
         REQUIRE(server >= 0);
         set_timeout(server);
         return {client, server};
     }
 
-    const TargetStats& target() const { return *table->targets[0].stats; }
+    const TargetStats& target() const { return *group.stats(); }
 };
 
 bool same_address(const sockaddr_in& a, const sockaddr_in& b) {
@@ -272,7 +289,7 @@ TEST_CASE("terminate resets the connections to those targets, and only those") {
     // Another target's stats: nothing happens to this connection.
     rig.worker->terminate({std::make_shared<TargetStats>()});
     CHECK(round_trip(client, server, 'y'));
-    rig.worker->terminate({rig.table->targets[0].stats});
+    rig.worker->terminate({rig.group.stats()});
     CHECK(recv_error(client) == ECONNRESET);
     CHECK(recv_error(server) == ECONNRESET);
     CHECK(eventually([&] { return rig.target().active.load() == 0; }));
@@ -366,9 +383,11 @@ bool deliver(int fd, const std::string& data, size_t from, int peer, const std::
 
 }  // namespace
 
-// Two receive buffers for six busy connections: recvs park on ENOBUFS and the
-// pool grows. Connections reset while parked leave stale waiters and completions
-// behind; the connections that reuse their slots must not see any of it.
+// Two receive buffers for six busy connections: recvs keep parking on ENOBUFS
+// while the buffers cycle through sends. Resetting half of the connections under
+// that pressure must leave the connections that take their slots exactly their own
+// bytes. (Their sends complete, so nothing stays parked long enough to outlive its
+// connection: the next test makes that happen.)
 TEST_CASE("connections reset while starved for buffers leave nothing to the slots' next users") {
     Rig rig(2);
     const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
@@ -389,8 +408,8 @@ TEST_CASE("connections reset while starved for buffers leave nothing to the slot
         p.up_sent = send_some(p.client, p.up, 0);
         p.down_sent = send_some(p.server, p.down, 0);
     }
-    std::this_thread::sleep_for(100ms);
-    for (int i = 0; i < 3; ++i) {  // reset half of them while their recvs wait
+    CHECK(eventually([&] { return rig.worker->stats().buffer_waits.load() > 0; }));
+    for (int i = 0; i < 3; ++i) {  // reset half of them
         set_linger_zero(pairs[i].client);
         ::close(pairs[i].client);
         ::close(pairs[i].server);
@@ -415,4 +434,85 @@ TEST_CASE("connections reset while starved for buffers leave nothing to the slot
         ::close(p.server);
     }
     CHECK(eventually([&] { return rig.target().active.load() == 0; }));
+}
+
+namespace {
+
+// Pushes `data` from fd, whose peer does not read, until the socket has taken
+// nothing for a while: the relay then holds this direction's buffer in a send
+// that waits for its sink. Returns how much went out.
+size_t push_until_stalled(int fd, const std::string& data) {
+    size_t sent = 0;
+    for (int quiet = 0; quiet < 30 && sent < data.size();) {
+        const size_t now = send_some(fd, data, sent);
+        quiet = now == sent ? quiet + 1 : 0;
+        sent = now;
+        std::this_thread::sleep_for(10ms);
+    }
+    REQUIRE(sent < data.size());
+    return sent;
+}
+
+}  // namespace
+
+// A recv that finds every buffer taken parks until one comes back. A connection
+// closed while both its recvs are parked is freed at once (nothing in flight), but
+// its waiters stay queued; the next connection then takes its slot with the next
+// generation and parks behind them. When buffers return, the old waiters must be
+// dropped by their generation, and the new occupant must get its own bytes.
+TEST_CASE(
+    "recvs parked on a full pool outlive their connection; the slot's next user is unharmed") {
+    Group other{"other"};  // before the rig: the worker routes to it until it stops
+    Rig rig(2, 2);         // two buffers, and the pool may not grow
+    auto stats_b = std::make_shared<ListenerStats>();
+    const uint16_t port_a = rig.add("a", std::make_shared<ListenerStats>());
+    const uint16_t port_b = rig.add("b", stats_b, &other);
+    const WorkerStats& worker = rig.worker->stats();
+
+    // Connection A takes both buffers: each direction's send waits for a sink that
+    // does not read.
+    auto [client_a, server_a] = rig.open_pair(port_a);
+    Fd ca{client_a}, sa{server_a};
+    constexpr size_t kMiB = 1024 * 1024;
+    std::string up_a = pattern(32 * kMiB, 'a'), down_a = pattern(32 * kMiB, 'A');
+    up_a.resize(push_until_stalled(client_a, up_a));
+    down_a.resize(push_until_stalled(server_a, down_a));
+
+    // Connections through "b" in turn (each in the slot the one before freed): both
+    // their recvs park, then a deregistration resets them. A client's own reset
+    // would go unseen here: nothing is in flight on its socket while it waits.
+    constexpr uint64_t kParkedAndReset = 3;
+    for (uint64_t i = 0; i < kParkedAndReset; ++i) {
+        const uint64_t waits = worker.buffer_waits.load();
+        auto [client, server] = rig.open_pair(port_b, &other);
+        Fd c{client}, s{server};
+        REQUIRE(send_some(client, "up", 0) == 2);
+        REQUIRE(send_some(server, "down", 0) == 4);
+        REQUIRE(eventually([&] { return worker.buffer_waits.load() == waits + 2; }));
+        rig.worker->terminate({other.stats()});
+        CHECK(recv_error(client) == ECONNRESET);
+        CHECK(eventually([&] { return other.stats()->active.load() == 0; }));
+    }
+    CHECK(worker.stale_waiters.load() == 0);  // no buffer has come back yet
+
+    // The slot's next user parks both ways behind the stale waiters.
+    const uint64_t waits = worker.buffer_waits.load();
+    auto [client_d, server_d] = rig.open_pair(port_b, &other);
+    Fd cd{client_d}, sd{server_d};
+    const std::string up_d = pattern(kMiB, 'd'), down_d = pattern(kMiB, 'D');
+    const size_t up_d_sent = send_some(client_d, up_d, 0);
+    const size_t down_d_sent = send_some(server_d, down_d, 0);
+    REQUIRE(eventually([&] { return worker.buffer_waits.load() == waits + 2; }));
+
+    // A's sinks read: buffers come back, and every byte arrives where it belongs.
+    CHECK(deliver(client_a, up_a, up_a.size(), server_a, up_a));
+    CHECK(deliver(server_a, down_a, down_a.size(), client_a, down_a));
+    CHECK(deliver(client_d, up_d, up_d_sent, server_d, up_d));
+    CHECK(deliver(server_d, down_d, down_d_sent, client_d, down_d));
+    CHECK(worker.stale_waiters.load() == 2 * kParkedAndReset);
+    CHECK(worker.stale_completions.load() == 0);
+    CHECK(stats_b->accepted.load() == kParkedAndReset + 1);
+    CHECK(other.stats()->connections.load() == kParkedAndReset + 1);
+    CHECK(other.stats()->active.load() == 1);
+    CHECK(rig.target().active.load() == 1);
 }
