@@ -1,4 +1,4 @@
-#include "src/admin_api.hpp"
+#include "admin/api.hpp"
 
 #include <dirent.h>
 #include <fmt/core.h>

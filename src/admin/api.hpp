@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "src/admin_render.hpp"
-#include "src/control.hpp"
-#include "src/worker.hpp"
+#include "admin/render.hpp"
+#include "control/control.hpp"
+#include "datapath/worker.hpp"
 
 namespace stickyd {
 

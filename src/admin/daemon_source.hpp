@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "src/admin_api.hpp"
-#include "src/control.hpp"
-#include "src/worker.hpp"
+#include "admin/api.hpp"
+#include "control/control.hpp"
+#include "datapath/worker.hpp"
 #include "stickyd/config.hpp"
 
 namespace stickyd {

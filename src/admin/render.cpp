@@ -1,4 +1,4 @@
-#include "src/admin_render.hpp"
+#include "admin/render.hpp"
 
 #include <fmt/core.h>
 
@@ -7,7 +7,7 @@
 #include <ctime>
 #include <map>
 
-#include "src/ring_report.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd/address.hpp"
 #include "stickyd_version.h"
 

@@ -60,7 +60,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/control.hpp"
+#include "control/control.hpp"
 #include "stickyd/routing.hpp"
 
 namespace stickyd {

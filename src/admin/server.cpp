@@ -1,4 +1,4 @@
-#include "src/admin.hpp"
+#include "admin/server.hpp"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -11,7 +11,7 @@
 #include <optional>
 #include <string>
 
-#include "src/admin_api.hpp"
+#include "admin/api.hpp"
 #include "stickyd/address.hpp"
 
 namespace stickyd {

@@ -16,7 +16,7 @@
 // fires whatever is in flight is cancelled, and once a check is decided and needs no
 // more I/O the deadline is removed. The socket is closed only when nothing is in
 // flight on it any more.
-#include "control.hpp"
+#include "control/control.hpp"
 
 #include <linux/time_types.h>
 #include <netinet/in.h>
@@ -37,8 +37,8 @@
 
 #include "stickyd/log.hpp"
 #include "stickyd/proxy_protocol.hpp"
-#include "uring.hpp"
-#include "user_data.hpp"
+#include "datapath/uring.hpp"
+#include "datapath/user_data.hpp"
 
 namespace stickyd {
 

@@ -1,4 +1,4 @@
-#include "dns_discovery.hpp"
+#include "control/dns_discovery.hpp"
 
 #include <fmt/core.h>
 #include <netdb.h>

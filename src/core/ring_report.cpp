@@ -1,4 +1,4 @@
-#include "src/ring_report.hpp"
+#include "stickyd/ring_report.hpp"
 
 #include <algorithm>
 #include <charconv>

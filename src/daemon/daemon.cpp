@@ -1,4 +1,4 @@
-#include "daemon.hpp"
+#include "daemon/daemon.hpp"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -8,8 +8,8 @@
 #include <set>
 #include <stdexcept>
 
-#include "listener.hpp"
-#include "socket_activation.hpp"
+#include "datapath/listener.hpp"
+#include "daemon/socket_activation.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
 

@@ -12,13 +12,13 @@
 #include <thread>
 #include <vector>
 
-#include "admin.hpp"
-#include "admin_daemon_source.hpp"
-#include "control.hpp"
-#include "dns_discovery.hpp"
-#include "sd_notify.hpp"
+#include "admin/server.hpp"
+#include "admin/daemon_source.hpp"
+#include "control/control.hpp"
+#include "control/dns_discovery.hpp"
+#include "daemon/sd_notify.hpp"
 #include "stickyd/config.hpp"
-#include "worker.hpp"
+#include "datapath/worker.hpp"
 
 namespace stickyd {
 

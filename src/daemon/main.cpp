@@ -19,15 +19,15 @@
 #include <utility>
 #include <vector>
 
-#include "command_line.hpp"
-#include "daemon.hpp"
-#include "sd_notify.hpp"
+#include "daemon/command_line.hpp"
+#include "daemon/daemon.hpp"
+#include "daemon/sd_notify.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
 #include "stickyd_version.h"
-#include "uring.hpp"
-#include "worker.hpp"
+#include "datapath/uring.hpp"
+#include "datapath/worker.hpp"
 
 namespace stickyd {
 namespace {

@@ -1,4 +1,4 @@
-#include "access_log.hpp"
+#include "datapath/access_log.hpp"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "connection.hpp"
+#include "datapath/connection.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,4 +1,4 @@
-#include "idle_wheel.hpp"
+#include "datapath/idle_wheel.hpp"
 
 #include <stdexcept>
 

@@ -1,4 +1,4 @@
-#include "listener.hpp"
+#include "datapath/listener.hpp"
 
 #include <fmt/core.h>
 #include <netinet/in.h>

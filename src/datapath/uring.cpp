@@ -1,4 +1,4 @@
-#include "uring.hpp"
+#include "datapath/uring.hpp"
 
 #include <fmt/core.h>
 #include <sys/mman.h>

@@ -11,7 +11,7 @@
 // is in flight and its slot is freed (fds closed, buffers returned, generation
 // bumped) only when inflight reaches zero, so a completion always finds the
 // connection it was submitted for.
-#include "worker.hpp"
+#include "datapath/worker.hpp"
 
 #include <linux/time_types.h>
 #include <netinet/in.h>
@@ -30,13 +30,13 @@
 #include <utility>
 #include <variant>
 
-#include "access_log.hpp"
-#include "connection.hpp"
-#include "idle_wheel.hpp"
+#include "datapath/access_log.hpp"
+#include "datapath/connection.hpp"
+#include "datapath/idle_wheel.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/proxy_protocol.hpp"
-#include "uring.hpp"
-#include "user_data.hpp"
+#include "datapath/uring.hpp"
+#include "datapath/user_data.hpp"
 
 namespace stickyd {
 

@@ -1,4 +1,4 @@
-#include "src/admin_client.hpp"
+#include "stickyctl/admin_client.hpp"
 
 #include <fmt/core.h>
 #include <httplib.h>

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "command_line.hpp"
-#include "src/admin_client.hpp"
-#include "src/admin_render.hpp"
-#include "src/ring_report.hpp"
+#include "daemon/command_line.hpp"
+#include "stickyctl/admin_client.hpp"
+#include "admin/render.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
 #include "stickyd_version.h"

@@ -18,7 +18,7 @@
 #include <mutex>
 #include <string>
 
-#include "src/dns_discovery.hpp"
+#include "control/dns_discovery.hpp"
 
 using namespace stickyd;
 

@@ -1,6 +1,6 @@
 // The admin router against a fake source, and the server over real sockets (a unix
 // socket in a temp dir, TCP on loopback).
-#include "src/admin.hpp"
+#include "admin/server.hpp"
 
 #include <doctest/doctest.h>
 #include <poll.h>
@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "admin_fixtures.hpp"
+#include "tests/support/admin_fixtures.hpp"
 
 using namespace stickyd;
 using namespace stickyd::testing;

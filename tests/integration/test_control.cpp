@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "src/control.hpp"
+#include "control/control.hpp"
 #include "stickyd/proxy_protocol.hpp"
 
 using namespace stickyd;

@@ -1,7 +1,7 @@
 // DNS discovery: answer normalisation, the report policy, and the thread driven by a
 // scripted resolver (no DNS traffic; resolve_dns itself only looks up names that
 // /etc/hosts or the address parser answer).
-#include "src/dns_discovery.hpp"
+#include "control/dns_discovery.hpp"
 
 #include <doctest/doctest.h>
 

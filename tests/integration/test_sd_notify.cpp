@@ -1,5 +1,5 @@
 // sd_notify against a real AF_UNIX datagram socket standing in for systemd.
-#include "src/sd_notify.hpp"
+#include "daemon/sd_notify.hpp"
 
 #include <doctest/doctest.h>
 #include <sys/socket.h>

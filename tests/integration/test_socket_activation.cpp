@@ -1,6 +1,6 @@
 // Socket activation: the environment contract, probing real sockets made here, the
 // address matching, and the whole adoption with fds placed at 3.. as systemd would.
-#include "src/socket_activation.hpp"
+#include "daemon/socket_activation.hpp"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>

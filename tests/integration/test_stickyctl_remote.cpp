@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "admin_fixtures.hpp"
-#include "src/admin.hpp"
+#include "tests/support/admin_fixtures.hpp"
+#include "admin/server.hpp"
 
 using namespace stickyd;
 using namespace stickyd::testing;

@@ -1,5 +1,5 @@
 // The ring wrapper and the provided-buffer pool against the real kernel.
-#include "src/uring.hpp"
+#include "datapath/uring.hpp"
 
 #include <doctest/doctest.h>
 

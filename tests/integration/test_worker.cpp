@@ -2,7 +2,7 @@
 // per-listener counters, driven through a real Worker on loopback sockets. These
 // entry points have no CLI yet (reload and the control thread call them), so they
 // are exercised here directly.
-#include "src/worker.hpp"
+#include "datapath/worker.hpp"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -20,7 +20,7 @@
 #include <optional>
 #include <thread>
 
-#include "src/listener.hpp"
+#include "datapath/listener.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "src/admin_api.hpp"
+#include "admin/api.hpp"
 #include "stickyd/routing.hpp"
 
 namespace stickyd::testing {

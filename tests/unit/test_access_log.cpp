@@ -1,5 +1,5 @@
 // The access log line: stable logfmt a person and grep can read.
-#include "src/access_log.hpp"
+#include "datapath/access_log.hpp"
 
 #include <doctest/doctest.h>
 

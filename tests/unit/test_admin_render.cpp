@@ -1,10 +1,10 @@
-#include "src/admin_render.hpp"
+#include "admin/render.hpp"
 
 #include <doctest/doctest.h>
 
 #include <numeric>
 
-#include "admin_fixtures.hpp"
+#include "tests/support/admin_fixtures.hpp"
 
 using namespace stickyd;
 using namespace stickyd::testing;

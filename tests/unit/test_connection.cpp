@@ -1,5 +1,5 @@
 // The relay, connect and accept decisions, driven by synthetic completions.
-#include "src/connection.hpp"
+#include "datapath/connection.hpp"
 
 #include <doctest/doctest.h>
 

@@ -1,5 +1,5 @@
 // The idle-timeout wheel's bookkeeping, driven tick by tick.
-#include "src/idle_wheel.hpp"
+#include "datapath/idle_wheel.hpp"
 
 #include <doctest/doctest.h>
 

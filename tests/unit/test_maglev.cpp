@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "balancer_fixtures.hpp"
+#include "tests/support/balancer_fixtures.hpp"
 #include "stickyd/balancer.hpp"
 #include "stickyd/hash.hpp"
 

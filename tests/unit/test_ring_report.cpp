@@ -1,4 +1,4 @@
-#include "src/ring_report.hpp"
+#include "stickyd/ring_report.hpp"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -8,7 +8,7 @@
 #include <numeric>
 #include <stdexcept>
 
-#include "balancer_fixtures.hpp"
+#include "tests/support/balancer_fixtures.hpp"
 
 using namespace stickyd;
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "balancer_fixtures.hpp"
+#include "tests/support/balancer_fixtures.hpp"
 #include "stickyd/target_set.hpp"
 
 using namespace stickyd;

@@ -1,4 +1,4 @@
-#include "src/user_data.hpp"
+#include "datapath/user_data.hpp"
 
 #include <doctest/doctest.h>
 
