@@ -54,15 +54,7 @@ ListenerSettings Daemon::settings_for(const ListenerConfig& listener) {
     // listener that a reload keeps keeps its counters.
     auto& stats = listener_stats_[listener.name];
     if (!stats) stats = std::make_shared<ListenerStats>();
-    ListenerSettings settings;
-    settings.name = listener.name;
-    settings.route = control_->slot(listener.target_group);
-    settings.idle_timeout = listener.idle_timeout;
-    settings.accept_proxy_protocol = listener.accept_proxy_protocol;
-    settings.proxy_protocol_timeout = listener.proxy_protocol_timeout;
-    settings.access_log = listener.access_log;
-    settings.stats = stats;
-    return settings;
+    return ListenerSettings{listener, control_->slot(listener.target_group), stats};
 }
 
 std::vector<int> Daemon::open_sockets(const ListenerConfig& listener, std::string& error) {

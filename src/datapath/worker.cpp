@@ -33,10 +33,10 @@
 #include "datapath/access_log.hpp"
 #include "datapath/connection.hpp"
 #include "datapath/idle_wheel.hpp"
-#include "stickyd/log.hpp"
-#include "stickyd/proxy_protocol.hpp"
 #include "datapath/uring.hpp"
 #include "datapath/user_data.hpp"
+#include "stickyd/log.hpp"
+#include "stickyd/proxy_protocol.hpp"
 
 namespace stickyd {
 
@@ -550,7 +550,7 @@ void Worker::Loop::on_accept_failure(uint32_t index, int res) {
     if (!l.complained) {
         l.complained = true;
         log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time",
-                  l.settings.name,
+                  l.settings.config.name,
                   paused ? std::string("cannot take more clients for now")
                          : fmt::format("accept failed: {}", error_text(res)));
     }
@@ -653,7 +653,7 @@ void Worker::Loop::fds_available() {
     for (ListenerState& l : listeners_.items) {
         l.backoff = std::chrono::milliseconds{0};
         if (l.complained && !l.removed) {
-            log::info("listener {}: accepting again", l.settings.name);
+            log::info("listener {}: accepting again", l.settings.config.name);
         }
         l.complained = false;
     }
@@ -694,30 +694,30 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
     Connection& c = conns_[*slot];
     c.client_fd = fd;
     c.listener = static_cast<uint16_t>(index);
-    c.idle_ticks = idle_timeout_ticks(settings.idle_timeout, kIdleTick);
+    c.idle_ticks = idle_timeout_ticks(settings.config.idle_timeout, kIdleTick);
     c.pin = pin;
     ++pin->users;
     ++live_;
     add(stats_.accepted, 1);
     add(stats_.active, 1);
-    if (settings.access_log) {
+    if (settings.config.access_log) {
         if (access_.size() <= *slot) access_.resize(*slot + 1);
         auto record = std::make_unique<AccessRecord>();
-        record->listener = settings.name;
+        record->listener = settings.config.name;
         record->client =
             SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer), peer_len);
         record->started = Clock::now();
         access_[*slot] = std::move(record);
     }
-    if (settings.accept_proxy_protocol) {
+    if (settings.config.accept_proxy_protocol) {
         // Routing waits for the header: it says who the client is.
         c.phase = Phase::handshake;
         c.setup = new Setup;
-        c.setup->header_timeout = settings.proxy_protocol_timeout;
+        c.setup->header_timeout = settings.config.proxy_protocol_timeout;
         c.setup->header_deadline =
-            to_timespec((Clock::now() + settings.proxy_protocol_timeout).time_since_epoch());
+            to_timespec((Clock::now() + settings.config.proxy_protocol_timeout).time_since_epoch());
         c.setup->listener_stats = settings.stats;
-        c.setup->listener_name = settings.name;
+        c.setup->listener_name = settings.config.name;
         submit_header_recv(*slot);
         return;
     }
@@ -1408,7 +1408,7 @@ void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetSta
 std::optional<uint32_t> Worker::Loop::find_listener(const std::string& name) const {
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
         const ListenerState& l = listeners_.items[i];
-        if (!l.removed && l.settings.name == name) return i;
+        if (!l.removed && l.settings.config.name == name) return i;
     }
     return std::nullopt;
 }
@@ -1433,7 +1433,7 @@ void Worker::Loop::add_listener(WorkerListener listener) {
     if (free_index == items.end()) {
         if (items.size() >= UINT16_MAX) {
             log::error("worker {}: cannot add listener {}: too many listeners", index_,
-                       listener.settings.name);
+                       listener.settings.config.name);
             ::close(listener.fd);
             return;
         }
@@ -1446,9 +1446,10 @@ void Worker::Loop::add_listener(WorkerListener listener) {
 }
 
 void Worker::Loop::update_listener(ListenerSettings settings) {
-    std::optional<uint32_t> index = find_listener(settings.name);
+    std::optional<uint32_t> index = find_listener(settings.config.name);
     if (!index) {
-        log::error("worker {}: cannot update listener {}: no such listener", index_, settings.name);
+        log::error("worker {}: cannot update listener {}: no such listener", index_,
+                   settings.config.name);
         return;
     }
     ListenerState& l = listeners_.items[*index];

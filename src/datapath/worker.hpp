@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
 
 namespace stickyd {
@@ -18,15 +19,13 @@ struct ListenerStats {
     std::atomic<uint64_t> proxy_header_errors{0};  // accept_proxy_protocol: bad or missing
 };
 
-// How a worker handles the clients of one listener. Everything but the fd can
-// change on a reload (update_listener).
+// How a worker handles the clients of one listener: the listener as configured
+// (its name, idle timeout, PROXY header and access log settings; bind and
+// target_group are the daemon's business), plus what only exists at run time.
+// Everything but the fd can change on a reload (update_listener).
 struct ListenerSettings {
-    std::string name;
-    RouteSlot* route = nullptr;
-    std::chrono::milliseconds idle_timeout{350000};
-    bool accept_proxy_protocol = false;
-    std::chrono::milliseconds proxy_protocol_timeout{3000};
-    bool access_log = false;  // one info line per finished connection
+    ListenerConfig config;
+    RouteSlot* route = nullptr;  // the slot of config.target_group
     std::shared_ptr<ListenerStats> stats;
 };
 

@@ -169,7 +169,7 @@ struct Rig {
     ListenerSettings settings(std::string name, std::shared_ptr<ListenerStats> stats,
                               const Group* to = nullptr) {
         ListenerSettings s;
-        s.name = std::move(name);
+        s.config.name = std::move(name);
         s.route = (to != nullptr ? to : &group)->slot.get();
         s.stats = std::move(stats);
         return s;
@@ -324,7 +324,7 @@ TEST_CASE("update_listener applies to new connections only") {
     Fd c{client}, s{server};
     auto after = std::make_shared<ListenerStats>();
     ListenerSettings changed = rig.settings("a", after);
-    changed.idle_timeout = 1000ms;
+    changed.config.idle_timeout = 1000ms;
     rig.worker->update_listener(changed);
     // Same socket: the port still accepts, counted under the new settings.
     REQUIRE(eventually([&] {
