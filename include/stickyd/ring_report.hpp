@@ -21,9 +21,15 @@ struct ShareSummary {
     double min = 0;
     double max = 0;
     double mean = 0;
+    // The largest ratio of a target's share to the share its weight asks for
+    // (weight / total weight): how far the busiest target is above its fair share.
+    // With equal weights that is max / mean; with unequal ones max / mean would
+    // mostly measure the weights.
     double max_over_mean = 0;
 };
-ShareSummary summarize_shares(const std::vector<double>& shares);
+// `weights` parallel to `shares`; empty means all equal.
+ShareSummary summarize_shares(const std::vector<double>& shares,
+                              const std::vector<uint32_t>& weights = {});
 
 // The group called `name`, or the only one when `name` is empty; the error says
 // which names exist.

@@ -7,8 +7,8 @@
 #include <ctime>
 #include <map>
 
-#include "stickyd/ring_report.hpp"
 #include "stickyd/address.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd_version.h"
 
 namespace stickyd {
@@ -128,7 +128,9 @@ Json ring_document(const RoutingTable& table, uint32_t maglev_table_size) {
     const bool maglev = balancer.algorithm() == "maglev";
     const std::vector<double> shares = balancer.shares();
     const std::vector<Member>& members = balancer.members();
-    const ShareSummary summary = summarize_shares(shares);
+    std::vector<uint32_t> weights;
+    for (const Member& m : members) weights.push_back(m.weight);
+    const ShareSummary summary = summarize_shares(shares, weights);
 
     Json out{{"group", table.group}, {"algorithm", balancer.algorithm()}};
     if (!maglev) {

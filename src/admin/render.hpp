@@ -31,7 +31,8 @@
 //    "targets": [{"id", "address", "weight", "points" (ring points, or maglev table
 //                 entries when the table size is known), "share", "usable"}],
 //    "min", "max", "mean", "max_over_mean"}
-//   Shares are exact (Balancer::shares()) and sum to 1.
+//   Shares are exact (Balancer::shares()) and sum to 1. max_over_mean is the largest
+//   ratio of a share to its weight-proportional share (max / mean for equal weights).
 //
 // GET /lookup?group=NAME&ip=ADDR[&ip=ADDR...]
 //   {"group", "failing_open",

@@ -88,14 +88,23 @@ std::vector<double> ideal_shares(const RoutingTable& table) {
 
 }  // namespace
 
-ShareSummary summarize_shares(const std::vector<double>& shares) {
+ShareSummary summarize_shares(const std::vector<double>& shares,
+                              const std::vector<uint32_t>& weights) {
     ShareSummary s;
     if (shares.empty()) return s;
     const auto [lo, hi] = std::minmax_element(shares.begin(), shares.end());
     s.min = *lo;
     s.max = *hi;
     s.mean = std::accumulate(shares.begin(), shares.end(), 0.0) / shares.size();
-    s.max_over_mean = s.mean > 0 ? s.max / s.mean : 0;
+    if (weights.size() != shares.size()) {
+        s.max_over_mean = s.mean > 0 ? s.max / s.mean : 0;
+        return s;
+    }
+    const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
+    for (size_t i = 0; i < shares.size() && total > 0; ++i) {
+        const double expected = weights[i] / total;
+        if (expected > 0) s.max_over_mean = std::max(s.max_over_mean, shares[i] / expected);
+    }
     return s;
 }
 

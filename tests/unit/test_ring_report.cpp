@@ -76,6 +76,17 @@ TEST_CASE("summarize_shares reports min, max, mean and max/mean") {
     CHECK(summarize_shares({}).max == 0);
 }
 
+TEST_CASE("summarize_shares measures max/mean against weight-proportional shares") {
+    // Weights 1 and 3 ask for 25% and 75%: 30% and 70% put the first target 1.2x
+    // above its share, although the plain max/mean (0.7 / 0.5) would say 1.4.
+    const ShareSummary s = summarize_shares({0.3, 0.7}, {1, 3});
+    CHECK(s.max == doctest::Approx(0.7));
+    CHECK(s.mean == doctest::Approx(0.5));
+    CHECK(s.max_over_mean == doctest::Approx(1.2));
+    // Equal weights: the same as max / mean.
+    CHECK(summarize_shares({0.2, 0.3, 0.5}, {2, 2, 2}).max_over_mean == doctest::Approx(1.5));
+}
+
 TEST_CASE("choose_group defaults to the only group and names the choices otherwise") {
     Config config;
     config.target_groups.push_back(group_of(Algorithm::ring));
