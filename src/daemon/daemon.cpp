@@ -8,10 +8,11 @@
 #include <set>
 #include <stdexcept>
 
-#include "datapath/listener.hpp"
 #include "daemon/socket_activation.hpp"
+#include "datapath/listener.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
+#include "stickyd/words.hpp"
 
 namespace stickyd {
 namespace {
@@ -24,6 +25,10 @@ unsigned worker_count(const Config& config) {
 
 void close_all(const std::vector<int>& fds) {
     for (int fd : fds) ::close(fd);
+}
+
+void print_error(std::string_view message) {
+    fmt::print(stderr, "stickyd: {}\n", message);
 }
 
 size_t static_targets(const Config& config) {
@@ -83,24 +88,36 @@ std::vector<int> Daemon::open_sockets(const ListenerConfig& listener, std::strin
 }
 
 bool Daemon::start() {
-    auto print_error = [](std::string_view message) {
-        fmt::print(stderr, "stickyd: {}\n", message);
-    };
+    if (!adopt_systemd_sockets()) return false;
+    // DNS first: the targets it names at start-up are targets known at start, routed
+    // to before their first check like the configured ones.
+    const auto initial_dns = resolve_once(config_);
+    // Before the workers: they must start from the health-aware snapshots.
+    if (!start_control(initial_dns) || !check_ports_free() || !create_workers()) return false;
+    create_dns(config_, initial_dns, false);
+    control_->start();
+    if (dns_) dns_->start();
+    if (!start_admin()) return false;
+    start_worker_threads();
+    log_listening();
+    return true;
+}
+
+bool Daemon::adopt_systemd_sockets() {
     auto adoption = activation::adopt_listeners(config_.listeners);
     if (auto* error = std::get_if<std::string>(&adoption)) {
         print_error(*error);
         return false;
     }
     adopted_ = std::move(std::get<std::map<std::string, int>>(adoption));
+    return true;
+}
 
-    // DNS first: the targets it names at start-up are targets known at start, routed
-    // to before their first check like the configured ones.
-    const auto initial_dns = resolve_once(config_);
+bool Daemon::start_control(const std::map<std::string, DnsAnswer>& initial_dns) {
     Control::Discovered discovered;
     for (const auto& [group, answer] : initial_dns) {
         if (answer.ok()) discovered[group] = answer.addresses;
     }
-    // Before the workers: they must start from the health-aware snapshots.
     try {
         control_ = std::make_unique<Control>(
             config_,
@@ -112,6 +129,10 @@ bool Daemon::start() {
         print_error(e.what());
         return false;
     }
+    return true;
+}
+
+bool Daemon::check_ports_free() {
     for (const auto& listener : config_.listeners) {
         std::string error;
         // An adopted socket is already listening: that is systemd, not a clash.
@@ -120,6 +141,12 @@ bool Daemon::start() {
             return false;
         }
     }
+    return true;
+}
+
+// Every listener's sockets are open before any worker exists, so a failure leaves
+// nothing half-running.
+bool Daemon::create_workers() {
     const unsigned count = worker_count(config_);
     std::vector<std::vector<WorkerListener>> per_worker(count);
     auto close_opened = [&] {
@@ -147,30 +174,32 @@ bool Daemon::start() {
         print_error(e.what());
         return false;
     }
-    create_dns(config_, initial_dns, false);
-    control_->start();
-    if (dns_) dns_->start();
+    return true;
+}
 
+bool Daemon::start_admin() {
     admin_source_ = std::make_unique<DaemonAdminSource>(*control_, workers_);
     admin_source_->update(config_, listener_stats_);
     const GlobalConfig& g = config_.global;
-    if (!g.admin_socket.empty() || g.admin_address) {
-        AdminOptions admin_options;
-        admin_options.unix_path = g.admin_socket;
-        admin_options.tcp = g.admin_address;
-        auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
-        try {
-            admin->start();
-            admin_ = std::move(admin);  // AdminServer::start logged where it listens
-        } catch (const std::exception& e) {
-            if (!options_.admin_optional) {
-                print_error(e.what());
-                return false;
-            }
-            log::warn("{}; running without the admin endpoint", e.what());
+    if (g.admin_socket.empty() && !g.admin_address) return true;
+    AdminOptions admin_options;
+    admin_options.unix_path = g.admin_socket;
+    admin_options.tcp = g.admin_address;
+    auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
+    try {
+        admin->start();
+        admin_ = std::move(admin);  // AdminServer::start logged where it listens
+    } catch (const std::exception& e) {
+        if (!options_.admin_optional) {
+            print_error(e.what());
+            return false;
         }
+        log::warn("{}; running without the admin endpoint", e.what());
     }
+    return true;
+}
 
+void Daemon::start_worker_threads() {
     for (size_t i = 0; i < workers_.size(); ++i) {
         threads_.emplace_back([w = workers_[i].get(), i, this] {
             // Named for `top -H` and for tests that find a worker's thread.
@@ -184,12 +213,14 @@ bool Daemon::start() {
             }
         });
     }
+}
+
+void Daemon::log_listening() const {
     for (const auto& listener : config_.listeners) {
-        log::info("listening on {} -> target group '{}' ({} workers{})", listener.bind.to_string(),
-                  listener.target_group, count,
+        log::info("listening on {} -> target group '{}' ({}{})", listener.bind.to_string(),
+                  listener.target_group, count_of(workers_.size(), "worker"),
                   adopted_.contains(listener.name) ? ", socket from systemd" : "");
     }
-    return true;
 }
 
 // Hands the answers resolve_once found to the control thread (successes went
@@ -221,12 +252,6 @@ void Daemon::create_dns(const Config& config, const std::map<std::string, DnsAns
 }
 
 Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
-    auto refuse = [](std::string why) {
-        ReloadResult result{
-            false, "reload failed, still serving the previous configuration: " + std::move(why)};
-        log::error("{}", result.message);
-        return result;
-    };
     if (options_.config_path.empty()) {
         ReloadResult result{false,
                             "SIGHUP ignored: started without --config, so there is no file to "
@@ -234,53 +259,91 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
         log::warn("{}", result.message);
         return result;
     }
-    auto loaded = load_config_file(options_.config_path);
-    if (auto* error = std::get_if<ConfigError>(&loaded)) return refuse(error->to_string());
-    Config next = std::move(std::get<Config>(loaded));
-    apply_overrides(next, options_);
-    if (auto misfit = control_->check(next)) return refuse(*misfit);
-    const ReloadPlan plan = plan_reload(config_, next);
+    Prepare prepared = prepare_reload();
+    if (auto* why = std::get_if<std::string>(&prepared)) {
+        ReloadResult result{false,
+                            "reload failed, still serving the previous configuration: " + *why};
+        log::error("{}", result.message);
+        return result;
+    }
+    if (before_apply) before_apply();
+    Prepared& ready = *std::get<std::unique_ptr<Prepared>>(prepared);
+    commit_reload(ready);
+    return reloaded(ready.plan);
+}
 
-    // New sockets before anything changes: a port someone else holds fails the whole
-    // reload with the old config untouched. Our own ports (a listener renamed or
-    // moved between names) are shared through SO_REUSEPORT, so they are not probed.
+Daemon::Prepare Daemon::prepare_reload() {
+    auto loaded = load_config_file(options_.config_path);
+    if (auto* error = std::get_if<ConfigError>(&loaded)) return error->to_string();
+    auto prepared = std::make_unique<Prepared>();
+    prepared->next = std::move(std::get<Config>(loaded));
+    apply_overrides(prepared->next, options_);
+    if (auto misfit = control_->check(prepared->next)) return *misfit;
+    prepared->plan = plan_reload(config_, prepared->next);
+    std::string error;
+    if (!open_added_listeners(*prepared, error)) return error;
+    return prepared;
+}
+
+// New sockets before anything changes: a port someone else holds fails the whole
+// reload with the old config untouched. Our own ports (a listener renamed or moved
+// between names) are shared through SO_REUSEPORT, so they are not probed.
+bool Daemon::open_added_listeners(Prepared& prepared, std::string& error) {
     std::set<std::string> ours;
     for (const auto& l : config_.listeners) ours.insert(l.bind.to_string());
-    std::vector<std::pair<const ListenerConfig*, std::vector<int>>> opened;
-    auto close_opened = [&] {
-        for (auto& [l, fds] : opened) close_all(fds);
-    };
-    for (const ListenerConfig* l : plan.add) {
-        std::string error;
-        if (!ours.contains(l->bind.to_string()) && !check_port_free(l->bind, error)) {
-            close_opened();
-            return refuse(fmt::format("listener {:?}: {}", l->name, error));
+    for (const ListenerConfig* l : prepared.plan.add) {
+        std::string why;
+        std::vector<int> fds;
+        if (ours.contains(l->bind.to_string()) || check_port_free(l->bind, why)) {
+            fds = open_sockets(*l, why);
         }
-        std::vector<int> fds = open_sockets(*l, error);
         if (fds.empty()) {
-            close_opened();
-            return refuse(fmt::format("listener {:?}: {}", l->name, error));
+            for (auto& [opened, opened_fds] : prepared.opened) close_all(opened_fds);
+            prepared.opened.clear();
+            error = fmt::format("listener {:?}: {}", l->name, why);
+            return false;
         }
-        opened.emplace_back(l, std::move(fds));
+        prepared.opened.emplace_back(l, std::move(fds));
     }
+    return true;
+}
 
-    if (before_apply) before_apply();
+void Daemon::commit_reload(Prepared& prepared) {
+    Config& next = prepared.next;
     control_->apply(next);  // new groups get their slots here, before listeners use them
+    swap_listeners(prepared);
+    apply_dns(next);
+    for (const std::string& line : prepared.plan.restart_only) {
+        log::warn("{}: applies on restart only; keeping the running value", line);
+    }
+    log::set_level(next.global.log_level);
+    // What only a restart applies stays as it runs, so the view of "the running
+    // config" is the new file with those few values kept.
+    next.global.threads = config_.global.threads;
+    next.global.admin_socket = config_.global.admin_socket;
+    next.global.admin_address = config_.global.admin_address;
+    config_ = std::move(next);
+    admin_source_->update(config_, listener_stats_);
+}
+
+// A listener moving to another address is closed first: its name must be unique in
+// each worker. Everything else is added before it is removed, so a port handed from
+// one listener name to another never stops accepting.
+void Daemon::swap_listeners(Prepared& prepared) {
+    const ReloadPlan& plan = prepared.plan;
     std::set<std::string> readded;
     for (const ListenerConfig* l : plan.add) readded.insert(l->name);
-    // A listener moving to another address is closed first: its name must be unique
-    // in each worker. Everything else is added before it is removed, so a port
-    // handed from one listener name to another never stops accepting.
     for (const std::string& name : plan.remove) {
         if (!readded.contains(name)) continue;
         for (auto& worker : workers_) worker->remove_listener(name);
     }
-    for (auto& [l, fds] : opened) {
+    for (auto& [l, fds] : prepared.opened) {
         const ListenerSettings settings = settings_for(*l);
         for (size_t w = 0; w < workers_.size(); ++w) {
             workers_[w]->add_listener(WorkerListener{fds[w], settings});
         }
     }
+    prepared.opened.clear();  // the workers own those sockets now
     for (const ListenerConfig* l : plan.update) {
         const ListenerSettings settings = settings_for(*l);
         for (auto& worker : workers_) worker->update_listener(settings);
@@ -294,30 +357,24 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
             adopted_.erase(it);
         }
     }
+}
+
+void Daemon::apply_dns(const Config& next) {
     if (dns_) {
         dns_->apply(next);
-    } else {
-        create_dns(next, resolve_once(next), true);
-        if (dns_) dns_->start();
+        return;
     }
-    for (const std::string& line : plan.restart_only) {
-        log::warn("{}: applies on restart only; keeping the running value", line);
-    }
-    log::set_level(next.global.log_level);
-    // What only a restart applies stays as it runs, so the view of "the running
-    // config" is the new file with those few values kept.
-    next.global.threads = config_.global.threads;
-    next.global.admin_socket = config_.global.admin_socket;
-    next.global.admin_address = config_.global.admin_address;
-    config_ = std::move(next);
-    admin_source_->update(config_, listener_stats_);
+    create_dns(next, resolve_once(next), true);
+    if (dns_) dns_->start();
+}
 
+Daemon::ReloadResult Daemon::reloaded(const ReloadPlan& plan) {
     ReloadResult result{
         true,
-        fmt::format("reloaded {}: {} listeners ({} added, {} removed), {} target groups, "
-                    "{} static targets",
-                    options_.config_path, config_.listeners.size(), plan.add.size(),
-                    plan.remove.size(), config_.target_groups.size(), static_targets(config_))};
+        fmt::format("reloaded {}: {} ({} added, {} removed), {}, {}", options_.config_path,
+                    count_of(config_.listeners.size(), "listener"), plan.add.size(),
+                    plan.remove.size(), count_of(config_.target_groups.size(), "target group"),
+                    count_of(static_targets(config_), "static target"))};
     log::info("{}", result.message);
     return result;
 }
@@ -357,8 +414,9 @@ std::string Daemon::status_line() const {
             if (t.deregistration == Deregistration::none) ++targets;
         }
     }
-    return fmt::format("{} listeners, {} targets, {} active connections", config_.listeners.size(),
-                       targets, active_connections());
+    return fmt::format("{}, {}, {}", count_of(config_.listeners.size(), "listener"),
+                       count_of(targets, "target"),
+                       count_of(active_connections(), "active connection"));
 }
 
 bool Daemon::workers_progressed() {

@@ -1,7 +1,7 @@
 // One run of the daemon: the control thread, the workers and their listeners, DNS
 // discovery and the admin endpoint, started in dependency order, reloaded as a
-// difference on SIGHUP, and stopped in reverse. main.cpp only parses the command
-// line and turns signals into calls here.
+// difference on SIGHUP, and stopped in reverse. main.cpp parses the command line;
+// signal_loop.cpp turns signals and ticks into calls here.
 #pragma once
 
 #include <atomic>
@@ -10,15 +10,18 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <variant>
 #include <vector>
 
-#include "admin/server.hpp"
 #include "admin/daemon_source.hpp"
+#include "admin/server.hpp"
 #include "control/control.hpp"
 #include "control/dns_discovery.hpp"
 #include "daemon/sd_notify.hpp"
-#include "stickyd/config.hpp"
 #include "datapath/worker.hpp"
+#include "stickyd/config.hpp"
+#include "stickyd/reload_plan.hpp"
 
 namespace stickyd {
 
@@ -71,6 +74,32 @@ class Daemon {
     bool workers_progressed();        // for the watchdog
 
   private:
+    // A reload that validated and has its new sockets open: commit() applies it and
+    // cannot fail. `plan` points into `next`, so a Prepared is never copied.
+    struct Prepared {
+        Config next;
+        ReloadPlan plan;
+        std::vector<std::pair<const ListenerConfig*, std::vector<int>>> opened;
+    };
+    using Prepare = std::variant<std::unique_ptr<Prepared>, std::string>;
+
+    bool adopt_systemd_sockets();
+    bool start_control(const std::map<std::string, DnsAnswer>& initial_dns);
+    bool check_ports_free();
+    bool create_workers();
+    bool start_admin();
+    void start_worker_threads();
+    void log_listening() const;
+
+    // Everything that may refuse a reload, with nothing running changed; the error
+    // is the reason, without the "reload failed" preamble.
+    Prepare prepare_reload();
+    bool open_added_listeners(Prepared& prepared, std::string& error);
+    void commit_reload(Prepared& prepared);
+    void swap_listeners(Prepared& prepared);
+    void apply_dns(const Config& next);
+    ReloadResult reloaded(const ReloadPlan& plan);
+
     ListenerSettings settings_for(const ListenerConfig& listener);
     void stop_services();
     // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.

@@ -120,6 +120,79 @@ def test_bad_command_lines_fail_with_one_clear_line():
         h.expect(mention in line, f"{case}: the error does not mention {mention!r}: {line!r}")
 
 
+def stickyd_error(args, wanted_line, wanted_status):
+    """stickyd with args fails with exactly wanted_line on stderr and wanted_status."""
+    r = h.run([h.STICKYD_BIN] + args, timeout=10)
+    what = f"stickyd {' '.join(args)}"
+    h.expect_eq(one_line(r.stderr, what), wanted_line, f"{what}: the error")
+    h.expect_eq(r.returncode, wanted_status, f"{what}: exit status")
+
+
+def test_a_mistyped_flag_gets_a_did_you_mean():
+    stickyd_error(["--listn", "127.0.0.1:8000", "--target", "127.0.0.1:9001"],
+                  "stickyd: unknown option --listn (did you mean --listen?)", 2)
+    stickyd_error(["--health-intervall=2s"],
+                  "stickyd: unknown option --health-intervall (did you mean --health-interval?)", 2)
+    stickyd_error(["--bogus"], "stickyd: unknown option --bogus (see stickyd --help)", 2)
+
+
+def test_quick_mode_flags_beside_a_file_are_one_line():
+    path = h.write_file("valid.toml", VALID)
+    stickyd_error(["--config", path, "--target", "127.0.0.1:9001"],
+                  "stickyd: --target cannot be used with --config (quick mode flags build their "
+                  "own configuration)", 2)
+    stickyd_error(["--check-config", path, "--health-interval", "2s"],
+                  "stickyd: --health-interval cannot be used with --check-config (quick mode "
+                  "flags build their own configuration)", 2)
+    stickyd_error(["--config", path, "--check-config", path],
+                  "stickyd: --check-config cannot be used with --config", 2)
+
+
+def test_quick_mode_errors_name_the_flag():
+    listen = f"127.0.0.1:{h.free_port()}"
+    quick = ["--listen", listen, "--target", "127.0.0.1:9001"]
+    stickyd_error(quick + ["--target", "127.0.0.1:9001"],
+                  "stickyd: --target #2 127.0.0.1:9001: duplicate address", 2)
+    stickyd_error(["--listen", listen, "--listen", listen, "--target", "127.0.0.1:9001"],
+                  f"stickyd: --listen #2 {listen}: duplicate address", 2)
+    stickyd_error(["--listen", listen, "--target", "127.0.0.1:9001", "--target", "1.2.3.4"],
+                  "stickyd: --target #2 1.2.3.4: not an address; expected ip:port such as "
+                  "127.0.0.1:9001 or [::1]:9001", 2)
+    stickyd_error(quick + ["--threads", "abc"], "stickyd: --threads: 'abc' is not a number", 2)
+    stickyd_error(quick + ["--threads", "300"], "stickyd: --threads: must be from 1 to 256, got 300",
+                  2)
+    stickyd_error(quick + ["--health-interval", "1s", "--health-timeout", "2s"],
+                  "stickyd: --health-timeout: must be shorter than the interval (1s), got 2s", 2)
+
+
+def test_exit_status_1_for_configuration_2_for_command_line():
+    stickyd_error(["--bogus"], "stickyd: unknown option --bogus (see stickyd --help)", 2)
+    path = h.write_file("bad-exit.toml", bad_config({14: "weight = 0"}))
+    r = h.run([h.STICKYD_BIN, "--config", path], timeout=10)
+    h.expect_eq(r.returncode, 1, "stickyd --config with a bad file: exit status")
+    r = h.run([h.STICKYD_BIN, "--check-config", path], timeout=10)
+    h.expect_eq(r.returncode, 1, "stickyd --check-config with a bad file: exit status")
+
+
+def test_check_config_counts_in_words():
+    path = h.write_file("valid.toml", VALID)
+    r = h.run([h.STICKYD_BIN, "--check-config", path])
+    h.expect_eq(r.stdout, f"{path}: configuration OK (1 listener, 1 target group, 2 targets)\n",
+                "--check-config output")
+
+
+def test_help_groups_the_flags_and_states_the_exit_status():
+    out = h.run([h.STICKYD_BIN, "--help"]).stdout
+    h.expect("Excludes" not in out, f"--help still lists exclusions:\n{out}")
+    for heading, flag in (("Daemon", "--config"), ("Quick mode", "--target"),
+                          ("Health checks (quick mode)", "--health-interval")):
+        section = re.search(rf"^{re.escape(heading)}:\n((?:[ ]+.*\n|\n)*)", out, re.M)
+        h.expect(section and flag in section.group(1), f"--help has no {heading!r} with {flag}:\n{out}")
+    h.expect("Exit status: 0 done; 1 the configuration or the environment is wrong" in out,
+             f"--help does not state the exit status:\n{out}")
+    h.expect("2 the command line is wrong" in out, f"--help: exit status 2:\n{out}")
+
+
 def test_io_uring_refused_by_seccomp_is_one_clear_line():
     tool = os.environ.get("WITHOUT_URING_BIN")
     if not tool:
@@ -181,9 +254,9 @@ def test_version_and_help():
 
 def option_help(text, flag):
     """The --help entry of one option: its line and the description under it."""
-    m = re.search(rf"^\s*{re.escape(flag)} .*\n((?:\s{{10,}}.*\n)*)", text, re.M)
+    m = re.search(rf"^\s*{re.escape(flag)} (.*)\n((?:\s{{10,}}.*\n)*)", text, re.M)
     h.expect(m, f"--help has no entry for {flag}")
-    return " ".join(m.group(1).split())
+    return " ".join((m.group(1) + " " + m.group(2)).split())
 
 
 def check_timeouts_logged(stickyd, count=1):

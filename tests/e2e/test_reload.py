@@ -191,8 +191,10 @@ def test_invalid_reload_keeps_the_old_config_serving():
     h.expect(h.fmt_addr(taken) in line, f"the error names the address in use: {line}")
     h.expect_eq(h.mapping(lb, SOURCES[:20]), before, "mapping after a second failed reload")
 
-    # Fixing the file and reloading again applies it.
-    d.reload(one_listener(lb, b[:2]))
+    # Fixing the file and reloading again applies it, and the log counts in words.
+    line = d.reload(one_listener(lb, b[:2]))
+    h.expect(line.endswith(f"reloaded {d.path}: 1 listener (0 added, 0 removed), 1 target group, "
+                           "2 static targets"), f"the reload line: {line}")
     after = h.mapping(lb, SOURCES[:20])
     h.expect("backend-3" not in after.values(), f"backend-3 still gets clients: {after}")
     for ip, name in before.items():

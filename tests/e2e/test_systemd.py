@@ -100,7 +100,7 @@ def test_ready_status_stopping():
     # No retry: the listener must already accept when READY=1 is sent.
     with h.connect(lb, timeout=2.0):
         pass
-    h.expect(re.fullmatch(r"1 listeners, 1 targets, \d+ active connections",
+    h.expect(re.fullmatch(r"1 listener, 1 target, \d+ active connections?",
                           ready.get("STATUS", "")) is not None,
              f"STATUS= with READY=1: {ready}")
     h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "a request through stickyd")
@@ -169,7 +169,7 @@ def test_watchdog_pings_and_status_lines():
         message = systemd.next(1.0)
         h.expect(message is not None, f"nothing from stickyd for 1s; got {systemd.messages}")
         pings += message.get("WATCHDOG") == "1"
-        status_with_conn |= message.get("STATUS", "").endswith(" 1 active connections")
+        status_with_conn |= message.get("STATUS", "").endswith(" 1 active connection")
     h.expect(pings >= 4, f"{pings} WATCHDOG=1 pings in 3s with WATCHDOG_USEC=1000000")
     h.expect(status_with_conn, f"no STATUS= showing the open connection: {systemd.messages}")
     held.close()

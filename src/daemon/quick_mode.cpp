@@ -1,0 +1,280 @@
+#include "daemon/quick_mode.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <map>
+#include <optional>
+#include <regex>
+#include <set>
+#include <utility>
+
+#include "daemon/command_line.hpp"
+
+namespace stickyd {
+namespace {
+
+constexpr const char* kQuick = "Quick mode";
+constexpr const char* kChecks = "Health checks (quick mode)";
+
+std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
+    return {
+        app.add_option("--listen", f.listen, "Address to accept clients on (repeatable)"),
+        app.add_option("--target", f.targets,
+                       "Backend ip:port (repeatable, order does not matter)"),
+        app.add_option("--algorithm", f.algorithm, "ring (default) or maglev")
+            ->check(CLI::IsMember({"ring", "maglev"})),
+        app.add_option("--prefix-v4", f.prefix_v4, "Hash only this IPv4 prefix (default 32)")
+            ->check(number_in(0, 32)),
+        app.add_option("--prefix-v6", f.prefix_v6, "Hash only this IPv6 prefix (default 128)")
+            ->check(number_in(0, 128)),
+        app.add_option("--connect-timeout", f.connect_timeout,
+                       "Backend connect timeout (default 2s)"),
+        app.add_option("--connect-retries", f.connect_retries,
+                       "Extra connect attempts on the next target (default 2)")
+            ->check(number_in(0, 16)),
+        app.add_option("--shutdown-grace", f.shutdown_grace,
+                       "How long SIGTERM waits for connections (default 30s)"),
+        app.add_option("--idle-timeout", f.idle_timeout,
+                       "Close connections idle this long (default 350s)"),
+        app.add_flag("--proxy-protocol-v2", f.proxy_protocol_v2,
+                     "Send a PROXY v2 header to targets first"),
+        app.add_flag("--accept-proxy-protocol", f.accept_proxy_protocol,
+                     "Clients start with a PROXY v1/v2 header; route by it"),
+        app.add_option("--proxy-protocol-timeout", f.proxy_protocol_timeout,
+                       "How long a client may take to send its header (default 3s)"),
+        app.add_flag("--access-log", f.access_log, "Log one info line per finished connection"),
+    };
+}
+
+std::vector<CLI::Option*> add_health_flags(CLI::App& app, QuickFlags& f) {
+    return {
+        app.add_option("--health-check", f.health_check, "tcp (default), http or off")
+            ->check(CLI::IsMember({"tcp", "http", "off"})),
+        app.add_option("--health-path", f.health_path, "HTTP check path (default /)"),
+        app.add_option("--health-port", f.health_port, "Check port (default traffic-port)"),
+        app.add_option("--health-interval", f.health_interval, "Check interval (default 1s)"),
+        app.add_option("--health-timeout", f.health_timeout,
+                       "Check timeout, below the interval (default 10s tcp / 6s http, or half "
+                       "the interval when the interval is not longer than that: 500ms at the "
+                       "default 1s)"),
+        app.add_option("--healthy-threshold", f.healthy_threshold,
+                       "Passes to become healthy (default 2)")
+            ->check(number_in(2, 10)),
+        app.add_option("--unhealthy-threshold", f.unhealthy_threshold,
+                       "Failures to become unhealthy (default 2)")
+            ->check(number_in(2, 10)),
+        app.add_option("--matcher", f.matcher, "HTTP codes that pass (default 200-399)"),
+        app.add_option("--passive-failures", f.passive_failures,
+                       "Consecutive client connect failures that make a target unhealthy "
+                       "(default 2; 0 = off)")
+            ->check(number_in(0, 100)),
+        app.add_option("--connection-termination", f.connection_termination,
+                       "Reset connections of a target that turns unhealthy (on|off)")
+            ->check(CLI::IsMember({"on", "off"})),
+    };
+}
+
+// A duration flag into `out`, or the error naming the flag and what it expected
+// (`expected` also states the range when there is one).
+std::optional<std::string> read_duration(std::string_view flag, const std::string& text,
+                                         std::string_view expected, Duration& out,
+                                         Duration min = Duration{0},
+                                         Duration max = Duration::max()) {
+    auto value = parse_duration(text);
+    if (!value || *value < min || *value > max) {
+        return fmt::format("{}: expected {}, got '{}'", flag, expected, text);
+    }
+    out = *value;
+    return std::nullopt;
+}
+
+std::optional<std::string> read_health_port(const std::string& text, HealthCheckConfig& hc) {
+    if (text == "traffic-port") return std::nullopt;
+    unsigned port = 0;
+    const char* end = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(text.data(), end, port);
+    if (ec != std::errc() || ptr != end || port == 0 || port > 65535) {
+        return fmt::format("--health-port: expected traffic-port or 1-65535, got '{}'", text);
+    }
+    hc.port = static_cast<uint16_t>(port);
+    return std::nullopt;
+}
+
+std::optional<std::string> read_health_flags(const QuickFlags& f, TargetGroupConfig& group) {
+    HealthCheckConfig& hc = group.health_check;
+    hc.enabled = f.health_check != "off";
+    if (f.health_check == "http") hc.protocol = HealthProtocol::http;
+    hc.path = f.health_path;
+    if (auto error = read_health_port(f.health_port, hc)) return error;
+    if (auto error = read_duration("--health-interval", f.health_interval,
+                                   "a duration such as 1s or 30s", hc.interval)) {
+        return error;
+    }
+    if (!f.health_timeout.empty()) {
+        Duration timeout{};
+        if (auto error = read_duration("--health-timeout", f.health_timeout,
+                                       "a duration such as 500ms or 5s", timeout)) {
+            return error;
+        }
+        hc.timeout = timeout;
+    }
+    hc.healthy_threshold = f.healthy_threshold;
+    hc.unhealthy_threshold = f.unhealthy_threshold;
+    auto matcher = parse_matcher(f.matcher);
+    if (auto* problem = std::get_if<std::string>(&matcher)) return "--matcher: " + *problem;
+    hc.matcher = std::get<Matcher>(std::move(matcher));
+    hc.passive = f.passive_failures > 0;
+    if (hc.passive) hc.passive_failures = f.passive_failures;
+    group.connection_termination_on_unhealthy = f.connection_termination == "on";
+    return std::nullopt;
+}
+
+// "--target #2 127.0.0.1:9001": which of a repeated flag, as the user typed it.
+std::string nth(std::string_view flag, size_t index, const std::vector<std::string>& values) {
+    return fmt::format("{} #{} {}", flag, index + 1, values[index]);
+}
+
+// Each address once, parsed; the error names the flag, which one, and the example.
+std::optional<std::string> read_addresses(std::string_view flag,
+                                          const std::vector<std::string>& texts,
+                                          std::string_view example,
+                                          std::vector<SocketAddress>& out) {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < texts.size(); ++i) {
+        auto address = SocketAddress::parse(texts[i]);
+        if (!address) {
+            return fmt::format("{}: not an address; expected ip:port such as {}",
+                               nth(flag, i, texts), example);
+        }
+        if (!seen.insert(address->to_string()).second) {
+            return fmt::format("{}: duplicate address", nth(flag, i, texts));
+        }
+        out.push_back(*address);
+    }
+    return std::nullopt;
+}
+
+std::variant<TargetGroupConfig, std::string> group_from_flags(const QuickFlags& f) {
+    TargetGroupConfig group;
+    group.name = "default";
+    group.algorithm = f.algorithm == "maglev" ? Algorithm::maglev : Algorithm::ring;
+    group.stickiness.prefix_v4 = f.prefix_v4;
+    group.stickiness.prefix_v6 = f.prefix_v6;
+    if (auto error = read_duration("--connect-timeout", f.connect_timeout,
+                                   "a duration such as 500ms or 2s", group.connect_timeout)) {
+        return *error;
+    }
+    group.connect_retries = f.connect_retries;
+    group.proxy_protocol_v2 = f.proxy_protocol_v2;
+    if (auto error = read_health_flags(f, group)) return *error;
+    std::vector<SocketAddress> targets;
+    if (auto error =
+            read_addresses("--target", f.targets, "127.0.0.1:9001 or [::1]:9001", targets)) {
+        return *error;
+    }
+    for (const SocketAddress& address : targets) {
+        group.targets.push_back(TargetConfig{address.to_string(), address, 1});
+    }
+    return group;
+}
+
+// The one listener template every --listen address shares.
+std::variant<ListenerConfig, std::string> listener_from_flags(const QuickFlags& f) {
+    ListenerConfig listener;
+    listener.target_group = "default";
+    if (auto error = read_duration("--idle-timeout", f.idle_timeout, "a duration from 1s to 6000s",
+                                   listener.idle_timeout, Duration{1000}, Duration{6000000})) {
+        return *error;
+    }
+    if (auto error = read_duration("--proxy-protocol-timeout", f.proxy_protocol_timeout,
+                                   "a duration such as 500ms or 3s",
+                                   listener.proxy_protocol_timeout, Duration{1})) {
+        return *error;
+    }
+    listener.accept_proxy_protocol = f.accept_proxy_protocol;
+    listener.access_log = f.access_log;
+    return listener;
+}
+
+// Config keys a quick-mode flag sets, by their path below the group, listener or
+// [global] table.
+const std::map<std::string, std::string, std::less<>> kFlagOfKey{
+    {"threads", "--threads"},
+    {"shutdown_grace", "--shutdown-grace"},
+    {"admin_socket", "--admin-socket"},
+    {"admin_address", "--admin-address"},
+    {"idle_timeout", "--idle-timeout"},
+    {"proxy_protocol_timeout", "--proxy-protocol-timeout"},
+    {"target", "--target"},
+    {"maglev_table_size", "--algorithm"},
+    {"connect_timeout", "--connect-timeout"},
+    {"connect_retries", "--connect-retries"},
+    {"stickiness.prefix_v4", "--prefix-v4"},
+    {"stickiness.prefix_v6", "--prefix-v6"},
+    {"health_check.interval", "--health-interval"},
+    {"health_check.timeout", "--health-timeout"},
+    {"health_check.healthy_threshold", "--healthy-threshold"},
+    {"health_check.unhealthy_threshold", "--unhealthy-threshold"},
+    {"health_check.passive_failures", "--passive-failures"},
+    {"health_check.port", "--health-port"},
+    {"health_check.path", "--health-path"},
+    {"health_check.matcher", "--matcher"},
+};
+
+}  // namespace
+
+std::vector<CLI::Option*> add_quick_mode_flags(CLI::App& app, QuickFlags& flags) {
+    std::vector<CLI::Option*> all = add_routing_flags(app, flags);
+    for (CLI::Option* option : all) option->group(kQuick);
+    for (CLI::Option* option : add_health_flags(app, flags)) all.push_back(option->group(kChecks));
+    return all;
+}
+
+std::variant<Config, std::string> config_from_flags(const QuickFlags& flags) {
+    Config config;
+    auto group = group_from_flags(flags);
+    if (auto* error = std::get_if<std::string>(&group)) return *error;
+    config.target_groups.push_back(std::move(std::get<TargetGroupConfig>(group)));
+    auto listener = listener_from_flags(flags);
+    if (auto* error = std::get_if<std::string>(&listener)) return *error;
+    std::vector<SocketAddress> binds;
+    if (auto error =
+            read_addresses("--listen", flags.listen, "127.0.0.1:8000 or [::]:8000", binds)) {
+        return *error;
+    }
+    for (const SocketAddress& bind : binds) {
+        ListenerConfig each = std::get<ListenerConfig>(listener);
+        each.name = bind.to_string();
+        each.bind = bind;
+        config.listeners.push_back(std::move(each));
+    }
+    if (auto error = read_duration("--shutdown-grace", flags.shutdown_grace,
+                                   "a duration such as 30s", config.global.shutdown_grace)) {
+        return *error;
+    }
+    if (auto error = validate(config, "<command line>")) return as_flag_error(*error, flags);
+    return config;
+}
+
+std::string as_flag_error(const ConfigError& error, const QuickFlags& flags) {
+    static const std::regex kPath(
+        R"((?:global\.|target_group\[0\]\.|listener\[(\d+)\]\.)?(target\[(\d+)\]\.)?(.*))");
+    std::smatch m;
+    if (!std::regex_match(error.key_path, m, kPath)) return error.to_string();
+    if (m[2].matched) {
+        const size_t i = std::stoul(m[3].str());
+        if (i < flags.targets.size())
+            return nth("--target", i, flags.targets) + ": " + error.message;
+    }
+    if (m[1].matched && m[4] == "bind") {
+        const size_t i = std::stoul(m[1].str());
+        if (i < flags.listen.size()) return nth("--listen", i, flags.listen) + ": " + error.message;
+    }
+    if (error.key_path == "listener") return "--listen: " + error.message;
+    auto flag = kFlagOfKey.find(m[4].str());
+    if (flag == kFlagOfKey.end()) return error.to_string();
+    return flag->second + ": " + error.message;
+}
+
+}  // namespace stickyd

@@ -1,0 +1,195 @@
+#include "daemon/signal_loop.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "daemon/sd_notify.hpp"
+#include "datapath/uring.hpp"
+#include "stickyd/log.hpp"
+#include "stickyd/words.hpp"
+#include "stickyd_version.h"
+
+namespace stickyd {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr int kExitEnvironment = 1;
+
+void raise_nofile_limit() {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+    if (limit.rlim_cur >= limit.rlim_max) return;
+    rlim_t before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        log::debug("raised open-file limit from {} to {}", before, limit.rlim_max);
+    } else {
+        log::warn("cannot raise open-file limit above {}", before);
+    }
+}
+
+// Failing to reach systemd is worth one warning, not one per status tick.
+void notified(int rc) {
+    static bool warned = false;
+    if (rc < 0 && !warned) {
+        warned = true;
+        log::warn("cannot notify systemd through NOTIFY_SOCKET: {}", std::strerror(-rc));
+    }
+}
+
+// Taken synchronously by the loop's thread only: blocked before any other thread
+// starts, so workers inherit the mask and never see them.
+sigset_t block_signals() {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    return signals;
+}
+
+// The loop wakes every `tick` to refresh STATUS= and, under a systemd watchdog, to
+// ping it at half its timeout. Workers then beat twice per tick, so a loop that is
+// turning never misses a ping.
+struct Timing {
+    milliseconds tick{5000};
+    bool watchdog = false;
+};
+
+Timing timing_for(std::optional<std::chrono::microseconds> watchdog) {
+    Timing timing;
+    if (!watchdog) return timing;
+    timing.watchdog = true;
+    timing.tick = std::clamp(std::chrono::duration_cast<milliseconds>(*watchdog / 2),
+                             milliseconds{2}, timing.tick);
+    return timing;
+}
+
+class SignalLoop {
+  public:
+    SignalLoop(Daemon& daemon, const sigset_t& signals, Timing timing)
+        : daemon_(daemon), signals_(signals), timing_(timing) {}
+
+    int run() {
+        // A watcher thread turns "all workers returned" into a wake-up for sigwait,
+        // so a crashed worker is not hidden behind a daemon that waits forever.
+        std::thread joiner([this] {
+            exit_code_ = daemon_.join();
+            joined_ = true;
+            kill(getpid(), SIGTERM);
+        });
+        next_tick_ = Clock::now() + timing_.tick;
+        for (;;) {
+            const int sig = wait_for_signal();
+            if (sig < 0) {
+                on_tick();
+            } else if (joined_) {
+                break;
+            } else if (sig == SIGHUP) {
+                on_reload();
+            } else {
+                on_stop(sig);
+            }
+        }
+        joiner.join();
+        if (!stopping_) notified(sd::stopping());  // a worker failed: we stop unasked
+        log::info("stopped");
+        return exit_code_;
+    }
+
+  private:
+    // The signal taken, or -1 when the tick came first.
+    int wait_for_signal() {
+        for (;;) {
+            const auto left = std::max(next_tick_ - Clock::now(), Clock::duration::zero());
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+            const timespec timeout{static_cast<time_t>(ns / 1000000000),
+                                   static_cast<long>(ns % 1000000000)};
+            const int sig = sigtimedwait(&signals_, nullptr, &timeout);
+            if (sig >= 0 || errno == EAGAIN) return sig;
+        }
+    }
+
+    void on_tick() {
+        next_tick_ = Clock::now() + timing_.tick;
+        const std::string line = daemon_.status_line();
+        notified(sd::status(stopping_ ? "stopping: " + line : line));
+        // Past STOPPING=1 systemd no longer expects pings.
+        if (timing_.watchdog && !stopping_ && daemon_.workers_progressed()) {
+            notified(sd::watchdog());
+        }
+    }
+
+    void on_reload() {
+        if (stopping_) return;  // nothing to reload into once draining
+        // RELOADING=1 only for a file that validated: a refused reload changes
+        // nothing, and says why in STATUS= for `systemctl status`.
+        const Daemon::ReloadResult result = daemon_.reload([] { notified(sd::reloading()); });
+        if (result.applied) {
+            notified(sd::ready(daemon_.status_line()));
+            return;
+        }
+        notified(sd::status(result.message));
+        // Keep the failure visible until the next tick replaces it.
+        next_tick_ = Clock::now() + timing_.tick;
+    }
+
+    void on_stop(int sig) {
+        if (stopping_) {
+            log::warn("second signal: closing all connections now");
+            daemon_.stop(Duration{0});
+            return;
+        }
+        stopping_ = true;
+        const Duration grace = daemon_.shutdown_grace();
+        notified(sd::stopping());
+        log::info("{} received: stopped accepting; waiting up to {} ms for {}",
+                  sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
+                  count_of(daemon_.active_connections(), "open connection"));
+        daemon_.stop(grace);
+    }
+
+    Daemon& daemon_;
+    const sigset_t signals_;
+    const Timing timing_;
+    Clock::time_point next_tick_;
+    bool stopping_ = false;
+    int exit_code_ = 0;
+    std::atomic<bool> joined_{false};
+};
+
+}  // namespace
+
+int serve(Config config, DaemonOptions options) {
+    log::set_level(config.global.log_level);
+    if (auto problem = probe_io_uring()) {
+        fmt::print(stderr, "stickyd: {}\n", *problem);
+        return kExitEnvironment;
+    }
+    raise_nofile_limit();
+    const sigset_t signals = block_signals();
+    const Timing timing = timing_for(sd::watchdog_interval());
+    if (timing.watchdog) options.worker.heartbeat = timing.tick / 2;
+
+    Daemon daemon(std::move(config), std::move(options));
+    if (!daemon.start()) return kExitEnvironment;
+    log::info("stickyd {} ready", STICKYD_VERSION);
+    notified(sd::ready(daemon.status_line()));
+    return SignalLoop(daemon, signals, timing).run();
+}
+
+}  // namespace stickyd
