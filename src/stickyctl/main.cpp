@@ -14,24 +14,28 @@
 #include <string>
 #include <vector>
 
+#include "admin/render.hpp"
 #include "daemon/command_line.hpp"
 #include "stickyctl/admin_client.hpp"
-#include "admin/render.hpp"
-#include "stickyd/ring_report.hpp"
 #include "stickyd/config.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/words.hpp"
 #include "stickyd_version.h"
 
 namespace stickyd {
 namespace {
 
 constexpr int kExitOk = 0;
-constexpr int kExitError = 1;
-constexpr int kExitUsage = kExitUsageError;
 constexpr size_t kBarWidth = 40;
 
-// Thrown for anything the user must fix; main prints it as one line.
+// Thrown for anything the user must fix; main prints it as one line. A UserError
+// depends on the configuration or the daemon (an unknown target, no daemon at the
+// socket): exit 1. A UsageError is wrong whatever they say (a malformed IP): exit 2.
 struct UserError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
@@ -145,6 +149,11 @@ std::string describe_algorithm(const TargetGroupConfig& group) {
     return fmt::format("ring, {} points per unit of weight", kRingPointsPerWeight);
 }
 
+bool equal_weights(const Json& targets) {
+    return std::all_of(targets.begin(), targets.end(),
+                       [&](const Json& t) { return t["weight"] == targets.front()["weight"]; });
+}
+
 // The /ring document as a table with bars; the same for a config and a daemon.
 void print_ring(const Json& ring) {
     const Json& targets = ring["targets"];
@@ -152,16 +161,17 @@ void print_ring(const Json& ring) {
     for (const Json& t : targets) ids.push_back(t["id"].get<std::string>());
     const size_t w = id_width(ids, 6);
     const double max = ring["max"].get<double>();
-    fmt::print("group {} ({}), {} targets\n\n", ring["group"].get<std::string>(),
-               describe_algorithm(ring), targets.size());
+    fmt::print("group {} ({}), {}\n\n", ring["group"].get<std::string>(), describe_algorithm(ring),
+               count_of(targets.size(), "target"));
     fmt::print("{:<{}}  {:>6}  {:>8}\n", "TARGET", w, "WEIGHT", "SHARE");
     for (const Json& t : targets) {
         const double share = t["share"].get<double>();
         fmt::print("{:<{}}  {:>6}  {:>8}  {}\n", t["id"].get<std::string>(), w,
                    t["weight"].get<uint64_t>(), percent(share), bar(share, max));
     }
-    fmt::print("\nmin {}  max {}  max/mean {:.4f}\n", percent(ring["min"].get<double>()),
-               percent(max), ring["max_over_mean"].get<double>());
+    fmt::print("\nmin {}  max {}  max/mean {:.4f}{}\n", percent(ring["min"].get<double>()),
+               percent(max), ring["max_over_mean"].get<double>(),
+               equal_weights(targets) ? "" : " (each share against its weight-proportional one)");
 }
 
 void print_json(const Json& doc) {
@@ -224,25 +234,27 @@ void print_lookups(const Json& doc, bool with_reason) {
     }
 }
 
+// Every IP is checked before anything is asked or printed: no half answers.
+void check_ips(const std::vector<std::string>& ips) {
+    for (const std::string& ip : ips) {
+        if (!parse_ip(ip)) {
+            throw UsageError(fmt::format(
+                "lookup: \"{}\" is not an IP address (expected e.g. 192.0.2.1 or 2001:db8::1)",
+                ip));
+        }
+    }
+}
+
 int run_lookup(const Common& common, const std::vector<std::string>& ips) {
+    check_ips(ips);
     Json doc;
     const bool offline = !common.config_path.empty();
     if (offline) {
         Config config;
         const TargetGroupConfig& group = load_group(common, config);
         const auto table = build_routing_table(group);
-        // Every IP is checked before anything is printed: no half answers.
         std::vector<LookupAnswer> answers;
-        for (const std::string& ip : ips) {
-            std::optional<LookupAnswer> found = explain_lookup(*table, {}, ip);
-            if (!found) {
-                throw UserError(
-                    fmt::format("lookup: \"{}\" is not an IP address (expected e.g. 192.0.2.1 or "
-                                "2001:db8::1)",
-                                ip));
-            }
-            answers.push_back(std::move(*found));
-        }
+        for (const std::string& ip : ips) answers.push_back(*explain_lookup(*table, {}, ip));
         doc = lookup_document(*table, answers);
     } else {
         std::string target = "/lookup?";
@@ -284,13 +296,14 @@ int run_status(const Common& common) {
         return kExitOk;
     }
     const Json& totals = status["totals"];
-    fmt::print(
-        "stickyd {}: {} active connections, {} accepted, {} connect failures, {} retries, "
-        "{} in, {} out\n",
-        status["version"].get<std::string>(), totals["active"].get<uint64_t>(),
-        totals["accepted"].get<uint64_t>(), totals["connect_failures"].get<uint64_t>(),
-        totals["retries"].get<uint64_t>(), human_bytes(totals["bytes_in"].get<uint64_t>()),
-        human_bytes(totals["bytes_out"].get<uint64_t>()));
+    fmt::print("stickyd {}: {}, {} accepted, {}, {}, {} in, {} out\n",
+               status["version"].get<std::string>(),
+               count_of(totals["active"].get<uint64_t>(), "active connection"),
+               totals["accepted"].get<uint64_t>(),
+               count_of(totals["connect_failures"].get<uint64_t>(), "connect failure"),
+               count_of(totals["retries"].get<uint64_t>(), "retry", "retries"),
+               human_bytes(totals["bytes_in"].get<uint64_t>()),
+               human_bytes(totals["bytes_out"].get<uint64_t>()));
     std::vector<std::string> names, binds;
     for (const Json& l : status["listeners"]) {
         names.push_back(l["name"].get<std::string>());
@@ -306,8 +319,8 @@ int run_status(const Common& common) {
     }
     for (const Json& g : status["groups"]) {
         if (!common.group.empty() && g["name"] != common.group) continue;
-        fmt::print("\ngroup {} ({}), {} targets{}\n", g["name"].get<std::string>(),
-                   g["algorithm"].get<std::string>(), g["targets"].size(),
+        fmt::print("\ngroup {} ({}), {}{}\n", g["name"].get<std::string>(),
+                   g["algorithm"].get<std::string>(), count_of(g["targets"].size(), "target"),
                    g["failing_open"].get<bool>() ? ": FAILING OPEN (no usable target)" : "");
         if (g["dns_error"].is_string()) {
             fmt::print("DNS: {}\n", g["dns_error"].get<std::string>());
@@ -361,11 +374,11 @@ int run_simulate(const Common& common, const SimulateArgs& args) {
     change.down = args.down;
     for (const std::string& spec : args.add) {
         ParsedTarget parsed = parse_target_spec(spec);
-        if (!parsed.target) throw UserError(parsed.error);
+        if (!parsed.target) throw UsageError(parsed.error);
         change.add.push_back(std::move(*parsed.target));
     }
     if (change.remove.empty() && change.add.empty() && change.down.empty()) {
-        throw UserError("simulate: nothing to simulate; give --remove, --add or --down");
+        throw UsageError("simulate: nothing to simulate; give --remove, --add or --down");
     }
     Movement m;
     try {
@@ -431,10 +444,18 @@ int run_simulate(const Common& common, const SimulateArgs& args) {
     return kExitOk;
 }
 
+constexpr const char* kDescription =
+    "stickyctl: inspect how stickyd shares the keyspace among targets\n\n"
+    "Exit status: 0 done; 1 the configuration or the daemon says no (an unknown group or\n"
+    "target, a bad file, no daemon at the socket); 2 the command line is wrong.";
+
 int main_impl(int argc, char** argv) {
-    CLI::App app{"stickyctl: inspect how stickyd shares the keyspace among targets", "stickyctl"};
+    CLI::App app{kDescription, "stickyctl"};
     app.set_version_flag("--version,-V", std::string("stickyctl ") + STICKYD_VERSION);
-    app.require_subcommand(1);
+    // At most one command; none, or an unknown one, is reported after parsing with
+    // a did-you-mean rather than as CLI11's "A subcommand is required".
+    app.require_subcommand(0, 1);
+    app.allow_extras();
 
     Common ring_opts, lookup_opts, simulate_opts, status_opts, drain_opts, enable_opts;
     auto* ring = app.add_subcommand(
@@ -472,6 +493,12 @@ int main_impl(int argc, char** argv) {
     enable->add_option("id", enable_id, "Target id")->required();
 
     if (auto status = parse_command_line(app, argc, argv, "stickyctl")) return *status;
+    if (app.get_subcommands().empty()) {
+        fmt::print(stderr,
+                   "stickyctl: a command is required: ring, lookup, simulate, status, drain or "
+                   "enable (see stickyctl --help)\n");
+        return kExitUsageError;
+    }
 
     try {
         if (ring->parsed()) return run_ring(ring_opts);
@@ -482,7 +509,10 @@ int main_impl(int argc, char** argv) {
         return run_simulate(simulate_opts, sim);
     } catch (const UserError& e) {
         fmt::print(stderr, "stickyctl: {}\n", e.what());
-        return kExitError;
+        return kExitConfigError;
+    } catch (const UsageError& e) {
+        fmt::print(stderr, "stickyctl: {}\n", e.what());
+        return kExitUsageError;
     }
 }
 

@@ -5,6 +5,7 @@ the removed target's share and nothing between the others, and mistakes are one
 clear line with a non-zero exit."""
 import json
 import os
+import re
 import sys
 
 sys.dont_write_bytecode = True
@@ -152,6 +153,77 @@ def test_errors_are_one_line():
     one_line_error(["ring", "--config", two], "--group")
     api = stickyctl_json("ring", "--config", two, "--group", "api")
     h.expect_eq(len(api["targets"]), 2, "api targets")
+
+
+def exact_error(args, wanted_line, wanted_status):
+    result = stickyctl(*args, ok=False)
+    what = f"stickyctl {' '.join(args)}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    h.expect_eq(lines, [wanted_line], f"{what}: stderr")
+    h.expect_eq(result.returncode, wanted_status, f"{what}: exit status")
+
+
+def test_a_mistyped_command_or_flag_gets_a_did_you_mean():
+    exact_error(["staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2)
+    exact_error(["status", "--jsn"], "stickyctl: unknown option --jsn (did you mean --json?)", 2)
+    exact_error(["ring", "--confg", "x.toml"],
+                "stickyctl: unknown option --confg (did you mean --config?)", 2)
+    exact_error(["frobnicate"], "stickyctl: unknown command 'frobnicate' (see stickyctl --help)", 2)
+    exact_error([], "stickyctl: a command is required: ring, lookup, simulate, status, drain or "
+                    "enable (see stickyctl --help)", 2)
+
+
+def test_exit_status_1_for_configuration_or_daemon_2_for_command_line():
+    path = offline_config()
+    exact_error(["lookup", "--config", path, "10.0.0.300"],
+                'stickyctl: lookup: "10.0.0.300" is not an IP address (expected e.g. 192.0.2.1 or '
+                '2001:db8::1)', 2)
+    exact_error(["simulate", "--config", path], "stickyctl: simulate: nothing to simulate; give "
+                "--remove, --add or --down", 2)
+    h.expect_eq(stickyctl("ring", "--bogus", ok=False).returncode, 2, "a bad flag: exit status")
+    h.expect_eq(stickyctl("ring", "--config", path + ".missing", ok=False).returncode, 1,
+                "a missing config file: exit status")
+    h.expect_eq(stickyctl("ring", "--config", path, "--group", "nope", ok=False).returncode, 1,
+                "an unknown group: exit status")
+    nowhere = os.path.join(h.temp_dir(), "no-daemon.sock")
+    for args in (["status"], ["lookup", "127.0.0.2"]):
+        result = stickyctl(*args, "--admin", nowhere, ok=False)
+        h.expect_eq(result.returncode, 1, f"stickyctl {args[0]} with no daemon: exit status")
+        h.expect(nowhere in result.stderr, f"the error does not name {nowhere}: {result.stderr!r}")
+
+
+def test_ring_max_over_mean_is_against_weight_proportional_shares():
+    path = offline_config()
+    ring = stickyctl_json("ring", "--config", path)
+    total = sum(t["weight"] for t in OFFLINE_TARGETS)
+    worst = max(t["share"] / (t["weight"] / total) for t in ring["targets"])
+    h.expect(abs(ring["max_over_mean"] - worst) < 1e-12,
+             f"max_over_mean {ring['max_over_mean']}, the largest share/expected is {worst}")
+    h.expect(ring["max_over_mean"] < 1.1,
+             f"weights 1,2,1,3,1 on a ring: {ring['max_over_mean']} (max/mean alone is ~1.9)")
+    text = stickyctl("ring", "--config", path).stdout
+    footer = text.splitlines()[-1]
+    h.expect_eq(footer, f"min {ring['min'] * 100:.3f}%  max {ring['max'] * 100:.3f}%  max/mean "
+                        f"{ring['max_over_mean']:.4f} (each share against its weight-proportional "
+                        "one)", "the summary line with unequal weights")
+    equal = offline_config(groups=[{"name": "web", "targets": [dict(t, weight=1)
+                                                               for t in OFFLINE_TARGETS]}])
+    footer = stickyctl("ring", "--config", equal).stdout.splitlines()[-1]
+    h.expect(footer.endswith(f"max/mean {stickyctl_json('ring', '--config', equal)['max_over_mean']:.4f}"),
+             f"the summary line with equal weights: {footer!r}")
+
+
+def test_counts_are_pluralised():
+    one = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS[:1]}])
+    h.expect_eq(stickyctl("ring", "--config", one).stdout.splitlines()[0],
+                "group web (ring, 4096 points per unit of weight), 1 target", "ring heading")
+    backend = h.start_backend("only")
+    lb = h.lb_addr()
+    d = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address], addr=lb)
+    lines = stickyctl("status", "--admin", d.admin_socket).stdout.splitlines()
+    h.expect(re.fullmatch(r"stickyd \S+: 0 active connections, \d+ accepted, 0 connect failures, "
+                          r"0 retries, \d+ B in, \d+ B out", lines[0]), f"status heading: {lines[0]!r}")
+    h.expect("group default (ring), 1 target" in lines, f"status group line: {lines}")
 
 
 if __name__ == "__main__":
