@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <optional>
@@ -73,27 +74,39 @@ inline std::vector<std::string> command_names(const CLI::App& app) {
     return names;
 }
 
-// The first argument `app` (or the command it ran) did not take, as one line.
+inline std::string unknown_option(const CLI::App& command, const std::string& word,
+                                  std::string_view program) {
+    const std::string flag = word.substr(0, word.find('='));
+    const std::string suggestion = hint(flag, long_flags(command), "");
+    if (suggestion.empty()) return usage_line(program, "unknown option " + flag);
+    return fmt::format("{}: unknown option {}{}", program, flag, suggestion);
+}
+
+inline std::string unknown_command(const CLI::App& app, const std::string& word,
+                                   std::string_view program) {
+    const std::string suggestion = hint(word, command_names(app), "'");
+    if (suggestion.empty()) return usage_line(program, fmt::format("unknown command '{}'", word));
+    return fmt::format("{}: unknown command '{}'{}", program, word, suggestion);
+}
+
+// What `app` (or the command it ran) did not take, as one line: an unknown command
+// first (its flags would be misread without it), then an unknown option (a value
+// after it is left over too), then any stray word. CLI11 does not keep the
+// leftovers in command-line order, so each kind is looked for on its own.
 inline std::optional<std::string> unexpected_argument(const CLI::App& app,
                                                       std::string_view program) {
     const CLI::App* command = &app;
     for (const CLI::App* sub : app.get_subcommands()) command = sub;
     const std::vector<std::string> left = command->remaining();
     if (left.empty()) return std::nullopt;
-    const std::string& word = left.front();
-    if (word.starts_with("-")) {
-        const std::string flag = word.substr(0, word.find('='));
-        const std::string suggestion = hint(flag, long_flags(*command), "");
-        if (suggestion.empty()) return usage_line(program, "unknown option " + flag);
-        return fmt::format("{}: unknown option {}{}", program, flag, suggestion);
-    }
+    auto is_flag = [](const std::string& word) { return word.starts_with("-"); };
     if (command == &app && !command_names(app).empty()) {
-        const std::string suggestion = hint(word, command_names(app), "'");
-        if (suggestion.empty())
-            return usage_line(program, fmt::format("unknown command '{}'", word));
-        return fmt::format("{}: unknown command '{}'{}", program, word, suggestion);
+        auto word = std::find_if_not(left.begin(), left.end(), is_flag);
+        if (word != left.end()) return unknown_command(app, *word, program);
     }
-    return usage_line(program, fmt::format("unexpected argument '{}'", word));
+    auto flag = std::find_if(left.begin(), left.end(), is_flag);
+    if (flag != left.end()) return unknown_option(*command, *flag, program);
+    return usage_line(program, fmt::format("unexpected argument '{}'", left.front()));
 }
 
 }  // namespace detail

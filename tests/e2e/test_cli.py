@@ -134,6 +134,8 @@ def test_a_mistyped_flag_gets_a_did_you_mean():
     stickyd_error(["--health-intervall=2s"],
                   "stickyd: unknown option --health-intervall (did you mean --health-interval?)", 2)
     stickyd_error(["--bogus"], "stickyd: unknown option --bogus (see stickyd --help)", 2)
+    stickyd_error(["stray", "--listen", "127.0.0.1:8000"],
+                  "stickyd: unexpected argument 'stray' (see stickyd --help)", 2)
 
 
 def test_quick_mode_flags_beside_a_file_are_one_line():

@@ -166,6 +166,7 @@ def exact_error(args, wanted_line, wanted_status):
 def test_a_mistyped_command_or_flag_gets_a_did_you_mean():
     exact_error(["staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2)
     exact_error(["status", "--jsn"], "stickyctl: unknown option --jsn (did you mean --json?)", 2)
+    exact_error(["--jsn", "staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2)
     exact_error(["ring", "--confg", "x.toml"],
                 "stickyctl: unknown option --confg (did you mean --config?)", 2)
     exact_error(["frobnicate"], "stickyctl: unknown command 'frobnicate' (see stickyctl --help)", 2)

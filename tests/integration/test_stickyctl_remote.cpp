@@ -139,7 +139,7 @@ TEST_CASE("status shows a table of targets with state, connections and share") {
     CHECK(json["groups"][0]["targets"][0]["connections"] == 42);
 }
 
-TEST_CASE("drain and enable change the target; mistakes are one line and exit 1") {
+TEST_CASE("drain and enable change the target; mistakes are one line, exit 1 or 2") {
     Fixture f;
     Run drained = stickyctl({"drain", "t2", "--admin", f.socket});
     CHECK(drained.status == 0);
@@ -153,10 +153,12 @@ TEST_CASE("drain and enable change the target; mistakes are one line and exit 1"
     Run unknown = stickyctl({"drain", "nope", "--admin", f.socket});
     CHECK(unknown.status == 1);
     CHECK(unknown.out == "stickyctl: unknown target \"nope\"\n");
+    // A malformed IP is the command line's mistake: refused before asking, exit 2,
+    // in the same words as offline.
     Run bad_ip = stickyctl({"lookup", "--admin", f.socket, "10.0.0.300"});
-    CHECK(bad_ip.status == 1);
+    CHECK(bad_ip.status == 2);
     CHECK(bad_ip.out ==
-          "stickyctl: \"10.0.0.300\" is not an IP address (expected e.g. 192.0.2.1 or "
+          "stickyctl: lookup: \"10.0.0.300\" is not an IP address (expected e.g. 192.0.2.1 or "
           "2001:db8::1)\n");
     Run bad_group = stickyctl({"ring", "--admin", f.socket, "--group", "api"});
     CHECK(bad_group.status == 1);
