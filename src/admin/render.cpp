@@ -7,8 +7,8 @@
 #include <ctime>
 #include <map>
 
-#include "stickyd/ring_report.hpp"
 #include "stickyd/address.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd_version.h"
 
 namespace stickyd {

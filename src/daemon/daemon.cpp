@@ -8,8 +8,8 @@
 #include <set>
 #include <stdexcept>
 
-#include "datapath/listener.hpp"
 #include "daemon/socket_activation.hpp"
+#include "datapath/listener.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
 

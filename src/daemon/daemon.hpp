@@ -12,13 +12,13 @@
 #include <thread>
 #include <vector>
 
-#include "admin/server.hpp"
 #include "admin/daemon_source.hpp"
+#include "admin/server.hpp"
 #include "control/control.hpp"
 #include "control/dns_discovery.hpp"
 #include "daemon/sd_notify.hpp"
-#include "stickyd/config.hpp"
 #include "datapath/worker.hpp"
+#include "stickyd/config.hpp"
 
 namespace stickyd {
 

@@ -22,12 +22,12 @@
 #include "daemon/command_line.hpp"
 #include "daemon/daemon.hpp"
 #include "daemon/sd_notify.hpp"
+#include "datapath/uring.hpp"
+#include "datapath/worker.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
 #include "stickyd_version.h"
-#include "datapath/uring.hpp"
-#include "datapath/worker.hpp"
 
 namespace stickyd {
 namespace {

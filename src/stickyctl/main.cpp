@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "admin/render.hpp"
 #include "daemon/command_line.hpp"
 #include "stickyctl/admin_client.hpp"
-#include "admin/render.hpp"
-#include "stickyd/ring_report.hpp"
 #include "stickyd/config.hpp"
+#include "stickyd/ring_report.hpp"
 #include "stickyd/routing.hpp"
 #include "stickyd_version.h"
 
