@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "admin/render.hpp"
-#include "control/control.hpp"
-#include "datapath/worker.hpp"
+#include "stickyd/control_view.hpp"
+#include "stickyd/stats.hpp"
 
 namespace stickyd {
 

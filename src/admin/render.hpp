@@ -61,7 +61,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "control/control.hpp"
+#include "stickyd/control_view.hpp"
 #include "stickyd/routing.hpp"
 
 namespace stickyd {

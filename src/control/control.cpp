@@ -7,20 +7,14 @@
 // Membership rules are pure (stickyd/target_set.hpp) and health rules too
 // (stickyd/health.hpp); this file holds the state, the clock and the I/O.
 //
-// Health checks: a check is a handful of SQEs and never blocks. Each target owns a
-// check slot (a Probe) for as long as it exists; the slot's index goes in
-// user_data, and a generation bumped per check makes a late completion from an
-// earlier check harmless. A target forgotten mid-check leaves its probe to finish
-// its I/O alone; the slot is reused only once nothing is in flight on it. Each check
-// runs under one deadline (an IORING_OP_TIMEOUT armed with the connect); when it
-// fires whatever is in flight is cancelled, and once a check is decided and needs no
-// more I/O the deadline is removed. The socket is closed only when nothing is in
-// flight on it any more.
+// Health checks: each target owns a check slot (a Probe) for as long as it exists;
+// its schedule lives here and its I/O in the HealthChecker (health_checker.hpp),
+// which reports verdicts back. A target forgotten mid-check leaves its slot to the
+// checker until the check is quiet; only then is the slot reused.
 #include "control/control.hpp"
 
 #include <linux/time_types.h>
 #include <netinet/in.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,31 +29,13 @@
 #include <random>
 #include <stdexcept>
 
+#include "control/control_ops.hpp"
+#include "control/health_checker.hpp"
+#include "datapath/uring.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/proxy_protocol.hpp"
-#include "datapath/uring.hpp"
-#include "datapath/user_data.hpp"
 
 namespace stickyd {
-
-void CheckDurationHistogram::observe(double seconds) {
-    size_t bucket = std::size(kBounds);
-    for (size_t i = 0; i < std::size(kBounds); ++i) {
-        if (seconds <= kBounds[i]) {
-            bucket = i;
-            break;
-        }
-    }
-    ++counts[bucket];
-    ++total;
-    sum_seconds += seconds;
-}
-
-const GroupView* ControlView::find(std::string_view group) const {
-    for (const GroupView& g : groups)
-        if (g.name == group) return &g;
-    return nullptr;
-}
 
 namespace {
 
@@ -67,17 +43,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr unsigned kSqEntries = 1024;
 constexpr unsigned kCqEntries = 4 * kSqEntries;
-// Where the rest of an HTTP response goes while it is drained before the close:
-// its content is never looked at, so every check shares it.
-constexpr size_t kDiscardSize = 4096;
-constexpr uint32_t kNoProbe = UINT32_MAX;
-
-__kernel_timespec to_timespec(std::chrono::nanoseconds d) {
-    __kernel_timespec ts{};
-    ts.tv_sec = d.count() / 1'000'000'000;
-    ts.tv_nsec = d.count() % 1'000'000'000;
-    return ts;
-}
 
 SocketAddress with_port(const SocketAddress& address, std::optional<uint16_t> port) {
     if (!port) return address;
@@ -89,14 +54,6 @@ SocketAddress with_port(const SocketAddress& address, std::optional<uint16_t> po
         reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(*port);
     }
     return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&storage), address.len());
-}
-
-std::string connect_error(int err) {
-    if (err == ECONNREFUSED) return "connection refused";
-    std::string text = std::strerror(err);
-    if (!text.empty())
-        text[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(text[0])));
-    return text;
 }
 
 // "web-2 (127.0.0.1:9002)", or just the address when that is the id.
@@ -126,18 +83,9 @@ bool same_balancer_settings(const TargetGroupConfig& a, const TargetGroupConfig&
            (a.algorithm != Algorithm::maglev || a.maglev_table_size == b.maglev_table_size);
 }
 
-enum class Stage : uint8_t {
-    idle,        // no check in flight
-    connecting,  // connect + deadline in flight
-    sending,     // PROXY header and/or HTTP request being sent
-    receiving,   // reading the status line
-    draining,    // decided; reading to EOF so the close is a FIN, not an RST
-    closing,     // no more I/O wanted; waiting for in-flight completions
-};
-
 struct Group;
 
-// A target's check slot.
+// A target's check slot: whose it is and when its next check is due.
 struct Probe {
     // The owner; null when free, or orphaned (its target is gone) while the last
     // check's I/O ends.
@@ -147,22 +95,6 @@ struct Probe {
     uint32_t epoch = 0;  // bumped per owner: schedule entries of an earlier one are stale
     bool scheduled = false;
     Clock::time_point due;
-
-    // The check in flight.
-    Stage stage = Stage::idle;
-    uint32_t generation = 0;
-    int fd = -1;
-    uint8_t inflight = 0;
-    bool deadline_armed = false;
-    bool decided = false;
-    bool tcp = true;
-    uint32_t sent = 0;
-    std::string request;           // PROXY LOCAL header and/or HTTP request
-    std::unique_ptr<char[]> head;  // HTTP: the response so far, only while checking
-    uint32_t head_len = 0;
-    __kernel_timespec deadline{};
-    Duration timeout{0};
-    Clock::time_point started;
 };
 
 struct Group {
@@ -248,33 +180,18 @@ struct Control::Loop {
     void run_deadlines(Clock::time_point now);
     void take_passive_reports();
 
-    // One check.
+    // Checks.
     void start_check(uint32_t p);
-    void on_check_event(UserData ud, int res);
-    void on_connect(uint32_t p, int res);
-    void submit_send(uint32_t p);
-    void on_send(uint32_t p, int res);
-    void submit_recv(uint32_t p, bool discard);
-    void on_recv(uint32_t p, int res);
-    void on_deadline(uint32_t p, int res);
-    void end_io(uint32_t p);
-    void finish_if_quiet(uint32_t p);
+    void on_verdict(uint32_t p, bool passed, const std::string& reason, Clock::duration took);
+    void on_quiet(uint32_t p);
 
     // Verdicts and publishing.
-    void decide(uint32_t p, bool passed, const std::string& reason);
     void apply_step(Group& group, GroupTarget& target, const HealthStep& step,
                     const std::string& reason);
     // Rebuilds the group's snapshot from its targets, reusing what it can of the
     // last one (see build_group_routing); stores it only when routing changed.
     void publish(Group& group);
     void terminate(const GroupTarget& target);
-
-    io_uring_sqe* sqe(uint64_t user_data) {
-        io_uring_sqe* s = ring_.get_sqe();
-        io_uring_sqe_set_data64(s, user_data);
-        return s;
-    }
-    uint64_t tag(Op op, uint32_t p) const { return encode(op, p, probes_[p].generation); }
 
     Terminate terminate_;
     std::vector<std::unique_ptr<Group>> groups_;  // config order, then dropped ones
@@ -284,15 +201,14 @@ struct Control::Loop {
     std::vector<uint32_t> free_probes_;
 
     Uring ring_;
-    int wake_fd_ = -1;
-    uint64_t wake_value_ = 0;
-    std::mutex commands_mutex_;
-    std::deque<std::function<void()>> commands_;
-    bool running_ = false;
+    HealthChecker checker_;  // after ring_: its I/O runs there
+    Doorbell wake_{"control thread"};
+    std::mutex running_mutex_;
+    bool running_ = false;  // false: commands run inline on the caller, under running_mutex_
+    CommandQueue<std::function<void()>> commands_;
     std::atomic<bool> stop_{false};
     bool stopping_ = false;
     unsigned loop_ops_ = 0;  // wake read and tick in flight
-    unsigned checks_ = 0;    // probes whose check is not idle
 
     std::priority_queue<Due, std::vector<Due>, std::greater<>> schedule_;
     std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>> deadlines_;
@@ -301,21 +217,20 @@ struct Control::Loop {
     Clock::time_point tick_at_;
     __kernel_timespec tick_ts_{};
     std::mt19937_64 random_{std::random_device{}()};
-    char discard_[kDiscardSize];
 };
 
 // ---------------------------------------------------------------------------
 // Set-up
 
 Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered& discovered)
-    : terminate_(std::move(terminate)), ring_(kSqEntries, kCqEntries) {
-    // Blocking on purpose, as in the worker: io_uring completes a read of a
-    // non-blocking eventfd with -EAGAIN at once.
-    wake_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (wake_fd_ < 0) {
-        throw std::runtime_error(
-            fmt::format("control thread: cannot create an eventfd: {}", std::strerror(errno)));
-    }
+    : terminate_(std::move(terminate)),
+      ring_(kSqEntries, kCqEntries),
+      checker_(
+          ring_,
+          [this](uint32_t p, bool passed, const std::string& reason, Clock::duration took) {
+              on_verdict(p, passed, reason, took);
+          },
+          [this](uint32_t p) { on_quiet(p); }) {
     const Clock::time_point now = Clock::now();
     for (const TargetGroupConfig& gc : config.target_groups) {
         Group& group = add_group(gc);
@@ -340,11 +255,7 @@ Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered&
     }
 }
 
-Control::Loop::~Loop() {
-    for (const Probe& p : probes_)
-        if (p.fd >= 0) ::close(p.fd);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
-}
+Control::Loop::~Loop() = default;
 
 Group& Control::Loop::add_group(const TargetGroupConfig& config) {
     auto group = std::make_unique<Group>();
@@ -368,12 +279,12 @@ RouteSlot* Control::Loop::slot(const std::string& group) {
 }
 
 void Control::Loop::set_running(bool running) {
-    std::deque<std::function<void()>> left;
+    std::vector<std::function<void()>> left;
     {
-        std::lock_guard lock(commands_mutex_);
+        std::lock_guard lock(running_mutex_);
         running_ = running;
         if (running) return;
-        left.swap(commands_);
+        left = commands_.take();
     }
     // Queued while the loop was ending: their callers are waiting.
     for (auto& command : left) command();
@@ -382,13 +293,13 @@ void Control::Loop::set_running(bool running) {
 template <typename F>
 auto Control::Loop::call(F f) -> decltype(f()) {
     using Result = decltype(f());
-    std::unique_lock lock(commands_mutex_);
+    std::unique_lock lock(running_mutex_);
     if (!running_) return f();
     std::packaged_task<Result()> task(std::move(f));
     auto result = task.get_future();
-    commands_.emplace_back([&task] { task(); });
+    commands_.push([&task] { task(); });
     lock.unlock();
-    eventfd_write(wake_fd_, 1);
+    wake_.ring();
     return result.get();
 }
 
@@ -726,10 +637,10 @@ void Control::Loop::release_probe(uint32_t p) {
     probe.group = nullptr;
     probe.scheduled = false;
     ++probe.epoch;
-    if (probe.stage == Stage::idle) {
-        free_probes_.push_back(p);
+    if (checker_.busy(p)) {
+        checker_.abandon(p);  // on_quiet frees it
     } else {
-        end_io(p);  // finish_if_quiet frees it
+        free_probes_.push_back(p);
     }
 }
 
@@ -757,7 +668,7 @@ void Control::Loop::run() {
     ring_.enable();
     arm_wake();
     rearm_tick();
-    while (!(stopping_ && loop_ops_ == 0 && checks_ == 0)) {
+    while (!(stopping_ && loop_ops_ == 0 && checker_.in_flight() == 0)) {
         ring_.submit_and_wait(1);
         ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
         if (!stopping_) rearm_tick();
@@ -766,28 +677,28 @@ void Control::Loop::run() {
 
 void Control::Loop::request_stop() {
     stop_ = true;
-    eventfd_write(wake_fd_, 1);
+    wake_.ring();
 }
 
 void Control::Loop::dispatch(const io_uring_cqe& cqe) {
-    const UserData ud = decode(cqe.user_data);
-    switch (ud.op) {
-        case Op::check_wake:
-            return on_wake(cqe.res);
-        case Op::check_tick:
-            return on_tick(cqe.res);
-        case Op::check_connect:
-        case Op::check_send:
-        case Op::check_recv:
-        case Op::check_timeout:
-            return on_check_event(ud, cqe.res);
-        default:
+    const ControlTag tag = decode<ControlOp>(cqe.user_data);
+    switch (tag.op) {
+        case ControlOp::ignore:
             return;  // cancel and timeout-remove results
+        case ControlOp::wake:
+            return on_wake(cqe.res);
+        case ControlOp::tick:
+            return on_tick(cqe.res);
+        case ControlOp::check_connect:
+        case ControlOp::check_send:
+        case ControlOp::check_recv:
+        case ControlOp::check_timeout:
+            return checker_.on_completion(tag, cqe.res);
     }
 }
 
 void Control::Loop::arm_wake() {
-    io_uring_prep_read(sqe(encode(Op::check_wake)), wake_fd_, &wake_value_, sizeof wake_value_, 0);
+    wake_.arm(ring_, encode(ControlOp::wake));
     ++loop_ops_;
 }
 
@@ -798,7 +709,8 @@ void Control::Loop::on_wake(int res) {
     if (stop_) {
         // Cancel every check and the tick; the loop ends when all have completed.
         stopping_ = true;
-        io_uring_prep_cancel64(sqe(encode(Op::ignore)), 0,
+        checker_.stop();
+        io_uring_prep_cancel64(ring_.sqe(encode(ControlOp::ignore)), 0,
                                IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
         return;
     }
@@ -811,12 +723,7 @@ void Control::Loop::on_wake(int res) {
 }
 
 void Control::Loop::run_commands() {
-    std::deque<std::function<void()>> batch;
-    {
-        std::lock_guard lock(commands_mutex_);
-        batch.swap(commands_);
-    }
-    for (auto& command : batch) command();
+    for (auto& command : commands_.take()) command();
 }
 
 // One absolute timer for the earliest due check or deregistration deadline. An
@@ -830,14 +737,15 @@ void Control::Loop::rearm_tick() {
     if (!next) return;
     if (tick_armed_) {
         if (*next < tick_at_ && !tick_removing_) {
-            io_uring_prep_timeout_remove(sqe(encode(Op::ignore)), encode(Op::check_tick), 0);
+            io_uring_prep_timeout_remove(ring_.sqe(encode(ControlOp::ignore)),
+                                         encode(ControlOp::tick), 0);
             tick_removing_ = true;
         }
         return;
     }
     tick_at_ = *next;
     tick_ts_ = to_timespec(tick_at_.time_since_epoch());
-    io_uring_prep_timeout(sqe(encode(Op::check_tick)), &tick_ts_, 0, IORING_TIMEOUT_ABS);
+    io_uring_prep_timeout(ring_.sqe(encode(ControlOp::tick)), &tick_ts_, 0, IORING_TIMEOUT_ABS);
     tick_armed_ = true;
     ++loop_ops_;
 }
@@ -875,7 +783,7 @@ void Control::Loop::run_due_checks(Clock::time_point now) {
         schedule_.push({probe.due, due.probe, probe.epoch});
         // timeout < interval, so a check still running here has overrun badly:
         // let it end rather than stack another on the same target.
-        if (probe.stage == Stage::idle) start_check(due.probe);
+        if (!checker_.busy(due.probe)) start_check(due.probe);
     }
 }
 
@@ -925,238 +833,34 @@ void Control::Loop::take_passive_reports() {
 }
 
 // ---------------------------------------------------------------------------
-// One check: connect (+ deadline) [-> send PROXY LOCAL / HTTP request -> recv
-// status line] -> drain -> close
+// Checks and their verdicts
 
 void Control::Loop::start_check(uint32_t p) {
-    Probe& probe = probes_[p];
-    const Group& group = *probe.group;
-    const HealthCheckConfig& hc = group.config.health_check;
-    const SocketAddress address = with_port(probe.address, hc.port);
-    const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-    if (fd < 0) {
+    const Probe& probe = probes_[p];
+    const TargetGroupConfig& config = probe.group->config;
+    const HealthCheckConfig& hc = config.health_check;
+    // Built per check, so a reload's new settings apply from the next check on.
+    CheckRequest request;
+    request.address = with_port(probe.address, hc.port);
+    request.protocol = hc.protocol;
+    request.path = hc.path;
+    request.proxy_protocol_v2 = config.proxy_protocol_v2;
+    request.matcher = hc.matcher;
+    request.timeout = hc.effective_timeout();
+    if (!checker_.start(p, request)) {
         // Our problem (out of fds), not the target's: no verdict.
         log::warn("control thread: cannot create a socket to check {} of target group '{}': {}",
-                  probe.id, group.config.name, std::strerror(errno));
-        return;
-    }
-    // Built per check, so a reload's new settings apply from the next check on.
-    probe.request.clear();
-    if (group.config.proxy_protocol_v2) {
-        // As the NLB: the target may demand a PROXY header on every connection, and
-        // LOCAL says "this one is the balancer's own", with no client to report.
-        const auto header = proxy::encode_v2_local();
-        probe.request.assign(reinterpret_cast<const char*>(header.view().data()),
-                             header.view().size());
-    }
-    probe.tcp = hc.protocol == HealthProtocol::tcp;
-    if (!probe.tcp) {
-        probe.request += fmt::format(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: "
-            "stickyd-health\r\nAccept: */*\r\n\r\n",
-            hc.path, address.to_string());
-    }
-    probe.generation = next_generation(probe.generation);
-    probe.fd = fd;
-    probe.stage = Stage::connecting;
-    probe.decided = false;
-    probe.sent = 0;
-    probe.head_len = 0;
-    probe.timeout = hc.effective_timeout();
-    probe.deadline = to_timespec(probe.timeout);
-    probe.started = Clock::now();
-    ++checks_;
-    ring_.reserve(2);
-    io_uring_prep_connect(sqe(tag(Op::check_connect, p)), fd, address.sa(), address.len());
-    io_uring_prep_timeout(sqe(tag(Op::check_timeout, p)), &probe.deadline, 0, 0);
-    probe.deadline_armed = true;
-    probe.inflight = 2;
-}
-
-void Control::Loop::on_check_event(UserData ud, int res) {
-    if (ud.slot >= probes_.size()) return;
-    const uint32_t p = ud.slot;
-    Probe& probe = probes_[p];
-    if (probe.stage == Stage::idle || probe.generation != ud.generation) return;
-    --probe.inflight;
-    if (ud.op == Op::check_timeout) {
-        probe.deadline_armed = false;
-        on_deadline(p, res);
-    } else if (probe.stage == Stage::closing || stopping_) {
-        // Cancelled or overtaken by the deadline: nothing more to learn.
-    } else if (ud.op == Op::check_connect) {
-        on_connect(p, res);
-    } else if (ud.op == Op::check_send) {
-        on_send(p, res);
-    } else if (ud.op == Op::check_recv) {
-        on_recv(p, res);
-    }
-    if (stopping_ && probe.stage != Stage::closing) end_io(p);
-    finish_if_quiet(p);
-}
-
-void Control::Loop::on_connect(uint32_t p, int res) {
-    Probe& probe = probes_[p];
-    if (res < 0) {
-        decide(p, false, res == -ECANCELED ? "connect timed out" : connect_error(-res));
-        end_io(p);
-        return;
-    }
-    if (probe.tcp) decide(p, true, "connected");
-    if (!probe.request.empty()) {
-        probe.stage = Stage::sending;
-        submit_send(p);
-        return;
-    }
-    // Close politely: our FIN first, then wait (within the deadline) for the
-    // target's, so backends log a clean disconnect instead of a reset.
-    ::shutdown(probe.fd, SHUT_WR);
-    probe.stage = Stage::draining;
-    submit_recv(p, true);
-}
-
-void Control::Loop::submit_send(uint32_t p) {
-    Probe& probe = probes_[p];
-    io_uring_prep_send(sqe(tag(Op::check_send, p)), probe.fd, probe.request.data() + probe.sent,
-                       probe.request.size() - probe.sent, MSG_NOSIGNAL);
-    ++probe.inflight;
-}
-
-void Control::Loop::on_send(uint32_t p, int res) {
-    Probe& probe = probes_[p];
-    if (res <= 0) {
-        decide(p, false,
-               fmt::format("sending the {} failed: {}", probe.tcp ? "PROXY header" : "HTTP request",
-                           res == 0 ? "connection closed" : connect_error(-res)));
-        end_io(p);
-        return;
-    }
-    probe.sent += static_cast<uint32_t>(res);
-    if (probe.sent < probe.request.size()) {
-        submit_send(p);
-        return;
-    }
-    if (probe.tcp) {
-        ::shutdown(probe.fd, SHUT_WR);
-        probe.stage = Stage::draining;
-        submit_recv(p, true);
-        return;
-    }
-    probe.head = std::make_unique<char[]>(kMaxStatusLine);
-    probe.stage = Stage::receiving;
-    submit_recv(p, false);
-}
-
-void Control::Loop::submit_recv(uint32_t p, bool discard) {
-    Probe& probe = probes_[p];
-    void* buffer = discard_;
-    size_t size = kDiscardSize;
-    if (!discard) {
-        // Reads land after what has arrived so far, up to the status-line limit
-        // (parse_status_line calls a full buffer without a line ending malformed).
-        buffer = probe.head.get() + probe.head_len;
-        size = kMaxStatusLine - probe.head_len;
-    }
-    io_uring_prep_recv(sqe(tag(Op::check_recv, p)), probe.fd, buffer, size, 0);
-    ++probe.inflight;
-}
-
-void Control::Loop::on_recv(uint32_t p, int res) {
-    Probe& probe = probes_[p];
-    if (probe.stage == Stage::draining) {
-        if (res > 0) {
-            submit_recv(p, true);
-        } else {
-            end_io(p);  // EOF (or an error): the conversation is over
-        }
-        return;
-    }
-    if (res <= 0) {
-        decide(p, false,
-               res == 0 ? "connection closed before an HTTP status line"
-                        : fmt::format("reading the HTTP response failed: {}", connect_error(-res)));
-        end_io(p);
-        return;
-    }
-    probe.head_len += static_cast<uint32_t>(res);
-    const StatusLine line = parse_status_line(std::string_view(probe.head.get(), probe.head_len));
-    switch (line.result) {
-        case StatusLine::Result::incomplete:
-            submit_recv(p, false);
-            return;
-        case StatusLine::Result::malformed:
-            decide(p, false, fmt::format("malformed HTTP response: {}", line.problem));
-            end_io(p);
-            return;
-        case StatusLine::Result::ok: {
-            // An orphaned probe has no group any more; its verdict is dropped anyway.
-            const Matcher* matcher =
-                probe.group ? &probe.group->config.health_check.matcher : nullptr;
-            if (matcher == nullptr || matcher->matches(line.code)) {
-                decide(p, true, fmt::format("HTTP {}", line.code));
-            } else {
-                decide(p, false, fmt::format("HTTP {} (matcher {})", line.code, matcher->text()));
-            }
-            // Connection: close was asked for; read to the target's FIN so that
-            // closing does not reset a connection with unread data.
-            probe.stage = Stage::draining;
-            submit_recv(p, true);
-            return;
-        }
+                  probe.id, config.name, std::strerror(errno));
     }
 }
 
-void Control::Loop::on_deadline(uint32_t p, int res) {
-    Probe& probe = probes_[p];
-    if (res != -ETIME) return;  // removed: the check ended first
-    if (!probe.decided) {
-        const char* what =
-            probe.stage == Stage::connecting ? "connect"
-            : probe.stage == Stage::sending
-                ? (probe.tcp ? "sending the PROXY header" : "sending the HTTP request")
-                : "waiting for the HTTP status line";
-        decide(p, false, fmt::format("timed out after {} ms ({})", probe.timeout.count(), what));
-    }
-    end_io(p);
-}
-
-// No more I/O for this check: cancel what is in flight and the deadline; the
-// socket is closed once their completions are in.
-void Control::Loop::end_io(uint32_t p) {
-    Probe& probe = probes_[p];
-    if (probe.stage == Stage::closing || probe.stage == Stage::idle) return;
-    probe.stage = Stage::closing;
-    if (probe.inflight > (probe.deadline_armed ? 1 : 0)) {
-        io_uring_prep_cancel_fd(sqe(encode(Op::ignore)), probe.fd, IORING_ASYNC_CANCEL_ALL);
-    }
-    if (probe.deadline_armed) {
-        io_uring_prep_timeout_remove(sqe(encode(Op::ignore)), tag(Op::check_timeout, p), 0);
-    }
-}
-
-void Control::Loop::finish_if_quiet(uint32_t p) {
-    Probe& probe = probes_[p];
-    if (probe.stage != Stage::closing || probe.inflight != 0) return;
-    ::close(probe.fd);
-    probe.fd = -1;
-    probe.stage = Stage::idle;
-    probe.head.reset();  // a check holds no buffer between runs
-    --checks_;
-    if (probe.group == nullptr) free_probes_.push_back(p);  // orphaned: its target is gone
-}
-
-// ---------------------------------------------------------------------------
-// Verdicts and publishing
-
-void Control::Loop::decide(uint32_t p, bool passed, const std::string& reason) {
-    Probe& probe = probes_[p];
-    if (probe.decided || stopping_) return;
-    probe.decided = true;
+void Control::Loop::on_verdict(uint32_t p, bool passed, const std::string& reason,
+                               Clock::duration took) {
+    const Probe& probe = probes_[p];
     if (probe.group == nullptr) return;
     Group& group = *probe.group;
     GroupTarget* target = find_target(group, probe.id, probe.address);
     if (target == nullptr) return;
-    const auto took = Clock::now() - probe.started;
     const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(took);
     target->last_check = LastCheck{passed, reason, std::chrono::system_clock::now(), micros};
     group.durations.observe(std::chrono::duration<double>(took).count());
@@ -1173,6 +877,14 @@ void Control::Loop::decide(uint32_t p, bool passed, const std::string& reason) {
     }
     apply_step(group, *target, step, why);
 }
+
+// An orphaned slot (its target is gone) is free once its last check is quiet.
+void Control::Loop::on_quiet(uint32_t p) {
+    if (probes_[p].group == nullptr) free_probes_.push_back(p);
+}
+
+// ---------------------------------------------------------------------------
+// Health steps and publishing
 
 void Control::Loop::apply_step(Group& group, GroupTarget& target, const HealthStep& step,
                                const std::string& reason) {
@@ -1209,7 +921,7 @@ void Control::Loop::publish(Group& group) {
         table.passive = nullptr;
     } else if (!table.passive || table.passive->threshold() != hc.passive_failures) {
         table.passive =
-            std::make_shared<PassiveHealth>(table.targets.size(), hc.passive_failures, wake_fd_);
+            std::make_shared<PassiveHealth>(table.targets.size(), hc.passive_failures, wake_.fd());
     }
     group.members = std::move(routing.members);
     const std::string& name = group.config.name;

@@ -1,7 +1,9 @@
 #include "datapath/uring.hpp"
 
 #include <fmt/core.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -315,6 +317,29 @@ uint32_t ProvidedBuffers::replenish() {
     }
     if (added > 0) io_uring_buf_ring_advance(ring_memory_, added);
     return grown;
+}
+
+// ---------------------------------------------------------------------------
+// Doorbell
+
+Doorbell::Doorbell(std::string_view owner) : fd_(eventfd(0, EFD_CLOEXEC)) {
+    if (fd_ < 0) {
+        throw std::runtime_error(
+            fmt::format("{}: cannot create an eventfd: {}", owner, std::strerror(errno)));
+    }
+}
+
+Doorbell::~Doorbell() {
+    ::close(fd_);
+}
+
+bool Doorbell::ring() const {
+    const uint64_t one = 1;
+    return ::write(fd_, &one, sizeof one) == sizeof one;
+}
+
+void Doorbell::arm(Uring& uring, uint64_t user_data) {
+    io_uring_prep_read(uring.sqe(user_data), fd_, &value_, sizeof value_, 0);
 }
 
 }  // namespace stickyd

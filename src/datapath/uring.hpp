@@ -1,10 +1,15 @@
-// RAII wrappers around one io_uring instance and its provided-buffer ring.
-// Only the worker (and main, for probe_io_uring) includes this header.
+// RAII wrappers around one io_uring instance and its provided-buffer ring, and
+// the scaffolding every loop built on one shares (the worker's and the control
+// thread's): SQEs with their tag, timespecs, the doorbell other threads ring, and
+// the queue their commands wait in.
 #pragma once
 
 #include <liburing.h>
+#include <linux/time_types.h>
 
+#include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,6 +40,12 @@ class Uring {
 
     // Never returns null: submits what is queued when the SQ is full.
     io_uring_sqe* get_sqe();
+    // get_sqe() with its user_data set: every SQE a loop submits carries its tag.
+    io_uring_sqe* sqe(uint64_t user_data) {
+        io_uring_sqe* s = get_sqe();
+        io_uring_sqe_set_data64(s, user_data);
+        return s;
+    }
     // Makes sure the next `count` get_sqe() calls do not submit in between, so
     // linked SQEs reach the kernel together.
     void reserve(unsigned count);
@@ -69,6 +80,58 @@ class Uring {
   private:
     io_uring ring_{};
     std::string_view mode_;
+};
+
+// For IORING_OP_TIMEOUT and link timeouts, relative or (with IORING_TIMEOUT_ABS) a
+// steady-clock time_since_epoch. The result must live until the timeout completes.
+inline __kernel_timespec to_timespec(std::chrono::nanoseconds d) {
+    __kernel_timespec ts{};
+    ts.tv_sec = d.count() / 1'000'000'000;
+    ts.tv_nsec = d.count() % 1'000'000'000;
+    return ts;
+}
+
+// How other threads wake a loop: an eventfd the loop keeps a read armed on.
+// Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd with
+// -EAGAIN at once instead of waiting for it to become readable.
+class Doorbell {
+  public:
+    // Throws std::runtime_error with a one-line message naming `owner`.
+    explicit Doorbell(std::string_view owner);
+    ~Doorbell();
+    Doorbell(const Doorbell&) = delete;
+    Doorbell& operator=(const Doorbell&) = delete;
+
+    // Any thread. False (errno set) only if the eventfd cannot be written.
+    bool ring() const;
+    // The loop's thread: queues the read that completes on the next ring().
+    void arm(Uring& uring, uint64_t user_data);
+    int fd() const { return fd_; }
+
+  private:
+    int fd_ = -1;
+    uint64_t value_ = 0;  // the armed read's target: lives as long as the doorbell
+};
+
+// Commands from other threads, applied by the loop in order between completions.
+template <typename Command>
+class CommandQueue {
+  public:
+    void push(Command command) {
+        std::lock_guard lock(mutex_);
+        items_.push_back(std::move(command));
+    }
+    // Everything queued so far, oldest first; the queue is empty afterwards.
+    std::vector<Command> take() {
+        std::vector<Command> taken;
+        std::lock_guard lock(mutex_);
+        taken.swap(items_);
+        return taken;
+    }
+
+  private:
+    std::mutex mutex_;
+    std::vector<Command> items_;
 };
 
 // A kernel-registered ring of equally sized receive buffers (one buffer group)

@@ -1,16 +1,18 @@
 // The one place that encodes and decodes io_uring CQE user_data.
 //
-// Every SQE the worker submits carries a 64-bit tag that says what the
-// completion is about. The layout is fixed here and nowhere else:
+// Every SQE a loop submits (a worker's, the control thread's) carries a 64-bit tag
+// that says what the completion is about. The layout is fixed here and nowhere
+// else; each loop has its own op enum (the worker's Op below, the control thread's
+// ControlOp), and 0 is `ignore` in every one of them:
 //
 //    63                      40 39                             8 7        0
 //   +--------------------------+--------------------------------+----------+
 //   |   generation (24 bits)   |        slot index (32 bits)    | op (8)   |
 //   +--------------------------+--------------------------------+----------+
 //
-// - op:         what kind of operation completed (Op below).
+// - op:         what kind of operation completed (the loop's op enum).
 // - slot:       the connection slot for connection ops, the listener index for
-//               accept ops, the target for health-check ops, 0 for loop-wide ops.
+//               accept ops, the check slot for health-check ops, 0 for loop-wide ops.
 // - generation: the slot's generation when the op was submitted. A slot's
 //               generation is bumped each time it is freed, so a completion that
 //               arrives for an earlier occupant of the slot is recognisably stale.
@@ -25,39 +27,36 @@
 
 namespace stickyd {
 
+// The worker's ops. The values never leave the process, so their order is free.
 enum class Op : uint8_t {
     ignore = 0,       // cancel/close results: nothing to do
-    wake,             // eventfd read: stop() was called
+    wake,             // eventfd read: stop() was called, or commands are queued
     stop_timer,       // shutdown grace deadline
     accept,           // multishot accept; slot = listener index
     accept_backoff,   // timer before re-arming an accept that hit EMFILE & co.
+    recv_header,      // recv of the client's PROXY header (accept_proxy_protocol)
+    header_timeout,   // that recv's linked timeout: proxy_protocol_timeout ran out
     connect,          // connect to a target
     connect_timeout,  // the connect's linked timeout
+    send_header,      // send of our PROXY v2 header to the target
     recv_client,      // recv from the client (upstream flow)
     recv_target,      // recv from the target (downstream flow)
     send_target,      // send to the target (upstream flow)
     send_client,      // send to the client (downstream flow)
-    // The control thread's ring (src/control.cpp); slot = the check's probe.
-    check_wake,     // eventfd read: stop, or passive failures to look at
-    check_tick,     // the timer for the next scheduled check
-    check_connect,  // connect to the checked target
-    check_send,     // send the HTTP request
-    check_recv,     // recv the response (or drain it before closing)
-    check_timeout,  // the check's deadline
-    // The worker again (added later, so the values above stay put).
-    recv_header,     // recv of the client's PROXY header (accept_proxy_protocol)
-    header_timeout,  // that recv's linked timeout: proxy_protocol_timeout ran out
-    send_header,     // send of our PROXY v2 header to the target
-    idle_timer,      // the idle wheel's next due tick
+    idle_timer,       // the idle wheel's next due tick
 };
 
-struct UserData {
-    Op op = Op::ignore;
+// One decoded tag of a loop whose ops are OpT.
+template <typename OpT>
+struct Tagged {
+    OpT op = OpT{};
     uint32_t slot = 0;
     uint32_t generation = 0;
 
-    friend bool operator==(const UserData&, const UserData&) = default;
+    friend bool operator==(const Tagged&, const Tagged&) = default;
 };
+
+using UserData = Tagged<Op>;
 
 inline constexpr unsigned kOpBits = 8;
 inline constexpr unsigned kSlotBits = 32;
@@ -67,18 +66,22 @@ inline constexpr uint32_t kGenerationMask = (1U << kGenerationBits) - 1;
 static_assert(kOpBits + kSlotBits + kGenerationBits == 64);
 
 // The generation is truncated to its 24 bits.
-constexpr uint64_t encode(UserData d) {
+template <typename OpT>
+constexpr uint64_t encode(Tagged<OpT> d) {
     return static_cast<uint64_t>(d.op) | (static_cast<uint64_t>(d.slot) << kOpBits) |
            (static_cast<uint64_t>(d.generation & kGenerationMask) << (kOpBits + kSlotBits));
 }
 
-constexpr uint64_t encode(Op op, uint32_t slot = 0, uint32_t generation = 0) {
-    return encode(UserData{op, slot, generation});
+template <typename OpT>
+constexpr uint64_t encode(OpT op, uint32_t slot = 0, uint32_t generation = 0) {
+    return encode(Tagged<OpT>{op, slot, generation});
 }
 
-constexpr UserData decode(uint64_t value) {
-    return UserData{static_cast<Op>(value & 0xFF), static_cast<uint32_t>(value >> kOpBits),
-                    static_cast<uint32_t>(value >> (kOpBits + kSlotBits)) & kGenerationMask};
+template <typename OpT = Op>
+constexpr Tagged<OpT> decode(uint64_t value) {
+    static_assert(sizeof(OpT) == 1, "an op must fit the tag's 8 bits");
+    return Tagged<OpT>{static_cast<OpT>(value & 0xFF), static_cast<uint32_t>(value >> kOpBits),
+                       static_cast<uint32_t>(value >> (kOpBits + kSlotBits)) & kGenerationMask};
 }
 
 constexpr uint32_t next_generation(uint32_t generation) {

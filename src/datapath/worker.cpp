@@ -16,7 +16,6 @@
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -95,13 +94,6 @@ void subtract(std::atomic<uint64_t>& counter, uint64_t n) {
 // Target and listener counters are shared by every worker: a real atomic add.
 void count(std::atomic<uint64_t>& counter, uint64_t n = 1) {
     counter.fetch_add(n, std::memory_order_relaxed);
-}
-
-__kernel_timespec to_timespec(std::chrono::nanoseconds d) {
-    __kernel_timespec ts{};
-    ts.tv_sec = d.count() / 1'000'000'000;
-    ts.tv_nsec = d.count() % 1'000'000'000;
-    return ts;
 }
 
 void set_no_delay(int fd) {
@@ -324,11 +316,7 @@ struct Worker::Loop {
     void force_close_all();
     void begin_drain();
 
-    io_uring_sqe* sqe(uint64_t user_data) {
-        io_uring_sqe* s = ring_.get_sqe();
-        io_uring_sqe_set_data64(s, user_data);
-        return s;
-    }
+    io_uring_sqe* sqe(uint64_t user_data) { return ring_.sqe(user_data); }
 
     const unsigned index_;
     const WorkerOptions options_;
@@ -336,8 +324,7 @@ struct Worker::Loop {
     Listeners listeners_;  // before ring_: closes the fds if ring setup throws
     Uring ring_;
     ProvidedBuffers buffers_;  // after ring_: unregisters from it
-    int wake_fd_ = -1;
-    uint64_t wake_value_ = 0;  // eventfd read target
+    Doorbell wake_{"worker"};
 
     std::vector<Connection> conns_;
     std::vector<uint32_t> free_slots_;
@@ -367,8 +354,7 @@ struct Worker::Loop {
     __kernel_timespec idle_ts_{};
     WarnLimit header_warnings_;
 
-    std::mutex commands_mutex_;
-    std::vector<Command> commands_;  // guarded by commands_mutex_
+    CommandQueue<Command> commands_;
 
     std::atomic<int64_t> stop_deadline_ns_{kNoDeadline};  // written by stop() on any thread
     bool stopping_ = false;
@@ -394,12 +380,6 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
                                              2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
-    // Blocking on purpose: io_uring completes a read of an O_NONBLOCK eventfd
-    // with -EAGAIN at once instead of waiting for it to become readable.
-    wake_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (wake_fd_ < 0) {
-        throw std::runtime_error(fmt::format("cannot create an eventfd: {}", std::strerror(errno)));
-    }
     conns_.reserve(std::min<uint32_t>(options.max_connections, 1024));
 }
 
@@ -411,10 +391,9 @@ Worker::Loop::~Loop() {
         if (c.target_fd >= 0) ::close(c.target_fd);
         free_setup(c);
     }
-    for (Command& command : commands_) {
+    for (Command& command : commands_.take()) {
         if (auto* add = std::get_if<AddListenerCommand>(&command)) ::close(add->listener.fd);
     }
-    if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
 void Worker::Loop::run() {
@@ -469,13 +448,6 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
         case Op::header_timeout:
         case Op::send_header:
             return on_connection_event(ud, cqe);
-        case Op::check_wake:
-        case Op::check_tick:
-        case Op::check_connect:
-        case Op::check_send:
-        case Op::check_recv:
-        case Op::check_timeout:
-            return;  // the health checker's ring only
     }
 }
 
@@ -1353,20 +1325,12 @@ void Worker::Loop::release_buffer(uint16_t bid) {
 // loop, which applies them in order between completions.
 
 void Worker::Loop::post(Command command) {
-    {
-        std::lock_guard lock(commands_mutex_);
-        commands_.push_back(std::move(command));
-    }
+    commands_.push(std::move(command));
     wake();
 }
 
 void Worker::Loop::run_commands() {
-    std::vector<Command> commands;
-    {
-        std::lock_guard lock(commands_mutex_);
-        commands.swap(commands_);
-    }
-    for (Command& command : commands) {
+    for (Command& command : commands_.take()) {
         std::visit(
             [this](auto& cmd) {
                 using T = std::decay_t<decltype(cmd)>;
@@ -1491,14 +1455,13 @@ void Worker::Loop::request_stop(std::chrono::milliseconds grace) {
 }
 
 void Worker::Loop::wake() {
-    const uint64_t one = 1;
-    if (::write(wake_fd_, &one, sizeof one) < 0) {
+    if (!wake_.ring()) {
         log::error("worker {}: cannot wake the loop: {}", index_, std::strerror(errno));
     }
 }
 
 void Worker::Loop::arm_wake() {
-    io_uring_prep_read(sqe(encode(Op::wake)), wake_fd_, &wake_value_, sizeof wake_value_, 0);
+    wake_.arm(ring_, encode(Op::wake));
     ++worker_ops_;
 }
 

@@ -10,14 +10,9 @@
 
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/stats.hpp"
 
 namespace stickyd {
-
-// Counters of one configured listener, shared by its sockets in every worker.
-struct ListenerStats {
-    std::atomic<uint64_t> accepted{0};
-    std::atomic<uint64_t> proxy_header_errors{0};  // accept_proxy_protocol: bad or missing
-};
 
 // How a worker handles the clients of one listener: the listener as configured
 // (its name, idle timeout, PROXY header and access log settings; bind and
@@ -48,22 +43,6 @@ struct WorkerOptions {
     // When nonzero, the loop wakes at least this often even when idle, so that
     // WorkerStats::heartbeat proves to the systemd watchdog that it still turns.
     std::chrono::milliseconds heartbeat{0};
-};
-
-struct WorkerStats {
-    std::atomic<uint64_t> accepted{0}, active{0}, connect_failures{0}, retries{0}, bytes_in{0},
-        bytes_out{0};
-    std::atomic<uint64_t> idle_timeouts{0};  // connections reset for the listener's idle_timeout
-    // Receives that found every buffer taken and wait (parked) for one to come back.
-    std::atomic<uint64_t> buffer_waits{0};
-    // Receives parked on -ENOBUFS whose connection was closed (its slot possibly
-    // reused) before a buffer came back: dropped by their generation, never re-armed.
-    std::atomic<uint64_t> stale_waiters{0};
-    // Completions for a slot that was freed or reused. Zero unless inflight
-    // accounting is broken: a slot is only freed once nothing is in flight on it.
-    std::atomic<uint64_t> stale_completions{0};
-    // Bumped once per loop iteration: a counter that stops moving means a wedged loop.
-    std::atomic<uint64_t> heartbeat{0};
 };
 
 class Worker {

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "tests/support/admin_fixtures.hpp"
 #include "admin/server.hpp"
+#include "tests/support/admin_fixtures.hpp"
 
 using namespace stickyd;
 using namespace stickyd::testing;

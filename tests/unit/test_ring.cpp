@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "tests/support/balancer_fixtures.hpp"
 #include "stickyd/balancer.hpp"
 #include "stickyd/hash.hpp"
+#include "tests/support/balancer_fixtures.hpp"
 
 using namespace stickyd;
 using namespace stickyd::test;

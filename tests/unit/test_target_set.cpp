@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/support/balancer_fixtures.hpp"
 #include "stickyd/target_set.hpp"
+#include "tests/support/balancer_fixtures.hpp"
 
 using namespace stickyd;
 using namespace std::chrono_literals;

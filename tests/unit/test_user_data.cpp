@@ -1,5 +1,7 @@
 #include "datapath/user_data.hpp"
 
+#include "control/control_ops.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cstddef>
@@ -8,12 +10,10 @@
 using namespace stickyd;
 
 TEST_CASE("user_data round-trips op, slot and generation") {
-    const Op ops[] = {Op::ignore,         Op::wake,          Op::stop_timer,      Op::accept,
-                      Op::accept_backoff, Op::connect,       Op::connect_timeout, Op::recv_client,
-                      Op::recv_target,    Op::send_target,   Op::send_client,     Op::check_wake,
-                      Op::check_tick,     Op::check_connect, Op::check_send,      Op::check_recv,
-                      Op::check_timeout,  Op::recv_header,   Op::header_timeout,  Op::send_header,
-                      Op::idle_timer};
+    const Op ops[] = {Op::ignore,          Op::wake,        Op::stop_timer,     Op::accept,
+                      Op::accept_backoff,  Op::recv_header, Op::header_timeout, Op::connect,
+                      Op::connect_timeout, Op::send_header, Op::recv_client,    Op::recv_target,
+                      Op::send_target,     Op::send_client, Op::idle_timer};
     const uint32_t slots[] = {0, 1, 65535, 65536, 0xDEADBEEF, UINT32_MAX};
     const uint32_t generations[] = {0, 1, 0x123456, kGenerationMask};
     for (Op op : ops) {
@@ -29,9 +29,9 @@ TEST_CASE("user_data round-trips op, slot and generation") {
 TEST_CASE("the bit layout is pinned: op in bits 0-7, slot in 8-39, generation in 40-63") {
     CHECK(encode(Op::wake) == 0x01);
     CHECK(encode(Op::accept, 2) == 0x0203);
-    CHECK(encode(Op::recv_client, 0xAABBCCDD, 0x112233) == 0x112233'AABBCCDD'07ULL);
-    CHECK(encode(Op::send_client, UINT32_MAX, kGenerationMask) == 0xFFFFFF'FFFFFFFF'0AULL);
-    const UserData d = decode(0x000001'00000005'08ULL);
+    CHECK(encode(Op::recv_client, 0xAABBCCDD, 0x112233) == 0x112233'AABBCCDD'0AULL);
+    CHECK(encode(Op::send_client, UINT32_MAX, kGenerationMask) == 0xFFFFFF'FFFFFFFF'0DULL);
+    const UserData d = decode(0x000001'00000005'0BULL);
     CHECK(d.op == Op::recv_target);
     CHECK(d.slot == 5);
     CHECK(d.generation == 1);
@@ -77,4 +77,16 @@ TEST_CASE("a slot's tags repeat only after 2^24 reuses") {
     CHECK(reuses == (uint64_t{1} << kGenerationBits));
     CHECK(repeats == 0);
     CHECK(misplaced == 0);
+}
+
+TEST_CASE("the control thread's ops share the layout") {
+    const ControlOp ops[] = {ControlOp::ignore,        ControlOp::wake,       ControlOp::tick,
+                             ControlOp::check_connect, ControlOp::check_send, ControlOp::check_recv,
+                             ControlOp::check_timeout};
+    for (ControlOp op : ops) {
+        const ControlTag tag{op, 0xDEADBEEF, 0x123456};
+        CHECK(decode<ControlOp>(encode(tag)) == tag);
+    }
+    CHECK(encode(ControlOp::check_recv, 7, 3) == 0x000003'00000007'05ULL);
+    CHECK(decode<ControlOp>(0).op == ControlOp::ignore);
 }

@@ -1,0 +1,130 @@
+// Active health checks as I/O: one check is connect (+ a deadline) [-> send a PROXY
+// LOCAL header and/or an HTTP request -> receive the status line] -> drain -> close,
+// a handful of SQEs on the control thread's io_uring that never block.
+//
+// The checker knows nothing of target groups, schedules or health policy: the
+// control thread starts a check in a numbered slot, and the checker reports the
+// verdict (passed or not, why, how long it took) and, later, that the slot is quiet
+// again. A slot's generation is bumped per check, so a late completion from an
+// earlier check is harmless; the socket is closed only when nothing is in flight on
+// it any more.
+#pragma once
+
+#include <liburing.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/control_ops.hpp"
+#include "datapath/uring.hpp"
+#include "stickyd/address.hpp"
+#include "stickyd/config.hpp"
+#include "stickyd/health.hpp"
+
+namespace stickyd {
+
+// "connection refused", or strerror's text in lower case: a check's or a passive
+// report's reason.
+std::string connect_error(int err);
+
+// What to check: everything a check needs, copied in when it starts, so a reload
+// or a removed target cannot change a check under way.
+struct CheckRequest {
+    SocketAddress address;  // the target's, with the check's port applied
+    HealthProtocol protocol = HealthProtocol::tcp;
+    std::string path = "/";
+    bool proxy_protocol_v2 = false;  // send a PROXY v2 LOCAL header first
+    Matcher matcher;
+    std::chrono::milliseconds timeout{0};
+};
+
+class HealthChecker {
+  public:
+    // The slot's check has decided. Never called for an abandoned slot's check.
+    using Verdict = std::function<void(uint32_t slot, bool passed, const std::string& reason,
+                                       std::chrono::steady_clock::duration took)>;
+    // The slot's check has ended and its socket is closed: the slot may be reused.
+    using Quiet = std::function<void(uint32_t slot)>;
+
+    HealthChecker(Uring& ring, Verdict verdict, Quiet quiet);
+    ~HealthChecker();  // closes the sockets of checks a loop that never ended left behind
+    HealthChecker(const HealthChecker&) = delete;
+    HealthChecker& operator=(const HealthChecker&) = delete;
+
+    // Starts a check in `slot` (which must not be busy). False when no socket could
+    // be had: our problem (out of fds), not the target's, so there is no verdict.
+    bool start(uint32_t slot, const CheckRequest& request);
+    bool busy(uint32_t slot) const;
+    // Ends the slot's check early with no verdict (its target is gone); Quiet follows.
+    void abandon(uint32_t slot);
+    // No more verdicts; every check ends as its cancelled I/O completes.
+    void stop();
+    // Checks not yet quiet; the control loop ends only at zero.
+    unsigned in_flight() const { return in_flight_; }
+
+    // A completion of one of the check ops (ControlOp::check_*).
+    void on_completion(ControlTag tag, int res);
+
+  private:
+    enum class Stage : uint8_t {
+        idle,        // no check in flight
+        connecting,  // connect + deadline in flight
+        sending,     // PROXY header and/or HTTP request being sent
+        receiving,   // reading the status line
+        draining,    // decided; reading to EOF so the close is a FIN, not an RST
+        closing,     // no more I/O wanted; waiting for in-flight completions
+    };
+
+    // One slot's check. Everything an SQE points at (the address, the request, the
+    // response buffer, the deadline) lives here until its completion.
+    struct Check {
+        Stage stage = Stage::idle;
+        uint32_t generation = 0;
+        int fd = -1;
+        uint8_t inflight = 0;
+        bool deadline_armed = false;
+        bool decided = false;
+        bool abandoned = false;
+        CheckRequest request;
+        std::string out;  // PROXY LOCAL header and/or HTTP request
+        uint32_t sent = 0;
+        std::unique_ptr<char[]> head;  // HTTP: the response so far, only while checking
+        uint32_t head_len = 0;
+        __kernel_timespec deadline{};
+        std::chrono::steady_clock::time_point started;
+
+        bool tcp() const { return request.protocol == HealthProtocol::tcp; }
+    };
+
+    Check& at(uint32_t slot);
+    void on_connect(uint32_t slot, int res);
+    void submit_send(uint32_t slot);
+    void on_send(uint32_t slot, int res);
+    void submit_recv(uint32_t slot, bool discard);
+    void on_recv(uint32_t slot, int res);
+    void on_status_line(uint32_t slot);
+    void on_deadline(uint32_t slot, int res);
+    void drain(uint32_t slot);
+    void decide(uint32_t slot, bool passed, const std::string& reason);
+    void end_io(uint32_t slot);
+    void finish_if_quiet(uint32_t slot);
+    uint64_t tag(ControlOp op, uint32_t slot) const;
+
+    Uring& ring_;
+    Verdict verdict_;
+    Quiet quiet_;
+    std::vector<Check> checks_;  // by slot; grows with the highest slot used
+    unsigned in_flight_ = 0;
+    bool stopping_ = false;
+    // Where the rest of a response goes while it is drained before the close: its
+    // content is never looked at, so every check shares it.
+    static constexpr size_t kDiscardSize = 4096;
+    std::unique_ptr<char[]> discard_ = std::make_unique<char[]>(kDiscardSize);
+};
+
+}  // namespace stickyd
