@@ -139,7 +139,8 @@ def test_idle_timeout_flag_is_validated():
     for bad in ["0s", "6001s", "soon"]:
         r = h.run([h.STICKYD_BIN, "--listen", "127.0.0.1:1", "--target", "127.0.0.1:2",
                    "--idle-timeout", bad])
-        h.expect_eq(r.returncode, 1, f"exit status for --idle-timeout {bad}")
+        # A flag's value is the command line's mistake: exit 2 (1 is for config files).
+        h.expect_eq(r.returncode, 2, f"exit status for --idle-timeout {bad}")
         h.expect("--idle-timeout" in r.stderr and "1s to 6000s" in r.stderr,
                  f"error for --idle-timeout {bad}: {r.stderr!r}")
         h.expect_eq(len(r.stderr.strip().splitlines()), 1, "error lines")
