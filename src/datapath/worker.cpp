@@ -13,6 +13,7 @@
 // connection it was submitted for.
 #include "datapath/worker.hpp"
 
+#include <fcntl.h>
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -77,6 +78,9 @@ constexpr std::chrono::milliseconds kIdleTick{100};
 constexpr uint32_t kIdleBuckets = 4096;
 constexpr unsigned kCqEntries = 4 * kSqEntries;
 constexpr uint16_t kBufferGroup = 0;
+// While fds are short, clients are taken from the backlog one at a time with a
+// plain accept4(); this many per loop iteration, so that completions keep flowing.
+constexpr unsigned kAcceptsPerBatch = 64;
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kNoDeadline = INT64_MAX;
@@ -120,6 +124,13 @@ std::string_view error_text(int res) {
     return std::strerror(-res);
 }
 
+// For the accept4() taken while fds are short: it must say "backlog empty"
+// rather than wait. io_uring's accept polls either way.
+void set_nonblocking(int fd) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK) == 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
 std::optional<SocketAddress> peer_of(int fd) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -161,8 +172,7 @@ struct ListenerState {
     bool accepting = false;           // the multishot accept is in flight
     std::chrono::milliseconds backoff{0};
     __kernel_timespec backoff_ts{};  // read by the kernel at submit time
-    bool complained = false;         // logged the current run of accept failures
-    bool pause_requested = false;    // the accept was cancelled to back off
+    bool pause_requested = false;    // the accept was cancelled because fds ran short
 
     bool reusable() const { return removed && !accepting && !backoff_pending; }
 };
@@ -242,18 +252,29 @@ struct Worker::Loop {
     void after_batch();
 
     // Accepting.
+    void start_accepting(uint32_t index);
     void arm_accept(uint32_t index);
     void on_accept(uint32_t index, const io_uring_cqe& cqe);
-    void on_accept_failure(uint32_t index, int res);
+    void on_accept_end(uint32_t index, int res);
+    void arm_backoff(uint32_t index);
     void on_accept_backoff(uint32_t index);
-    void pause_accepting();
-    void retry_fd_waiters();
+    void accept_client(uint32_t index, int fd);
+    bool slot_available() const;
     AccessRecord* access(uint32_t slot);
     void note_end(uint32_t slot, std::string_view why);
     void note_reset(uint32_t slot, bool client_side);
-    void wait_for_fds(uint32_t index);
-    void fds_available();
-    void accept_client(uint32_t index, int fd);
+
+    // Short of fds: accepts pause, accepted clients wait for a target socket.
+    void begin_shortage(std::string_view why);
+    void pause_accepting();
+    void wait_for_fd(uint32_t slot, int err);
+    bool still_waiting(uint64_t encoded) const;
+    void resume_accepting();
+    void retry_fd_waiters();
+    bool free_fd_for_oldest(std::vector<uint64_t>& waiting, size_t oldest);
+    bool accept_backlog(uint32_t index);
+    bool refill_reserve();
+    void end_shortage();
     SnapshotPin* current_pin(ListenerState& listener);
     void unpin(Connection& c);
 
@@ -331,8 +352,11 @@ struct Worker::Loop {
     uint32_t live_ = 0;             // slots not free
     std::deque<uint64_t> waiters_;  // recvs parked on -ENOBUFS, as encoded user_data
     // Clients accepted when no fd was left for their target socket, as encoded
-    // user_data (slot + generation): they wait, like the backlog, for fds.
+    // user_data (slot + generation), oldest first: they wait, like the backlog, for fds.
     std::vector<uint64_t> fd_waiters_;
+    // Held while fds are plentiful, given up when waiting clients hold all the
+    // others: then no connection would ever end to free one for them.
+    int reserve_fd_ = -1;
     // By slot, for connections of listeners with access_log = true (kept out of
     // Connection so that the slots of everyone else stay small).
     std::vector<std::unique_ptr<AccessRecord>> access_;
@@ -342,8 +366,9 @@ struct Worker::Loop {
     uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
     bool full_warned_ = false;
     bool socket_warned_ = false;
-    bool short_of_fds_ = false;  // an accept pause is running or just ended
-    bool retrying_fd_waiters_ = false;
+    bool short_of_fds_ = false;  // accepts are paused until the backlog is drained
+    bool resume_due_ = false;    // fds were freed: retry waiters and the backlog after this batch
+    unsigned shed_ = 0;          // waiting clients reset during this shortage
     bool overflow_warned_ = false;
     bool pool_grew_ = false;
 
@@ -380,6 +405,8 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
                                              2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
+    for (const ListenerState& l : listeners_.items) set_nonblocking(l.fd);
+    refill_reserve();
     conns_.reserve(std::min<uint32_t>(options.max_connections, 1024));
 }
 
@@ -394,6 +421,7 @@ Worker::Loop::~Loop() {
     for (Command& command : commands_.take()) {
         if (auto* add = std::get_if<AddListenerCommand>(&command)) ::close(add->listener.fd);
     }
+    if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
 void Worker::Loop::run() {
@@ -460,6 +488,7 @@ void Worker::Loop::after_batch() {
             index_, options_.buffer_count, buffers_.total());
     }
     rearm_waiters();
+    if (std::exchange(resume_due_, false)) resume_accepting();
     arm_idle_timer();
     if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
         overflow_warned_ = true;
@@ -470,7 +499,14 @@ void Worker::Loop::after_batch() {
 }
 
 // ---------------------------------------------------------------------------
-// Accepting: one multishot accept per listener, re-armed whenever it ends.
+// Accepting: one multishot accept per listener, re-armed whenever it ends, as
+// long as fds are plentiful.
+
+void Worker::Loop::start_accepting(uint32_t index) {
+    if (!short_of_fds_) return arm_accept(index);
+    arm_backoff(index);
+    resume_due_ = true;
+}
 
 void Worker::Loop::arm_accept(uint32_t index) {
     ListenerState& l = listeners_.items[index];
@@ -487,148 +523,49 @@ void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
         l.accepting = false;
         --worker_ops_;
     }
-    if (l.removed) {  // raced with remove_listener(): the socket is already closed
+    if (l.removed || stopping_) {  // raced with remove_listener() or stop(): the socket is closed
         if (cqe.res >= 0) ::close(cqe.res);
         return;
     }
-    if (cqe.res < 0) {
-        if (!more && !stopping_) on_accept_failure(index, cqe.res);
-        return;
-    }
-    if (stopping_) {  // raced with stop(): the listener is already closed
-        ::close(cqe.res);
-        return;
-    }
-    accept_client(index, cqe.res);
-    if (more) return;
-    if (fd_waiters_.empty()) {
-        arm_accept(index);
-    } else {
-        wait_for_fds(index);
-    }
+    if (cqe.res >= 0) accept_client(index, cqe.res);
+    if (!more) on_accept_end(index, cqe.res);
 }
 
-// Out of fds or memory: accepting again at once would fail again at once (the
-// sniproxy 100% CPU bug), so wait with an io_uring timeout, doubling to 1 s.
-void Worker::Loop::on_accept_failure(uint32_t index, int res) {
+// The multishot accept ended: cancelled by us because fds ran short, failed, or
+// ended by the kernel (res >= 0 without IORING_CQE_F_MORE).
+void Worker::Loop::on_accept_end(uint32_t index, int res) {
+    const bool paused = std::exchange(listeners_.items[index].pause_requested, false);
+    if (res < 0 && !paused && on_accept_error(-res) == AcceptStep::back_off) {
+        begin_shortage(fmt::format("accept failed: {}", error_text(res)));
+    }
+    start_accepting(index);
+}
+
+// Accepting again at once would fail again at once (the sniproxy 100% CPU bug).
+// Fds freed by this worker's own connections resume it at once (resume_due_);
+// the timer, 100 ms doubling to 1 s, covers fds freed anywhere else in the
+// process, which the worker does not see.
+void Worker::Loop::arm_backoff(uint32_t index) {
     ListenerState& l = listeners_.items[index];
-    const bool paused = std::exchange(l.pause_requested, false);
-    if (!paused && on_accept_error(-res) == AcceptStep::rearm) {
-        arm_accept(index);
-        return;
-    }
+    if (l.backoff_pending) return;
     l.backoff = next_backoff(l.backoff);
-    short_of_fds_ = true;
-    if (!l.complained) {
-        l.complained = true;
-        log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time",
-                  l.settings.name,
-                  paused ? std::string("cannot take more clients for now")
-                         : fmt::format("accept failed: {}", error_text(res)));
-    }
     l.backoff_ts = to_timespec(l.backoff);
     io_uring_prep_timeout(sqe(encode(Op::accept_backoff, index)), &l.backoff_ts, 0, 0);
     l.backoff_pending = true;
     ++worker_ops_;
 }
 
-// Accepted clients would only be reset for want of an fd to reach a target:
-// leave them queued in the backlog and back off as if accept had hit EMFILE.
-void Worker::Loop::pause_accepting() {
-    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
-        ListenerState& l = listeners_.items[i];
-        if (!l.accepting || l.pause_requested || l.removed) continue;
-        l.pause_requested = true;
-        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
-    }
-}
-
-// Clients that already wait for an fd go first; while any still waits, the
-// backlog keeps the rest and the pause grows.
 void Worker::Loop::on_accept_backoff(uint32_t index) {
     --worker_ops_;
     ListenerState& l = listeners_.items[index];
     l.backoff_pending = false;
     if (stopping_ || l.removed) return;
-    retry_fd_waiters();
-    if (fd_waiters_.empty()) {
-        arm_accept(index);
-    } else {
-        wait_for_fds(index);
-    }
+    resume_accepting();
+    if (short_of_fds_ && !l.accepting) arm_backoff(index);
 }
 
-void Worker::Loop::wait_for_fds(uint32_t index) {
-    listeners_.items[index].pause_requested = true;
-    on_accept_failure(index, -EMFILE);
-}
-
-// Oldest first. When the waiters are all that is left and still find no fd, a
-// waiter takes the newest waiter's: a client is only worth its fd with a target
-// socket beside it, and with no other connection to end and free one, waiting
-// clients alone would never get anywhere.
-void Worker::Loop::retry_fd_waiters() {
-    std::vector<uint64_t> retry;
-    retry.swap(fd_waiters_);
-    retrying_fd_waiters_ = true;
-    auto waiting = [&](uint64_t encoded) {
-        const UserData ud = decode(encoded);
-        const Connection& c = conns_[ud.slot];
-        // Closed meanwhile (shutdown, reload) and perhaps reused: not ours any more.
-        return c.generation == ud.generation && c.phase == Phase::connecting && c.target_fd < 0;
-    };
-    size_t next = 0;
-    size_t end = retry.size();
-    unsigned shed = 0;
-    unsigned served = 0;
-    while (next < end) {
-        if (!waiting(retry[next])) {
-            ++next;
-            continue;
-        }
-        start_connect(decode(retry[next]).slot);
-        if (fd_waiters_.empty()) {
-            ++next;
-            ++served;
-            continue;
-        }
-        fd_waiters_.pop_back();  // itself, parked again
-        while (end > next + 1 && !waiting(retry[end - 1])) --end;
-        if (end == next + 1) break;  // no one newer to take an fd from: it waits on
-        // Connections other than the waiters will free fds when they end: wait for
-        // those rather than reset anyone.
-        const auto still_waiting = static_cast<uint32_t>(
-            std::count_if(retry.begin() + next, retry.begin() + end, waiting));
-        if (live_ > still_waiting) break;
-        const uint32_t newest = decode(retry[--end]).slot;
-        note_end(newest, "out of fds");
-        close_connection(newest, CloseMode::reset);
-        ++shed;
-    }
-    for (size_t i = next; i < end; ++i)
-        if (waiting(retry[i])) fd_waiters_.push_back(retry[i]);
-    retrying_fd_waiters_ = false;
-    if (served > 0 && fd_waiters_.empty() && short_of_fds_) fds_available();
-    if (shed > 0) {
-        log::warn(
-            "worker {}: out of fds: reset {} waiting clients so that older ones reach "
-            "their targets",
-            index_, shed);
-    }
-}
-
-// A target socket could be had: pauses start small again, and the listeners that
-// said they paused say they accept again.
-void Worker::Loop::fds_available() {
-    short_of_fds_ = false;
-    socket_warned_ = false;
-    for (ListenerState& l : listeners_.items) {
-        l.backoff = std::chrono::milliseconds{0};
-        if (l.complained && !l.removed) {
-            log::info("listener {}: accepting again", l.settings.name);
-        }
-        l.complained = false;
-    }
+bool Worker::Loop::slot_available() const {
+    return !free_slots_.empty() || conns_.size() < options_.max_connections;
 }
 
 void Worker::Loop::accept_client(uint32_t index, int fd) {
@@ -656,7 +593,8 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
                 "clients until some close",
                 index_, live_);
         }
-        pause_accepting();  // spares the backlog a stream of accept-and-reset
+        // Spares the backlog a stream of accept-and-reset.
+        begin_shortage("cannot take more clients for now");
         set_reset_on_close(fd);
         ::close(fd);
         return;
@@ -720,6 +658,144 @@ void Worker::Loop::unpin(Connection& c) {
     if (--pin->users == 0 && !pin->current) {
         std::erase_if(pins_, [pin](const auto& p) { return p.get() == pin; });
     }
+}
+
+// ---------------------------------------------------------------------------
+// Short of fds. A client is only worth its fd with a target socket beside it,
+// so while fds are short: the multishot accepts stop (the kernel's backlog keeps
+// new clients); clients accepted without a target socket wait, oldest first;
+// every fd freed is freed at once (close_fd) and goes first to those waiting,
+// then to the backlog, taken one client at a time. The pause ends when the
+// backlog is empty and no one waits: one line when it starts, one when it ends.
+
+void Worker::Loop::begin_shortage(std::string_view why) {
+    pause_accepting();
+    if (std::exchange(short_of_fds_, true)) return;
+    log::warn(
+        "worker {}: {}; pausing accepts: new clients wait in the backlog until "
+        "connections close",
+        index_, why);
+}
+
+// By user_data; the accepts end with -ECANCELED (on_accept_end).
+void Worker::Loop::pause_accepting() {
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        if (!l.accepting || l.pause_requested || l.removed) continue;
+        l.pause_requested = true;
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
+    }
+}
+
+// socket() for the client's target failed for want of an fd: the client keeps
+// its place, as it would in the backlog, and gets the next fd freed.
+void Worker::Loop::wait_for_fd(uint32_t slot, int err) {
+    fd_waiters_.push_back(encode(Op::ignore, slot, conns_[slot].generation));
+    begin_shortage(fmt::format("cannot create a socket to reach a target: {}", std::strerror(err)));
+}
+
+// Not closed meanwhile (shutdown, reload, its slot perhaps reused) and still
+// without a target socket.
+bool Worker::Loop::still_waiting(uint64_t encoded) const {
+    const UserData ud = decode(encoded);
+    const Connection& c = conns_[ud.slot];
+    return c.generation == ud.generation && c.phase == Phase::connecting && c.target_fd < 0;
+}
+
+// After fds were freed (resume_due_) or on the back-off timer.
+void Worker::Loop::resume_accepting() {
+    if (!short_of_fds_ || stopping_) return;
+    retry_fd_waiters();
+    if (!fd_waiters_.empty() || !refill_reserve()) return;
+    bool drained = true;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        const ListenerState& l = listeners_.items[i];
+        if (l.removed) continue;
+        // An accept still in flight is being cancelled: its end resumes us.
+        if (l.accepting || !accept_backlog(i)) drained = false;
+    }
+    if (drained) end_shortage();
+}
+
+// Oldest first, and only as far as fds go: when the oldest finds none, the rest
+// would not either.
+void Worker::Loop::retry_fd_waiters() {
+    std::vector<uint64_t> waiting;
+    waiting.swap(fd_waiters_);
+    std::erase_if(waiting, [this](uint64_t w) { return !still_waiting(w); });
+    size_t next = 0;
+    bool freed = false;
+    while (next < waiting.size()) {
+        start_connect(decode(waiting[next]).slot);
+        if (fd_waiters_.empty()) {  // it has its socket (or found no target and closed)
+            ++next;
+            continue;
+        }
+        fd_waiters_.clear();  // itself, put back in its place below
+        // One fd made free per round at most: should it go elsewhere (another
+        // worker's accept), the next round must not reset another client for it.
+        if (freed || !free_fd_for_oldest(waiting, next)) break;
+        freed = true;
+    }
+    fd_waiters_.assign(waiting.begin() + static_cast<ptrdiff_t>(next), waiting.end());
+}
+
+// While any connection but the waiting ones is open, it frees fds when it ends:
+// wait for that. Otherwise nothing ever would: the reserve fd goes to the
+// oldest, or, already given up, the newest waiting client is reset for its fd.
+bool Worker::Loop::free_fd_for_oldest(std::vector<uint64_t>& waiting, size_t oldest) {
+    if (live_ > waiting.size() - oldest) return false;
+    if (reserve_fd_ >= 0) {
+        ::close(std::exchange(reserve_fd_, -1));
+        return true;
+    }
+    if (waiting.size() - oldest < 2) return false;  // alone: the back-off timer retries
+    const uint32_t newest = decode(waiting.back()).slot;
+    waiting.pop_back();
+    log::debug("worker {}: out of fds with only waiting clients open: resetting the newest",
+               index_);
+    note_end(newest, "out of fds");
+    close_connection(newest, CloseMode::reset);  // closes at once while short (close_fd)
+    ++shed_;
+    return true;
+}
+
+// One client at a time: the next is accepted only once the last has its target
+// socket. True once the backlog is empty.
+bool Worker::Loop::accept_backlog(uint32_t index) {
+    for (unsigned n = 0; n < kAcceptsPerBatch; ++n) {
+        if (!slot_available()) return false;  // a closing connection resumes us
+        const int fd = ::accept4(listeners_.items[index].fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK) return true;
+            if (err == EINTR || on_accept_error(err) == AcceptStep::rearm) continue;
+            return false;  // out of fds again: the next freed fd or the timer retries
+        }
+        accept_client(index, fd);
+        if (!fd_waiters_.empty()) return false;
+    }
+    resume_due_ = true;  // more next time round
+    return false;
+}
+
+bool Worker::Loop::refill_reserve() {
+    if (reserve_fd_ < 0) reserve_fd_ = ::fcntl(wake_.fd(), F_DUPFD_CLOEXEC, 0);
+    return reserve_fd_ >= 0;
+}
+
+void Worker::Loop::end_shortage() {
+    short_of_fds_ = false;
+    socket_warned_ = false;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        l.backoff = std::chrono::milliseconds{0};
+        if (!l.removed && !l.accepting) arm_accept(i);
+    }
+    log::info("worker {}: accepting again{}", index_,
+              shed_ > 0 ? fmt::format(" ({} waiting clients were reset for their fds)",
+                                      std::exchange(shed_, 0))
+                        : std::string());
 }
 
 // ---------------------------------------------------------------------------
@@ -849,26 +925,17 @@ void Worker::Loop::start_connect(uint32_t slot) {
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
         const int err = errno;
+        if (err == EMFILE || err == ENFILE) return wait_for_fd(slot, err);
         if (!socket_warned_) {
             socket_warned_ = true;
-            log::warn("worker {}: cannot create a socket to reach a target: {}{}", index_,
-                      std::strerror(err),
-                      err == EMFILE || err == ENFILE ? "; clients wait until fds are free" : "");
-        }
-        if (err == EMFILE || err == ENFILE) {
-            // The client keeps its place, as it would in the backlog; the accept
-            // back-off timer retries it before accepting anyone else.
-            fd_waiters_.push_back(encode(Op::ignore, slot, c.generation));
-            short_of_fds_ = true;
-            pause_accepting();
-            return;
+            log::warn("worker {}: cannot create a socket to reach a target: {}", index_,
+                      std::strerror(err));
         }
         add(stats_.connect_failures, 1);
         note_end(slot, "connect failed");
         close_connection(slot, CloseMode::graceful);
         return;
     }
-    if (short_of_fds_ && fd_waiters_.empty() && !retrying_fd_waiters_) fds_available();
     set_no_delay(fd);
     c.target_fd = fd;
     c.stats = table.targets[target].stats;
@@ -1308,9 +1375,16 @@ void Worker::Loop::cancel_all_on(int fd) {
     io_uring_prep_cancel_fd(sqe(encode(Op::ignore)), fd, IORING_ASYNC_CANCEL_ALL);
 }
 
-// Batched with everything else in the next submit instead of a syscall each.
+// Batched with everything else in the next submit instead of a syscall each;
+// but while fds are short a queued close would hold the fd until that submit,
+// and whoever is given it now would find none.
 void Worker::Loop::close_fd(int fd) {
     if (fd < 0) return;
+    if (short_of_fds_) {
+        ::close(fd);
+        resume_due_ = true;
+        return;
+    }
     io_uring_sqe* s = sqe(encode(Op::ignore));
     io_uring_prep_close(s, fd);
     if (ring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
@@ -1406,7 +1480,8 @@ void Worker::Loop::add_listener(WorkerListener listener) {
     *free_index = ListenerState{};
     free_index->fd = listener.fd;
     free_index->settings = std::move(listener.settings);
-    arm_accept(static_cast<uint32_t>(free_index - items.begin()));
+    set_nonblocking(listener.fd);
+    start_accepting(static_cast<uint32_t>(free_index - items.begin()));
 }
 
 void Worker::Loop::update_listener(ListenerSettings settings) {
@@ -1500,12 +1575,10 @@ void Worker::Loop::stop_accepting() {
     std::vector<uint64_t> waiting;
     waiting.swap(fd_waiters_);
     for (uint64_t encoded : waiting) {
-        const UserData ud = decode(encoded);
-        if (conns_[ud.slot].generation == ud.generation && conns_[ud.slot].target_fd < 0 &&
-            conns_[ud.slot].phase == Phase::connecting) {
-            note_end(ud.slot, "shutdown");
-            close_connection(ud.slot, CloseMode::reset);
-        }
+        if (!still_waiting(encoded)) continue;
+        const uint32_t slot = decode(encoded).slot;
+        note_end(slot, "shutdown");
+        close_connection(slot, CloseMode::reset);
     }
     log::debug("worker {}: stopped accepting; {} connections open", index_, live_);
 }
