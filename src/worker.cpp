@@ -13,10 +13,12 @@
 // connection it was submitted for.
 #include "worker.hpp"
 
+#include <linux/sockios.h>
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -298,6 +300,7 @@ struct Worker::Loop {
     void update_clock();
     void arm_idle_timer();
     void on_idle_timer();
+    uint32_t last_progress_tick(const Connection& c) const;
 
     // Commands from other threads.
     void run_commands();
@@ -1278,8 +1281,11 @@ void Worker::Loop::on_idle_timer() {
     unsigned closed = 0;
     wheel_.expire(now_tick_, [&](const WheelEntry& e) {
         if (e.slot >= conns_.size()) return;
-        const Connection& c = conns_[e.slot];
+        Connection& c = conns_[e.slot];
         if (c.generation != e.generation || c.phase != Phase::relaying) return;  // closed since
+        if (idle_due(c.last_active, c.idle_ticks) <= now_tick_) {
+            c.last_active = std::max(c.last_active, last_progress_tick(c));
+        }
         const uint64_t due = idle_due(c.last_active, c.idle_ticks);
         if (due > now_tick_) {
             wheel_.schedule(e, due);
@@ -1293,6 +1299,34 @@ void Worker::Loop::on_idle_timer() {
         add(stats_.idle_timeouts, closed);
         log::debug("worker {}: reset {} idle connections", index_, closed);
     }
+}
+
+// Activity is progress in either direction, and a slow reader draining a socket
+// buffer completes none of our ops: a send blocked on a full buffer completes only
+// once all of it is taken (MSG_WAITALL; without it the kernel would still wake the
+// sender only once half its queue is free), and data already handed over just sits
+// in the socket. The reader's progress may not even show on the wire: a client with
+// a large receive buffer reads from it for minutes behind a closed window while we
+// only send zero-window probes. So before calling a connection idle, ask the kernel:
+// a socket holding data for a peer that still acknowledges it (no retransmissions
+// pending; probes, like the keepalives that reset the NLB's idle timer, are answered)
+// waits on its reader and is not idle; otherwise the last data it transmitted counts.
+// Only at expiry, so busy connections never pay for it. A peer that vanished leaves
+// retransmissions unanswered and its connection goes idle as usual.
+uint32_t Worker::Loop::last_progress_tick(const Connection& c) const {
+    uint64_t latest = 0;
+    for (const int fd : {c.client_fd, c.target_fd}) {
+        tcp_info info{};
+        socklen_t len = sizeof info;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+        if (info.tcpi_retransmits > 0) continue;
+        int queued = 0;
+        if (::ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+            return static_cast<uint32_t>(now_tick_);
+        const uint64_t ago = info.tcpi_last_data_sent / kIdleTick.count();
+        latest = std::max(latest, now_tick_ - std::min(now_tick_, ago));
+    }
+    return static_cast<uint32_t>(latest);
 }
 
 // ---------------------------------------------------------------------------
