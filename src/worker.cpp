@@ -1481,8 +1481,9 @@ void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetSta
     if (closed > 0)
         log::info("worker {}: reset {} connections to terminated targets", index_, closed);
     if (moved > 0) {
-        log::info("worker {}: moving {} connecting clients off terminated targets to their next",
-                  index_, moved);
+        log::info(
+            "worker {}: moving {} connecting clients off terminated targets to their next targets",
+            index_, moved);
     }
 }
 
