@@ -14,9 +14,11 @@
 #include "datapath/worker.hpp"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -287,6 +289,9 @@ struct Worker::Loop {
     void route_client(uint32_t slot, const sockaddr* client);
     void start_connect(uint32_t slot);
     void handle_connect(uint32_t slot, int res);
+    void connect_next(uint32_t slot);
+    void leave_target(uint32_t slot);
+    void move_off_terminated_target(uint32_t slot);
     void log_connect_failure(const Connection& c, int res);
     void report_connect(const Connection& c, int res);
     void detach_target(Connection& c);
@@ -308,6 +313,7 @@ struct Worker::Loop {
     void update_clock();
     void arm_idle_timer();
     void on_idle_timer();
+    uint32_t last_progress_tick(const Connection& c) const;
 
     // Commands from other threads.
     void run_commands();
@@ -957,6 +963,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
 // inflight; this one decides.
 void Worker::Loop::handle_connect(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    if (c.target_terminated) return move_off_terminated_target(slot);
     // Log a failure before reporting it: the report may wake the control thread,
     // whose "unhealthy" line must come after the failure that caused it.
     if (res != 0) log_connect_failure(c, res);
@@ -977,12 +984,7 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
     const unsigned retries = std::min(c.pin->table->connect_retries, 255U);
     switch (on_connect(res, c.attempt, retries)) {
         case ConnectStep::retry:
-            ++c.attempt;
-            add(stats_.retries, 1);
-            close_fd(c.target_fd);
-            c.target_fd = -1;
-            start_connect(slot);
-            return;
+            return connect_next(slot);
         case ConnectStep::give_up:
             log::debug("worker {}: no target accepted the client after {} attempts; closing it",
                        index_, c.attempt + 1);
@@ -993,6 +995,41 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
         case ConnectStep::relay:
             return;
     }
+}
+
+// The next distinct target of the same snapshot: walking one table, every attempt
+// reaches a target not tried yet.
+void Worker::Loop::connect_next(uint32_t slot) {
+    Connection& c = conns_[slot];
+    detach_target(c);
+    close_fd(c.target_fd);
+    c.target_fd = -1;
+    c.target_terminated = false;
+    ++c.attempt;
+    add(stats_.retries, 1);
+    start_connect(slot);
+}
+
+// Termination is for relaying connections. One still connecting (or sending our
+// PROXY header) gives the target up: what is in flight on the target socket is
+// cancelled, and its completion, whatever it reports, moves the client on.
+void Worker::Loop::leave_target(uint32_t slot) {
+    Connection& c = conns_[slot];
+    if (c.target_terminated) return;
+    c.target_terminated = true;
+    cancel_all_on(c.target_fd);
+}
+
+// Not a failure of the target's (no passive report, no connect failure counted)
+// nor of the client's: see on_target_terminated.
+void Worker::Loop::move_off_terminated_target(uint32_t slot) {
+    Connection& c = conns_[slot];
+    log::debug("worker {}: left target {} while connecting (attempt {}): taken out of service",
+               index_, c.pin->table->targets[c.target].id, c.attempt + 1);
+    if (on_target_terminated(c.attempt) == ConnectStep::retry) return connect_next(slot);
+    discard_unread(c.client_fd);
+    note_end(slot, "connect failed");
+    close_connection(slot, CloseMode::graceful);
 }
 
 void Worker::Loop::log_connect_failure(const Connection& c, int res) {
@@ -1066,6 +1103,7 @@ void Worker::Loop::submit_header_send(uint32_t slot) {
 
 void Worker::Loop::handle_header_send(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    if (c.target_terminated) return move_off_terminated_target(slot);
     Setup& setup = *c.setup;
     if (res == -EAGAIN || res == -EINTR) return submit_header_send(slot);
     if (res <= 0) {
@@ -1282,8 +1320,11 @@ void Worker::Loop::on_idle_timer() {
     unsigned closed = 0;
     wheel_.expire(now_tick_, [&](const WheelEntry& e) {
         if (e.slot >= conns_.size()) return;
-        const Connection& c = conns_[e.slot];
+        Connection& c = conns_[e.slot];
         if (c.generation != e.generation || c.phase != Phase::relaying) return;  // closed since
+        if (idle_due(c.last_active, c.idle_ticks) <= now_tick_) {
+            c.last_active = std::max(c.last_active, last_progress_tick(c));
+        }
         const uint64_t due = idle_due(c.last_active, c.idle_ticks);
         if (due > now_tick_) {
             wheel_.schedule(e, due);
@@ -1297,6 +1338,34 @@ void Worker::Loop::on_idle_timer() {
         add(stats_.idle_timeouts, closed);
         log::debug("worker {}: reset {} idle connections", index_, closed);
     }
+}
+
+// Activity is progress in either direction, and a slow reader draining a socket
+// buffer completes none of our ops: a send blocked on a full buffer completes only
+// once all of it is taken (MSG_WAITALL; without it the kernel would still wake the
+// sender only once half its queue is free), and data already handed over just sits
+// in the socket. The reader's progress may not even show on the wire: a client with
+// a large receive buffer reads from it for minutes behind a closed window while we
+// only send zero-window probes. So before calling a connection idle, ask the kernel:
+// a socket holding data for a peer that still acknowledges it (no retransmissions
+// pending; probes, like the keepalives that reset the NLB's idle timer, are answered)
+// waits on its reader and is not idle; otherwise the last data it transmitted counts.
+// Only at expiry, so busy connections never pay for it. A peer that vanished leaves
+// retransmissions unanswered and its connection goes idle as usual.
+uint32_t Worker::Loop::last_progress_tick(const Connection& c) const {
+    uint64_t latest = 0;
+    for (const int fd : {c.client_fd, c.target_fd}) {
+        tcp_info info{};
+        socklen_t len = sizeof info;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+        if (info.tcpi_retransmits > 0) continue;
+        int queued = 0;
+        if (::ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+            return static_cast<uint32_t>(now_tick_);
+        const uint64_t ago = info.tcpi_last_data_sent / kIdleTick.count();
+        latest = std::max(latest, now_tick_ - std::min(now_tick_, ago));
+    }
+    return static_cast<uint32_t>(latest);
 }
 
 // ---------------------------------------------------------------------------
@@ -1423,24 +1492,37 @@ void Worker::Loop::run_commands() {
 }
 
 // Connection termination (unhealthy target, end of a deregistration delay): a
-// walk over the connections, but only when asked, never per batch. Connections
-// still reading a PROXY header have no target yet.
+// walk over the connections, but only when asked, never per batch. Relaying
+// connections are reset; connecting ones move on to their next target (the client
+// sees nothing). Connections still reading a PROXY header, or waiting for an fd,
+// have no target yet.
 void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetStats>>& targets) {
     if (targets.empty()) return;
     std::vector<const TargetStats*> doomed;
     for (const auto& t : targets) doomed.push_back(t.get());
     std::sort(doomed.begin(), doomed.end());
     unsigned closed = 0;
+    unsigned moved = 0;
     for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
         const Connection& c = conns_[slot];
         if (c.phase != Phase::connecting && c.phase != Phase::relaying) continue;
         if (!c.stats || !std::binary_search(doomed.begin(), doomed.end(), c.stats.get())) continue;
+        if (c.phase == Phase::connecting) {
+            leave_target(slot);
+            ++moved;
+            continue;
+        }
         note_end(slot, "deregistered");
         close_connection(slot, CloseMode::reset);
         ++closed;
     }
     if (closed > 0)
         log::info("worker {}: reset {} connections to terminated targets", index_, closed);
+    if (moved > 0) {
+        log::info(
+            "worker {}: moving {} connecting clients off terminated targets to their next targets",
+            index_, moved);
+    }
 }
 
 std::optional<uint32_t> Worker::Loop::find_listener(const std::string& name) const {
