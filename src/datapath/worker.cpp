@@ -181,10 +181,11 @@ struct ListenerState {
 
 // Owns the listening fds from the moment the worker is constructed.
 struct Listeners {
-    std::vector<ListenerState> items;
+    // A deque: adding a listener must not move the others, whose backoff_ts an
+    // accept back-off timer SQE of the same batch may point at.
+    std::deque<ListenerState> items;
 
     explicit Listeners(std::vector<WorkerListener> given) {
-        items.reserve(given.size());
         for (auto& l : given) {
             ListenerState state;
             state.fd = l.fd;
