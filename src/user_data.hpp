@@ -49,6 +49,8 @@ enum class Op : uint8_t {
     header_timeout,  // that recv's linked timeout: proxy_protocol_timeout ran out
     send_header,     // send of our PROXY v2 header to the target
     idle_timer,      // the idle wheel's next due tick
+    watch_client,    // poll for an error (a reset) on the client socket while relaying
+    watch_target,    // the same on the target socket
 };
 
 struct UserData {
