@@ -242,6 +242,23 @@ def pump(sock, seed, stop_after, timeout=h.IO_TIMEOUT):
         sock.settimeout(h.IO_TIMEOUT)
 
 
+def read_until_end(sock, timeout=h.IO_TIMEOUT):
+    """Reads until the peer ends the connection: ('reset' or 'eof', bytes read), or
+    ('timeout', bytes read)."""
+    sock.settimeout(timeout)
+    got = 0
+    try:
+        while True:
+            chunk = sock.recv(64 * KIB)
+            if not chunk:
+                return "eof", got
+            got += len(chunk)
+    except ConnectionResetError:
+        return "reset", got
+    except socket.timeout:
+        return "timeout", got
+
+
 def send_part(sock, seed, total, digest):
     rng = random.Random(seed)
     left = total
@@ -304,6 +321,16 @@ def matrix_backend(case, key, conn):
         outcome = pump(conn, seed, stop_after=512 * KIB)
         h.set_linger_zero(conn)                       # PyServer closes it: RST
         return outcome
+    if case == "client-fin-then-backend-rst":
+        # The client's direction has ended; ours is mid-stream when we reset.
+        count = h.recv_until_eof(conn)
+        send_part(conn, seed, 512 * KIB, hashlib.sha256())
+        h.set_linger_zero(conn)
+        return "sent", count
+    if case == "backend-fin-then-client-rst":
+        send_part(conn, seed, 256 * KIB, hashlib.sha256())
+        conn.shutdown(socket.SHUT_WR)
+        return read_until_end(conn)
     raise ValueError(case)
 
 
@@ -336,10 +363,21 @@ def matrix_client(case, key, s):
         return outcome
     if case == "backend-rst":
         return pump(s, seed, stop_after=None)
+    if case == "client-fin-then-backend-rst":
+        send_part(s, seed, 256 * KIB, hashlib.sha256())
+        s.shutdown(socket.SHUT_WR)
+        return read_until_end(s)
+    if case == "backend-fin-then-client-rst":
+        count = h.recv_until_eof(s)                   # the backend's direction ended
+        send_part(s, seed, 512 * KIB, hashlib.sha256())
+        h.set_linger_zero(s)
+        s.close()
+        return "sent", count
     raise ValueError(case)
 
 
-MATRIX = ("client-fin-first", "backend-fin-first", "client-rst", "backend-rst")
+MATRIX = ("client-fin-first", "backend-fin-first", "client-rst", "backend-rst",
+          "client-fin-then-backend-rst", "backend-fin-then-client-rst")
 
 
 class Bystander:
@@ -429,6 +467,14 @@ def test_half_close_and_reset_matrix_beside_an_unrelated_stream():
                                                c_sent), f"{key}: what the backend received")
                 h.expect_eq((c_count, c_got), (2 * PART if case == "client-fin-first" else PART,
                                                b_sent), f"{key}: what the client received")
+            elif case == "client-fin-then-backend-rst":
+                h.expect_eq(backend, ("sent", 256 * KIB), f"{key}: the backend's side")
+                h.expect_eq(client[0], "reset", f"{key}: how the client, half-closed, saw the "
+                                                f"backend's RST (after {client[1]} bytes)")
+            elif case == "backend-fin-then-client-rst":
+                h.expect_eq(client, ("sent", 256 * KIB), f"{key}: the client's side")
+                h.expect_eq(backend[0], "reset", f"{key}: how the backend, half-closed, saw "
+                                                 f"the client's RST (after {backend[1]} bytes)")
             elif case == "client-rst":
                 h.expect_eq(client[0], "enough", f"{key}: the client's streaming before its RST")
                 h.expect_eq(backend[0], "reset", f"{key}: how the backend saw the client's RST "
