@@ -6,6 +6,7 @@ they send, a storm of connections reset at once, a client that never reads while
 its backend floods, and a client whose FIN arrives before stickyd has a target.
 Each case checks that stickyd keeps serving others, closes what it should when it
 should, and gives back every descriptor and byte of memory it took."""
+import errno
 import hashlib
 import os
 import random
@@ -435,7 +436,7 @@ def stalled_then_reset(direction):
         except (h.Failure, OSError):
             return None
         conns.append(conn)
-        if direction == "client-rst":                 # the backend reads nothing
+        if direction != "backend-rst":                # the backend reads nothing
             return wait_reset(conn)
         sent = flood(conn, threading.Event())          # the backend floods, then resets
         h.set_linger_zero(conn)
@@ -444,7 +445,8 @@ def stalled_then_reset(direction):
     def wait_reset(sock):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if socket_error(sock) == 104:              # ECONNRESET
+            # ECONNRESET; EPIPE once the socket had seen the peer's FIN.
+            if socket_error(sock) in (errno.ECONNRESET, errno.EPIPE):
                 return "reset"
             time.sleep(0.05)
         return "no reset"
@@ -458,9 +460,29 @@ def stalled_then_reset(direction):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
     h.send_all(s, b"hello\n")
     h.wait_for("the backend connection", lambda: conns, timeout=10)
-    if direction == "client-rst":
+    if direction == "request-fin-rst":
+        # A whole request and its FIN reach the backend, which stays silent; then
+        # the client gives up. No flow is stalled: stickyd reads neither side.
+        h.send_all(s, b"GET / HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        def fin_seen():
+            try:
+                while conns[0].recv(4096, socket.MSG_DONTWAIT):
+                    pass                               # the request
+                return True
+            except BlockingIOError:
+                return False
+        h.wait_for("the backend to see the client's FIN", fin_seen, timeout=10)
+        h.set_linger_zero(s)
+        s.close()
+        h.expect_eq(server.result(), "reset",
+                    "what the silent backend's socket reported within 10 s after the client, "
+                    "having sent its request and FIN, reset")
+    elif direction != "backend-rst":
         sent = flood(s, threading.Event())
         h.expect(sent > 0, "the client could not send at all")
+        if direction == "client-fin-rst":
+            s.shutdown(socket.SHUT_WR)                # its FIN waits behind the data
         h.set_linger_zero(s)
         s.close()
         h.expect_eq(server.result(), "reset",
@@ -478,6 +500,14 @@ def stalled_then_reset(direction):
 
 def test_client_reset_while_its_upload_is_stalled_reaches_the_backend():
     stalled_then_reset("client-rst")
+
+
+def test_client_reset_after_its_fin_while_the_upload_is_stalled_reaches_the_backend():
+    stalled_then_reset("client-fin-rst")
+
+
+def test_client_reset_after_its_request_and_fin_reaches_a_silent_backend():
+    stalled_then_reset("request-fin-rst")
 
 
 def test_backend_reset_while_its_download_is_stalled_reaches_the_client():
