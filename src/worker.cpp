@@ -1059,7 +1059,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
         return;
     }
     Connection& c = conns_[ud.slot];
-    --c.inflight;
+    if ((cqe.flags & IORING_CQE_F_MORE) == 0) --c.inflight;  // a watch poll stays armed
     if (c.phase == Phase::closing) {
         release_buffer(bid);
         if (c.inflight == 0) free_slot(ud.slot);
@@ -1128,13 +1128,15 @@ void Worker::Loop::begin_relay(uint32_t slot) {
         submit_recv(slot, FlowDir::upstream);
     }
     submit_recv(slot, FlowDir::downstream);
-    // A side is not read while its peer's send is pending, so a reset of that side
-    // would wait for the send to drain (or the idle timeout): watch both sockets for
-    // an error meanwhile. One poll each per connection, cancelled with the rest.
-    io_uring_prep_poll_add(sqe(encode(Op::watch_client, slot, c.generation)), c.client_fd,
-                           POLLERR);
-    io_uring_prep_poll_add(sqe(encode(Op::watch_target, slot, c.generation)), c.target_fd,
-                           POLLERR);
+    // A side is not read while its peer's send is pending, nor once its FIN was
+    // read, so a reset of that side would wait for the send to drain (or the idle
+    // timeout): watch both sockets for an error meanwhile. Multishot, because the
+    // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
+    // later reset. One poll per socket per connection, cancelled with the rest.
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_client, slot, c.generation)),
+                                 c.client_fd, POLLERR);
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_target, slot, c.generation)),
+                                 c.target_fd, POLLERR);
     c.inflight += 2;
 }
 
