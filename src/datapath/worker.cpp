@@ -18,6 +18,7 @@
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -482,6 +483,8 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
         case Op::recv_header:
         case Op::header_timeout:
         case Op::send_header:
+        case Op::watch_client:
+        case Op::watch_target:
             return on_connection_event(ud, cqe);
     }
 }
@@ -1134,7 +1137,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
         return;
     }
     Connection& c = conns_[ud.slot];
-    --c.inflight;
+    if ((cqe.flags & IORING_CQE_F_MORE) == 0) --c.inflight;  // a watch poll stays armed
     if (c.phase == Phase::closing) {
         release_buffer(bid);
         if (c.inflight == 0) free_slot(ud.slot);
@@ -1170,6 +1173,15 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
             if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::send_client);
             return carry_out(ud.slot, dir, decision);
         }
+        case Op::watch_client:
+        case Op::watch_target:
+            // POLLERR: the peer reset the socket. A FIN alone (POLLRDHUP) is left to
+            // the recv that reaches it, after the data before it.
+            if (cqe.res > 0 && (cqe.res & POLLERR) != 0) {
+                note_reset(ud.slot, ud.op == Op::watch_client);
+                close_connection(ud.slot, CloseMode::reset);
+            }
+            return;
         default:
             return;  // connect_timeout, header_timeout: their op's completion decides
     }
@@ -1194,6 +1206,16 @@ void Worker::Loop::begin_relay(uint32_t slot) {
         submit_recv(slot, FlowDir::upstream);
     }
     submit_recv(slot, FlowDir::downstream);
+    // A side is not read while its peer's send is pending, nor once its FIN was
+    // read, so a reset of that side would wait for the send to drain (or the idle
+    // timeout): watch both sockets for an error meanwhile. Multishot, because the
+    // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
+    // later reset. One poll per socket per connection, cancelled with the rest.
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_client, slot, c.generation)),
+                                 c.client_fd, POLLERR);
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_target, slot, c.generation)),
+                                 c.target_fd, POLLERR);
+    c.inflight += 2;
 }
 
 // Single-shot recv into a buffer the kernel picks from the ring: an idle
