@@ -1211,10 +1211,10 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     // timeout): watch both sockets for an error meanwhile. Multishot, because the
     // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
     // later reset. One poll per socket per connection, cancelled with the rest.
-    io_uring_prep_poll_multishot(sqe(encode(Op::watch_client, slot, c.generation)),
-                                 c.client_fd, POLLERR);
-    io_uring_prep_poll_multishot(sqe(encode(Op::watch_target, slot, c.generation)),
-                                 c.target_fd, POLLERR);
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_client, slot, c.generation)), c.client_fd,
+                                 POLLERR);
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_target, slot, c.generation)), c.target_fd,
+                                 POLLERR);
     c.inflight += 2;
 }
 

@@ -198,14 +198,15 @@ def need_open_files(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
-def run(argv, timeout=15, stdin_text=None, cwd=None):
+def run(argv, timeout=15, stdin_text=None, cwd=None, env=None):
     """Runs a short command; returns CompletedProcess (text). Fails if it hangs.
 
     Like CI: no terminal (a new session) and stdin /dev/null unless stdin_text."""
     stdin = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
     try:
         return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                              timeout=timeout, start_new_session=True, cwd=cwd, **stdin)
+                              timeout=timeout, start_new_session=True, cwd=cwd, env=env,
+                              **stdin)
     except subprocess.TimeoutExpired:
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
 
@@ -806,6 +807,20 @@ def systemd_analyze():
     if path is None:
         skip("systemd-analyze is not installed (Debian package: systemd)")
     return path
+
+
+def systemd_verify(unit_paths):
+    """`systemd-analyze verify` of the units, with this build's man pages on MANPATH:
+    verify runs man(1) for each Documentation=man:... page, as an installed system
+    would have them."""
+    build = os.path.dirname(STICKYD_BIN)
+    man8 = os.path.join(temp_dir(), "man", "man8")
+    os.makedirs(man8, exist_ok=True)
+    for page in ("stickyd.8", "stickyctl.8"):
+        if os.path.exists(os.path.join(build, page)):
+            shutil.copy(os.path.join(build, page), man8)
+    env = dict(os.environ, MANPATH=os.path.dirname(man8))
+    return run([systemd_analyze(), "verify"] + list(unit_paths), timeout=60, env=env)
 
 
 def service_unit_for_this_build():
