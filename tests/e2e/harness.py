@@ -823,17 +823,30 @@ def systemd_verify(unit_paths):
     return run([systemd_analyze(), "verify"] + list(unit_paths), timeout=60, env=env)
 
 
-def service_unit_for_this_build():
+def service_unit_for_this_build(instance=None):
     """systemd/stickyd.service.in with its paths pointing at this build and conf/, so
-    that verify finds the binary it names. Written as stickyd.service, as installed."""
+    that verify finds the binary it names. Written as installed: stickyd.service, or
+    for an instance name the template stickyd@.service (its path is returned as the
+    instance's, stickyd@NAME.service, which is how verify takes an instance)."""
     with open(os.path.join(SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
         text = f.read()
-    text = text.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
-                        os.path.join(SOURCE_ROOT, "conf", "stickyd.toml"))
-    text = text.replace("@BINDIR@", os.path.dirname(STICKYD_BIN))
+    conf = os.path.join(SOURCE_ROOT, "conf")
+    fill = {"@DESCRIPTION@": "", "@CONFIG@": os.path.join(conf, "stickyd.toml"),
+            "@ADMIN_SOCKET@": "", "@RUNTIME_DIRECTORY@": "stickyd"}
+    if instance is not None:
+        fill = {"@DESCRIPTION@": " (instance %i)", "@CONFIG@": os.path.join(conf, "%i.toml"),
+                "@ADMIN_SOCKET@": " --admin-socket /run/stickyd/%i/admin.sock",
+                "@RUNTIME_DIRECTORY@": "stickyd/%i"}
+    fill["@BINDIR@"] = os.path.dirname(STICKYD_BIN)
+    fill["@SYSCONFDIR@"] = "/etc"
+    for placeholder, value in fill.items():
+        text = text.replace(placeholder, value)
     left = re.findall(r"@[A-Z_]+@", text)
     expect(not left, f"placeholders the test does not fill: {left}")
-    return write_file("stickyd.service", text)
+    if instance is None:
+        return write_file("stickyd.service", text)
+    template = write_file("stickyd@.service", text)
+    return os.path.join(os.path.dirname(template), f"stickyd@{instance}.service")
 
 
 # ---------------------------------------------------------------------------------

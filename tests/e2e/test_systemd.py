@@ -28,6 +28,40 @@ def test_unit_verifies():
              f"{result.stdout}{result.stderr}")
 
 
+def test_template_unit_verifies_as_an_instance():
+    unit = h.service_unit_for_this_build(instance="web")
+    result = h.systemd_verify([unit])
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if "stickyd@" in line]
+    h.expect(result.returncode == 0 and not ours,
+             f"systemd-analyze verify exited {result.returncode}:\n"
+             f"{result.stdout}{result.stderr}")
+
+
+def test_template_instances_have_their_own_config_admin_socket_and_runtime_dir():
+    with open(h.service_unit_for_this_build(instance="web").replace("@web", "@"),
+              encoding="utf-8") as f:
+        text = f.read()
+    h.expect(re.search(r"^ExecStart=\S+/stickyd --config \S+/%i\.toml "
+                       r"--admin-socket /run/stickyd/%i/admin\.sock$", text, re.M),
+             f"ExecStart of the template:\n{text}")
+    h.expect(re.search(r"^RuntimeDirectory=stickyd/%i$", text, re.M),
+             "instances must not share (and remove) one runtime directory")
+
+
+def exposure(unit, name):
+    result = h.run([h.systemd_analyze(), "security", "--offline=yes", unit], timeout=60)
+    output = result.stdout + result.stderr
+    match = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", output)
+    h.expect(match is not None, f"no exposure level in:\n{output}")
+    return float(match.group(1)), output
+
+
+def test_template_unit_exposure_at_most_2():
+    score, output = exposure(h.service_unit_for_this_build(instance="web"),
+                             "stickyd@web.service")
+    h.expect(score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{output}")
+
+
 def test_unit_exposure_at_most_2():
     tool = h.systemd_analyze()
     unit = h.service_unit_for_this_build()
