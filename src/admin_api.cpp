@@ -46,13 +46,16 @@ struct ChosenGroup {
 // A ring or a lookup needs a table with members: a static group listing none, or a
 // DNS name that resolves to nothing, has neither to show.
 ChosenGroup usable_group(const GroupView& g) {
-    if (!g.table || !g.table->balancer) {
-        return {
-            nullptr,
-            error_reply(503, fmt::format("target group \"{}\" has no routing table yet", g.name))};
-    }
-    if (g.table->targets.empty() || g.table->balancer->members().empty()) {
+    // An empty group's table has no balancer (the control thread's) or an empty one
+    // (build_routing_table's): either way, nothing to show.
+    const bool empty = g.table ? g.table->targets.empty() : g.targets.empty();
+    if (empty || (g.table && g.table->balancer && g.table->balancer->members().empty())) {
         return {nullptr, error_reply(503, fmt::format("group {} has no targets", g.name))};
+    }
+    if (!g.table || !g.table->balancer) {
+        return {nullptr, error_reply(503, fmt::format("target group \"{}\" has no routing table "
+                                                      "yet",
+                                                      g.name))};
     }
     return {&g, {}};
 }
@@ -75,10 +78,11 @@ AdminState gather(AdminSource& source) {
     AdminState state;
     state.control = source.view();
     for (const ListenerInfo& l : source.listeners()) {
-        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0};
+        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0, 0};
         if (l.stats) {
             c.accepted = l.stats->accepted.load(std::memory_order_relaxed);
             c.proxy_header_errors = l.stats->proxy_header_errors.load(std::memory_order_relaxed);
+            c.no_target = l.stats->no_target.load(std::memory_order_relaxed);
         }
         state.listeners.push_back(std::move(c));
     }
@@ -130,7 +134,7 @@ AdminReply change(const AdminRequest& request, AdminSource& source, const std::s
         case AdminChange::Result::ambiguous:
             return error_reply(409, result.message);
     }
-    return error_reply(500, result.message);
+    return error_reply(503, result.message);  // not reached: every result is handled above
 }
 
 int hex_digit(char c) {
