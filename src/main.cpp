@@ -22,6 +22,7 @@
 #include "command_line.hpp"
 #include "daemon.hpp"
 #include "sd_notify.hpp"
+#include "src/config_warnings.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
@@ -330,6 +331,9 @@ int check_config(const std::string& path) {
         return kExitConfig;
     }
     const auto& config = std::get<Config>(result);
+    for (const std::string& warning : config_warnings(config)) {
+        fmt::print(stderr, "{}: warning: {}\n", path, warning);
+    }
     size_t targets = 0;
     for (const auto& group : config.target_groups) targets += group.targets.size();
     fmt::print("{}: configuration OK ({} listeners, {} target groups, {} targets)\n", path,
