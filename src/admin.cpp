@@ -308,8 +308,9 @@ struct AdminServer::Impl {
     // that has waited longest for its head: a slow client loses its place to a
     // prompt one, never the other way round.
     void admit(int fd, Kind kind, std::string source_ip) {
-        const bool source_full =
-            kind == Kind::tcp && per_source[source_ip] >= options.max_per_source;
+        const auto counted = per_source.find(source_ip);
+        const bool source_full = kind == Kind::tcp && counted != per_source.end() &&
+                                 counted->second >= options.max_per_source;
         const bool kind_full = open[static_cast<size_t>(kind)] >= options.max_connections;
         if (source_full || kind_full) {
             const std::optional<uint64_t> victim =

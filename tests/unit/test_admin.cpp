@@ -424,10 +424,10 @@ TEST_CASE("server: requests that are not UTF-8 get a 400 with a JSON error, neve
     FakeSource source = one_group();
     AdminServer server(source, unix_options(path));
     server.start();
-    for (const char* request : {"GET /ring?group=%ff HTTP/1.1\r\n\r\n", "GET /\xff HTTP/1.1\r\n\r\n",
-                                "GET /lookup?ip=%ff HTTP/1.1\r\n\r\n",
-                                "POST /targets/%ff/drain HTTP/1.1\r\n\r\n",
-                                "GET /status?%c3=1 HTTP/1.1\r\n\r\n"}) {
+    for (const char* request :
+         {"GET /ring?group=%ff HTTP/1.1\r\n\r\n", "GET /\xff HTTP/1.1\r\n\r\n",
+          "GET /lookup?ip=%ff HTTP/1.1\r\n\r\n", "POST /targets/%ff/drain HTTP/1.1\r\n\r\n",
+          "GET /status?%c3=1 HTTP/1.1\r\n\r\n"}) {
         CAPTURE(request);
         const std::string reply = send_and_read(connect_unix(path), request);
         CHECK(status_of(reply) == 400);
