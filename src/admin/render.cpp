@@ -92,7 +92,8 @@ Json status_document(const AdminState& state) {
                              {"bind", l.bind},
                              {"target_group", l.target_group},
                              {"accepted", l.accepted},
-                             {"proxy_header_errors", l.proxy_header_errors}});
+                             {"proxy_header_errors", l.proxy_header_errors},
+                             {"no_target", l.no_target}});
     }
     Json groups = Json::array();
     for (const GroupView& g : state.control->groups) {
@@ -164,6 +165,10 @@ std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
                                            std::string_view ip, bool failing_open) {
     std::optional<Lookup> found = lookup_ip(table, ip);
     if (!found) return std::nullopt;
+    if (found->owner >= table.targets.size()) {  // no members: nobody owns anything
+        return LookupAnswer{found->ip, found->key, kNoMember, kNoMember,
+                            "no target: the group has no targets"};
+    }
     LookupAnswer out{found->ip, found->key, found->owner, found->chosen, {}};
     const std::string_view next = table.balancer->algorithm() == "maglev"
                                       ? "next usable in table order"
@@ -200,10 +205,12 @@ Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>&
     Json list = Json::array();
     for (const LookupAnswer& a : answers) {
         const bool chosen = a.chosen < table.targets.size();
+        const bool owned = a.owner < table.targets.size();
         list.push_back({{"ip", a.ip},
                         {"key", a.key},
-                        {"owner", table.targets[a.owner].id},
-                        {"owner_address", table.targets[a.owner].address.to_string()},
+                        {"owner", owned ? Json(table.targets[a.owner].id) : Json(nullptr)},
+                        {"owner_address",
+                         owned ? Json(table.targets[a.owner].address.to_string()) : Json(nullptr)},
                         {"chosen", chosen ? Json(table.targets[a.chosen].id) : Json(nullptr)},
                         {"address", chosen ? Json(table.targets[a.chosen].address.to_string())
                                            : Json(nullptr)},
@@ -387,6 +394,13 @@ std::string metrics_text(const AdminState& state) {
     for (const ListenerCounters& l : state.listeners) {
         p.sample("stickyd_listener_proxy_header_errors_total",
                  {{"listener", l.name}, {"target_group", l.target_group}}, l.proxy_header_errors);
+    }
+    p.family("stickyd_listener_no_target_closes_total", "counter",
+             "Clients closed because the listener's target group had no target to route to "
+             "(none configured or discovered, or every one drained).");
+    for (const ListenerCounters& l : state.listeners) {
+        p.sample("stickyd_listener_no_target_closes_total",
+                 {{"listener", l.name}, {"target_group", l.target_group}}, l.no_target);
     }
 
     const DaemonTotals& t = state.totals;

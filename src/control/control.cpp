@@ -934,6 +934,17 @@ void Control::Loop::publish(Group& group) {
         log::warn("target group '{}': {} of {} targets healthy again; no longer failing open", name,
                   routing.usable, table.targets.size());
     }
+    // Once when the group becomes empty (or starts so), not once per client.
+    if (table.targets.empty() && group.configured &&
+        !(group.table && group.table->targets.empty())) {
+        log::warn(
+            "target group '{}' has no targets{}: clients of its listeners are closed (counted in "
+            "stickyd_listener_no_target_closes_total)",
+            name,
+            group.config.dns
+                ? fmt::format(" (DNS name {} gave no addresses)", group.config.dns->name)
+                : "");
+    }
     if (table.no_target && !(group.table && group.table->no_target)) {
         log::warn("target group '{}': every target is drained: new clients are refused", name);
     }

@@ -154,6 +154,9 @@ Movement simulate_change(const TargetGroupConfig& group, const TargetChange& cha
         changed.targets.push_back(t);
         affected.insert(id);
     }
+    if (group.targets.empty()) {
+        throw std::invalid_argument("group \"" + group.name + "\" has no targets to change");
+    }
     if (changed.targets.empty()) {
         throw std::invalid_argument("the change leaves group \"" + group.name +
                                     "\" without targets");

@@ -10,6 +10,7 @@
 
 #include "daemon/socket_activation.hpp"
 #include "datapath/listener.hpp"
+#include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
 
@@ -192,6 +193,7 @@ bool Daemon::start() {
             }
         });
     }
+    for (const std::string& warning : config_warnings(config_)) log::warn("{}", warning);
     for (const auto& listener : config_.listeners) {
         log::info("listening on {} -> target group '{}' ({} workers{})", listener.bind.to_string(),
                   listener.target_group, count,
@@ -327,6 +329,7 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
                     options_.config_path, config_.listeners.size(), plan.add.size(),
                     plan.remove.size(), config_.target_groups.size(), static_targets(config_))};
     log::info("{}", result.message);
+    for (const std::string& warning : config_warnings(config_)) log::warn("{}", warning);
     return result;
 }
 

@@ -25,6 +25,7 @@
 #include "datapath/uring.hpp"
 #include "datapath/worker.hpp"
 #include "stickyd/config.hpp"
+#include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
 #include "stickyd_version.h"
@@ -330,6 +331,9 @@ int check_config(const std::string& path) {
         return kExitConfig;
     }
     const auto& config = std::get<Config>(result);
+    for (const std::string& warning : config_warnings(config)) {
+        fmt::print(stderr, "{}: warning: {}\n", path, warning);
+    }
     size_t targets = 0;
     for (const auto& group : config.target_groups) targets += group.targets.size();
     fmt::print("{}: configuration OK ({} listeners, {} target groups, {} targets)\n", path,

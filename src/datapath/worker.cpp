@@ -923,7 +923,10 @@ void Worker::Loop::start_connect(uint32_t slot) {
     Connection& c = conns_[slot];
     const RoutingTable& table = *c.pin->table;
     const uint32_t target = table.pick(c.key_hash, c.attempt);
-    if (target >= table.targets.size()) {  // an empty group: nothing to connect to
+    if (target >= table.targets.size()) {  // an empty or all-drained group: nothing to connect to
+        // Counted per listener; the control thread logs the group's state once.
+        const auto& stats = listeners_.items[c.listener].settings.stats;
+        if (stats) count(stats->no_target);
         note_end(slot, "no target");
         close_connection(slot, CloseMode::graceful);
         return;

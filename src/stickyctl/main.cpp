@@ -71,7 +71,16 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
     storage = std::move(std::get<Config>(loaded));
     const GroupChoice choice = choose_group(storage, common.group);
     if (!choice.group) throw UserError(choice.error);
-    return *choice.group;
+    // Nothing to show or move; a DNS group's targets exist only in a running daemon.
+    const TargetGroupConfig& group = *choice.group;
+    if (group.targets.empty()) {
+        throw UserError(fmt::format(
+            "group {} has no targets in {}{}", group.name, common.config_path,
+            group.dns ? fmt::format(" (they come from DNS {}:{}; ask the daemon with --admin)",
+                                    group.dns->name, group.dns->port)
+                      : ""));
+    }
+    return group;
 }
 
 // One request to the daemon; a non-2xx answer becomes the daemon's own one-line error.

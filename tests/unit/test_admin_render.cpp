@@ -363,3 +363,21 @@ TEST_CASE("/lookup while the group fails open as the daemon's snapshot has it") 
     CHECK(a->chosen == a->owner);
     CHECK(lookup_document(table, {*a}, g.failing_open)["failing_open"] == true);
 }
+
+TEST_CASE("documents of a group without targets render without touching a target") {
+    for (Algorithm algorithm : {Algorithm::ring, Algorithm::maglev}) {
+        CAPTURE(static_cast<int>(algorithm));
+        FakeSource source({group("empty", {}, algorithm)});
+        const RoutingTable& table = *source.view()->groups[0].table;
+        const Json ring = ring_document(table, 0);
+        CHECK(ring["targets"].empty());
+        const std::optional<LookupAnswer> answer = explain_lookup(table, {}, "10.0.0.1");
+        REQUIRE(answer.has_value());
+        CHECK(answer->owner == kNoMember);
+        CHECK(answer->chosen == kNoMember);
+        CHECK(answer->reason == "no target: the group has no targets");
+        const Json lookup = lookup_document(table, {*answer});
+        CHECK(lookup["lookups"][0]["owner"].is_null());
+        CHECK(lookup["lookups"][0]["chosen"].is_null());
+    }
+}

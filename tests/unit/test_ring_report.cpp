@@ -221,3 +221,12 @@ TEST_CASE("parse_target_spec reads ID=ADDR[,weight=W]") {
         CHECK(parsed.error.find(bad) != std::string::npos);
     }
 }
+
+TEST_CASE("simulate_change refuses a group without targets, even for --add") {
+    TargetGroupConfig empty = group_of(Algorithm::ring);
+    empty.targets.clear();
+    TargetChange add;
+    add.add.push_back(target("new", "127.0.0.1:9009"));
+    CHECK_THROWS_WITH_AS(simulate_change(empty, add), "group \"web\" has no targets to change",
+                         std::invalid_argument);
+}
