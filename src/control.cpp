@@ -144,6 +144,9 @@ struct Probe {
     Group* group = nullptr;
     std::string id;
     SocketAddress address;
+    // Where the check in flight connects (the health-check port applied). The kernel
+    // reads it when the SQE is submitted, after start_check has returned.
+    SocketAddress check_address;
     uint32_t epoch = 0;  // bumped per owner: schedule entries of an earlier one are stale
     bool scheduled = false;
     Clock::time_point due;
@@ -280,7 +283,9 @@ struct Control::Loop {
     std::vector<std::unique_ptr<Group>> groups_;  // config order, then dropped ones
     std::mutex slots_mutex_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;  // never shrinks
-    std::vector<Probe> probes_;
+    // A deque: taking a probe never moves the others, whose SQEs point into them
+    // (address, request, timespec) until submitted and completed.
+    std::deque<Probe> probes_;
     std::vector<uint32_t> free_probes_;
 
     Uring ring_;
@@ -932,7 +937,8 @@ void Control::Loop::start_check(uint32_t p) {
     Probe& probe = probes_[p];
     const Group& group = *probe.group;
     const HealthCheckConfig& hc = group.config.health_check;
-    const SocketAddress address = with_port(probe.address, hc.port);
+    probe.check_address = with_port(probe.address, hc.port);
+    const SocketAddress& address = probe.check_address;
     const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
     if (fd < 0) {
         // Our problem (out of fds), not the target's: no verdict.
