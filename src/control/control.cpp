@@ -197,7 +197,9 @@ struct Control::Loop {
     std::vector<std::unique_ptr<Group>> groups_;  // config order, then dropped ones
     std::mutex slots_mutex_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;  // never shrinks
-    std::vector<Probe> probes_;
+    // A deque: taking a probe never moves the others, whose SQEs point into them
+    // (address, request, timespec) until submitted and completed.
+    std::deque<Probe> probes_;
     std::vector<uint32_t> free_probes_;
 
     Uring ring_;

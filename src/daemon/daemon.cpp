@@ -363,7 +363,9 @@ uint64_t Daemon::active_connections() const {
 std::string Daemon::status_line() const {
     // Targets in service, DNS-discovered ones included.
     size_t targets = 0;
-    for (const GroupView& group : control_->view()->groups) {
+    // Named: a range-for over view()->groups would free the view before the loop.
+    const std::shared_ptr<const ControlView> view = control_->view();
+    for (const GroupView& group : view->groups) {
         for (const TargetView& t : group.targets) {
             if (t.deregistration == Deregistration::none) ++targets;
         }

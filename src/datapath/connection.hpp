@@ -120,6 +120,7 @@ struct Connection {
     uint16_t listener = 0;     // the worker's listener it came in on (so: its target group)
     uint8_t attempt = 0;       // 0 = the owner; N = N-th retry
     uint8_t inflight = 0;      // submitted ops whose completion has not arrived yet
+    uint8_t timeouts = 0;      // of those, linked timeouts (their timespecs: pin, setup)
     Phase phase = Phase::free;
     // Connecting: the target was terminated (unhealthy, deregistered) meanwhile; the
     // next completion on the target socket moves the client on, whatever it says.

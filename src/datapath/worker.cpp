@@ -825,6 +825,7 @@ void Worker::Loop::submit_header_recv(uint32_t slot) {
     io_uring_prep_link_timeout(sqe(encode(Op::header_timeout, slot, c.generation)),
                                &c.setup->header_deadline, IORING_TIMEOUT_ABS);
     c.inflight += 2;
+    ++c.timeouts;
 }
 
 void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
@@ -964,6 +965,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
     io_uring_prep_link_timeout(sqe(encode(Op::connect_timeout, slot, c.generation)),
                                &c.pin->connect_timeout, 0);
     c.inflight += 2;
+    ++c.timeouts;
 }
 
 // The linked timeout's own completion (-ETIME or -ECANCELED) only counts down
@@ -1141,6 +1143,13 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
     }
     Connection& c = conns_[ud.slot];
     if ((cqe.flags & IORING_CQE_F_MORE) == 0) --c.inflight;  // a watch poll stays armed
+    if (ud.op == Op::connect_timeout || ud.op == Op::header_timeout) {
+        --c.timeouts;
+        if (c.phase == Phase::relaying && c.timeouts == 0) {  // deferred by begin_relay
+            unpin(c);
+            free_setup(c);
+        }
+    }
     if (c.phase == Phase::closing) {
         release_buffer(bid);
         if (c.inflight == 0) free_slot(ud.slot);
@@ -1194,8 +1203,12 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
 // with its PROXY header, if any, is the upstream flow's first send.
 void Worker::Loop::begin_relay(uint32_t slot) {
     Connection& c = conns_[slot];
-    unpin(c);
-    free_setup(c);
+    // A linked timeout still in flight points into the pin (connect) or the setup
+    // (PROXY header): they go when its completion arrives.
+    if (c.timeouts == 0) {
+        unpin(c);
+        free_setup(c);
+    }
     c.phase = Phase::relaying;
     c.last_active = static_cast<uint32_t>(now_tick_);
     wheel_.schedule({slot, c.generation}, idle_due(c.last_active, c.idle_ticks));
@@ -1413,7 +1426,8 @@ std::optional<uint32_t> Worker::Loop::allocate_slot() {
 void Worker::Loop::close_connection(uint32_t slot, CloseMode mode) {
     Connection& c = conns_[slot];
     if (c.phase == Phase::closing || c.phase == Phase::free) return;
-    unpin(c);
+    // The pin stays until free_slot: a connect SQE queued in this batch reads the
+    // target's address and its linked timeout from the pinned snapshot.
     c.phase = Phase::closing;
     if (mode == CloseMode::reset) {
         note_end(slot, "reset");
@@ -1452,6 +1466,7 @@ void Worker::Loop::free_slot(uint32_t slot) {
     close_fd(c.target_fd);
     for (const Flow& flow : c.flows) release_buffer(flow.buf);
     detach_target(c);
+    unpin(c);
     free_setup(c);
     const uint32_t generation = next_generation(c.generation);
     c = Connection{};

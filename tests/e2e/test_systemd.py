@@ -176,6 +176,30 @@ def test_reload_notifies_reloading_then_ready():
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 
 
+def test_status_counts_targets_at_start_and_after_a_reload():
+    # Finding 1 of issue #10: STATUS= was counted over a view freed before the loop
+    # ran (a heap use-after-free at start, at every STATUS= and after each reload).
+    systemd = FakeSystemd()
+    backends = h.start_backends(2)
+    lb = h.lb_addr()
+    group = {"health_check": {"enabled": False}}
+    text = h.simple_config(h.fmt_addr(lb), backends[:1], group=group)
+    path = h.write_file("status.toml", text)
+    proc = spawn([h.STICKYD_BIN, "--config", path], {"NOTIFY_SOCKET": systemd.path}, "stickyd")
+    ready = systemd.wait_for("READY")
+    h.expect(ready.get("STATUS", "").startswith("1 listeners, 1 targets, "),
+             f"STATUS= at start: {ready}")
+    with open(path, "w") as f:
+        f.write(h.simple_config(h.fmt_addr(lb), backends, group=group))
+    proc.signal(signal.SIGHUP)
+    systemd.wait_for("RELOADING")
+    ready = systemd.wait_for("READY")
+    h.expect(ready.get("STATUS", "").startswith("1 listeners, 2 targets, "),
+             f"STATUS= after the reload: {ready}")
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
 def start_under_watchdog():
     """stickyd with a 1 s watchdog, READY=1 received: (fake systemd, process, listener)."""
     systemd = FakeSystemd()
