@@ -206,6 +206,51 @@ def test_ready_turns_503_on_sigterm_while_the_delay_still_accepts():
     h.expect("delay over: stopped accepting" in log, log)
 
 
+def notify_socket():
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET: (path, socket)."""
+    path = os.path.join(h.temp_dir(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    h.on_cleanup(sock.close)
+    return path, sock
+
+
+def statuses_until(sock, wanted, timeout=20.0):
+    """Every STATUS= received until one starts with `wanted`."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        for line in data.splitlines():
+            if line.startswith("STATUS="):
+                seen.append(line[len("STATUS="):])
+                if seen[-1].startswith(wanted):
+                    return seen
+    raise h.Failure(f"no STATUS= starting with {wanted!r} within {timeout}s; got {seen}")
+
+
+def test_status_says_withdrawing_then_draining():
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    path, sock = notify_socket()
+    argv = [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
+            "--shutdown-delay", "2s", "--admin-socket", os.path.join(h.temp_dir(), "a.sock")]
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        proc = h.Process(argv, "stickyd-notify")
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    h.wait_accepting(lb, proc)
+    proc.signal(signal.SIGTERM)
+    seen = statuses_until(sock, "withdrawing (shutdown delay 2s): not ready, still accepting; ")
+    seen += statuses_until(sock, "draining: not accepting; ")
+    h.expect(proc.wait(20) == 0, f"stickyd did not exit 0 after draining; STATUS= seen: {seen}")
+
+
 def test_without_a_delay_ready_is_503_as_soon_as_the_stop_begins():
     backend = h.start_backend("echo")
     lb = h.lb_addr()
