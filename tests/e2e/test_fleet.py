@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -339,6 +340,9 @@ def namespaces_unavailable():
     """Why this machine cannot run the topology, or None."""
     if os.geteuid() != 0:
         return "needs root for network namespaces"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/setup installs iproute2 and nftables)"
     probe = f"sfprobe{os.getpid()}"
     if sh("ip", "netns", "add", probe, check=False).returncode != 0:
         return "cannot create network namespaces (ip netns add failed)"
