@@ -5,7 +5,8 @@ differs by exactly the share `stickyctl simulate` computes offline), they withdr
 before they stop (/ready 503 while still accepting for shutdown_delay, refused
 after), and three of them behind a router's resilient ECMP nexthop group in network
 namespaces keep every client on one backend, also while one of them is scaled in
-under a continuous stream of new connections."""
+under a continuous stream of new connections, by hand and with BIRD announcing
+the VIP over BGP (conf/bird) while stickyd is ready."""
 import http.client
 import json
 import os
@@ -369,7 +370,7 @@ class Fleet:
     """Router R with a resilient nexthop group for the VIP over instances I0..I2 (the
     VIP on their lo), clients in C on 120 source addresses, backends in B."""
 
-    def __init__(self):
+    def __init__(self, with_bird=False):
         tag = f"sf{os.getpid() % 100000}{random.randrange(1000):03d}"
         self.router, self.client, self.backends = f"{tag}r", f"{tag}c", f"{tag}b"
         self.instances = [f"{tag}i{k}" for k in range(INSTANCES)]
@@ -401,9 +402,10 @@ class Fleet:
             sh("ip", "-n", r, "route", "add", f"{VIP}/32", "via", f"10.200.{20 + k}.2",
                "dev", f"i{k}", "table", 100 + k + 1)
         self.members = list(range(1, INSTANCES + 1))
-        sh("ip", "-n", r, "nexthop", "add", "id", 100, "group", self.group(), "type",
-           "resilient", "buckets", 128)
-        sh("ip", "-n", r, "route", "add", f"{VIP}/32", "nhid", 100)
+        if not with_bird:  # else BIRD installs the VIP's route from BGP
+            sh("ip", "-n", r, "nexthop", "add", "id", 100, "group", self.group(), "type",
+               "resilient", "buckets", 128)
+            sh("ip", "-n", r, "route", "add", f"{VIP}/32", "nhid", 100)
         marks = "".join(f'  ct state new ct mark 0 oifname "i{k}" ct mark set {k + 1}\n'
                         for k in range(INSTANCES))
         rules = ("table ip fleet {\n"
@@ -533,6 +535,125 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
         h.expect_eq(done["held"][src], "ok", f"held connection of {src} (via {peer})")
     for proc in daemons[1:]:
         h.expect(proc.alive(), f"{proc.label} exited\n{proc.describe()}")
+
+
+# ---------------------------------------------------------------------------------
+# The same with BIRD: instances announce the VIP over BGP while stickyd is ready
+
+WATCH_SCRIPT = os.path.join(h.SOURCE_ROOT, "conf", "bird", "stickyd-bird-watch")
+ROUTER_AS, INSTANCE_AS = 65000, 65001
+
+
+def bird_unavailable():
+    for tool in ("bird", "birdc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install bird2)"
+    return None
+
+
+def router_bird_conf():
+    sessions = "".join(f"""
+protocol bgp i{k} {{
+    local 10.200.{20 + k}.1 as {ROUTER_AS};
+    neighbor 10.200.{20 + k}.2 as {INSTANCE_AS};
+    hold time 9;
+    ipv4 {{ import all; export none; }};
+}}
+""" for k in range(INSTANCES))
+    return f"""router id 10.200.1.1;
+protocol device {{ }}
+# One ECMP route over every instance that announces the VIP.
+protocol kernel {{
+    merge paths on;
+    ipv4 {{ import none; export all; }};
+}}
+{sessions}"""
+
+
+def instance_bird_conf(k):
+    """conf/bird/bird.conf with this instance's addresses."""
+    with open(os.path.join(h.SOURCE_ROOT, "conf", "bird", "bird.conf"), encoding="utf-8") as f:
+        text = f.read()
+    for old, new in (("192.0.2.10", VIP), ("10.0.0.11", f"10.200.{20 + k}.2"),
+                     ("10.0.0.1", f"10.200.{20 + k}.1"), ("as 65001", f"as {INSTANCE_AS}"),
+                     ("as 65000", f"as {ROUTER_AS}")):
+        h.expect(old in text, f"conf/bird/bird.conf has no {old!r} to replace")
+        text = text.replace(old, new)
+    return text
+
+
+def start_bird(ns, label, conf):
+    conf_path = h.write_file(f"{label}.conf", conf)
+    sock = os.path.join(h.temp_dir(), f"{label}.ctl")
+    proc = in_ns(ns, ["bird", "-f", "-c", conf_path, "-s", sock,
+                      "-P", os.path.join(h.temp_dir(), f"{label}.pid")], label)
+    h.wait_for(f"{label} to answer", lambda: os.path.exists(sock), process=proc)
+    return proc, sock
+
+
+def vip_paths(fleet):
+    """The instances the router's VIP route leads to (their router-side devices)."""
+    route = sh("ip", "-n", fleet.router, "route", "show", f"{VIP}/32").stdout
+    return sorted(set(re.findall(r"dev (i\d)", route)))
+
+
+def test_bird_withdraws_a_stopping_instance_and_clients_do_not_notice():
+    reason = namespaces_unavailable() or bird_unavailable()
+    if reason:
+        h.skip(reason)
+    fleet = Fleet(with_bird=True)
+    start_bird(fleet.router, "bird-router", router_bird_conf())
+    backends = []
+    for i in range(1, 4):
+        proc = in_ns(fleet.backends, [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name",
+                                      f"backend-{i}"], f"echo-{i}")
+        log = h.wait_for(f"backend-{i} to listen", lambda: "listening on" in proc.log()
+                         and proc.log(), process=proc)
+        backends.append({"id": f"backend-{i}", "address": log.split("listening on ")[1].split()[0]})
+    daemons, admins = [], []
+    for k, ns in enumerate(fleet.instances):
+        admin = os.path.join(h.temp_dir(), f"i{k}.sock")
+        config = h.config_text(
+            [{"bind": f"{VIP}:{VIP_PORT}", "target_group": "web"}],
+            [{"name": "web", "targets": backends[k:] + backends[:k]}],
+            global_={"admin_socket": admin, "shutdown_delay": "5s", "shutdown_grace": "60s"})
+        daemons.append(in_ns(ns, [h.STICKYD_BIN, "--config", h.write_file(f"i{k}.toml", config)],
+                             f"stickyd-i{k}"))
+        admins.append(admin)
+        _, ctl = start_bird(ns, f"bird-i{k}", instance_bird_conf(k))
+        env = {"STICKYD_ADMIN": admin, "BIRDC": f"birdc -s {ctl}", "STICKYCTL": STICKYCTL_BIN,
+               "INTERVAL": "0.2"}
+        in_ns(ns, ["env"] + [f"{key}={value}" for key, value in env.items()] + [WATCH_SCRIPT],
+              f"watch-i{k}")
+    h.wait_for("the router to have a path to every instance",
+               lambda: vip_paths(fleet) == ["i0", "i1", "i2"], timeout=45)
+
+    clients = in_ns(fleet.client, [sys.executable, CLIENT_SCRIPT, VIP, VIP_PORT, h.temp_dir()]
+                    + SOURCES, "clients")
+    spread = client_phase(clients, "spread")
+    backend_of = {src: answers[0][0] for src, answers in spread.items()}
+    for src, answers in spread.items():
+        h.expect(len({name for name, _ in answers}) == 1,
+                 f"{src} reached several backends: {answers}")
+    client_phase(clients, "held")
+    client_phase(clients, "streaming")
+    h.wait_for("the stream to run", lambda: progress(clients) >= 200, process=clients)
+
+    daemons[0].signal(signal.SIGTERM)
+    h.wait_for("BGP to withdraw instance 0's route", lambda: vip_paths(fleet) == ["i1", "i2"],
+               timeout=30)
+    withdrawn_at = progress(clients)
+    h.wait_for("instance 0 to stop accepting (delay over)",
+               lambda: "delay over: stopped accepting" in daemons[0].log(), process=daemons[0])
+    h.wait_for("more connections after the withdrawal",
+               lambda: progress(clients) >= withdrawn_at + 300, process=clients)
+    with open(os.path.join(h.temp_dir(), "stop"), "w"):
+        pass
+    done = client_phase(clients, "done")
+    h.expect_eq(done["failures"], [], "failed connections over the whole run")
+    for src, names in done["backends"].items():
+        h.expect_eq(names, [backend_of[src]], f"backends of {src} during the stream")
+    h.expect(all(v == "ok" for v in done["held"].values()), f"held connections: {done['held']}")
 
 
 if __name__ == "__main__":
