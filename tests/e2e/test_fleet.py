@@ -208,6 +208,23 @@ def test_ready_turns_503_on_sigterm_while_the_delay_still_accepts():
     h.expect("delay over: stopped accepting" in log, log)
 
 
+def test_a_second_signal_during_the_delay_stops_at_once():
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    admin = os.path.join(h.temp_dir(), "twice.sock")
+    proc = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
+                                 "--shutdown-delay", "5m", "--shutdown-grace", "5m",
+                                 "--admin-socket", admin], addr=lb).process
+    held = h.connect(lb, "127.0.0.2")
+    h.on_cleanup(held.close)
+    h.send_all(held, b"STICKYD-TEST HOLD\n")
+    proc.signal(signal.SIGTERM)
+    h.wait_for("/ready to answer 503", lambda: ready_status(admin) == 503, process=proc)
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(15), 0, "exit status after a second SIGTERM (delay and grace 5m)")
+    h.expect(h.wait_closed(held, timeout=10) in ("eof", "reset"), "held connection still open")
+
+
 def notify_socket():
     """A datagram socket standing in for systemd's NOTIFY_SOCKET: (path, socket)."""
     path = os.path.join(h.temp_dir(), "notify.sock")
