@@ -10,7 +10,7 @@ namespace stickyd {
 namespace {
 
 constexpr std::string_view kEndpoints =
-    "GET /status, GET /ring, GET /lookup, GET /metrics, POST /targets/ID/drain, "
+    "GET /status, GET /ring, GET /lookup, GET /metrics, GET /ready, POST /targets/ID/drain, "
     "POST /targets/ID/enable";
 
 // Every string was checked on the way in; replacing is the backstop for one that
@@ -167,6 +167,13 @@ AdminReply wrong_method(std::string_view allow, const AdminRequest& request) {
     return reply;
 }
 
+// A readiness probe reads the status code; the body is for people and scripts.
+AdminReply ready_reply(bool ready) {
+    AdminReply reply = json_reply(Json{{"ready", ready}});
+    if (!ready) reply.status = 503;
+    return reply;
+}
+
 }  // namespace
 
 ProcessFds AdminSource::process_fds() {
@@ -246,10 +253,11 @@ AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source
     if (std::optional<AdminReply> bad = invalid_utf8(request)) return *bad;
     const std::string& path = request.path;
     const bool get = request.method == "GET" || request.method == "HEAD";
-    for (std::string_view endpoint : {"/status", "/ring", "/lookup", "/metrics"}) {
+    for (std::string_view endpoint : {"/status", "/ring", "/lookup", "/metrics", "/ready"}) {
         if (path == endpoint && !get) return wrong_method("GET", request);
     }
     if (path == "/status") return json_reply(status_document(gather(source)));
+    if (path == "/ready") return ready_reply(source.ready());
     if (path == "/ring") return ring(request, source);
     if (path == "/lookup") return lookup(request, source);
     if (path == "/metrics") {

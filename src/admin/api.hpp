@@ -35,6 +35,8 @@ class AdminSource {
     virtual DaemonTotals totals() = 0;
     // A maglev group's table size, for its entry counts in /ring; 0 = unknown.
     virtual uint32_t maglev_table_size(const std::string& /*group*/) { return 0; }
+    // GET /ready: false from the moment a stop begins (shutdown_delay, then drain).
+    virtual bool ready() { return true; }
     // This process's fd usage (/proc/self/fd and RLIMIT_NOFILE).
     virtual ProcessFds process_fds();
 };

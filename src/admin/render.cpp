@@ -8,6 +8,7 @@
 #include <map>
 
 #include "stickyd/address.hpp"
+#include "stickyd/fingerprint.hpp"
 #include "stickyd/ring_report.hpp"
 #include "stickyd_version.h"
 
@@ -84,6 +85,31 @@ std::string rfc3339_utc(std::chrono::system_clock::time_point t) {
                        ((ms % 1000) + 1000) % 1000);
 }
 
+namespace {
+
+// Everything the group's mapping depends on, so that stickyctl compare can rebuild
+// another instance's selector and measure where two instances disagree.
+Json routing_json(const RoutingTable* table) {
+    if (!table || !table->balancer) return nullptr;
+    const RoutingInputs inputs = routing_inputs(*table);
+    Json targets = Json::array();
+    for (const RoutingInputs::Target& t : inputs.targets) {
+        targets.push_back({{"id", t.id}, {"address", t.address}, {"weight", t.weight}});
+    }
+    Json table_size = nullptr;
+    if (inputs.table_size != 0) table_size = inputs.table_size;
+    return Json{{"fingerprint", routing_fingerprint(inputs)},
+                {"usable_fingerprint", usable_fingerprint(*table)},
+                {"mapping_version", kMappingVersion},
+                {"algorithm", inputs.algorithm},
+                {"table_size", std::move(table_size)},
+                {"prefix_v4", inputs.prefix_v4},
+                {"prefix_v6", inputs.prefix_v6},
+                {"targets", std::move(targets)}};
+}
+
+}  // namespace
+
 Json status_document(const AdminState& state) {
     const DaemonTotals& t = state.totals;
     Json listeners = Json::array();
@@ -110,6 +136,7 @@ Json status_document(const AdminState& state) {
                           {"health_checks", g.health_checks},
                           {"failing_open", g.failing_open},
                           {"dns_error", std::move(dns_error)},
+                          {"routing", routing_json(g.table.get())},
                           {"targets", std::move(targets)}});
     }
     return Json{{"version", STICKYD_VERSION},
@@ -374,6 +401,14 @@ std::string metrics_text(const AdminState& state) {
              "1 while no target of the group is usable and it routes as if all were healthy.");
     for (const GroupView& g : groups) {
         p.sample("stickyd_group_failing_open", {{"group", g.name}}, uint64_t{g.failing_open});
+    }
+    p.family("stickyd_target_group_routing_info", "gauge",
+             "Always 1; fingerprint digests what decides the group's mapping (equal on "
+             "instances that route every client alike).");
+    for (const GroupView& g : groups) {
+        if (!g.table || !g.table->balancer) continue;
+        p.sample("stickyd_target_group_routing_info",
+                 {{"group", g.name}, {"fingerprint", routing_fingerprint(*g.table)}}, uint64_t{1});
     }
     p.family("stickyd_health_check_duration_seconds", "histogram",
              "How long active health checks took, per target group.");

@@ -333,6 +333,10 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
     return result;
 }
 
+void Daemon::withdraw() {
+    if (admin_source_) admin_source_->withdraw();
+}
+
 void Daemon::stop(Duration grace) {
     for (auto& worker : workers_) worker->stop(grace);
 }
@@ -352,6 +356,10 @@ void Daemon::stop_services() {
 
 Duration Daemon::shutdown_grace() const {
     return config_.global.shutdown_grace;
+}
+
+Duration Daemon::shutdown_delay() const {
+    return config_.global.shutdown_delay;
 }
 
 uint64_t Daemon::active_connections() const {

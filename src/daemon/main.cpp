@@ -28,6 +28,7 @@
 #include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/stop_sequence.hpp"
 #include "stickyd_version.h"
 
 namespace stickyd {
@@ -50,6 +51,7 @@ struct Options {
     std::string connect_timeout = "2s";
     unsigned connect_retries = 2;
     std::string shutdown_grace = "30s";
+    std::string shutdown_delay = "0s";
     // Health checks: quick mode is for local use, so checks are fast by default.
     std::string health_check = "tcp";
     std::string health_path = "/";
@@ -203,6 +205,10 @@ std::variant<Config, ConfigError> config_from_flags(const Options& opt) {
                                         "a duration such as 30s", config.global.shutdown_grace)) {
         return *error;
     }
+    if (auto error = read_duration_flag("--shutdown-delay", opt.shutdown_delay,
+                                        "a duration such as 5s", config.global.shutdown_delay)) {
+        return *error;
+    }
     if (auto error = validate(config, "<command line>")) return *error;
     return config;
 }
@@ -227,6 +233,15 @@ void notified(int rc) {
         warned = true;
         log::warn("cannot notify systemd through NOTIFY_SOCKET: {}", std::strerror(-rc));
     }
+}
+
+// The listeners close; open connections get shutdown_grace.
+void begin_drain(Daemon& daemon, const std::string& why) {
+    const Duration grace = daemon.shutdown_grace();
+    daemon.withdraw();
+    log::info("{}: stopped accepting; waiting up to {} ms for {} open connections", why,
+              grace.count(), daemon.active_connections());
+    daemon.stop(grace);
 }
 
 int run(Config config, DaemonOptions options) {
@@ -265,7 +280,7 @@ int run(Config config, DaemonOptions options) {
 
     // A watcher thread turns "all workers returned" into a wake-up for sigwait,
     // so a crashed worker is not hidden behind a daemon that waits forever.
-    bool stopping = false;
+    StopSequence stop;
     int exit_code = kExitOk;
     std::atomic<bool> joined{false};
     std::thread joiner([&] {
@@ -275,7 +290,8 @@ int run(Config config, DaemonOptions options) {
     });
     auto next_tick = std::chrono::steady_clock::now() + tick;
     for (;;) {
-        const auto left = std::max(next_tick - std::chrono::steady_clock::now(),
+        const auto wake = std::min(next_tick, stop.deadline().value_or(next_tick));
+        const auto left = std::max(wake - std::chrono::steady_clock::now(),
                                    std::chrono::steady_clock::duration::zero());
         const auto left_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
         const timespec timeout{static_cast<time_t>(left_ns / 1000000000),
@@ -283,16 +299,22 @@ int run(Config config, DaemonOptions options) {
         const int sig = sigtimedwait(&signals, nullptr, &timeout);
         if (sig < 0) {
             if (errno != EAGAIN) continue;  // EINTR
-            next_tick = std::chrono::steady_clock::now() + tick;
-            notified(
-                sd::status(stopping ? "stopping: " + daemon.status_line() : daemon.status_line()));
+            const auto now = std::chrono::steady_clock::now();
+            if (stop.on_tick(now) == StopSequence::Action::drain) {
+                begin_drain(daemon, "delay over");
+                notified(sd::status(stop.status(daemon.status_line())));
+            }
+            if (now < next_tick) continue;  // woken for the end of the withdraw window only
+            next_tick = now + tick;
+            notified(sd::status(stop.status(daemon.status_line())));
             // Past STOPPING=1 systemd no longer expects pings.
-            if (watchdog && !stopping && daemon.workers_progressed()) notified(sd::watchdog());
+            const bool serving = stop.phase() == StopSequence::Phase::serving;
+            if (watchdog && serving && daemon.workers_progressed()) notified(sd::watchdog());
             continue;
         }
         if (joined) break;
         if (sig == SIGHUP) {
-            if (stopping) continue;  // nothing to reload into once draining
+            if (stop.phase() != StopSequence::Phase::serving) continue;  // nothing to reload into
             // RELOADING=1 only for a file that validated: a refused reload changes
             // nothing, and says why in STATUS= for `systemctl status`.
             const Daemon::ReloadResult result = daemon.reload([] { notified(sd::reloading()); });
@@ -305,21 +327,30 @@ int run(Config config, DaemonOptions options) {
             }
             continue;
         }
-        if (!stopping) {
-            stopping = true;
-            const Duration grace = daemon.shutdown_grace();
-            notified(sd::stopping());
-            log::info("{} received: stopped accepting; waiting up to {} ms for {} open connections",
-                      sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
-                      daemon.active_connections());
-            daemon.stop(grace);
-        } else {
-            log::warn("second signal: closing all connections now");
-            daemon.stop(Duration{0});
+        const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+        switch (stop.on_signal(daemon.shutdown_delay(), std::chrono::steady_clock::now())) {
+            case StopSequence::Action::withdraw:
+                daemon.withdraw();
+                notified(sd::stopping());
+                log::info("{} received: not ready; still accepting for the shutdown delay of {} ms",
+                          name, daemon.shutdown_delay().count());
+                break;
+            case StopSequence::Action::drain:
+                notified(sd::stopping());
+                begin_drain(daemon, std::string(name) + " received");
+                break;
+            case StopSequence::Action::stop_now:
+                log::warn("second signal: closing all connections now");
+                daemon.stop(Duration{0});
+                break;
+            case StopSequence::Action::none:
+                break;
         }
+        notified(sd::status(stop.status(daemon.status_line())));
     }
     joiner.join();
-    if (!stopping) notified(sd::stopping());  // a worker failed: we stop unasked
+    // A worker failed: we stop unasked.
+    if (stop.phase() == StopSequence::Phase::serving) notified(sd::stopping());
     log::info("stopped");
     return exit_code;
 }
@@ -378,6 +409,9 @@ int main_impl(int argc, char** argv) {
                             ->check(CLI::Range(0U, 16U));
     auto* grace_opt = app.add_option("--shutdown-grace", opt.shutdown_grace,
                                      "Quick mode: how long SIGTERM waits for connections");
+    auto* delay_opt = app.add_option(
+        "--shutdown-delay", opt.shutdown_delay,
+        "Quick mode: on SIGTERM, keep accepting this long with /ready at 503 (default 0s)");
     auto* hc_opt =
         app.add_option("--health-check", opt.health_check, "Quick mode: tcp (default), http or off")
             ->check(CLI::IsMember({"tcp", "http", "off"}));
@@ -422,11 +456,11 @@ int main_impl(int argc, char** argv) {
     auto* access_opt = app.add_flag("--access-log", opt.access_log,
                                     "Quick mode: log one info line per finished connection");
     config_opt->excludes(check_opt)->excludes(listen_opt)->excludes(target_opt);
-    for (auto* quick :
-         {algorithm_opt, prefix4_opt,    prefix6_opt, timeout_opt,     retries_opt,    grace_opt,
-          hc_opt,        hc_path_opt,    hc_port_opt, hc_interval_opt, hc_timeout_opt, hc_rise_opt,
-          hc_fall_opt,   hc_matcher_opt, passive_opt, termination_opt, idle_opt,       pp2_opt,
-          accept_pp_opt, pp_timeout_opt, access_opt}) {
+    for (auto* quick : {algorithm_opt,   prefix4_opt,     prefix6_opt, timeout_opt, retries_opt,
+                        grace_opt,       delay_opt,       hc_opt,      hc_path_opt, hc_port_opt,
+                        hc_interval_opt, hc_timeout_opt,  hc_rise_opt, hc_fall_opt, hc_matcher_opt,
+                        passive_opt,     termination_opt, idle_opt,    pp2_opt,     accept_pp_opt,
+                        pp_timeout_opt,  access_opt}) {
         quick->excludes(config_opt)->excludes(check_opt);
     }
     check_opt->excludes(listen_opt)->excludes(target_opt);

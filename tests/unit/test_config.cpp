@@ -558,7 +558,7 @@ HealthyThresholdCount = 3
 zzz = 1
 aaa = 2
 )") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
-       "\"shutdown_grace\", \"admin_socket\", \"admin_address\"");
+       "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_address\"");
     }
     SUBCASE("unusual key names are quoted in the path") {
         CHECK(error_of(R"(
@@ -1842,4 +1842,33 @@ TEST_CASE("validate: service-life ranges for configs built in memory") {
     CHECK(validate_error(config) ==
           "<command line>: global.admin_socket: must be shorter than 108 bytes (a unix socket "
           "path), got 201");
+}
+
+TEST_CASE("shutdown_delay: default 0, a duration up to 10m, and one line when wrong") {
+    CHECK(loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+[[target_group.target]]
+address = "10.0.0.1:80"
+)")
+              .global.shutdown_delay == 0s);
+    CHECK(loaded(R"(
+[global]
+shutdown_delay = "5s"
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+[[target_group.target]]
+address = "10.0.0.1:80"
+)")
+              .global.shutdown_delay == 5s);
+    CHECK(error_of(R"(
+[global]
+shutdown_delay = "11m"
+)") == "t.toml:2:18: global.shutdown_delay: must be a duration from 0s to 10m, got 11m");
 }

@@ -59,6 +59,9 @@ struct DurationRange {
 constexpr DurationRange kConnectTimeoutRange{10ms, 60s};
 // The NLB caps deregistration_delay at one hour; a longer drain is never intended.
 constexpr DurationRange kShutdownGraceRange{0ms, 3600s};
+// Long enough for any BGP hold time or readiness probe period; the withdraw window
+// is spent serving, so it costs only time.
+constexpr DurationRange kShutdownDelayRange{0ms, 600s};
 
 // Health checks: the NLB allows intervals of 5-300 s and timeouts of 2-120 s. The
 // lower bounds here are a stickyd extension so tests and demos can detect a dead
@@ -548,11 +551,13 @@ std::optional<Algorithm> read_algorithm(TableReader& r, std::string_view key) {
 
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
-                  {"threads", "log_level", "shutdown_grace", "admin_socket", "admin_address"});
+                  {"threads", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
+                   "admin_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
     if (auto v = r.duration("shutdown_grace", kShutdownGraceRange)) global.shutdown_grace = *v;
+    if (auto v = r.duration("shutdown_delay", kShutdownDelayRange)) global.shutdown_delay = *v;
     if (auto v = r.string("admin_socket")) global.admin_socket = *v;
     if (auto v = r.address("admin_address", "\"127.0.0.1:9090\"")) global.admin_address = *v;
     return global;
@@ -842,6 +847,9 @@ void check_global(Diagnostics& diag, const GlobalConfig& global) {
     }
     if (auto problem = check_duration(global.shutdown_grace, kShutdownGraceRange)) {
         diag.fail("global.shutdown_grace", *problem);
+    }
+    if (auto problem = check_duration(global.shutdown_delay, kShutdownDelayRange)) {
+        diag.fail("global.shutdown_delay", *problem);
     }
     if (!global.admin_socket.empty()) {
         if (!global.admin_socket.starts_with('/')) {
