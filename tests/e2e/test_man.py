@@ -54,10 +54,18 @@ def test_stickyd_page_documents_every_option():
 
 
 def test_stickyctl_page_documents_every_option_of_every_command():
+    out = subprocess.run([STICKYCTL_BIN, "--help"], capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL).stdout
+    commands = re.findall(r"^  ([a-z]+) ", out.split("Subcommands:", 1)[1], re.M)
+    h.expect(len(commands) >= 6, f"no subcommands found in:\n{out}")
     flags = help_flags([STICKYCTL_BIN])
-    for command in ["ring", "lookup", "simulate", "status", "drain", "enable"]:
+    for command in commands:
         flags |= help_flags([STICKYCTL_BIN, command])
     check_page("stickyctl.8", flags)
+    text = rendered("stickyctl.8")
+    for command in commands:
+        h.expect(re.search(rf"^ +{command}\b", text, re.M),
+                 f"stickyctl.8 does not describe the command {command}")
 
 
 if __name__ == "__main__":
