@@ -802,6 +802,209 @@ Config read_config(Diagnostics& diag, const toml::table& root) {
     return config;
 }
 
+// ---------------------------------------------------------------------------------
+// Bounds checked before toml++ sees the text. toml++ recurses once per nesting level
+// while parsing and again while destroying the tree, and 50,000 levels overflow the
+// stack; its own limit (TOML_MAX_NESTED_VALUES, fixed when the library was built)
+// covers arrays and inline tables but not dotted keys or headers.
+
+// No stickyd config nests deeper than about 4 levels; only broken or hostile input
+// comes near this.
+constexpr unsigned kMaxNesting = 32;
+// A thousand targets take about 60 KiB. The cap also keeps `--check-config /dev/zero`
+// from reading until memory runs out.
+constexpr size_t kMaxConfigBytes = 1024 * 1024;
+constexpr std::string_view kTooLarge = "larger than 1 MiB, the limit for a config file";
+
+// Finds where TOML text first nests deeper than kMaxNesting, without recursing. A
+// level is a key segment, a header segment, an array or an inline table; the levels
+// of the last [header] count for the keys below it. Strings and comments are skipped
+// as toml++ skips them, so their brackets and dots are not levels. Where invalid text
+// could be read two ways, toml++ has stopped at an earlier syntax error anyway.
+class NestingScanner {
+  public:
+    explicit NestingScanner(std::string_view text) : text_(text) {}
+
+    // Where the first level beyond the limit starts, if there is one.
+    std::optional<Position> find_too_deep() {
+        while (pos_ < text_.size() && !too_deep_) {
+            const char c = text_[pos_];
+            if (c == '#') {
+                skip_comment();
+            } else if (c == '"' || c == '\'') {
+                if (expect_ == Expect::key || expect_ == Expect::header) start_segment();
+                skip_string(c);
+            } else {
+                on_char(c);
+                advance();
+            }
+        }
+        return too_deep_;
+    }
+
+  private:
+    // What the next significant character can be: part of a key (or of a header's
+    // key), part of a value, or nothing but a comment up to the end of the line.
+    enum class Expect { key, header, value, line_end };
+
+    // An open array or inline table, and the depth it was opened at.
+    struct Open {
+        char bracket;
+        unsigned depth;
+    };
+
+    void on_char(char c) {
+        if (c == '\n') return end_line();
+        switch (expect_) {
+            case Expect::key:
+            case Expect::header:
+                return on_key_char(c);
+            case Expect::value:
+                return on_value_char(c);
+            case Expect::line_end:
+                return;
+        }
+    }
+
+    void on_key_char(char c) {
+        if (c == ' ' || c == '\t' || c == '\r') return;
+        const bool header = expect_ == Expect::header;
+        if (c == '.') {
+            in_segment_ = false;
+        } else if (c == '=' && !header) {
+            expect_ = Expect::value;
+        } else if (c == '[' && header) {
+            // The second bracket of [[array.of.tables]].
+        } else if (c == '[' && open_.empty() && !in_segment_ && depth_ == table_depth_) {
+            expect_ = Expect::header;
+            depth_ = 0;
+        } else if (c == ']' && header) {
+            table_depth_ = depth_;
+            expect_ = Expect::line_end;
+        } else if (c == ']' || c == '}') {
+            close();  // an empty inline table, or a trailing comma in one
+        } else {
+            start_segment();
+        }
+    }
+
+    void on_value_char(char c) {
+        if (c == '[' || c == '{') {
+            open_.push_back({c, depth_});
+            descend();
+            if (c == '{') start_key();
+        } else if (c == ']' || c == '}') {
+            close();
+        } else if (c == ',' && !open_.empty()) {
+            // The next element or key is as deep as the first one was.
+            depth_ = open_.back().depth + 1;
+            if (open_.back().bracket == '{') start_key();
+        }
+    }
+
+    void start_key() {
+        expect_ = Expect::key;
+        in_segment_ = false;
+    }
+
+    void start_segment() {
+        if (in_segment_) return;
+        in_segment_ = true;
+        descend();
+    }
+
+    void descend() {
+        if (++depth_ > kMaxNesting) too_deep_ = Position{line_, column_};
+    }
+
+    void close() {
+        if (open_.empty()) return;
+        depth_ = open_.back().depth;
+        open_.pop_back();
+        expect_ = Expect::value;
+    }
+
+    // Arrays (and, in TOML 1.1, inline tables) continue over line ends; anything else
+    // ends with its line.
+    void end_line() {
+        if (!open_.empty()) return;
+        start_key();
+        depth_ = table_depth_;
+    }
+
+    void skip_comment() {
+        while (pos_ < text_.size() && text_[pos_] != '\n') advance();
+    }
+
+    // Basic strings ("...", """...""") have backslash escapes; literal ones do not. A
+    // multi-line string may end in one or two quotes of its own: """a""""" is `a""`.
+    void skip_string(char quote) {
+        const std::string triple(3, quote);
+        const bool multi_line = text_.substr(pos_, 3) == triple;
+        advance_by(multi_line ? 3 : 1);
+        while (pos_ < text_.size()) {
+            const char c = text_[pos_];
+            if (c == '\\' && quote == '"') {
+                advance_by(2);
+            } else if (c == '\n' && !multi_line) {
+                return;  // unterminated: toml++ stops here
+            } else if (c != quote) {
+                advance();
+            } else if (!multi_line) {
+                return advance();
+            } else if (text_.substr(pos_, 3) == triple) {
+                advance_by(3);
+                for (int extra = 0; extra < 2 && pos_ < text_.size() && text_[pos_] == quote;
+                     ++extra) {
+                    advance();
+                }
+                return;
+            } else {
+                advance();
+            }
+        }
+    }
+
+    // Columns count characters, not bytes, as toml++'s positions do.
+    void advance() {
+        const auto byte = static_cast<unsigned char>(text_[pos_++]);
+        if (byte == '\n') {
+            ++line_;
+            column_ = 1;
+        } else if ((byte & 0xc0) != 0x80) {
+            ++column_;
+        }
+    }
+
+    void advance_by(size_t n) {
+        while (n-- > 0 && pos_ < text_.size()) advance();
+    }
+
+    std::string_view text_;
+    size_t pos_ = 0;
+    unsigned line_ = 1;
+    unsigned column_ = 1;
+    Expect expect_ = Expect::key;
+    bool in_segment_ = false;
+    unsigned depth_ = 0;
+    unsigned table_depth_ = 0;
+    std::vector<Open> open_;  // at most kMaxNesting deep: the scan stops there
+    std::optional<Position> too_deep_;
+};
+
+// False, with the error recorded, when the text must not reach toml++.
+bool within_bounds(Diagnostics& diag, std::string_view text) {
+    if (text.size() > kMaxConfigBytes) {
+        diag.fail_at("", {}, std::string(kTooLarge));
+        return false;
+    }
+    if (auto position = NestingScanner(text).find_too_deep()) {
+        diag.fail_at("", *position, fmt::format("nesting deeper than {}", kMaxNesting));
+        return false;
+    }
+    return true;
+}
+
 std::string first_lower(std::string_view text) {
     std::string out(text);
     if (!out.empty()) out[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(out[0])));
@@ -1081,13 +1284,14 @@ void check_config(Diagnostics& diag, const Config& config) {
 // ---------------------------------------------------------------------------------
 // Files and durations.
 
-// Returns 0 or the errno that stopped the read.
-int read_whole_file(const std::string& path, std::string& out) {
+// Returns 0 or the errno that stopped the read. Stops once `out` holds more than
+// `limit` bytes: parse_config reports that, and an endless file is not read on.
+int read_file_up_to(const std::string& path, size_t limit, std::string& out) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno;
     char buffer[65536];
     int error = 0;
-    for (;;) {
+    while (out.size() <= limit) {
         ssize_t n = ::read(fd, buffer, sizeof buffer);
         if (n > 0) {
             out.append(buffer, static_cast<size_t>(n));
@@ -1167,7 +1371,7 @@ std::string ConfigError::to_string() const {
 
 ConfigResult load_config_file(const std::string& path) {
     std::string text;
-    if (int error = read_whole_file(path, text); error != 0) {
+    if (int error = read_file_up_to(path, kMaxConfigBytes, text); error != 0) {
         return ConfigError{path, 0, 0, "", fmt::format("cannot read: {}", std::strerror(error))};
     }
     return parse_config(text, path);
@@ -1175,6 +1379,7 @@ ConfigResult load_config_file(const std::string& path) {
 
 ConfigResult parse_config(std::string_view toml_text, std::string_view source_name) {
     Diagnostics diag(source_name);
+    if (!within_bounds(diag, toml_text)) return *diag.take();
     auto root = parse_toml(diag, toml_text, source_name);
     if (!root) return *diag.take();
     Config config = read_config(diag, *root);

@@ -1271,6 +1271,144 @@ log_level = "loud"
 }
 
 // ---------------------------------------------------------------------------------
+// Bounds checked before the TOML parser sees the text: toml++ recurses once per
+// nesting level (and again when the tree is destroyed), so 50,000 levels used to
+// overflow the stack and kill the daemon.
+
+namespace {
+
+std::string repeat(std::string_view piece, size_t times) {
+    std::string out;
+    out.reserve(piece.size() * times);
+    for (size_t i = 0; i < times; ++i) out += piece;
+    return out;
+}
+
+constexpr std::string_view kUnknownTopLevel =
+    "unknown key; expected one of \"global\", \"listener\", \"target_group\"";
+
+// toml++ places a header's key after its bracket.
+std::string unknown_top_level(unsigned line, std::string_view key, unsigned column = 1) {
+    return fmt::format("t.toml:{}:{}: {}: {}", line, column, key, kUnknownTopLevel);
+}
+
+}  // namespace
+
+TEST_CASE("nesting deeper than 32 levels is one error line, not a crash") {
+    // Each key segment, header segment, array and inline table is one level. The
+    // position is where the 33rd level starts.
+    SUBCASE("a dotted key") {
+        CHECK(error_of(repeat("a.", 50'000) + "a = 1\n") == "t.toml:1:65: nesting deeper than 32");
+    }
+    SUBCASE("a table header") {
+        CHECK(error_of("[" + repeat("a.", 50'000) + "a]\n") ==
+              "t.toml:1:66: nesting deeper than 32");
+    }
+    SUBCASE("an array-of-tables header") {
+        CHECK(error_of("[[" + repeat("a.", 50'000) + "a]]\n") ==
+              "t.toml:1:67: nesting deeper than 32");
+    }
+    SUBCASE("inline tables") {
+        // "a = {" is five columns and two levels: the 17th key is level 33.
+        CHECK(error_of(repeat("a = {", 50'000) + repeat("}", 50'000) + "\n") ==
+              "t.toml:1:81: nesting deeper than 32");
+    }
+    SUBCASE("arrays") {
+        CHECK(error_of("a = " + repeat("[", 50'000) + repeat("]", 50'000) + "\n") ==
+              "t.toml:1:36: nesting deeper than 32");
+    }
+    SUBCASE("arrays of inline tables") {
+        // "[{b = " is six columns and three levels: the 11th "{" is level 33.
+        CHECK(error_of("a = " + repeat("[{b = ", 50'000) + "\n") ==
+              "t.toml:1:66: nesting deeper than 32");
+    }
+    SUBCASE("a dotted key inside inline tables") {
+        // "{b.c = " is seven columns and three levels: the 11th "b" is level 33.
+        CHECK(error_of("a = " + repeat("{b.c = ", 50'000) + "\n") ==
+              "t.toml:1:76: nesting deeper than 32");
+    }
+    SUBCASE("a header's levels count for the keys below it") {
+        CHECK(error_of("[" + repeat("a.", 15) + "a]\n\nb = 1\n" + repeat("c.", 16) + "c = 1\n") ==
+              "t.toml:4:33: nesting deeper than 32");
+    }
+    SUBCASE("a multi-line array keeps its depth across lines") {
+        CHECK(error_of("a = [\n" + repeat("[\n", 40)) == "t.toml:32:1: nesting deeper than 32");
+    }
+    SUBCASE("columns count characters, as the TOML parser's do") {
+        CHECK(error_of("\"é\"." + repeat("a.", 40) + "a = 1\n") ==
+              "t.toml:1:67: nesting deeper than 32");
+    }
+}
+
+TEST_CASE("32 levels are still read by the TOML parser") {
+    CHECK(error_of(repeat("a.", 31) + "a = 1\n") == unknown_top_level(1, "a"));
+    CHECK(error_of("[" + repeat("a.", 31) + "a]\n") == unknown_top_level(1, "a", 2));
+    CHECK(error_of("a = " + repeat("[", 31) + repeat("]", 31) + "\n") == unknown_top_level(1, "a"));
+    // Each comma of an inline table starts the next key at the table's own level.
+    CHECK(error_of("a = " + repeat("{b = 1, c = ", 15) + "{}" + repeat("}", 15) + "\n") ==
+          unknown_top_level(1, "a"));
+    // Each header starts again from the top.
+    CHECK(error_of("[" + repeat("a.", 31) + "a]\n[" + repeat("b.", 31) + "b]\n") ==
+          unknown_top_level(1, "a", 2));
+    // A closed array gives its levels back to the next element.
+    CHECK(error_of("a = [" + repeat("[[[[[[[[[[]]]]]]]]]], ", 100) + "]\n") ==
+          unknown_top_level(1, "a"));
+}
+
+TEST_CASE("brackets and dots in strings and comments are not nesting") {
+    const std::string deep = repeat("[{.", 100);
+    SUBCASE("comments") {
+        CHECK(error_of("# " + deep + "\nx = 1 # " + deep + "\n") == unknown_top_level(2, "x"));
+    }
+    SUBCASE("basic strings, with escaped quotes") {
+        CHECK(error_of("x = \"\\\"" + deep + "\\\\\"\n") == unknown_top_level(1, "x"));
+    }
+    SUBCASE("literal strings, where a backslash escapes nothing") {
+        CHECK(error_of("x = ['\\', '" + deep + "']\n") == unknown_top_level(1, "x"));
+    }
+    SUBCASE("multi-line basic strings, ending in quotes") {
+        CHECK(error_of("x = \"\"\"\n" + deep + "\n\\\"\"\"" + deep + "\n\"\"\"\"\"\n") ==
+              unknown_top_level(1, "x"));
+    }
+    SUBCASE("multi-line literal strings, ending in quotes") {
+        CHECK(error_of("x = '''\n" + deep + "\n'' " + deep + "'''''\n") ==
+              unknown_top_level(1, "x"));
+    }
+    SUBCASE("quoted keys") {
+        CHECK(error_of("\"" + repeat("a.", 100) + "\".'" + repeat("b.", 100) + "' = 1\n") ==
+              fmt::format("t.toml:1:1: {:?}: {}", repeat("a.", 100), kUnknownTopLevel));
+    }
+    SUBCASE("floats and times") {
+        CHECK(error_of("x = [" + repeat("1.5, 07:32:00.25, ", 100) + "]\n") ==
+              unknown_top_level(1, "x"));
+    }
+}
+
+TEST_CASE("a config larger than 1 MiB is refused before it is parsed") {
+    // kMinimal, padded with a comment to exactly 1 MiB, loads.
+    std::string text(doc(kMinimal));
+    text += "#" + std::string(1024 * 1024 - text.size() - 2, 'x') + "\n";
+    REQUIRE(text.size() == 1024 * 1024);
+    CHECK(error_of(text) == "<loaded>");
+    text += "\n";
+    CHECK(error_of(text) == "t.toml: larger than 1 MiB, the limit for a config file");
+    SUBCASE("a file is not read past the limit") {
+        std::string path = write_temp(text);
+        auto result = load_config_file(path);
+        std::remove(path.c_str());
+        auto* error = std::get_if<ConfigError>(&result);
+        REQUIRE(error != nullptr);
+        CHECK(error->to_string() == path + ": larger than 1 MiB, the limit for a config file");
+    }
+    SUBCASE("an endless file") {
+        auto result = load_config_file("/dev/zero");
+        auto* error = std::get_if<ConfigError>(&result);
+        REQUIRE(error != nullptr);
+        CHECK(error->to_string() == "/dev/zero: larger than 1 MiB, the limit for a config file");
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // validate() on a Config built in memory (the command-line quick mode).
 
 TEST_CASE("validate: a valid quick-mode config") {
