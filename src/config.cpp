@@ -212,17 +212,16 @@ std::optional<std::string> port_problem(std::string_view port) {
 }
 
 std::string host_problem(std::string_view host, bool bracketed) {
-    std::string h(host);
     if (bracketed) {
         in6_addr v6{};
-        if (inet_pton(AF_INET6, h.c_str(), &v6) != 1) {
+        if (!parse_ip_bytes(AF_INET6, host, &v6)) {
             return fmt::format("{:?} is not an IPv6 address", host);
         }
         return "not a valid address";
     }
     in_addr v4{};
     if (host.empty()) return "missing IP address before ':'";
-    if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return "not a valid address";
+    if (parse_ip_bytes(AF_INET, host, &v4)) return "not a valid address";
     if (has_letter(host)) {
         return fmt::format(
             "{:?} is a host name; an IP address is required (names are not resolved)", host);

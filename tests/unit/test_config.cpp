@@ -716,6 +716,31 @@ bind = "0.0.0.0"
        "127.0.0.1:8000 or [::]:8000");
 }
 
+TEST_CASE("an address with an escaped NUL is refused, not cut short at the NUL") {
+    // Regression: "127.0.0.1\u0000:9001" loaded as 127.0.0.1:9001.
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+[[target_group.target]]
+address = "127.0.0.1\u0000:9001"
+)") == "t.toml:4:11: target_group[0].target[0].address: \"127.0.0.1\\x00:9001\": "
+       "\"127.0.0.1\\x00\" is not an IPv4 address; expected ip:port such as 127.0.0.1:9001 or "
+       "[::1]:9001");
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+[[target_group.target]]
+address = "[::1\u0000junk]:9001"
+)") == "t.toml:4:11: target_group[0].target[0].address: \"[::1\\x00junk]:9001\": "
+       "\"::1\\x00junk\" is not an IPv6 address; expected ip:port such as 127.0.0.1:9001 or "
+       "[::1]:9001");
+    CHECK(error_of(R"(
+[global]
+admin_address = "127.0.0.1\u0000:9090"
+)") == "t.toml:2:17: global.admin_address: \"127.0.0.1\\x00:9090\": \"127.0.0.1\\x00\" is "
+       "not an IPv4 address; expected ip:port such as \"127.0.0.1:9090\"");
+}
+
 TEST_CASE("out-of-range numbers") {
     CHECK(error_of(R"(
 [global]
