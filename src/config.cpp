@@ -119,6 +119,27 @@ bool is_valid_group_name(std::string_view name) {
     });
 }
 
+// Target ids and listener names are printed bare in log lines and stickyctl tables,
+// typed as stickyctl arguments, and put into metrics labels and JSON: a control
+// character could forge a log line, and a space, quote or backslash would need
+// quoting somewhere. Every address ("[::1]:9001") is one, so default ids are too.
+constexpr std::string_view kNameRule =
+    "must be printable ASCII without spaces, quotes or backslashes";
+
+bool is_valid_name(std::string_view name) {
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u > ' ' && u < 0x7f && c != '"' && c != '\\';
+    });
+}
+
+bool has_control_character(std::string_view text) {
+    return std::any_of(text.begin(), text.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u < 0x20 || u == 0x7f;
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // Did-you-mean.
 
@@ -1046,7 +1067,11 @@ void check_global(Diagnostics& diag, const GlobalConfig& global) {
         diag.fail("global.shutdown_grace", *problem);
     }
     if (!global.admin_socket.empty()) {
-        if (!global.admin_socket.starts_with('/')) {
+        if (has_control_character(global.admin_socket)) {
+            diag.fail(
+                "global.admin_socket",
+                fmt::format("must not contain control characters, got {:?}", global.admin_socket));
+        } else if (!global.admin_socket.starts_with('/')) {
             diag.fail("global.admin_socket",
                       fmt::format("must be an absolute path, got {:?}", global.admin_socket));
         } else if (global.admin_socket.size() >= sizeof(sockaddr_un{}.sun_path)) {
@@ -1087,6 +1112,8 @@ void check_listeners(Diagnostics& diag, const Config& config) {
         }
         if (listener.name.empty()) {
             diag.fail(path + ".name", "must not be empty");
+        } else if (!is_valid_name(listener.name)) {
+            diag.fail(path + ".name", fmt::format("{}, got {:?}", kNameRule, listener.name));
         } else if (auto [it, fresh] = names.emplace(listener.name, i); !fresh) {
             diag.fail(path + ".name",
                       fmt::format("duplicate listener name {:?} (also listener[{}]{})", it->first,
@@ -1109,7 +1136,11 @@ void check_target(Diagnostics& diag, const std::string& path, const TargetConfig
         diag.fail(path + ".address",
                   fmt::format("not set; expected ip:port such as {}", kTargetExample));
     }
-    if (target.id.empty()) diag.fail(path + ".id", "must not be empty");
+    if (target.id.empty()) {
+        diag.fail(path + ".id", "must not be empty");
+    } else if (!is_valid_name(target.id)) {
+        diag.fail(path + ".id", fmt::format("{}, got {:?}", kNameRule, target.id));
+    }
     if (auto problem = check_int(target.weight, kWeightRange))
         diag.fail(path + ".weight", *problem);
 }

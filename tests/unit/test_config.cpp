@@ -1189,6 +1189,111 @@ name = {0:?}
     }
 }
 
+// Ids and names are printed in log lines, metrics labels, JSON and stickyctl tables,
+// and typed as stickyctl arguments.
+constexpr std::string_view kNameRule =
+    "must be printable ASCII without spaces, quotes or backslashes";
+
+TEST_CASE("target ids and listener names are printable ASCII without spaces") {
+    // Regression: "\u0000", "\n" and other control characters were accepted, and an id
+    // with a newline forged a second line in every log message that named it.
+    struct Bad {
+        std::string_view toml;   // as written in the file
+        std::string_view shown;  // as the error shows it
+    };
+    const Bad bad[] = {
+        {R"("\u0000")", R"("\x00")"},
+        {R"("web\u0000-1")", R"("web\x00-1")"},
+        {R"("web\n1")", R"("web\n1")"},
+        {R"("web\r")", R"("web\r")"},
+        {R"("\t")", R"("\t")"},
+        {R"("\u001b[31mred")", R"("\x1b[31mred")"},
+        {R"("del\u007f")", R"("del\x7f")"},
+        {R"("web 1")", R"("web 1")"},
+        {R"("a\"b")", R"("a\"b")"},
+        {R"("a\\b")", R"("a\\b")"},
+        {R"("wéb")", R"("wéb")"},
+        {R"("\u00a0")", R"("\xa0")"},
+    };
+    for (const Bad& c : bad) {
+        CAPTURE(c.toml);
+        CHECK(error_of(fmt::format(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+
+[[target_group.target]]
+id = {}
+address = "127.0.0.1:9001"
+)",
+                                   c.toml)) ==
+              fmt::format("t.toml:9:6: target_group[0].target[0].id: {}, got {}", kNameRule,
+                          c.shown));
+        CHECK(error_of(fmt::format(R"(
+[[listener]]
+name = {}
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+)",
+                                   c.toml)) ==
+              fmt::format("t.toml:2:8: listener[0].name: {}, got {}", kNameRule, c.shown));
+    }
+    // What the examples and the defaults use stays valid, and so does the rest of
+    // printable ASCII.
+    for (std::string_view id : {"web-1", "backend_2", "node.a", "127.0.0.1:9001", "[::1]:9001",
+                                "zone/a@host+1~x", "a!#$%&'()*,;<=>?^`{|}"}) {
+        CAPTURE(id);
+        Config c = loaded(fmt::format(R"(
+[[listener]]
+name = {0:?}
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+
+[[target_group.target]]
+id = {0:?}
+address = "127.0.0.1:9001"
+)",
+                                      id));
+        CHECK(c.listeners[0].name == id);
+        CHECK(c.target_groups[0].targets[0].id == id);
+    }
+}
+
+TEST_CASE("validate: ids and listener names built in memory follow the same rule") {
+    Config c = cli_config();
+    c.target_groups[0].targets[1].id = "b\n2";
+    CHECK(
+        validate_error(c) ==
+        fmt::format("<command line>: target_group[0].target[1].id: {}, got \"b\\n2\"", kNameRule));
+    c = cli_config();
+    c.listeners[0].name = std::string("l\0", 2);
+    CHECK(validate_error(c) ==
+          fmt::format("<command line>: listener[0].name: {}, got \"l\\x00\"", kNameRule));
+}
+
+TEST_CASE("admin_socket has no control characters") {
+    // It is printed in the log when the endpoint starts.
+    CHECK(error_of(R"(
+[global]
+admin_socket = "/tmp/admin\n.sock"
+)") == "t.toml:2:16: global.admin_socket: must not contain control characters, got "
+       "\"/tmp/admin\\n.sock\"");
+    CHECK(error_of(R"(
+[global]
+admin_socket = "/tmp/a\u0000"
+)") == "t.toml:2:16: global.admin_socket: must not contain control characters, got "
+       "\"/tmp/a\\x00\"");
+}
+
 TEST_CASE("duplicate targets") {
     CHECK(error_of(R"(
 [[listener]]
