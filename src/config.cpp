@@ -293,10 +293,12 @@ Position position_of(const toml::source_region& region) {
     return {static_cast<unsigned>(region.begin.line), static_cast<unsigned>(region.begin.column)};
 }
 
+bool is_bare_key_character(char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+}
+
 bool is_bare_key(std::string_view key) {
-    return !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-    });
+    return !key.empty() && std::all_of(key.begin(), key.end(), is_bare_key_character);
 }
 
 std::string join_key(std::string_view parent, std::string_view key) {
@@ -823,10 +825,12 @@ Config read_config(Diagnostics& diag, const toml::table& root) {
 }
 
 // ---------------------------------------------------------------------------------
-// Bounds checked before toml++ sees the text. toml++ recurses once per nesting level
-// while parsing and again while destroying the tree, and 50,000 levels overflow the
-// stack; its own limit (TOML_MAX_NESTED_VALUES, fixed when the library was built)
-// covers arrays and inline tables but not dotted keys or headers.
+// What toml++ must not be given. It recurses once per nesting level while parsing
+// and again while destroying the tree, so 50,000 levels overflow the stack (its own
+// TOML_MAX_NESTED_VALUES covers arrays and inline tables, not dotted keys or
+// headers). Version 3.3 also has undefined behaviour, fixed upstream since, on a
+// table header that does not start with a key (#301) and when it asks whether some
+// non-ASCII characters are whitespace (#305).
 
 // No stickyd config nests deeper than about 4 levels; only broken or hostile input
 // comes near this.
@@ -836,19 +840,36 @@ constexpr unsigned kMaxNesting = 32;
 constexpr size_t kMaxConfigBytes = 1024 * 1024;
 constexpr std::string_view kTooLarge = "larger than 1 MiB, the limit for a config file";
 
-// Finds where TOML text first nests deeper than kMaxNesting, without recursing. A
-// level is a key segment, a header segment, an array or an inline table; the levels
-// of the last [header] count for the keys below it. Strings and comments are skipped
-// as toml++ skips them, so their brackets and dots are not levels. Where invalid text
-// could be read two ways, toml++ has stopped at an earlier syntax error anyway.
-class NestingScanner {
-  public:
-    explicit NestingScanner(std::string_view text) : text_(text) {}
+struct PreScanProblem {
+    Position position;
+    size_t line_offset;  // where the problem's line starts in the text
+    std::string message;
+};
 
-    // Where the first level beyond the limit starts, if there is one.
-    std::optional<Position> find_too_deep() {
-        while (pos_ < text_.size() && !too_deep_) {
+// Reads TOML text just far enough to find what toml++ must not see, without
+// recursing: nesting deeper than kMaxNesting, a table header whose key does not
+// start right after its brackets, and a non-ASCII character where toml++ asks
+// whether it is whitespace. A level is a key segment, a header segment, an
+// array or an inline table; the levels of the last [header] count for the keys
+// below it. Strings and comments are skipped as toml++ skips them, so their
+// brackets and dots are not levels. Where invalid text could be read two ways,
+// toml++ has stopped at an earlier syntax error anyway.
+class PreScan {
+  public:
+    explicit PreScan(std::string_view text) : text_(text) {}
+
+    std::optional<PreScanProblem> find_problem() {
+        // toml++ skips a byte order mark without counting it as a column.
+        if (text_.starts_with("\xef\xbb\xbf")) pos_ = 3;
+        while (pos_ < text_.size() && !problem_) {
             const char c = text_[pos_];
+            if (header_start_) check_header_start(c);
+            if (is_non_ascii(c)) {
+                // TOML has them only in strings and comments; anywhere else toml++
+                // asks whether they are whitespace.
+                fail("invalid TOML: a non-ASCII character outside a string or comment");
+            }
+            if (problem_) break;
             if (c == '#') {
                 skip_comment();
             } else if (c == '"' || c == '\'') {
@@ -859,7 +880,7 @@ class NestingScanner {
                 advance();
             }
         }
-        return too_deep_;
+        return std::move(problem_);
     }
 
   private:
@@ -872,6 +893,25 @@ class NestingScanner {
         char bracket;
         unsigned depth;
     };
+
+    void fail(std::string message) {
+        if (problem_) return;
+        problem_ = PreScanProblem{{line_, column_}, line_offset_, std::move(message)};
+    }
+
+    // toml++ 3.3 hands whatever follows "[" or "[[" and spaces to its key parser,
+    // which asserts (or, built with NDEBUG by clang, assumes) that a key starts
+    // there: "[[[a]]]" aborted a debug build (toml++ #294, fixed upstream by #301).
+    void check_header_start(char c) {
+        if (c == ' ' || c == '\t') return;
+        if (c == '[' && !second_bracket_) {
+            second_bracket_ = true;
+            return;
+        }
+        header_start_ = false;
+        if (c == ']' || c == '"' || c == '\'' || is_bare_key_character(c)) return;
+        fail("invalid TOML: expected a key after '[' in a table header");
+    }
 
     void on_char(char c) {
         if (c == '\n') return end_line();
@@ -898,6 +938,8 @@ class NestingScanner {
         } else if (c == '[' && open_.empty() && !in_segment_ && depth_ == table_depth_) {
             expect_ = Expect::header;
             depth_ = 0;
+            header_start_ = true;
+            second_bracket_ = false;
         } else if (c == ']' && header) {
             table_depth_ = depth_;
             expect_ = Expect::line_end;
@@ -934,7 +976,7 @@ class NestingScanner {
     }
 
     void descend() {
-        if (++depth_ > kMaxNesting) too_deep_ = Position{line_, column_};
+        if (++depth_ > kMaxNesting) fail(fmt::format("nesting deeper than {}", kMaxNesting));
     }
 
     void close() {
@@ -964,7 +1006,10 @@ class NestingScanner {
         advance_by(multi_line ? 3 : 1);
         while (pos_ < text_.size()) {
             const char c = text_[pos_];
-            if (c == '\\' && quote == '"') {
+            if (c == '\\' && quote == '"' && multi_line) {
+                skip_multi_line_escape();
+                if (problem_) return;
+            } else if (c == '\\' && quote == '"') {
                 advance_by(2);
             } else if (c == '\n' && !multi_line) {
                 return;  // unterminated: toml++ stops here
@@ -985,12 +1030,36 @@ class NestingScanner {
         }
     }
 
+    // In a multi-line basic string toml++ asks whether the character after a
+    // backslash is whitespace, and after a line-ending backslash, whether the first
+    // character that is not a space or a line break is.
+    void skip_multi_line_escape() {
+        advance();  // the backslash
+        if (pos_ < text_.size() && is_space_or_line_break(text_[pos_])) {
+            while (pos_ < text_.size() && is_space_or_line_break(text_[pos_])) advance();
+        } else if (pos_ < text_.size() && !is_non_ascii(text_[pos_])) {
+            return advance();  // the escaped character
+        }
+        if (pos_ < text_.size() && is_non_ascii(text_[pos_])) {
+            fail(
+                "not supported: a non-ASCII character right after a backslash or a line-ending "
+                "backslash in a multi-line string; write it as a \\u escape");
+        }
+    }
+
+    static bool is_non_ascii(char c) { return static_cast<unsigned char>(c) >= 0x80; }
+
+    static bool is_space_or_line_break(char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+    }
+
     // Columns count characters, not bytes, as toml++'s positions do.
     void advance() {
         const auto byte = static_cast<unsigned char>(text_[pos_++]);
         if (byte == '\n') {
             ++line_;
             column_ = 1;
+            line_offset_ = pos_;
         } else if ((byte & 0xc0) != 0x80) {
             ++column_;
         }
@@ -1004,26 +1073,16 @@ class NestingScanner {
     size_t pos_ = 0;
     unsigned line_ = 1;
     unsigned column_ = 1;
+    size_t line_offset_ = 0;
     Expect expect_ = Expect::key;
     bool in_segment_ = false;
+    bool header_start_ = false;    // right after a header's "[": its key must start
+    bool second_bracket_ = false;  // the header's "[[" has been seen
     unsigned depth_ = 0;
     unsigned table_depth_ = 0;
     std::vector<Open> open_;  // at most kMaxNesting deep: the scan stops there
-    std::optional<Position> too_deep_;
+    std::optional<PreScanProblem> problem_;
 };
-
-// False, with the error recorded, when the text must not reach toml++.
-bool within_bounds(Diagnostics& diag, std::string_view text) {
-    if (text.size() > kMaxConfigBytes) {
-        diag.fail_at("", {}, std::string(kTooLarge));
-        return false;
-    }
-    if (auto position = NestingScanner(text).find_too_deep()) {
-        diag.fail_at("", *position, fmt::format("nesting deeper than {}", kMaxNesting));
-        return false;
-    }
-    return true;
-}
 
 std::string first_lower(std::string_view text) {
     std::string out(text);
@@ -1054,6 +1113,25 @@ std::optional<toml::table> parse_toml(Diagnostics& diag, std::string_view text,
     }
     return std::move(result).table();
 #endif
+}
+
+// The error for text that must not reach toml++ (PreScan, size), if it has one. A
+// TOML error on an earlier line is still the one reported: toml++ reads the lines
+// before the problem's (which the scan passed) and stops where it would in the whole
+// text, unless the cut leaves something open, which it reports as the end of file.
+std::optional<ConfigError> problem_before_parse(std::string_view text, std::string_view source) {
+    if (text.size() > kMaxConfigBytes) {
+        return ConfigError{std::string(source), 0, 0, "", std::string(kTooLarge)};
+    }
+    auto problem = PreScan(text).find_problem();
+    if (!problem) return std::nullopt;
+    Diagnostics before(source);
+    if (!parse_toml(before, text.substr(0, problem->line_offset), source)) {
+        auto error = before.take();
+        if (error->message.find("end-of-file") == std::string::npos) return error;
+    }
+    return ConfigError{std::string(source), problem->position.line, problem->position.column, "",
+                       std::move(problem->message)};
 }
 
 // ---------------------------------------------------------------------------------
@@ -1408,8 +1486,8 @@ ConfigResult load_config_file(const std::string& path) {
 }
 
 ConfigResult parse_config(std::string_view toml_text, std::string_view source_name) {
+    if (auto error = problem_before_parse(toml_text, source_name)) return *error;
     Diagnostics diag(source_name);
-    if (!within_bounds(diag, toml_text)) return *diag.take();
     auto root = parse_toml(diag, toml_text, source_name);
     if (!root) return *diag.take();
     Config config = read_config(diag, *root);

@@ -1514,6 +1514,91 @@ TEST_CASE("brackets and dots in strings and comments are not nesting") {
     }
 }
 
+TEST_CASE("a table header that does not start with a key is refused before toml++ sees it") {
+    // Found by fuzz_config: toml++ 3.3 calls parse_key() on whatever follows "[" or
+    // "[[", asserting (and, built with NDEBUG by clang, assuming) that it starts a
+    // key; "[[[a]]]" or "[&" aborted, or was undefined behaviour (toml++ #294, #301).
+    const std::string_view kNoKey = "invalid TOML: expected a key after '[' in a table header";
+    struct Case {
+        std::string_view text;
+        std::string_view position;
+    };
+    const Case cases[] = {
+        {"[[[a]]]\n", "1:3"},
+        {"[&\n", "1:2"},
+        {"[[ [a]]\n", "1:4"},
+        {"[#x]\n", "1:2"},
+        {"[\n", "1:2"},
+        {"[ =a]\n", "1:3"},
+        {"[.a]\n", "1:2"},
+        {"[[\u00e9]]\n", "1:3"},
+        {"[global]\nthreads = 1\n\n  [[[listener]]]\n", "4:5"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.text);
+        CHECK(error_of(c.text) == fmt::format("t.toml:{}: {}", c.position, kNoKey));
+    }
+    // Keys after spaces, quoted keys and the blank header toml++ reports itself.
+    CHECK(error_of("[ \"a\" ]\n") == unknown_top_level(1, "a", 3));
+    CHECK(error_of("[[ 'a' ]]\n") == unknown_top_level(1, "a", 4));
+    CHECK(error_of("[ ]\n").starts_with("t.toml:1:3: invalid TOML: "));
+    CHECK(error_of("[[]]\n").starts_with("t.toml:1:3: invalid TOML: "));
+}
+
+TEST_CASE("non-ASCII characters where toml++ would ask if they are whitespace") {
+    // Found by fuzz_config: toml++ 3.3's is_non_ascii_horizontal_whitespace() reaches
+    // TOML_UNREACHABLE for most non-ASCII characters, e.g. U+00E9 (toml++ #295, fixed
+    // upstream by #305). It is asked after a bare value, around keys, and in
+    // multi-line basic strings after a backslash.
+    const std::string_view kOutside =
+        "invalid TOML: a non-ASCII character outside a string or comment";
+    const std::string_view kEscape =
+        "not supported: a non-ASCII character right after a backslash or a line-ending "
+        "backslash in a multi-line string; write it as a \\u escape";
+    struct Case {
+        std::string_view text;
+        std::string_view position;
+        std::string_view message;
+    };
+    const Case cases[] = {
+        {"x = 1\u00e9\n", "1:6", kOutside},
+        {"x = [1\u045e]\n", "1:7", kOutside},
+        {"x = true \u00e9\n", "1:10", kOutside},
+        {"\u00e9 = 1\n", "1:1", kOutside},
+        {"[\"a\"\u00e9]\n", "1:5", kOutside},
+        {"[a] \u00e9\n", "1:5", kOutside},
+        {R"(x = """\é""")"
+         "\n",
+         "1:9", kEscape},
+        {"x = \"\"\"a \\\n\n   \u00e9\"\"\"\n", "3:4", kEscape},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.text);
+        CHECK(error_of(c.text) == fmt::format("t.toml:{}: {}", c.position, c.message));
+    }
+    // In strings and comments they are fine, and so is a byte order mark.
+    CHECK(error_of("x = \"\u00e9\" # \u00fc\n") == unknown_top_level(1, "x"));
+    CHECK(error_of(R"(x = 'é\é')"
+                   "\n") == unknown_top_level(1, "x"));
+    CHECK(error_of("x = \"\"\"a \\\n   \\u00e9 \u00e9\"\"\"\n") == unknown_top_level(1, "x"));
+    CHECK(error_of(R"(x = '''\é''')"
+                   "\n") == unknown_top_level(1, "x"));
+    CHECK(error_of("\xef\xbb\xbf# \u00e9\nx = = 1\n").starts_with("t.toml:2:5: invalid TOML: "));
+    CHECK(error_of("\xef\xbb\xbf" + repeat("a.", 40) + "a = 1\n") ==
+          "t.toml:1:65: nesting deeper than 32");
+}
+
+TEST_CASE("a TOML error before the first level too deep is the one reported") {
+    const std::string deep = repeat("[", 40) + "\n";
+    CHECK(error_of("x = = 1\n" + deep).starts_with("t.toml:1:5: invalid TOML: "));
+    CHECK(error_of("x = [1,\n2,,]\n" + deep).starts_with("t.toml:2:3: invalid TOML: "));
+    CHECK(error_of("x = \"unterminated\n[[[a]]]\n").starts_with("t.toml:1:"));
+    // A construct still open at the cut is not an error of its own.
+    CHECK(error_of("x = [1,\n2,\n" + deep) == "t.toml:3:31: nesting deeper than 32");
+    CHECK(error_of("x = \"\"\"\n" + deep + "\"\"\"\n[[[a]]]\n") ==
+          "t.toml:4:3: invalid TOML: expected a key after '[' in a table header");
+}
+
 TEST_CASE("a config larger than 1 MiB is refused before it is parsed") {
     // kMinimal, padded with a comment to exactly 1 MiB, loads.
     std::string text(doc(kMinimal));
