@@ -830,7 +830,7 @@ Config read_config(Diagnostics& diag, const toml::table& root) {
 // TOML_MAX_NESTED_VALUES covers arrays and inline tables, not dotted keys or
 // headers). Version 3.3 also has undefined behaviour, fixed upstream since, on a
 // table header that does not start with a key (#301) and when it asks whether some
-// non-ASCII characters are whitespace (#305).
+// non-ASCII characters are whitespace (#305), and on a '}' inside an array.
 
 // No stickyd config nests deeper than about 4 levels; only broken or hostile input
 // comes near this.
@@ -848,8 +848,8 @@ struct PreScanProblem {
 
 // Reads TOML text just far enough to find what toml++ must not see, without
 // recursing: nesting deeper than kMaxNesting, a table header whose key does not
-// start right after its brackets, and a non-ASCII character where toml++ asks
-// whether it is whitespace. A level is a key segment, a header segment, an
+// start right after its brackets, a non-ASCII character where toml++ asks whether
+// it is whitespace, and a '}' inside an array. A level is a key segment, a header segment, an
 // array or an inline table; the levels of the last [header] count for the keys
 // below it. Strings and comments are skipped as toml++ skips them, so their
 // brackets and dots are not levels. Where invalid text could be read two ways,
@@ -955,6 +955,10 @@ class PreScan {
             open_.push_back({c, depth_});
             descend();
             if (c == '{') start_key();
+        } else if (c == '}' && !open_.empty() && open_.back().bracket == '[') {
+            // toml++ 3.3 hands it to its value parser, which asserts (or, built with
+            // NDEBUG by clang, assumes) that no value starts with one.
+            fail("invalid TOML: '}' inside an array");
         } else if (c == ']' || c == '}') {
             close();
         } else if (c == ',' && !open_.empty()) {

@@ -1588,6 +1588,18 @@ TEST_CASE("non-ASCII characters where toml++ would ask if they are whitespace") 
           "t.toml:1:65: nesting deeper than 32");
 }
 
+TEST_CASE("a '}' inside an array is refused before toml++ sees it") {
+    // Found by fuzz_config: toml++ 3.3 parses it as an array element, asserting (and,
+    // built with NDEBUG by clang, assuming) that no value starts with it.
+    for (std::string_view text : {"a = [}]\n", "a = [[[}}]]]\n", "a = [1,}]\n", "a = [{b = [}]}]\n"}) {
+        CAPTURE(text);
+        CHECK(error_of(text).ends_with(": invalid TOML: '}' inside an array"));
+    }
+    CHECK(error_of("a = [}]\n") == "t.toml:1:6: invalid TOML: '}' inside an array");
+    CHECK(error_of("a = [{}, {b = {}}]\n") == unknown_top_level(1, "a"));
+    CHECK(error_of("a = [\"}\", '}'] # }\n") == unknown_top_level(1, "a"));
+}
+
 TEST_CASE("a TOML error before the first level too deep is the one reported") {
     const std::string deep = repeat("[", 40) + "\n";
     CHECK(error_of("x = = 1\n" + deep).starts_with("t.toml:1:5: invalid TOML: "));
