@@ -1591,7 +1591,8 @@ TEST_CASE("non-ASCII characters where toml++ would ask if they are whitespace") 
 TEST_CASE("a '}' inside an array is refused before toml++ sees it") {
     // Found by fuzz_config: toml++ 3.3 parses it as an array element, asserting (and,
     // built with NDEBUG by clang, assuming) that no value starts with it.
-    for (std::string_view text : {"a = [}]\n", "a = [[[}}]]]\n", "a = [1,}]\n", "a = [{b = [}]}]\n"}) {
+    for (std::string_view text :
+         {"a = [}]\n", "a = [[[}}]]]\n", "a = [1,}]\n", "a = [{b = [}]}]\n"}) {
         CAPTURE(text);
         CHECK(error_of(text).ends_with(": invalid TOML: '}' inside an array"));
     }
