@@ -830,7 +830,8 @@ Config read_config(Diagnostics& diag, const toml::table& root) {
 // TOML_MAX_NESTED_VALUES covers arrays and inline tables, not dotted keys or
 // headers). Version 3.3 also has undefined behaviour, fixed upstream since, on a
 // table header that does not start with a key (#301) and when it asks whether some
-// non-ASCII characters are whitespace (#305), and on a '}' inside an array.
+// non-ASCII characters are whitespace (#305), on a '}' inside an array and on a
+// date followed by 'T' but no time.
 
 // No stickyd config nests deeper than about 4 levels; only broken or hostile input
 // comes near this.
@@ -849,11 +850,11 @@ struct PreScanProblem {
 // Reads TOML text just far enough to find what toml++ must not see, without
 // recursing: nesting deeper than kMaxNesting, a table header whose key does not
 // start right after its brackets, a non-ASCII character where toml++ asks whether
-// it is whitespace, and a '}' inside an array. A level is a key segment, a header segment, an
-// array or an inline table; the levels of the last [header] count for the keys
-// below it. Strings and comments are skipped as toml++ skips them, so their
-// brackets and dots are not levels. Where invalid text could be read two ways,
-// toml++ has stopped at an earlier syntax error anyway.
+// it is whitespace, a '}' inside an array and a date-time without its time. A level is a key
+// segment, a header segment, an array or an inline table; the levels of the last [header] count for
+// the keys below it. Strings and comments are skipped as toml++ skips them, so their brackets and
+// dots are not levels. Where invalid text could be read two ways, toml++ has stopped at an earlier
+// syntax error anyway.
 class PreScan {
   public:
     explicit PreScan(std::string_view text) : text_(text) {}
@@ -955,6 +956,8 @@ class PreScan {
             open_.push_back({c, depth_});
             descend();
             if (c == '{') start_key();
+        } else if (starts_date_without_time()) {
+            fail("invalid TOML: a date followed by 'T' or a space needs a time (HH:MM) next");
         } else if (c == '}' && !open_.empty() && open_.back().bracket == '[') {
             // toml++ 3.3 hands it to its value parser, which asserts (or, built with
             // NDEBUG by clang, assumes) that no value starts with one.
@@ -966,6 +969,25 @@ class PreScan {
             depth_ = open_.back().depth + 1;
             if (open_.back().bracket == '{') start_key();
         }
+    }
+
+    // toml++ 3.3 reads a value that starts "YYYY-MM-DD" and goes on with 'T', 't' or
+    // a space and more as a date-time, asserting (or assuming) that a digit follows.
+    // Nothing else may follow in valid TOML anyway.
+    bool starts_date_without_time() const {
+        const std::string_view rest = text_.substr(pos_);
+        const bool value_start =
+            pos_ == 0 ||
+            std::string_view(" \t\r\n=[,").find(text_[pos_ - 1]) != std::string_view::npos;
+        if (!value_start || rest.size() < 12) return false;
+        const auto digit = [&](size_t i) { return rest[i] >= '0' && rest[i] <= '9'; };
+        for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+            if (!digit(i)) return false;
+        }
+        if (rest[4] != '-' || rest[7] != '-' || digit(11)) return false;
+        if (rest[10] == 'T' || rest[10] == 't') return true;
+        return rest[10] == ' ' &&
+               std::string_view(" \t\r\n,]}#").find(rest[11]) == std::string_view::npos;
     }
 
     void start_key() {

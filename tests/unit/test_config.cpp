@@ -1601,6 +1601,25 @@ TEST_CASE("a '}' inside an array is refused before toml++ sees it") {
     CHECK(error_of("a = [\"}\", '}'] # }\n") == unknown_top_level(1, "a"));
 }
 
+TEST_CASE("a date followed by 'T' or a space but no time is refused before toml++ sees it") {
+    // Found by fuzz_config: toml++ 3.3 parses "1979-05-27Tx:" as a date-time and
+    // asserts (or, built with NDEBUG by clang, assumes) that the time has a digit.
+    const std::string_view kNoTime =
+        "invalid TOML: a date followed by 'T' or a space needs a time (HH:MM) next";
+    for (std::string_view text : {"x = 1979-05-27Ta:\n", "x = [1, 1979-05-27tb:c]\n",
+                                  "x = 1979-05-27 a:b\n", "x = 1979-05-27T\n"}) {
+        CAPTURE(text);
+        CHECK(error_of(text).ends_with(kNoTime));
+    }
+    CHECK(error_of("x = [1979-05-27Taccept_proxy:1]\n") == fmt::format("t.toml:1:6: {}", kNoTime));
+    for (std::string_view text :
+         {"x = 1979-05-27T07:32:00Z\n", "x = 1979-05-27 07:32:00\n",
+          "x = [1979-05-27 , 1979-05-27]\n", "x = 1979-05-27 # c\n", "x = '1979-05-27Tab'\n"}) {
+        CAPTURE(text);
+        CHECK(error_of(text) == unknown_top_level(1, "x"));
+    }
+}
+
 TEST_CASE("a TOML error before the first level too deep is the one reported") {
     const std::string deep = repeat("[", 40) + "\n";
     CHECK(error_of("x = = 1\n" + deep).starts_with("t.toml:1:5: invalid TOML: "));
