@@ -1116,9 +1116,21 @@ std::string first_lower(std::string_view text) {
     return out;
 }
 
+// toml++ quotes what it saw verbatim, line breaks and control characters included:
+// the error must stay one line, in a log that cannot be forged.
+std::string escape_controls(std::string_view text) {
+    std::string out;
+    for (char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        out += u < 0x20 || u == 0x7f ? fmt::format("\\x{:02x}", u) : std::string(1, c);
+    }
+    return out;
+}
+
 void report_syntax_error(Diagnostics& diag, const toml::parse_error& error) {
-    diag.fail_at("", position_of(error.source()),
-                 fmt::format("invalid TOML: {}", first_lower(error.description())));
+    diag.fail_at(
+        "", position_of(error.source()),
+        fmt::format("invalid TOML: {}", escape_controls(first_lower(error.description()))));
 }
 
 // toml++ reports syntax errors by exception or by result, depending on how it was built.

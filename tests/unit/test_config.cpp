@@ -1620,6 +1620,16 @@ TEST_CASE("a date followed by 'T' or a space but no time is refused before toml+
     }
 }
 
+TEST_CASE("toml++'s error text is one line without control characters") {
+    // Found by fuzz_config: toml++ echoes what it saw verbatim, so "x = tru" and a
+    // line break made the error two lines (and a log line with a forged second one).
+    CHECK(error_of("x = tru\n\n") ==
+          "t.toml:1:8: invalid TOML: error while parsing boolean: expected 'true', saw 'tru\\x0a'");
+    CHECK(error_of("x = fal\x02\n") ==
+          "t.toml:1:8: invalid TOML: error while parsing boolean: expected 'false', saw "
+          "'fal\\x02'");
+}
+
 TEST_CASE("a TOML error before the first level too deep is the one reported") {
     const std::string deep = repeat("[", 40) + "\n";
     CHECK(error_of("x = = 1\n" + deep).starts_with("t.toml:1:5: invalid TOML: "));
