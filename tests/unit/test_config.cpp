@@ -1588,6 +1588,30 @@ TEST_CASE("non-ASCII characters where toml++ would ask if they are whitespace") 
           "t.toml:1:65: nesting deeper than 32");
 }
 
+TEST_CASE("raw control characters and quotes inside bare text are refused before toml++") {
+    // Found by fuzz_config: "x =---de'" then NULs and a non-ASCII character sent toml++
+    // 3.3 past its broken value into its non-ASCII whitespace check (#305).
+    CHECK(error_of(std::string("x =---de'\0\0\0\xef\xbb\xbf-------", 22)) ==
+          "t.toml:1:9: invalid TOML: a quote inside a bare key or value");
+    CHECK(error_of("x = 1'\n") == "t.toml:1:6: invalid TOML: a quote inside a bare key or value");
+    CHECK(error_of("a\"b\" = 1\n") ==
+          "t.toml:1:2: invalid TOML: a quote inside a bare key or value");
+    CHECK(error_of(std::string("x = 'a\0b'\n", 10)) ==
+          "t.toml:1:7: invalid TOML: a control character (U+0000); in a string, write it as "
+          "an escape");
+    CHECK(error_of("# bell \a\nx = 1\n") ==
+          "t.toml:1:8: invalid TOML: a control character (U+0007); in a string, write it as "
+          "an escape");
+    CHECK(error_of("x = \"\x7f\"\n") ==
+          "t.toml:1:6: invalid TOML: a control character (U+007F); in a string, write it as "
+          "an escape");
+    // Tabs, CRLF line ends, escapes and quotes where TOML has them stay fine.
+    CHECK(error_of("x\t=\t'a\tb'\r\n") == unknown_top_level(1, "x"));
+    CHECK(error_of("x = \"a\\u0000\"\n") == unknown_top_level(1, "x"));
+    CHECK(error_of("a.'b'.\"c\" = ''\n") == unknown_top_level(1, "a"));
+    CHECK(error_of("x = ['a',\"b\",'''c''']\n") == unknown_top_level(1, "x"));
+}
+
 TEST_CASE("a '}' inside an array is refused before toml++ sees it") {
     // Found by fuzz_config: toml++ 3.3 parses it as an array element, asserting (and,
     // built with NDEBUG by clang, assuming) that no value starts with it.
@@ -1625,9 +1649,11 @@ TEST_CASE("toml++'s error text is one line without control characters") {
     // line break made the error two lines (and a log line with a forged second one).
     CHECK(error_of("x = tru\n\n") ==
           "t.toml:1:8: invalid TOML: error while parsing boolean: expected 'true', saw 'tru\\x0a'");
+    // Raw control characters never reach toml++ now (the scan before it refuses
+    // them), which keeps its echo of them a second line of defence.
     CHECK(error_of("x = fal\x02\n") ==
-          "t.toml:1:8: invalid TOML: error while parsing boolean: expected 'false', saw "
-          "'fal\\x02'");
+          "t.toml:1:8: invalid TOML: a control character (U+0002); in a string, write it as "
+          "an escape");
 }
 
 TEST_CASE("a TOML error before the first level too deep is the one reported") {

@@ -878,6 +878,8 @@ class PreScan {
             if (problem_) break;
             if (c == '#') {
                 skip_comment();
+            } else if ((c == '"' || c == '\'') && quote_inside_bare_text()) {
+                fail("invalid TOML: a quote inside a bare key or value");
             } else if (c == '"' || c == '\'') {
                 if (expect_ == Expect::key || expect_ == Expect::header) start_segment();
                 skip_string(c);
@@ -1086,6 +1088,7 @@ class PreScan {
 
     // Columns count characters, not bytes, as toml++'s positions do.
     void advance() {
+        check_control_character();
         const auto byte = static_cast<unsigned char>(text_[pos_++]);
         if (byte == '\n') {
             ++line_;
@@ -1094,6 +1097,28 @@ class PreScan {
         } else if ((byte & 0xc0) != 0x80) {
             ++column_;
         }
+    }
+
+    // TOML allows no raw control character but tab and line ends anywhere, in
+    // strings and comments included; toml++ 3.3 reads on past some of them (a NUL in
+    // a literal string after a broken value) into its non-ASCII whitespace check.
+    void check_control_character() {
+        const auto byte = static_cast<unsigned char>(text_[pos_]);
+        if ((byte < 0x20 && byte != '\t' && byte != '\n' && byte != '\r') || byte == 0x7f) {
+            fail(
+                fmt::format("invalid TOML: a control character (U+{:04X}); in a string, "
+                            "write it as an escape",
+                            byte));
+        }
+    }
+
+    // A quote right after a bare key's or value's character ("x = de'...") starts no
+    // string for toml++, which reads the rest as part of a broken value.
+    bool quote_inside_bare_text() const {
+        if (pos_ == 0) return false;
+        const char before = text_[pos_ - 1];
+        return std::isalnum(static_cast<unsigned char>(before)) || before == '-' || before == '_' ||
+               before == '+' || before == ':';
     }
 
     void advance_by(size_t n) {
