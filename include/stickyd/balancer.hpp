@@ -45,6 +45,10 @@ class Balancer {
     virtual std::vector<double> shares() const = 0;
 
     virtual std::string_view algorithm() const = 0;
+
+    // Entries of a lookup table (maglev), or 0 for a selector without one (ring).
+    // Part of what determines the mapping, so fingerprints include it.
+    virtual uint32_t table_size() const { return 0; }
 };
 
 // Ring: kRingPointsPerWeight virtual nodes per unit of weight, at

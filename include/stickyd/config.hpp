@@ -116,6 +116,10 @@ struct GlobalConfig {
     unsigned threads = 0;  // 0 = one per online CPU
     LogLevel log_level = LogLevel::info;
     Duration shutdown_grace{30000};
+    // On SIGTERM, how long to keep accepting while /ready answers 503, so routers
+    // (BGP, ECMP, a Kubernetes Service) stop sending new clients before the
+    // listeners close. Then shutdown_grace applies as before.
+    Duration shutdown_delay{0};
     // The admin HTTP endpoint (status, ring, lookup, drain, metrics). Empty = no unix
     // socket. The directory is created if missing; the socket gets mode 0660.
     std::string admin_socket = "/run/stickyd/admin.sock";

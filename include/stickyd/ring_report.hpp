@@ -76,6 +76,22 @@ struct Movement {
 // conflicting id, or a group left without targets.
 Movement simulate_change(const TargetGroupConfig& group, const TargetChange& change);
 
+// Two instances' versions of one group (stickyctl compare), over the whole keyspace
+// with every target usable: which keys the two send to different backends.
+struct Disagreement {
+    // Same algorithm, maglev table size and prefixes: otherwise clients are keyed
+    // or laid out differently and (almost) every one of them may differ.
+    bool comparable = true;
+    std::string not_comparable;    // why not, one line
+    std::vector<std::string> ids;  // every id in either group, sorted
+    // (owner in a, owner in b) -> share of the keyspace they disagree on. A pair
+    // (i, i) is one id with a different address in each: same id, other backend.
+    std::map<std::pair<uint32_t, uint32_t>, double> moves;
+    double differs = 0;  // sum of moves
+};
+// Throws std::invalid_argument if either group cannot be built (no targets).
+Disagreement compare_groups(const TargetGroupConfig& a, const TargetGroupConfig& b);
+
 // "ID=ADDR[,weight=W]" as --add takes it; the error names what is wrong.
 struct ParsedTarget {
     std::optional<TargetConfig> target;

@@ -12,6 +12,7 @@ namespace stickyd {
 struct ListenerStats {
     std::atomic<uint64_t> accepted{0};
     std::atomic<uint64_t> proxy_header_errors{0};  // accept_proxy_protocol: bad or missing
+    std::atomic<uint64_t> no_target{0};            // closed: the group had no target to route to
 };
 
 // One worker's counters.

@@ -10,12 +10,18 @@ namespace stickyd {
 namespace {
 
 constexpr std::string_view kEndpoints =
-    "GET /status, GET /ring, GET /lookup, GET /metrics, POST /targets/ID/drain, "
+    "GET /status, GET /ring, GET /lookup, GET /metrics, GET /ready, POST /targets/ID/drain, "
     "POST /targets/ID/enable";
+
+// Every string was checked on the way in; replacing is the backstop for one that
+// was not (a name from a config or DNS), so rendering never throws.
+std::string dump(const Json& document, int indent) {
+    return document.dump(indent, ' ', false, Json::error_handler_t::replace);
+}
 
 AdminReply json_reply(const Json& document) {
     AdminReply reply;
-    reply.body = document.dump(2) + "\n";
+    reply.body = dump(document, 2) + "\n";
     return reply;
 }
 
@@ -37,23 +43,32 @@ struct ChosenGroup {
     AdminReply error;
 };
 
+// A ring or a lookup needs a table with members: a static group listing none, or a
+// DNS name that resolves to nothing, has neither to show.
+ChosenGroup usable_group(const GroupView& g) {
+    // An empty group's table has no balancer (the control thread's) or an empty one
+    // (build_routing_table's): either way, nothing to show.
+    const bool empty = g.table ? g.table->targets.empty() : g.targets.empty();
+    if (empty || (g.table && g.table->balancer && g.table->balancer->members().empty())) {
+        return {nullptr, error_reply(503, fmt::format("group {} has no targets", g.name))};
+    }
+    if (!g.table || !g.table->balancer) {
+        return {nullptr, error_reply(503, fmt::format("target group \"{}\" has no routing table "
+                                                      "yet",
+                                                      g.name))};
+    }
+    return {&g, {}};
+}
+
 ChosenGroup choose(const AdminRequest& request, const ControlView& view) {
     const std::optional<std::string> name = query_value(request, "group");
     if (!name) {
-        if (view.groups.size() == 1) return {&view.groups.front(), {}};
+        if (view.groups.size() == 1) return usable_group(view.groups.front());
         return {nullptr, error_reply(400, fmt::format("several target groups ({}): add ?group=NAME",
                                                       group_names(view)))};
     }
     for (const GroupView& g : view.groups) {
-        if (g.name == *name) {
-            if (!g.table || !g.table->balancer) {
-                return {nullptr,
-                        error_reply(503, fmt::format("target group \"{}\" has no routing table "
-                                                     "yet",
-                                                     *name))};
-            }
-            return {&g, {}};
-        }
+        if (g.name == *name) return usable_group(g);
     }
     return {nullptr, error_reply(404, fmt::format("unknown target group \"{}\" (groups: {})", *name,
                                                   group_names(view)))};
@@ -63,10 +78,11 @@ AdminState gather(AdminSource& source) {
     AdminState state;
     state.control = source.view();
     for (const ListenerInfo& l : source.listeners()) {
-        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0};
+        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0, 0};
         if (l.stats) {
             c.accepted = l.stats->accepted.load(std::memory_order_relaxed);
             c.proxy_header_errors = l.stats->proxy_header_errors.load(std::memory_order_relaxed);
+            c.no_target = l.stats->no_target.load(std::memory_order_relaxed);
         }
         state.listeners.push_back(std::move(c));
     }
@@ -118,7 +134,7 @@ AdminReply change(const AdminRequest& request, AdminSource& source, const std::s
         case AdminChange::Result::ambiguous:
             return error_reply(409, result.message);
     }
-    return error_reply(500, result.message);
+    return error_reply(503, result.message);  // not reached: every result is handled above
 }
 
 int hex_digit(char c) {
@@ -151,6 +167,13 @@ AdminReply wrong_method(std::string_view allow, const AdminRequest& request) {
     return reply;
 }
 
+// A readiness probe reads the status code; the body is for people and scripts.
+AdminReply ready_reply(bool ready) {
+    AdminReply reply = json_reply(Json{{"ready", ready}});
+    if (!ready) reply.status = 503;
+    return reply;
+}
+
 }  // namespace
 
 ProcessFds AdminSource::process_fds() {
@@ -170,17 +193,71 @@ ProcessFds AdminSource::process_fds() {
 AdminReply error_reply(int status, std::string_view message) {
     AdminReply reply;
     reply.status = status;
-    reply.body = Json{{"error", message}}.dump() + "\n";
+    reply.body = dump(Json{{"error", message}}, -1) + "\n";
     return reply;
 }
 
+bool valid_utf8(std::string_view s) {
+    size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        // Length and the range of the second byte, which excludes overlongs,
+        // surrogates and code points above U+10FFFF (RFC 3629, section 4).
+        size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            if (c == 0xe0) lo = 0xa0;
+            if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            if (c == 0xf0) lo = 0x90;
+            if (c == 0xf4) hi = 0x8f;
+        } else {
+            return false;
+        }
+        if (s.size() - i < len) return false;
+        for (size_t k = 1; k < len; ++k) {
+            const auto b = static_cast<unsigned char>(s[i + k]);
+            if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xbf)) return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
+namespace {
+
+std::optional<AdminReply> invalid_utf8(const AdminRequest& request) {
+    auto bad = [](std::string_view what) {
+        return error_reply(400, fmt::format("{} is not valid UTF-8", what));
+    };
+    if (!valid_utf8(request.method)) return bad("request method");
+    if (!valid_utf8(request.path)) return bad("request path");
+    for (const auto& [key, value] : request.query) {
+        if (!valid_utf8(key)) return bad("a query parameter name");
+        if (!valid_utf8(value)) return bad(fmt::format("query parameter {}", key));
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
 AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source) {
+    if (std::optional<AdminReply> bad = invalid_utf8(request)) return *bad;
     const std::string& path = request.path;
     const bool get = request.method == "GET" || request.method == "HEAD";
-    for (std::string_view endpoint : {"/status", "/ring", "/lookup", "/metrics"}) {
+    for (std::string_view endpoint : {"/status", "/ring", "/lookup", "/metrics", "/ready"}) {
         if (path == endpoint && !get) return wrong_method("GET", request);
     }
     if (path == "/status") return json_reply(status_document(gather(source)));
+    if (path == "/ready") return ready_reply(source.ready());
     if (path == "/ring") return ring(request, source);
     if (path == "/lookup") return lookup(request, source);
     if (path == "/metrics") {
@@ -200,6 +277,10 @@ AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source
                 if (request.method != "POST") return wrong_method("POST", request);
                 const std::optional<std::string> id = percent_decode(rest.substr(0, slash));
                 if (!id) return error_reply(400, fmt::format("bad percent-encoding in {}", path));
+                if (!valid_utf8(*id)) {
+                    return error_reply(400,
+                                       fmt::format("target id in {} is not valid UTF-8", path));
+                }
                 return change(request, source, *id, action == "drain");
             }
         }

@@ -35,6 +35,8 @@ class AdminSource {
     virtual DaemonTotals totals() = 0;
     // A maglev group's table size, for its entry counts in /ring; 0 = unknown.
     virtual uint32_t maglev_table_size(const std::string& /*group*/) { return 0; }
+    // GET /ready: false from the moment a stop begins (shutdown_delay, then drain).
+    virtual bool ready() { return true; }
     // This process's fd usage (/proc/self/fd and RLIMIT_NOFILE).
     virtual ProcessFds process_fds();
 };
@@ -52,8 +54,15 @@ struct AdminReply {
     std::string allow;  // for 405: the methods the path takes
 };
 
+// Never throws: bytes that are not UTF-8 become U+FFFD in the JSON.
 AdminReply error_reply(int status, std::string_view message);
 
+// Whether `s` is well-formed UTF-8 (no overlongs, surrogates or code points above
+// U+10FFFF), the only strings JSON may carry.
+bool valid_utf8(std::string_view s);
+
+// Rejects (400) a method, path or query that is not UTF-8, so that no request
+// string reaches a JSON document.
 AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source);
 
 }  // namespace stickyd

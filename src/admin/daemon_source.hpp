@@ -4,6 +4,7 @@
 // atomics and data replaced under a mutex only on reload.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -74,7 +75,12 @@ class DaemonAdminSource final : public AdminSource {
         return t;
     }
 
+    bool ready() override { return ready_.load(std::memory_order_relaxed); }
+    // A stop began: routers and probes must send no new clients from now on.
+    void withdraw() { ready_.store(false, std::memory_order_relaxed); }
+
   private:
+    std::atomic<bool> ready_{true};
     Control& control_;
     const std::vector<std::unique_ptr<Worker>>& workers_;
     std::mutex mutex_;

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "stickyd/address.hpp"
+#include "stickyd/fingerprint.hpp"
 #include "stickyd/ring_report.hpp"
 #include "stickyd_version.h"
 
@@ -84,6 +85,31 @@ std::string rfc3339_utc(std::chrono::system_clock::time_point t) {
                        ((ms % 1000) + 1000) % 1000);
 }
 
+namespace {
+
+// Everything the group's mapping depends on, so that stickyctl compare can rebuild
+// another instance's selector and measure where two instances disagree.
+Json routing_json(const RoutingTable* table) {
+    if (!table || !table->balancer) return nullptr;
+    const RoutingInputs inputs = routing_inputs(*table);
+    Json targets = Json::array();
+    for (const RoutingInputs::Target& t : inputs.targets) {
+        targets.push_back({{"id", t.id}, {"address", t.address}, {"weight", t.weight}});
+    }
+    Json table_size = nullptr;
+    if (inputs.table_size != 0) table_size = inputs.table_size;
+    return Json{{"fingerprint", routing_fingerprint(inputs)},
+                {"usable_fingerprint", usable_fingerprint(*table)},
+                {"mapping_version", kMappingVersion},
+                {"algorithm", inputs.algorithm},
+                {"table_size", std::move(table_size)},
+                {"prefix_v4", inputs.prefix_v4},
+                {"prefix_v6", inputs.prefix_v6},
+                {"targets", std::move(targets)}};
+}
+
+}  // namespace
+
 Json status_document(const AdminState& state) {
     const DaemonTotals& t = state.totals;
     Json listeners = Json::array();
@@ -92,7 +118,8 @@ Json status_document(const AdminState& state) {
                              {"bind", l.bind},
                              {"target_group", l.target_group},
                              {"accepted", l.accepted},
-                             {"proxy_header_errors", l.proxy_header_errors}});
+                             {"proxy_header_errors", l.proxy_header_errors},
+                             {"no_target", l.no_target}});
     }
     Json groups = Json::array();
     for (const GroupView& g : state.control->groups) {
@@ -109,6 +136,7 @@ Json status_document(const AdminState& state) {
                           {"health_checks", g.health_checks},
                           {"failing_open", g.failing_open},
                           {"dns_error", std::move(dns_error)},
+                          {"routing", routing_json(g.table.get())},
                           {"targets", std::move(targets)}});
     }
     return Json{{"version", STICKYD_VERSION},
@@ -166,6 +194,10 @@ std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
                                            std::string_view ip, bool failing_open) {
     std::optional<Lookup> found = lookup_ip(table, ip);
     if (!found) return std::nullopt;
+    if (found->owner >= table.targets.size()) {  // no members: nobody owns anything
+        return LookupAnswer{found->ip, found->key, kNoMember, kNoMember,
+                            "no target: the group has no targets"};
+    }
     LookupAnswer out{found->ip, found->key, found->owner, found->chosen, {}};
     const std::string_view next = table.balancer->algorithm() == "maglev"
                                       ? "next usable in table order"
@@ -202,10 +234,12 @@ Json lookup_document(const RoutingTable& table, const std::vector<LookupAnswer>&
     Json list = Json::array();
     for (const LookupAnswer& a : answers) {
         const bool chosen = a.chosen < table.targets.size();
+        const bool owned = a.owner < table.targets.size();
         list.push_back({{"ip", a.ip},
                         {"key", a.key},
-                        {"owner", table.targets[a.owner].id},
-                        {"owner_address", table.targets[a.owner].address.to_string()},
+                        {"owner", owned ? Json(table.targets[a.owner].id) : Json(nullptr)},
+                        {"owner_address",
+                         owned ? Json(table.targets[a.owner].address.to_string()) : Json(nullptr)},
                         {"chosen", chosen ? Json(table.targets[a.chosen].id) : Json(nullptr)},
                         {"address", chosen ? Json(table.targets[a.chosen].address.to_string())
                                            : Json(nullptr)},
@@ -370,6 +404,14 @@ std::string metrics_text(const AdminState& state) {
     for (const GroupView& g : groups) {
         p.sample("stickyd_group_failing_open", {{"group", g.name}}, uint64_t{g.failing_open});
     }
+    p.family("stickyd_target_group_routing_info", "gauge",
+             "Always 1; fingerprint digests what decides the group's mapping (equal on "
+             "instances that route every client alike).");
+    for (const GroupView& g : groups) {
+        if (!g.table || !g.table->balancer) continue;
+        p.sample("stickyd_target_group_routing_info",
+                 {{"group", g.name}, {"fingerprint", routing_fingerprint(*g.table)}}, uint64_t{1});
+    }
     p.family("stickyd_health_check_duration_seconds", "histogram",
              "How long active health checks took, per target group.");
     for (const GroupView& g : groups) {
@@ -389,6 +431,13 @@ std::string metrics_text(const AdminState& state) {
     for (const ListenerCounters& l : state.listeners) {
         p.sample("stickyd_listener_proxy_header_errors_total",
                  {{"listener", l.name}, {"target_group", l.target_group}}, l.proxy_header_errors);
+    }
+    p.family("stickyd_listener_no_target_closes_total", "counter",
+             "Clients closed because the listener's target group had no target to route to "
+             "(none configured or discovered, or every one drained).");
+    for (const ListenerCounters& l : state.listeners) {
+        p.sample("stickyd_listener_no_target_closes_total",
+                 {{"listener", l.name}, {"target_group", l.target_group}}, l.no_target);
     }
 
     const DaemonTotals& t = state.totals;

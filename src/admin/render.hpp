@@ -11,9 +11,14 @@
 //   {"version": "0.1.0",
 //    "totals": {"accepted", "active", "connect_failures", "retries",
 //               "bytes_in" (client -> target), "bytes_out" (target -> client)},
-//    "listeners": [{"name", "bind", "target_group", "accepted", "proxy_header_errors"}],
+//    "listeners": [{"name", "bind", "target_group", "accepted", "proxy_header_errors",
+//                   "no_target" (clients closed: the group had no target to route to)}],
 //    "groups": [{"name", "algorithm", "health_checks", "failing_open",
 //                "dns_error" (string or null),
+//                "routing": null (no table yet) | {"fingerprint", "usable_fingerprint",
+//                           "mapping_version", "algorithm", "table_size" (maglev; else null),
+//                           "prefix_v4", "prefix_v6",
+//                           "targets": [{"id", "address", "weight"}] (the members, by id)},
 //                "targets": [{"id", "address", "weight", "discovered",
 //                             "state"          ("initial"|"healthy"|"unhealthy"|"draining"),
 //                             "deregistration" ("none"|"drained"|"removed"),
@@ -44,6 +49,9 @@
 //           clockwise", "owner not checked yet -> next usable clockwise", "fail-open: no
 //           usable target, routing as if all were healthy", "no target: every target is
 //           drained, new connections are refused" ("in table order" for maglev).
+//
+// GET /ring and GET /lookup of a group without targets (none listed, or a DNS name
+// that resolves to nothing): 503 {"error": "group NAME has no targets"}.
 //
 // Errors (any endpoint): {"error": "one line"} with a 4xx or 5xx status.
 #pragma once
@@ -85,6 +93,7 @@ struct ListenerCounters {
     std::string target_group;
     uint64_t accepted = 0;
     uint64_t proxy_header_errors = 0;
+    uint64_t no_target = 0;
 };
 
 struct ProcessFds {

@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <httplib.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -10,14 +9,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "admin/http.hpp"
 #include "stickyd/log.hpp"
 
 namespace stickyd {
@@ -25,206 +27,58 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Clients connect in bursts (a scrape, a script's loop); the acceptor keeps up, but
+// a short backlog turns a burst into SYN retries of a second or more.
+constexpr int kBacklog = 1024;
+
 std::string errno_text(int err) {
     return std::strerror(err);
 }
 
-// Milliseconds left until `deadline` for poll(), at least 0.
-int ms_left(Clock::time_point deadline) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    return static_cast<int>(std::max<int64_t>(0, left.count()));
+enum class Kind : uint8_t { unix_socket = 0, tcp = 1 };
+constexpr size_t kKinds = 2;
+
+std::string_view kind_name(Kind kind) {
+    return kind == Kind::tcp ? "TCP" : "unix socket";
 }
 
-// Waits for `events` on fd until the deadline; false on timeout or error.
-bool wait_for(int fd, short events, Clock::time_point deadline) {
-    for (;;) {
-        pollfd p{fd, events, 0};
-        const int rc = poll(&p, 1, ms_left(deadline));
-        if (rc > 0) return true;
-        if (rc == 0 || errno != EINTR) return false;
-    }
-}
+// reading: waiting for the whole head; answering: a pool thread has it; closing:
+// writing the answer, then (write side shut) dropping what the client still sends.
+enum class Phase : uint8_t { reading, answering, closing };
 
-// Sends everything by the deadline (non-blocking fd).
-bool send_all(int fd, std::string_view data, Clock::time_point deadline) {
-    while (!data.empty()) {
-        const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            data.remove_prefix(static_cast<size_t>(n));
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!wait_for(fd, POLLOUT, deadline)) return false;
-        } else {
-            return false;
-        }
-    }
-    return true;
-}
-
-std::string reason_phrase(int status) {
-    switch (status) {
-        case 400:
-            return "Bad Request";
-        case 408:
-            return "Request Timeout";
-        case 431:
-            return "Request Header Fields Too Large";
-        case 503:
-            return "Service Unavailable";
-        default:
-            return "Error";
-    }
-}
-
-// For requests httplib never sees (too large, too slow, no thread free).
-std::string raw_error(int status, std::string_view message) {
-    const std::string body = error_reply(status, message).body;
-    return fmt::format(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-        "Connection: close\r\n\r\n{}",
-        status, reason_phrase(status), body.size(), body);
-}
-
-// httplib's Stream over an accepted non-blocking socket: first the bytes already
-// read while looking for the end of the head, then the socket, every operation
-// bounded by the request's deadline.
-class DeadlineStream final : public httplib::Stream {
-  public:
-    DeadlineStream(int fd, std::string head, Clock::time_point read_deadline,
-                   std::chrono::milliseconds write_timeout)
-        : fd_(fd),
-          head_(std::move(head)),
-          read_deadline_(read_deadline),
-          write_timeout_(write_timeout) {}
-
-    bool is_readable() const override { return offset_ < head_.size(); }
-    bool is_writable() const override {
-        return wait_for(fd_, POLLOUT, Clock::now() + write_timeout_);
-    }
-    ssize_t read(char* ptr, size_t size) override {
-        if (offset_ < head_.size()) {
-            const size_t n = std::min(size, head_.size() - offset_);
-            std::memcpy(ptr, head_.data() + offset_, n);
-            offset_ += n;
-            return static_cast<ssize_t>(n);
-        }
-        for (;;) {
-            const ssize_t n = ::recv(fd_, ptr, size, 0);
-            if (n >= 0) return n;
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-            if (!wait_for(fd_, POLLIN, read_deadline_)) return -1;
-        }
-    }
-    ssize_t write(const char* ptr, size_t size) override {
-        return send_all(fd_, {ptr, size}, Clock::now() + write_timeout_)
-                   ? static_cast<ssize_t>(size)
-                   : -1;
-    }
-    void get_remote_ip_and_port(std::string& ip, int& port) const override {
-        ip = "local";
-        port = 0;
-    }
-    void get_local_ip_and_port(std::string& ip, int& port) const override {
-        ip = "local";
-        port = 0;
-    }
-    int socket() const override { return fd_; }
-
-  private:
-    int fd_;
-    std::string head_;
-    size_t offset_ = 0;
-    Clock::time_point read_deadline_;
-    std::chrono::milliseconds write_timeout_;
+struct Conn {
+    int fd = -1;
+    Kind kind = Kind::unix_socket;
+    std::string source;  // TCP: the client's IP; what the per-source budget counts
+    Phase phase = Phase::reading;
+    bool budgeted = false;  // counted in its listener's (and source's) budget
+    std::string in;
+    std::string out;
+    size_t sent = 0;
+    bool shut = false;  // SHUT_WR done: the answer is out
+    size_t drained = 0;
+    Clock::time_point deadline;
 };
 
-// httplib parses and writes HTTP; we route. process_request is protected, hence
-// the subclass: httplib 0.11 cannot listen on AF_UNIX itself.
-class HttpGlue final : public httplib::Server {
-  public:
-    explicit HttpGlue(AdminSource& source, size_t max_body) {
-        set_payload_max_length(max_body);
-        // The pre-routing handler runs before httplib reads a body, so the size cap
-        // is ours to apply. No endpoint reads a body; small ones are ignored.
-        set_pre_routing_handler([&source, max_body](const httplib::Request& req,
-                                                    httplib::Response& res) {
-            if (req.has_header("Transfer-Encoding") ||
-                req.get_header_value<uint64_t>("Content-Length") > max_body) {
-                const AdminReply reply = error_reply(
-                    413, fmt::format("request body larger than {} bytes (no endpoint takes one)",
-                                     max_body));
-                res.status = reply.status;
-                res.set_content(reply.body, reply.content_type.c_str());
-                return HandlerResponse::Handled;
-            }
-            AdminRequest request;
-            request.method = req.method;
-            request.path = req.target.substr(0, req.target.find('?'));
-            for (const auto& [k, v] : req.params) request.query.emplace(k, v);
-            AdminReply reply;
-            try {
-                reply = handle_admin_request(request, source);
-            } catch (const std::exception& e) {
-                reply = error_reply(500, e.what());
-            }
-            res.status = reply.status;
-            if (!reply.allow.empty()) res.set_header("Allow", reply.allow);
-            res.set_content(reply.body, reply.content_type.c_str());
-            return HandlerResponse::Handled;
-        });
-        // httplib's own rejections (malformed request line, body too large) come
-        // with an empty body: give them the JSON error every other error has.
-        set_error_handler(HandlerWithResponse(
-            [](const httplib::Request&, httplib::Response& res) -> HandlerResponse {
-                if (!res.body.empty()) return HandlerResponse::Unhandled;
-                std::string message = fmt::format("HTTP {}", res.status);
-                if (res.status == 400) message = "malformed HTTP request";
-                if (res.status == 413) message = "request body too large (no endpoint takes one)";
-                const AdminReply reply = error_reply(res.status, message);
-                res.set_content(reply.body, reply.content_type.c_str());
-                return HandlerResponse::Handled;
-            }));
-    }
-
-    void serve(httplib::Stream& stream) {
-        bool closed = false;
-        process_request(stream, /*close_connection=*/true, closed, [](httplib::Request&) {});
-    }
+struct Job {
+    uint64_t id;
+    std::string head;
 };
 
-// Where the head ends ("\r\n\r\n", or "\n\n" from a lax client), or npos.
-// Debian's cpp-httplib is a compiled library built with an 8192-byte line limit
-// (CPPHTTPLIB_HEADER_MAX_LENGTH); a longer line would come back as a bare 400.
-constexpr size_t kMaxHeadLine = 8192;
+struct Done {
+    uint64_t id;
+    std::string response;
+};
 
-size_t longest_line(std::string_view head) {
-    size_t longest = 0;
-    while (!head.empty()) {
-        const size_t nl = head.find('\n');
-        const size_t len = nl == std::string_view::npos ? head.size() : nl + 1;
-        longest = std::max(longest, len);
-        head.remove_prefix(len);
-    }
-    return longest;
-}
-
-size_t head_end(std::string_view data) {
-    const size_t crlf = data.find("\r\n\r\n");
-    const size_t lf = data.find("\n\n");
-    if (crlf == std::string_view::npos) return lf == std::string_view::npos ? lf : lf + 2;
-    if (lf == std::string_view::npos || crlf + 2 < lf) return crlf + 4;
-    return lf + 2;
-}
+// At most this much of what a client sends after its answer is read and dropped.
+constexpr size_t kMaxDrain = 8 * 1024 * 1024;
 
 }  // namespace
 
 struct AdminServer::Impl {
     AdminSource& source;
     AdminOptions options;
-    HttpGlue http;
+    HttpLimits limits;
     int unix_fd = -1;
     int tcp_fd = -1;
     int wake_fd = -1;
@@ -232,15 +86,30 @@ struct AdminServer::Impl {
     ino_t unix_ino = 0;
     std::optional<SocketAddress> tcp_bound;
 
+    // Shared by the I/O thread and the pool.
     std::mutex mutex;
     std::condition_variable ready;
-    std::deque<int> queued;
+    std::array<std::deque<Job>, kKinds> jobs;
+    size_t next_kind = 0;
+    std::vector<Done> done;
     bool stopping = false;
-    std::thread acceptor;
+    std::thread io;
     std::vector<std::thread> pool;
 
-    Impl(AdminSource& s, AdminOptions o)
-        : source(s), options(std::move(o)), http(s, options.max_body) {}
+    // The I/O thread's own.
+    std::map<uint64_t, Conn> conns;  // by id: ascending ids are oldest first
+    uint64_t next_id = 1;
+    std::array<size_t, kKinds> open{};  // reading or answering, per listener
+    std::map<std::string, size_t> per_source;
+    size_t closing = 0;
+    Clock::time_point accept_paused_until{};
+    uint64_t busy_count = 0;
+    Clock::time_point busy_logged{};
+
+    Impl(AdminSource& s, AdminOptions o) : source(s), options(std::move(o)) {
+        limits.max_head = options.max_head;
+        limits.max_body = options.max_body;
+    }
 
     std::runtime_error unix_error(std::string_view what) const {
         return std::runtime_error(fmt::format("admin socket {}: {}", options.unix_path, what));
@@ -304,7 +173,7 @@ struct AdminServer::Impl {
         }
         unix_dev = st.st_dev;
         unix_ino = st.st_ino;
-        if (::listen(unix_fd, 64) != 0)
+        if (::listen(unix_fd, kBacklog) != 0)
             throw unix_error(fmt::format("listen: {}", errno_text(errno)));
     }
 
@@ -319,7 +188,7 @@ struct AdminServer::Impl {
         const int one = 1;
         ::setsockopt(tcp_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (::bind(tcp_fd, address.sa(), address.len()) != 0) throw fail("cannot bind");
-        if (::listen(tcp_fd, 64) != 0) throw fail("listen");
+        if (::listen(tcp_fd, kBacklog) != 0) throw fail("listen");
         sockaddr_storage bound{};
         socklen_t len = sizeof bound;
         ::getsockname(tcp_fd, reinterpret_cast<sockaddr*>(&bound), &len);
@@ -343,134 +212,342 @@ struct AdminServer::Impl {
         }
     }
 
-    void accept_loop() {
-        std::vector<pollfd> fds{{wake_fd, POLLIN, 0}};
-        if (unix_fd >= 0) fds.push_back({unix_fd, POLLIN, 0});
-        if (tcp_fd >= 0) fds.push_back({tcp_fd, POLLIN, 0});
+    // ---------------------------------------------------------------------------
+    // The I/O thread.
+
+    void io_loop() {
+        std::vector<pollfd> fds;
+        std::vector<uint64_t> ids;  // per entry of fds past the first three
         for (;;) {
-            if (::poll(fds.data(), fds.size(), -1) < 0) {
-                if (errno == EINTR) continue;
+            build_poll_set(fds, ids);
+            const int rc = ::poll(fds.data(), fds.size(), poll_timeout());
+            if (rc < 0 && errno != EINTR) {
                 log::error("admin endpoint: poll: {}", errno_text(errno));
                 return;
             }
-            if (fds[0].revents != 0) return;
-            for (size_t i = 1; i < fds.size(); ++i) {
-                if (fds[i].revents == 0) continue;
-                const int fd = ::accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                if (fd < 0) {
-                    // EMFILE and the like: back off rather than spin on a ready socket.
-                    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-                        log::warn("admin endpoint: accept: {}", errno_text(errno));
-                        ::poll(fds.data(), 1, 100);
-                    }
-                    continue;
-                }
-                enqueue(fd);
+            if (rc > 0 && fds[0].revents != 0) {
+                eventfd_t ignored;
+                eventfd_read(wake_fd, &ignored);
+                if (take_done()) return;
+            }
+            for (size_t i = 1; i < 3; ++i) {
+                if (fds[i].fd >= 0 && fds[i].revents != 0) accept_all(fds[i].fd, Kind(i - 1));
+            }
+            for (size_t i = 3; i < fds.size(); ++i) {
+                if (rc > 0 && fds[i].revents != 0) on_event(ids[i - 3]);
+            }
+            expire(Clock::now());
+        }
+    }
+
+    void build_poll_set(std::vector<pollfd>& fds, std::vector<uint64_t>& ids) const {
+        const bool paused = Clock::now() < accept_paused_until;
+        fds.assign({{wake_fd, POLLIN, 0},
+                    {paused ? -1 : unix_fd, POLLIN, 0},
+                    {paused ? -1 : tcp_fd, POLLIN, 0}});
+        ids.clear();
+        for (const auto& [id, c] : conns) {
+            if (c.phase == Phase::answering) continue;
+            const bool writing = c.phase == Phase::closing && !c.shut;
+            fds.push_back({c.fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0});
+            ids.push_back(id);
+        }
+    }
+
+    int poll_timeout() const {
+        Clock::time_point next = Clock::time_point::max();
+        for (const auto& [id, c] : conns) {
+            if (c.phase != Phase::answering) next = std::min(next, c.deadline);
+        }
+        const Clock::time_point now = Clock::now();
+        if (accept_paused_until > now) next = std::min(next, accept_paused_until);
+        if (next == Clock::time_point::max()) return -1;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next - now);
+        return static_cast<int>(std::clamp<int64_t>(left.count() + 1, 0, 60'000));
+    }
+
+    // Hands finished answers to their connections; true when stopping.
+    bool take_done() {
+        std::vector<Done> finished;
+        {
+            std::lock_guard lock(mutex);
+            if (stopping) return true;
+            finished.swap(done);
+        }
+        for (Done& d : finished) {
+            auto it = conns.find(d.id);
+            if (it != conns.end() && it->second.phase == Phase::answering) {
+                start_closing(d.id, it->second, std::move(d.response));
+            }
+        }
+        return false;
+    }
+
+    void accept_all(int listen_fd, Kind kind) {
+        // Bounded, so one busy listener cannot keep the loop from everything else.
+        for (int i = 0; i < 64; ++i) {
+            sockaddr_storage peer{};
+            socklen_t len = sizeof peer;
+            const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &len,
+                                     SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd < 0) {
+                if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+                // EMFILE and the like: back off rather than spin on a ready socket.
+                log::warn("admin endpoint: accept: {}", errno_text(errno));
+                accept_paused_until = Clock::now() + std::chrono::milliseconds(100);
+                return;
+            }
+            std::string source_ip;
+            if (kind == Kind::tcp)
+                source_ip = to_string(ip_key_of(reinterpret_cast<sockaddr*>(&peer)));
+            admit(fd, kind, std::move(source_ip));
+        }
+    }
+
+    // A newcomer over a budget makes room by evicting the connection of that budget
+    // that has waited longest for its head: a slow client loses its place to a
+    // prompt one, never the other way round.
+    void admit(int fd, Kind kind, std::string source_ip) {
+        const auto counted = per_source.find(source_ip);
+        const bool source_full = kind == Kind::tcp && counted != per_source.end() &&
+                                 counted->second >= options.max_per_source;
+        const bool kind_full = open[static_cast<size_t>(kind)] >= options.max_connections;
+        if (source_full || kind_full) {
+            const std::optional<uint64_t> victim =
+                oldest_reading(kind, source_full ? &source_ip : nullptr);
+            if (!victim) return refuse(fd, kind);
+            note_busy(kind);
+            start_closing(*victim, conns.at(*victim), busy_response());
+        }
+        const uint64_t id = next_id++;
+        Conn& c = conns[id];
+        c.fd = fd;
+        c.kind = kind;
+        c.source = std::move(source_ip);
+        c.deadline = Clock::now() + options.io_timeout;
+        c.budgeted = true;
+        ++open[static_cast<size_t>(kind)];
+        if (kind == Kind::tcp) ++per_source[c.source];
+        on_readable(id, c);  // the request often arrived with the connection
+    }
+
+    std::optional<uint64_t> oldest_reading(Kind kind, const std::string* source_ip) const {
+        for (const auto& [id, c] : conns) {
+            if (c.phase == Phase::reading && c.kind == kind &&
+                (source_ip == nullptr || c.source == *source_ip)) {
+                return id;
+            }
+        }
+        return std::nullopt;
+    }
+
+    // Every budgeted connection is being answered: the newcomer gets the 503, after
+    // which it is drained like any answered connection.
+    void refuse(int fd, Kind kind) {
+        note_busy(kind);
+        const uint64_t id = next_id++;
+        Conn& c = conns[id];
+        c.fd = fd;
+        c.kind = kind;
+        start_closing(id, c, busy_response());
+    }
+
+    static std::string busy_response() {
+        return error_response(503, "admin endpoint busy (too many open connections); try again");
+    }
+
+    void note_busy(Kind kind) {
+        ++busy_count;
+        const Clock::time_point now = Clock::now();
+        if (now - busy_logged < std::chrono::seconds(10)) return;
+        log::warn(
+            "admin endpoint: {} too busy, {} connection(s) answered 503 so far (at most {} "
+            "open per listener, {} per client IP on TCP)",
+            kind_name(kind), busy_count, options.max_connections, options.max_per_source);
+        busy_logged = now;
+    }
+
+    void on_event(uint64_t id) {
+        auto it = conns.find(id);
+        if (it == conns.end()) return;
+        Conn& c = it->second;
+        if (c.phase == Phase::reading) return on_readable(id, c);
+        if (c.phase == Phase::closing && !c.shut) return write_some(id, c);
+        if (c.phase == Phase::closing) return drain(id, c);
+    }
+
+    void on_readable(uint64_t id, Conn& c) {
+        char buffer[4096];
+        for (;;) {
+            const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
+            if (n > 0) {
+                c.in.append(buffer, static_cast<size_t>(n));
+                if (c.in.size() >= options.max_head + sizeof buffer) break;
+                continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+            if (n < 0 || c.in.empty()) return close_now(id);
+            // EOF: a client that half-closed after a truncated request gets told.
+            return start_closing(id, c, error_response(400, "incomplete HTTP request"));
+        }
+        const HeadScan scan = scan_request(c.in, limits);
+        if (scan.state == HeadScan::State::rejected) {
+            return start_closing(id, c, error_response(scan.status, scan.message));
+        }
+        if (scan.state == HeadScan::State::complete) {
+            c.phase = Phase::answering;
+            c.in.resize(scan.head_size);
+            submit(id, c.kind, std::move(c.in));
+            c.in.clear();
+        }
+    }
+
+    void submit(uint64_t id, Kind kind, std::string head) {
+        {
+            std::lock_guard lock(mutex);
+            jobs[static_cast<size_t>(kind)].push_back({id, std::move(head)});
+        }
+        ready.notify_one();
+    }
+
+    // Leaves the budgets, and writes `response` then drains; bounded in number.
+    void start_closing(uint64_t id, Conn& c, std::string response) {
+        release_budget(c);
+        if (c.phase != Phase::closing) ++closing;
+        c.phase = Phase::closing;
+        c.out = std::move(response);
+        c.sent = 0;
+        c.deadline = Clock::now() + options.io_timeout;
+        if (closing > options.max_closing) close_oldest_closing(id);
+        write_some(id, c);
+    }
+
+    void release_budget(Conn& c) {
+        if (!c.budgeted) return;
+        c.budgeted = false;
+        --open[static_cast<size_t>(c.kind)];
+        if (c.kind == Kind::tcp) {
+            auto it = per_source.find(c.source);
+            if (it != per_source.end() && --it->second == 0) per_source.erase(it);
+        }
+    }
+
+    void close_oldest_closing(uint64_t keep) {
+        for (auto& [id, c] : conns) {
+            if (c.phase == Phase::closing && id != keep) {
+                drain_once(c);
+                return close_now(id);
             }
         }
     }
 
-    void enqueue(int fd) {
-        {
-            std::lock_guard lock(mutex);
-            if (queued.size() < options.max_queued) {
-                queued.push_back(fd);
-                ready.notify_one();
+    void write_some(uint64_t id, Conn& c) {
+        while (c.sent < c.out.size()) {
+            const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent,
+                                     MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                c.sent += static_cast<size_t>(n);
+                c.deadline = Clock::now() + options.io_timeout;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 return;
+            } else {
+                return close_now(id);
             }
         }
-        // Every thread is busy and the queue is full: say so without waiting.
-        const std::string reply = raw_error(503, "admin endpoint busy; try again");
-        ::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        ::close(fd);
+        // All out: the FIN follows the answer; reading on keeps the close from
+        // becoming a reset that would destroy the answer in flight.
+        ::shutdown(c.fd, SHUT_WR);
+        c.shut = true;
+        c.out.clear();
+        c.deadline = Clock::now() + options.linger;
+        drain(id, c);
     }
+
+    void drain(uint64_t id, Conn& c) {
+        const int rc = drain_once(c);
+        if (rc <= 0 || c.drained >= kMaxDrain) close_now(id);
+    }
+
+    // Reads and drops what is there: 1 while more may come, 0 at EOF, -1 on error.
+    static int drain_once(Conn& c) {
+        char buffer[16384];
+        for (;;) {
+            const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, MSG_DONTWAIT);
+            if (n > 0) {
+                c.drained += static_cast<size_t>(n);
+                if (c.drained >= kMaxDrain) return 1;
+                continue;
+            }
+            if (n == 0) return 0;
+            if (errno == EINTR) continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+    }
+
+    void close_now(uint64_t id) {
+        auto it = conns.find(id);
+        if (it == conns.end()) return;
+        Conn& c = it->second;
+        if (c.phase == Phase::closing) --closing;
+        release_budget(c);
+        ::close(c.fd);
+        conns.erase(it);
+    }
+
+    void expire(Clock::time_point now) {
+        std::vector<uint64_t> due;
+        for (const auto& [id, c] : conns) {
+            if (c.phase != Phase::answering && c.deadline <= now) due.push_back(id);
+        }
+        for (uint64_t id : due) {
+            auto it = conns.find(id);  // an earlier one may have made room by closing it
+            if (it == conns.end()) continue;
+            Conn& c = it->second;
+            if (c.phase == Phase::reading && !c.in.empty()) {
+                start_closing(id, c,
+                              error_response(408, fmt::format("request not complete within {} ms",
+                                                              options.io_timeout.count())));
+            } else {
+                // Silent, lingered long enough, or a reader too slow to take its answer.
+                if (c.phase == Phase::closing) drain_once(c);
+                close_now(id);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------
+    // The pool: answers complete heads, the unix socket's and TCP's in turn.
 
     void pool_loop() {
         for (;;) {
-            int fd;
+            Job job;
             {
                 std::unique_lock lock(mutex);
-                ready.wait(lock, [&] { return stopping || !queued.empty(); });
+                ready.wait(lock, [&] { return stopping || !jobs[0].empty() || !jobs[1].empty(); });
                 if (stopping) return;
-                fd = queued.front();
-                queued.pop_front();
+                if (jobs[next_kind].empty()) next_kind = 1 - next_kind;
+                job = std::move(jobs[next_kind].front());
+                jobs[next_kind].pop_front();
+                next_kind = 1 - next_kind;
             }
-            serve(fd);
-            ::close(fd);
+            std::string response = answer(job.head, source, limits);
+            {
+                std::lock_guard lock(mutex);
+                done.push_back({job.id, std::move(response)});
+            }
+            eventfd_write(wake_fd, 1);
         }
     }
 
-    // Reads the head under a size cap and one deadline for all of it, so a client
-    // that trickles bytes cannot hold a thread past io_timeout.
-    void serve(int fd) {
-        const Clock::time_point deadline = Clock::now() + options.io_timeout;
-        std::string head;
-        char buffer[4096];
-        for (;;) {
-            // Exactly max_head, whatever the recv sizes: a head that ends past it,
-            // or has not ended within it, is too large.
-            const size_t end = head_end(head);
-            if ((end == std::string::npos && head.size() >= options.max_head) ||
-                (end != std::string::npos && end > options.max_head)) {
-                return reject(fd, 431,
-                              fmt::format("request head larger than {} bytes", options.max_head),
-                              deadline);
-            }
-            if (end != std::string::npos) {
-                if (longest_line(std::string_view(head).substr(0, end)) > kMaxHeadLine) {
-                    return reject(
-                        fd, 431,
-                        fmt::format("request header line longer than {} bytes", kMaxHeadLine),
-                        deadline);
-                }
-                break;
-            }
-            const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
-            if (n > 0) {
-                head.append(buffer, static_cast<size_t>(n));
-            } else if (n == 0) {
-                // EOF: a client that half-closed after a truncated request gets told.
-                if (!head.empty()) reject(fd, 400, "incomplete HTTP request", deadline);
-                return;
-            } else if (errno == EINTR) {
-                continue;
-            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (!wait_for(fd, POLLIN, deadline)) {
-                    if (!head.empty()) {
-                        reject(fd, 408,
-                               fmt::format("request not complete within {} ms",
-                                           options.io_timeout.count()),
-                               Clock::now() + options.io_timeout);
-                    }
-                    return;
-                }
-            } else {
-                return;
-            }
-        }
-        DeadlineStream stream(fd, std::move(head), deadline, options.io_timeout);
-        http.serve(stream);
-        linger_and_drain(fd, deadline);
-    }
-
-    void reject(int fd, int status, std::string_view message, Clock::time_point deadline) const {
-        if (!send_all(fd, raw_error(status, message), deadline)) return;
-        linger_and_drain(fd, deadline);
-    }
-
-    // Reads and drops what the client still sends for a moment after the answer,
-    // so the close does not turn into a reset that destroys the answer in flight.
-    static void linger_and_drain(int fd, Clock::time_point deadline) {
-        ::shutdown(fd, SHUT_WR);
-        const Clock::time_point linger =
-            std::min(deadline, Clock::now() + std::chrono::milliseconds(1000));
-        char buffer[16384];
-        size_t drained = 0;
-        while (drained < 8 * 1024 * 1024 && wait_for(fd, POLLIN, linger)) {
-            const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
-            if (n <= 0 && !(n < 0 && errno == EINTR)) break;
-            if (n > 0) drained += static_cast<size_t>(n);
-        }
+    void close_connections() {
+        for (auto& [id, c] : conns) ::close(c.fd);
+        conns.clear();
+        open = {};
+        per_source.clear();
+        closing = 0;
     }
 };
 
@@ -496,7 +573,8 @@ void AdminServer::start() {
         s.unix_ino = 0;
         throw;
     }
-    s.acceptor = std::thread([&s] { s.accept_loop(); });
+    s.stopping = false;
+    s.io = std::thread([&s] { s.io_loop(); });
     for (unsigned i = 0; i < std::max(1U, s.options.threads); ++i) {
         s.pool.emplace_back([&s] { s.pool_loop(); });
     }
@@ -506,19 +584,20 @@ void AdminServer::start() {
 
 void AdminServer::stop() {
     Impl& s = *impl_;
-    if (s.acceptor.joinable()) {
-        eventfd_write(s.wake_fd, 1);
-        s.acceptor.join();
-    }
     {
         std::lock_guard lock(s.mutex);
         s.stopping = true;
     }
     s.ready.notify_all();
+    if (s.io.joinable()) {
+        eventfd_write(s.wake_fd, 1);
+        s.io.join();
+    }
     for (std::thread& t : s.pool) t.join();
     s.pool.clear();
-    for (int fd : s.queued) ::close(fd);
-    s.queued.clear();
+    for (auto& queue : s.jobs) queue.clear();
+    s.done.clear();
+    s.close_connections();
     s.unlink_socket();
     s.unix_ino = 0;
     s.close_fds();

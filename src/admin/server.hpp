@@ -1,9 +1,19 @@
 // The admin endpoint: HTTP/1.1 on a unix socket (and optionally TCP), served off
-// the data path. One acceptor thread hands connections to a small fixed pool; every
-// read and write has a deadline and every request a size cap, so a slow or hostile
-// client holds at most one pool thread for a few seconds and never touches a
-// worker. Requests are answered by handle_admin_request (src/admin_api.hpp) from
-// snapshots and atomic counters only.
+// the data path, built so that slow or hostile clients cannot lock the operator out:
+//
+// - One I/O thread polls every connection (non-blocking): it reads request heads,
+//   writes answers and drains what clients still send. A connection that trickles
+//   its head costs an fd and a buffer, never a thread.
+// - Complete heads go to a small pool that only computes answers (from snapshots
+//   and atomic counters; drain and enable wait for the control thread), taking the
+//   unix socket's and the TCP address's requests in turn.
+// - The unix socket and the TCP address each have their own connection budget, and
+//   TCP a budget per client IP. A connection beyond a budget makes room by closing
+//   the one that has waited longest for its head, with a 503; only when none is
+//   waiting for its head is the newcomer answered 503 itself.
+// - Every answer, 503 and 408 included, is written in full, the write side shut and
+//   what the client still sends drained before the close, so a client reads the
+//   answer rather than a reset.
 #pragma once
 
 #include <chrono>
@@ -19,10 +29,14 @@ namespace stickyd {
 struct AdminOptions {
     std::string unix_path;             // empty = no unix socket
     std::optional<SocketAddress> tcp;  // nullopt = no TCP listener
-    unsigned threads = 4;
-    size_t max_queued = 64;  // accepted connections waiting for a thread; beyond: 503
+    unsigned threads = 2;              // compute answers; never wait on a client
+    size_t max_connections = 64;       // per listener, until answered; beyond: 503 (see above)
+    size_t max_per_source = 8;         // per client IP on TCP, until answered
+    size_t max_closing = 256;          // answered, draining before the close; beyond: closed
     // The whole request head must arrive within this; each write must progress within it.
     std::chrono::milliseconds io_timeout{5000};
+    // After the answer: how long what the client still sends is read and dropped.
+    std::chrono::milliseconds linger{1000};
     size_t max_head = 16 * 1024;  // request line + headers; beyond: 431
     size_t max_body = 4 * 1024;   // no endpoint takes a body; beyond: 413
 };

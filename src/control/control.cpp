@@ -197,7 +197,9 @@ struct Control::Loop {
     std::vector<std::unique_ptr<Group>> groups_;  // config order, then dropped ones
     std::mutex slots_mutex_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;  // never shrinks
-    std::vector<Probe> probes_;
+    // A deque: taking a probe never moves the others, whose SQEs point into them
+    // (address, request, timespec) until submitted and completed.
+    std::deque<Probe> probes_;
     std::vector<uint32_t> free_probes_;
 
     Uring ring_;
@@ -933,6 +935,17 @@ void Control::Loop::publish(Group& group) {
     } else if (!routing.failing_open && group.failing_open && routing.usable > 0) {
         log::warn("target group '{}': {} of {} targets healthy again; no longer failing open", name,
                   routing.usable, table.targets.size());
+    }
+    // Once when the group becomes empty (or starts so), not once per client.
+    if (table.targets.empty() && group.configured &&
+        !(group.table && group.table->targets.empty())) {
+        log::warn(
+            "target group '{}' has no targets{}: clients of its listeners are closed (counted in "
+            "stickyd_listener_no_target_closes_total)",
+            name,
+            group.config.dns
+                ? fmt::format(" (DNS name {} gave no addresses)", group.config.dns->name)
+                : "");
     }
     if (table.no_target && !(group.table && group.table->no_target)) {
         log::warn("target group '{}': every target is drained: new clients are refused", name);

@@ -26,8 +26,8 @@ namespace stickyd {
 
 class Control {
   public:
-    // Asks every worker to reset its connections (connecting or relaying) to these
-    // targets. Called on the control thread.
+    // Asks every worker to reset its relaying connections to these targets (those
+    // still connecting move on to their next target). Called on the control thread.
     using Terminate = std::function<void(std::vector<std::shared_ptr<TargetStats>>)>;
 
     // Builds every group's first snapshot (all targets routable while `initial`, as

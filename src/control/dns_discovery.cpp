@@ -204,9 +204,11 @@ void DnsDiscovery::run() {
             wake_.wait(lock);  // nothing to resolve until a reload adds a group
             continue;
         }
-        if (Clock::now() < soonest->second.due) {
+        if (const Clock::time_point due = soonest->second.due; Clock::now() < due) {
             // Re-evaluated after every wake-up: apply() may have changed the schedule.
-            wake_.wait_until(lock, soonest->second.due);
+            // A copy: wait_until reads its argument again on waking, and apply() may
+            // have freed the group meanwhile.
+            wake_.wait_until(lock, due);
             continue;
         }
         const std::string group = soonest->first;

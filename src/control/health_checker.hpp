@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -118,7 +119,9 @@ class HealthChecker {
     Uring& ring_;
     Verdict verdict_;
     Quiet quiet_;
-    std::vector<Check> checks_;  // by slot; grows with the highest slot used
+    // By slot, growing with the highest slot used. A deque: growing never moves a
+    // check whose SQEs point into it.
+    std::deque<Check> checks_;
     unsigned in_flight_ = 0;
     bool stopping_ = false;
     // Where the rest of a response goes while it is drained before the close: its

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 namespace stickyd {
@@ -43,10 +44,16 @@ IpKey key_from_v6(const in6_addr& addr) {
 }  // namespace
 
 // inet_pton needs a NUL-terminated string; anything longer than the longest
-// textual IPv6 address cannot be valid anyway.
+// textual IPv6 address cannot be valid anyway. It would stop at a NUL inside the
+// text and take "1.2.3.4\0junk" for 1.2.3.4, so only the characters an address is
+// written with get that far (no NUL, no "%zone", no trailing bytes of any kind).
 bool parse_ip_bytes(int family, std::string_view text, void* out) {
     char buf[INET6_ADDRSTRLEN];
     if (text.empty() || text.size() >= sizeof buf) return false;
+    const bool address_characters = std::all_of(text.begin(), text.end(), [](char c) {
+        return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+    });
+    if (!address_characters) return false;
     std::memcpy(buf, text.data(), text.size());
     buf[text.size()] = '\0';
     return inet_pton(family, buf, out) == 1;

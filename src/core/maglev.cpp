@@ -79,6 +79,7 @@ class Maglev final : public Balancer {
     }
 
     std::string_view algorithm() const override { return "maglev"; }
+    uint32_t table_size() const override { return static_cast<uint32_t>(table_.size()); }
 
   private:
     struct Permutation {

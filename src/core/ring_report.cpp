@@ -1,5 +1,7 @@
 #include "stickyd/ring_report.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -163,6 +165,9 @@ Movement simulate_change(const TargetGroupConfig& group, const TargetChange& cha
         changed.targets.push_back(t);
         affected.insert(id);
     }
+    if (group.targets.empty()) {
+        throw std::invalid_argument("group \"" + group.name + "\" has no targets to change");
+    }
     if (changed.targets.empty()) {
         throw std::invalid_argument("the change leaves group \"" + group.name +
                                     "\" without targets");
@@ -226,6 +231,59 @@ Movement simulate_change(const TargetGroupConfig& group, const TargetChange& cha
     for (size_t i = 0; i < out.ids.size(); ++i) {
         out.ideal += std::abs(ideal_before[i] - ideal_after[i]) / 2;
     }
+    return out;
+}
+
+Disagreement compare_groups(const TargetGroupConfig& a, const TargetGroupConfig& b) {
+    Disagreement out;
+    auto algorithm = [](const TargetGroupConfig& g) {
+        return g.algorithm == Algorithm::maglev
+                   ? "maglev (table size " + std::to_string(g.maglev_table_size) + ")"
+                   : std::string("ring");
+    };
+    if (algorithm(a) != algorithm(b)) {
+        out.comparable = false;
+        out.not_comparable = "algorithm " + algorithm(a) + " against " + algorithm(b);
+    } else if (a.stickiness.prefix_v4 != b.stickiness.prefix_v4 ||
+               a.stickiness.prefix_v6 != b.stickiness.prefix_v6) {
+        out.comparable = false;
+        out.not_comparable =
+            fmt::format("prefixes /{} /{} against /{} /{}", a.stickiness.prefix_v4,
+                        a.stickiness.prefix_v6, b.stickiness.prefix_v4, b.stickiness.prefix_v6);
+    }
+    for (const TargetGroupConfig* g : {&a, &b}) {
+        for (const TargetConfig& t : g->targets) out.ids.push_back(target_id(t));
+    }
+    std::sort(out.ids.begin(), out.ids.end());
+    out.ids.erase(std::unique(out.ids.begin(), out.ids.end()), out.ids.end());
+    if (!out.comparable) return out;
+
+    const auto table_a = build_routing_table(a), table_b = build_routing_table(b);
+    auto indexes = [&](const RoutingTable& table) {
+        std::vector<uint32_t> index;
+        for (const RouteTarget& t : table.targets) {
+            index.push_back(static_cast<uint32_t>(
+                std::lower_bound(out.ids.begin(), out.ids.end(), t.id) - out.ids.begin()));
+        }
+        return index;
+    };
+    const std::vector<uint32_t> index_a = indexes(*table_a), index_b = indexes(*table_b);
+    std::map<std::pair<uint32_t, uint32_t>, u128> moves;
+    for_each_piece(a, *table_a->balancer, *table_b->balancer, [&](uint64_t hash, u128 length) {
+        const uint32_t owner_a = table_a->balancer->owner(hash);
+        const uint32_t owner_b = table_b->balancer->owner(hash);
+        const uint32_t from = index_a[owner_a], to = index_b[owner_b];
+        if (from != to ||
+            !(table_a->targets[owner_a].address == table_b->targets[owner_b].address)) {
+            moves[{from, to}] += length;
+        }
+    });
+    u128 differs = 0;
+    for (const auto& [edge, length] : moves) {
+        out.moves[edge] = fraction(length);
+        differs += length;
+    }
+    out.differs = fraction(differs);
     return out;
 }
 

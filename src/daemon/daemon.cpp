@@ -10,6 +10,7 @@
 
 #include "daemon/socket_activation.hpp"
 #include "datapath/listener.hpp"
+#include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
 #include "stickyd/words.hpp"
@@ -216,6 +217,7 @@ void Daemon::start_worker_threads() {
 }
 
 void Daemon::log_listening() const {
+    for (const std::string& warning : config_warnings(config_)) log::warn("{}", warning);
     for (const auto& listener : config_.listeners) {
         log::info("listening on {} -> target group '{}' ({}{})", listener.bind.to_string(),
                   listener.target_group, count_of(workers_.size(), "worker"),
@@ -376,7 +378,12 @@ Daemon::ReloadResult Daemon::reloaded(const ReloadPlan& plan) {
                     plan.remove.size(), count_of(config_.target_groups.size(), "target group"),
                     count_of(static_targets(config_), "static target"))};
     log::info("{}", result.message);
+    for (const std::string& warning : config_warnings(config_)) log::warn("{}", warning);
     return result;
+}
+
+void Daemon::withdraw() {
+    if (admin_source_) admin_source_->withdraw();
 }
 
 void Daemon::stop(Duration grace) {
@@ -400,6 +407,10 @@ Duration Daemon::shutdown_grace() const {
     return config_.global.shutdown_grace;
 }
 
+Duration Daemon::shutdown_delay() const {
+    return config_.global.shutdown_delay;
+}
+
 uint64_t Daemon::active_connections() const {
     uint64_t total = 0;
     for (const auto& worker : workers_) total += worker->stats().active.load();
@@ -409,7 +420,9 @@ uint64_t Daemon::active_connections() const {
 std::string Daemon::status_line() const {
     // Targets in service, DNS-discovered ones included.
     size_t targets = 0;
-    for (const GroupView& group : control_->view()->groups) {
+    // Named: a range-for over view()->groups would free the view before the loop.
+    const std::shared_ptr<const ControlView> view = control_->view();
+    for (const GroupView& group : view->groups) {
         for (const TargetView& t : group.targets) {
             if (t.deregistration == Deregistration::none) ++targets;
         }

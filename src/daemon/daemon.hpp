@@ -63,12 +63,15 @@ class Daemon {
     // `before_apply` runs once the new config is known to be good (RELOADING=1).
     ReloadResult reload(const std::function<void()>& before_apply);
 
+    // A stop began: /ready answers 503 from now on; listeners keep accepting.
+    void withdraw();
     // Stop accepting; connections get `grace` to finish.
     void stop(Duration grace);
     // Waits for the workers, then stops the rest; a worker that died makes it non-zero.
     int join();
 
     Duration shutdown_grace() const;
+    Duration shutdown_delay() const;
     uint64_t active_connections() const;
     std::string status_line() const;  // for STATUS=; only after a successful start()
     bool workers_progressed();        // for the watchdog

@@ -11,6 +11,7 @@
 #include "daemon/quick_mode.hpp"
 #include "daemon/signal_loop.hpp"
 #include "stickyd/config.hpp"
+#include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/words.hpp"
 #include "stickyd_version.h"
@@ -101,6 +102,9 @@ int check_config(const std::string& path) {
         return kExitConfigError;
     }
     const auto& config = std::get<Config>(result);
+    for (const std::string& warning : config_warnings(config)) {
+        fmt::print(stderr, "{}: warning: {}\n", path, warning);
+    }
     size_t targets = 0;
     for (const auto& group : config.target_groups) targets += group.targets.size();
     fmt::print("{}: configuration OK ({}, {}, {})\n", path,

@@ -35,6 +35,8 @@ std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
             ->check(number_in(0, 16)),
         app.add_option("--shutdown-grace", f.shutdown_grace,
                        "How long SIGTERM waits for connections (default 30s)"),
+        app.add_option("--shutdown-delay", f.shutdown_delay,
+                       "On SIGTERM, keep accepting this long with /ready at 503 (default 0s)"),
         app.add_option("--idle-timeout", f.idle_timeout,
                        "Close connections idle this long (default 350s)"),
         app.add_flag("--proxy-protocol-v2", f.proxy_protocol_v2,
@@ -202,6 +204,7 @@ std::variant<ListenerConfig, std::string> listener_from_flags(const QuickFlags& 
 const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"threads", "--threads"},
     {"shutdown_grace", "--shutdown-grace"},
+    {"shutdown_delay", "--shutdown-delay"},
     {"admin_socket", "--admin-socket"},
     {"admin_address", "--admin-address"},
     {"idle_timeout", "--idle-timeout"},
@@ -251,6 +254,10 @@ std::variant<Config, std::string> config_from_flags(const QuickFlags& flags) {
     }
     if (auto error = read_duration("--shutdown-grace", flags.shutdown_grace,
                                    "a duration such as 30s", config.global.shutdown_grace)) {
+        return *error;
+    }
+    if (auto error = read_duration("--shutdown-delay", flags.shutdown_delay,
+                                   "a duration such as 5s", config.global.shutdown_delay)) {
         return *error;
     }
     if (auto error = validate(config, "<command line>")) return as_flag_error(*error, flags);

@@ -21,6 +21,7 @@ struct QuickFlags {
     std::string connect_timeout = "2s";
     unsigned connect_retries = 2;
     std::string shutdown_grace = "30s";
+    std::string shutdown_delay = "0s";
     std::string idle_timeout = "350s";
     bool proxy_protocol_v2 = false;
     bool accept_proxy_protocol = false;

@@ -16,6 +16,7 @@
 #include "daemon/sd_notify.hpp"
 #include "datapath/uring.hpp"
 #include "stickyd/log.hpp"
+#include "stickyd/stop_sequence.hpp"
 #include "stickyd/words.hpp"
 #include "stickyd_version.h"
 
@@ -106,16 +107,18 @@ class SignalLoop {
             }
         }
         joiner.join();
-        if (!stopping_) notified(sd::stopping());  // a worker failed: we stop unasked
+        // A worker failed: we stop unasked.
+        if (stop_.phase() == StopSequence::Phase::serving) notified(sd::stopping());
         log::info("stopped");
         return exit_code_;
     }
 
   private:
-    // The signal taken, or -1 when the tick came first.
+    // The signal taken, or -1 when the tick (or the end of a withdraw window) came first.
     int wait_for_signal() {
         for (;;) {
-            const auto left = std::max(next_tick_ - Clock::now(), Clock::duration::zero());
+            const auto wake = std::min(next_tick_, stop_.deadline().value_or(next_tick_));
+            const auto left = std::max(wake - Clock::now(), Clock::duration::zero());
             const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
             const timespec timeout{static_cast<time_t>(ns / 1000000000),
                                    static_cast<long>(ns % 1000000000)};
@@ -125,17 +128,21 @@ class SignalLoop {
     }
 
     void on_tick() {
-        next_tick_ = Clock::now() + timing_.tick;
-        const std::string line = daemon_.status_line();
-        notified(sd::status(stopping_ ? "stopping: " + line : line));
-        // Past STOPPING=1 systemd no longer expects pings.
-        if (timing_.watchdog && !stopping_ && daemon_.workers_progressed()) {
-            notified(sd::watchdog());
+        const auto now = Clock::now();
+        if (stop_.on_tick(now) == StopSequence::Action::drain) {
+            begin_drain("delay over");
+            notified(sd::status(stop_.status(daemon_.status_line())));
         }
+        if (now < next_tick_) return;  // woken for the end of the withdraw window only
+        next_tick_ = now + timing_.tick;
+        notified(sd::status(stop_.status(daemon_.status_line())));
+        // Past STOPPING=1 systemd no longer expects pings.
+        const bool serving = stop_.phase() == StopSequence::Phase::serving;
+        if (timing_.watchdog && serving && daemon_.workers_progressed()) notified(sd::watchdog());
     }
 
     void on_reload() {
-        if (stopping_) return;  // nothing to reload into once draining
+        if (stop_.phase() != StopSequence::Phase::serving) return;  // nothing to reload into
         // RELOADING=1 only for a file that validated: a refused reload changes
         // nothing, and says why in STATUS= for `systemctl status`.
         const Daemon::ReloadResult result = daemon_.reload([] { notified(sd::reloading()); });
@@ -149,16 +156,33 @@ class SignalLoop {
     }
 
     void on_stop(int sig) {
-        if (stopping_) {
-            log::warn("second signal: closing all connections now");
-            daemon_.stop(Duration{0});
-            return;
+        const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+        switch (stop_.on_signal(daemon_.shutdown_delay(), Clock::now())) {
+            case StopSequence::Action::withdraw:
+                daemon_.withdraw();
+                notified(sd::stopping());
+                log::info("{} received: not ready; still accepting for the shutdown delay of {} ms",
+                          name, daemon_.shutdown_delay().count());
+                break;
+            case StopSequence::Action::drain:
+                notified(sd::stopping());
+                begin_drain(std::string(name) + " received");
+                break;
+            case StopSequence::Action::stop_now:
+                log::warn("second signal: closing all connections now");
+                daemon_.stop(Duration{0});
+                break;
+            case StopSequence::Action::none:
+                break;
         }
-        stopping_ = true;
+        notified(sd::status(stop_.status(daemon_.status_line())));
+    }
+
+    // The listeners close; open connections get shutdown_grace.
+    void begin_drain(const std::string& why) {
         const Duration grace = daemon_.shutdown_grace();
-        notified(sd::stopping());
-        log::info("{} received: stopped accepting; waiting up to {} ms for {}",
-                  sig == SIGINT ? "SIGINT" : "SIGTERM", grace.count(),
+        daemon_.withdraw();
+        log::info("{}: stopped accepting; waiting up to {} ms for {}", why, grace.count(),
                   count_of(daemon_.active_connections(), "open connection"));
         daemon_.stop(grace);
     }
@@ -167,7 +191,7 @@ class SignalLoop {
     const sigset_t signals_;
     const Timing timing_;
     Clock::time_point next_tick_;
-    bool stopping_ = false;
+    StopSequence stop_;
     int exit_code_ = 0;
     std::atomic<bool> joined_{false};
 };

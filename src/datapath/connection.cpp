@@ -94,6 +94,10 @@ ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries) {
     return attempt < connect_retries ? ConnectStep::retry : ConnectStep::give_up;
 }
 
+ConnectStep on_target_terminated(unsigned attempt) {
+    return attempt < UINT8_MAX ? ConnectStep::retry : ConnectStep::give_up;  // Connection::attempt
+}
+
 AcceptStep on_accept_error(int err) {
     switch (err) {
         case ECONNABORTED:  // the client gave up while queued

@@ -120,7 +120,11 @@ struct Connection {
     uint16_t listener = 0;     // the worker's listener it came in on (so: its target group)
     uint8_t attempt = 0;       // 0 = the owner; N = N-th retry
     uint8_t inflight = 0;      // submitted ops whose completion has not arrived yet
+    uint8_t timeouts = 0;      // of those, linked timeouts (their timespecs: pin, setup)
     Phase phase = Phase::free;
+    // Connecting: the target was terminated (unhealthy, deregistered) meanwhile; the
+    // next completion on the target socket moves the client on, whatever it says.
+    bool target_terminated = false;
 
     Flow& flow(FlowDir dir) { return flows[static_cast<unsigned>(dir)]; }
     const Flow& flow(FlowDir dir) const { return flows[static_cast<unsigned>(dir)]; }
@@ -176,6 +180,13 @@ HeaderOutcome on_header_bytes(std::vector<uint8_t>& pending, std::span<const uin
 
 // A connect completed with res (0 or -errno; -ECANCELED = the linked timeout fired).
 ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries);
+
+// The target was terminated while the client was still connecting to it (its
+// connect, or our PROXY header, in flight). Termination is for relaying
+// connections: the client moves on to the next target, counted as a retry, even
+// when it was on its last attempt (one extra attempt per termination, so a
+// termination alone never costs a client its connection and cannot loop).
+ConnectStep on_target_terminated(unsigned attempt);
 
 enum class AcceptStep : uint8_t {
     rearm,     // transient, tied to one client: accept again now

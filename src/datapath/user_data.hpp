@@ -44,6 +44,8 @@ enum class Op : uint8_t {
     send_target,      // send to the target (upstream flow)
     send_client,      // send to the client (downstream flow)
     idle_timer,       // the idle wheel's next due tick
+    watch_client,     // poll for an error (a reset) on the client socket while relaying
+    watch_target,     // the same on the target socket
 };
 
 // One decoded tag of a loop whose ops are OpT.

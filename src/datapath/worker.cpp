@@ -13,9 +13,13 @@
 // connection it was submitted for.
 #include "datapath/worker.hpp"
 
+#include <fcntl.h>
+#include <linux/sockios.h>
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -77,6 +81,9 @@ constexpr std::chrono::milliseconds kIdleTick{100};
 constexpr uint32_t kIdleBuckets = 4096;
 constexpr unsigned kCqEntries = 4 * kSqEntries;
 constexpr uint16_t kBufferGroup = 0;
+// While fds are short, clients are taken from the backlog one at a time with a
+// plain accept4(); this many per loop iteration, so that completions keep flowing.
+constexpr unsigned kAcceptsPerBatch = 64;
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kNoDeadline = INT64_MAX;
@@ -120,6 +127,13 @@ std::string_view error_text(int res) {
     return std::strerror(-res);
 }
 
+// For the accept4() taken while fds are short: it must say "backlog empty"
+// rather than wait. io_uring's accept polls either way.
+void set_nonblocking(int fd) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK) == 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
 std::optional<SocketAddress> peer_of(int fd) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -161,18 +175,18 @@ struct ListenerState {
     bool accepting = false;           // the multishot accept is in flight
     std::chrono::milliseconds backoff{0};
     __kernel_timespec backoff_ts{};  // read by the kernel at submit time
-    bool complained = false;         // logged the current run of accept failures
-    bool pause_requested = false;    // the accept was cancelled to back off
+    bool pause_requested = false;    // the accept was cancelled because fds ran short
 
     bool reusable() const { return removed && !accepting && !backoff_pending; }
 };
 
 // Owns the listening fds from the moment the worker is constructed.
 struct Listeners {
-    std::vector<ListenerState> items;
+    // A deque: adding a listener must not move the others, whose backoff_ts an
+    // accept back-off timer SQE of the same batch may point at.
+    std::deque<ListenerState> items;
 
     explicit Listeners(std::vector<WorkerListener> given) {
-        items.reserve(given.size());
         for (auto& l : given) {
             ListenerState state;
             state.fd = l.fd;
@@ -242,18 +256,29 @@ struct Worker::Loop {
     void after_batch();
 
     // Accepting.
+    void start_accepting(uint32_t index);
     void arm_accept(uint32_t index);
     void on_accept(uint32_t index, const io_uring_cqe& cqe);
-    void on_accept_failure(uint32_t index, int res);
+    void on_accept_end(uint32_t index, int res);
+    void arm_backoff(uint32_t index);
     void on_accept_backoff(uint32_t index);
-    void pause_accepting();
-    void retry_fd_waiters();
+    void accept_client(uint32_t index, int fd);
+    bool slot_available() const;
     AccessRecord* access(uint32_t slot);
     void note_end(uint32_t slot, std::string_view why);
     void note_reset(uint32_t slot, bool client_side);
-    void wait_for_fds(uint32_t index);
-    void fds_available();
-    void accept_client(uint32_t index, int fd);
+
+    // Short of fds: accepts pause, accepted clients wait for a target socket.
+    void begin_shortage(std::string_view why);
+    void pause_accepting();
+    void wait_for_fd(uint32_t slot, int err);
+    bool still_waiting(uint64_t encoded) const;
+    void resume_accepting();
+    void retry_fd_waiters();
+    bool free_fd_for_oldest(std::vector<uint64_t>& waiting, size_t oldest);
+    bool accept_backlog(uint32_t index);
+    bool refill_reserve();
+    void end_shortage();
     SnapshotPin* current_pin(ListenerState& listener);
     void unpin(Connection& c);
 
@@ -266,6 +291,9 @@ struct Worker::Loop {
     void route_client(uint32_t slot, const sockaddr* client);
     void start_connect(uint32_t slot);
     void handle_connect(uint32_t slot, int res);
+    void connect_next(uint32_t slot);
+    void leave_target(uint32_t slot);
+    void move_off_terminated_target(uint32_t slot);
     void log_connect_failure(const Connection& c, int res);
     void report_connect(const Connection& c, int res);
     void detach_target(Connection& c);
@@ -287,6 +315,7 @@ struct Worker::Loop {
     void update_clock();
     void arm_idle_timer();
     void on_idle_timer();
+    uint32_t last_progress_tick(const Connection& c) const;
 
     // Commands from other threads.
     void run_commands();
@@ -331,8 +360,11 @@ struct Worker::Loop {
     uint32_t live_ = 0;             // slots not free
     std::deque<uint64_t> waiters_;  // recvs parked on -ENOBUFS, as encoded user_data
     // Clients accepted when no fd was left for their target socket, as encoded
-    // user_data (slot + generation): they wait, like the backlog, for fds.
+    // user_data (slot + generation), oldest first: they wait, like the backlog, for fds.
     std::vector<uint64_t> fd_waiters_;
+    // Held while fds are plentiful, given up when waiting clients hold all the
+    // others: then no connection would ever end to free one for them.
+    int reserve_fd_ = -1;
     // By slot, for connections of listeners with access_log = true (kept out of
     // Connection so that the slots of everyone else stay small).
     std::vector<std::unique_ptr<AccessRecord>> access_;
@@ -342,8 +374,9 @@ struct Worker::Loop {
     uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
     bool full_warned_ = false;
     bool socket_warned_ = false;
-    bool short_of_fds_ = false;  // an accept pause is running or just ended
-    bool retrying_fd_waiters_ = false;
+    bool short_of_fds_ = false;  // accepts are paused until the backlog is drained
+    bool resume_due_ = false;    // fds were freed: retry waiters and the backlog after this batch
+    unsigned shed_ = 0;          // waiting clients reset during this shortage
     bool overflow_warned_ = false;
     bool pool_grew_ = false;
 
@@ -380,6 +413,8 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
                                              2ULL * options.max_connections, UINT32_MAX))) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
+    for (const ListenerState& l : listeners_.items) set_nonblocking(l.fd);
+    refill_reserve();
     conns_.reserve(std::min<uint32_t>(options.max_connections, 1024));
 }
 
@@ -394,6 +429,7 @@ Worker::Loop::~Loop() {
     for (Command& command : commands_.take()) {
         if (auto* add = std::get_if<AddListenerCommand>(&command)) ::close(add->listener.fd);
     }
+    if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
 void Worker::Loop::run() {
@@ -447,6 +483,8 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
         case Op::recv_header:
         case Op::header_timeout:
         case Op::send_header:
+        case Op::watch_client:
+        case Op::watch_target:
             return on_connection_event(ud, cqe);
     }
 }
@@ -460,6 +498,7 @@ void Worker::Loop::after_batch() {
             index_, options_.buffer_count, buffers_.total());
     }
     rearm_waiters();
+    if (std::exchange(resume_due_, false)) resume_accepting();
     arm_idle_timer();
     if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
         overflow_warned_ = true;
@@ -470,7 +509,14 @@ void Worker::Loop::after_batch() {
 }
 
 // ---------------------------------------------------------------------------
-// Accepting: one multishot accept per listener, re-armed whenever it ends.
+// Accepting: one multishot accept per listener, re-armed whenever it ends, as
+// long as fds are plentiful.
+
+void Worker::Loop::start_accepting(uint32_t index) {
+    if (!short_of_fds_) return arm_accept(index);
+    arm_backoff(index);
+    resume_due_ = true;
+}
 
 void Worker::Loop::arm_accept(uint32_t index) {
     ListenerState& l = listeners_.items[index];
@@ -487,148 +533,49 @@ void Worker::Loop::on_accept(uint32_t index, const io_uring_cqe& cqe) {
         l.accepting = false;
         --worker_ops_;
     }
-    if (l.removed) {  // raced with remove_listener(): the socket is already closed
+    if (l.removed || stopping_) {  // raced with remove_listener() or stop(): the socket is closed
         if (cqe.res >= 0) ::close(cqe.res);
         return;
     }
-    if (cqe.res < 0) {
-        if (!more && !stopping_) on_accept_failure(index, cqe.res);
-        return;
-    }
-    if (stopping_) {  // raced with stop(): the listener is already closed
-        ::close(cqe.res);
-        return;
-    }
-    accept_client(index, cqe.res);
-    if (more) return;
-    if (fd_waiters_.empty()) {
-        arm_accept(index);
-    } else {
-        wait_for_fds(index);
-    }
+    if (cqe.res >= 0) accept_client(index, cqe.res);
+    if (!more) on_accept_end(index, cqe.res);
 }
 
-// Out of fds or memory: accepting again at once would fail again at once (the
-// sniproxy 100% CPU bug), so wait with an io_uring timeout, doubling to 1 s.
-void Worker::Loop::on_accept_failure(uint32_t index, int res) {
+// The multishot accept ended: cancelled by us because fds ran short, failed, or
+// ended by the kernel (res >= 0 without IORING_CQE_F_MORE).
+void Worker::Loop::on_accept_end(uint32_t index, int res) {
+    const bool paused = std::exchange(listeners_.items[index].pause_requested, false);
+    if (res < 0 && !paused && on_accept_error(-res) == AcceptStep::back_off) {
+        begin_shortage(fmt::format("accept failed: {}", error_text(res)));
+    }
+    start_accepting(index);
+}
+
+// Accepting again at once would fail again at once (the sniproxy 100% CPU bug).
+// Fds freed by this worker's own connections resume it at once (resume_due_);
+// the timer, 100 ms doubling to 1 s, covers fds freed anywhere else in the
+// process, which the worker does not see.
+void Worker::Loop::arm_backoff(uint32_t index) {
     ListenerState& l = listeners_.items[index];
-    const bool paused = std::exchange(l.pause_requested, false);
-    if (!paused && on_accept_error(-res) == AcceptStep::rearm) {
-        arm_accept(index);
-        return;
-    }
+    if (l.backoff_pending) return;
     l.backoff = next_backoff(l.backoff);
-    short_of_fds_ = true;
-    if (!l.complained) {
-        l.complained = true;
-        log::warn("listener {}: {}; pausing accepts, retrying for up to 1 s at a time",
-                  l.settings.config.name,
-                  paused ? std::string("cannot take more clients for now")
-                         : fmt::format("accept failed: {}", error_text(res)));
-    }
     l.backoff_ts = to_timespec(l.backoff);
     io_uring_prep_timeout(sqe(encode(Op::accept_backoff, index)), &l.backoff_ts, 0, 0);
     l.backoff_pending = true;
     ++worker_ops_;
 }
 
-// Accepted clients would only be reset for want of an fd to reach a target:
-// leave them queued in the backlog and back off as if accept had hit EMFILE.
-void Worker::Loop::pause_accepting() {
-    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
-        ListenerState& l = listeners_.items[i];
-        if (!l.accepting || l.pause_requested || l.removed) continue;
-        l.pause_requested = true;
-        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
-    }
-}
-
-// Clients that already wait for an fd go first; while any still waits, the
-// backlog keeps the rest and the pause grows.
 void Worker::Loop::on_accept_backoff(uint32_t index) {
     --worker_ops_;
     ListenerState& l = listeners_.items[index];
     l.backoff_pending = false;
     if (stopping_ || l.removed) return;
-    retry_fd_waiters();
-    if (fd_waiters_.empty()) {
-        arm_accept(index);
-    } else {
-        wait_for_fds(index);
-    }
+    resume_accepting();
+    if (short_of_fds_ && !l.accepting) arm_backoff(index);
 }
 
-void Worker::Loop::wait_for_fds(uint32_t index) {
-    listeners_.items[index].pause_requested = true;
-    on_accept_failure(index, -EMFILE);
-}
-
-// Oldest first. When the waiters are all that is left and still find no fd, a
-// waiter takes the newest waiter's: a client is only worth its fd with a target
-// socket beside it, and with no other connection to end and free one, waiting
-// clients alone would never get anywhere.
-void Worker::Loop::retry_fd_waiters() {
-    std::vector<uint64_t> retry;
-    retry.swap(fd_waiters_);
-    retrying_fd_waiters_ = true;
-    auto waiting = [&](uint64_t encoded) {
-        const UserData ud = decode(encoded);
-        const Connection& c = conns_[ud.slot];
-        // Closed meanwhile (shutdown, reload) and perhaps reused: not ours any more.
-        return c.generation == ud.generation && c.phase == Phase::connecting && c.target_fd < 0;
-    };
-    size_t next = 0;
-    size_t end = retry.size();
-    unsigned shed = 0;
-    unsigned served = 0;
-    while (next < end) {
-        if (!waiting(retry[next])) {
-            ++next;
-            continue;
-        }
-        start_connect(decode(retry[next]).slot);
-        if (fd_waiters_.empty()) {
-            ++next;
-            ++served;
-            continue;
-        }
-        fd_waiters_.pop_back();  // itself, parked again
-        while (end > next + 1 && !waiting(retry[end - 1])) --end;
-        if (end == next + 1) break;  // no one newer to take an fd from: it waits on
-        // Connections other than the waiters will free fds when they end: wait for
-        // those rather than reset anyone.
-        const auto still_waiting = static_cast<uint32_t>(
-            std::count_if(retry.begin() + next, retry.begin() + end, waiting));
-        if (live_ > still_waiting) break;
-        const uint32_t newest = decode(retry[--end]).slot;
-        note_end(newest, "out of fds");
-        close_connection(newest, CloseMode::reset);
-        ++shed;
-    }
-    for (size_t i = next; i < end; ++i)
-        if (waiting(retry[i])) fd_waiters_.push_back(retry[i]);
-    retrying_fd_waiters_ = false;
-    if (served > 0 && fd_waiters_.empty() && short_of_fds_) fds_available();
-    if (shed > 0) {
-        log::warn(
-            "worker {}: out of fds: reset {} waiting clients so that older ones reach "
-            "their targets",
-            index_, shed);
-    }
-}
-
-// A target socket could be had: pauses start small again, and the listeners that
-// said they paused say they accept again.
-void Worker::Loop::fds_available() {
-    short_of_fds_ = false;
-    socket_warned_ = false;
-    for (ListenerState& l : listeners_.items) {
-        l.backoff = std::chrono::milliseconds{0};
-        if (l.complained && !l.removed) {
-            log::info("listener {}: accepting again", l.settings.config.name);
-        }
-        l.complained = false;
-    }
+bool Worker::Loop::slot_available() const {
+    return !free_slots_.empty() || conns_.size() < options_.max_connections;
 }
 
 void Worker::Loop::accept_client(uint32_t index, int fd) {
@@ -656,7 +603,8 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
                 "clients until some close",
                 index_, live_);
         }
-        pause_accepting();  // spares the backlog a stream of accept-and-reset
+        // Spares the backlog a stream of accept-and-reset.
+        begin_shortage("cannot take more clients for now");
         set_reset_on_close(fd);
         ::close(fd);
         return;
@@ -723,6 +671,144 @@ void Worker::Loop::unpin(Connection& c) {
 }
 
 // ---------------------------------------------------------------------------
+// Short of fds. A client is only worth its fd with a target socket beside it,
+// so while fds are short: the multishot accepts stop (the kernel's backlog keeps
+// new clients); clients accepted without a target socket wait, oldest first;
+// every fd freed is freed at once (close_fd) and goes first to those waiting,
+// then to the backlog, taken one client at a time. The pause ends when the
+// backlog is empty and no one waits: one line when it starts, one when it ends.
+
+void Worker::Loop::begin_shortage(std::string_view why) {
+    pause_accepting();
+    if (std::exchange(short_of_fds_, true)) return;
+    log::warn(
+        "worker {}: {}; pausing accepts: new clients wait in the backlog until "
+        "connections close",
+        index_, why);
+}
+
+// By user_data; the accepts end with -ECANCELED (on_accept_end).
+void Worker::Loop::pause_accepting() {
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        if (!l.accepting || l.pause_requested || l.removed) continue;
+        l.pause_requested = true;
+        io_uring_prep_cancel64(sqe(encode(Op::ignore)), encode(Op::accept, i), 0);
+    }
+}
+
+// socket() for the client's target failed for want of an fd: the client keeps
+// its place, as it would in the backlog, and gets the next fd freed.
+void Worker::Loop::wait_for_fd(uint32_t slot, int err) {
+    fd_waiters_.push_back(encode(Op::ignore, slot, conns_[slot].generation));
+    begin_shortage(fmt::format("cannot create a socket to reach a target: {}", std::strerror(err)));
+}
+
+// Not closed meanwhile (shutdown, reload, its slot perhaps reused) and still
+// without a target socket.
+bool Worker::Loop::still_waiting(uint64_t encoded) const {
+    const UserData ud = decode(encoded);
+    const Connection& c = conns_[ud.slot];
+    return c.generation == ud.generation && c.phase == Phase::connecting && c.target_fd < 0;
+}
+
+// After fds were freed (resume_due_) or on the back-off timer.
+void Worker::Loop::resume_accepting() {
+    if (!short_of_fds_ || stopping_) return;
+    retry_fd_waiters();
+    if (!fd_waiters_.empty() || !refill_reserve()) return;
+    bool drained = true;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        const ListenerState& l = listeners_.items[i];
+        if (l.removed) continue;
+        // An accept still in flight is being cancelled: its end resumes us.
+        if (l.accepting || !accept_backlog(i)) drained = false;
+    }
+    if (drained) end_shortage();
+}
+
+// Oldest first, and only as far as fds go: when the oldest finds none, the rest
+// would not either.
+void Worker::Loop::retry_fd_waiters() {
+    std::vector<uint64_t> waiting;
+    waiting.swap(fd_waiters_);
+    std::erase_if(waiting, [this](uint64_t w) { return !still_waiting(w); });
+    size_t next = 0;
+    bool freed = false;
+    while (next < waiting.size()) {
+        start_connect(decode(waiting[next]).slot);
+        if (fd_waiters_.empty()) {  // it has its socket (or found no target and closed)
+            ++next;
+            continue;
+        }
+        fd_waiters_.clear();  // itself, put back in its place below
+        // One fd made free per round at most: should it go elsewhere (another
+        // worker's accept), the next round must not reset another client for it.
+        if (freed || !free_fd_for_oldest(waiting, next)) break;
+        freed = true;
+    }
+    fd_waiters_.assign(waiting.begin() + static_cast<ptrdiff_t>(next), waiting.end());
+}
+
+// While any connection but the waiting ones is open, it frees fds when it ends:
+// wait for that. Otherwise nothing ever would: the reserve fd goes to the
+// oldest, or, already given up, the newest waiting client is reset for its fd.
+bool Worker::Loop::free_fd_for_oldest(std::vector<uint64_t>& waiting, size_t oldest) {
+    if (live_ > waiting.size() - oldest) return false;
+    if (reserve_fd_ >= 0) {
+        ::close(std::exchange(reserve_fd_, -1));
+        return true;
+    }
+    if (waiting.size() - oldest < 2) return false;  // alone: the back-off timer retries
+    const uint32_t newest = decode(waiting.back()).slot;
+    waiting.pop_back();
+    log::debug("worker {}: out of fds with only waiting clients open: resetting the newest",
+               index_);
+    note_end(newest, "out of fds");
+    close_connection(newest, CloseMode::reset);  // closes at once while short (close_fd)
+    ++shed_;
+    return true;
+}
+
+// One client at a time: the next is accepted only once the last has its target
+// socket. True once the backlog is empty.
+bool Worker::Loop::accept_backlog(uint32_t index) {
+    for (unsigned n = 0; n < kAcceptsPerBatch; ++n) {
+        if (!slot_available()) return false;  // a closing connection resumes us
+        const int fd = ::accept4(listeners_.items[index].fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK) return true;
+            if (err == EINTR || on_accept_error(err) == AcceptStep::rearm) continue;
+            return false;  // out of fds again: the next freed fd or the timer retries
+        }
+        accept_client(index, fd);
+        if (!fd_waiters_.empty()) return false;
+    }
+    resume_due_ = true;  // more next time round
+    return false;
+}
+
+bool Worker::Loop::refill_reserve() {
+    if (reserve_fd_ < 0) reserve_fd_ = ::fcntl(wake_.fd(), F_DUPFD_CLOEXEC, 0);
+    return reserve_fd_ >= 0;
+}
+
+void Worker::Loop::end_shortage() {
+    short_of_fds_ = false;
+    socket_warned_ = false;
+    for (uint32_t i = 0; i < listeners_.items.size(); ++i) {
+        ListenerState& l = listeners_.items[i];
+        l.backoff = std::chrono::milliseconds{0};
+        if (!l.removed && !l.accepting) arm_accept(i);
+    }
+    log::info("worker {}: accepting again{}", index_,
+              shed_ > 0 ? fmt::format(" ({} waiting clients were reset for their fds)",
+                                      std::exchange(shed_, 0))
+                        : std::string());
+}
+
+// ---------------------------------------------------------------------------
 // The client's PROXY header: read in as many recvs as it takes, all linked to one
 // absolute deadline, before anything is routed. Whatever follows the header in
 // the last recv is the client's first data and stays in that buffer, queued as
@@ -739,6 +825,7 @@ void Worker::Loop::submit_header_recv(uint32_t slot) {
     io_uring_prep_link_timeout(sqe(encode(Op::header_timeout, slot, c.generation)),
                                &c.setup->header_deadline, IORING_TIMEOUT_ABS);
     c.inflight += 2;
+    ++c.timeouts;
 }
 
 void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
@@ -837,7 +924,10 @@ void Worker::Loop::start_connect(uint32_t slot) {
     Connection& c = conns_[slot];
     const RoutingTable& table = *c.pin->table;
     const uint32_t target = table.pick(c.key_hash, c.attempt);
-    if (target >= table.targets.size()) {  // an empty group: nothing to connect to
+    if (target >= table.targets.size()) {  // an empty or all-drained group: nothing to connect to
+        // Counted per listener; the control thread logs the group's state once.
+        const auto& stats = listeners_.items[c.listener].settings.stats;
+        if (stats) count(stats->no_target);
         note_end(slot, "no target");
         close_connection(slot, CloseMode::graceful);
         return;
@@ -849,26 +939,17 @@ void Worker::Loop::start_connect(uint32_t slot) {
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
         const int err = errno;
+        if (err == EMFILE || err == ENFILE) return wait_for_fd(slot, err);
         if (!socket_warned_) {
             socket_warned_ = true;
-            log::warn("worker {}: cannot create a socket to reach a target: {}{}", index_,
-                      std::strerror(err),
-                      err == EMFILE || err == ENFILE ? "; clients wait until fds are free" : "");
-        }
-        if (err == EMFILE || err == ENFILE) {
-            // The client keeps its place, as it would in the backlog; the accept
-            // back-off timer retries it before accepting anyone else.
-            fd_waiters_.push_back(encode(Op::ignore, slot, c.generation));
-            short_of_fds_ = true;
-            pause_accepting();
-            return;
+            log::warn("worker {}: cannot create a socket to reach a target: {}", index_,
+                      std::strerror(err));
         }
         add(stats_.connect_failures, 1);
         note_end(slot, "connect failed");
         close_connection(slot, CloseMode::graceful);
         return;
     }
-    if (short_of_fds_ && fd_waiters_.empty() && !retrying_fd_waiters_) fds_available();
     set_no_delay(fd);
     c.target_fd = fd;
     c.stats = table.targets[target].stats;
@@ -884,12 +965,14 @@ void Worker::Loop::start_connect(uint32_t slot) {
     io_uring_prep_link_timeout(sqe(encode(Op::connect_timeout, slot, c.generation)),
                                &c.pin->connect_timeout, 0);
     c.inflight += 2;
+    ++c.timeouts;
 }
 
 // The linked timeout's own completion (-ETIME or -ECANCELED) only counts down
 // inflight; this one decides.
 void Worker::Loop::handle_connect(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    if (c.target_terminated) return move_off_terminated_target(slot);
     // Log a failure before reporting it: the report may wake the control thread,
     // whose "unhealthy" line must come after the failure that caused it.
     if (res != 0) log_connect_failure(c, res);
@@ -910,12 +993,7 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
     const unsigned retries = std::min(c.pin->table->connect_retries, 255U);
     switch (on_connect(res, c.attempt, retries)) {
         case ConnectStep::retry:
-            ++c.attempt;
-            add(stats_.retries, 1);
-            close_fd(c.target_fd);
-            c.target_fd = -1;
-            start_connect(slot);
-            return;
+            return connect_next(slot);
         case ConnectStep::give_up:
             log::debug("worker {}: no target accepted the client after {} attempts; closing it",
                        index_, c.attempt + 1);
@@ -926,6 +1004,41 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
         case ConnectStep::relay:
             return;
     }
+}
+
+// The next distinct target of the same snapshot: walking one table, every attempt
+// reaches a target not tried yet.
+void Worker::Loop::connect_next(uint32_t slot) {
+    Connection& c = conns_[slot];
+    detach_target(c);
+    close_fd(c.target_fd);
+    c.target_fd = -1;
+    c.target_terminated = false;
+    ++c.attempt;
+    add(stats_.retries, 1);
+    start_connect(slot);
+}
+
+// Termination is for relaying connections. One still connecting (or sending our
+// PROXY header) gives the target up: what is in flight on the target socket is
+// cancelled, and its completion, whatever it reports, moves the client on.
+void Worker::Loop::leave_target(uint32_t slot) {
+    Connection& c = conns_[slot];
+    if (c.target_terminated) return;
+    c.target_terminated = true;
+    cancel_all_on(c.target_fd);
+}
+
+// Not a failure of the target's (no passive report, no connect failure counted)
+// nor of the client's: see on_target_terminated.
+void Worker::Loop::move_off_terminated_target(uint32_t slot) {
+    Connection& c = conns_[slot];
+    log::debug("worker {}: left target {} while connecting (attempt {}): taken out of service",
+               index_, c.pin->table->targets[c.target].id, c.attempt + 1);
+    if (on_target_terminated(c.attempt) == ConnectStep::retry) return connect_next(slot);
+    discard_unread(c.client_fd);
+    note_end(slot, "connect failed");
+    close_connection(slot, CloseMode::graceful);
 }
 
 void Worker::Loop::log_connect_failure(const Connection& c, int res) {
@@ -999,6 +1112,7 @@ void Worker::Loop::submit_header_send(uint32_t slot) {
 
 void Worker::Loop::handle_header_send(uint32_t slot, int res) {
     Connection& c = conns_[slot];
+    if (c.target_terminated) return move_off_terminated_target(slot);
     Setup& setup = *c.setup;
     if (res == -EAGAIN || res == -EINTR) return submit_header_send(slot);
     if (res <= 0) {
@@ -1028,7 +1142,14 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
         return;
     }
     Connection& c = conns_[ud.slot];
-    --c.inflight;
+    if ((cqe.flags & IORING_CQE_F_MORE) == 0) --c.inflight;  // a watch poll stays armed
+    if (ud.op == Op::connect_timeout || ud.op == Op::header_timeout) {
+        --c.timeouts;
+        if (c.phase == Phase::relaying && c.timeouts == 0) {  // deferred by begin_relay
+            unpin(c);
+            free_setup(c);
+        }
+    }
     if (c.phase == Phase::closing) {
         release_buffer(bid);
         if (c.inflight == 0) free_slot(ud.slot);
@@ -1064,6 +1185,15 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
             if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::send_client);
             return carry_out(ud.slot, dir, decision);
         }
+        case Op::watch_client:
+        case Op::watch_target:
+            // POLLERR: the peer reset the socket. A FIN alone (POLLRDHUP) is left to
+            // the recv that reaches it, after the data before it.
+            if (cqe.res > 0 && (cqe.res & POLLERR) != 0) {
+                note_reset(ud.slot, ud.op == Op::watch_client);
+                close_connection(ud.slot, CloseMode::reset);
+            }
+            return;
         default:
             return;  // connect_timeout, header_timeout: their op's completion decides
     }
@@ -1073,8 +1203,12 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
 // with its PROXY header, if any, is the upstream flow's first send.
 void Worker::Loop::begin_relay(uint32_t slot) {
     Connection& c = conns_[slot];
-    unpin(c);
-    free_setup(c);
+    // A linked timeout still in flight points into the pin (connect) or the setup
+    // (PROXY header): they go when its completion arrives.
+    if (c.timeouts == 0) {
+        unpin(c);
+        free_setup(c);
+    }
     c.phase = Phase::relaying;
     c.last_active = static_cast<uint32_t>(now_tick_);
     wheel_.schedule({slot, c.generation}, idle_due(c.last_active, c.idle_ticks));
@@ -1088,6 +1222,16 @@ void Worker::Loop::begin_relay(uint32_t slot) {
         submit_recv(slot, FlowDir::upstream);
     }
     submit_recv(slot, FlowDir::downstream);
+    // A side is not read while its peer's send is pending, nor once its FIN was
+    // read, so a reset of that side would wait for the send to drain (or the idle
+    // timeout): watch both sockets for an error meanwhile. Multishot, because the
+    // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
+    // later reset. One poll per socket per connection, cancelled with the rest.
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_client, slot, c.generation)), c.client_fd,
+                                 POLLERR);
+    io_uring_prep_poll_multishot(sqe(encode(Op::watch_target, slot, c.generation)), c.target_fd,
+                                 POLLERR);
+    c.inflight += 2;
 }
 
 // Single-shot recv into a buffer the kernel picks from the ring: an idle
@@ -1215,8 +1359,11 @@ void Worker::Loop::on_idle_timer() {
     unsigned closed = 0;
     wheel_.expire(now_tick_, [&](const WheelEntry& e) {
         if (e.slot >= conns_.size()) return;
-        const Connection& c = conns_[e.slot];
+        Connection& c = conns_[e.slot];
         if (c.generation != e.generation || c.phase != Phase::relaying) return;  // closed since
+        if (idle_due(c.last_active, c.idle_ticks) <= now_tick_) {
+            c.last_active = std::max(c.last_active, last_progress_tick(c));
+        }
         const uint64_t due = idle_due(c.last_active, c.idle_ticks);
         if (due > now_tick_) {
             wheel_.schedule(e, due);
@@ -1230,6 +1377,34 @@ void Worker::Loop::on_idle_timer() {
         add(stats_.idle_timeouts, closed);
         log::debug("worker {}: reset {} idle connections", index_, closed);
     }
+}
+
+// Activity is progress in either direction, and a slow reader draining a socket
+// buffer completes none of our ops: a send blocked on a full buffer completes only
+// once all of it is taken (MSG_WAITALL; without it the kernel would still wake the
+// sender only once half its queue is free), and data already handed over just sits
+// in the socket. The reader's progress may not even show on the wire: a client with
+// a large receive buffer reads from it for minutes behind a closed window while we
+// only send zero-window probes. So before calling a connection idle, ask the kernel:
+// a socket holding data for a peer that still acknowledges it (no retransmissions
+// pending; probes, like the keepalives that reset the NLB's idle timer, are answered)
+// waits on its reader and is not idle; otherwise the last data it transmitted counts.
+// Only at expiry, so busy connections never pay for it. A peer that vanished leaves
+// retransmissions unanswered and its connection goes idle as usual.
+uint32_t Worker::Loop::last_progress_tick(const Connection& c) const {
+    uint64_t latest = 0;
+    for (const int fd : {c.client_fd, c.target_fd}) {
+        tcp_info info{};
+        socklen_t len = sizeof info;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+        if (info.tcpi_retransmits > 0) continue;
+        int queued = 0;
+        if (::ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+            return static_cast<uint32_t>(now_tick_);
+        const uint64_t ago = info.tcpi_last_data_sent / kIdleTick.count();
+        latest = std::max(latest, now_tick_ - std::min(now_tick_, ago));
+    }
+    return static_cast<uint32_t>(latest);
 }
 
 // ---------------------------------------------------------------------------
@@ -1251,7 +1426,8 @@ std::optional<uint32_t> Worker::Loop::allocate_slot() {
 void Worker::Loop::close_connection(uint32_t slot, CloseMode mode) {
     Connection& c = conns_[slot];
     if (c.phase == Phase::closing || c.phase == Phase::free) return;
-    unpin(c);
+    // The pin stays until free_slot: a connect SQE queued in this batch reads the
+    // target's address and its linked timeout from the pinned snapshot.
     c.phase = Phase::closing;
     if (mode == CloseMode::reset) {
         note_end(slot, "reset");
@@ -1290,6 +1466,7 @@ void Worker::Loop::free_slot(uint32_t slot) {
     close_fd(c.target_fd);
     for (const Flow& flow : c.flows) release_buffer(flow.buf);
     detach_target(c);
+    unpin(c);
     free_setup(c);
     const uint32_t generation = next_generation(c.generation);
     c = Connection{};
@@ -1308,9 +1485,16 @@ void Worker::Loop::cancel_all_on(int fd) {
     io_uring_prep_cancel_fd(sqe(encode(Op::ignore)), fd, IORING_ASYNC_CANCEL_ALL);
 }
 
-// Batched with everything else in the next submit instead of a syscall each.
+// Batched with everything else in the next submit instead of a syscall each;
+// but while fds are short a queued close would hold the fd until that submit,
+// and whoever is given it now would find none.
 void Worker::Loop::close_fd(int fd) {
     if (fd < 0) return;
+    if (short_of_fds_) {
+        ::close(fd);
+        resume_due_ = true;
+        return;
+    }
     io_uring_sqe* s = sqe(encode(Op::ignore));
     io_uring_prep_close(s, fd);
     if (ring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
@@ -1349,24 +1533,37 @@ void Worker::Loop::run_commands() {
 }
 
 // Connection termination (unhealthy target, end of a deregistration delay): a
-// walk over the connections, but only when asked, never per batch. Connections
-// still reading a PROXY header have no target yet.
+// walk over the connections, but only when asked, never per batch. Relaying
+// connections are reset; connecting ones move on to their next target (the client
+// sees nothing). Connections still reading a PROXY header, or waiting for an fd,
+// have no target yet.
 void Worker::Loop::terminate_targets(const std::vector<std::shared_ptr<TargetStats>>& targets) {
     if (targets.empty()) return;
     std::vector<const TargetStats*> doomed;
     for (const auto& t : targets) doomed.push_back(t.get());
     std::sort(doomed.begin(), doomed.end());
     unsigned closed = 0;
+    unsigned moved = 0;
     for (uint32_t slot = 0; slot < conns_.size(); ++slot) {
         const Connection& c = conns_[slot];
         if (c.phase != Phase::connecting && c.phase != Phase::relaying) continue;
         if (!c.stats || !std::binary_search(doomed.begin(), doomed.end(), c.stats.get())) continue;
+        if (c.phase == Phase::connecting) {
+            leave_target(slot);
+            ++moved;
+            continue;
+        }
         note_end(slot, "deregistered");
         close_connection(slot, CloseMode::reset);
         ++closed;
     }
     if (closed > 0)
         log::info("worker {}: reset {} connections to terminated targets", index_, closed);
+    if (moved > 0) {
+        log::info(
+            "worker {}: moving {} connecting clients off terminated targets to their next targets",
+            index_, moved);
+    }
 }
 
 std::optional<uint32_t> Worker::Loop::find_listener(const std::string& name) const {
@@ -1406,7 +1603,8 @@ void Worker::Loop::add_listener(WorkerListener listener) {
     *free_index = ListenerState{};
     free_index->fd = listener.fd;
     free_index->settings = std::move(listener.settings);
-    arm_accept(static_cast<uint32_t>(free_index - items.begin()));
+    set_nonblocking(listener.fd);
+    start_accepting(static_cast<uint32_t>(free_index - items.begin()));
 }
 
 void Worker::Loop::update_listener(ListenerSettings settings) {
@@ -1501,12 +1699,10 @@ void Worker::Loop::stop_accepting() {
     std::vector<uint64_t> waiting;
     waiting.swap(fd_waiters_);
     for (uint64_t encoded : waiting) {
-        const UserData ud = decode(encoded);
-        if (conns_[ud.slot].generation == ud.generation && conns_[ud.slot].target_fd < 0 &&
-            conns_[ud.slot].phase == Phase::connecting) {
-            note_end(ud.slot, "shutdown");
-            close_connection(ud.slot, CloseMode::reset);
-        }
+        if (!still_waiting(encoded)) continue;
+        const uint32_t slot = decode(encoded).slot;
+        note_end(slot, "shutdown");
+        close_connection(slot, CloseMode::reset);
     }
     log::debug("worker {}: stopped accepting; {} connections open", index_, live_);
 }

@@ -59,9 +59,9 @@ class Worker {
     // remains after `grace`, then run() returns. A later call with a shorter
     // grace brings the deadline forward.
     void stop(std::chrono::milliseconds grace);
-    // Thread-safe: reset every open connection (connecting or relaying) to one of
-    // these targets: connection termination for an unhealthy target, or the end of a
-    // deregistration delay.
+    // Thread-safe: connection termination for an unhealthy target, or the end of a
+    // deregistration delay. Relaying connections to one of these targets are reset;
+    // connections still connecting to one move on to their next target.
     void terminate(std::vector<std::shared_ptr<TargetStats>> targets);
     // Thread-safe reload of listeners. add: start accepting on a new socket.
     // update: new settings for the listener of that name (its socket stays open, so

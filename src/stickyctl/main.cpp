@@ -17,6 +17,7 @@
 #include "admin/render.hpp"
 #include "daemon/command_line.hpp"
 #include "stickyctl/admin_client.hpp"
+#include "stickyctl/compare.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/ring_report.hpp"
 #include "stickyd/routing.hpp"
@@ -75,7 +76,16 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
     storage = std::move(std::get<Config>(loaded));
     const GroupChoice choice = choose_group(storage, common.group);
     if (!choice.group) throw UserError(choice.error);
-    return *choice.group;
+    // Nothing to show or move; a DNS group's targets exist only in a running daemon.
+    const TargetGroupConfig& group = *choice.group;
+    if (group.targets.empty()) {
+        throw UserError(fmt::format(
+            "group {} has no targets in {}{}", group.name, common.config_path,
+            group.dns ? fmt::format(" (they come from DNS {}:{}; ask the daemon with --admin)",
+                                    group.dns->name, group.dns->port)
+                      : ""));
+    }
+    return group;
 }
 
 // One request to the daemon; a non-2xx answer becomes the daemon's own one-line error.
@@ -322,6 +332,12 @@ int run_status(const Common& common) {
         fmt::print("\ngroup {} ({}), {}{}\n", g["name"].get<std::string>(),
                    g["algorithm"].get<std::string>(), count_of(g["targets"].size(), "target"),
                    g["failing_open"].get<bool>() ? ": FAILING OPEN (no usable target)" : "");
+        if (g.contains("routing") && g["routing"].is_object()) {
+            fmt::print("routing fingerprint {} (mapping version {}), usable {}\n",
+                       g["routing"]["fingerprint"].get<std::string>(),
+                       g["routing"]["mapping_version"].get<unsigned>(),
+                       g["routing"]["usable_fingerprint"].get<std::string>());
+        }
         if (g["dns_error"].is_string()) {
             fmt::print("DNS: {}\n", g["dns_error"].get<std::string>());
         }
@@ -357,6 +373,54 @@ int run_change(const Common& common, const std::string& id, bool drain) {
         fmt::print("{}\n", answer["message"].get<std::string>());
     }
     return kExitOk;
+}
+
+// For readiness probes and route watchers: exit 0 only while the daemon serves.
+int run_ready(const Common& common) {
+    AdminResponse response;
+    try {
+        response = admin_request(common.admin, "GET", "/ready");
+    } catch (const AdminUnreachable& e) {
+        throw UserError(e.what());
+    }
+    if (response.status != 200 && response.status != 503) {
+        throw UserError(fmt::format("the admin endpoint at {} answered GET /ready with HTTP {}",
+                                    common.admin, response.status));
+    }
+    const bool ready = response.status == 200;
+    if (common.json) {
+        print_json(Json{{"ready", ready}});
+    } else {
+        fmt::print("{}\n", ready ? "ready" : "not ready: stopping (withdrawing or draining)");
+    }
+    return ready ? kExitOk : kExitConfigError;
+}
+
+int run_compare(const Common& common, const std::vector<std::string>& admins) {
+    if (admins.size() < 2) {
+        throw UserError("compare: give at least two instances, e.g. --admin A --admin B");
+    }
+    std::vector<std::pair<std::string, Json>> statuses;
+    for (const std::string& admin : admins) {
+        Common one = common;
+        one.admin = admin;
+        statuses.emplace_back(admin, ask(one, "GET", "/status"));
+    }
+    Json doc;
+    try {
+        doc = compare_document(statuses, common.group);
+    } catch (const std::exception& e) {
+        throw UserError(
+            fmt::format("compare: an instance's /status is not what this stickyctl "
+                        "reads ({})",
+                        e.what()));
+    }
+    if (common.json) {
+        print_json(doc);
+    } else {
+        print_compare(doc);
+    }
+    return doc["agree"].get<bool>() ? kExitOk : kExitConfigError;
 }
 
 struct SimulateArgs {
@@ -492,6 +556,27 @@ int main_impl(int argc, char** argv) {
     add_admin(enable, enable_opts, "The target's group (needed when the id is in several)");
     enable->add_option("id", enable_id, "Target id")->required();
 
+    Common ready_opts;
+    auto* ready = app.add_subcommand(
+        "ready", "Exit 0 while the daemon serves, 1 once a stop began (a readiness probe)");
+    ready->add_option("--admin", ready_opts.admin,
+                      "The daemon's admin unix socket PATH or HOST:PORT "
+                      "(default /run/stickyd/admin.sock)");
+    ready->add_flag("--json", ready_opts.json, "Print JSON for scripts");
+
+    Common compare_opts;
+    std::vector<std::string> compare_admins;
+    auto* compare = app.add_subcommand(
+        "compare",
+        "Whether several instances route every client alike; where not, which targets differ "
+        "and what share of the keyspace goes elsewhere (exit 1)");
+    compare
+        ->add_option("--admin", compare_admins,
+                     "An instance's admin unix socket PATH or HOST:PORT (two or more; the "
+                     "first is the reference)")
+        ->required();
+    add_group_and_json(compare, compare_opts, "Compare only this target group");
+
     if (auto status = parse_command_line(app, argc, argv, "stickyctl")) return *status;
     if (app.get_subcommands().empty()) {
         fmt::print(stderr,
@@ -506,6 +591,8 @@ int main_impl(int argc, char** argv) {
         if (status->parsed()) return run_status(status_opts);
         if (drain->parsed()) return run_change(drain_opts, drain_id, true);
         if (enable->parsed()) return run_change(enable_opts, enable_id, false);
+        if (ready->parsed()) return run_ready(ready_opts);
+        if (compare->parsed()) return run_compare(compare_opts, compare_admins);
         return run_simulate(simulate_opts, sim);
     } catch (const UserError& e) {
         fmt::print(stderr, "stickyctl: {}\n", e.what());

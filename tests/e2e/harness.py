@@ -115,6 +115,39 @@ def write_file(name, text):
 
 
 # ---------------------------------------------------------------------------------
+# Sanitizer reports. scripts/test also runs the suite against an ASan/UBSan build;
+# a report printed by any process a test started fails that test, even when the
+# test itself got the answers it wanted (a use-after-free often still "works").
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+_sanitizer_reports = []  # (label, excerpt) found since the current test began
+
+
+def sanitizer_report(text):
+    """The first sanitizer report in text (up to 40 lines from its marker), or None."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if any(marker in line for marker in SANITIZER_MARKERS):
+            return "\n".join(lines[i:i + 40])
+    return None
+
+
+def _note_sanitizer_report(label, text):
+    report = sanitizer_report(text)
+    if report is not None:
+        _sanitizer_reports.append((label, report))
+
+
+def sanitized():
+    """Whether the binaries under test carry AddressSanitizer (scripts/test's second run)."""
+    try:
+        with open(STICKYD_BIN, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------
 # Processes
 
 class Process:
@@ -156,16 +189,26 @@ class Process:
             return None
 
     def kill(self):
-        if self.popen.poll() is None:  # never signal a reaped (reusable) pid
+        """Stops the process, through its SIGTERM path first: stickyd and stickyd-echo
+        exit cleanly there, and only an exit lets LeakSanitizer report. A second
+        SIGTERM makes stickyd drop connections at once instead of waiting out its
+        shutdown grace; whatever is still running after that is killed."""
+        for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            if self.popen.poll() is not None:  # never signal a reaped (reusable) pid
+                break
             try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
+                if sig != signal.SIGKILL:
+                    os.killpg(self.popen.pid, signal.SIGCONT)  # a test may have stopped it
+                os.killpg(self.popen.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+            try:
+                self.popen.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        if not self._log.closed:
+            self._log.close()
+            _note_sanitizer_report(self.label, self.log())
 
     def describe(self):
         status = "running" if self.alive() else f"exit status {self.popen.returncode}"
@@ -198,16 +241,27 @@ def need_open_files(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
-def run(argv, timeout=15, stdin_text=None, cwd=None):
+def run(argv, timeout=15, stdin_text=None, cwd=None, env=None):
     """Runs a short command; returns CompletedProcess (text). Fails if it hangs.
 
     Like CI: no terminal (a new session) and stdin /dev/null unless stdin_text."""
     stdin = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
     try:
-        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                              timeout=timeout, start_new_session=True, cwd=cwd, **stdin)
-    except subprocess.TimeoutExpired:
+        result = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                                timeout=timeout, start_new_session=True, cwd=cwd, env=env,
+                                **stdin)
+    except subprocess.TimeoutExpired as e:
+        _note_sanitizer_report(os.path.basename(str(argv[0])),
+                               _text(e.stdout) + "\n" + _text(e.stderr))
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
+    _note_sanitizer_report(os.path.basename(str(argv[0])), result.stdout + "\n" + result.stderr)
+    return result
+
+
+def _text(output):
+    if output is None:
+        return ""
+    return output.decode("utf-8", "replace") if isinstance(output, bytes) else output
 
 
 # ---------------------------------------------------------------------------------
@@ -808,17 +862,44 @@ def systemd_analyze():
     return path
 
 
-def service_unit_for_this_build():
+def systemd_verify(unit_paths):
+    """`systemd-analyze verify` of the units, with this build's man pages on MANPATH:
+    verify runs man(1) for each Documentation=man:... page, as an installed system
+    would have them."""
+    build = os.path.dirname(STICKYD_BIN)
+    man8 = os.path.join(temp_dir(), "man", "man8")
+    os.makedirs(man8, exist_ok=True)
+    for page in ("stickyd.8", "stickyctl.8"):
+        if os.path.exists(os.path.join(build, page)):
+            shutil.copy(os.path.join(build, page), man8)
+    env = dict(os.environ, MANPATH=os.path.dirname(man8))
+    return run([systemd_analyze(), "verify"] + list(unit_paths), timeout=60, env=env)
+
+
+def service_unit_for_this_build(instance=None):
     """systemd/stickyd.service.in with its paths pointing at this build and conf/, so
-    that verify finds the binary it names. Written as stickyd.service, as installed."""
+    that verify finds the binary it names. Written as installed: stickyd.service, or
+    for an instance name the template stickyd@.service (its path is returned as the
+    instance's, stickyd@NAME.service, which is how verify takes an instance)."""
     with open(os.path.join(SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
         text = f.read()
-    text = text.replace("@SYSCONFDIR@/stickyd/stickyd.toml",
-                        os.path.join(SOURCE_ROOT, "conf", "stickyd.toml"))
-    text = text.replace("@BINDIR@", os.path.dirname(STICKYD_BIN))
+    conf = os.path.join(SOURCE_ROOT, "conf")
+    fill = {"@DESCRIPTION@": "", "@CONFIG@": os.path.join(conf, "stickyd.toml"),
+            "@ADMIN_SOCKET@": "", "@RUNTIME_DIRECTORY@": "stickyd"}
+    if instance is not None:
+        fill = {"@DESCRIPTION@": " (instance %i)", "@CONFIG@": os.path.join(conf, "%i.toml"),
+                "@ADMIN_SOCKET@": " --admin-socket /run/stickyd/%i/admin.sock",
+                "@RUNTIME_DIRECTORY@": "stickyd/%i"}
+    fill["@BINDIR@"] = os.path.dirname(STICKYD_BIN)
+    fill["@SYSCONFDIR@"] = "/etc"
+    for placeholder, value in fill.items():
+        text = text.replace(placeholder, value)
     left = re.findall(r"@[A-Z_]+@", text)
     expect(not left, f"placeholders the test does not fill: {left}")
-    return write_file("stickyd.service", text)
+    if instance is None:
+        return write_file("stickyd.service", text)
+    template = write_file("stickyd@.service", text)
+    return os.path.join(os.path.dirname(template), f"stickyd@{instance}.service")
 
 
 # ---------------------------------------------------------------------------------
@@ -853,6 +934,7 @@ def main(deadline=TEST_DEADLINE):
     try:
         for name, fn in tests:
             detail = ""
+            _sanitizer_reports.clear()
             try:
                 if missing_binaries():
                     raise Failure(missing_binaries())
@@ -878,7 +960,16 @@ def main(deadline=TEST_DEADLINE):
             if outcome == "FAIL" and _test_dir is not None:
                 detail += "".join("\n" + p.describe() for p in _processes
                                   if p.log_path.startswith(_test_dir))
-            _run_cleanups()
+            _run_cleanups()  # stops this test's processes: their exit reports count too
+            if _sanitizer_reports:
+                label, report = _sanitizer_reports[0]
+                if outcome != "FAIL":
+                    outcome, reason = "FAIL", f"sanitizer report from {label}"
+                else:
+                    reason += f" (and a sanitizer report from {label})"
+                detail += f"\nsanitizer report from {label} ({len(_sanitizer_reports)} in all):\n"
+                detail += report
+                _sanitizer_reports.clear()
             if outcome == "PASS":
                 passed += 1
                 print(f"PASS {name}", flush=True)

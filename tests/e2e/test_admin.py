@@ -485,8 +485,15 @@ def test_admin_socket_mode_refusal_stale_file_and_removal():
     stale.close()
     lb3 = h.lb_addr()
     config3 = h.simple_config(h.fmt_addr(lb3), backends, global_={"admin_socket": sock})
-    h.start_stickyd(config3, addr=lb3)
-    admin_json(sock, "/status")
+    third = h.start_stickyd(config3, addr=lb3)
+
+    # Its listener accepts before the admin socket replaces the stale file.
+    def answers():
+        try:
+            return admin(sock, "GET", "/status")[0] == 200
+        except ConnectionRefusedError:
+            return False
+    h.wait_for("the new daemon on the replaced socket", answers, process=third.process)
 
 
 def test_quick_mode_flags_and_tcp_admin_address():

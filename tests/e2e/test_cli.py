@@ -93,6 +93,34 @@ def test_shipped_configs_are_valid():
         h.expect_eq(r.returncode, 0, f"--check-config conf/{name} (stderr: {r.stderr.strip()!r})")
 
 
+# Files that used to overflow the stack inside the TOML parser (exit 139): 50,000
+# levels of each kind of nesting, and where the 33rd level starts.
+DEEP_CONFIGS = [
+    ("dotted key", "a." * 50_000 + "a = 1\n", 65),
+    ("table header", "[" + "a." * 50_000 + "a]\n", 66),
+    ("array-of-tables header", "[[" + "a." * 50_000 + "a]]\n", 67),
+    ("inline tables", "a = {" * 50_000 + "}" * 50_000 + "\n", 81),
+    ("arrays", "a = " + "[" * 50_000 + "]" * 50_000 + "\n", 36),
+]
+
+
+def test_deep_nesting_is_one_line_not_a_crash():
+    for i, (case, text, column) in enumerate(DEEP_CONFIGS):
+        path = h.write_file(f"deep{i}.toml", text)
+        r = h.run([h.STICKYD_BIN, "--check-config", path])
+        h.expect_eq(r.returncode, 1, f"{case}: exit status of --check-config")
+        h.expect_eq(one_line(r.stderr, case), f"{path}:1:{column}: nesting deeper than 32",
+                    f"{case}: the error line")
+
+
+def test_a_file_over_1_mib_is_refused_with_one_line():
+    path = h.write_file("huge.toml", VALID + "#" + "x" * (1 << 20) + "\n")
+    r = h.run([h.STICKYD_BIN, "--check-config", path])
+    h.expect_eq(r.returncode, 1, "exit status of --check-config")
+    h.expect_eq(one_line(r.stderr, "huge file"),
+                f"{path}: larger than 1 MiB, the limit for a config file", "the error line")
+
+
 def test_missing_config_file():
     path = os.path.join(h.temp_dir(), "does-not-exist.toml")
     r = h.run([h.STICKYD_BIN, "--check-config", path])

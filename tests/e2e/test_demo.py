@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The README's first command and the setup script it runs: `scripts/demo` brings up
-three backends and stickyd on 127.0.0.1:8000, shows one source IP sticking to one
-backend, serves curl-like clients, and leaves nothing behind on Ctrl-C; and
-`scripts/setup` prints nothing when everything is installed."""
+three backends and stickyd (here on free ports, chosen with its options and
+environment variables, so the test never depends on 8000 and 9001-9003), shows one
+source IP sticking to one backend, serves curl-like clients, and leaves nothing
+behind on Ctrl-C, not even its private working directory; and `scripts/setup`
+prints nothing when everything is installed."""
 import os
 import re
 import signal
@@ -13,9 +15,6 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
-
-DEMO_PORTS = [8000, 9001, 9002, 9003]
-
 
 def port_taken(port):
     with socket.socket() as s:
@@ -53,11 +52,36 @@ def test_setup_is_quiet_when_nothing_is_missing():
     h.expect_eq((r.stdout, r.stderr), ("", ""), "what scripts/setup printed")
 
 
+def start_demo(ports, by_environment):
+    """scripts/demo on ports [stickyd, backend, backend, backend]."""
+    argv = [os.path.join(h.SOURCE_ROOT, "scripts", "demo")]
+    backends = ",".join(str(p) for p in ports[1:])
+    saved = {k: os.environ.get(k) for k in ("STICKYD_DEMO_PORT", "STICKYD_DEMO_BACKEND_PORTS")}
+    if by_environment:
+        os.environ.update(STICKYD_DEMO_PORT=str(ports[0]), STICKYD_DEMO_BACKEND_PORTS=backends)
+    else:
+        argv += ["--port", str(ports[0]), "--backend-ports", backends]
+    try:
+        return h.Process(argv, "demo")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def test_demo_runs_sticks_and_stops_cleanly():
-    taken = [p for p in DEMO_PORTS if port_taken(p)]
-    if taken:
-        h.skip(f"the demo's fixed ports {taken} are in use (is a demo running?)")
-    demo = h.Process([os.path.join(h.SOURCE_ROOT, "scripts", "demo")], "demo")
+    demo_runs_sticks_and_stops_cleanly(by_environment=False)
+
+
+def test_demo_ports_from_the_environment():
+    demo_runs_sticks_and_stops_cleanly(by_environment=True)
+
+
+def demo_runs_sticks_and_stops_cleanly(by_environment):
+    ports = [h.free_port() for _ in range(4)]
+    demo = start_demo(ports, by_environment)
 
     @h.on_cleanup
     def kill_leftovers():  # the harness only kills the group while the script runs
@@ -71,15 +95,27 @@ def test_demo_runs_sticks_and_stops_cleanly():
         h.expect(demo.alive(), f"scripts/demo exited early\n{demo.describe()}")
         h.expect(time.monotonic() < deadline, f"scripts/demo did not come up\n{demo.describe()}")
         time.sleep(0.2)
-    shown = re.search(r"Right now: (.*)", demo.log()).group(1)
-    answers = re.findall(r"127\.0\.0\.2 -> (\S+)", shown)
+    # stickyd's own log lines may land in the middle of the demo's output line.
+    shown = demo.log().split("Right now: ", 1)[1]
+    answers = re.findall(r"127\.0\.0\.2 -> (\S+)", shown)[:3]
     h.expect(len(answers) == 3 and len(set(answers)) == 1,
              f"the demo's own stickiness line is not one backend three times: {shown!r}")
 
-    lb = ("127.0.0.1", 8000)
+    h.expect(f"stickyd is running on 127.0.0.1:{ports[0]} in front of backend-1..3 "
+             f"(127.0.0.1:{ports[1]}, {ports[2]}, {ports[3]})" in demo.log(),
+             f"the demo does not announce the ports it was given\n{demo.describe()}")
+    admin = re.search(r"stickyctl status --admin (\S+)", demo.log()).group(1)
+    workdir = os.path.dirname(admin)
+    h.expect(os.path.basename(workdir).startswith("stickyd-demo.") and os.path.isdir(workdir),
+             f"the admin socket {admin} is not in a private directory of this run")
+    stickyctl = os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+    status = h.run([stickyctl, "status", "--admin", admin])
+    h.expect_eq(status.returncode, 0, f"stickyctl status on the demo's socket ({status.stderr})")
+
+    lb = ("127.0.0.1", ports[0])
     # The README's command, three times.
     curl = ["curl", "-s", "--max-time", "5", "--interface", "127.0.0.2",
-            "http://127.0.0.1:8000/hostname"]
+            f"http://127.0.0.1:{ports[0]}/hostname"]
     mine = [h.run(curl).stdout for _ in range(3)]
     h.expect_eq(mine, [answers[0]] * 3, "curl --interface 127.0.0.2 through the demo")
     spread = {h.http_get(lb, src_ip=f"127.0.0.{i}")[1] for i in range(2, 21)}
@@ -93,11 +129,9 @@ def test_demo_runs_sticks_and_stops_cleanly():
         time.sleep(0.1)
     left = session_members(demo.pid)
     h.expect(not left, f"processes of the demo still running after it stopped: {left}")
-    deadline = time.monotonic() + 10
-    while any(port_taken(p) for p in DEMO_PORTS) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [p for p in DEMO_PORTS if port_taken(p)]
-    h.expect(not left, f"ports still in use after the demo stopped: {left}")
+    h.wait_for("the demo's ports to be free", lambda: not any(port_taken(p) for p in ports),
+               timeout=10)
+    h.expect(not os.path.exists(workdir), f"the demo left {workdir} behind")
 
 
 if __name__ == "__main__":

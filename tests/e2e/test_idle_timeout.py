@@ -2,6 +2,7 @@
 """Idle timeout (NLB tcp.idle_timeout.seconds): a connection with no bytes in either
 direction for the listener's idle timeout is reset on both sides, as the NLB does;
 bytes in either direction keep it open."""
+import hashlib
 import os
 import socket
 import sys
@@ -96,6 +97,34 @@ def test_target_to_client_traffic_alone_keeps_it_open():
         h.expect(got >= 3 * IDLE, f"only {got} bytes pushed")
         h.expect_eq(h.wait_closed(s, timeout=h.IO_TIMEOUT * 2), "reset", "end after going idle")
     h.expect_eq(backend.result(), "reset", "how the target connection ended")
+
+
+def test_slow_reader_still_reading_is_not_idle():
+    # Regression (finding 9): activity was stamped only when a send completed. A send
+    # to a client whose socket buffer is full does not complete while the client
+    # drains it slowly, so a client reading steadily was reset as idle.
+    backend = h.start_backend("echo")
+    lb = lb_in_front_of(backend.address)
+    size = 16 * 1024 * 1024                     # far more than the socket buffers hold
+    slow_for = 6 * IDLE
+    with h.connect(lb, "127.0.0.5") as s:
+        h.send_all(s, b"STICKYD-TEST SINK-THEN-REPLY %d\n" % size)
+        s.shutdown(socket.SHUT_WR)
+        got = hashlib.sha256()
+        count = 0
+        end = time.monotonic() + slow_for
+        try:
+            while time.monotonic() < end:        # a few KiB every 300 ms
+                chunk = s.recv(4096)
+                h.expect(chunk, f"EOF after {count} bytes while reading slowly")
+                got.update(chunk)
+                count += len(chunk)
+                time.sleep(0.3)
+            count += h.recv_until_eof(s, got)   # then the rest at full speed
+        except ConnectionResetError:
+            raise h.Failure(f"reset after {count} bytes while still reading "
+                            f"(idle timeout {IDLE} s)")
+    h.expect_eq((count, got.hexdigest()), (size, h.sha256(h.pattern(size))), "reply")
 
 
 def test_many_idle_connections_all_go_and_busy_ones_stay():

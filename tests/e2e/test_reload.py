@@ -203,6 +203,32 @@ def test_invalid_reload_keeps_the_old_config_serving():
     echo_ok(held, "connection opened before both reloads")
 
 
+def test_deeply_nested_reload_keeps_the_old_config_serving():
+    # Regression: a SIGHUP with one of these files overflowed the stack inside the
+    # TOML parser and killed the daemon.
+    b = h.start_backends(3)
+    lb = h.lb_addr()
+    good = one_listener(lb, b)
+    d = Daemon(good, lb)
+    before = h.mapping(lb, SOURCES[:20])
+    held = echo_connection(lb, SOURCES[0])
+    deep = {"dotted key": ("a." * 50_000 + "a = 1\n", 65),
+            "table header": ("[" + "a." * 50_000 + "a]\n", 66),
+            "inline tables": ("a = {" * 50_000 + "}" * 50_000 + "\n", 81),
+            "arrays": ("a = " + "[" * 50_000 + "]" * 50_000 + "\n", 36)}
+    for case, (text, column) in deep.items():
+        # Above a valid config, so nothing else in the file is wrong.
+        line = d.reload(text + "\n" + good, outcome="reload failed")
+        wanted = f"{d.path}:1:{column}: nesting deeper than 32"
+        h.expect(line.endswith(wanted), f"{case}: the reload error is not {wanted!r}: {line}")
+        h.expect(d.process.alive(), f"{case}: stickyd died\n{d.process.describe()}")
+        h.expect_eq(h.mapping(lb, SOURCES[:20]), before, f"{case}: mapping after the reload")
+        echo_ok(held, f"{case}: connection opened before the failed reload")
+    d.reload(one_listener(lb, b[:2]))
+    h.expect("backend-3" not in h.mapping(lb, SOURCES[:20]).values(),
+             "a valid reload after the failed ones was not applied")
+
+
 def removed_target_case(delay):
     b = h.start_backends(2)
     lb = h.lb_addr()

@@ -18,15 +18,48 @@ MAX_EXPOSURE = 2.0
 
 
 def test_unit_verifies():
-    tool = h.systemd_analyze()
     unit = h.service_unit_for_this_build()
-    result = h.run([tool, "verify", unit], timeout=60)
+    result = h.systemd_verify([unit])
     # verify also reports on the units it loads alongside; only ours counts.
     ours = [line for line in (result.stdout + result.stderr).splitlines()
             if "stickyd.service" in line]
     h.expect(result.returncode == 0 and not ours,
              f"systemd-analyze verify exited {result.returncode}:\n"
              f"{result.stdout}{result.stderr}")
+
+
+def test_template_unit_verifies_as_an_instance():
+    unit = h.service_unit_for_this_build(instance="web")
+    result = h.systemd_verify([unit])
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if "stickyd@" in line]
+    h.expect(result.returncode == 0 and not ours,
+             f"systemd-analyze verify exited {result.returncode}:\n"
+             f"{result.stdout}{result.stderr}")
+
+
+def test_template_instances_have_their_own_config_admin_socket_and_runtime_dir():
+    with open(h.service_unit_for_this_build(instance="web").replace("@web", "@"),
+              encoding="utf-8") as f:
+        text = f.read()
+    h.expect(re.search(r"^ExecStart=\S+/stickyd --config \S+/%i\.toml "
+                       r"--admin-socket /run/stickyd/%i/admin\.sock$", text, re.M),
+             f"ExecStart of the template:\n{text}")
+    h.expect(re.search(r"^RuntimeDirectory=stickyd/%i$", text, re.M),
+             "instances must not share (and remove) one runtime directory")
+
+
+def exposure(unit, name):
+    result = h.run([h.systemd_analyze(), "security", "--offline=yes", unit], timeout=60)
+    output = result.stdout + result.stderr
+    match = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", output)
+    h.expect(match is not None, f"no exposure level in:\n{output}")
+    return float(match.group(1)), output
+
+
+def test_template_unit_exposure_at_most_2():
+    score, output = exposure(h.service_unit_for_this_build(instance="web"),
+                             "stickyd@web.service")
+    h.expect(score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{output}")
 
 
 def test_unit_exposure_at_most_2():
@@ -139,6 +172,30 @@ def test_reload_notifies_reloading_then_ready():
     ready = systemd.wait_for("READY")
     h.expect_eq(ready["READY"], "1", "READY after the reload")
     h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "a request after the reload")
+    proc.signal(signal.SIGTERM)
+    h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
+
+
+def test_status_counts_targets_at_start_and_after_a_reload():
+    # Finding 1 of issue #10: STATUS= was counted over a view freed before the loop
+    # ran (a heap use-after-free at start, at every STATUS= and after each reload).
+    systemd = FakeSystemd()
+    backends = h.start_backends(2)
+    lb = h.lb_addr()
+    group = {"health_check": {"enabled": False}}
+    text = h.simple_config(h.fmt_addr(lb), backends[:1], group=group)
+    path = h.write_file("status.toml", text)
+    proc = spawn([h.STICKYD_BIN, "--config", path], {"NOTIFY_SOCKET": systemd.path}, "stickyd")
+    ready = systemd.wait_for("READY")
+    h.expect(ready.get("STATUS", "").startswith("1 listeners, 1 targets, "),
+             f"STATUS= at start: {ready}")
+    with open(path, "w") as f:
+        f.write(h.simple_config(h.fmt_addr(lb), backends, group=group))
+    proc.signal(signal.SIGHUP)
+    systemd.wait_for("RELOADING")
+    ready = systemd.wait_for("READY")
+    h.expect(ready.get("STATUS", "").startswith("1 listeners, 2 targets, "),
+             f"STATUS= after the reload: {ready}")
     proc.signal(signal.SIGTERM)
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "stickyd/proxy_protocol.hpp"
@@ -29,6 +30,18 @@ ParseResult parse_copy(std::span<const uint8_t> data) {
     return parse_proxy_header(copy);
 }
 
+// An accepted TCP4/TCP6 line is made of what its fields are written with and
+// nothing else: a NUL or "%zone" inside an address must not be cut off unnoticed.
+void check_v1_characters(std::span<const uint8_t> line) {
+    const std::string_view text(reinterpret_cast<const char*>(line.data()), line.size() - 2);
+    if (text.starts_with("PROXY UNKNOWN")) return;  // the spec ignores the rest
+    for (char c : text.substr(11)) {
+        const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+                        (c >= 'A' && c <= 'F') || c == ':' || c == '.' || c == ' ';
+        require(ok, "an accepted v1 line holds only addresses, ports and spaces");
+    }
+}
+
 void check_parser(std::span<const uint8_t> data) {
     const ParseResult r = parse_copy(data);
     switch (r.status) {
@@ -43,6 +56,7 @@ void check_parser(std::span<const uint8_t> data) {
             require(h.consumed > 0 && h.consumed <= data.size(), "consumed within the data");
             require(h.version == 1 || h.version == 2, "version is 1 or 2");
             require(h.version == 2 || h.consumed <= kV1MaxLine, "v1 line within 107 bytes");
+            if (h.version == 1) check_v1_characters(data.first(h.consumed));
             require(h.source.has_value() == h.destination.has_value(), "addresses come in pairs");
             // The header alone parses the same: the payload never influences it...
             const ParseResult alone = parse_copy(data.first(h.consumed));

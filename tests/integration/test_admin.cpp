@@ -11,7 +11,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
+#include <thread>
 
 #include "tests/support/admin_fixtures.hpp"
 
@@ -205,6 +207,71 @@ TEST_CASE("router: wrong methods get 405 with Allow, unknown paths 404") {
     CHECK(call(source, "GET", "/targets/a/reboot").status == 404);
 }
 
+TEST_CASE("router: invalid UTF-8 anywhere in a request is a 400 naming it, never a 500") {
+    FakeSource source = two_groups();
+    struct Case {
+        std::string method, path;
+        std::multimap<std::string, std::string> query;
+        std::string_view names;  // what the error must name
+    };
+    const std::vector<Case> cases = {
+        {"GET", "/ring", {{"group", "\xff"}}, "query parameter group"},
+        {"GET", "/\xff", {}, "path"},
+        {"GET", "/lookup", {{"group", "web"}, {"ip", "\xff"}}, "query parameter ip"},
+        {"POST", "/targets/%ff/drain", {}, "target id"},
+        {"POST", "/targets/%c3%28/enable", {}, "target id"},       // truncated sequence
+        {"POST", "/targets/%c0%af/drain", {}, "target id"},        // overlong '/'
+        {"POST", "/targets/%ed%a0%80/drain", {}, "target id"},     // a UTF-16 surrogate
+        {"POST", "/targets/%f4%90%80%80/drain", {}, "target id"},  // above U+10FFFF
+        {"POST", "/targets/a/drain", {{"group", "\xfe"}}, "query parameter group"},
+        {"GET", "/status", {{"\xff", "1"}}, "query parameter name"},
+        {"GET", "/metrics", {{"x", "a\x80"}}, "query parameter x"},
+        {"G\xc3", "/status", {}, "method"},
+        {"GET", "/targets/\xff/drain", {}, "path"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.path);
+        AdminReply reply;
+        REQUIRE_NOTHROW(reply = call(source, c.method, c.path, c.query));
+        CHECK(reply.status == 400);
+        const std::string error = error_of(reply);
+        CHECK(error.find("not valid UTF-8") != std::string::npos);
+        CHECK(error.find(c.names) != std::string::npos);
+    }
+    // Valid multi-byte UTF-8 is just an unknown name.
+    AdminReply fine = call(source, "POST", "/targets/%c3%a9t%c3%a9/drain");
+    CHECK(fine.status == 404);
+    CHECK(error_of(fine) == "unknown target \"\xc3\xa9t\xc3\xa9\"");
+}
+
+TEST_CASE("render: an error message with invalid UTF-8 is rendered with U+FFFD, not thrown") {
+    AdminReply reply;
+    REQUIRE_NOTHROW(reply = error_reply(404, "unknown target \"\xff\""));
+    CHECK(error_of(reply) == "unknown target \"\xef\xbf\xbd\"");
+}
+
+TEST_CASE("router: a group without targets answers 503 on /ring and /lookup, others work") {
+    FakeSource source({group("web", {target("a", "127.0.0.1:9001")}), group("empty", {}),
+                       group("empty-maglev", {}, Algorithm::maglev)});
+    for (const char* name : {"empty", "empty-maglev"}) {
+        CAPTURE(name);
+        AdminReply ring = call(source, "GET", "/ring", {{"group", name}});
+        CHECK(ring.status == 503);
+        CHECK(error_of(ring) == fmt::format("group {} has no targets", name));
+        AdminReply lookup = call(source, "GET", "/lookup", {{"group", name}, {"ip", "10.0.0.1"}});
+        CHECK(lookup.status == 503);
+        CHECK(error_of(lookup) == fmt::format("group {} has no targets", name));
+        CHECK(call(source, "POST", "/targets/a/drain", {{"group", name}}).status == 404);
+    }
+    CHECK(call(source, "GET", "/ring", {{"group", "web"}}).status == 200);
+    AdminReply status = call(source, "GET", "/status");
+    REQUIRE(status.status == 200);
+    CHECK(Json::parse(status.body)["groups"][1]["targets"].empty());
+    AdminReply metrics = call(source, "GET", "/metrics");
+    CHECK(metrics.status == 200);
+    CHECK(exposition_problems(metrics.body).empty());
+}
+
 TEST_CASE("process fd usage counts this process's open fds") {
     FakeSource source = one_group();
     const ProcessFds before = source.process_fds();
@@ -325,7 +392,8 @@ TEST_CASE("server: oversized, garbage, truncated and slow requests get JSON erro
 
     reply = send_and_read(connect_unix(path), "\x16\x03\x01garbage bytes\r\n\r\n");
     CHECK(status_of(reply) == 400);
-    CHECK(Json::parse(body_of(reply))["error"] == "malformed HTTP request");
+    CHECK(Json::parse(body_of(reply))["error"].get<std::string>().starts_with(
+        "malformed HTTP request"));
 
     reply = send_and_read(connect_unix(path), "GET /status HTTP/1.1\r\nHost:", /*half_close=*/true);
     CHECK(status_of(reply) == 400);
@@ -350,6 +418,24 @@ TEST_CASE("server: oversized, garbage, truncated and slow requests get JSON erro
     CHECK(status_of(get(path, "/status")) == 200);  // and it still serves
 }
 
+TEST_CASE("server: requests that are not UTF-8 get a 400 with a JSON error, never a 500") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminServer server(source, unix_options(path));
+    server.start();
+    for (const char* request :
+         {"GET /ring?group=%ff HTTP/1.1\r\n\r\n", "GET /\xff HTTP/1.1\r\n\r\n",
+          "GET /lookup?ip=%ff HTTP/1.1\r\n\r\n", "POST /targets/%ff/drain HTTP/1.1\r\n\r\n",
+          "GET /status?%c3=1 HTTP/1.1\r\n\r\n"}) {
+        CAPTURE(request);
+        const std::string reply = send_and_read(connect_unix(path), request);
+        CHECK(status_of(reply) == 400);
+        CHECK(Json::parse(body_of(reply))["error"].get<std::string>().find("not valid UTF-8") !=
+              std::string::npos);
+    }
+}
+
 TEST_CASE("server: a client that sends nothing does not hold up the others") {
     TempDir dir;
     const std::string path = dir.path + "/admin.sock";
@@ -364,11 +450,20 @@ TEST_CASE("server: a client that sends nothing does not hold up the others") {
     ::close(idle);
 }
 
-TEST_CASE("server: also on TCP loopback, and without a unix socket when the path is empty") {
-    FakeSource source = one_group();
-    AdminOptions options;
-    options.tcp = SocketAddress::parse("127.0.0.1:1");
-    // Find a free port the way the daemon's users would pick one: ask the kernel.
+namespace {
+
+int connect_tcp(const SocketAddress& address) {
+    const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(::connect(fd, address.sa(), address.len()) == 0);
+    timeval tv{5, 0};  // a deadline on each answer: never a pass/fail timing
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+// A free loopback port, found the way the daemon's users would pick one: ask the kernel.
+SocketAddress free_loopback_address() {
     const int probe = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in any{};
     any.sin_family = AF_INET;
@@ -377,7 +472,160 @@ TEST_CASE("server: also on TCP loopback, and without a unix socket when the path
     socklen_t len = sizeof any;
     ::getsockname(probe, reinterpret_cast<sockaddr*>(&any), &len);
     ::close(probe);
-    options.tcp = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&any), len);
+    return SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&any), len);
+}
+
+AdminOptions both_options(const std::string& unix_path) {
+    AdminOptions o = unix_options(unix_path);
+    o.tcp = free_loopback_address();
+    return o;
+}
+
+// The endpoint's default budgets: connections per listener, and per client IP on TCP.
+constexpr size_t kPerListener = 64;
+constexpr size_t kPerSource = 8;
+
+// Opens `count` connections that each send the start of a head and then stall, the
+// way a slowloris client holds a server.
+std::vector<int> slow_clients(size_t count, const std::function<int()>& connect) {
+    std::vector<int> fds;
+    for (size_t i = 0; i < count; ++i) {
+        const int fd = connect();
+        REQUIRE(fd >= 0);
+        REQUIRE(::send(fd, "GET /status HTTP/1.1\r\nX-Slow: ", 30, MSG_NOSIGNAL) == 30);
+        fds.push_back(fd);
+    }
+    return fds;
+}
+
+// What stalled clients have been told so far, read without waiting: a complete
+// 503 (or 408) with a JSON error, nothing yet, or something else (a reset, garbage).
+struct SlowOutcome {
+    size_t busy = 0, timed_out = 0, waiting = 0, other = 0;
+};
+
+class StalledClients {
+  public:
+    explicit StalledClients(std::vector<int> fds) : fds_(std::move(fds)), replies_(fds_.size()) {}
+    ~StalledClients() {
+        for (int fd : fds_) ::close(fd);
+    }
+    size_t size() const { return fds_.size(); }
+
+    SlowOutcome outcome() {
+        SlowOutcome out;
+        for (size_t i = 0; i < fds_.size(); ++i) {
+            Reply& r = replies_[i];
+            if (!r.ended) read_more(fds_[i], r);
+            if (!r.ended) {
+                ++out.waiting;
+            } else if (r.eof && r.text.starts_with("HTTP/1.1 503 ") && json_error(r.text)) {
+                ++out.busy;
+            } else if (r.eof && r.text.starts_with("HTTP/1.1 408 ") && json_error(r.text)) {
+                ++out.timed_out;  // still in the budget when its head's deadline passed
+            } else {
+                ++out.other;
+            }
+        }
+        return out;
+    }
+
+  private:
+    struct Reply {
+        std::string text;
+        bool ended = false, eof = false;
+    };
+
+    static void read_more(int fd, Reply& r) {
+        char buffer[4096];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buffer, sizeof buffer, MSG_DONTWAIT);
+            if (n > 0) {
+                r.text.append(buffer, static_cast<size_t>(n));
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+            r.ended = true;
+            r.eof = n == 0;
+            return;
+        }
+    }
+
+    static bool json_error(const std::string& reply) {
+        const size_t end = reply.find("\r\n\r\n");
+        if (end == std::string::npos) return false;
+        const Json body = Json::parse(reply.substr(end + 4), nullptr, false);
+        return body.is_object() && body["error"].is_string();
+    }
+
+    std::vector<int> fds_;
+    std::vector<Reply> replies_;
+};
+
+// Polls `condition` until it holds or a generous deadline passes.
+bool wait_until(const std::function<bool()>& condition) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
+}
+
+}  // namespace
+
+TEST_CASE("server: 500 stalled TCP clients lock out neither the unix socket nor a prompt client") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminServer server(source, both_options(path));
+    server.start();
+    const SocketAddress tcp = *server.tcp_address();
+    StalledClients slow(slow_clients(500, [&] { return connect_tcp(tcp); }));
+
+    CHECK(status_of(get(path, "/status")) == 200);
+    // From the same address as the stalled ones: it takes the place of the oldest.
+    const std::string reply = send_and_read(
+        connect_tcp(tcp), "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(status_of(reply) == 200);
+
+    // Those that lost their place were told so with a 503 and a JSON error, and
+    // none was reset; the rest still wait.
+    SlowOutcome seen;
+    CHECK(wait_until([&]() -> bool {
+        seen = slow.outcome();
+        return seen.other > 0 || seen.waiting <= kPerSource;
+    }));
+    CHECK(seen.other == 0);
+    CHECK(seen.busy > 0);
+}
+
+TEST_CASE("server: 500 stalled unix clients lock out neither TCP nor a prompt unix client") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminServer server(source, both_options(path));
+    server.start();
+    const SocketAddress tcp = *server.tcp_address();
+    StalledClients slow(slow_clients(500, [&] { return connect_unix(path); }));
+
+    const std::string reply = send_and_read(
+        connect_tcp(tcp), "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(status_of(reply) == 200);
+    CHECK(status_of(get(path, "/status")) == 200);
+    SlowOutcome seen;
+    CHECK(wait_until([&]() -> bool {
+        seen = slow.outcome();
+        return seen.other > 0 || seen.waiting <= kPerListener;
+    }));
+    CHECK(seen.other == 0);
+    CHECK(seen.busy > 0);
+}
+
+TEST_CASE("server: also on TCP loopback, and without a unix socket when the path is empty") {
+    FakeSource source = one_group();
+    AdminOptions options;
+    options.tcp = free_loopback_address();
     AdminServer server(source, options);
     server.start();
     REQUIRE(server.tcp_address());

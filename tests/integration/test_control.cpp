@@ -2,6 +2,7 @@
 // execute inline on the caller (the same code the thread runs); the timer and
 // health-check cases start the thread and use real loopback sockets.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -482,4 +483,102 @@ TEST_CASE("control: health checks of a proxy_protocol_v2 group start with a LOCA
     CHECK(t->last_check_at.time_since_epoch().count() > 0);
     control.stop();
     ::close(listener);
+}
+
+namespace {
+
+// A loopback TCP socket bound to a port of its own; listening or not. One that only
+// binds keeps its port from anyone else while refusing every connection to it.
+int bound_socket(bool listening, std::string& address) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof sin) == 0);
+    if (listening) REQUIRE(::listen(fd, 64) == 0);
+    socklen_t len = sizeof sin;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len) == 0);
+    address = "127.0.0.1:" + std::to_string(ntohs(sin.sin_port));
+    return fd;
+}
+
+}  // namespace
+
+// Finding 2 of issue #10: the connect SQE pointed at a stack copy of the address
+// that was gone by submit time, so checks started in one loop turn all connected
+// to whatever that slot held last: another target, or garbage.
+TEST_CASE("control: checks started in one loop turn each connect to their own target") {
+    constexpr size_t kPairs = 8;
+    constexpr size_t kRounds = 5;
+    std::vector<int> live;
+    std::vector<int> dead;
+    Config c;
+    std::vector<std::pair<std::string, std::string>> targets;
+    for (size_t i = 0; i < kPairs; ++i) {
+        std::string address;
+        live.push_back(bound_socket(true, address));
+        targets.emplace_back(fmt::format("t{:02}-live", 2 * i), address);
+        dead.push_back(bound_socket(false, address));
+        targets.emplace_back(fmt::format("t{:02}-dead", 2 * i + 1), address);
+    }
+    c.target_groups = {group("web", targets)};
+    HealthCheckConfig& hc = c.target_groups[0].health_check;
+    // All first checks fall due within 1 ms of each other, so each tick starts
+    // most of them together; later rounds keep that phase.
+    hc.interval = Duration{1};
+    hc.timeout = Duration{2000};
+    // One pass makes an initial target healthy and nothing makes it leave: a dead
+    // target still `initial` at the end never passed a check; one that is healthy
+    // passed at least once.
+    hc.healthy_threshold = 1;
+    hc.unhealthy_threshold = 1000000;
+    hc.passive = false;
+    Control control(c, nullptr);
+
+    // The live targets accept and close at once, so each check ends at its FIN.
+    std::vector<std::atomic<size_t>> accepted(kPairs);
+    std::atomic<bool> done{false};
+    std::thread acceptor([&] {
+        std::vector<pollfd> fds;
+        for (int fd : live) fds.push_back({fd, POLLIN, 0});
+        while (!done) {
+            if (::poll(fds.data(), fds.size(), 10) <= 0) continue;
+            for (size_t i = 0; i < fds.size(); ++i) {
+                if ((fds[i].revents & POLLIN) == 0) continue;
+                const int conn = ::accept(fds[i].fd, nullptr, nullptr);
+                if (conn >= 0) {
+                    ::close(conn);
+                    ++accepted[i];
+                }
+            }
+        }
+    });
+    control.start();
+    const bool rounds = eventually([&] {
+        return std::all_of(accepted.begin(), accepted.end(),
+                           [&](const auto& n) { return n.load() >= kRounds; });
+    });
+    auto view = control.view();
+    control.stop();
+    done = true;
+    acceptor.join();
+    for (int fd : live) ::close(fd);
+    for (int fd : dead) ::close(fd);
+
+    for (size_t i = 0; i < kPairs; ++i) CHECK_MESSAGE(accepted[i].load() >= kRounds, "live " << i);
+    CHECK(rounds);
+    for (const auto& [id, address] : targets) {
+        CAPTURE(id);
+        const TargetView* t = target_in(*view, "web", id);
+        REQUIRE(t != nullptr);
+        REQUIRE(t->last_check_passed.has_value());
+        if (id.ends_with("-live")) {
+            CHECK(t->state == HealthState::healthy);
+        } else {
+            CHECK(t->state == HealthState::initial);
+            CHECK_FALSE(*t->last_check_passed);
+            CHECK(t->last_check_reason == "connection refused");
+        }
+    }
 }

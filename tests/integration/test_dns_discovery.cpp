@@ -370,3 +370,21 @@ TEST_CASE("apply: a changed port is a new discovery that reports its first set")
     CHECK(script.last_port("app") == 8080);
     CHECK(script.events().back() == "web result 10.0.0.1:8080");
 }
+
+// Found by the sanitized e2e run: the thread slept in wait_until() on a reference to
+// its group's `due`, and a reload that replaced the group freed it under the sleeper,
+// which read it again on waking (a heap use-after-free that ASan reports).
+TEST_CASE("apply: replacing a group while the thread waits for its refresh") {
+    Script script;
+    script.answer("app", good({"10.0.0.1:80"}));
+    script.answer("other", good({"10.0.0.7:81"}));
+    DnsDiscovery discovery(config_with({{"web", dns("app", 80, Duration{3600 * 1000})}}),
+                           script.callbacks(), {}, script.resolver());
+    discovery.start();
+    script.wait_events(1);  // now asleep until app's refresh, an hour away
+    discovery.apply(config_with({{"web", dns("other", 81, Duration{3600 * 1000})}}));
+    script.wait_events(2);
+    discovery.stop();
+    CHECK(script.events() ==
+          std::vector<std::string>{"web result 10.0.0.1:80", "web result 10.0.0.7:81"});
+}

@@ -114,7 +114,9 @@ class FakeSource : public AdminSource {
   private:
     AdminChange change(const std::string& group, const std::string& id, bool drain) {
         std::vector<std::string> found;
-        for (const GroupView& g : view()->groups) {
+        // Named: a range-for over view()->groups would free the view before the loop.
+        const auto current = view();
+        for (const GroupView& g : current->groups) {
             if (!group.empty() && g.name != group) continue;
             for (const TargetView& t : g.targets) {
                 if (t.id == id) found.push_back(g.name);

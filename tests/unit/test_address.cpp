@@ -109,6 +109,25 @@ TEST_CASE("SocketAddress::parse rejects everything else") {
     }
 }
 
+TEST_CASE("an address with a NUL in it is rejected, not cut short at the NUL") {
+    // Regression: the text went to inet_pton as a C string, so "1.2.3.4\0junk" was
+    // read as 1.2.3.4 (a PROXY v1 header, a config string with "\u0000", a /lookup
+    // query with %00 all carry NULs).
+    using namespace std::string_view_literals;
+    for (auto text : {"1.2.3.4\0:80"sv, "1.2.3.4\0junk:80"sv, "[::1\0]:80"sv,
+                      "[2001:db8::1\0%eth0]:80"sv, "1.2.3.4:80\0"sv}) {
+        CAPTURE(text);
+        CHECK_FALSE(SocketAddress::parse(text).has_value());
+    }
+    for (auto text : {"1.2.3.4\0"sv, "1.2.3.4\0junk"sv, "::1\0"sv, "\0"sv, "::ffff:1.2.3.4\0"sv}) {
+        CAPTURE(text);
+        CHECK_FALSE(parse_ip(text).has_value());
+        in6_addr out{};
+        CHECK_FALSE(parse_ip_bytes(AF_INET, text, &out));
+        CHECK_FALSE(parse_ip_bytes(AF_INET6, text, &out));
+    }
+}
+
 TEST_CASE("SocketAddress equality compares family, address and port") {
     auto a = *SocketAddress::parse("10.0.0.1:80");
     CHECK(a == *SocketAddress::parse("10.0.0.1:80"));
@@ -165,7 +184,8 @@ TEST_CASE("parse_ip takes bare addresses only") {
     CHECK(key("1.2.3.4") == key("::ffff:1.2.3.4"));
     CHECK(key("::1").size == 16);
     CHECK(to_string(key("::FFFF:1.2.3.4")) == "1.2.3.4");
-    for (const char* bad : {"", "1.2.3.4:80", "[::1]", "1.2.3", "host", "::1 ", "1.2.3.4/24"}) {
+    for (const char* bad : {"", "1.2.3.4:80", "[::1]", "1.2.3", "host", "::1 ", "1.2.3.4/24",
+                            "fe80::1%eth0", "fe80::1%1", "1.2.3.4%00"}) {
         CAPTURE(bad);
         CHECK_FALSE(parse_ip(bad).has_value());
     }

@@ -4,6 +4,7 @@
 
 #include <numeric>
 
+#include "stickyd/fingerprint.hpp"
 #include "tests/support/admin_fixtures.hpp"
 
 using namespace stickyd;
@@ -365,4 +366,55 @@ TEST_CASE("/lookup while the group fails open as the daemon's snapshot has it") 
     CHECK(a->reason == "fail-open: no usable target, routing as if all were healthy");
     CHECK(a->chosen == a->owner);
     CHECK(lookup_document(table, {*a}, g.failing_open)["failing_open"] == true);
+}
+
+TEST_CASE("documents of a group without targets render without touching a target") {
+    for (Algorithm algorithm : {Algorithm::ring, Algorithm::maglev}) {
+        CAPTURE(static_cast<int>(algorithm));
+        FakeSource source({group("empty", {}, algorithm)});
+        const RoutingTable& table = *source.view()->groups[0].table;
+        const Json ring = ring_document(table, 0);
+        CHECK(ring["targets"].empty());
+        const std::optional<LookupAnswer> answer = explain_lookup(table, {}, "10.0.0.1");
+        REQUIRE(answer.has_value());
+        CHECK(answer->owner == kNoMember);
+        CHECK(answer->chosen == kNoMember);
+        CHECK(answer->reason == "no target: the group has no targets");
+        const Json lookup = lookup_document(table, {*answer});
+        CHECK(lookup["lookups"][0]["owner"].is_null());
+        CHECK(lookup["lookups"][0]["chosen"].is_null());
+    }
+}
+
+TEST_CASE("/status and /metrics carry each group's routing fingerprint") {
+    FakeSource source = three_targets(Algorithm::maglev);
+    const RoutingTable& table = table_of(source);
+    const std::string fingerprint = routing_fingerprint(table);
+    const Json status = status_document(state_of(source));
+    const Json& routing = status["groups"][0]["routing"];
+    CHECK(routing["fingerprint"] == fingerprint);
+    CHECK(routing["usable_fingerprint"] == usable_fingerprint(table));
+    CHECK(routing["mapping_version"] == kMappingVersion);
+    CHECK(routing["algorithm"] == "maglev");
+    CHECK(routing["table_size"] == kDefaultMaglevTableSize);
+    CHECK(routing["prefix_v4"] == 32);
+    CHECK(routing["prefix_v6"] == 128);
+    REQUIRE(routing["targets"].size() == 3);
+    CHECK(routing["targets"][1] ==
+          Json{{"id", "t2"}, {"address", "127.0.0.1:9002"}, {"weight", 2}});
+
+    const std::string text = metrics_text(state_of(source));
+    CHECK(exposition_problems(text).empty());
+    CHECK(text.find("\nstickyd_target_group_routing_info{group=\"web\",fingerprint=\"" +
+                    fingerprint + "\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("a group without a routing table has a null routing object and no info sample") {
+    FakeSource source = three_targets();
+    AdminState state = state_of(source);
+    auto control = std::make_shared<ControlView>(*state.control);
+    control->groups[0].table = nullptr;
+    state.control = control;
+    CHECK(status_document(state)["groups"][0]["routing"].is_null());
+    CHECK(metrics_text(state).find("stickyd_target_group_routing_info{") == std::string::npos);
 }

@@ -168,6 +168,13 @@ TEST_CASE("connect: success relays, failures retry up to connect_retries extra a
     CHECK(on_connect(-ECONNREFUSED, 0, 0) == ConnectStep::give_up);
 }
 
+TEST_CASE("a terminated target moves a connecting client on, even past connect_retries") {
+    CHECK(on_target_terminated(0) == ConnectStep::retry);
+    CHECK(on_target_terminated(2) == ConnectStep::retry);  // connect_retries = 2: its last
+    CHECK(on_target_terminated(254) == ConnectStep::retry);
+    CHECK(on_target_terminated(255) == ConnectStep::give_up);  // Connection::attempt is full
+}
+
 TEST_CASE("accept: per-client errors re-arm, exhaustion backs off") {
     CHECK(on_accept_error(ECONNABORTED) == AcceptStep::rearm);
     CHECK(on_accept_error(EINTR) == AcceptStep::rearm);

@@ -147,6 +147,37 @@ TEST_CASE("many connections with mixed timeouts: each is closed exactly at its d
     CHECK(wheel.size() == 0);
 }
 
+TEST_CASE("a slot is in the wheel once: a new connection in a reused slot moves it") {
+    // Finding 10: entries of closed connections stayed until their bucket came
+    // due (350 s by default), and every bucket kept the capacity of its fullest
+    // turn, so the worker's heap grew with every connection served.
+    IdleWheel wheel(4096);
+    constexpr uint32_t kSlots = 64;
+    for (uint32_t n = 0; n < 100000; ++n) {
+        // Short connections: each slot reused with a new generation, due 350 s on.
+        wheel.schedule({n % kSlots, n / kSlots}, 3500 + n / 1000);
+        if (n % 100 == 0) expire_at(wheel, n / 1000);
+    }
+    CHECK(wheel.size() == kSlots);
+    // What comes out is each slot's latest connection, once.
+    const auto seen = expire_at(wheel, 100000);
+    REQUIRE(seen.size() == kSlots);
+    for (const WheelEntry& e : seen) CHECK(e.generation == (100000 - 1 - e.slot) / kSlots);
+    CHECK(wheel.size() == 0);
+}
+
+TEST_CASE("moving a slot leaves the other entries of its bucket in order") {
+    IdleWheel wheel(8);
+    for (uint32_t i = 0; i < 5; ++i) wheel.schedule({i, 0}, 3);
+    wheel.schedule({2, 1}, 5);  // the middle one
+    wheel.schedule({0, 1}, 5);  // the first one
+    wheel.schedule({4, 1}, 5);  // the last one
+    CHECK(wheel.size() == 5);
+    CHECK(expire_at(wheel, 3) == std::vector<WheelEntry>{{1, 0}, {3, 0}});
+    CHECK(expire_at(wheel, 5) == std::vector<WheelEntry>{{2, 1}, {0, 1}, {4, 1}});
+    CHECK(wheel.size() == 0);
+}
+
 TEST_CASE("the bucket count must be a power of two") {
     CHECK_THROWS_AS(IdleWheel(0), std::invalid_argument);
     CHECK_THROWS_AS(IdleWheel(12), std::invalid_argument);

@@ -316,6 +316,33 @@ TEST_CASE("v1 bad lines") {
     }
 }
 
+TEST_CASE("v1 addresses with a NUL, a zone id or other trailing bytes are invalid") {
+    // Regression: "PROXY TCP4 1.2.3.4\0 ..." was accepted with source 1.2.3.4, since
+    // the address text went to inet_pton as a C string that ended at the NUL.
+    using namespace std::string_view_literals;
+    struct Bad {
+        std::string_view line;
+        const char* reason;
+    };
+    const Bad cases[] = {
+        {"PROXY TCP4 1.2.3.4\0 198.51.100.7 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP4 1.2.3.4\0junk 198.51.100.7 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP4 1.2.3.4\0\0\0 198.51.100.7 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP4 192.0.2.1 198.51.100.7\0 1 2\r\n"sv, "bad v1 destination address"},
+        {"PROXY TCP6 2001:db8::1\0 ::1 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP6 ::1 ::1\0::2 1 2\r\n"sv, "bad v1 destination address"},
+        {"PROXY TCP4 192.0.2.1 198.51.100.7 1\0 2\r\n"sv, "bad v1 source port"},
+        {"PROXY TCP4 1.2.3.4%00 198.51.100.7 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n"sv, "bad v1 source address"},
+        {"PROXY TCP6 ::1 fe80::1%1 1 2\r\n"sv, "bad v1 destination address"},
+        {"PROXY TCP4 1.2.3.4/32 198.51.100.7 1 2\r\n"sv, "bad v1 source address"},
+    };
+    for (const Bad& c : cases) {
+        CAPTURE(c.line);
+        check_invalid(parse(c.line), c.reason);
+    }
+}
+
 TEST_CASE("v1 line length limit is 107 bytes including CRLF") {
     // 105 bytes without CRLF: the CR may still come at index 105.
     CHECK(parse("PROXY UNKNOWN " + std::string(91, 'a')).status == ParseStatus::incomplete);

@@ -232,3 +232,63 @@ TEST_CASE("parse_target_spec reads ID=ADDR[,weight=W]") {
         CHECK(parsed.error.find(bad) != std::string::npos);
     }
 }
+
+TEST_CASE("simulate_change refuses a group without targets, even for --add") {
+    TargetGroupConfig empty = group_of(Algorithm::ring);
+    empty.targets.clear();
+    TargetChange add;
+    add.add.push_back(target("new", "127.0.0.1:9009"));
+    CHECK_THROWS_WITH_AS(simulate_change(empty, add), "group \"web\" has no targets to change",
+                         std::invalid_argument);
+}
+
+TEST_CASE("compare_groups: listing order makes no difference") {
+    for (Algorithm algorithm : {Algorithm::ring, Algorithm::maglev}) {
+        TargetGroupConfig a = group_of(algorithm), b = group_of(algorithm);
+        std::reverse(b.targets.begin(), b.targets.end());
+        const Disagreement d = compare_groups(a, b);
+        CHECK(d.comparable);
+        CHECK(d.moves.empty());
+        CHECK(d.differs == 0.0);
+    }
+}
+
+TEST_CASE("compare_groups: one extra target differs by exactly what adding it moves") {
+    for (Algorithm algorithm : {Algorithm::ring, Algorithm::maglev}) {
+        const TargetGroupConfig a = group_of(algorithm);
+        TargetGroupConfig b = a;
+        b.targets.push_back(target("e", "10.0.0.5:80"));
+        TargetChange add;
+        add.add = {target("e", "10.0.0.5:80")};
+        const Movement m = simulate_change(a, add);
+        const Disagreement d = compare_groups(a, b);
+        CHECK(d.comparable);
+        CHECK(d.differs > 0);
+        CHECK(d.differs == m.moved);
+        CHECK(d.moves == m.moves);
+    }
+}
+
+TEST_CASE("compare_groups: one id at two addresses differs by that target's share") {
+    const TargetGroupConfig a = group_of(Algorithm::ring);
+    TargetGroupConfig b = a;
+    b.targets[2].address = *SocketAddress::parse("10.0.0.33:80");
+    const Disagreement d = compare_groups(a, b);
+    const auto shares = build_routing_table(a)->balancer->shares();
+    REQUIRE(d.moves.size() == 1);
+    CHECK(d.moves.begin()->first == std::pair<uint32_t, uint32_t>{2, 2});
+    CHECK(d.differs == doctest::Approx(shares[2]).epsilon(1e-12));
+}
+
+TEST_CASE("compare_groups: another algorithm or prefix is not comparable, and says why") {
+    const TargetGroupConfig a = group_of(Algorithm::ring);
+    TargetGroupConfig b = group_of(Algorithm::maglev);
+    Disagreement d = compare_groups(a, b);
+    CHECK_FALSE(d.comparable);
+    CHECK(d.not_comparable == "algorithm ring against maglev (table size 65537)");
+    b = a;
+    b.stickiness.prefix_v4 = 24;
+    d = compare_groups(a, b);
+    CHECK_FALSE(d.comparable);
+    CHECK(d.not_comparable == "prefixes /32 /128 against /24 /128");
+}
