@@ -803,6 +803,14 @@ class Stickyd:
         self.admin_socket = admin_socket
         self.process = Process([STICKYD_BIN] + list(args), label)
         wait_accepting(addr, self.process)
+        # The listeners accept (into their backlog) before the admin endpoint is up:
+        # a test that asks it next must not find its socket missing.
+        if admin_socket:
+            # Logged at info; below that level, its socket file says the same.
+            wait_for("the admin endpoint", lambda: "admin endpoint on unix:" in self.process.log()
+                     or "running without the admin endpoint" in self.process.log()
+                     or os.path.exists(admin_socket),
+                     timeout=START_TIMEOUT, process=self.process)
 
     def describe(self):
         return self.process.describe()
