@@ -187,14 +187,14 @@ def test_status_counts_targets_at_start_and_after_a_reload():
     path = h.write_file("status.toml", text)
     proc = spawn([h.STICKYD_BIN, "--config", path], {"NOTIFY_SOCKET": systemd.path}, "stickyd")
     ready = systemd.wait_for("READY")
-    h.expect(ready.get("STATUS", "").startswith("1 listeners, 1 targets, "),
+    h.expect(ready.get("STATUS", "").startswith("1 listener, 1 target, "),
              f"STATUS= at start: {ready}")
     with open(path, "w") as f:
         f.write(h.simple_config(h.fmt_addr(lb), backends, group=group))
     proc.signal(signal.SIGHUP)
     systemd.wait_for("RELOADING")
     ready = systemd.wait_for("READY")
-    h.expect(ready.get("STATUS", "").startswith("1 listeners, 2 targets, "),
+    h.expect(ready.get("STATUS", "").startswith("1 listener, 2 targets, "),
              f"STATUS= after the reload: {ready}")
     proc.signal(signal.SIGTERM)
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
