@@ -48,6 +48,12 @@ START_TIMEOUT = 10.0     # a process becoming ready
 TEST_DEADLINE = 90       # one test, whole (seconds)
 CHUNK = 64 * 1024
 
+# stickyd and stickyd-echo keep SIGINT ignored when they start with it ignored (as
+# background jobs of a script do). Tests run under a runner that may have been started
+# that way, yet they send SIGINT on purpose: their children start with the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 class Skip(Exception):
     """Raised to skip the current test (for a missing kernel or system feature)."""
@@ -424,7 +430,8 @@ def recv_head(sock, data=b""):
 
 
 def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b""):
-    """One HTTP/1.1 request on its own connection. Returns (status, body).
+    """One HTTP/1.1 request on its own connection. Returns (status, body), the body
+    without its final newline (stickyd-echo ends its one-line bodies with one).
 
     preamble (e.g. a PROXY header) goes out in the same send as the request."""
     with connect(dst, src_ip, timeout) as s:
@@ -447,7 +454,7 @@ def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b"
             raise Failure(f"{host}: response without Content-Length: {head!r}")
         if len(body) < length:
             body += recv_exact(s, length - len(body))
-        return status, body[:length].decode("utf-8", "replace")
+        return status, body[:length].decode("utf-8", "replace").removesuffix("\n")
 
 
 # ---------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ def test_http_paths_and_statuses():
         for i in range(6):
             status, headers, body, rest = read_response(s, rest, head_request=(i == 5))
             got.append((status, body))
-        h.expect_eq(headers.get("content-length"), "5", "Content-Length of the HEAD response")
-    h.expect_eq(got, [(200, "alpha"), (200, "alpha"), (503, "alpha"), (204, ""), (404, "alpha"),
+        h.expect_eq(headers.get("content-length"), "6", "Content-Length of the HEAD response")
+    h.expect_eq(got, [(200, "alpha\n"), (200, "alpha\n"), (503, "alpha\n"), (204, ""), (404, "alpha\n"),
                       (200, "")], "pipelined responses on one keep-alive connection")
 
 
@@ -58,7 +58,7 @@ def test_http_request_body_is_skipped():
                    + body + request("/hostname"))
         status1, _, _, rest = read_response(s)
         status2, _, body2, _ = read_response(s, rest)
-    h.expect_eq((status1, status2, body2), (405, 200, "alpha"), "POST with a body, then GET")
+    h.expect_eq((status1, status2, body2), (405, 200, "alpha\n"), "POST with a body, then GET")
 
 
 def test_http_connection_close_and_http10_end_the_connection():
@@ -68,7 +68,7 @@ def test_http_connection_close_and_http10_end_the_connection():
         with h.connect(b.addr) as s:
             h.send_all(s, req)
             status, headers, body, rest = read_response(s)
-            h.expect_eq((status, body, rest), (200, "alpha", b""), what)
+            h.expect_eq((status, body, rest), (200, "alpha\n", b""), what)
             h.expect_eq(headers.get("connection"), "close", f"{what}: Connection header")
             h.expect_eq(h.wait_closed(s), "eof", f"{what}: end of connection")
     with h.connect(b.addr) as s:   # HTTP/1.0 keep-alive, as ab -k sends it
@@ -76,7 +76,7 @@ def test_http_connection_close_and_http10_end_the_connection():
         h.send_all(s, req + req)
         _, _, _, rest = read_response(s)
         status, _, body, _ = read_response(s, rest)
-        h.expect_eq((status, body), (200, "alpha"), "second HTTP/1.0 keep-alive request")
+        h.expect_eq((status, body), (200, "alpha\n"), "second HTTP/1.0 keep-alive request")
 
 
 def test_raw_echo_and_half_close():
@@ -135,7 +135,7 @@ def test_many_idle_connections():
             h.send_all(s, request("/hostname"))
         for s in socks:
             status, _, body, _ = read_response(s)
-            h.expect_eq((status, body), (200, "alpha"), "response on one of 1000 connections")
+            h.expect_eq((status, body), (200, "alpha\n"), "response on one of 1000 connections")
     finally:
         for s in socks:
             s.close()

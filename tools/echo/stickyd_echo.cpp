@@ -3,9 +3,10 @@
 // Each connection's first bytes decide what it is:
 //
 //   HTTP/1.x (first bytes are a method and a space: "GET ", "HEAD ", "POST ", ...)
-//     GET|HEAD /hostname          200, body = NAME
-//     GET|HEAD /                  200, body = NAME (for health checks)
-//     GET|HEAD /status/NNN        status NNN (200..599), body = NAME (none for 204, 304)
+//     GET|HEAD /hostname          200, body = NAME and a newline (so curl output ends
+//                                 cleanly, as users of HAProxy and nginx demos expect)
+//     GET|HEAD /                  200, body = NAME\n (for health checks)
+//     GET|HEAD /status/NNN        status NNN (200..599), body = NAME\n (none for 204, 304)
 //     any other path              404;  other methods on the paths above: 405
 //     HTTP/1.1 keeps the connection unless "Connection: close"; HTTP/1.0 closes unless
 //     "Connection: keep-alive". Pipelined requests are answered in order. Request
@@ -411,7 +412,8 @@ struct Connection : Pollable {
 
 class Worker {
   public:
-    Worker(std::string name, const std::vector<int>& listeners) : name_(std::move(name)) {
+    Worker(std::string name, const std::vector<int>& listeners)
+        : name_(std::move(name)), body_(name_ + "\n") {
         epoll_ = epoll_create1(EPOLL_CLOEXEC);
         wakeup_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (epoll_ < 0 || wakeup_fd_ < 0) fail(fmt::format("epoll/eventfd: {}", strerror(errno)));
@@ -697,7 +699,7 @@ class Worker {
 
     void respond(Connection& c, int status, bool keep_alive, bool head, bool http10 = false) {
         bool has_body = status != 204 && status != 304;
-        std::string_view body = has_body ? std::string_view(name_) : std::string_view();
+        std::string_view body = has_body ? std::string_view(body_) : std::string_view();
         std::string_view connection = !keep_alive ? "Connection: close\r\n"
                                       : http10    ? "Connection: keep-alive\r\n"
                                                   : "";
@@ -817,6 +819,7 @@ class Worker {
     }
 
     std::string name_;
+    std::string body_;  // of HTTP responses: the name and a line end
     int epoll_ = -1;
     int wakeup_fd_ = -1;
     int spare_fd_ = -1;
@@ -839,8 +842,8 @@ void raise_nofile_limit() {
 constexpr const char* kProtocolHelp = R"(What a connection gets is decided by its first bytes:
 
 HTTP/1.x ("GET ", "HEAD ", "POST ", ...):
-  GET /hostname, GET /   200 with body NAME
-  GET /status/NNN        status NNN (200-599), body NAME (none for 204/304)
+  GET /hostname, GET /   200 with body NAME and a newline
+  GET /status/NNN        status NNN (200-599), body NAME\n (none for 204/304)
   any other path         404 (other methods on the paths above: 405)
   Keep-alive and pipelining. "Connection: close" ends the connection; so does
   HTTP/1.0 unless it asks for "Connection: keep-alive".
@@ -883,7 +886,12 @@ int main(int argc, char** argv) {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
+    // Started with SIGINT ignored (a background job of a script such as scripts/demo),
+    // we keep ignoring it, so a Ctrl-C reaches only the script that stops us.
+    struct sigaction sigint {};
+    if (sigaction(SIGINT, nullptr, &sigint) != 0 || sigint.sa_handler != SIG_IGN) {
+        sigaddset(&signals, SIGINT);
+    }
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // inherited by the workers
 
     std::vector<int> fds;
