@@ -50,13 +50,23 @@ void notified(int rc) {
     }
 }
 
+// True when we were started with SIGINT ignored, as every background job of a script
+// is: the Ctrl-C meant for the script must not also stop us (the script stops us with
+// SIGTERM), which is the convention of Unix daemons started with `&` or nohup.
+bool sigint_ignored_at_start() {
+    struct sigaction current {};
+    return sigaction(SIGINT, nullptr, &current) == 0 && current.sa_handler == SIG_IGN;
+}
+
 // Taken synchronously by the loop's thread only: blocked before any other thread
 // starts, so workers inherit the mask and never see them.
 sigset_t block_signals() {
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
+    // A blocked signal is queued even when ignored, so an ignored one stays out of
+    // the set rather than being waited for.
+    if (!sigint_ignored_at_start()) sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     signal(SIGPIPE, SIG_IGN);

@@ -117,12 +117,17 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
     curl = ["curl", "-s", "--max-time", "5", "--interface", "127.0.0.2",
             f"http://127.0.0.1:{ports[0]}/hostname"]
     mine = [h.run(curl).stdout for _ in range(3)]
-    h.expect_eq(mine, [answers[0]] * 3, "curl --interface 127.0.0.2 through the demo")
+    # The body ends with a newline, so a shell prompt after curl starts on its own line.
+    h.expect_eq(mine, [answers[0] + "\n"] * 3, "curl --interface 127.0.0.2 through the demo")
     spread = {h.http_get(lb, src_ip=f"127.0.0.{i}")[1] for i in range(2, 21)}
     h.expect(len(spread) >= 2, f"19 source IPs all reached one backend: {spread}")
 
-    demo.signal(signal.SIGINT)
+    # Ctrl-C in a terminal signals the whole foreground process group, not the script
+    # alone. stickyd must still see one signal: the script's SIGTERM.
+    os.killpg(demo.pid, signal.SIGINT)
     h.expect(demo.wait(15) is not None, f"scripts/demo did not stop on SIGINT\n{demo.describe()}")
+    stops = re.findall(r"(SIG\w+) received|second signal", demo.log())
+    h.expect_eq(stops, ["SIGTERM"], f"the stop signals stickyd logged\n{demo.describe()}")
     # Everything it started (backends, stickyd) is in its session: nothing may outlive it.
     deadline = time.monotonic() + 10
     while session_members(demo.pid) and time.monotonic() < deadline:
@@ -132,6 +137,31 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
     h.wait_for("the demo's ports to be free", lambda: not any(port_taken(p) for p in ports),
                timeout=10)
     h.expect(not os.path.exists(workdir), f"the demo left {workdir} behind")
+
+
+def demo_refuses(ports, squatter_port, expected):
+    """scripts/demo with squatter_port held by another program must exit 1 naming the
+    problem, never announce that it runs, and leave nothing behind."""
+    squatter = h.Backend("squatter", f"127.0.0.1:{squatter_port}")
+    demo = start_demo(ports, by_environment=False)
+    code = demo.wait(240)  # scripts/build may have to build first
+    h.expect_eq(code, 1, f"scripts/demo exit status\n{demo.describe()}")
+    h.expect(expected in demo.log(), f"no '{expected}' in\n{demo.describe()}")
+    h.expect("stickyd is running" not in demo.log(),
+             f"the demo claimed to run\n{demo.describe()}")
+    h.wait_for("the demo's processes to end", lambda: not session_members(demo.pid), timeout=10)
+    h.expect(squatter.process.alive(), "the demo stopped a program it did not start")
+
+
+def test_demo_fails_when_a_backend_port_is_taken():
+    ports = [h.free_port() for _ in range(4)]
+    demo_refuses(ports, ports[2], f"backend-2 exited (is 127.0.0.1:{ports[2]} in use?)")
+
+
+def test_demo_fails_when_its_port_is_answered_by_another_program():
+    # The squatter answers GET /hostname on the demo's port, as an earlier demo would.
+    ports = [h.free_port() for _ in range(4)]
+    demo_refuses(ports, ports[0], "stickyd exited; see its log above")
 
 
 if __name__ == "__main__":
