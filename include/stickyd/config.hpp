@@ -121,8 +121,13 @@ struct GlobalConfig {
     // listeners close. Then shutdown_grace applies as before.
     Duration shutdown_delay{0};
     // The admin HTTP endpoint (status, ring, lookup, drain, metrics). Empty = no unix
-    // socket. The directory is created if missing; the socket gets mode 0660.
+    // socket. The directory is created if missing. At this default path, a user who
+    // cannot write /run/stickyd gets a place of their own (admin_socket_places.hpp).
     std::string admin_socket = "/run/stickyd/admin.sock";
+    // Who may use the socket besides its owner: a group (empty = the daemon's own)
+    // and the mode (owner read and write at least).
+    std::string admin_socket_group;
+    unsigned admin_socket_mode = 0660;
     // Optionally also on TCP (e.g. 127.0.0.1:9090 for Prometheus); nullopt = not.
     std::optional<SocketAddress> admin_address;
 };

@@ -10,8 +10,8 @@
 
 namespace stickyd {
 
-// One line each, in config order: a static group listing no targets, a group no
-// listener uses.
+// One line each, in config order: an admin socket every local user may write, a
+// static group listing no targets, a group no listener uses.
 std::vector<std::string> config_warnings(const Config& config);
 
 }  // namespace stickyd

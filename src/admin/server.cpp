@@ -165,11 +165,21 @@ struct AdminServer::Impl {
             throw unix_error(fmt::format("cannot bind: {}", errno_text(errno)));
         }
         struct stat st {};
-        if (::chmod(options.unix_path.c_str(), 0660) != 0 ||
+        if (options.unix_group &&
+            ::chown(options.unix_path.c_str(), static_cast<uid_t>(-1), *options.unix_group) != 0) {
+            const int err = errno;
+            ::unlink(options.unix_path.c_str());
+            throw unix_error(fmt::format(
+                "cannot give it to group {}: {}{}", *options.unix_group, errno_text(err),
+                err == EPERM ? " (the daemon must be a member: SupplementaryGroups= in the unit)"
+                             : ""));
+        }
+        if (::chmod(options.unix_path.c_str(), options.unix_mode) != 0 ||
             ::stat(options.unix_path.c_str(), &st) != 0) {
             const int err = errno;
             ::unlink(options.unix_path.c_str());
-            throw unix_error(fmt::format("cannot set mode 0660: {}", errno_text(err)));
+            throw unix_error(
+                fmt::format("cannot set mode {:04o}: {}", options.unix_mode, errno_text(err)));
         }
         unix_dev = st.st_dev;
         unix_ino = st.st_ino;

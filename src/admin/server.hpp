@@ -16,6 +16,8 @@
 //   answer rather than a reset.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -28,6 +30,8 @@ namespace stickyd {
 
 struct AdminOptions {
     std::string unix_path;             // empty = no unix socket
+    unsigned unix_mode = 0660;         // of the socket file
+    std::optional<gid_t> unix_group;   // nullopt = the daemon's own
     std::optional<SocketAddress> tcp;  // nullopt = no TCP listener
     unsigned threads = 2;              // compute answers; never wait on a client
     size_t max_connections = 64;       // per listener, until answered; beyond: 503 (see above)

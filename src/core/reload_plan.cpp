@@ -45,6 +45,16 @@ ReloadPlan plan_reload(const Config& current, const Config& next) {
         plan.restart_only.push_back(fmt::format("global.admin_socket changed from {:?} to {:?}",
                                                 a.admin_socket, b.admin_socket));
     }
+    if (a.admin_socket_group != b.admin_socket_group) {
+        plan.restart_only.push_back(
+            fmt::format("global.admin_socket_group changed from {:?} to {:?}", a.admin_socket_group,
+                        b.admin_socket_group));
+    }
+    if (a.admin_socket_mode != b.admin_socket_mode) {
+        plan.restart_only.push_back(
+            fmt::format("global.admin_socket_mode changed from {:04o} to {:04o}",
+                        a.admin_socket_mode, b.admin_socket_mode));
+    }
     if (address_or_none(a.admin_address) != address_or_none(b.admin_address)) {
         plan.restart_only.push_back(fmt::format("global.admin_address changed from {} to {}",
                                                 address_or_none(a.admin_address),

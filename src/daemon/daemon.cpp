@@ -8,6 +8,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "daemon/admin_socket_choice.hpp"
 #include "daemon/socket_activation.hpp"
 #include "datapath/listener.hpp"
 #include "stickyd/config_warnings.hpp"
@@ -184,7 +185,18 @@ bool Daemon::start_admin() {
     const GlobalConfig& g = config_.global;
     if (g.admin_socket.empty() && !g.admin_address) return true;
     AdminOptions admin_options;
-    admin_options.unix_path = g.admin_socket;
+    if (!g.admin_socket.empty()) {
+        admin_options.unix_path = choose_admin_socket(g.admin_socket);
+        admin_options.unix_mode = g.admin_socket_mode;
+        if (!g.admin_socket_group.empty()) {
+            admin_options.unix_group = group_id(g.admin_socket_group);
+            if (!admin_options.unix_group) {
+                print_error(fmt::format("global.admin_socket_group: no group {:?} on this host",
+                                        g.admin_socket_group));
+                return false;
+            }
+        }
+    }
     admin_options.tcp = g.admin_address;
     auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
     try {

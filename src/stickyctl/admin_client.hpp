@@ -7,8 +7,6 @@
 
 namespace stickyd {
 
-inline constexpr const char* kDefaultAdminSocket = "/run/stickyd/admin.sock";
-
 // A one-line reason the daemon could not be asked (names the socket and --admin).
 struct AdminUnreachable : std::runtime_error {
     using std::runtime_error::runtime_error;

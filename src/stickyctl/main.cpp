@@ -5,10 +5,14 @@
 // JSON), plus its status and drain/enable. Offline and remote answers are the same
 // documents, printed by the same code.
 #include <fmt/core.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -18,6 +22,7 @@
 #include "daemon/command_line.hpp"
 #include "stickyctl/admin_client.hpp"
 #include "stickyctl/compare.hpp"
+#include "stickyd/admin_socket_places.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/ring_report.hpp"
 #include "stickyd/routing.hpp"
@@ -42,7 +47,8 @@ struct UsageError : std::runtime_error {
 
 struct Common {
     std::string config_path;
-    std::string admin = kDefaultAdminSocket;
+    std::string admin;     // empty: --instance, else the first admin socket place in use
+    std::string instance;  // stickyd@NAME.service
     std::string group;
     bool json = false;
 };
@@ -52,21 +58,58 @@ void add_group_and_json(CLI::App* command, Common& common, const char* group_hel
     command->add_flag("--json", common.json, "Print JSON for scripts instead of tables");
 }
 
+CLI::Option* add_instance(CLI::App* command, Common& common) {
+    return command->add_option(
+        "--instance,-i", common.instance,
+        "Ask stickyd@NAME.service (/run/stickyd/NAME/admin.sock). Without --instance or "
+        "--admin: the first of /run/stickyd/admin.sock, $XDG_RUNTIME_DIR/stickyd/admin.sock "
+        "and /tmp/stickyd-UID/admin.sock that exists, as stickyd chooses them");
+}
+
+// Where to ask: --admin, --instance, or the place a stickyd of this user would have
+// chosen (the first that holds a socket).
+std::string admin_endpoint(const Common& common) {
+    if (!common.admin.empty()) return common.admin;
+    if (!common.instance.empty()) {
+        auto path = instance_admin_socket(common.instance);
+        if (!path) {
+            throw UsageError(fmt::format(
+                "--instance {:?}: not an instance name (letters, digits, '.', '_', '-')",
+                common.instance));
+        }
+        return *path;
+    }
+    const std::vector<std::string> places =
+        admin_socket_places(::geteuid(), std::getenv("XDG_RUNTIME_DIR"));
+    for (const std::string& place : places) {
+        struct stat st {};
+        if (::stat(place.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return place;
+    }
+    throw UserError(
+        fmt::format("no stickyd admin socket at {} (is stickyd running? choose it with --admin "
+                    "PATH|HOST:PORT or --instance NAME)",
+                    fmt::join(places, ", ")));
+}
+
 // ring and lookup: from a config file (offline) or from a running daemon.
 void add_config_or_admin(CLI::App* command, Common& common) {
     auto* config = command->add_option("--config,-c", common.config_path,
                                        "Answer offline from this stickyd configuration file");
     auto* admin = command->add_option("--admin", common.admin,
                                       "Ask the daemon at this unix socket PATH or HOST:PORT "
-                                      "(default /run/stickyd/admin.sock)");
+                                      "(default: see --instance)");
+    auto* instance = add_instance(command, common);
     config->excludes(admin);
+    config->excludes(instance);
+    admin->excludes(instance);
     add_group_and_json(command, common, "Target group (default: the only one)");
 }
 
 void add_admin(CLI::App* command, Common& common, const char* group_help) {
-    command->add_option("--admin", common.admin,
-                        "The daemon's admin unix socket PATH or HOST:PORT "
-                        "(default /run/stickyd/admin.sock)");
+    auto* admin = command->add_option("--admin", common.admin,
+                                      "The daemon's admin unix socket PATH or HOST:PORT "
+                                      "(default: see --instance)");
+    admin->excludes(add_instance(command, common));
     add_group_and_json(command, common, group_help);
 }
 
@@ -90,9 +133,10 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
 
 // One request to the daemon; a non-2xx answer becomes the daemon's own one-line error.
 Json ask(const Common& common, const std::string& method, const std::string& target) {
+    const std::string admin = admin_endpoint(common);
     AdminResponse response;
     try {
-        response = admin_request(common.admin, method, target);
+        response = admin_request(admin, method, target);
     } catch (const AdminUnreachable& e) {
         throw UserError(e.what());
     }
@@ -100,8 +144,8 @@ Json ask(const Common& common, const std::string& method, const std::string& tar
     try {
         body = Json::parse(response.body);
     } catch (const Json::parse_error&) {
-        throw UserError(fmt::format("the admin endpoint at {} answered HTTP {} without JSON",
-                                    common.admin, response.status));
+        throw UserError(fmt::format("the admin endpoint at {} answered HTTP {} without JSON", admin,
+                                    response.status));
     }
     if (response.status < 200 || response.status > 299) {
         std::string error = body.contains("error") && body["error"].is_string()
@@ -377,15 +421,16 @@ int run_change(const Common& common, const std::string& id, bool drain) {
 
 // For readiness probes and route watchers: exit 0 only while the daemon serves.
 int run_ready(const Common& common) {
+    const std::string admin = admin_endpoint(common);
     AdminResponse response;
     try {
-        response = admin_request(common.admin, "GET", "/ready");
+        response = admin_request(admin, "GET", "/ready");
     } catch (const AdminUnreachable& e) {
         throw UserError(e.what());
     }
     if (response.status != 200 && response.status != 503) {
         throw UserError(fmt::format("the admin endpoint at {} answered GET /ready with HTTP {}",
-                                    common.admin, response.status));
+                                    admin, response.status));
     }
     const bool ready = response.status == 200;
     if (common.json) {
@@ -559,9 +604,11 @@ int main_impl(int argc, char** argv) {
     Common ready_opts;
     auto* ready = app.add_subcommand(
         "ready", "Exit 0 while the daemon serves, 1 once a stop began (a readiness probe)");
-    ready->add_option("--admin", ready_opts.admin,
-                      "The daemon's admin unix socket PATH or HOST:PORT "
-                      "(default /run/stickyd/admin.sock)");
+    ready
+        ->add_option("--admin", ready_opts.admin,
+                     "The daemon's admin unix socket PATH or HOST:PORT "
+                     "(default: see --instance)")
+        ->excludes(add_instance(ready, ready_opts));
     ready->add_flag("--json", ready_opts.json, "Print JSON for scripts");
 
     Common compare_opts;

@@ -558,7 +558,8 @@ HealthyThresholdCount = 3
 zzz = 1
 aaa = 2
 )") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
-       "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_address\"");
+       "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_socket_group\", "
+       "\"admin_socket_mode\", \"admin_address\"");
     }
     SUBCASE("unusual key names are quoted in the path") {
         CHECK(error_of(R"(

@@ -76,6 +76,8 @@ TEST_CASE("settings that need a restart are named") {
     Config after;
     after.global.threads = 4;
     after.global.admin_socket = "/tmp/a.sock";
+    after.global.admin_socket_group = "stickyd";
+    after.global.admin_socket_mode = 0640;
     after.global.admin_address = *SocketAddress::parse("127.0.0.1:9090");
     after.global.log_level = LogLevel::debug;               // applied live
     after.global.shutdown_grace = std::chrono::seconds(5);  // applied live
@@ -83,5 +85,7 @@ TEST_CASE("settings that need a restart are named") {
     CHECK(plan.restart_only ==
           Names{"global.threads changed from 0 to 4",
                 "global.admin_socket changed from \"/run/stickyd/admin.sock\" to \"/tmp/a.sock\"",
+                "global.admin_socket_group changed from \"\" to \"stickyd\"",
+                "global.admin_socket_mode changed from 0660 to 0640",
                 "global.admin_address changed from (none) to 127.0.0.1:9090"});
 }

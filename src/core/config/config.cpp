@@ -531,16 +531,37 @@ std::optional<Algorithm> read_algorithm(TableReader& r, std::string_view key) {
     return std::nullopt;
 }
 
+// "660" or "0660": the permission bits only (no setuid, sticky or file type bits).
+std::optional<unsigned> parse_socket_mode(std::string_view text) {
+    if (text.size() == 4 && text[0] == '0') text.remove_prefix(1);
+    if (text.size() != 3) return std::nullopt;
+    unsigned mode = 0;
+    for (char c : text) {
+        if (c < '0' || c > '7') return std::nullopt;
+        mode = mode * 8 + static_cast<unsigned>(c - '0');
+    }
+    return mode;
+}
+
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"threads", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
-                   "admin_address"});
+                   "admin_socket_group", "admin_socket_mode", "admin_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
     if (auto v = r.duration("shutdown_grace", kShutdownGraceRange)) global.shutdown_grace = *v;
     if (auto v = r.duration("shutdown_delay", kShutdownDelayRange)) global.shutdown_delay = *v;
     if (auto v = r.string("admin_socket")) global.admin_socket = *v;
+    if (auto v = r.string("admin_socket_group")) global.admin_socket_group = *v;
+    if (auto v = r.string("admin_socket_mode")) {
+        if (auto mode = parse_socket_mode(*v)) {
+            global.admin_socket_mode = *mode;
+        } else {
+            r.invalid("admin_socket_mode",
+                      fmt::format("must be an octal mode such as \"0660\", got {:?}", *v));
+        }
+    }
     if (auto v = r.address("admin_address", "\"127.0.0.1:9090\"")) global.admin_address = *v;
     return global;
 }
@@ -1188,6 +1209,19 @@ void check_global(Diagnostics& diag, const GlobalConfig& global) {
                       fmt::format("must be shorter than {} bytes (a unix socket path), got {}",
                                   sizeof(sockaddr_un{}.sun_path), global.admin_socket.size()));
         }
+    }
+    // Group names are looked up when the socket is made; here only what can never be one.
+    const std::string& group = global.admin_socket_group;
+    if (!group.empty() && (has_control_character(group) ||
+                           group.find_first_of(": /") != std::string::npos || group.size() > 64)) {
+        diag.fail("global.admin_socket_group",
+                  fmt::format("must be a group name such as \"stickyd\", got {:?}", group));
+    }
+    // The daemon's own user must keep answering stickyctl run as that user.
+    if (global.admin_socket_mode > 0777 || (global.admin_socket_mode & 0600) != 0600) {
+        diag.fail("global.admin_socket_mode",
+                  fmt::format("must let the owner read and write (0600 at least), got {:04o}",
+                              global.admin_socket_mode));
     }
 }
 
