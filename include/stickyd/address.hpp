@@ -55,4 +55,16 @@ std::optional<IpKey> parse_ip(std::string_view text);
 IpKey apply_prefix(IpKey key, unsigned prefix_v4, unsigned prefix_v6);
 std::string to_string(const IpKey& key);
 
+// What an address speaks on the wire: 4 for IPv4 and IPv4-mapped IPv6, 6 for other
+// IPv6, 0 for neither.
+int ip_version(const SocketAddress& address);
+
+// preserve_client_ip: the address (port 0) that a socket for `target` binds to so
+// that its connection comes from `client`'s IP, in the socket's own family (an
+// IPv4-mapped client is unmapped for an IPv4 target; an IPv4 client is mapped for
+// an IPv4-mapped target). nullopt when one connection cannot carry both: an IPv6
+// client and an IPv4 target, or the other way round.
+std::optional<SocketAddress> transparent_source(const SocketAddress& client,
+                                                const SocketAddress& target);
+
 }  // namespace stickyd

@@ -92,6 +92,12 @@ struct TargetGroupConfig {
     // v2 header carrying the client's and the listener's addresses; health checks
     // send a LOCAL header.
     bool proxy_protocol_v2 = false;
+    // NLB preserve_client_ip.enabled: each connection to a target is made from the
+    // client's own IP (its PROXY header's, with accept_proxy_protocol), so the target
+    // sees the client as its peer. Needs CAP_NET_ADMIN and, beyond loopback, policy
+    // routing that hands the targets' replies back to stickyd. Health checks still
+    // come from stickyd's own address.
+    bool preserve_client_ip = false;
     std::optional<DnsDiscoveryConfig> dns;  // nullopt = static targets only
 };
 

@@ -69,7 +69,8 @@ struct RoutingTable {
     unsigned prefix_v6 = 128;
     Duration connect_timeout{2000};
     unsigned connect_retries = 2;
-    bool proxy_protocol_v2 = false;  // send a PROXY v2 header first on every connection
+    bool proxy_protocol_v2 = false;   // send a PROXY v2 header first on every connection
+    bool preserve_client_ip = false;  // connect to targets from the client's own IP
     // Every member is drained: there is nothing to fail open to, so pick() returns
     // kNoMember instead of the usual walk over all members.
     bool no_target = false;

@@ -20,6 +20,9 @@ struct WorkerStats {
     std::atomic<uint64_t> accepted{0}, active{0}, connect_failures{0}, retries{0}, bytes_in{0},
         bytes_out{0};
     std::atomic<uint64_t> idle_timeouts{0};  // connections reset for the listener's idle_timeout
+    // preserve_client_ip connects that went out from stickyd's own address instead
+    // (the client's and the target's IP versions differ, or the bind was refused).
+    std::atomic<uint64_t> client_ip_fallbacks{0};
     // Receives that found every buffer taken and wait (parked) for one to come back.
     std::atomic<uint64_t> buffer_waits{0};
     // Receives parked on -ENOBUFS whose connection was closed (its slot possibly

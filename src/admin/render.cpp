@@ -449,6 +449,10 @@ std::string metrics_text(const AdminState& state) {
     p.family("stickyd_connect_failures_total", "counter",
              "Target connects that failed, all targets.");
     p.sample("stickyd_connect_failures_total", {}, t.connect_failures);
+    p.family("stickyd_preserve_client_ip_fallbacks_total", "counter",
+             "preserve_client_ip connects made from stickyd's own address instead of the "
+             "client's (IPv4 client and IPv6 target or the other way round, or a refused bind).");
+    p.sample("stickyd_preserve_client_ip_fallbacks_total", {}, t.client_ip_fallbacks);
 
     p.family("stickyd_process_open_fds", "gauge", "Number of open file descriptors.");
     p.sample("stickyd_process_open_fds", {}, state.fds.open);

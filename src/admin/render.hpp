@@ -82,8 +82,9 @@ struct DaemonTotals {
     uint64_t active = 0;
     uint64_t connect_failures = 0;
     uint64_t retries = 0;
-    uint64_t bytes_in = 0;   // client -> target
-    uint64_t bytes_out = 0;  // target -> client
+    uint64_t bytes_in = 0;             // client -> target
+    uint64_t bytes_out = 0;            // target -> client
+    uint64_t client_ip_fallbacks = 0;  // preserve_client_ip connects from our own address
 };
 
 // One configured listener and its counters, copied out for one document.

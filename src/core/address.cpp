@@ -182,6 +182,44 @@ IpKey apply_prefix(IpKey key, unsigned prefix_v4, unsigned prefix_v6) {
     return key;
 }
 
+int ip_version(const SocketAddress& address) {
+    switch (address.family()) {
+        case AF_INET:
+            return 4;
+        case AF_INET6:
+            return ip_key_of(address.sa()).size == 4 ? 4 : 6;
+        default:
+            return 0;
+    }
+}
+
+std::optional<SocketAddress> transparent_source(const SocketAddress& client,
+                                                const SocketAddress& target) {
+    const IpKey ip = ip_key_of(client.sa());
+    const int version = ip_version(target);
+    if (version == 0 || ip.size != (version == 4 ? 4 : 16)) return std::nullopt;
+    if (target.family() == AF_INET) {
+        sockaddr_in sin{};
+        sin.sin_family = AF_INET;
+        std::memcpy(&sin.sin_addr, ip.bytes.data(), 4);
+        return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&sin), sizeof sin);
+    }
+    sockaddr_in6 sin6{};
+    sin6.sin6_family = AF_INET6;
+    if (ip.size == 4) {
+        sin6.sin6_addr.s6_addr[10] = 0xff;
+        sin6.sin6_addr.s6_addr[11] = 0xff;
+        std::memcpy(sin6.sin6_addr.s6_addr + 12, ip.bytes.data(), 4);
+    } else {
+        std::memcpy(sin6.sin6_addr.s6_addr, ip.bytes.data(), 16);
+        // A link-local client is only reachable through the interface it came in on.
+        if (client.family() == AF_INET6) {
+            sin6.sin6_scope_id = reinterpret_cast<const sockaddr_in6*>(client.sa())->sin6_scope_id;
+        }
+    }
+    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&sin6), sizeof sin6);
+}
+
 std::string to_string(const IpKey& key) {
     char buf[INET6_ADDRSTRLEN];
     if (key.size == 4) return inet_ntop(AF_INET, key.bytes.data(), buf, sizeof buf);

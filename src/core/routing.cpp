@@ -78,6 +78,7 @@ std::shared_ptr<const RoutingTable> build_routing_table(const TargetGroupConfig&
     table->connect_timeout = group.connect_timeout;
     table->connect_retries = group.connect_retries;
     table->proxy_protocol_v2 = group.proxy_protocol_v2;
+    table->preserve_client_ip = group.preserve_client_ip;
     return table;
 }
 

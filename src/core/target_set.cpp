@@ -121,6 +121,7 @@ GroupRouting build_group_routing(const TargetGroupConfig& group,
     table->connect_timeout = group.connect_timeout;
     table->connect_retries = group.connect_retries;
     table->proxy_protocol_v2 = group.proxy_protocol_v2;
+    table->preserve_client_ip = group.preserve_client_ip;
 
     std::vector<Member> members;
     size_t drained = 0;
@@ -185,7 +186,8 @@ bool same_routing(const RoutingTable& a, const RoutingTable& b) {
            std::equal(a.targets.begin(), a.targets.end(), b.targets.begin(), same_target) &&
            a.prefix_v4 == b.prefix_v4 && a.prefix_v6 == b.prefix_v6 &&
            a.connect_timeout == b.connect_timeout && a.connect_retries == b.connect_retries &&
-           a.proxy_protocol_v2 == b.proxy_protocol_v2 && a.no_target == b.no_target &&
+           a.proxy_protocol_v2 == b.proxy_protocol_v2 &&
+           a.preserve_client_ip == b.preserve_client_ip && a.no_target == b.no_target &&
            a.passive == b.passive;
 }
 

@@ -11,6 +11,7 @@
 #include "daemon/admin_socket_choice.hpp"
 #include "daemon/socket_activation.hpp"
 #include "datapath/listener.hpp"
+#include "datapath/transparent.hpp"
 #include "stickyd/config_warnings.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/reload_plan.hpp"
@@ -31,6 +32,28 @@ void close_all(const std::vector<int>& fds) {
 
 void print_error(std::string_view message) {
     fmt::print(stderr, "stickyd: {}\n", message);
+}
+
+// preserve_client_ip binds target sockets to clients' addresses, which takes a
+// capability: without it every such connect would leave from our own address, so
+// the start (or the reload) is refused with the key or flag that asked for it.
+std::optional<std::string> client_ip_problem(const Config& config, const std::string& path) {
+    for (size_t i = 0; i < config.target_groups.size(); ++i) {
+        const TargetGroupConfig& group = config.target_groups[i];
+        if (!group.preserve_client_ip) continue;
+        auto problem = transparent_bind_problem();
+        if (!problem) return std::nullopt;
+        const std::string what =
+            path.empty() ? std::string("--preserve-client-ip")
+                         : fmt::format("{}: target_group[{}].preserve_client_ip (group {:?})", path,
+                                       i, group.name);
+        return fmt::format(
+            "{}: needs CAP_NET_ADMIN to connect to targets from clients' addresses ({}); run "
+            "stickyd as root or give it that capability (under systemd: the drop-in in "
+            "stickyd(8), CLIENT IP PRESERVATION)",
+            what, *problem);
+    }
+    return std::nullopt;
 }
 
 size_t static_targets(const Config& config) {
@@ -90,6 +113,10 @@ std::vector<int> Daemon::open_sockets(const ListenerConfig& listener, std::strin
 }
 
 bool Daemon::start() {
+    if (auto problem = client_ip_problem(config_, options_.config_path)) {
+        print_error(*problem);
+        return false;
+    }
     if (!adopt_systemd_sockets()) return false;
     // DNS first: the targets it names at start-up are targets known at start, routed
     // to before their first check like the configured ones.
@@ -292,6 +319,7 @@ Daemon::Prepare Daemon::prepare_reload() {
     auto prepared = std::make_unique<Prepared>();
     prepared->next = std::move(std::get<Config>(loaded));
     apply_overrides(prepared->next, options_);
+    if (auto problem = client_ip_problem(prepared->next, options_.config_path)) return *problem;
     if (auto misfit = control_->check(prepared->next)) return *misfit;
     prepared->plan = plan_reload(config_, prepared->next);
     std::string error;

@@ -41,6 +41,8 @@ std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
                        "Close connections idle this long (default 350s)"),
         app.add_flag("--proxy-protocol-v2", f.proxy_protocol_v2,
                      "Send a PROXY v2 header to targets first"),
+        app.add_flag("--preserve-client-ip", f.preserve_client_ip,
+                     "Connect to targets from the client's IP (needs CAP_NET_ADMIN)"),
         app.add_flag("--accept-proxy-protocol", f.accept_proxy_protocol,
                      "Clients start with a PROXY v1/v2 header; route by it"),
         app.add_option("--proxy-protocol-timeout", f.proxy_protocol_timeout,
@@ -169,6 +171,7 @@ std::variant<TargetGroupConfig, std::string> group_from_flags(const QuickFlags& 
     }
     group.connect_retries = f.connect_retries;
     group.proxy_protocol_v2 = f.proxy_protocol_v2;
+    group.preserve_client_ip = f.preserve_client_ip;
     if (auto error = read_health_flags(f, group)) return *error;
     std::vector<SocketAddress> targets;
     if (auto error =
@@ -213,6 +216,7 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"maglev_table_size", "--algorithm"},
     {"connect_timeout", "--connect-timeout"},
     {"connect_retries", "--connect-retries"},
+    {"preserve_client_ip", "--preserve-client-ip"},
     {"stickiness.prefix_v4", "--prefix-v4"},
     {"stickiness.prefix_v6", "--prefix-v6"},
     {"health_check.interval", "--health-interval"},

@@ -24,6 +24,7 @@ struct QuickFlags {
     std::string shutdown_delay = "0s";
     std::string idle_timeout = "350s";
     bool proxy_protocol_v2 = false;
+    bool preserve_client_ip = false;
     bool accept_proxy_protocol = false;
     std::string proxy_protocol_timeout = "3s";
     bool access_log = false;

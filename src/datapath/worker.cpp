@@ -36,6 +36,7 @@
 #include "datapath/access_log.hpp"
 #include "datapath/connection.hpp"
 #include "datapath/idle_wheel.hpp"
+#include "datapath/transparent.hpp"
 #include "datapath/uring.hpp"
 #include "datapath/user_data.hpp"
 #include "stickyd/log.hpp"
@@ -290,6 +291,8 @@ struct Worker::Loop {
     // Connecting, and our PROXY header to the target (proxy_protocol_v2).
     void route_client(uint32_t slot, const sockaddr* client);
     void start_connect(uint32_t slot);
+    void connect_from_client(const Connection& c, int fd, const SocketAddress& client,
+                             const RouteTarget& target);
     void handle_connect(uint32_t slot, int res);
     void connect_next(uint32_t slot);
     void leave_target(uint32_t slot);
@@ -935,6 +938,16 @@ void Worker::Loop::start_connect(uint32_t slot) {
     c.target = target;
     const SocketAddress& address = table.targets[target].address;
     if (AccessRecord* a = access(slot)) ++a->attempts;
+    // Asked again on every attempt rather than kept in the slot, which stays as small
+    // for everyone else; only these groups pay the getpeername.
+    std::optional<SocketAddress> client;
+    if (table.preserve_client_ip) {
+        client = c.setup && c.setup->client ? c.setup->client : peer_of(c.client_fd);
+        if (!client) {  // getpeername fails once the client has reset
+            note_reset(slot, true);
+            return close_connection(slot, CloseMode::reset);
+        }
+    }
     const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
     if (fd < 0) {
         // Out of fds: another target would fail the same way.
@@ -951,6 +964,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
         return;
     }
     set_no_delay(fd);
+    if (client) connect_from_client(c, fd, *client, table.targets[target]);
     c.target_fd = fd;
     c.stats = table.targets[target].stats;
     if (c.stats) {
@@ -966,6 +980,37 @@ void Worker::Loop::start_connect(uint32_t slot) {
                                &c.pin->connect_timeout, 0);
     c.inflight += 2;
     ++c.timeouts;
+}
+
+// preserve_client_ip: the target socket takes the client's IP before it connects.
+// A client the target cannot be reached from (one is IPv4, the other IPv6), or a
+// bind the kernel refuses, connects from the host's own address instead rather than
+// turning the client away: counted, and logged once per process.
+void Worker::Loop::connect_from_client(const Connection& c, int fd, const SocketAddress& client,
+                                       const RouteTarget& target) {
+    const std::optional<SocketAddress> source = transparent_source(client, target.address);
+    const int error = source ? bind_transparent(fd, *source) : 0;
+    if (source && error == 0) return;
+    add(stats_.client_ip_fallbacks, 1);
+    static std::atomic<bool> mismatch_logged{false};
+    static std::atomic<bool> refusal_logged{false};
+    std::atomic<bool>& logged = source ? refusal_logged : mismatch_logged;
+    if (logged.exchange(true, std::memory_order_relaxed)) return;
+    std::string name = target.id;
+    if (std::string address = target.address.to_string(); address != name) {
+        name += fmt::format(" ({})", address);
+    }
+    const std::string why = source
+                                ? fmt::format("binding {} for target {} was refused: {}",
+                                              source->to_string(), name, std::strerror(error))
+                                : fmt::format(
+                                      "client {} cannot reach target {} from its own address: one "
+                                      "connection cannot carry both IPv4 and IPv6",
+                                      client.to_string(), name);
+    log::warn(
+        "target group '{}': preserve_client_ip: {}; connecting from stickyd's own address "
+        "instead (logged once; stickyd_preserve_client_ip_fallbacks_total counts every one)",
+        c.pin->table->group, why);
 }
 
 // The linked timeout's own completion (-ETIME or -ECANCELED) only counts down

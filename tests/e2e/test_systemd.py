@@ -5,6 +5,7 @@ datagram socket standing in for systemd: READY=1 once it accepts, STATUS= lines,
 STOPPING=1 on SIGTERM, and WATCHDOG=1 pings while its loops run."""
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -71,6 +72,34 @@ def test_unit_exposure_at_most_2():
     h.expect(match is not None, f"no exposure level in:\n{output}")
     score = float(match.group(1))
     h.expect(score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{output}")
+
+
+def flagged_capabilities(output):
+    """The capabilities systemd-analyze security counts against a unit."""
+    return set(re.findall(r"^\S+ CapabilityBoundingSet=~(\S+)\s+Service has (?!no )", output,
+                          re.M))
+
+
+def test_client_ip_drop_in_verifies_and_adds_only_cap_net_admin():
+    # preserve_client_ip needs CAP_NET_ADMIN; the unit leaves it out and the drop-in
+    # systemd/stickyd.service.d/preserve-client-ip.conf adds it where it is used.
+    unit = h.service_unit_for_this_build()
+    _, without = exposure(unit, "stickyd.service")
+    drop_ins = os.path.join(os.path.dirname(unit), "stickyd.service.d")
+    os.makedirs(drop_ins)
+    shutil.copy(os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.d",
+                             "preserve-client-ip.conf"), drop_ins)
+    result = h.systemd_verify([unit])
+    ours = [line for line in (result.stdout + result.stderr).splitlines()
+            if "stickyd.service" in line or "preserve-client-ip" in line]
+    h.expect(result.returncode == 0 and not ours,
+             f"systemd-analyze verify with the drop-in exited {result.returncode}:\n"
+             f"{result.stdout}{result.stderr}")
+    score, with_drop_in = exposure(unit, "stickyd.service")
+    h.expect_eq(flagged_capabilities(with_drop_in) - flagged_capabilities(without),
+                {"CAP_NET_ADMIN"}, "capabilities the drop-in adds")
+    h.expect(score <= MAX_EXPOSURE, f"exposure with the drop-in {score} > {MAX_EXPOSURE}:\n"
+                                    f"{with_drop_in}")
 
 
 # ---------------------------------------------------------------------------------

@@ -227,3 +227,41 @@ TEST_CASE("apply_prefix keeps the leading bits and zeroes the rest") {
 TEST_CASE("to_string of an empty key is empty") {
     CHECK(to_string(IpKey{}).empty());
 }
+
+TEST_CASE("ip_version: what an address speaks on the wire") {
+    CHECK(ip_version(*SocketAddress::parse("10.0.0.1:80")) == 4);
+    CHECK(ip_version(*SocketAddress::parse("[::ffff:10.0.0.1]:80")) == 4);
+    CHECK(ip_version(*SocketAddress::parse("[2001:db8::1]:80")) == 6);
+    CHECK(ip_version(SocketAddress{}) == 0);
+}
+
+TEST_CASE("transparent_source: the client's IP in the target socket's family, port 0") {
+    auto source = [](const char* client, const char* target) -> std::string {
+        auto s = transparent_source(*SocketAddress::parse(client), *SocketAddress::parse(target));
+        return s ? s->to_string() : "none";
+    };
+    CHECK(source("127.0.0.7:40000", "127.0.0.1:9001") == "127.0.0.7:0");
+    CHECK(source("[2001:db8::7]:40000", "[2001:db8::1]:9001") == "[2001:db8::7]:0");
+    // A dual-stack listener's IPv4 client, toward an IPv4 target: unmapped.
+    CHECK(source("[::ffff:192.0.2.7]:40000", "10.0.0.1:9001") == "192.0.2.7:0");
+    // An IPv4-mapped target is IPv4 on the wire; its socket is IPv6.
+    CHECK(source("192.0.2.7:40000", "[::ffff:10.0.0.1]:9001") == "[::ffff:192.0.2.7]:0");
+    CHECK(source("[::ffff:192.0.2.7]:1", "[::ffff:10.0.0.1]:9001") == "[::ffff:192.0.2.7]:0");
+    // One connection cannot carry both families.
+    CHECK(source("192.0.2.7:40000", "[2001:db8::1]:9001") == "none");
+    CHECK(source("[::ffff:192.0.2.7]:40000", "[2001:db8::1]:9001") == "none");
+    CHECK(source("[2001:db8::7]:40000", "10.0.0.1:9001") == "none");
+    CHECK(source("[2001:db8::7]:40000", "[::ffff:10.0.0.1]:9001") == "none");
+    CHECK_FALSE(transparent_source(SocketAddress{}, *SocketAddress::parse("10.0.0.1:1")));
+    CHECK_FALSE(transparent_source(*SocketAddress::parse("10.0.0.1:1"), SocketAddress{}));
+
+    SUBCASE("a link-local client keeps its interface") {
+        auto sin6 = v6_sockaddr("fe80::7", 40000);
+        sin6.sin6_scope_id = 3;
+        auto client = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&sin6), sizeof sin6);
+        auto s = transparent_source(client, *SocketAddress::parse("[fe80::1]:9001"));
+        REQUIRE(s);
+        CHECK(reinterpret_cast<const sockaddr_in6*>(s->sa())->sin6_scope_id == 3);
+        CHECK(s->port() == 0);
+    }
+}

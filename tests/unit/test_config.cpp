@@ -2294,3 +2294,118 @@ address = "10.0.0.1:80"
 shutdown_delay = "11m"
 )") == "t.toml:2:18: global.shutdown_delay: must be a duration from 0s to 10m, got 11m");
 }
+
+// ---------------------------------------------------------------------------------
+// preserve_client_ip
+
+namespace {
+
+// A group "web" with preserve_client_ip behind one listener; the key is on line 6.
+std::string client_ip_config(std::string_view bind, std::string_view target,
+                             std::string_view listener_keys = "") {
+    return fmt::format(R"([[listener]]
+bind = "{}"
+target_group = "web"
+{}[[target_group]]
+name = "web"
+preserve_client_ip = true
+[[target_group.target]]
+address = "{}"
+)",
+                       bind, listener_keys, target);
+}
+
+}  // namespace
+
+TEST_CASE("preserve_client_ip: off by default, a boolean") {
+    CHECK_FALSE(loaded(kMinimal).target_groups.at(0).preserve_client_ip);
+    CHECK(loaded(client_ip_config("127.0.0.1:8000", "127.0.0.1:9001"))
+              .target_groups.at(0)
+              .preserve_client_ip);
+    CHECK(error_of(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+preserve_client_ip = "yes"
+)") == "t.toml:6:22: target_group[0].preserve_client_ip: expected true or false, got "
+       "string \"yes\"");
+}
+
+TEST_CASE("preserve_client_ip: refused where no client can keep its address") {
+    CHECK(error_of(client_ip_config("127.0.0.1:8000", "[::1]:9001")) ==
+          "t.toml:6:22: target_group[0].preserve_client_ip: every target is IPv6 but the group's "
+          "listeners only take IPv4 clients (listener \"127.0.0.1:8000\" on 127.0.0.1:8000), and "
+          "one connection cannot carry both: no client would keep its address; give the group "
+          "IPv4 targets or remove the key");
+    CHECK(error_of(client_ip_config("[::1]:8000", "127.0.0.1:9001")) ==
+          "t.toml:6:22: target_group[0].preserve_client_ip: every target is IPv4 but the group's "
+          "listeners only take IPv6 clients (listener \"[::1]:8000\" on [::1]:8000), and one "
+          "connection cannot carry both: no client would keep its address; give the group IPv6 "
+          "targets or remove the key");
+    // An IPv4-mapped listener takes IPv4 clients only.
+    CHECK(error_of(client_ip_config("[::ffff:127.0.0.1]:8000", "[::1]:9001"))
+              .starts_with("t.toml:6:22: target_group[0].preserve_client_ip: every target is "
+                           "IPv6 but the group's listeners only take IPv4 clients"));
+}
+
+TEST_CASE("preserve_client_ip: accepted wherever some client can keep its address") {
+    // Same version; an IPv4-mapped target is IPv4 on the wire.
+    loaded(client_ip_config("127.0.0.1:8000", "127.0.0.1:9001"));
+    loaded(client_ip_config("[::1]:8000", "[::1]:9001"));
+    loaded(client_ip_config("127.0.0.1:8000", "[::ffff:127.0.0.1]:9001"));
+    // A dual-stack listener, or a PROXY header, can bring either version.
+    loaded(client_ip_config("[::]:8000", "127.0.0.1:9001"));
+    loaded(client_ip_config("[::]:8000", "[::1]:9001"));
+    loaded(client_ip_config("127.0.0.1:8000", "[::1]:9001", "accept_proxy_protocol = true\n"));
+    // Mixed targets: the mismatched clients are counted at run time.
+    loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+preserve_client_ip = true
+[[target_group.target]]
+address = "127.0.0.1:9001"
+[[target_group.target]]
+address = "[::1]:9001"
+)");
+    // DNS targets are not known yet.
+    loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+preserve_client_ip = true
+dns = "app.example:80"
+[[target_group.target]]
+address = "[::1]:9001"
+)");
+    // A second listener of the other version makes the group reachable.
+    loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+[[listener]]
+bind = "[::1]:8000"
+target_group = "web"
+[[target_group]]
+name = "web"
+preserve_client_ip = true
+[[target_group.target]]
+address = "[::1]:9001"
+)");
+}
+
+TEST_CASE("preserve_client_ip: validate() says the same about a config built in memory") {
+    Config config = cli_config();
+    config.target_groups[0].preserve_client_ip = true;
+    CHECK(validate_error(config) == "<valid>");
+    for (auto& t : config.target_groups[0].targets) t.address = addr("[::1]:9001");
+    config.target_groups[0].targets[1].address = addr("[::1]:9002");
+    CHECK(validate_error(config).starts_with(
+        "<command line>: target_group[0].preserve_client_ip: every target is IPv6"));
+}

@@ -360,6 +360,7 @@ TEST_CASE("target_set: settings go into the snapshot") {
     g.connect_timeout = Duration{750};
     g.connect_retries = 5;
     g.proxy_protocol_v2 = true;
+    g.preserve_client_ip = true;
     auto routing = build_group_routing(g, started(g), nullptr);
     const RoutingTable& t = *routing.table;
     CHECK(t.group == "web");
@@ -369,6 +370,7 @@ TEST_CASE("target_set: settings go into the snapshot") {
     CHECK(t.connect_timeout == Duration{750});
     CHECK(t.connect_retries == 5);
     CHECK(t.proxy_protocol_v2);
+    CHECK(t.preserve_client_ip);
     CHECK(t.passive == nullptr);
 }
 
@@ -429,6 +431,7 @@ TEST_CASE("target_set: same_routing sees every routing difference") {
     CHECK(changed([](RoutingTable& t) { t.connect_timeout = Duration{1}; }));
     CHECK(changed([](RoutingTable& t) { t.connect_retries = 0; }));
     CHECK(changed([](RoutingTable& t) { t.proxy_protocol_v2 = true; }));
+    CHECK(changed([](RoutingTable& t) { t.preserve_client_ip = true; }));
     CHECK(changed([](RoutingTable& t) { t.no_target = true; }));
     CHECK(changed([](RoutingTable& t) { t.passive = std::make_shared<PassiveHealth>(2, 2, -1); }));
     CHECK(changed([](RoutingTable& t) { t.targets[1].address = addr("127.0.0.1:1"); }));

@@ -740,10 +740,11 @@ std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
 }
 
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
-    TableReader r(diag, table, std::move(path),
-                  {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
-                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
-                   "deregistration_delay", "proxy_protocol_v2", "dns", "dns_refresh"});
+    TableReader r(
+        diag, table, std::move(path),
+        {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
+         "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
+         "deregistration_delay", "proxy_protocol_v2", "preserve_client_ip", "dns", "dns_refresh"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -764,6 +765,7 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
         group.connection_termination_on_unhealthy = *v;
     }
     if (auto v = r.boolean("proxy_protocol_v2")) group.proxy_protocol_v2 = *v;
+    if (auto v = r.boolean("preserve_client_ip")) group.preserve_client_ip = *v;
     if (auto* t = r.table("deregistration_delay", "[target_group.deregistration_delay]")) {
         group.deregistration_delay =
             read_deregistration(diag, *t, r.path_of("deregistration_delay"));
@@ -1448,10 +1450,66 @@ void check_target_groups(Diagnostics& diag, const std::vector<TargetGroupConfig>
     }
 }
 
+// IP versions as bits, for the sets of them a group's clients and targets speak.
+constexpr unsigned kIpv4 = 1;
+constexpr unsigned kIpv6 = 2;
+
+std::string_view version_name(unsigned versions) {
+    return versions == kIpv4 ? "IPv4" : "IPv6";
+}
+
+// Which IP versions of client a listener hands its group: a PROXY header may name
+// either, and "[::]" is dual-stack (open_listener clears IPV6_V6ONLY).
+unsigned client_versions(const ListenerConfig& listener) {
+    if (listener.accept_proxy_protocol) return kIpv4 | kIpv6;
+    switch (ip_version(listener.bind)) {
+        case 4:
+            return kIpv4;
+        case 6: {
+            const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(listener.bind.sa());
+            return IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? kIpv4 | kIpv6 : kIpv6;
+        }
+        default:
+            return 0;
+    }
+}
+
+// One connection cannot carry an IPv4 source to an IPv6 target or the other way
+// round: such clients are connected from stickyd's own address (counted at run
+// time). When that is so for every client a group can get, the key would never take
+// effect, which is refused here rather than discovered in production. DNS targets
+// are not known yet, so a group with dns is left to the run-time count.
+void check_preserve_client_ip(Diagnostics& diag, const Config& config) {
+    for (size_t i = 0; i < config.target_groups.size(); ++i) {
+        const TargetGroupConfig& group = config.target_groups[i];
+        if (!group.preserve_client_ip || group.dns) continue;
+        unsigned targets = 0;
+        for (const TargetConfig& t : group.targets) {
+            if (const int v = ip_version(t.address); v != 0) targets |= v == 4 ? kIpv4 : kIpv6;
+        }
+        unsigned clients = 0;
+        const ListenerConfig* example = nullptr;
+        for (const ListenerConfig& listener : config.listeners) {
+            if (listener.target_group != group.name) continue;
+            clients |= client_versions(listener);
+            if (example == nullptr) example = &listener;
+        }
+        if (targets == 0 || clients == 0 || (targets & clients) != 0) continue;
+        diag.fail(index_key("target_group", i) + ".preserve_client_ip",
+                  fmt::format("every target is {} but the group's listeners only take {} clients "
+                              "(listener {:?} on {}), and one connection cannot carry both: no "
+                              "client would keep its address; give the group {} targets or "
+                              "remove the key",
+                              version_name(targets), version_name(clients), example->name,
+                              example->bind.to_string(), version_name(clients)));
+    }
+}
+
 void check_config(Diagnostics& diag, const Config& config) {
     check_global(diag, config.global);
     check_listeners(diag, config);
     check_target_groups(diag, config.target_groups);
+    check_preserve_client_ip(diag, config);
 }
 
 // ---------------------------------------------------------------------------------
