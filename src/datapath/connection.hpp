@@ -121,6 +121,9 @@ struct Connection {
     uint8_t attempt = 0;       // 0 = the owner; N = N-th retry
     uint8_t inflight = 0;      // submitted ops whose completion has not arrived yet
     uint8_t timeouts = 0;      // of those, linked timeouts (their timespecs: pin, setup)
+    // Which kinds of op are in flight, one bit per kind (the worker's op enum): at
+    // most one of each kind runs at a time, so a teardown cancels each by its tag.
+    uint16_t pending = 0;
     Phase phase = Phase::free;
     // Connecting: the target was terminated (unhealthy, deregistered) meanwhile; the
     // next completion on the target socket moves the client on, whatever it says.

@@ -220,7 +220,7 @@ def test_header_in_small_pieces():
                 break
             data += chunk
     h.expect(data.startswith(b"HTTP/1.1 200"), f"response {data[:60]!r}")
-    h.expect_eq(data.partition(b"\r\n\r\n")[2].decode(), want, "backend")
+    h.expect_eq(data.partition(b"\r\n\r\n")[2].decode(), want + "\n", "backend")
 
 
 def test_garbage_header_closes_the_client_and_is_logged():
