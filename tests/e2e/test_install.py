@@ -3,7 +3,9 @@
 install puts the example at <sysconfdir>/stickyd/stickyd.toml, a later one leaves
 that file alone and installs the new example beside it as stickyd.toml.example
 (the script says so too, though Meson 1.0 shows an install script's output only
-when it fails). Run against this build with --destdir, twice."""
+when it fails). Run against this build with --destdir, twice. The bash
+completions go where bash-completion loads them: share/bash-completion/completions
+under the prefix (pkg-config's completionsdir, or that default)."""
 import glob
 import os
 import shutil
@@ -46,6 +48,18 @@ def test_a_second_install_keeps_the_edited_configuration():
         h.expect_eq(f.read(), edited, "the configuration after a second install")
     with open(config + ".example", encoding="utf-8") as f, open(EXAMPLE, encoding="utf-8") as g:
         h.expect_eq(f.read(), g.read(), "the example beside it")
+
+
+def test_bash_completion_is_installed_where_bash_completion_loads_it():
+    destdir = os.path.join(h.temp_dir(), "root")
+    install(destdir)
+    for program in ("stickyd", "stickyctl"):
+        paths = glob.glob(os.path.join(destdir, "**", "share", "bash-completion", "completions",
+                                       program), recursive=True)
+        h.expect_eq(len(paths), 1, f"installed completion files for {program}")
+        with open(paths[0], encoding="utf-8") as f, \
+                open(os.path.join(h.SOURCE_ROOT, "completions", program), encoding="utf-8") as g:
+            h.expect_eq(f.read(), g.read(), f"the installed completion for {program}")
 
 
 if __name__ == "__main__":
