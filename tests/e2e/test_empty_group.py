@@ -167,6 +167,9 @@ def test_dns_group_that_resolves_to_nothing():
     sock = re.search(r'^admin_socket = "(.*)"$', config, re.M).group(1)
     process = dns.in_namespace([h.STICKYD_BIN, "--config", path], hosts, "stickyd")
     h.wait_accepting(lb, process)
+    # The listeners accept (into their backlog) before the admin endpoint is up.
+    h.wait_for("the admin endpoint", lambda: f"admin endpoint on unix:{sock}" in process.log(),
+               process=process)
     expect_no_targets_answers(sock, "web")
     expect_clients_closed_and_counted(lb, sock, "web", process)
     h.expect(process.alive(), process.describe())
