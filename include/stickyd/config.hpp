@@ -88,6 +88,9 @@ struct TargetGroupConfig {
     // connections of a target that turns unhealthy (true), or let them run (false).
     bool connection_termination_on_unhealthy = true;
     DeregistrationConfig deregistration_delay;
+    // [target_group.minimum_healthy_targets]: the NLB's
+    // target_group_health.unhealthy_state_routing.minimum_healthy_targets.*.
+    MinimumHealthyTargets minimum_healthy_targets;
     // NLB proxy_protocol_v2.enabled: every connection to a target starts with a PROXY
     // v2 header carrying the client's and the listener's addresses; health checks
     // send a LOCAL header.

@@ -11,7 +11,7 @@
 namespace stickyd {
 
 // One line each, in config order: a static group listing no targets, a group no
-// listener uses.
+// listener uses, a static group smaller than its minimum_healthy_targets.count.
 std::vector<std::string> config_warnings(const Config& config);
 
 }  // namespace stickyd

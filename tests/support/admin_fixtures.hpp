@@ -56,6 +56,9 @@ class FakeSource : public AdminSource {
                 t.stats = rt.stats;
                 g.targets.push_back(std::move(t));
             }
+            g.minimum_healthy_targets = config.minimum_healthy_targets;
+            g.healthy_targets = g.targets_in_service = g.targets.size();
+            g.required_healthy = required_healthy(config.minimum_healthy_targets, g.targets.size());
             view->groups.push_back(std::move(g));
         }
         view_ = std::move(view);
@@ -76,6 +79,7 @@ class FakeSource : public AdminSource {
             if (g.name != group) continue;
             auto table = std::make_shared<RoutingTable>(*g.table);
             bool any = false;
+            g.healthy_targets = g.targets_in_service = 0;
             for (size_t i = 0; i < g.targets.size(); ++i) {
                 TargetView& t = g.targets[i];
                 if (t.id == id) {
@@ -86,7 +90,10 @@ class FakeSource : public AdminSource {
                            (t.state == HealthState::healthy || t.state == HealthState::initial);
                 table->usable[i] = t.usable;
                 any = any || t.usable;
+                g.healthy_targets += t.usable ? 1 : 0;
+                g.targets_in_service += t.deregistration == Deregistration::none ? 1 : 0;
             }
+            g.required_healthy = required_healthy(g.minimum_healthy_targets, g.targets_in_service);
             g.failing_open = !any;
             g.table = std::move(table);
         }

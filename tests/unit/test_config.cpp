@@ -344,6 +344,7 @@ TEST_CASE("the example configurations in conf/ load cleanly") {
         CHECK(web.stickiness.prefix_v6 == defaults.stickiness.prefix_v6);
         CHECK(web.targets[0].weight == TargetConfig{}.weight);
         CHECK(c.target_groups[1].maglev_table_size == defaults.maglev_table_size);
+        CHECK(web.minimum_healthy_targets == defaults.minimum_healthy_targets);
     }
     SUBCASE("conf/demo.toml") {
         auto result = load_config_file(source_root() + "/conf/demo.toml");
@@ -2160,6 +2161,84 @@ connection_termination = true
     CHECK(group.dns->refresh == 10s);
     CHECK(group.deregistration_delay.timeout == 0s);
     CHECK(group.deregistration_delay.connection_termination);
+}
+
+// ---------------------------------------------------------------------------------
+// minimum_healthy_targets.
+
+TEST_CASE("minimum_healthy_targets: NLB defaults, both spellings, off") {
+    CHECK(loaded(kMinimal).target_groups[0].minimum_healthy_targets ==
+          MinimumHealthyTargets{1, {}});
+    const Config table = loaded(std::string(kMinimal) + R"(
+[target_group.minimum_healthy_targets]
+count = 3
+percentage = 50
+)");
+    CHECK(table.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{3, 50});
+    const Config inline_table = loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+minimum_healthy_targets = { count = 2, percentage = "off" }
+)");
+    CHECK(inline_table.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{2, {}});
+    const Config bounds = loaded(std::string(kMinimal) + R"(
+[target_group.minimum_healthy_targets]
+count = 50000
+percentage = 100
+)");
+    CHECK(bounds.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{50000, 100});
+}
+
+TEST_CASE("minimum_healthy_targets: errors") {
+    const std::string base = std::string(kMinimal) + "\n[target_group.minimum_healthy_targets]\n";
+    CHECK(error_of(base + "count = 0\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got 0");
+    CHECK(error_of(base + "count = 50001\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got 50001");
+    CHECK(error_of(base + "count = \"off\"\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got string \"off\"");
+    CHECK(error_of(base + "percentage = 0\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got 0");
+    CHECK(error_of(base + "percentage = 101\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got 101");
+    CHECK(error_of(base + "percentage = \"50%\"\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got string \"50%\"");
+    CHECK(error_of(base + "percentage = 50.5\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got floating-point 50.5");
+    CHECK(error_of(base + "cuont = 2\n") ==
+          "t.toml:12:1: target_group[0].minimum_healthy_targets.cuont: unknown key (did you mean "
+          "\"count\"?)");
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+minimum_healthy_targets = 3
+)") == "t.toml:3:27: target_group[0].minimum_healthy_targets: expected a table "
+       "([target_group.minimum_healthy_targets]), got integer 3");
+}
+
+TEST_CASE("minimum_healthy_targets: validate() checks a config built in memory") {
+    Config config = cli_config();
+    config.target_groups[0].minimum_healthy_targets.count = 0;
+    CHECK(validate_error(config) ==
+          "<command line>: target_group[0].minimum_healthy_targets.count: must be an integer "
+          "from 1 to 50000, got 0");
+    config.target_groups[0].minimum_healthy_targets = {1, 101};
+    CHECK(validate_error(config) ==
+          "<command line>: target_group[0].minimum_healthy_targets.percentage: must be an "
+          "integer from 1 to 100 or \"off\", got 101");
+    config.target_groups[0].minimum_healthy_targets = {2, 100};
+    CHECK(validate_error(config) == "<valid>");
 }
 
 TEST_CASE("an empty admin_socket turns the unix socket off") {

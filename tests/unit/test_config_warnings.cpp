@@ -69,3 +69,45 @@ dns = "backend.example:80"
 )");
     CHECK(config_warnings(config).empty());
 }
+
+TEST_CASE("a minimum_healthy_targets.count above a static group's size is warned about") {
+    const Config config = parsed(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[listener]]
+bind = "127.0.0.1:8001"
+target_group = "fits"
+
+[[listener]]
+bind = "127.0.0.1:8002"
+target_group = "dns"
+
+[[target_group]]
+name = "web"
+minimum_healthy_targets = { count = 3 }
+[[target_group.target]]
+address = "127.0.0.1:9001"
+[[target_group.target]]
+address = "127.0.0.1:9002"
+
+[[target_group]]
+name = "fits"
+minimum_healthy_targets = { count = 2 }
+[[target_group.target]]
+address = "127.0.0.1:9001"
+[[target_group.target]]
+address = "127.0.0.1:9002"
+
+[[target_group]]
+name = "dns"
+dns = "backend.example:80"
+minimum_healthy_targets = { count = 3 }
+)");
+    const std::vector<std::string> expected = {
+        "target group 'web': minimum_healthy_targets.count 3 is more than its 2 targets: one "
+        "unhealthy target makes it fail open (route to all of them)",
+    };
+    CHECK(config_warnings(config) == expected);
+}

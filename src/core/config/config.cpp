@@ -76,7 +76,11 @@ constexpr IntRange kPassiveFailuresRange{1, 100, ""};
 constexpr DurationRange kIdleTimeoutRange{1s, 6000s};
 constexpr DurationRange kProxyTimeoutRange{100ms, 60s};
 constexpr DurationRange kDeregistrationRange{0s, 3600s};  // the NLB's range
-constexpr DurationRange kDnsRefreshRange{100ms, 3600s};   // below 1s: tests
+// The NLB's count goes up to the most targets a group may hold; here that is the
+// most a maglev table holds (a ring holds fewer).
+constexpr IntRange kMinHealthyCountRange{1, kMaxMaglevTableSize / kMaglevMinEntriesPerMember, ""};
+constexpr IntRange kMinHealthyPercentRange{1, 100, " or \"off\""};
+constexpr DurationRange kDnsRefreshRange{100ms, 3600s};  // below 1s: tests
 constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
 constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
 
@@ -687,6 +691,27 @@ DeregistrationConfig read_deregistration(Diagnostics& diag, const toml::table& t
     return delay;
 }
 
+MinimumHealthyTargets read_minimum_healthy(Diagnostics& diag, const toml::table& table,
+                                           std::string path) {
+    TableReader r(diag, table, std::move(path), {"count", "percentage"});
+    MinimumHealthyTargets minimum;
+    if (auto v = r.integer("count", kMinHealthyCountRange)) {
+        minimum.count = static_cast<unsigned>(*v);
+    }
+    if (const toml::node* node = table.get("percentage")) {
+        // As on the NLB, "off" or a number.
+        if (node->is_string()) {
+            if (*r.string("percentage") != "off") {  // r.string records the position
+                r.invalid("percentage",
+                          int_range_message(kMinHealthyPercentRange, describe(*node)));
+            }
+        } else if (auto v = r.integer("percentage", kMinHealthyPercentRange)) {
+            minimum.percentage = static_cast<unsigned>(*v);
+        }
+    }
+    return minimum;
+}
+
 // "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
 // <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
 std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
@@ -722,7 +747,8 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     TableReader r(diag, table, std::move(path),
                   {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
                    "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
-                   "deregistration_delay", "proxy_protocol_v2", "dns", "dns_refresh"});
+                   "deregistration_delay", "minimum_healthy_targets", "proxy_protocol_v2", "dns",
+                   "dns_refresh"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -746,6 +772,10 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     if (auto* t = r.table("deregistration_delay", "[target_group.deregistration_delay]")) {
         group.deregistration_delay =
             read_deregistration(diag, *t, r.path_of("deregistration_delay"));
+    }
+    if (auto* t = r.table("minimum_healthy_targets", "[target_group.minimum_healthy_targets]")) {
+        group.minimum_healthy_targets =
+            read_minimum_healthy(diag, *t, r.path_of("minimum_healthy_targets"));
     }
     if (auto v = r.string("dns")) {
         if (auto dns = parse_dns_name(*v)) {
@@ -1387,6 +1417,14 @@ void check_target_group(Diagnostics& diag, const std::string& path,
     check_health_check(diag, path + ".health_check", group.health_check);
     if (auto problem = check_duration(group.deregistration_delay.timeout, kDeregistrationRange)) {
         diag.fail(path + ".deregistration_delay.timeout", *problem);
+    }
+    if (auto problem = check_int(group.minimum_healthy_targets.count, kMinHealthyCountRange)) {
+        diag.fail(path + ".minimum_healthy_targets.count", *problem);
+    }
+    if (const auto& percentage = group.minimum_healthy_targets.percentage) {
+        if (auto problem = check_int(*percentage, kMinHealthyPercentRange)) {
+            diag.fail(path + ".minimum_healthy_targets.percentage", *problem);
+        }
     }
     if (group.dns) {
         if (auto problem = check_duration(group.dns->refresh, kDnsRefreshRange)) {

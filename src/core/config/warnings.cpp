@@ -20,6 +20,13 @@ std::vector<std::string> config_warnings(const Config& config) {
         if (!used) {
             out.push_back(fmt::format("target group '{}' is not used by any listener", group.name));
         }
+        const unsigned count = group.minimum_healthy_targets.count;
+        if (!group.dns && !group.targets.empty() && count > group.targets.size()) {
+            out.push_back(fmt::format(
+                "target group '{}': minimum_healthy_targets.count {} is more than its {} targets: "
+                "one unhealthy target makes it fail open (route to all of them)",
+                group.name, count, group.targets.size()));
+        }
     }
     return out;
 }
