@@ -128,6 +128,10 @@ struct GlobalConfig {
     std::string admin_socket = "/run/stickyd/admin.sock";
     // Optionally also on TCP (e.g. 127.0.0.1:9090 for Prometheus); nullopt = not.
     std::optional<SocketAddress> admin_address;
+    // A TCP address serving only the read-only endpoints (/metrics, /status, /ready),
+    // for Prometheus and readiness probes: admin_address can drain targets and has no
+    // authentication. nullopt = none.
+    std::optional<SocketAddress> metrics_address;
 };
 
 struct Config {

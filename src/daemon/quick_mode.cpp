@@ -222,6 +222,7 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"shutdown_delay", "--shutdown-delay"},
     {"admin_socket", "--admin-socket"},
     {"admin_address", "--admin-address"},
+    {"metrics_address", "--metrics-address"},
     {"idle_timeout", "--idle-timeout"},
     {"proxy_protocol_timeout", "--proxy-protocol-timeout"},
     {"target", "--target"},

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -101,11 +102,14 @@ class FakeSource : public AdminSource {
     }
 
     AdminChange drain(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, true);
     }
     AdminChange enable(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, false);
     }
+    bool ready() override { return ready_; }
     std::vector<ListenerInfo> listeners() override { return listeners_; }
     DaemonTotals totals() override { return totals_; }
     uint32_t maglev_table_size(const std::string& group) override {
@@ -117,6 +121,8 @@ class FakeSource : public AdminSource {
 
     std::vector<ListenerInfo> listeners_;
     DaemonTotals totals_;
+    std::atomic<bool> ready_{true};
+    std::atomic<size_t> changes{0};  // drain and enable calls, answered or not
 
   private:
     AdminChange change(const std::string& group, const std::string& id, bool drain) {

@@ -345,6 +345,7 @@ TEST_CASE("the example configurations in conf/ load cleanly") {
         CHECK(web.targets[0].weight == TargetConfig{}.weight);
         CHECK(c.target_groups[1].maglev_table_size == defaults.maglev_table_size);
         CHECK(web.minimum_healthy_targets == defaults.minimum_healthy_targets);
+        CHECK(c.global.metrics_address == GlobalConfig{}.metrics_address);
     }
     SUBCASE("conf/demo.toml") {
         auto result = load_config_file(source_root() + "/conf/demo.toml");
@@ -559,7 +560,8 @@ HealthyThresholdCount = 3
 zzz = 1
 aaa = 2
 )") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
-       "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_address\"");
+       "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_address\", "
+       "\"metrics_address\"");
     }
     SUBCASE("unusual key names are quoted in the path") {
         CHECK(error_of(R"(
@@ -2164,7 +2166,7 @@ connection_termination = true
 }
 
 // ---------------------------------------------------------------------------------
-// minimum_healthy_targets.
+// minimum_healthy_targets and metrics_address.
 
 TEST_CASE("minimum_healthy_targets: NLB defaults, both spellings, off") {
     CHECK(loaded(kMinimal).target_groups[0].minimum_healthy_targets ==
@@ -2238,6 +2240,70 @@ TEST_CASE("minimum_healthy_targets: validate() checks a config built in memory")
           "<command line>: target_group[0].minimum_healthy_targets.percentage: must be an "
           "integer from 1 to 100 or \"off\", got 101");
     config.target_groups[0].minimum_healthy_targets = {2, 100};
+    CHECK(validate_error(config) == "<valid>");
+}
+
+TEST_CASE("metrics_address: parsed, and kept off the other sockets") {
+    const std::string listeners = R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[listener]]
+bind = "[::]:8001"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+)";
+    auto with_global = [&](std::string_view global) {
+        return "\n[global]\n" + std::string(global) + listeners;
+    };
+    const Config ok = loaded(with_global("metrics_address = \"127.0.0.1:9100\"\n"));
+    REQUIRE(ok.global.metrics_address.has_value());
+    CHECK(ok.global.metrics_address->to_string() == "127.0.0.1:9100");
+    CHECK_FALSE(loaded(kMinimal).global.metrics_address.has_value());
+
+    CHECK(error_of(with_global("metrics_address = \"localhost:9100\"\n"))
+              .starts_with("t.toml:2:19: global.metrics_address: "));
+    CHECK(error_of(with_global("metrics_address = 9100\n")) ==
+          "t.toml:2:19: global.metrics_address: expected a string \"ip:port\" such as "
+          "\"127.0.0.1:9100\", got integer 9100");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+          "127.0.0.1:9090; give it a port of its own");
+    // A wildcard covers every address of its family ([::] of both: dual-stack).
+    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+          "0.0.0.0:9090; give it a port of its own");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"[::]:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: [::]:9090 clashes with admin_address "
+          "127.0.0.1:9090; give it a port of its own");
+    CHECK(error_of(with_global("metrics_address = \"127.0.0.1:8000\"\n")) ==
+          "t.toml:2:19: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
+          "127.0.0.1:8000 at line 5; give it a port of its own");
+    CHECK(error_of(with_global("metrics_address = \"127.0.0.2:8001\"\n")) ==
+          "t.toml:2:19: global.metrics_address: 127.0.0.2:8001 clashes with listener[1].bind "
+          "[::]:8001 at line 9; give it a port of its own");
+    // Other ports, or one IP of each family, do not clash.
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9091\"\n")) == "<loaded>");
+    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
+                               "metrics_address = \"[::1]:9090\"\n")) == "<loaded>");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.2:9090\"\n")) == "<loaded>");
+}
+
+TEST_CASE("metrics_address: validate() checks a config built in memory") {
+    Config config = cli_config();
+    config.global.metrics_address = addr("127.0.0.1:8000");
+    CHECK(validate_error(config) ==
+          "<command line>: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
+          "127.0.0.1:8000; give it a port of its own");
+    config.global.metrics_address = addr("127.0.0.1:9100");
     CHECK(validate_error(config) == "<valid>");
 }
 

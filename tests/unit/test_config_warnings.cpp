@@ -111,3 +111,25 @@ minimum_healthy_targets = { count = 3 }
     };
     CHECK(config_warnings(config) == expected);
 }
+
+TEST_CASE("admin_address off loopback is warned about, naming metrics_address") {
+    GlobalConfig global;
+    CHECK_FALSE(admin_address_warning(global).has_value());
+    for (const char* loopback :
+         {"127.0.0.1:9090", "127.1.2.3:9090", "[::1]:9090", "[::ffff:127.0.0.1]:9090"}) {
+        CAPTURE(loopback);
+        global.admin_address = SocketAddress::parse(loopback);
+        CHECK_FALSE(admin_address_warning(global).has_value());
+    }
+    for (const char* exposed : {"0.0.0.0:9090", "[::]:9090", "10.0.0.5:9090", "[fd00::1]:9090",
+                                "[::2]:9090", "128.0.0.1:9090"}) {
+        CAPTURE(exposed);
+        global.admin_address = SocketAddress::parse(exposed);
+        CHECK(admin_address_warning(global).has_value());
+    }
+    global.admin_address = SocketAddress::parse("0.0.0.0:9090");
+    CHECK(*admin_address_warning(global) ==
+          "admin_address 0.0.0.0:9090 is not on loopback: whoever reaches it can drain targets "
+          "(the admin endpoint has no authentication); keep it on 127.0.0.1 or [::1] and let "
+          "Prometheus scrape metrics_address, which serves only /metrics, /status and /ready");
+}

@@ -77,11 +77,13 @@ TEST_CASE("settings that need a restart are named") {
     after.global.threads = 4;
     after.global.admin_socket = "/tmp/a.sock";
     after.global.admin_address = *SocketAddress::parse("127.0.0.1:9090");
+    after.global.metrics_address = *SocketAddress::parse("127.0.0.1:9100");
     after.global.log_level = LogLevel::debug;               // applied live
     after.global.shutdown_grace = std::chrono::seconds(5);  // applied live
     const ReloadPlan plan = plan_reload(before, after);
     CHECK(plan.restart_only ==
           Names{"global.threads changed from 0 to 4",
                 "global.admin_socket changed from \"/run/stickyd/admin.sock\" to \"/tmp/a.sock\"",
-                "global.admin_address changed from (none) to 127.0.0.1:9090"});
+                "global.admin_address changed from (none) to 127.0.0.1:9090",
+                "global.metrics_address changed from (none) to 127.0.0.1:9100"});
 }

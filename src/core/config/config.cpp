@@ -538,7 +538,7 @@ std::optional<Algorithm> read_algorithm(TableReader& r, std::string_view key) {
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"threads", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
-                   "admin_address"});
+                   "admin_address", "metrics_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
@@ -546,6 +546,7 @@ GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::strin
     if (auto v = r.duration("shutdown_delay", kShutdownDelayRange)) global.shutdown_delay = *v;
     if (auto v = r.string("admin_socket")) global.admin_socket = *v;
     if (auto v = r.address("admin_address", "\"127.0.0.1:9090\"")) global.admin_address = *v;
+    if (auto v = r.address("metrics_address", "\"127.0.0.1:9100\"")) global.metrics_address = *v;
     return global;
 }
 
@@ -1452,10 +1453,47 @@ void check_target_groups(Diagnostics& diag, const std::vector<TargetGroupConfig>
     }
 }
 
+// Whether two TCP sockets bound to these would clash: the same port on the same IP,
+// or on a wildcard that covers the other's ([::] is dual-stack, so it covers IPv4).
+bool sockets_clash(const SocketAddress& a, const SocketAddress& b) {
+    if (a.port() != b.port()) return false;
+    const IpKey ka = ip_key_of(a.sa());
+    const IpKey kb = ip_key_of(b.sa());
+    if (ka == kb) return true;
+    auto covers = [](const IpKey& wildcard, const IpKey& other) {
+        const bool any = std::all_of(wildcard.bytes.begin(), wildcard.bytes.begin() + wildcard.size,
+                                     [](uint8_t byte) { return byte == 0; });
+        return any && (wildcard.size == 16 || other.size == 4);
+    };
+    return covers(ka, kb) || covers(kb, ka);
+}
+
+// The metrics address is the read-only door: sharing a socket with the admin
+// address or a listener would either fail to bind or hand it to the wrong server.
+void check_metrics_address(Diagnostics& diag, const Config& config) {
+    if (!config.global.metrics_address) return;
+    const SocketAddress& metrics = *config.global.metrics_address;
+    const std::string path = "global.metrics_address";
+    constexpr std::string_view kOwnPort = "give it a port of its own";
+    if (config.global.admin_address && sockets_clash(metrics, *config.global.admin_address)) {
+        diag.fail(path, fmt::format("{} clashes with admin_address {}; {}", metrics.to_string(),
+                                    config.global.admin_address->to_string(), kOwnPort));
+    }
+    for (size_t i = 0; i < config.listeners.size(); ++i) {
+        const SocketAddress& bind = config.listeners[i].bind;
+        if (bind.family() == AF_UNSPEC || !sockets_clash(metrics, bind)) continue;
+        const std::string listener = index_key("listener", i);
+        diag.fail(path,
+                  fmt::format("{} clashes with {}.bind {}{}; {}", metrics.to_string(), listener,
+                              bind.to_string(), diag.at_line(listener + ".bind"), kOwnPort));
+    }
+}
+
 void check_config(Diagnostics& diag, const Config& config) {
     check_global(diag, config.global);
     check_listeners(diag, config);
     check_target_groups(diag, config.target_groups);
+    check_metrics_address(diag, config);
 }
 
 // ---------------------------------------------------------------------------------
