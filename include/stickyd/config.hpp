@@ -88,6 +88,9 @@ struct TargetGroupConfig {
     // connections of a target that turns unhealthy (true), or let them run (false).
     bool connection_termination_on_unhealthy = true;
     DeregistrationConfig deregistration_delay;
+    // [target_group.minimum_healthy_targets]: the NLB's
+    // target_group_health.unhealthy_state_routing.minimum_healthy_targets.*.
+    MinimumHealthyTargets minimum_healthy_targets;
     // NLB proxy_protocol_v2.enabled: every connection to a target starts with a PROXY
     // v2 header carrying the client's and the listener's addresses; health checks
     // send a LOCAL header.
@@ -136,6 +139,10 @@ struct GlobalConfig {
     unsigned admin_socket_mode = 0660;
     // Optionally also on TCP (e.g. 127.0.0.1:9090 for Prometheus); nullopt = not.
     std::optional<SocketAddress> admin_address;
+    // A TCP address serving only the read-only endpoints (/metrics, /status, /ready),
+    // for Prometheus and readiness probes: admin_address can drain targets and has no
+    // authentication. nullopt = none.
+    std::optional<SocketAddress> metrics_address;
 };
 
 struct Config {

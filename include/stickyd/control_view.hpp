@@ -57,6 +57,10 @@ struct GroupView {
     Algorithm algorithm = Algorithm::ring;
     bool health_checks = true;
     bool failing_open = false;
+    MinimumHealthyTargets minimum_healthy_targets;
+    size_t healthy_targets = 0;                 // in service and usable by their own right
+    size_t targets_in_service = 0;              // not drained or removed
+    size_t required_healthy = 0;                // what minimum_healthy_targets asks of them now
     std::shared_ptr<const RoutingTable> table;  // the snapshot workers use now
     std::vector<TargetView> targets;            // sorted by id; includes removed ones
     CheckDurationHistogram check_durations;

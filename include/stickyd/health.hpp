@@ -67,6 +67,35 @@ HealthStep passive_failure(const HealthRecord& record);
 bool routable(const HealthRecord& record);
 
 // ---------------------------------------------------------------------------------
+// Fail-open: the NLB's target_group_health.unhealthy_state_routing. When fewer of a
+// group's targets in service (registered, not draining) are healthy than either
+// threshold asks, the group routes to all of them, healthy or not: the few healthy
+// ones would be overloaded, and a target failing its checks may still serve.
+
+struct MinimumHealthyTargets {
+    unsigned count = 1;  // ...minimum_healthy_targets.count: the NLB's default 1
+    // ...minimum_healthy_targets.percentage (1-100); nullopt = "off", the NLB's default.
+    std::optional<unsigned> percentage;
+
+    friend bool operator==(const MinimumHealthyTargets&, const MinimumHealthyTargets&) = default;
+};
+
+// The healthy targets `in_service` targets need: the larger of the count and the
+// percentage of in_service. A fraction of a target rounds up, so a percentage is
+// never met by fewer than that share (50% of 3 needs 2): healthy * 100 >= P * N.
+size_t required_healthy(const MinimumHealthyTargets& minimum, size_t in_service);
+
+// Whether the group fails open with `healthy` of its `in_service` targets healthy
+// (healthy <= in_service): below either threshold, while some target in service is
+// not healthy. With every one healthy, routing to all is what happens anyway, so a
+// count above the group's size does not flag a group that is all well; with none
+// in service there is nothing to open to.
+bool fails_open(const MinimumHealthyTargets& minimum, size_t healthy, size_t in_service);
+
+// "count 3", "count 1, percentage 50%": the thresholds as the config names them.
+std::string to_string(const MinimumHealthyTargets& minimum);
+
+// ---------------------------------------------------------------------------------
 // HTTP health-check responses.
 
 struct StatusLine {

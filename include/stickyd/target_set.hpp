@@ -112,7 +112,10 @@ struct GroupRouting {
     std::shared_ptr<RoutingTable> table;
     std::vector<size_t> members;  // table index -> index into the group's targets
     size_t usable = 0;            // targets that may take new connections by their own right
-    // No target is usable, yet some are not deregistered: those all take traffic.
+    size_t in_service = 0;        // members not drained: what fail-open opens to
+    size_t required = 0;          // usable targets the group's minimum asks of in_service
+    // Fewer targets usable than the group's minimum_healthy_targets (fails_open in
+    // health.hpp): every target in service takes traffic.
     bool failing_open = false;
 };
 
@@ -122,8 +125,9 @@ struct GroupRouting {
 //    its keys move on as from an unusable target.
 //  - usable: healthy enough (routable, or always when health checks are off) and
 //    not deregistered.
-//  - fail-open: when nothing is usable, the members that are not drained all become
-//    usable (the whole healthy-or-not group, as on the NLB). When every member is
+//  - fail-open: when fewer are usable than group.minimum_healthy_targets asks (by
+//    default: none), the members that are not drained all become usable (the whole
+//    healthy-or-not group, as on the NLB). When every member is
 //    drained there is nothing to fail open to: RoutingTable::no_target is set and
 //    pick() returns kNoMember, so new clients are closed rather than sent to a
 //    target an operator took out of service.

@@ -249,9 +249,36 @@ std::optional<AdminReply> invalid_utf8(const AdminRequest& request) {
 
 }  // namespace
 
-AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source) {
+namespace {
+
+constexpr std::string_view kReadOnlyEndpoints = "GET /metrics, GET /status, GET /ready";
+
+// /ring and /lookup are read-only too, but they are for operators and cost a walk
+// over the whole balancer; a scrape or a probe needs neither.
+bool served_read_only(std::string_view path) {
+    return path == "/metrics" || path == "/status" || path == "/ready";
+}
+
+bool admin_only(std::string_view path) {
+    return path == "/ring" || path == "/lookup" || path.starts_with("/targets/");
+}
+
+}  // namespace
+
+AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source,
+                                AdminAccess access) {
     if (std::optional<AdminReply> bad = invalid_utf8(request)) return *bad;
     const std::string& path = request.path;
+    if (access == AdminAccess::read_only && !served_read_only(path)) {
+        if (admin_only(path)) {
+            return error_reply(403, fmt::format("{} {} is not served on the metrics address, "
+                                                "which is read-only ({}); use the admin socket",
+                                                request.method, path, kReadOnlyEndpoints));
+        }
+        return error_reply(404, fmt::format("no such endpoint: {} {} (the metrics address serves "
+                                            "{})",
+                                            request.method, path, kReadOnlyEndpoints));
+    }
     const bool get = request.method == "GET" || request.method == "HEAD";
     for (std::string_view endpoint : {"/status", "/ring", "/lookup", "/metrics", "/ready"}) {
         if (path == endpoint && !get) return wrong_method("GET", request);

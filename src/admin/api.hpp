@@ -61,8 +61,18 @@ AdminReply error_reply(int status, std::string_view message);
 // U+10FFFF), the only strings JSON may carry.
 bool valid_utf8(std::string_view s);
 
+// What a listener may ask. The metrics address is read-only: it has no
+// authentication and may face a network, so nothing asked there reaches a mutation.
+enum class AdminAccess : uint8_t {
+    full,       // the unix socket and admin_address: every endpoint
+    read_only,  // metrics_address: GET /metrics, /status and /ready only
+};
+
 // Rejects (400) a method, path or query that is not UTF-8, so that no request
-// string reaches a JSON document.
-AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source);
+// string reaches a JSON document. With read_only access, the other admin
+// endpoints (drain, enable, /ring, /lookup) answer 403 and unknown paths 404,
+// whatever the method.
+AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source,
+                                AdminAccess access = AdminAccess::full);
 
 }  // namespace stickyd

@@ -255,12 +255,13 @@ std::string error_response(int status, std::string_view message) {
     return render(error_reply(status, message), true);
 }
 
-std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits) {
+std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits,
+                   AdminAccess access) {
     Parsed parsed = parse_head(head, limits);
     if (parsed.error) return render(*parsed.error, true);
     AdminReply reply;
     try {
-        reply = handle_admin_request(parsed.request, source);
+        reply = handle_admin_request(parsed.request, source, access);
     } catch (const std::exception& e) {
         // The source failed (the daemon is stopping, out of memory): not the
         // request's fault, and not worth a 500.
@@ -270,13 +271,13 @@ std::string answer(std::string_view head, AdminSource& source, const HttpLimits&
 }
 
 std::optional<std::string> respond(std::string_view received, bool eof, AdminSource& source,
-                                   const HttpLimits& limits) {
+                                   const HttpLimits& limits, AdminAccess access) {
     const HeadScan scan = scan_request(received, limits);
     switch (scan.state) {
         case HeadScan::State::rejected:
             return error_response(scan.status, scan.message);
         case HeadScan::State::complete:
-            return answer(received.substr(0, scan.head_size), source, limits);
+            return answer(received.substr(0, scan.head_size), source, limits, access);
         case HeadScan::State::need_more:
             break;
     }

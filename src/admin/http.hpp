@@ -37,7 +37,8 @@ HeadScan scan_request(std::string_view received, const HttpLimits& limits);
 // The complete response (status line, headers, body) to a complete request head.
 // Never throws and never answers 500: malformed heads get 400, invalid UTF-8 in a
 // request 400 naming where, and a failing source a 503.
-std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits);
+std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits,
+                   AdminAccess access = AdminAccess::full);
 
 // A complete response carrying an error_reply (for 408, 431, 503 from the server).
 std::string error_response(int status, std::string_view message);
@@ -45,6 +46,7 @@ std::string error_response(int status, std::string_view message);
 // What the server sends for `received`: nullopt while the head is incomplete and
 // more may come (eof false); at eof an incomplete head is a 400.
 std::optional<std::string> respond(std::string_view received, bool eof, AdminSource& source,
-                                   const HttpLimits& limits);
+                                   const HttpLimits& limits,
+                                   AdminAccess access = AdminAccess::full);
 
 }  // namespace stickyd

@@ -108,6 +108,13 @@ Json routing_json(const RoutingTable* table) {
                 {"targets", std::move(targets)}};
 }
 
+Json minimum_healthy_json(const GroupView& g) {
+    const MinimumHealthyTargets& m = g.minimum_healthy_targets;
+    return Json{{"count", m.count},
+                {"percentage", m.percentage ? Json(*m.percentage) : Json(nullptr)},
+                {"required", g.required_healthy}};
+}
+
 }  // namespace
 
 Json status_document(const AdminState& state) {
@@ -135,6 +142,9 @@ Json status_document(const AdminState& state) {
                           {"algorithm", g.algorithm == Algorithm::maglev ? "maglev" : "ring"},
                           {"health_checks", g.health_checks},
                           {"failing_open", g.failing_open},
+                          {"healthy_targets", g.healthy_targets},
+                          {"targets_in_service", g.targets_in_service},
+                          {"minimum_healthy_targets", minimum_healthy_json(g)},
                           {"dns_error", std::move(dns_error)},
                           {"routing", routing_json(g.table.get())},
                           {"targets", std::move(targets)}});
@@ -211,7 +221,13 @@ std::optional<LookupAnswer> explain_lookup(const RoutingTable& table,
         out.chosen = kNoMember;
         out.reason = "no target: every target is drained, new connections are refused";
     } else if (failing_open || !any_usable(table)) {
-        out.reason = "fail-open: no usable target, routing as if all were healthy";
+        // The table marks every target in service usable then; the view still says
+        // which are fit on their own.
+        const bool some_healthy = std::any_of(targets.begin(), targets.end(),
+                                              [](const TargetView& t) { return t.usable; });
+        out.reason = some_healthy ? "fail-open: fewer healthy targets than "
+                                    "minimum_healthy_targets, routing as if all were healthy"
+                                  : "fail-open: no usable target, routing as if all were healthy";
     } else if (table.usable[found->owner] != 0) {
         out.reason = owner != nullptr && owner->state == HealthState::initial
                          ? "owner usable (initial, not checked yet)"
@@ -400,9 +416,22 @@ std::string metrics_text(const AdminState& state) {
         }
     }
     p.family("stickyd_group_failing_open", "gauge",
-             "1 while no target of the group is usable and it routes as if all were healthy.");
+             "1 while fewer targets of the group are healthy than minimum_healthy_targets asks "
+             "(by default: none) and it routes to all in service as if they were healthy.");
     for (const GroupView& g : groups) {
         p.sample("stickyd_group_failing_open", {{"group", g.name}}, uint64_t{g.failing_open});
+    }
+    p.family("stickyd_group_healthy_targets", "gauge",
+             "Targets of the group in service (not drained) and healthy.");
+    for (const GroupView& g : groups) {
+        p.sample("stickyd_group_healthy_targets", {{"group", g.name}}, uint64_t{g.healthy_targets});
+    }
+    p.family("stickyd_group_minimum_healthy_targets", "gauge",
+             "Healthy targets minimum_healthy_targets asks of the group's targets in service "
+             "now; below it (and not all healthy) the group fails open.");
+    for (const GroupView& g : groups) {
+        p.sample("stickyd_group_minimum_healthy_targets", {{"group", g.name}},
+                 uint64_t{g.required_healthy});
     }
     p.family("stickyd_target_group_routing_info", "gauge",
              "Always 1; fingerprint digests what decides the group's mapping (equal on "

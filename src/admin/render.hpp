@@ -14,6 +14,9 @@
 //    "listeners": [{"name", "bind", "target_group", "accepted", "proxy_header_errors",
 //                   "no_target" (clients closed: the group had no target to route to)}],
 //    "groups": [{"name", "algorithm", "health_checks", "failing_open",
+//                "healthy_targets", "targets_in_service" (not drained or removed),
+//                "minimum_healthy_targets": {"count", "percentage" (null = off),
+//                                            "required" (healthy targets asked now)},
 //                "dns_error" (string or null),
 //                "routing": null (no table yet) | {"fingerprint", "usable_fingerprint",
 //                           "mapping_version", "algorithm", "table_size" (maglev; else null),
@@ -47,8 +50,10 @@
 //   reason: "owner healthy", "owner usable (initial, not checked yet)",
 //           "owner unhealthy -> next usable clockwise", "owner draining -> next usable
 //           clockwise", "owner not checked yet -> next usable clockwise", "fail-open: no
-//           usable target, routing as if all were healthy", "no target: every target is
-//           drained, new connections are refused" ("in table order" for maglev).
+//           usable target, routing as if all were healthy", "fail-open: fewer healthy
+//           targets than minimum_healthy_targets, routing as if all were healthy", "no
+//           target: every target is drained, new connections are refused" ("in table
+//           order" for maglev).
 //
 // GET /ring and GET /lookup of a group without targets (none listed, or a DNS name
 // that resolves to nothing): 503 {"error": "group NAME has no targets"}.

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <condition_variable>
 #include <cstring>
@@ -35,11 +36,25 @@ std::string errno_text(int err) {
     return std::strerror(err);
 }
 
-enum class Kind : uint8_t { unix_socket = 0, tcp = 1 };
-constexpr size_t kKinds = 2;
+// Each listener is a kind with budgets of its own, so a scrape storm on the metrics
+// address cannot take the unix socket's or the admin address's places.
+enum class Kind : uint8_t { unix_socket = 0, tcp = 1, metrics = 2 };
+constexpr size_t kKinds = 3;
 
 std::string_view kind_name(Kind kind) {
-    return kind == Kind::tcp ? "TCP" : "unix socket";
+    switch (kind) {
+        case Kind::unix_socket:
+            return "unix socket";
+        case Kind::tcp:
+            return "TCP";
+        case Kind::metrics:
+            return "metrics address";
+    }
+    return "?";
+}
+
+AdminAccess access_of(Kind kind) {
+    return kind == Kind::metrics ? AdminAccess::read_only : AdminAccess::full;
 }
 
 // reading: waiting for the whole head; answering: a pool thread has it; closing:
@@ -49,7 +64,7 @@ enum class Phase : uint8_t { reading, answering, closing };
 struct Conn {
     int fd = -1;
     Kind kind = Kind::unix_socket;
-    std::string source;  // TCP: the client's IP; what the per-source budget counts
+    std::string source;  // TCP kinds: the client's IP; what the per-source budget counts
     Phase phase = Phase::reading;
     bool budgeted = false;  // counted in its listener's (and source's) budget
     std::string in;
@@ -62,6 +77,7 @@ struct Conn {
 
 struct Job {
     uint64_t id;
+    Kind kind = Kind::unix_socket;
     std::string head;
 };
 
@@ -81,10 +97,12 @@ struct AdminServer::Impl {
     HttpLimits limits;
     int unix_fd = -1;
     int tcp_fd = -1;
+    int metrics_fd = -1;
     int wake_fd = -1;
     dev_t unix_dev = 0;
     ino_t unix_ino = 0;
     std::optional<SocketAddress> tcp_bound;
+    std::optional<SocketAddress> metrics_bound;
 
     // Shared by the I/O thread and the pool.
     std::mutex mutex;
@@ -100,7 +118,7 @@ struct AdminServer::Impl {
     std::map<uint64_t, Conn> conns;  // by id: ascending ids are oldest first
     uint64_t next_id = 1;
     std::array<size_t, kKinds> open{};  // reading or answering, per listener
-    std::map<std::string, size_t> per_source;
+    std::array<std::map<std::string, size_t>, kKinds> per_source;  // per listener
     size_t closing = 0;
     Clock::time_point accept_paused_until{};
     uint64_t busy_count = 0;
@@ -187,26 +205,27 @@ struct AdminServer::Impl {
             throw unix_error(fmt::format("listen: {}", errno_text(errno)));
     }
 
-    void open_tcp() {
-        const SocketAddress& address = *options.tcp;
-        auto fail = [&](std::string_view what) {
-            return std::runtime_error(fmt::format("admin address {}: {}: {}", address.to_string(),
-                                                  what, errno_text(errno)));
+    // `fd` is set as soon as the socket exists, so close_fds() cleans up a failure.
+    static void open_tcp(const SocketAddress& address, std::string_view what, int& fd,
+                         std::optional<SocketAddress>& bound_to) {
+        auto fail = [&](std::string_view step) {
+            return std::runtime_error(
+                fmt::format("{} {}: {}: {}", what, address.to_string(), step, errno_text(errno)));
         };
-        tcp_fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (tcp_fd < 0) throw fail("socket");
+        fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) throw fail("socket");
         const int one = 1;
-        ::setsockopt(tcp_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (::bind(tcp_fd, address.sa(), address.len()) != 0) throw fail("cannot bind");
-        if (::listen(tcp_fd, kBacklog) != 0) throw fail("listen");
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd, address.sa(), address.len()) != 0) throw fail("cannot bind");
+        if (::listen(fd, kBacklog) != 0) throw fail("listen");
         sockaddr_storage bound{};
         socklen_t len = sizeof bound;
-        ::getsockname(tcp_fd, reinterpret_cast<sockaddr*>(&bound), &len);
-        tcp_bound = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len);
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+        bound_to = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len);
     }
 
     void close_fds() {
-        for (int* fd : {&unix_fd, &tcp_fd, &wake_fd}) {
+        for (int* fd : {&unix_fd, &tcp_fd, &metrics_fd, &wake_fd}) {
             if (*fd >= 0) ::close(*fd);
             *fd = -1;
         }
@@ -227,7 +246,7 @@ struct AdminServer::Impl {
 
     void io_loop() {
         std::vector<pollfd> fds;
-        std::vector<uint64_t> ids;  // per entry of fds past the first three
+        std::vector<uint64_t> ids;  // per entry of fds past the wake fd and the listeners
         for (;;) {
             build_poll_set(fds, ids);
             const int rc = ::poll(fds.data(), fds.size(), poll_timeout());
@@ -240,11 +259,11 @@ struct AdminServer::Impl {
                 eventfd_read(wake_fd, &ignored);
                 if (take_done()) return;
             }
-            for (size_t i = 1; i < 3; ++i) {
+            for (size_t i = 1; i <= kKinds; ++i) {
                 if (fds[i].fd >= 0 && fds[i].revents != 0) accept_all(fds[i].fd, Kind(i - 1));
             }
-            for (size_t i = 3; i < fds.size(); ++i) {
-                if (rc > 0 && fds[i].revents != 0) on_event(ids[i - 3]);
+            for (size_t i = kKinds + 1; i < fds.size(); ++i) {
+                if (rc > 0 && fds[i].revents != 0) on_event(ids[i - kKinds - 1]);
             }
             expire(Clock::now());
         }
@@ -252,9 +271,11 @@ struct AdminServer::Impl {
 
     void build_poll_set(std::vector<pollfd>& fds, std::vector<uint64_t>& ids) const {
         const bool paused = Clock::now() < accept_paused_until;
+        // In Kind order after the wake fd: io_loop maps entry i to Kind(i - 1).
         fds.assign({{wake_fd, POLLIN, 0},
                     {paused ? -1 : unix_fd, POLLIN, 0},
-                    {paused ? -1 : tcp_fd, POLLIN, 0}});
+                    {paused ? -1 : tcp_fd, POLLIN, 0},
+                    {paused ? -1 : metrics_fd, POLLIN, 0}});
         ids.clear();
         for (const auto& [id, c] : conns) {
             if (c.phase == Phase::answering) continue;
@@ -308,7 +329,7 @@ struct AdminServer::Impl {
                 return;
             }
             std::string source_ip;
-            if (kind == Kind::tcp)
+            if (kind != Kind::unix_socket)
                 source_ip = to_string(ip_key_of(reinterpret_cast<sockaddr*>(&peer)));
             admit(fd, kind, std::move(source_ip));
         }
@@ -318,8 +339,9 @@ struct AdminServer::Impl {
     // that has waited longest for its head: a slow client loses its place to a
     // prompt one, never the other way round.
     void admit(int fd, Kind kind, std::string source_ip) {
-        const auto counted = per_source.find(source_ip);
-        const bool source_full = kind == Kind::tcp && counted != per_source.end() &&
+        auto& sources = per_source[static_cast<size_t>(kind)];
+        const auto counted = sources.find(source_ip);
+        const bool source_full = kind != Kind::unix_socket && counted != sources.end() &&
                                  counted->second >= options.max_per_source;
         const bool kind_full = open[static_cast<size_t>(kind)] >= options.max_connections;
         if (source_full || kind_full) {
@@ -337,7 +359,7 @@ struct AdminServer::Impl {
         c.deadline = Clock::now() + options.io_timeout;
         c.budgeted = true;
         ++open[static_cast<size_t>(kind)];
-        if (kind == Kind::tcp) ++per_source[c.source];
+        if (kind != Kind::unix_socket) ++sources[c.source];
         on_readable(id, c);  // the request often arrived with the connection
     }
 
@@ -372,7 +394,7 @@ struct AdminServer::Impl {
         if (now - busy_logged < std::chrono::seconds(10)) return;
         log::warn(
             "admin endpoint: {} too busy, {} connection(s) answered 503 so far (at most {} "
-            "open per listener, {} per client IP on TCP)",
+            "open per listener, {} per client IP on each TCP address)",
             kind_name(kind), busy_count, options.max_connections, options.max_per_source);
         busy_logged = now;
     }
@@ -416,7 +438,7 @@ struct AdminServer::Impl {
     void submit(uint64_t id, Kind kind, std::string head) {
         {
             std::lock_guard lock(mutex);
-            jobs[static_cast<size_t>(kind)].push_back({id, std::move(head)});
+            jobs[static_cast<size_t>(kind)].push_back({id, kind, std::move(head)});
         }
         ready.notify_one();
     }
@@ -437,9 +459,10 @@ struct AdminServer::Impl {
         if (!c.budgeted) return;
         c.budgeted = false;
         --open[static_cast<size_t>(c.kind)];
-        if (c.kind == Kind::tcp) {
-            auto it = per_source.find(c.source);
-            if (it != per_source.end() && --it->second == 0) per_source.erase(it);
+        if (c.kind != Kind::unix_socket) {
+            auto& sources = per_source[static_cast<size_t>(c.kind)];
+            auto it = sources.find(c.source);
+            if (it != sources.end() && --it->second == 0) sources.erase(it);
         }
     }
 
@@ -529,21 +552,25 @@ struct AdminServer::Impl {
     }
 
     // ---------------------------------------------------------------------------
-    // The pool: answers complete heads, the unix socket's and TCP's in turn.
+    // The pool: answers complete heads, each listener's in turn.
+
+    bool any_job() const {
+        return std::any_of(jobs.begin(), jobs.end(), [](const auto& q) { return !q.empty(); });
+    }
 
     void pool_loop() {
         for (;;) {
             Job job;
             {
                 std::unique_lock lock(mutex);
-                ready.wait(lock, [&] { return stopping || !jobs[0].empty() || !jobs[1].empty(); });
+                ready.wait(lock, [&] { return stopping || any_job(); });
                 if (stopping) return;
-                if (jobs[next_kind].empty()) next_kind = 1 - next_kind;
+                while (jobs[next_kind].empty()) next_kind = (next_kind + 1) % kKinds;
                 job = std::move(jobs[next_kind].front());
                 jobs[next_kind].pop_front();
-                next_kind = 1 - next_kind;
+                next_kind = (next_kind + 1) % kKinds;
             }
-            std::string response = answer(job.head, source, limits);
+            std::string response = answer(job.head, source, limits, access_of(job.kind));
             {
                 std::lock_guard lock(mutex);
                 done.push_back({job.id, std::move(response)});
@@ -556,7 +583,7 @@ struct AdminServer::Impl {
         for (auto& [id, c] : conns) ::close(c.fd);
         conns.clear();
         open = {};
-        per_source.clear();
+        for (auto& sources : per_source) sources.clear();
         closing = 0;
     }
 };
@@ -576,7 +603,10 @@ void AdminServer::start() {
             throw std::runtime_error(fmt::format("admin endpoint: eventfd: {}", errno_text(errno)));
         }
         if (!s.options.unix_path.empty()) s.open_unix();
-        if (s.options.tcp) s.open_tcp();
+        if (s.options.tcp) Impl::open_tcp(*s.options.tcp, "admin address", s.tcp_fd, s.tcp_bound);
+        if (s.options.metrics) {
+            Impl::open_tcp(*s.options.metrics, "metrics address", s.metrics_fd, s.metrics_bound);
+        }
     } catch (...) {
         s.close_fds();
         s.unlink_socket();
@@ -590,6 +620,10 @@ void AdminServer::start() {
     }
     if (!s.options.unix_path.empty()) log::info("admin endpoint on unix:{}", s.options.unix_path);
     if (s.tcp_bound) log::info("admin endpoint on http://{}", s.tcp_bound->to_string());
+    if (s.metrics_bound) {
+        log::info("metrics endpoint (read-only: /metrics, /status, /ready) on http://{}",
+                  s.metrics_bound->to_string());
+    }
 }
 
 void AdminServer::stop() {
@@ -615,6 +649,10 @@ void AdminServer::stop() {
 
 std::optional<SocketAddress> AdminServer::tcp_address() const {
     return impl_->tcp_bound;
+}
+
+std::optional<SocketAddress> AdminServer::metrics_address() const {
+    return impl_->metrics_bound;
 }
 
 }  // namespace stickyd

@@ -1,16 +1,18 @@
-// The admin endpoint: HTTP/1.1 on a unix socket (and optionally TCP), served off
-// the data path, built so that slow or hostile clients cannot lock the operator out:
+// The admin endpoint: HTTP/1.1 on a unix socket (and optionally TCP, and a read-only
+// metrics address), served off the data path, built so that slow or hostile clients
+// cannot lock the operator out:
 //
 // - One I/O thread polls every connection (non-blocking): it reads request heads,
 //   writes answers and drains what clients still send. A connection that trickles
 //   its head costs an fd and a buffer, never a thread.
 // - Complete heads go to a small pool that only computes answers (from snapshots
 //   and atomic counters; drain and enable wait for the control thread), taking the
-//   unix socket's and the TCP address's requests in turn.
-// - The unix socket and the TCP address each have their own connection budget, and
-//   TCP a budget per client IP. A connection beyond a budget makes room by closing
-//   the one that has waited longest for its head, with a 503; only when none is
-//   waiting for its head is the newcomer answered 503 itself.
+//   unix socket's, the TCP address's and the metrics address's requests in turn.
+// - The unix socket, the TCP address and the metrics address each have their own
+//   connection budget, and each TCP one a budget per client IP. A connection beyond
+//   a budget makes room by closing the one that has waited longest for its head,
+//   with a 503; only when none is waiting for its head is the newcomer answered 503
+//   itself.
 // - Every answer, 503 and 408 included, is written in full, the write side shut and
 //   what the client still sends drained before the close, so a client reads the
 //   answer rather than a reset.
@@ -33,10 +35,12 @@ struct AdminOptions {
     unsigned unix_mode = 0660;         // of the socket file
     std::optional<gid_t> unix_group;   // nullopt = the daemon's own
     std::optional<SocketAddress> tcp;  // nullopt = no TCP listener
-    unsigned threads = 2;              // compute answers; never wait on a client
-    size_t max_connections = 64;       // per listener, until answered; beyond: 503 (see above)
-    size_t max_per_source = 8;         // per client IP on TCP, until answered
-    size_t max_closing = 256;          // answered, draining before the close; beyond: closed
+    // Read-only (AdminAccess::read_only): /metrics, /status, /ready. nullopt = none.
+    std::optional<SocketAddress> metrics;
+    unsigned threads = 2;         // compute answers; never wait on a client
+    size_t max_connections = 64;  // per listener, until answered; beyond: 503 (see above)
+    size_t max_per_source = 8;    // per client IP on each TCP listener, until answered
+    size_t max_closing = 256;     // answered, draining before the close; beyond: closed
     // The whole request head must arrive within this; each write must progress within it.
     std::chrono::milliseconds io_timeout{5000};
     // After the answer: how long what the client still sends is read and dropped.
@@ -61,6 +65,7 @@ class AdminServer {
 
     // The TCP address actually bound (port 0 in the options picks one).
     std::optional<SocketAddress> tcp_address() const;
+    std::optional<SocketAddress> metrics_address() const;
 
   private:
     struct Impl;

@@ -107,6 +107,9 @@ struct Group {
     std::shared_ptr<const RoutingTable> table;  // the latest published
     std::vector<size_t> members;                // table index -> index into targets
     bool failing_open = false;
+    size_t healthy = 0;  // as in the latest GroupRouting
+    size_t in_service = 0;
+    size_t required = 0;
     CheckDurationHistogram durations;
 
     bool checks_on() const { return config.health_check.enabled; }
@@ -572,6 +575,10 @@ std::shared_ptr<const ControlView> Control::Loop::view() {
         gv.algorithm = g->config.algorithm;
         gv.health_checks = g->checks_on();
         gv.failing_open = g->failing_open;
+        gv.minimum_healthy_targets = g->config.minimum_healthy_targets;
+        gv.healthy_targets = g->healthy;
+        gv.targets_in_service = g->in_service;
+        gv.required_healthy = g->required;
         gv.table = g->table;
         gv.check_durations = g->durations;
         gv.dns_error = g->dns_error;
@@ -929,12 +936,17 @@ void Control::Loop::publish(Group& group) {
     const std::string& name = group.config.name;
     if (routing.failing_open && !group.failing_open) {
         log::error(
-            "target group '{}': no target is healthy; failing open: routing to all {} targets "
-            "in service as if they were healthy",
-            name, std::count(table.usable.begin(), table.usable.end(), 1));
+            "target group '{}': failing open: {} of {} targets in service healthy, below "
+            "minimum_healthy_targets ({}: at least {}); routing to all {} as if they were healthy",
+            name, routing.usable, routing.in_service,
+            to_string(group.config.minimum_healthy_targets), routing.required, routing.in_service);
     } else if (!routing.failing_open && group.failing_open && routing.usable > 0) {
-        log::warn("target group '{}': {} of {} targets healthy again; no longer failing open", name,
-                  routing.usable, table.targets.size());
+        // All healthy ends it too, even under a minimum larger than the group.
+        log::warn(
+            "target group '{}': no longer failing open: {} of {} targets in service healthy "
+            "(minimum_healthy_targets {}: at least {})",
+            name, routing.usable, routing.in_service,
+            to_string(group.config.minimum_healthy_targets), routing.required);
     }
     // Once when the group becomes empty (or starts so), not once per client.
     if (table.targets.empty() && group.configured &&
@@ -951,6 +963,9 @@ void Control::Loop::publish(Group& group) {
         log::warn("target group '{}': every target is drained: new clients are refused", name);
     }
     group.failing_open = routing.failing_open;
+    group.healthy = routing.usable;
+    group.in_service = routing.in_service;
+    group.required = routing.required;
     if (group.table && same_routing(*group.table, table)) return;
     group.table = routing.table;
     group.slot->store(group.table);

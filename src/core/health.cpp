@@ -72,6 +72,24 @@ bool routable(const HealthRecord& record) {
            (record.state == HealthState::initial && record.routable_while_initial);
 }
 
+size_t required_healthy(const MinimumHealthyTargets& minimum, size_t in_service) {
+    size_t required = minimum.count;
+    if (minimum.percentage) {
+        const uint64_t share = (uint64_t{*minimum.percentage} * in_service + 99) / 100;
+        required = std::max<size_t>(required, share);
+    }
+    return required;
+}
+
+bool fails_open(const MinimumHealthyTargets& minimum, size_t healthy, size_t in_service) {
+    return healthy < in_service && healthy < required_healthy(minimum, in_service);
+}
+
+std::string to_string(const MinimumHealthyTargets& minimum) {
+    if (!minimum.percentage) return fmt::format("count {}", minimum.count);
+    return fmt::format("count {}, percentage {}%", minimum.count, *minimum.percentage);
+}
+
 // ---------------------------------------------------------------------------------
 // Status line: HTTP-version SP 3DIGIT [SP reason-phrase] (CR)LF
 

@@ -60,6 +60,11 @@ ReloadPlan plan_reload(const Config& current, const Config& next) {
                                                 address_or_none(a.admin_address),
                                                 address_or_none(b.admin_address)));
     }
+    if (address_or_none(a.metrics_address) != address_or_none(b.metrics_address)) {
+        plan.restart_only.push_back(fmt::format("global.metrics_address changed from {} to {}",
+                                                address_or_none(a.metrics_address),
+                                                address_or_none(b.metrics_address)));
+    }
     return plan;
 }
 

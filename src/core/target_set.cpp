@@ -137,19 +137,18 @@ GroupRouting build_group_routing(const TargetGroupConfig& group,
         out.usable += usable ? 1 : 0;
         drained += t.deregistration == Deregistration::drained ? 1 : 0;
     }
+    out.in_service = table->targets.size() - drained;
+    out.required = required_healthy(group.minimum_healthy_targets, out.in_service);
     // The workers' reset-on-snapshot counters are being replaced by
     // Worker::terminate; the field must still line up with the targets.
 
-    if (out.usable == 0 && !table->targets.empty()) {
-        if (drained == table->targets.size()) {
-            table->no_target = true;
-        } else {
-            out.failing_open = true;
-            for (size_t m = 0; m < out.members.size(); ++m) {
-                const bool in_service =
-                    targets[out.members[m]].deregistration == Deregistration::none;
-                table->usable[m] = in_service ? 1 : 0;
-            }
+    if (!table->targets.empty() && drained == table->targets.size()) {
+        table->no_target = true;
+    } else if (fails_open(group.minimum_healthy_targets, out.usable, out.in_service)) {
+        out.failing_open = true;
+        for (size_t m = 0; m < out.members.size(); ++m) {
+            const bool in_service = targets[out.members[m]].deregistration == Deregistration::none;
+            table->usable[m] = in_service ? 1 : 0;
         }
     }
 

@@ -69,6 +69,7 @@ void apply_overrides(Config& config, const DaemonOptions& options) {
     if (options.log_level) config.global.log_level = *options.log_level;
     if (options.admin_socket) config.global.admin_socket = *options.admin_socket;
     if (options.admin_address) config.global.admin_address = *options.admin_address;
+    if (options.metrics_address) config.global.metrics_address = *options.metrics_address;
 }
 
 Daemon::Daemon(Config config, DaemonOptions options)
@@ -210,7 +211,8 @@ bool Daemon::start_admin() {
     admin_source_ = std::make_unique<DaemonAdminSource>(*control_, workers_);
     admin_source_->update(config_, listener_stats_);
     const GlobalConfig& g = config_.global;
-    if (g.admin_socket.empty() && !g.admin_address) return true;
+    if (auto warning = admin_address_warning(g)) log::warn("{}", *warning);
+    if (g.admin_socket.empty() && !g.admin_address && !g.metrics_address) return true;
     AdminOptions admin_options;
     if (!g.admin_socket.empty()) {
         admin_options.unix_path = choose_admin_socket(g.admin_socket);
@@ -225,6 +227,7 @@ bool Daemon::start_admin() {
         }
     }
     admin_options.tcp = g.admin_address;
+    admin_options.metrics = g.metrics_address;
     auto admin = std::make_unique<AdminServer>(*admin_source_, admin_options);
     try {
         admin->start();
@@ -364,6 +367,7 @@ void Daemon::commit_reload(Prepared& prepared) {
     next.global.threads = config_.global.threads;
     next.global.admin_socket = config_.global.admin_socket;
     next.global.admin_address = config_.global.admin_address;
+    next.global.metrics_address = config_.global.metrics_address;
     config_ = std::move(next);
     admin_source_->update(config_, listener_stats_);
 }

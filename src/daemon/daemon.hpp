@@ -34,6 +34,7 @@ struct DaemonOptions {
     std::optional<LogLevel> log_level;
     std::optional<std::string> admin_socket;
     std::optional<SocketAddress> admin_address;
+    std::optional<SocketAddress> metrics_address;
     // Quick mode is a developer's tool: an admin socket that cannot be set up is a
     // warning there, and a start-up error with a config file.
     bool admin_optional = false;

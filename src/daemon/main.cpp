@@ -38,6 +38,7 @@ struct Flags {
     std::string log_level;
     std::optional<std::string> admin_socket;
     std::string admin_address;
+    std::string metrics_address;
     QuickFlags quick;
 };
 
@@ -73,6 +74,9 @@ Parsed add_flags(CLI::App& app, Flags& f) {
     app.add_option("--admin-address", f.admin_address,
                    "Also serve the admin endpoint on this ip:port (e.g. 127.0.0.1:9090)")
         ->group(kDaemon);
+    app.add_option("--metrics-address", f.metrics_address,
+                   "Serve only GET /metrics, /status and /ready on this ip:port (read-only)")
+        ->group(kDaemon);
     parsed.quick = add_quick_mode_flags(app, f.quick);
     return parsed;
 }
@@ -105,6 +109,9 @@ int check_config(const std::string& path) {
     for (const std::string& warning : config_warnings(config)) {
         fmt::print(stderr, "{}: warning: {}\n", path, warning);
     }
+    if (auto warning = admin_address_warning(config.global)) {
+        fmt::print(stderr, "{}: warning: {}\n", path, *warning);
+    }
     size_t targets = 0;
     for (const auto& group : config.target_groups) targets += group.targets.size();
     fmt::print("{}: configuration OK ({}, {}, {})\n", path,
@@ -129,6 +136,16 @@ std::variant<DaemonOptions, std::string> daemon_options(const Flags& f) {
                 f.admin_address);
         }
         options.admin_address = *address;
+    }
+    if (!f.metrics_address.empty()) {
+        auto address = SocketAddress::parse(f.metrics_address);
+        if (!address) {
+            return fmt::format(
+                "--metrics-address: '{}' is not an address; expected ip:port such as "
+                "127.0.0.1:9100",
+                f.metrics_address);
+        }
+        options.metrics_address = *address;
     }
     return options;
 }

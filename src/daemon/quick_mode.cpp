@@ -76,6 +76,10 @@ std::vector<CLI::Option*> add_health_flags(CLI::App& app, QuickFlags& f) {
         app.add_option("--connection-termination", f.connection_termination,
                        "Reset connections of a target that turns unhealthy (on|off)")
             ->check(CLI::IsMember({"on", "off"})),
+        app.add_option("--min-healthy-count", f.min_healthy_count,
+                       "Fail open (route to every target) below this many healthy (default 1)"),
+        app.add_option("--min-healthy-percent", f.min_healthy_percent,
+                       "Fail open below this percentage healthy, 1-100 (default off)"),
     };
 }
 
@@ -131,6 +135,17 @@ std::optional<std::string> read_health_flags(const QuickFlags& f, TargetGroupCon
     hc.passive = f.passive_failures > 0;
     if (hc.passive) hc.passive_failures = f.passive_failures;
     group.connection_termination_on_unhealthy = f.connection_termination == "on";
+    group.minimum_healthy_targets.count = f.min_healthy_count;
+    if (f.min_healthy_percent != "off") {
+        unsigned percent = 0;
+        const std::string& text = f.min_healthy_percent;
+        auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), percent);
+        if (ec != std::errc() || ptr != text.data() + text.size() || percent == 0 ||
+            percent > 100) {
+            return fmt::format("--min-healthy-percent: expected 1-100 or off, got '{}'", text);
+        }
+        group.minimum_healthy_targets.percentage = percent;
+    }
     return std::nullopt;
 }
 
@@ -210,6 +225,7 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"shutdown_delay", "--shutdown-delay"},
     {"admin_socket", "--admin-socket"},
     {"admin_address", "--admin-address"},
+    {"metrics_address", "--metrics-address"},
     {"idle_timeout", "--idle-timeout"},
     {"proxy_protocol_timeout", "--proxy-protocol-timeout"},
     {"target", "--target"},
@@ -227,6 +243,8 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"health_check.port", "--health-port"},
     {"health_check.path", "--health-path"},
     {"health_check.matcher", "--matcher"},
+    {"minimum_healthy_targets.count", "--min-healthy-count"},
+    {"minimum_healthy_targets.percentage", "--min-healthy-percent"},
 };
 
 }  // namespace

@@ -39,6 +39,8 @@ struct QuickFlags {
     std::string matcher = "200-399";
     unsigned passive_failures = 2;  // 0 = passive checking off
     std::string connection_termination = "on";
+    unsigned min_healthy_count = 1;
+    std::string min_healthy_percent = "off";
 };
 
 // Adds the flags to `app` under the help headings "Quick mode" and "Health checks

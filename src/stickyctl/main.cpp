@@ -343,6 +343,23 @@ std::string last_check(const Json& t) {
                        check["reason"].get<std::string>());
 }
 
+// Shown while the group fails open, or when its thresholds are not the default ones
+// (count 1, percentage off), so the operator sees how close it is.
+void print_minimum_healthy(const Json& g) {
+    if (!g.contains("minimum_healthy_targets")) return;  // a daemon older than the field
+    const Json& m = g["minimum_healthy_targets"];
+    const bool non_default = m["count"].get<unsigned>() != 1 || !m["percentage"].is_null();
+    if (!g["failing_open"].get<bool>() && !non_default) return;
+    std::string thresholds = fmt::format("count {}", m["count"].get<unsigned>());
+    if (!m["percentage"].is_null()) {
+        thresholds += fmt::format(", percentage {}%", m["percentage"].get<unsigned>());
+    }
+    fmt::print("healthy {} of {} in service, minimum {} ({}){}\n",
+               g["healthy_targets"].get<uint64_t>(), g["targets_in_service"].get<uint64_t>(),
+               m["required"].get<uint64_t>(), thresholds,
+               g["failing_open"].get<bool>() ? ": routing to all in service as if healthy" : "");
+}
+
 int run_status(const Common& common) {
     const Json status = ask(common, "GET", "/status");
     if (common.json) {
@@ -375,7 +392,8 @@ int run_status(const Common& common) {
         if (!common.group.empty() && g["name"] != common.group) continue;
         fmt::print("\ngroup {} ({}), {}{}\n", g["name"].get<std::string>(),
                    g["algorithm"].get<std::string>(), count_of(g["targets"].size(), "target"),
-                   g["failing_open"].get<bool>() ? ": FAILING OPEN (no usable target)" : "");
+                   g["failing_open"].get<bool>() ? ": FAILING OPEN" : "");
+        print_minimum_healthy(g);
         if (g.contains("routing") && g["routing"].is_object()) {
             fmt::print("routing fingerprint {} (mapping version {}), usable {}\n",
                        g["routing"]["fingerprint"].get<std::string>(),

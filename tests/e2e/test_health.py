@@ -149,7 +149,7 @@ def test_all_targets_down_fails_open():
     lb = h.lb_addr()
     health = "interval = \"1s\"\nhealthy_threshold = 2\nunhealthy_threshold = 2"
     stickyd = h.start_stickyd(config(lb, dead, health), addr=lb)
-    m = wait_log(stickyd, r"error target group 'web': no target is healthy; failing open",
+    m = wait_log(stickyd, r"error target group 'web': failing open: 0 of 2 targets in service healthy",
                  INTERVAL * 3 + SLACK)
     for ip in SOURCES[:5]:
         with h.connect(lb, ip) as s:

@@ -3,7 +3,8 @@
 // parsing, routing and rendering (respond(), src/admin_http.hpp) against a fixed
 // fake daemon, whose groups include one without targets. Memory safety is checked
 // by the sanitizers; here, that every answer is one well-formed HTTP/1.1 response,
-// never a 500, with a body that is the JSON (or Prometheus text) it says it is.
+// never a 500, with a body that is the JSON (or Prometheus text) it says it is, and
+// that nothing read-only access (the metrics address) lets through drains or enables.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -76,11 +77,14 @@ class FixedSource final : public AdminSource {
 
     std::shared_ptr<const ControlView> view() override { return view_; }
     AdminChange drain(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, "drained");
     }
     AdminChange enable(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, "enabled");
     }
+    uint64_t changes = 0;  // drain and enable calls: the metrics address makes none
     std::vector<ListenerInfo> listeners() override {
         return {{"front", "127.0.0.1:8000", "web", stats_},
                 {"none", "127.0.0.1:8001", "empty", {}}};
@@ -150,13 +154,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const HttpLimits limits;
     // An exact-size heap copy, so ASan sees any read past the end.
     const std::string input(reinterpret_cast<const char*>(data), size);
-    for (bool eof : {false, true}) {
-        const std::optional<std::string> response = respond(input, eof, source, limits);
-        if (!response) {
-            require(!eof || input.empty(), "no answer at EOF");
-            continue;
+    for (AdminAccess access : {AdminAccess::full, AdminAccess::read_only}) {
+        for (bool eof : {false, true}) {
+            const uint64_t changes = source.changes;
+            const std::optional<std::string> response = respond(input, eof, source, limits, access);
+            if (access == AdminAccess::read_only) {
+                require(source.changes == changes, "a change through the metrics address");
+            }
+            if (!response) {
+                require(!eof || input.empty(), "no answer at EOF");
+                continue;
+            }
+            check_response(*response, input.starts_with("HEAD "));
         }
-        check_response(*response, input.starts_with("HEAD "));
     }
     return 0;
 }

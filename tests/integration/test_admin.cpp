@@ -3,6 +3,7 @@
 #include "admin/server.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -34,8 +35,16 @@ FakeSource one_group() {
 }
 
 AdminReply call(AdminSource& source, std::string method, std::string path,
-                std::multimap<std::string, std::string> query = {}) {
-    return handle_admin_request({std::move(method), std::move(path), std::move(query)}, source);
+                std::multimap<std::string, std::string> query = {},
+                AdminAccess access = AdminAccess::full) {
+    return handle_admin_request({std::move(method), std::move(path), std::move(query)}, source,
+                                access);
+}
+
+AdminReply call_read_only(AdminSource& source, std::string method, std::string path,
+                          std::multimap<std::string, std::string> query = {}) {
+    return call(source, std::move(method), std::move(path), std::move(query),
+                AdminAccess::read_only);
 }
 
 std::string error_of(const AdminReply& reply) {
@@ -205,6 +214,53 @@ TEST_CASE("router: wrong methods get 405 with Allow, unknown paths 404") {
     CHECK(unknown.status == 404);
     CHECK(error_of(unknown).starts_with("no such endpoint: GET /nope (endpoints: GET /status"));
     CHECK(call(source, "GET", "/targets/a/reboot").status == 404);
+}
+
+TEST_CASE("router, read-only: /metrics, /status and /ready answer as on the admin socket") {
+    FakeSource source = one_group();
+    for (const char* path : {"/metrics", "/status", "/ready"}) {
+        CAPTURE(path);
+        const AdminReply full = call(source, "GET", path);
+        const AdminReply read_only = call_read_only(source, "GET", path);
+        CHECK(read_only.status == 200);
+        CHECK(read_only.content_type == full.content_type);
+        CHECK(call_read_only(source, "HEAD", path).status == 200);
+        const AdminReply post = call_read_only(source, "POST", path);
+        CHECK(post.status == 405);
+        CHECK(post.allow == "GET");
+    }
+    source.ready_ = false;
+    CHECK(call_read_only(source, "GET", "/ready").status == 503);
+}
+
+TEST_CASE("router, read-only: drain, enable, /ring and /lookup are 403 and change nothing") {
+    FakeSource source = one_group();
+    for (const char* method : {"POST", "GET", "PUT", "DELETE"}) {
+        for (const char* path : {"/targets/a/drain", "/targets/a/enable", "/targets/nope/drain",
+                                 "/targets/a/reboot", "/ring", "/lookup"}) {
+            CAPTURE(method);
+            CAPTURE(path);
+            const AdminReply reply = call_read_only(source, method, path, {{"ip", "127.0.0.2"}});
+            CHECK(reply.status == 403);
+            CHECK(reply.allow.empty());
+            CHECK(error_of(reply) ==
+                  fmt::format("{} {} is not served on the metrics address, which is read-only "
+                              "(GET /metrics, GET /status, GET /ready); use the admin socket",
+                              method, path));
+        }
+    }
+    for (const TargetView& t : source.view()->groups[0].targets) {
+        CHECK(t.deregistration == Deregistration::none);
+    }
+    CHECK(source.changes.load() == 0);
+    const AdminReply unknown = call_read_only(source, "GET", "/nope");
+    CHECK(unknown.status == 404);
+    CHECK(error_of(unknown) ==
+          "no such endpoint: GET /nope (the metrics address serves GET "
+          "/metrics, GET /status, GET /ready)");
+    CHECK(call_read_only(source, "POST", "/status/../targets/a/drain").status == 404);
+    CHECK(call_read_only(source, "GET", "/targets/a%ff/drain").status == 403);
+    CHECK(call_read_only(source, "GET", std::string("/\xff")).status == 400);
 }
 
 TEST_CASE("router: invalid UTF-8 anywhere in a request is a 400 naming it, never a 500") {
@@ -617,6 +673,84 @@ TEST_CASE("server: 500 stalled unix clients lock out neither TCP nor a prompt un
     CHECK(wait_until([&]() -> bool {
         seen = slow.outcome();
         return seen.other > 0 || seen.waiting <= kPerListener;
+    }));
+    CHECK(seen.other == 0);
+    CHECK(seen.busy > 0);
+}
+
+namespace {
+
+// 127.0.0.1 port 0: the kernel picks a free port when the server binds.
+SocketAddress loopback_any_port() {
+    sockaddr_in any{};
+    any.sin_family = AF_INET;
+    any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&any), sizeof any);
+}
+
+std::string tcp_request(const SocketAddress& address, const std::string& method,
+                        const std::string& target) {
+    return send_and_read(connect_tcp(address), method + " " + target +
+                                                   " HTTP/1.1\r\nHost: x\r\nConnection: "
+                                                   "close\r\n\r\n");
+}
+
+}  // namespace
+
+TEST_CASE("server: the metrics address serves read-only, the other doors stay full") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminOptions options = unix_options(path);
+    options.tcp = loopback_any_port();
+    options.metrics = loopback_any_port();
+    AdminServer server(source, options);
+    server.start();
+    REQUIRE(server.metrics_address());
+    const SocketAddress metrics = *server.metrics_address();
+    CHECK(metrics.port() != server.tcp_address()->port());
+
+    const std::string scrape = tcp_request(metrics, "GET", "/metrics");
+    CHECK(status_of(scrape) == 200);
+    CHECK(scrape.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+    CHECK(body_of(scrape).find("stickyd_group_failing_open{group=\"web\"} 0") != std::string::npos);
+    CHECK(status_of(tcp_request(metrics, "GET", "/status")) == 200);
+    CHECK(status_of(tcp_request(metrics, "GET", "/ready")) == 200);
+    const std::string drain = tcp_request(metrics, "POST", "/targets/a/drain");
+    CHECK(status_of(drain) == 403);
+    CHECK(Json::parse(body_of(drain))["error"].get<std::string>().starts_with(
+        "POST /targets/a/drain is not served on the metrics address"));
+    CHECK(status_of(tcp_request(metrics, "POST", "/metrics")) == 405);
+    CHECK(source.changes.load() == 0);
+
+    // The admin address and the unix socket still drain.
+    CHECK(status_of(tcp_request(*server.tcp_address(), "POST", "/targets/a/drain")) == 200);
+    CHECK(source.changes.load() == 1);
+    CHECK(status_of(send_and_read(connect_unix(path),
+                                  "POST /targets/a/enable HTTP/1.1\r\nHost: x\r\n\r\n")) == 200);
+    CHECK(source.changes.load() == 2);
+}
+
+TEST_CASE("server: 500 stalled metrics clients lock out neither admin door, from the same IP") {
+    TempDir dir;
+    const std::string path = dir.path + "/admin.sock";
+    FakeSource source = one_group();
+    AdminOptions options = unix_options(path);
+    options.tcp = loopback_any_port();
+    options.metrics = loopback_any_port();
+    AdminServer server(source, options);
+    server.start();
+    const SocketAddress metrics = *server.metrics_address();
+    StalledClients slow(slow_clients(500, [&] { return connect_tcp(metrics); }));
+
+    CHECK(status_of(get(path, "/status")) == 200);
+    // 127.0.0.1 has used up its budget on the metrics address, not on the admin one.
+    CHECK(status_of(tcp_request(*server.tcp_address(), "GET", "/status")) == 200);
+    CHECK(status_of(tcp_request(metrics, "GET", "/metrics")) == 200);
+    SlowOutcome seen;
+    CHECK(wait_until([&]() -> bool {
+        seen = slow.outcome();
+        return seen.other > 0 || seen.waiting <= kPerSource;
     }));
     CHECK(seen.other == 0);
     CHECK(seen.busy > 0);

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -56,6 +57,9 @@ class FakeSource : public AdminSource {
                 t.stats = rt.stats;
                 g.targets.push_back(std::move(t));
             }
+            g.minimum_healthy_targets = config.minimum_healthy_targets;
+            g.healthy_targets = g.targets_in_service = g.targets.size();
+            g.required_healthy = required_healthy(config.minimum_healthy_targets, g.targets.size());
             view->groups.push_back(std::move(g));
         }
         view_ = std::move(view);
@@ -76,6 +80,7 @@ class FakeSource : public AdminSource {
             if (g.name != group) continue;
             auto table = std::make_shared<RoutingTable>(*g.table);
             bool any = false;
+            g.healthy_targets = g.targets_in_service = 0;
             for (size_t i = 0; i < g.targets.size(); ++i) {
                 TargetView& t = g.targets[i];
                 if (t.id == id) {
@@ -86,7 +91,10 @@ class FakeSource : public AdminSource {
                            (t.state == HealthState::healthy || t.state == HealthState::initial);
                 table->usable[i] = t.usable;
                 any = any || t.usable;
+                g.healthy_targets += t.usable ? 1 : 0;
+                g.targets_in_service += t.deregistration == Deregistration::none ? 1 : 0;
             }
+            g.required_healthy = required_healthy(g.minimum_healthy_targets, g.targets_in_service);
             g.failing_open = !any;
             g.table = std::move(table);
         }
@@ -94,11 +102,14 @@ class FakeSource : public AdminSource {
     }
 
     AdminChange drain(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, true);
     }
     AdminChange enable(const std::string& group, const std::string& id) override {
+        ++changes;
         return change(group, id, false);
     }
+    bool ready() override { return ready_; }
     std::vector<ListenerInfo> listeners() override { return listeners_; }
     DaemonTotals totals() override { return totals_; }
     uint32_t maglev_table_size(const std::string& group) override {
@@ -110,6 +121,8 @@ class FakeSource : public AdminSource {
 
     std::vector<ListenerInfo> listeners_;
     DaemonTotals totals_;
+    std::atomic<bool> ready_{true};
+    std::atomic<size_t> changes{0};  // drain and enable calls, answered or not
 
   private:
     AdminChange change(const std::string& group, const std::string& id, bool drain) {

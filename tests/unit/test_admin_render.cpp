@@ -160,7 +160,9 @@ TEST_CASE("/metrics holds every family with the right values and passes the stri
           std::string("stickyd_active_connections 3"),
           std::string("stickyd_process_open_fds 17"),
           std::string("stickyd_process_max_fds 1024"),
-          std::string("stickyd_group_failing_open{group=\"web\"} 0")}) {
+          std::string("stickyd_group_failing_open{group=\"web\"} 0"),
+          std::string("stickyd_group_healthy_targets{group=\"web\"} 2"),
+          std::string("stickyd_group_minimum_healthy_targets{group=\"web\"} 1")}) {
         INFO(line);
         CHECK(text.find("\n" + line + "\n") != std::string::npos);
     }
@@ -325,6 +327,37 @@ TEST_CASE("/status shows listeners, totals and every target with its counters an
     double sum = 0;
     for (const Json& t : g["targets"]) sum += t["share"].get<double>();
     CHECK(sum == doctest::Approx(1.0));
+    CHECK(g["failing_open"] == false);
+    CHECK(g["healthy_targets"] == 2);
+    CHECK(g["targets_in_service"] == 2);
+    CHECK(g["minimum_healthy_targets"] ==
+          Json{{"count", 1}, {"percentage", nullptr}, {"required", 1}});
+}
+
+TEST_CASE("/status shows minimum_healthy_targets, what it asks now, and fail-open") {
+    FakeSource source = three_targets();
+    auto control = std::make_shared<ControlView>(*state_of(source).control);
+    GroupView& g = control->groups[0];
+    g.minimum_healthy_targets = {2, 60};
+    g.healthy_targets = 1;
+    g.targets_in_service = 3;
+    g.required_healthy = 2;
+    g.failing_open = true;
+    AdminState state = state_of(source);
+    state.control = control;
+    const Json doc = status_document(state);
+    const Json& group = doc["groups"][0];
+    CHECK(group["failing_open"] == true);
+    CHECK(group["healthy_targets"] == 1);
+    CHECK(group["targets_in_service"] == 3);
+    CHECK(group["minimum_healthy_targets"] ==
+          Json{{"count", 2}, {"percentage", 60}, {"required", 2}});
+    const std::string text = metrics_text(state);
+    CHECK(exposition_problems(text).empty());
+    CHECK(text.find("\nstickyd_group_failing_open{group=\"web\"} 1\n") != std::string::npos);
+    CHECK(text.find("\nstickyd_group_healthy_targets{group=\"web\"} 1\n") != std::string::npos);
+    CHECK(text.find("\nstickyd_group_minimum_healthy_targets{group=\"web\"} 2\n") !=
+          std::string::npos);
 }
 
 TEST_CASE("RFC 3339 timestamps in UTC with milliseconds") {
@@ -367,6 +400,23 @@ TEST_CASE("/lookup while the group fails open as the daemon's snapshot has it") 
     CHECK(a->reason == "fail-open: no usable target, routing as if all were healthy");
     CHECK(a->chosen == a->owner);
     CHECK(lookup_document(table, {*a}, g.failing_open)["failing_open"] == true);
+}
+
+TEST_CASE("/lookup while the group fails open below minimum_healthy_targets") {
+    // Some targets are healthy: the reason names the threshold, not "no usable target".
+    FakeSource source = three_targets();
+    const std::string ip = ip_owned_by(table_of(source), "t2");
+    source.set("web", "t2", HealthState::unhealthy);
+    const GroupView& g = source.view()->groups.front();
+    RoutingTable table = *g.table;
+    table.usable.assign(table.targets.size(), 1);
+    auto a = explain_lookup(table, g.targets, ip, true);
+    REQUIRE(a);
+    CHECK(a->reason ==
+          "fail-open: fewer healthy targets than minimum_healthy_targets, routing as if all were "
+          "healthy");
+    CHECK(table.targets[a->chosen].id == "t2");
+    CHECK(lookup_document(table, {*a}, true)["failing_open"] == true);
 }
 
 TEST_CASE("documents of a group without targets render without touching a target") {

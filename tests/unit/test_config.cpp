@@ -344,6 +344,8 @@ TEST_CASE("the example configurations in conf/ load cleanly") {
         CHECK(web.stickiness.prefix_v6 == defaults.stickiness.prefix_v6);
         CHECK(web.targets[0].weight == TargetConfig{}.weight);
         CHECK(c.target_groups[1].maglev_table_size == defaults.maglev_table_size);
+        CHECK(web.minimum_healthy_targets == defaults.minimum_healthy_targets);
+        CHECK(c.global.metrics_address == GlobalConfig{}.metrics_address);
     }
     SUBCASE("conf/demo.toml") {
         auto result = load_config_file(source_root() + "/conf/demo.toml");
@@ -559,7 +561,7 @@ zzz = 1
 aaa = 2
 )") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
        "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_socket_group\", "
-       "\"admin_socket_mode\", \"admin_address\"");
+       "\"admin_socket_mode\", \"admin_address\", \"metrics_address\"");
     }
     SUBCASE("unusual key names are quoted in the path") {
         CHECK(error_of(R"(
@@ -2161,6 +2163,148 @@ connection_termination = true
     CHECK(group.dns->refresh == 10s);
     CHECK(group.deregistration_delay.timeout == 0s);
     CHECK(group.deregistration_delay.connection_termination);
+}
+
+// ---------------------------------------------------------------------------------
+// minimum_healthy_targets and metrics_address.
+
+TEST_CASE("minimum_healthy_targets: NLB defaults, both spellings, off") {
+    CHECK(loaded(kMinimal).target_groups[0].minimum_healthy_targets ==
+          MinimumHealthyTargets{1, {}});
+    const Config table = loaded(std::string(kMinimal) + R"(
+[target_group.minimum_healthy_targets]
+count = 3
+percentage = 50
+)");
+    CHECK(table.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{3, 50});
+    const Config inline_table = loaded(R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+minimum_healthy_targets = { count = 2, percentage = "off" }
+)");
+    CHECK(inline_table.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{2, {}});
+    const Config bounds = loaded(std::string(kMinimal) + R"(
+[target_group.minimum_healthy_targets]
+count = 50000
+percentage = 100
+)");
+    CHECK(bounds.target_groups[0].minimum_healthy_targets == MinimumHealthyTargets{50000, 100});
+}
+
+TEST_CASE("minimum_healthy_targets: errors") {
+    const std::string base = std::string(kMinimal) + "\n[target_group.minimum_healthy_targets]\n";
+    CHECK(error_of(base + "count = 0\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got 0");
+    CHECK(error_of(base + "count = 50001\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got 50001");
+    CHECK(error_of(base + "count = \"off\"\n") ==
+          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+          "to 50000, got string \"off\"");
+    CHECK(error_of(base + "percentage = 0\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got 0");
+    CHECK(error_of(base + "percentage = 101\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got 101");
+    CHECK(error_of(base + "percentage = \"50%\"\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got string \"50%\"");
+    CHECK(error_of(base + "percentage = 50.5\n") ==
+          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+          "from 1 to 100 or \"off\", got floating-point 50.5");
+    CHECK(error_of(base + "cuont = 2\n") ==
+          "t.toml:12:1: target_group[0].minimum_healthy_targets.cuont: unknown key (did you mean "
+          "\"count\"?)");
+    CHECK(error_of(R"(
+[[target_group]]
+name = "web"
+minimum_healthy_targets = 3
+)") == "t.toml:3:27: target_group[0].minimum_healthy_targets: expected a table "
+       "([target_group.minimum_healthy_targets]), got integer 3");
+}
+
+TEST_CASE("minimum_healthy_targets: validate() checks a config built in memory") {
+    Config config = cli_config();
+    config.target_groups[0].minimum_healthy_targets.count = 0;
+    CHECK(validate_error(config) ==
+          "<command line>: target_group[0].minimum_healthy_targets.count: must be an integer "
+          "from 1 to 50000, got 0");
+    config.target_groups[0].minimum_healthy_targets = {1, 101};
+    CHECK(validate_error(config) ==
+          "<command line>: target_group[0].minimum_healthy_targets.percentage: must be an "
+          "integer from 1 to 100 or \"off\", got 101");
+    config.target_groups[0].minimum_healthy_targets = {2, 100};
+    CHECK(validate_error(config) == "<valid>");
+}
+
+TEST_CASE("metrics_address: parsed, and kept off the other sockets") {
+    const std::string listeners = R"(
+[[listener]]
+bind = "127.0.0.1:8000"
+target_group = "web"
+
+[[listener]]
+bind = "[::]:8001"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+)";
+    auto with_global = [&](std::string_view global) {
+        return "\n[global]\n" + std::string(global) + listeners;
+    };
+    const Config ok = loaded(with_global("metrics_address = \"127.0.0.1:9100\"\n"));
+    REQUIRE(ok.global.metrics_address.has_value());
+    CHECK(ok.global.metrics_address->to_string() == "127.0.0.1:9100");
+    CHECK_FALSE(loaded(kMinimal).global.metrics_address.has_value());
+
+    CHECK(error_of(with_global("metrics_address = \"localhost:9100\"\n"))
+              .starts_with("t.toml:2:19: global.metrics_address: "));
+    CHECK(error_of(with_global("metrics_address = 9100\n")) ==
+          "t.toml:2:19: global.metrics_address: expected a string \"ip:port\" such as "
+          "\"127.0.0.1:9100\", got integer 9100");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+          "127.0.0.1:9090; give it a port of its own");
+    // A wildcard covers every address of its family ([::] of both: dual-stack).
+    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+          "0.0.0.0:9090; give it a port of its own");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"[::]:9090\"\n")) ==
+          "t.toml:3:19: global.metrics_address: [::]:9090 clashes with admin_address "
+          "127.0.0.1:9090; give it a port of its own");
+    CHECK(error_of(with_global("metrics_address = \"127.0.0.1:8000\"\n")) ==
+          "t.toml:2:19: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
+          "127.0.0.1:8000 at line 5; give it a port of its own");
+    CHECK(error_of(with_global("metrics_address = \"127.0.0.2:8001\"\n")) ==
+          "t.toml:2:19: global.metrics_address: 127.0.0.2:8001 clashes with listener[1].bind "
+          "[::]:8001 at line 9; give it a port of its own");
+    // Other ports, or one IP of each family, do not clash.
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.1:9091\"\n")) == "<loaded>");
+    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
+                               "metrics_address = \"[::1]:9090\"\n")) == "<loaded>");
+    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
+                               "metrics_address = \"127.0.0.2:9090\"\n")) == "<loaded>");
+}
+
+TEST_CASE("metrics_address: validate() checks a config built in memory") {
+    Config config = cli_config();
+    config.global.metrics_address = addr("127.0.0.1:8000");
+    CHECK(validate_error(config) ==
+          "<command line>: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
+          "127.0.0.1:8000; give it a port of its own");
+    config.global.metrics_address = addr("127.0.0.1:9100");
+    CHECK(validate_error(config) == "<valid>");
 }
 
 TEST_CASE("an empty admin_socket turns the unix socket off") {

@@ -153,6 +153,117 @@ TEST_CASE("routable") {
     CHECK_FALSE(routable(rec(HealthState::unhealthy, 0, true)));
 }
 
+// ---------------------------------------------------------------------------------
+// minimum_healthy_targets: required_healthy and fails_open.
+
+TEST_CASE("minimum healthy: the NLB's defaults fail open only when none is healthy") {
+    const MinimumHealthyTargets defaults;
+    CHECK(defaults.count == 1);
+    CHECK_FALSE(defaults.percentage.has_value());
+    for (size_t n = 0; n <= 50; ++n) {
+        CHECK(required_healthy(defaults, n) == 1);
+        for (size_t healthy = 0; healthy <= n; ++healthy) {
+            CHECK(fails_open(defaults, healthy, n) == (healthy == 0 && n > 0));
+        }
+    }
+}
+
+TEST_CASE("minimum healthy: count") {
+    SUBCASE("4 targets, count 3: one down routes around it, two down fail open") {
+        const MinimumHealthyTargets m{3, std::nullopt};
+        CHECK(required_healthy(m, 4) == 3);
+        CHECK_FALSE(fails_open(m, 4, 4));
+        CHECK_FALSE(fails_open(m, 3, 4));
+        CHECK(fails_open(m, 2, 4));
+        CHECK(fails_open(m, 1, 4));
+        CHECK(fails_open(m, 0, 4));
+    }
+    SUBCASE("a count above the group's size: any unhealthy target fails it open") {
+        const MinimumHealthyTargets m{5, std::nullopt};
+        CHECK(required_healthy(m, 3) == 5);
+        CHECK_FALSE(fails_open(m, 3, 3));  // all healthy: routing to all changes nothing
+        CHECK(fails_open(m, 2, 3));
+        CHECK(fails_open(m, 0, 3));
+    }
+    SUBCASE("exhaustively: below the count and not all healthy") {
+        for (unsigned count = 1; count <= 12; ++count) {
+            const MinimumHealthyTargets m{count, std::nullopt};
+            for (size_t n = 0; n <= 12; ++n) {
+                CHECK(required_healthy(m, n) == count);
+                for (size_t healthy = 0; healthy <= n; ++healthy) {
+                    CHECK(fails_open(m, healthy, n) == (healthy < count && healthy < n));
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("minimum healthy: a percentage rounds up to whole targets") {
+    auto percent = [](unsigned p) { return MinimumHealthyTargets{1, p}; };
+    CHECK(required_healthy(percent(50), 3) == 2);  // 1.5 targets: 1 healthy is 33%, below 50%
+    CHECK(required_healthy(percent(50), 4) == 2);  // exactly 50% meets it
+    CHECK(required_healthy(percent(75), 4) == 3);
+    CHECK(required_healthy(percent(76), 4) == 4);
+    CHECK(required_healthy(percent(1), 1000) == 10);
+    CHECK(required_healthy(percent(1), 1001) == 11);
+    CHECK(required_healthy(percent(100), 7) == 7);
+    CHECK(required_healthy(percent(1), 3) == 1);  // never below the count
+    CHECK(required_healthy(percent(50), 0) == 1);
+    CHECK_FALSE(fails_open(percent(50), 2, 4));
+    CHECK(fails_open(percent(50), 1, 3));
+    CHECK_FALSE(fails_open(percent(50), 2, 3));
+    CHECK(fails_open(percent(100), 6, 7));
+    CHECK_FALSE(fails_open(percent(100), 7, 7));
+
+    SUBCASE("exhaustively: healthy * 100 < P * N is what fails open") {
+        for (unsigned p = 1; p <= 100; ++p) {
+            for (size_t n = 1; n <= 30; ++n) {
+                const size_t required = required_healthy(percent(p), n);
+                CHECK(required * 100 >= p * n);       // the share is met...
+                CHECK((required - 1) * 100 < p * n);  // ...by the fewest targets that meet it
+                for (size_t healthy = 0; healthy <= n; ++healthy) {
+                    const bool below = healthy * 100 < p * n;
+                    CHECK(fails_open(percent(p), healthy, n) == (below && healthy < n));
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("minimum healthy: with both, either one not met fails open") {
+    const MinimumHealthyTargets both{2, 50};
+    CHECK(required_healthy(both, 2) == 2);   // the count asks more
+    CHECK(required_healthy(both, 10) == 5);  // the percentage asks more
+    CHECK(fails_open(both, 1, 2));
+    CHECK_FALSE(fails_open(both, 2, 3));
+    CHECK(fails_open(both, 4, 10));
+    CHECK_FALSE(fails_open(both, 5, 10));
+    for (unsigned count = 1; count <= 8; ++count) {
+        for (unsigned p : {1U, 10U, 33U, 50U, 67U, 99U, 100U}) {
+            for (size_t n = 0; n <= 16; ++n) {
+                for (size_t healthy = 0; healthy <= n; ++healthy) {
+                    const bool either = fails_open({count, std::nullopt}, healthy, n) ||
+                                        fails_open({1, p}, healthy, n);
+                    CHECK(fails_open({count, p}, healthy, n) == either);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("minimum healthy: an empty group, or none in service, never fails open") {
+    for (unsigned count = 1; count <= 5; ++count) {
+        CHECK_FALSE(fails_open({count, std::nullopt}, 0, 0));
+        CHECK_FALSE(fails_open({count, 100}, 0, 0));
+    }
+}
+
+TEST_CASE("minimum healthy: to_string names the thresholds as the config does") {
+    CHECK(to_string(MinimumHealthyTargets{}) == "count 1");
+    CHECK(to_string(MinimumHealthyTargets{3, std::nullopt}) == "count 3");
+    CHECK(to_string(MinimumHealthyTargets{1, 50}) == "count 1, percentage 50%");
+}
+
 TEST_CASE("to_string(HealthState)") {
     CHECK(to_string(HealthState::initial) == "initial");
     CHECK(to_string(HealthState::healthy) == "healthy");

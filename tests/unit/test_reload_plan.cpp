@@ -79,6 +79,7 @@ TEST_CASE("settings that need a restart are named") {
     after.global.admin_socket_group = "stickyd";
     after.global.admin_socket_mode = 0640;
     after.global.admin_address = *SocketAddress::parse("127.0.0.1:9090");
+    after.global.metrics_address = *SocketAddress::parse("127.0.0.1:9100");
     after.global.log_level = LogLevel::debug;               // applied live
     after.global.shutdown_grace = std::chrono::seconds(5);  // applied live
     const ReloadPlan plan = plan_reload(before, after);
@@ -87,5 +88,6 @@ TEST_CASE("settings that need a restart are named") {
                 "global.admin_socket changed from \"/run/stickyd/admin.sock\" to \"/tmp/a.sock\"",
                 "global.admin_socket_group changed from \"\" to \"stickyd\"",
                 "global.admin_socket_mode changed from 0660 to 0640",
-                "global.admin_address changed from (none) to 127.0.0.1:9090"});
+                "global.admin_address changed from (none) to 127.0.0.1:9090",
+                "global.metrics_address changed from (none) to 127.0.0.1:9100"});
 }

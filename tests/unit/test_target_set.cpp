@@ -353,6 +353,97 @@ TEST_CASE("target_set: routing members, usability and fail-open") {
     }
 }
 
+TEST_CASE("target_set: minimum_healthy_targets fails open above none healthy") {
+    auto g = web({target("127.0.0.1:9001", "a"), target("127.0.0.1:9002", "b"),
+                  target("127.0.0.1:9003", "c"), target("127.0.0.1:9004", "d")});
+    g.minimum_healthy_targets.count = 3;
+    auto targets = started(g);
+    for (auto& t : targets) t.record = healthy();
+    const std::vector<uint64_t> keys = test::client_hashes(2000);
+    const auto all_up = build_group_routing(g, targets, nullptr);
+    CHECK_FALSE(all_up.failing_open);
+    CHECK(all_up.usable == 4);
+    CHECK(all_up.in_service == 4);
+    CHECK(all_up.required == 3);
+    const auto owners = mapping(all_up, keys);
+
+    SUBCASE("one down of four: still routed around, only its clients move") {
+        find(targets, "b").record.state = HealthState::unhealthy;
+        const auto one_down = build_group_routing(g, targets, nullptr);
+        CHECK_FALSE(one_down.failing_open);
+        CHECK(one_down.usable == 3);
+        CHECK(one_down.table->usable == std::vector<uint8_t>{1, 0, 1, 1});
+        const auto now = mapping(one_down, keys);
+        for (size_t i = 0; i < keys.size(); ++i) {
+            if (owners[i] == "b") {
+                CHECK(now[i] != "b");
+            } else {
+                CHECK(now[i] == owners[i]);
+            }
+        }
+    }
+    SUBCASE("two down of four: every client goes to its owner, the dead ones' too") {
+        find(targets, "b").record.state = HealthState::unhealthy;
+        find(targets, "c").record.state = HealthState::unhealthy;
+        const auto two_down = build_group_routing(g, targets, nullptr);
+        CHECK(two_down.failing_open);
+        CHECK(two_down.usable == 2);
+        CHECK(two_down.in_service == 4);
+        CHECK(two_down.required == 3);
+        CHECK(two_down.table->usable == std::vector<uint8_t>{1, 1, 1, 1});
+        CHECK(mapping(two_down, keys) == owners);
+    }
+    SUBCASE("drained targets are not in service: neither counted nor opened to") {
+        find(targets, "a").deregistration = Deregistration::drained;
+        find(targets, "b").record.state = HealthState::unhealthy;
+        const auto drained = build_group_routing(g, targets, nullptr);
+        CHECK(drained.in_service == 3);
+        CHECK(drained.usable == 2);
+        CHECK(drained.failing_open);
+        CHECK(drained.table->usable == std::vector<uint8_t>{0, 1, 1, 1});
+        for (uint64_t k : keys) CHECK(drained.table->targets[drained.table->pick(k, 0)].id != "a");
+    }
+    SUBCASE("a percentage of those in service, rounded up") {
+        g.minimum_healthy_targets = {1, 60};  // 60% of 4 = 2.4: 3 healthy needed
+        find(targets, "b").record.state = HealthState::unhealthy;
+        CHECK_FALSE(build_group_routing(g, targets, nullptr).failing_open);
+        find(targets, "c").record.state = HealthState::unhealthy;
+        const auto open = build_group_routing(g, targets, nullptr);
+        CHECK(open.required == 3);
+        CHECK(open.failing_open);
+        // Removing an unhealthy target shrinks the base: 2 of 3 is 67%, enough.
+        find(targets, "c").deregistration = Deregistration::removed;
+        const auto smaller = build_group_routing(g, targets, nullptr);
+        CHECK(smaller.in_service == 3);
+        CHECK(smaller.required == 2);
+        CHECK_FALSE(smaller.failing_open);
+    }
+    SUBCASE("a count larger than the group: all healthy is not failing open") {
+        g.minimum_healthy_targets.count = 10;
+        const auto up = build_group_routing(g, targets, nullptr);
+        CHECK_FALSE(up.failing_open);
+        CHECK(up.required == 10);
+        find(targets, "d").record.state = HealthState::unhealthy;
+        const auto down = build_group_routing(g, targets, nullptr);
+        CHECK(down.failing_open);
+        CHECK(mapping(down, keys) == owners);
+    }
+    SUBCASE("every target drained: nothing to open to, whatever the minimum") {
+        for (auto& t : targets) t.deregistration = Deregistration::drained;
+        const auto none = build_group_routing(g, targets, nullptr);
+        CHECK_FALSE(none.failing_open);
+        CHECK(none.table->no_target);
+        CHECK(none.in_service == 0);
+    }
+    SUBCASE("health checks off: everything in service is healthy") {
+        g.health_check.enabled = false;
+        for (auto& t : targets) t.record.state = HealthState::unhealthy;
+        const auto off = build_group_routing(g, targets, nullptr);
+        CHECK_FALSE(off.failing_open);
+        CHECK(off.usable == 4);
+    }
+}
+
 TEST_CASE("target_set: settings go into the snapshot") {
     auto g = web({target("127.0.0.1:9001", "a")}, Algorithm::maglev);
     g.stickiness.prefix_v4 = 24;

@@ -76,7 +76,11 @@ constexpr IntRange kPassiveFailuresRange{1, 100, ""};
 constexpr DurationRange kIdleTimeoutRange{1s, 6000s};
 constexpr DurationRange kProxyTimeoutRange{100ms, 60s};
 constexpr DurationRange kDeregistrationRange{0s, 3600s};  // the NLB's range
-constexpr DurationRange kDnsRefreshRange{100ms, 3600s};   // below 1s: tests
+// The NLB's count goes up to the most targets a group may hold; here that is the
+// most a maglev table holds (a ring holds fewer).
+constexpr IntRange kMinHealthyCountRange{1, kMaxMaglevTableSize / kMaglevMinEntriesPerMember, ""};
+constexpr IntRange kMinHealthyPercentRange{1, 100, " or \"off\""};
+constexpr DurationRange kDnsRefreshRange{100ms, 3600s};  // below 1s: tests
 constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
 constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
 
@@ -546,7 +550,8 @@ std::optional<unsigned> parse_socket_mode(std::string_view text) {
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"threads", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
-                   "admin_socket_group", "admin_socket_mode", "admin_address"});
+                   "admin_socket_group", "admin_socket_mode", "admin_address",
+                   "metrics_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
@@ -563,6 +568,7 @@ GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::strin
         }
     }
     if (auto v = r.address("admin_address", "\"127.0.0.1:9090\"")) global.admin_address = *v;
+    if (auto v = r.address("metrics_address", "\"127.0.0.1:9100\"")) global.metrics_address = *v;
     return global;
 }
 
@@ -708,6 +714,27 @@ DeregistrationConfig read_deregistration(Diagnostics& diag, const toml::table& t
     return delay;
 }
 
+MinimumHealthyTargets read_minimum_healthy(Diagnostics& diag, const toml::table& table,
+                                           std::string path) {
+    TableReader r(diag, table, std::move(path), {"count", "percentage"});
+    MinimumHealthyTargets minimum;
+    if (auto v = r.integer("count", kMinHealthyCountRange)) {
+        minimum.count = static_cast<unsigned>(*v);
+    }
+    if (const toml::node* node = table.get("percentage")) {
+        // As on the NLB, "off" or a number.
+        if (node->is_string()) {
+            if (*r.string("percentage") != "off") {  // r.string records the position
+                r.invalid("percentage",
+                          int_range_message(kMinHealthyPercentRange, describe(*node)));
+            }
+        } else if (auto v = r.integer("percentage", kMinHealthyPercentRange)) {
+            minimum.percentage = static_cast<unsigned>(*v);
+        }
+    }
+    return minimum;
+}
+
 // "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
 // <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
 std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
@@ -740,11 +767,11 @@ std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
 }
 
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
-    TableReader r(
-        diag, table, std::move(path),
-        {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
-         "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
-         "deregistration_delay", "proxy_protocol_v2", "preserve_client_ip", "dns", "dns_refresh"});
+    TableReader r(diag, table, std::move(path),
+                  {"name", "algorithm", "maglev_table_size", "connect_timeout", "connect_retries",
+                   "connection_termination_on_unhealthy", "stickiness", "health_check", "target",
+                   "deregistration_delay", "minimum_healthy_targets", "proxy_protocol_v2",
+                   "preserve_client_ip", "dns", "dns_refresh"});
     TargetGroupConfig group;
     if (auto v = r.string("name")) group.name = *v;
     r.require("name", "name = \"web\"");
@@ -769,6 +796,10 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
     if (auto* t = r.table("deregistration_delay", "[target_group.deregistration_delay]")) {
         group.deregistration_delay =
             read_deregistration(diag, *t, r.path_of("deregistration_delay"));
+    }
+    if (auto* t = r.table("minimum_healthy_targets", "[target_group.minimum_healthy_targets]")) {
+        group.minimum_healthy_targets =
+            read_minimum_healthy(diag, *t, r.path_of("minimum_healthy_targets"));
     }
     if (auto v = r.string("dns")) {
         if (auto dns = parse_dns_name(*v)) {
@@ -1424,6 +1455,14 @@ void check_target_group(Diagnostics& diag, const std::string& path,
     if (auto problem = check_duration(group.deregistration_delay.timeout, kDeregistrationRange)) {
         diag.fail(path + ".deregistration_delay.timeout", *problem);
     }
+    if (auto problem = check_int(group.minimum_healthy_targets.count, kMinHealthyCountRange)) {
+        diag.fail(path + ".minimum_healthy_targets.count", *problem);
+    }
+    if (const auto& percentage = group.minimum_healthy_targets.percentage) {
+        if (auto problem = check_int(*percentage, kMinHealthyPercentRange)) {
+            diag.fail(path + ".minimum_healthy_targets.percentage", *problem);
+        }
+    }
     if (group.dns) {
         if (auto problem = check_duration(group.dns->refresh, kDnsRefreshRange)) {
             diag.fail(path + ".dns_refresh", *problem);
@@ -1505,11 +1544,48 @@ void check_preserve_client_ip(Diagnostics& diag, const Config& config) {
     }
 }
 
+// Whether two TCP sockets bound to these would clash: the same port on the same IP,
+// or on a wildcard that covers the other's ([::] is dual-stack, so it covers IPv4).
+bool sockets_clash(const SocketAddress& a, const SocketAddress& b) {
+    if (a.port() != b.port()) return false;
+    const IpKey ka = ip_key_of(a.sa());
+    const IpKey kb = ip_key_of(b.sa());
+    if (ka == kb) return true;
+    auto covers = [](const IpKey& wildcard, const IpKey& other) {
+        const bool any = std::all_of(wildcard.bytes.begin(), wildcard.bytes.begin() + wildcard.size,
+                                     [](uint8_t byte) { return byte == 0; });
+        return any && (wildcard.size == 16 || other.size == 4);
+    };
+    return covers(ka, kb) || covers(kb, ka);
+}
+
+// The metrics address is the read-only door: sharing a socket with the admin
+// address or a listener would either fail to bind or hand it to the wrong server.
+void check_metrics_address(Diagnostics& diag, const Config& config) {
+    if (!config.global.metrics_address) return;
+    const SocketAddress& metrics = *config.global.metrics_address;
+    const std::string path = "global.metrics_address";
+    constexpr std::string_view kOwnPort = "give it a port of its own";
+    if (config.global.admin_address && sockets_clash(metrics, *config.global.admin_address)) {
+        diag.fail(path, fmt::format("{} clashes with admin_address {}; {}", metrics.to_string(),
+                                    config.global.admin_address->to_string(), kOwnPort));
+    }
+    for (size_t i = 0; i < config.listeners.size(); ++i) {
+        const SocketAddress& bind = config.listeners[i].bind;
+        if (bind.family() == AF_UNSPEC || !sockets_clash(metrics, bind)) continue;
+        const std::string listener = index_key("listener", i);
+        diag.fail(path,
+                  fmt::format("{} clashes with {}.bind {}{}; {}", metrics.to_string(), listener,
+                              bind.to_string(), diag.at_line(listener + ".bind"), kOwnPort));
+    }
+}
+
 void check_config(Diagnostics& diag, const Config& config) {
     check_global(diag, config.global);
     check_listeners(diag, config);
     check_target_groups(diag, config.target_groups);
     check_preserve_client_ip(diag, config);
+    check_metrics_address(diag, config);
 }
 
 // ---------------------------------------------------------------------------------
