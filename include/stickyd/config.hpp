@@ -32,7 +32,7 @@ struct StickinessConfig {
     unsigned prefix_v6 = 128;
 };
 
-enum class HealthProtocol { tcp, http };
+enum class HealthProtocol { tcp, http, https };
 
 // [target_group.health_check]: the NLB's health check settings, same names and
 // defaults. Intervals and timeouts below the NLB's minimums (5 s, 2 s) are a stickyd
@@ -41,14 +41,14 @@ struct HealthCheckConfig {
     bool enabled = true;
     HealthProtocol protocol = HealthProtocol::tcp;
     std::optional<uint16_t> port;  // nullopt = "traffic-port" (the target's own port)
-    std::string path = "/";        // http only
+    std::string path = "/";        // http and https only
     Duration interval{30000};
-    // nullopt = the protocol's default (10 s tcp, 6 s http), reduced to half the
+    // nullopt = the protocol's default (6 s http, else 10 s), reduced to half the
     // interval when that would not be shorter than the interval.
     std::optional<Duration> timeout;
     unsigned healthy_threshold = 5;
     unsigned unhealthy_threshold = 2;
-    Matcher matcher;  // http only; default "200-399" (set by the constructor)
+    Matcher matcher;  // http and https only; default "200-399" (set by the constructor)
     // Passive checking: this many consecutive connect failures (refused, timed out)
     // on client traffic make the target unhealthy before the next active check.
     bool passive = true;

@@ -13,8 +13,8 @@ enum class ControlOp : uint8_t {
     wake,           // eventfd read: commands queued, stop, or passive failures to look at
     tick,           // the timer for the next scheduled check or deregistration deadline
     check_connect,  // connect to the checked target; slot = the check slot
-    check_send,     // send the PROXY header and/or HTTP request
-    check_recv,     // recv the response (or drain it before closing)
+    check_send,     // send the PROXY header, TLS records and/or the HTTP request
+    check_recv,     // recv TLS records or the response (or drain it before closing)
     check_timeout,  // the check's deadline
 };
 

@@ -53,22 +53,23 @@ std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
 
 std::vector<CLI::Option*> add_health_flags(CLI::App& app, QuickFlags& f) {
     return {
-        app.add_option("--health-check", f.health_check, "tcp (default), http or off")
-            ->check(CLI::IsMember({"tcp", "http", "off"})),
-        app.add_option("--health-path", f.health_path, "HTTP check path (default /)"),
+        app.add_option("--health-check", f.health_check, "tcp (default), http, https or off")
+            ->check(CLI::IsMember({"tcp", "http", "https", "off"})),
+        app.add_option("--health-path", f.health_path, "HTTP(S) check path (default /)"),
         app.add_option("--health-port", f.health_port, "Check port (default traffic-port)"),
         app.add_option("--health-interval", f.health_interval, "Check interval (default 1s)"),
-        app.add_option("--health-timeout", f.health_timeout,
-                       "Check timeout, below the interval (default 10s tcp / 6s http, or half "
-                       "the interval when the interval is not longer than that: 500ms at the "
-                       "default 1s)"),
+        app.add_option(
+            "--health-timeout", f.health_timeout,
+            "Check timeout, below the interval (default 10s tcp / 6s http / 10s https, or half "
+            "the interval when the interval is not longer than that: 500ms at the "
+            "default 1s)"),
         app.add_option("--healthy-threshold", f.healthy_threshold,
                        "Passes to become healthy (default 2)")
             ->check(number_in(2, 10)),
         app.add_option("--unhealthy-threshold", f.unhealthy_threshold,
                        "Failures to become unhealthy (default 2)")
             ->check(number_in(2, 10)),
-        app.add_option("--matcher", f.matcher, "HTTP codes that pass (default 200-399)"),
+        app.add_option("--matcher", f.matcher, "HTTP(S) codes that pass (default 200-399)"),
         app.add_option("--passive-failures", f.passive_failures,
                        "Consecutive client connect failures that make a target unhealthy "
                        "(default 2; 0 = off)")
@@ -113,6 +114,7 @@ std::optional<std::string> read_health_flags(const QuickFlags& f, TargetGroupCon
     HealthCheckConfig& hc = group.health_check;
     hc.enabled = f.health_check != "off";
     if (f.health_check == "http") hc.protocol = HealthProtocol::http;
+    if (f.health_check == "https") hc.protocol = HealthProtocol::https;
     hc.path = f.health_path;
     if (auto error = read_health_port(f.health_port, hc)) return error;
     if (auto error = read_duration("--health-interval", f.health_interval,

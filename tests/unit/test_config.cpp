@@ -1945,6 +1945,20 @@ passive_failures = 5
     CHECK(hc.passive_failures == 5);
 }
 
+TEST_CASE("health check: https takes the http keys") {
+    TargetGroupConfig g = hc_group(R"([target_group.health_check]
+protocol = "https"
+path = "/healthz"
+matcher = "200,204"
+)");
+    const HealthCheckConfig& hc = g.health_check;
+    CHECK(hc.protocol == HealthProtocol::https);
+    CHECK(hc.path == "/healthz");
+    CHECK(hc.matcher.matches(204));
+    CHECK_FALSE(hc.matcher.matches(201));
+    CHECK(hc.effective_timeout() == 10s);
+}
+
 TEST_CASE("health check: other accepted spellings and bounds") {
     CHECK(hc_group("[target_group.health_check]\nport = \"traffic-port\"\n").health_check.port ==
           std::nullopt);
@@ -1977,6 +1991,9 @@ TEST_CASE("health check: other accepted spellings and bounds") {
     CHECK(timeout_at("tcp", "10s") == 5s);
     CHECK(timeout_at("http", "8s") == 6s);
     CHECK(timeout_at("http", "6s") == 3s);
+    // The NLB's HTTPS default is TCP's, not HTTP's.
+    CHECK(timeout_at("https", "15s") == 10s);
+    CHECK(timeout_at("https", "10s") == 5s);
     CHECK(hc_group("[target_group.health_check]\nprotocol = \"http\"\nmatcher = \"200-599\"\n")
               .health_check.matcher.matches(599));
 }
@@ -1986,18 +2003,15 @@ TEST_CASE("health check: rejections") {
     auto hc = [](std::string_view body) {
         return hc_error(fmt::format("[target_group.health_check]\n{}\n", body));
     };
-    CHECK(hc("protocol = \"https\"") ==
-          at + "12: target_group[0].health_check.protocol: \"https\" health checks are not "
-               "supported yet; use \"http\" or \"tcp\"");
     CHECK(hc("protocol = \"HTTPS\"") ==
-          at + "12: target_group[0].health_check.protocol: \"https\" health checks are not "
-               "supported yet; use \"http\" or \"tcp\"");
+          at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
+               "\"https\", got \"HTTPS\" (did you mean \"https\"?)");
     CHECK(hc("protocol = \"udp\"") ==
           at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
-               "got \"udp\"");
+               "\"https\", got \"udp\"");
     CHECK(hc("protocol = \"TCP\"") ==
           at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
-               "got \"TCP\" (did you mean \"tcp\"?)");
+               "\"https\", got \"TCP\" (did you mean \"tcp\"?)");
     CHECK(hc("port = 0") == at + "8: target_group[0].health_check.port: must be an integer from "
                                  "1 to 65535 or \"traffic-port\", got 0");
     CHECK(hc("port = 70000") == at + "8: target_group[0].health_check.port: must be an integer "
@@ -2008,10 +2022,13 @@ TEST_CASE("health check: rejections") {
     CHECK(hc("port = \"99999\"") == at + "8: target_group[0].health_check.port: must be an "
                                          "integer from 1 to 65535 or \"traffic-port\", got 99999");
     CHECK(hc("path = \"/x\"") == at + "8: target_group[0].health_check.path: only applies with "
-                                      "protocol = \"http\"; set that or remove the key");
+                                      "protocol = \"http\" or \"https\"; set one or remove the "
+                                      "key");
     CHECK(hc("matcher = \"200\"") == at + "11: target_group[0].health_check.matcher: only "
-                                          "applies with protocol = \"http\"; set that or remove "
-                                          "the key");
+                                          "applies with protocol = \"http\" or \"https\"; set "
+                                          "one or remove the key");
+    CHECK(hc("protocol = \"https\"\npath = \"health\"") ==
+          "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\"");
     CHECK(hc("protocol = \"http\"\npath = \"health\"") ==
           "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\"");
     CHECK(hc("protocol = \"http\"\npath = \"/a b\"") ==

@@ -92,7 +92,7 @@ constexpr std::string_view kDurationHint =
 
 constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error"};
 constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
-constexpr std::string_view kHealthProtocols[] = {"tcp", "http"};
+constexpr std::string_view kHealthProtocols[] = {"tcp", "http", "https"};
 
 std::string int_range_message(const IntRange& range, std::string_view got) {
     return fmt::format("must be an integer from {} to {}{}, got {}", range.min, range.max,
@@ -151,12 +151,6 @@ bool has_control_character(std::string_view text) {
 // ---------------------------------------------------------------------------------
 // Did-you-mean (the distance and the choice live in words.hpp, shared with the
 // command lines).
-
-std::string lowercase(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-}
 
 std::string did_you_mean(std::string_view word, std::span<const std::string_view> candidates) {
     auto match = closest_match(word, candidates);
@@ -644,9 +638,8 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
             hc.protocol = HealthProtocol::tcp;
         } else if (*v == "http") {
             hc.protocol = HealthProtocol::http;
-        } else if (lowercase(*v) == "https") {
-            r.invalid("protocol",
-                      "\"https\" health checks are not supported yet; use \"http\" or \"tcp\"");
+        } else if (*v == "https") {
+            hc.protocol = HealthProtocol::https;
         } else {
             r.invalid("protocol", choice_message(*v, kHealthProtocols));
         }
@@ -672,10 +665,13 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
             }
         }
     }
-    const bool http = hc.protocol == HealthProtocol::http;
+    const bool http = hc.protocol != HealthProtocol::tcp;
     if (auto v = r.string("path")) {
-        if (!http)
-            r.invalid("path", "only applies with protocol = \"http\"; set that or remove the key");
+        if (!http) {
+            r.invalid("path",
+                      "only applies with protocol = \"http\" or \"https\"; set one or remove the "
+                      "key");
+        }
         hc.path = *v;
     }
     if (auto v = r.duration("interval", kHealthIntervalRange)) hc.interval = *v;
@@ -689,7 +685,8 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
     if (auto v = r.string("matcher")) {
         if (!http) {
             r.invalid("matcher",
-                      "only applies with protocol = \"http\"; set that or remove the key");
+                      "only applies with protocol = \"http\" or \"https\"; set one or remove the "
+                      "key");
         }
         auto parsed = parse_matcher(*v);
         if (auto* problem = std::get_if<std::string>(&parsed)) {
@@ -1402,7 +1399,7 @@ void check_health_check(Diagnostics& diag, const std::string& path, const Health
     if (hc.port && *hc.port == 0) {
         diag.fail(path + ".port", int_range_message(kHealthPortRange, "0"));
     }
-    if (hc.protocol == HealthProtocol::http) {
+    if (hc.protocol != HealthProtocol::tcp) {
         // The path goes into a request line verbatim: no room for spaces or controls.
         const bool clean = std::all_of(hc.path.begin(), hc.path.end(), [](char c) {
             const auto u = static_cast<unsigned char>(c);
