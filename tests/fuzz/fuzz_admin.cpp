@@ -81,6 +81,12 @@ class FixedSource final : public AdminSource {
     AdminChange enable(const std::string& group, const std::string& id) override {
         return change(group, id, "enabled");
     }
+    AdminChange register_target(const std::string& group, const Registration& target) override {
+        return {AdminChange::Result::ok, "registered " + target.id + " in '" + group + "'"};
+    }
+    AdminChange deregister_target(const std::string& group, const std::string& id) override {
+        return change(group, id, "deregistered");
+    }
     std::vector<ListenerInfo> listeners() override {
         return {{"front", "127.0.0.1:8000", "web", stats_},
                 {"none", "127.0.0.1:8001", "empty", {}}};
