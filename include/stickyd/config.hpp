@@ -178,6 +178,15 @@ std::optional<ConfigError> validate(const Config& config, std::string_view sourc
 std::optional<std::string> capacity_error(const TargetGroupConfig& group, size_t targets,
                                           uint64_t total_weight);
 
+// One target's own rules, worded as the loader words them (without the key path),
+// for a target that arrives at run time (POST /targets) rather than in a file:
+// what is wrong with the address text (nullopt when SocketAddress::parse takes it),
+// an id, or a weight; weight_range_message for a weight that is no integer at all.
+std::optional<std::string> target_address_error(std::string_view text);
+std::optional<std::string> target_id_error(std::string_view id);
+std::optional<std::string> target_weight_error(int64_t weight);
+std::string weight_range_message(std::string_view got);
+
 // "500ms", "2s", "5m", "1h" (or a bare integer meaning seconds, as NLB attributes do).
 std::optional<Duration> parse_duration(std::string_view text);
 

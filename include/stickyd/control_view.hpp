@@ -25,7 +25,7 @@ struct TargetView {
     std::string id;
     SocketAddress address;
     uint32_t weight = 1;
-    bool discovered = false;  // came from DNS rather than the config
+    TargetOrigin origin = TargetOrigin::config;
     HealthState state = HealthState::initial;
     Deregistration deregistration = Deregistration::none;
     bool usable = false;  // may take new connections now (fail-open aside)
@@ -72,9 +72,17 @@ struct ControlView {
     const GroupView* find(std::string_view group) const;
 };
 
-// The outcome of drain/enable.
+// The outcome of drain/enable/register/deregister.
 struct AdminChange {
-    enum class Result : uint8_t { ok, unknown_group, unknown_target, ambiguous } result;
+    enum class Result : uint8_t {
+        ok,
+        unknown_group,
+        unknown_target,
+        ambiguous,      // the id is in several groups
+        invalid,        // the request cannot be carried out as it stands (no group named)
+        conflict,       // the group already has that id or address, or takes DNS targets
+        over_capacity,  // the group's balancer cannot hold the result
+    } result;
     std::string message;  // one line: what changed, or what was wrong
 };
 

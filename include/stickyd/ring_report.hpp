@@ -92,11 +92,13 @@ struct Disagreement {
 // Throws std::invalid_argument if either group cannot be built (no targets).
 Disagreement compare_groups(const TargetGroupConfig& a, const TargetGroupConfig& b);
 
-// "ID=ADDR[,weight=W]" as --add takes it; the error names what is wrong.
+// "ID=ADDR[,weight=W]" as --add (and stickyctl register) take it; the error starts
+// with `what` and names what is wrong.
 struct ParsedTarget {
     std::optional<TargetConfig> target;
     std::string error;
+    bool weight_given = false;
 };
-ParsedTarget parse_target_spec(std::string_view spec);
+ParsedTarget parse_target_spec(std::string_view spec, std::string_view what = "--add");
 
 }  // namespace stickyd

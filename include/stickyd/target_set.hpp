@@ -32,22 +32,89 @@ enum class Deregistration : uint8_t {
 
 std::string_view to_string(Deregistration d);
 
+// Where a target comes from: the configuration file, DNS discovery, or the admin
+// API at run time (the NLB's RegisterTargets).
+enum class TargetOrigin : uint8_t { config, dns, runtime };
+
+std::string_view to_string(TargetOrigin origin);
+
 // One target the group should have now.
 struct DesiredTarget {
     std::string id;
     SocketAddress address;
     uint32_t weight = 1;
-    bool discovered = false;  // from DNS rather than the config
+    TargetOrigin origin = TargetOrigin::config;
 
     friend bool operator==(const DesiredTarget&, const DesiredTarget&) = default;
 };
 
-// The group's configured targets ∪ the DNS-discovered addresses (id "ip:port",
-// weight 1), sorted by id. A configured target whose id equals a discovered one
-// wins: the config says more (weight, a deliberate address) than a DNS record.
-// Discovered duplicates collapse to one.
+// What the admin API changed in a group at run time, laid over its configuration
+// file. The file stays the base and the overlay is kept across reloads:
+//  - `registered` targets (origin runtime) stay until deregistered;
+//  - a file target in `deregistered` (matched by id and address) stays out of the
+//    group for as long as the file lists it, or until it is registered again.
+// The admin edits below keep it consistent with the file; rebase_overlay keeps it
+// so across a reload. Groups with `dns` have none (their membership is DNS's).
+struct RuntimeOverlay {
+    std::vector<DesiredTarget> registered;    // sorted by id
+    std::vector<DesiredTarget> deregistered;  // file targets, sorted by id
+
+    bool empty() const { return registered.empty() && deregistered.empty(); }
+    friend bool operator==(const RuntimeOverlay&, const RuntimeOverlay&) = default;
+};
+
+// The group's configured targets (less those the overlay deregistered) ∪ the
+// overlay's registered ones ∪ the DNS-discovered addresses (id "ip:port", weight
+// 1), sorted by id. A configured target whose id equals a discovered one wins: the
+// config says more (weight, a deliberate address) than a DNS record. Discovered
+// duplicates collapse to one.
 std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
-                                           std::span<const SocketAddress> discovered);
+                                           std::span<const SocketAddress> discovered,
+                                           const RuntimeOverlay& overlay = {});
+
+// A target to register at run time; no weight means 1, or the file's weight when it
+// names a file target the overlay deregistered.
+struct Registration {
+    std::string id;
+    SocketAddress address;
+    std::optional<uint32_t> weight;
+};
+
+// The outcome of an admin edit of the overlay. Messages are one line naming the
+// group and the target.
+struct OverlayEdit {
+    enum class Outcome : uint8_t {
+        changed,        // `overlay` is the group's new overlay
+        conflict,       // the group has a target with this id or address, or uses DNS
+        over_capacity,  // the group's balancer cannot hold one more
+        unknown_target,
+    } outcome = Outcome::changed;
+    RuntimeOverlay overlay;
+    std::string message;
+};
+
+// RegisterTargets: `target`'s id and address must be free among the group's
+// desired targets, and the result must fit the balancer (capacity_error). A file
+// target the overlay deregistered is registered again by its own id and address
+// (with its file weight), which lifts the deregistration.
+OverlayEdit register_target(const TargetGroupConfig& group,
+                            std::span<const SocketAddress> discovered,
+                            const RuntimeOverlay& overlay, const Registration& target);
+
+// DeregisterTargets of the desired target `id`: a runtime one leaves the overlay, a
+// file one is added to `deregistered`.
+OverlayEdit deregister_target(const TargetGroupConfig& group,
+                              std::span<const SocketAddress> discovered,
+                              const RuntimeOverlay& overlay, const std::string& id);
+
+// The overlay under a reloaded file `next` (the file wins):
+//  - a deregistration lapses once the file no longer lists that id at that address;
+//  - a registered target is dropped when a file target (one not deregistered) takes
+//    its id or its address; with both the same, it simply becomes the file's;
+//  - a group that uses DNS, or is gone, keeps no overlay.
+// `notes` gets one line per change, for the log.
+RuntimeOverlay rebase_overlay(const RuntimeOverlay& overlay, const TargetGroupConfig* next,
+                              std::vector<std::string>& notes);
 
 // Why the group's balancer cannot hold these targets (see capacity_error in
 // config.hpp), or nullopt if it can.
@@ -69,7 +136,7 @@ struct GroupTarget {
     std::string id;
     SocketAddress address;
     uint32_t weight = 1;
-    bool discovered = false;
+    TargetOrigin origin = TargetOrigin::config;
     HealthRecord record;
     Deregistration deregistration = Deregistration::none;
     // While drained or removed: when its remaining connections are reset.
@@ -96,7 +163,7 @@ struct Reconciliation {
 
 // Moves `current` to `desired`:
 //  - a desired target matching a current one (same id and address) keeps its
-//    record, stats, last check and handle; weight and `discovered` follow `desired`.
+//    record, stats, last check and handle; weight and origin follow `desired`.
 //    A drained one stays drained (with its deadline); a removed one is restored
 //    (Deregistration::none, no deadline): re-adding within the delay is a no-op.
 //  - a desired target with no match is added: initial, fresh stats, handle 0,

@@ -5,13 +5,16 @@
 #include <sys/resource.h>
 
 #include <optional>
+#include <variant>
+
+#include "stickyd/words.hpp"
 
 namespace stickyd {
 namespace {
 
 constexpr std::string_view kEndpoints =
-    "GET /status, GET /ring, GET /lookup, GET /metrics, GET /ready, POST /targets/ID/drain, "
-    "POST /targets/ID/enable";
+    "GET /status, GET /ring, GET /lookup, GET /metrics, GET /ready, POST /targets, "
+    "DELETE /targets/ID, POST /targets/ID/drain, POST /targets/ID/enable";
 
 // Every string was checked on the way in; replacing is the backstop for one that
 // was not (a name from a config or DNS), so rendering never throws.
@@ -121,10 +124,7 @@ AdminReply lookup(const AdminRequest& request, AdminSource& source) {
     return json_reply(lookup_document(table, answers, chosen.group->failing_open));
 }
 
-AdminReply change(const AdminRequest& request, AdminSource& source, const std::string& id,
-                  bool drain) {
-    const std::string group = query_value(request, "group").value_or("");
-    const AdminChange result = drain ? source.drain(group, id) : source.enable(group, id);
+AdminReply change_reply(const AdminChange& result) {
     switch (result.result) {
         case AdminChange::Result::ok:
             return json_reply(Json{{"result", "ok"}, {"message", result.message}});
@@ -132,9 +132,124 @@ AdminReply change(const AdminRequest& request, AdminSource& source, const std::s
         case AdminChange::Result::unknown_target:
             return error_reply(404, result.message);
         case AdminChange::Result::ambiguous:
+        case AdminChange::Result::conflict:
             return error_reply(409, result.message);
+        case AdminChange::Result::invalid:
+            return error_reply(400, result.message);
+        case AdminChange::Result::over_capacity:
+            return error_reply(422, result.message);
     }
     return error_reply(503, result.message);  // not reached: every result is handled above
+}
+
+AdminReply change(const AdminRequest& request, AdminSource& source, const std::string& id,
+                  bool drain) {
+    const std::string group = query_value(request, "group").value_or("");
+    return change_reply(drain ? source.drain(group, id) : source.enable(group, id));
+}
+
+// ---------------------------------------------------------------------------
+// POST /targets: the body, read with the configuration's own rules and words.
+
+constexpr std::string_view kRegistrationKeys[] = {"id", "address", "weight", "group"};
+constexpr std::string_view kRegistrationExample =
+    R"({"id": "web-4", "address": "10.0.0.14:8080", "weight": 1, "group": "web"})";
+
+// A JSON value as a message shows it: short, and always one line.
+std::string shown(const Json& value) {
+    std::string text = dump(value, -1);
+    constexpr size_t kMax = 64;
+    if (text.size() > kMax) text = text.substr(0, kMax) + "...";
+    return text;
+}
+
+struct RegistrationRequest {
+    std::string group;
+    Registration target;
+};
+
+std::optional<std::string> string_field(const Json& body, std::string_view key, std::string& out) {
+    auto it = body.find(key);
+    if (it == body.end()) return std::nullopt;
+    if (!it->is_string()) return fmt::format("{}: expected a string, got {}", key, shown(*it));
+    out = it->get<std::string>();
+    return std::nullopt;
+}
+
+std::variant<RegistrationRequest, AdminReply> read_registration(std::string_view text) {
+    auto bad = [](std::string message) { return error_reply(400, message); };
+    if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+        return bad(fmt::format("POST /targets needs a JSON body such as {}", kRegistrationExample));
+    }
+    Json body;
+    try {
+        body = Json::parse(text);
+    } catch (const Json::exception& e) {
+        // "[json.exception.parse_error.101] parse error at line 1, ...": the tag says
+        // nothing to a user.
+        std::string what = e.what();
+        if (const size_t tag = what.find("] "); what.starts_with("[json.") && tag != what.npos) {
+            what.erase(0, tag + 2);
+        }
+        return bad("invalid JSON body: " + what);
+    }
+    if (!body.is_object()) {
+        return bad(fmt::format("the body must be a JSON object such as {}, got {}",
+                               kRegistrationExample, shown(body)));
+    }
+    for (const auto& [key, value] : body.items()) {
+        if (std::find(std::begin(kRegistrationKeys), std::end(kRegistrationKeys), key) !=
+            std::end(kRegistrationKeys)) {
+            continue;
+        }
+        const auto match = closest_match(key, kRegistrationKeys);
+        return bad(fmt::format("unknown key {:?}{}; a target has id, address, weight and group",
+                               key, match ? fmt::format(" (did you mean {:?}?)", *match) : ""));
+    }
+    RegistrationRequest out;
+    std::string address;
+    for (auto [key, field] : {std::pair<std::string_view, std::string*>{"address", &address},
+                              {"id", &out.target.id},
+                              {"group", &out.group}}) {
+        if (auto problem = string_field(body, key, *field)) return bad(*problem);
+    }
+    if (!body.contains("address")) {
+        return bad(
+            fmt::format("address: missing; a target needs one, as in {}", kRegistrationExample));
+    }
+    if (auto problem = target_address_error(address)) return bad("address: " + *problem);
+    out.target.address = *SocketAddress::parse(address);
+    // As in the file, the id defaults to the address.
+    if (!body.contains("id")) out.target.id = out.target.address.to_string();
+    if (auto problem = target_id_error(out.target.id)) return bad("id: " + *problem);
+    if (body.contains("group") && out.group.empty()) {
+        return bad("group: must name a target group, got \"\"");
+    }
+    if (auto it = body.find("weight"); it != body.end()) {
+        const bool integer =
+            it->is_number_integer() &&
+            (!it->is_number_unsigned() || it->get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX));
+        if (!integer) return bad("weight: " + weight_range_message(shown(*it)));
+        const int64_t weight = it->get<int64_t>();
+        if (auto problem = target_weight_error(weight)) return bad("weight: " + *problem);
+        out.target.weight = static_cast<uint32_t>(weight);
+    }
+    return out;
+}
+
+AdminReply register_target(const AdminRequest& request, AdminSource& source) {
+    auto read = read_registration(request.body);
+    if (auto* error = std::get_if<AdminReply>(&read)) return *error;
+    auto& registration = std::get<RegistrationRequest>(read);
+    // The group may be named in the query too, as for every other endpoint.
+    if (auto group = query_value(request, "group")) {
+        if (!registration.group.empty() && registration.group != *group) {
+            return error_reply(400, fmt::format("group: the body names \"{}\", the query \"{}\"",
+                                                registration.group, *group));
+        }
+        registration.group = *group;
+    }
+    return change_reply(source.register_target(registration.group, registration.target));
 }
 
 int hex_digit(char c) {
@@ -260,7 +375,7 @@ bool served_read_only(std::string_view path) {
 }
 
 bool admin_only(std::string_view path) {
-    return path == "/ring" || path == "/lookup" || path.starts_with("/targets/");
+    return path == "/ring" || path == "/lookup" || path == "/targets" || path.starts_with("/targets/");
 }
 
 }  // namespace
@@ -293,11 +408,26 @@ AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source
         reply.body = metrics_text(gather(source));
         return reply;
     }
-    // /targets/ID/drain and /targets/ID/enable; ID is one percent-encoded segment.
+    if (path == "/targets") {
+        if (request.method != "POST") return wrong_method("POST", request);
+        return register_target(request, source);
+    }
+    // /targets/ID, /targets/ID/drain and /targets/ID/enable; ID is one
+    // percent-encoded segment.
     constexpr std::string_view kTargets = "/targets/";
     if (path.starts_with(kTargets)) {
         const std::string_view rest = std::string_view(path).substr(kTargets.size());
         const size_t slash = rest.find('/');
+        if (slash == std::string_view::npos && !rest.empty()) {
+            if (request.method != "DELETE") return wrong_method("DELETE", request);
+            const std::optional<std::string> id = percent_decode(rest);
+            if (!id) return error_reply(400, fmt::format("bad percent-encoding in {}", path));
+            if (!valid_utf8(*id)) {
+                return error_reply(400, fmt::format("target id in {} is not valid UTF-8", path));
+            }
+            const std::string group = query_value(request, "group").value_or("");
+            return change_reply(source.deregister_target(group, *id));
+        }
         if (slash != std::string_view::npos && slash > 0) {
             const std::string_view action = rest.substr(slash + 1);
             if (action == "drain" || action == "enable") {

@@ -31,6 +31,10 @@ class AdminSource {
     // group may be empty when the id is unique across groups.
     virtual AdminChange drain(const std::string& group, const std::string& id) = 0;
     virtual AdminChange enable(const std::string& group, const std::string& id) = 0;
+    // Runtime registration (POST /targets, DELETE /targets/ID): group may be empty
+    // when there is one group (register) or the id is unique (deregister).
+    virtual AdminChange register_target(const std::string& group, const Registration& target) = 0;
+    virtual AdminChange deregister_target(const std::string& group, const std::string& id) = 0;
     virtual std::vector<ListenerInfo> listeners() = 0;
     virtual DaemonTotals totals() = 0;
     // A maglev group's table size, for its entry counts in /ring; 0 = unknown.
@@ -45,6 +49,7 @@ struct AdminRequest {
     std::string method;                             // "GET", "POST", ...
     std::string path;                               // percent-decoded, without the query
     std::multimap<std::string, std::string> query;  // decoded
+    std::string body;                               // as received (Content-Length bytes)
 };
 
 struct AdminReply {

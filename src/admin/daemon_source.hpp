@@ -1,7 +1,7 @@
-// The admin endpoint's view of a running daemon: the control thread's snapshots and
-// drain/enable, the workers' counters and the configured listeners' counters. Every
-// method is safe on admin threads: Control serialises its own commands, the rest is
-// atomics and data replaced under a mutex only on reload.
+// The admin endpoint's view of a running daemon: the control thread's snapshots,
+// drain/enable and runtime registration, the workers' counters and the configured
+// listeners' counters. Every method is safe on admin threads: Control serialises its
+// own commands, the rest is atomics and data replaced under a mutex only on reload.
 #pragma once
 
 #include <atomic>
@@ -51,6 +51,12 @@ class DaemonAdminSource final : public AdminSource {
     }
     AdminChange enable(const std::string& group, const std::string& id) override {
         return control_.enable(group, id);
+    }
+    AdminChange register_target(const std::string& group, const Registration& target) override {
+        return control_.register_target(group, target);
+    }
+    AdminChange deregister_target(const std::string& group, const std::string& id) override {
+        return control_.deregister_target(group, id);
     }
     std::vector<ListenerInfo> listeners() override {
         std::lock_guard lock(mutex_);

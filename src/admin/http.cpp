@@ -47,8 +47,12 @@ std::string_view reason_phrase(int status) {
             return "Request Timeout";
         case 409:
             return "Conflict";
+        case 411:
+            return "Length Required";
         case 413:
             return "Payload Too Large";
+        case 422:
+            return "Unprocessable Content";
         case 431:
             return "Request Header Fields Too Large";
         case 503:
@@ -175,12 +179,17 @@ std::optional<AdminReply> parse_request_line(std::string_view line, AdminRequest
     return std::nullopt;
 }
 
-// Headers: only the framing ones matter; a body is never read.
+bool named(std::string_view line, size_t colon, std::string_view want) {
+    const std::string_view name = line.substr(0, colon);
+    return std::equal(name.begin(), name.end(), want.begin(), want.end(),
+                      [](char a, char b) { return (a | 0x20) == (b | 0x20); });
+}
+
+// Headers: only the framing ones matter.
 std::optional<AdminReply> check_headers(std::span<const std::string_view> lines,
                                         const HttpLimits& limits) {
-    const AdminReply too_large = error_reply(
-        413,
-        fmt::format("request body larger than {} bytes (no endpoint takes one)", limits.max_body));
+    const AdminReply too_large =
+        error_reply(413, fmt::format("request body larger than {} bytes", limits.max_body));
     std::optional<uint64_t> content_length;
     for (std::string_view line : lines) {
         const size_t colon = line.find(':');
@@ -191,13 +200,12 @@ std::optional<AdminReply> check_headers(std::span<const std::string_view> lines,
         if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\r' || c == 0; })) {
             return malformed("bad header value");
         }
-        auto named = [&](std::string_view want) {
-            const std::string_view name = line.substr(0, colon);
-            return std::equal(name.begin(), name.end(), want.begin(), want.end(),
-                              [](char a, char b) { return (a | 0x20) == (b | 0x20); });
-        };
-        if (named("transfer-encoding")) return too_large;
-        if (!named("content-length")) continue;
+        if (named(line, colon, "transfer-encoding")) {
+            return error_reply(411, fmt::format("chunked request bodies are not taken; send "
+                                                "Content-Length (at most {} bytes)",
+                                                limits.max_body));
+        }
+        if (!named(line, colon, "content-length")) continue;
         uint64_t n = 0;
         const char* end = value.data() + value.size();
         if (value.empty() || std::from_chars(value.data(), end, n).ptr != end ||
@@ -227,6 +235,28 @@ Parsed parse_head(std::string_view head, const HttpLimits& limits) {
     return out;
 }
 
+// The body length a head announces, when it is one the server waits for: a
+// malformed, oversized or chunked framing is refused by answer() instead, which
+// needs no body to do so.
+size_t awaited_body(std::string_view head, const HttpLimits& limits) {
+    std::optional<uint64_t> length;
+    for (std::string_view line : split_lines(head)) {
+        const size_t colon = line.find(':');
+        if (colon == std::string_view::npos) continue;
+        if (named(line, colon, "transfer-encoding")) return 0;
+        if (!named(line, colon, "content-length")) continue;
+        const std::string_view value = trim(line.substr(colon + 1));
+        uint64_t n = 0;
+        const char* end = value.data() + value.size();
+        if (value.empty() || std::from_chars(value.data(), end, n).ptr != end ||
+            (length && *length != n)) {
+            return 0;
+        }
+        length = n;
+    }
+    return length && *length <= limits.max_body ? static_cast<size_t>(*length) : 0;
+}
+
 }  // namespace
 
 HeadScan scan_request(std::string_view received, const HttpLimits& limits) {
@@ -245,8 +275,12 @@ HeadScan scan_request(std::string_view received, const HttpLimits& limits) {
         out.status = 431;
         out.message = fmt::format("request header line longer than {} bytes", limits.max_line);
     } else if (end != std::string_view::npos) {
-        out.state = HeadScan::State::complete;
-        out.head_size = end;
+        const size_t body = awaited_body(head, limits);
+        if (received.size() - end >= body) {
+            out.state = HeadScan::State::complete;
+            out.head_size = end;
+            out.body_size = body;
+        }
     }
     return out;
 }
@@ -255,10 +289,12 @@ std::string error_response(int status, std::string_view message) {
     return render(error_reply(status, message), true);
 }
 
-std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits,
+std::string answer(std::string_view request, AdminSource& source, const HttpLimits& limits,
                    AdminAccess access) {
-    Parsed parsed = parse_head(head, limits);
+    const size_t end = std::min(head_end(request), request.size());
+    Parsed parsed = parse_head(request.substr(0, end), limits);
     if (parsed.error) return render(*parsed.error, true);
+    parsed.request.body = std::string(request.substr(end));
     AdminReply reply;
     try {
         reply = handle_admin_request(parsed.request, source, access);
@@ -277,7 +313,8 @@ std::optional<std::string> respond(std::string_view received, bool eof, AdminSou
         case HeadScan::State::rejected:
             return error_response(scan.status, scan.message);
         case HeadScan::State::complete:
-            return answer(received.substr(0, scan.head_size), source, limits, access);
+            return answer(received.substr(0, scan.head_size + scan.body_size), source, limits,
+                          access);
         case HeadScan::State::need_more:
             break;
     }

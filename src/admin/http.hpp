@@ -5,9 +5,9 @@
 // the tests and tests/fuzz/fuzz_admin.cpp can drive exactly the same code with a
 // buffer.
 //
-// One request per connection: every response says "Connection: close". No
-// endpoint takes a body; a body within max_body is ignored (the server drains it),
-// a larger or chunked one is refused with 413 before it is read.
+// One request per connection: every response says "Connection: close". A body
+// comes with Content-Length, at most max_body bytes (beyond: 413 before it is
+// read; chunked: 411); POST /targets reads it, other endpoints ignore it.
 #pragma once
 
 #include <cstddef>
@@ -29,15 +29,17 @@ struct HttpLimits {
 struct HeadScan {
     enum class State { need_more, complete, rejected } state = State::need_more;
     size_t head_size = 0;  // complete: bytes of the head, through the blank line
+    size_t body_size = 0;  // complete: bytes of the body that follow it
     int status = 0;        // rejected: the error status (431)...
     std::string message;   // ...and its one-line message
 };
 HeadScan scan_request(std::string_view received, const HttpLimits& limits);
 
-// The complete response (status line, headers, body) to a complete request head.
-// Never throws and never answers 500: malformed heads get 400, invalid UTF-8 in a
-// request 400 naming where, and a failing source a 503.
-std::string answer(std::string_view head, AdminSource& source, const HttpLimits& limits,
+// The complete response (status line, headers, body) to a complete request: its
+// head and the body scan_request counted. Never throws and never answers 500:
+// malformed heads get 400, invalid UTF-8 in a request 400 naming where, and a
+// failing source a 503.
+std::string answer(std::string_view request, AdminSource& source, const HttpLimits& limits,
                    AdminAccess access = AdminAccess::full);
 
 // A complete response carrying an error_reply (for 408, 431, 503 from the server).

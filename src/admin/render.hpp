@@ -22,7 +22,10 @@
 //                           "mapping_version", "algorithm", "table_size" (maglev; else null),
 //                           "prefix_v4", "prefix_v6",
 //                           "targets": [{"id", "address", "weight"}] (the members, by id)},
-//                "targets": [{"id", "address", "weight", "discovered",
+//                "targets": [{"id", "address", "weight",
+//                             "discovered"     (origin is "dns"),
+//                             "origin"         ("config"|"dns"|"runtime": the file, DNS
+//                                               discovery, or POST /targets),
 //                             "state"          ("initial"|"healthy"|"unhealthy"|"draining"),
 //                             "deregistration" ("none"|"drained"|"removed"),
 //                             "usable"         (may take new connections now),

@@ -57,7 +57,7 @@ AdminAccess access_of(Kind kind) {
     return kind == Kind::metrics ? AdminAccess::read_only : AdminAccess::full;
 }
 
-// reading: waiting for the whole head; answering: a pool thread has it; closing:
+// reading: waiting for the whole head (and body); answering: a pool thread has it; closing:
 // writing the answer, then (write side shut) dropping what the client still sends.
 enum class Phase : uint8_t { reading, answering, closing };
 
@@ -78,7 +78,7 @@ struct Conn {
 struct Job {
     uint64_t id;
     Kind kind = Kind::unix_socket;
-    std::string head;
+    std::string request;  // the head and its body
 };
 
 struct Done {
@@ -414,7 +414,7 @@ struct AdminServer::Impl {
             const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
             if (n > 0) {
                 c.in.append(buffer, static_cast<size_t>(n));
-                if (c.in.size() >= options.max_head + sizeof buffer) break;
+                if (c.in.size() >= options.max_head + options.max_body + sizeof buffer) break;
                 continue;
             }
             if (n < 0 && errno == EINTR) continue;
@@ -429,16 +429,16 @@ struct AdminServer::Impl {
         }
         if (scan.state == HeadScan::State::complete) {
             c.phase = Phase::answering;
-            c.in.resize(scan.head_size);
+            c.in.resize(scan.head_size + scan.body_size);
             submit(id, c.kind, std::move(c.in));
             c.in.clear();
         }
     }
 
-    void submit(uint64_t id, Kind kind, std::string head) {
+    void submit(uint64_t id, Kind kind, std::string request) {
         {
             std::lock_guard lock(mutex);
-            jobs[static_cast<size_t>(kind)].push_back({id, kind, std::move(head)});
+            jobs[static_cast<size_t>(kind)].push_back({id, kind, std::move(request)});
         }
         ready.notify_one();
     }
@@ -570,7 +570,7 @@ struct AdminServer::Impl {
                 jobs[next_kind].pop_front();
                 next_kind = (next_kind + 1) % kKinds;
             }
-            std::string response = answer(job.head, source, limits, access_of(job.kind));
+            std::string response = answer(job.request, source, limits, access_of(job.kind));
             {
                 std::lock_guard lock(mutex);
                 done.push_back({job.id, std::move(response)});

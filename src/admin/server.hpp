@@ -46,7 +46,7 @@ struct AdminOptions {
     // After the answer: how long what the client still sends is read and dropped.
     std::chrono::milliseconds linger{1000};
     size_t max_head = 16 * 1024;  // request line + headers; beyond: 431
-    size_t max_body = 4 * 1024;   // no endpoint takes a body; beyond: 413
+    size_t max_body = 4 * 1024;   // POST /targets' JSON; beyond: 413
 };
 
 class AdminServer {

@@ -102,6 +102,7 @@ struct Group {
     bool configured = true;  // false once a reload dropped it; erased when its targets are gone
     std::vector<SocketAddress> discovered;
     std::optional<std::string> dns_error;
+    RuntimeOverlay overlay;            // the admin API's registrations and deregistrations
     std::vector<GroupTarget> targets;  // sorted by (id, address); handle = probe index
     RouteSlot* slot = nullptr;
     std::shared_ptr<const RoutingTable> table;  // the latest published
@@ -153,12 +154,17 @@ struct Control::Loop {
     void set_discovery_error(const std::string& group, std::string error);
     AdminChange drain(const std::string& group, const std::string& id);
     AdminChange enable(const std::string& group, const std::string& id);
+    AdminChange register_target(const std::string& group, const Registration& target);
+    AdminChange deregister_target(const std::string& group, const std::string& id);
     std::shared_ptr<const ControlView> view();
 
   private:
     // Membership.
     Group& add_group(const TargetGroupConfig& config);
-    void reconcile_group(Group& group, Clock::time_point now);
+    // Returns the lines it logged; `via_admin` when the admin API changed the overlay.
+    std::vector<std::string> reconcile_group(Group& group, Clock::time_point now,
+                                             bool via_admin = false);
+    std::string removal_reason(const Group& group, const GroupTarget& target) const;
     void deregister(Group& group, GroupTarget& target, const std::string& why);
     Group* find_group(std::string_view name);
     GroupTarget* find_target(Group& group, const std::string& id, const SocketAddress& address);
@@ -324,40 +330,64 @@ GroupTarget* Control::Loop::find_target(Group& group, const std::string& id,
     return nullptr;
 }
 
-// Moves the group's targets to its config ∪ discovered set; logs, deregisters,
-// schedules and publishes what changed.
-void Control::Loop::reconcile_group(Group& group, Clock::time_point now) {
+// Why a target left its group, for the log and for enable's refusal.
+std::string Control::Loop::removal_reason(const Group& group, const GroupTarget& t) const {
+    if (!group.configured) return "its target group was removed from the configuration";
+    const bool admin =
+        std::any_of(group.overlay.deregistered.begin(), group.overlay.deregistered.end(),
+                    [&](const DesiredTarget& d) { return d.id == t.id && d.address == t.address; });
+    if (admin) return "deregistered via admin API";
+    switch (t.origin) {
+        case TargetOrigin::dns:
+            return "no longer in DNS";
+        case TargetOrigin::runtime:
+            return "no longer registered";
+        case TargetOrigin::config:
+            break;
+    }
+    return "removed from the configuration";
+}
+
+// Moves the group's targets to its config ∪ overlay ∪ discovered set; logs,
+// deregisters, schedules and publishes what changed.
+std::vector<std::string> Control::Loop::reconcile_group(Group& group, Clock::time_point now,
+                                                        bool via_admin) {
     std::vector<DesiredTarget> desired;
-    if (group.configured) desired = desired_targets(group.config, group.discovered);
+    if (group.configured) desired = desired_targets(group.config, group.discovered, group.overlay);
     const DeregistrationConfig& delay = group.config.deregistration_delay;
     auto r = reconcile(std::move(group.targets), desired, delay, now, false);
     group.targets = std::move(r.targets);
     const std::string& name = group.config.name;
+    std::vector<std::string> lines;
     for (size_t i : r.added) {
         GroupTarget& t = group.targets[i];
         t.handle = take_probe(group, t);
-        log::info("target group '{}': target {} registered{}: {}", name, name_of(t),
-                  t.discovered ? " from DNS" : "",
-                  group.checks_on() ? "takes connections after its first passed health check"
-                                    : "takes connections now (health checks are off)");
+        lines.push_back(
+            fmt::format("target group '{}': target {} registered{}: {}", name, name_of(t),
+                        via_admin                       ? " via admin API"
+                        : t.origin == TargetOrigin::dns ? " from DNS"
+                                                        : "",
+                        group.checks_on() ? "takes connections after its first passed health check"
+                                          : "takes connections now (health checks are off)"));
     }
     for (size_t i : r.removed) {
         GroupTarget& t = group.targets[i];
-        const char* why = !group.configured ? "its target group was removed from the configuration"
-                          : t.discovered    ? "no longer in DNS"
-                                            : "removed from the configuration";
-        log::info("target group '{}': target {} is deregistering: {}; {}", name, name_of(t), why,
-                  remaining_connections(t, delay));
+        lines.push_back(
+            fmt::format("target group '{}': target {} is deregistering: {}; {}", name, name_of(t),
+                        via_admin ? "deregistered via admin API" : removal_reason(group, t),
+                        remaining_connections(t, delay)));
         deadlines_.push({*t.deadline, name, t.id, t.address});
     }
     for (size_t i : r.restored) {
-        log::info(
-            "target group '{}': target {} registered again before its deregistration "
-            "ended: it keeps its health and connections",
-            name, name_of(group.targets[i]));
+        lines.push_back(
+            fmt::format("target group '{}': target {} registered again{} before its deregistration "
+                        "ended: it keeps its health and connections",
+                        name, name_of(group.targets[i]), via_admin ? " via admin API" : ""));
     }
+    for (const std::string& line : lines) log::info("{}", line);
     publish(group);
     schedule_checks(group, now);
+    return lines;
 }
 
 void Control::Loop::forget_removed(Group& group, const GroupTarget& target) {
@@ -389,6 +419,9 @@ void Control::Loop::apply(const Config& config) {
             const bool same_balancer = same_balancer_settings(group->config, gc);
             group->config = gc;
             group->configured = true;
+            std::vector<std::string> notes;
+            group->overlay = rebase_overlay(group->overlay, &gc, notes);
+            for (const std::string& note : notes) log::info("{}", note);
             if (!gc.dns) {
                 group->discovered.clear();
                 group->dns_error.reset();
@@ -399,6 +432,17 @@ void Control::Loop::apply(const Config& config) {
                 group->discovered.clear();
                 group->dns_error = std::move(error);
             }
+            if (!group->overlay.registered.empty()) {
+                if (auto error = capacity_error(gc, desired_targets(gc, {}, group->overlay))) {
+                    // check() refuses such a reload; this is a registration that came in
+                    // between.
+                    log::error(
+                        "target group '{}': its {} targets registered at run time "
+                        "deregister: {}",
+                        gc.name, group->overlay.registered.size(), *error);
+                    group->overlay.registered.clear();
+                }
+            }
             // Another algorithm (or table size): the last snapshot has nothing to lend.
             if (!same_balancer) group->table = nullptr;
         }
@@ -407,6 +451,7 @@ void Control::Loop::apply(const Config& config) {
     for (auto& g : groups_) {
         if (!g->configured || config.find_group(g->config.name) != nullptr) continue;
         g->configured = false;
+        g->overlay = {};
         log::info("target group '{}' removed from the configuration: its {} targets deregister",
                   g->config.name, g->targets.size());
         reconcile_group(*g, now);
@@ -426,7 +471,18 @@ void Control::Loop::apply(const Config& config) {
 std::optional<std::string> Control::Loop::check(const Config& config) {
     for (const TargetGroupConfig& gc : config.target_groups) {
         const Group* group = find_group(gc.name);
-        if (group == nullptr || !gc.dns || group->discovered.empty()) continue;
+        if (group == nullptr) continue;
+        std::vector<std::string> notes;
+        const RuntimeOverlay overlay = rebase_overlay(group->overlay, &gc, notes);
+        if (!overlay.registered.empty()) {
+            if (auto error = capacity_error(gc, desired_targets(gc, {}, overlay))) {
+                return fmt::format(
+                    "target group '{}' with the {} targets registered at run time: {}; "
+                    "deregister some first",
+                    gc.name, overlay.registered.size(), *error);
+            }
+        }
+        if (!gc.dns || group->discovered.empty()) continue;
         if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
             return fmt::format("target group '{}' with the {} addresses DNS gives now: {}", gc.name,
                                group->discovered.size(), *error);
@@ -542,10 +598,9 @@ AdminChange Control::Loop::enable(const std::string& group_name, const std::stri
     const std::string& name = group->config.name;
     if (target->deregistration == Deregistration::removed) {
         return AdminChange{AdminChange::Result::unknown_target,
-                           fmt::format("target group '{}': target {} was removed from the {}; "
+                           fmt::format("target group '{}': target {} is deregistering ({}); "
                                        "only a registered target can be enabled",
-                                       name, name_of(*target),
-                                       target->discovered ? "DNS records" : "configuration")};
+                                       name, name_of(*target), removal_reason(*group, *target))};
     }
     if (target->deregistration == Deregistration::none) {
         return AdminChange{
@@ -563,6 +618,86 @@ AdminChange Control::Loop::enable(const std::string& group_name, const std::stri
     log::info("{}", message);
     publish(*group);
     return AdminChange{AdminChange::Result::ok, std::move(message)};
+}
+
+namespace {
+
+AdminChange::Result result_of(OverlayEdit::Outcome outcome) {
+    switch (outcome) {
+        case OverlayEdit::Outcome::changed:
+            return AdminChange::Result::ok;
+        case OverlayEdit::Outcome::conflict:
+            return AdminChange::Result::conflict;
+        case OverlayEdit::Outcome::over_capacity:
+            return AdminChange::Result::over_capacity;
+        case OverlayEdit::Outcome::unknown_target:
+            break;
+    }
+    return AdminChange::Result::unknown_target;
+}
+
+std::string joined(const std::vector<std::string>& lines) {
+    std::string out;
+    for (const std::string& line : lines) out += (out.empty() ? "" : "; ") + line;
+    return out;
+}
+
+}  // namespace
+
+AdminChange Control::Loop::register_target(const std::string& group_name,
+                                           const Registration& target) {
+    Group* group = nullptr;
+    if (group_name.empty()) {
+        std::vector<std::string> names;
+        for (auto& g : groups_) {
+            if (!g->configured) continue;
+            group = g.get();
+            names.push_back("'" + g->config.name + "'");
+        }
+        if (names.size() != 1) {
+            std::string list;
+            for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
+            return AdminChange{AdminChange::Result::invalid,
+                               names.empty() ? std::string("there is no target group")
+                                             : fmt::format("several target groups ({}); name "
+                                                           "the target group",
+                                                           list)};
+        }
+    } else {
+        group = find_group(group_name);
+        if (group == nullptr || !group->configured) {
+            return AdminChange{AdminChange::Result::unknown_group,
+                               fmt::format("no target group '{}'", group_name)};
+        }
+    }
+    OverlayEdit edit =
+        stickyd::register_target(group->config, group->discovered, group->overlay, target);
+    if (edit.outcome != OverlayEdit::Outcome::changed) {
+        return AdminChange{result_of(edit.outcome), std::move(edit.message)};
+    }
+    group->overlay = std::move(edit.overlay);
+    return AdminChange{AdminChange::Result::ok,
+                       joined(reconcile_group(*group, Clock::now(), /*via_admin=*/true))};
+}
+
+AdminChange Control::Loop::deregister_target(const std::string& group_name, const std::string& id) {
+    auto found = admin_target(group_name, id);
+    if (auto* error = std::get_if<AdminChange>(&found)) return *error;
+    auto [group, target] = std::get<std::pair<Group*, GroupTarget*>>(found);
+    if (target->deregistration == Deregistration::removed) {
+        return AdminChange{
+            AdminChange::Result::ok,
+            fmt::format("target group '{}': target {} is already deregistering ({})",
+                        group->config.name, name_of(*target), removal_reason(*group, *target))};
+    }
+    OverlayEdit edit =
+        stickyd::deregister_target(group->config, group->discovered, group->overlay, id);
+    if (edit.outcome != OverlayEdit::Outcome::changed) {
+        return AdminChange{result_of(edit.outcome), std::move(edit.message)};
+    }
+    group->overlay = std::move(edit.overlay);
+    return AdminChange{AdminChange::Result::ok,
+                       joined(reconcile_group(*group, Clock::now(), /*via_admin=*/true))};
 }
 
 std::shared_ptr<const ControlView> Control::Loop::view() {
@@ -597,7 +732,7 @@ std::shared_ptr<const ControlView> Control::Loop::view() {
             tv.id = t.id;
             tv.address = t.address;
             tv.weight = t.weight;
-            tv.discovered = t.discovered;
+            tv.origin = t.origin;
             tv.state = t.record.state;
             tv.deregistration = t.deregistration;
             tv.usable = usable[i] != 0;
@@ -1030,6 +1165,14 @@ AdminChange Control::drain(const std::string& group, const std::string& id) {
 
 AdminChange Control::enable(const std::string& group, const std::string& id) {
     return loop_->call([&] { return loop_->enable(group, id); });
+}
+
+AdminChange Control::register_target(const std::string& group, const Registration& target) {
+    return loop_->call([&] { return loop_->register_target(group, target); });
+}
+
+AdminChange Control::deregister_target(const std::string& group, const std::string& id) {
+    return loop_->call([&] { return loop_->deregister_target(group, id); });
 }
 
 std::shared_ptr<const ControlView> Control::view() {

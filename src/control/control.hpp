@@ -69,6 +69,13 @@ class Control {
     // Admin drain/enable. group may be empty when the id is unique across groups.
     AdminChange drain(const std::string& group, const std::string& id);
     AdminChange enable(const std::string& group, const std::string& id);
+    // Runtime registration (the NLB's RegisterTargets and DeregisterTargets), laid
+    // over the config as a RuntimeOverlay (target_set.hpp) that reloads keep. A
+    // registered target starts `initial` and takes clients after its first passed
+    // check; a deregistered one drains for the group's deregistration delay. group
+    // may be empty when there is one group (register) or the id is unique (deregister).
+    AdminChange register_target(const std::string& group, const Registration& target);
+    AdminChange deregister_target(const std::string& group, const std::string& id);
     // A consistent copy of every group's state.
     std::shared_ptr<const ControlView> view();
 

@@ -287,14 +287,14 @@ Disagreement compare_groups(const TargetGroupConfig& a, const TargetGroupConfig&
     return out;
 }
 
-ParsedTarget parse_target_spec(std::string_view spec) {
+ParsedTarget parse_target_spec(std::string_view spec, std::string_view what) {
     // Appended piecewise: g++ 12 at -O3 reports a false -Wrestrict on "\"" + std::string.
     std::string quoted;
-    quoted.reserve(spec.size() + 2);
-    quoted.append(1, '"').append(spec).append(1, '"');
+    quoted.reserve(what.size() + spec.size() + 3);
+    quoted.append(what).append(" \"").append(spec).append(1, '"');
     const size_t eq = spec.find('=');
     if (eq == std::string_view::npos || eq == 0) {
-        return {std::nullopt, "--add " + quoted + ": expected ID=ADDR[,weight=W]"};
+        return {std::nullopt, quoted + ": expected ID=ADDR[,weight=W]"};
     }
     TargetConfig t;
     t.id = std::string(spec.substr(0, eq));
@@ -303,7 +303,7 @@ ParsedTarget parse_target_spec(std::string_view spec) {
     const std::string_view address = rest.substr(0, comma);
     const std::optional<SocketAddress> parsed = SocketAddress::parse(address);
     if (!parsed) {
-        return {std::nullopt, "--add " + quoted + ": \"" + std::string(address) +
+        return {std::nullopt, quoted + ": \"" + std::string(address) +
                                   "\" is not an address (expected IP:PORT or [IPv6]:PORT)"};
     }
     t.address = *parsed;
@@ -315,10 +315,11 @@ ParsedTarget parse_target_spec(std::string_view spec) {
         if (!option.starts_with(kWeight) ||
             std::from_chars(option.data() + kWeight.size(), end, weight).ptr != end || weight < 1 ||
             weight > kMaxWeight) {
-            return {std::nullopt, "--add " + quoted + ": expected weight=W with W in 1.." +
+            return {std::nullopt, quoted + ": expected weight=W with W in 1.." +
                                       std::to_string(kMaxWeight) + " after the address"};
         }
         t.weight = weight;
+        return {t, "", true};
     }
     return {t, ""};
 }

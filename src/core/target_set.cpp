@@ -1,5 +1,7 @@
 #include "stickyd/target_set.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <map>
 #include <tuple>
@@ -18,20 +20,204 @@ std::string_view to_string(Deregistration d) {
     return "unknown";
 }
 
+std::string_view to_string(TargetOrigin origin) {
+    switch (origin) {
+        case TargetOrigin::config:
+            return "config";
+        case TargetOrigin::dns:
+            return "dns";
+        case TargetOrigin::runtime:
+            return "runtime";
+    }
+    return "unknown";
+}
+
+namespace {
+
+std::string id_of(const TargetConfig& t) {
+    return t.id.empty() ? t.address.to_string() : t.id;
+}
+
+// "web-2 (127.0.0.1:9002)", or just the address when that is the id.
+std::string name_of(std::string_view id, const SocketAddress& address) {
+    const std::string text = address.to_string();
+    return id == text ? text : fmt::format("{} ({})", id, text);
+}
+
+bool deregistered(const RuntimeOverlay& overlay, std::string_view id,
+                  const SocketAddress& address) {
+    return std::any_of(overlay.deregistered.begin(), overlay.deregistered.end(),
+                       [&](const DesiredTarget& d) { return d.id == id && d.address == address; });
+}
+
+void insert_sorted(std::vector<DesiredTarget>& targets, DesiredTarget target) {
+    auto at = std::lower_bound(
+        targets.begin(), targets.end(), target,
+        [](const DesiredTarget& a, const DesiredTarget& b) { return a.id < b.id; });
+    targets.insert(at, std::move(target));
+}
+
+std::string dns_refusal(const TargetGroupConfig& group) {
+    return fmt::format(
+        "target group '{}' takes its targets from DNS (dns = \"{}:{}\"), not from "
+        "the admin API",
+        group.name, group.dns->name, group.dns->port);
+}
+
+OverlayEdit refused(OverlayEdit::Outcome outcome, std::string message) {
+    OverlayEdit edit;
+    edit.outcome = outcome;
+    edit.message = std::move(message);
+    return edit;
+}
+
+// The edit, or over_capacity when the group's balancer cannot hold the result.
+OverlayEdit fitting(const TargetGroupConfig& group, std::span<const SocketAddress> discovered,
+                    RuntimeOverlay overlay, std::string_view name) {
+    if (auto error = capacity_error(group, desired_targets(group, discovered, overlay))) {
+        return refused(
+            OverlayEdit::Outcome::over_capacity,
+            fmt::format("target group '{}' cannot take target {}: {}", group.name, name, *error));
+    }
+    OverlayEdit edit;
+    edit.overlay = std::move(overlay);
+    return edit;
+}
+
+}  // namespace
+
 std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
-                                           std::span<const SocketAddress> discovered) {
+                                           std::span<const SocketAddress> discovered,
+                                           const RuntimeOverlay& overlay) {
     std::map<std::string, DesiredTarget> by_id;
     for (const TargetConfig& t : group.targets) {
-        std::string id = t.id.empty() ? t.address.to_string() : t.id;
-        by_id.insert_or_assign(id, DesiredTarget{id, t.address, t.weight, false});
+        std::string id = id_of(t);
+        if (deregistered(overlay, id, t.address)) continue;
+        by_id.insert_or_assign(id, DesiredTarget{id, t.address, t.weight, TargetOrigin::config});
+    }
+    // The admin edits and rebase_overlay keep these apart from the file's; should
+    // one collide anyway, the file wins, as it does on a reload.
+    for (const DesiredTarget& t : overlay.registered) {
+        by_id.try_emplace(t.id, DesiredTarget{t.id, t.address, t.weight, TargetOrigin::runtime});
     }
     for (const SocketAddress& address : discovered) {
         std::string id = address.to_string();
-        by_id.try_emplace(id, DesiredTarget{id, address, 1, true});
+        by_id.try_emplace(id, DesiredTarget{id, address, 1, TargetOrigin::dns});
     }
     std::vector<DesiredTarget> out;
     out.reserve(by_id.size());
     for (auto& [id, target] : by_id) out.push_back(std::move(target));
+    return out;
+}
+
+OverlayEdit register_target(const TargetGroupConfig& group,
+                            std::span<const SocketAddress> discovered,
+                            const RuntimeOverlay& overlay, const Registration& target) {
+    const std::string name = name_of(target.id, target.address);
+    if (group.dns) return refused(OverlayEdit::Outcome::conflict, dns_refusal(group));
+    for (const DesiredTarget& t : desired_targets(group, discovered, overlay)) {
+        if (t.id == target.id) {
+            return refused(OverlayEdit::Outcome::conflict,
+                           fmt::format("target group '{}' already has a target with id '{}' ({})",
+                                       group.name, t.id, t.address.to_string()));
+        }
+        if (t.address == target.address) {
+            return refused(OverlayEdit::Outcome::conflict,
+                           fmt::format("target group '{}' already has a target at {} (id '{}')",
+                                       group.name, t.address.to_string(), t.id));
+        }
+    }
+    RuntimeOverlay next = overlay;
+    // The file's own target, deregistered at run time, comes back as the file has it.
+    auto file = std::find_if(group.targets.begin(), group.targets.end(), [&](const auto& t) {
+        return id_of(t) == target.id && t.address == target.address;
+    });
+    if (file != group.targets.end()) {
+        if (target.weight && *target.weight != file->weight) {
+            return refused(OverlayEdit::Outcome::conflict,
+                           fmt::format("target group '{}': target {} is the configuration file's, "
+                                       "with weight {}; register it again without a weight or "
+                                       "with weight {}, or change the file",
+                                       group.name, name, file->weight, file->weight));
+        }
+        std::erase_if(next.deregistered, [&](const DesiredTarget& d) {
+            return d.id == target.id && d.address == target.address;
+        });
+    } else {
+        insert_sorted(next.registered,
+                      DesiredTarget{target.id, target.address, target.weight.value_or(1),
+                                    TargetOrigin::runtime});
+    }
+    return fitting(group, discovered, std::move(next), name);
+}
+
+OverlayEdit deregister_target(const TargetGroupConfig& group,
+                              std::span<const SocketAddress> discovered,
+                              const RuntimeOverlay& overlay, const std::string& id) {
+    if (group.dns) {
+        return refused(OverlayEdit::Outcome::conflict,
+                       dns_refusal(group) + "; drain a target to take it out of service");
+    }
+    for (const DesiredTarget& t : desired_targets(group, discovered, overlay)) {
+        if (t.id != id) continue;
+        OverlayEdit edit;
+        edit.overlay = overlay;
+        if (t.origin == TargetOrigin::runtime) {
+            std::erase_if(edit.overlay.registered,
+                          [&](const DesiredTarget& r) { return r.id == id; });
+        } else {
+            insert_sorted(edit.overlay.deregistered, t);
+        }
+        return edit;
+    }
+    return refused(OverlayEdit::Outcome::unknown_target,
+                   fmt::format("target group '{}' has no target '{}'", group.name, id));
+}
+
+RuntimeOverlay rebase_overlay(const RuntimeOverlay& overlay, const TargetGroupConfig* next,
+                              std::vector<std::string>& notes) {
+    if (next == nullptr || overlay.empty()) return {};
+    if (next->dns) {
+        notes.push_back(fmt::format(
+            "target group '{}' now takes its targets from DNS: {} registered and {} deregistered "
+            "at run time go back to what DNS and the file say",
+            next->name, overlay.registered.size(), overlay.deregistered.size()));
+        return {};
+    }
+    RuntimeOverlay out;
+    for (const DesiredTarget& d : overlay.deregistered) {
+        auto listed = std::find_if(next->targets.begin(), next->targets.end(), [&](const auto& t) {
+            return id_of(t) == d.id && t.address == d.address;
+        });
+        if (listed == next->targets.end()) {
+            notes.push_back(fmt::format(
+                "target group '{}': target {}, deregistered at run time, is no longer in the "
+                "configuration file; listing it again registers it",
+                next->name, name_of(d.id, d.address)));
+            continue;
+        }
+        out.deregistered.push_back({d.id, d.address, listed->weight, TargetOrigin::config});
+    }
+    for (const DesiredTarget& r : overlay.registered) {
+        auto taken = std::find_if(next->targets.begin(), next->targets.end(), [&](const auto& t) {
+            return (id_of(t) == r.id || t.address == r.address) &&
+                   !deregistered(out, id_of(t), t.address);
+        });
+        if (taken == next->targets.end()) {
+            out.registered.push_back(r);
+        } else if (id_of(*taken) == r.id && taken->address == r.address) {
+            notes.push_back(
+                fmt::format("target group '{}': target {}, registered at run time, is now in the "
+                            "configuration file, which keeps it",
+                            next->name, name_of(r.id, r.address)));
+        } else {
+            notes.push_back(fmt::format(
+                "target group '{}': target {}, registered at run time, deregisters: the "
+                "configuration file's target {} takes its {}",
+                next->name, name_of(r.id, r.address), name_of(id_of(*taken), taken->address),
+                id_of(*taken) == r.id ? "id" : "address"));
+        }
+    }
     return out;
 }
 
@@ -75,7 +261,7 @@ Reconciliation reconcile(std::vector<GroupTarget> current, std::span<const Desir
         }
         matched[static_cast<size_t>(it - desired.begin())] = 1;
         t.weight = it->weight;
-        t.discovered = it->discovered;
+        t.origin = it->origin;
         Change change = Change::kept;
         if (t.deregistration == Deregistration::removed) {
             t.deregistration = Deregistration::none;
@@ -90,7 +276,7 @@ Reconciliation reconcile(std::vector<GroupTarget> current, std::span<const Desir
         t.id = desired[i].id;
         t.address = desired[i].address;
         t.weight = desired[i].weight;
-        t.discovered = desired[i].discovered;
+        t.origin = desired[i].origin;
         t.record.routable_while_initial = starting;
         t.stats = std::make_shared<TargetStats>();
         next.emplace_back(std::move(t), Change::added);

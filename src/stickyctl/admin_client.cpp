@@ -36,7 +36,7 @@ AdminResponse parse_response(std::string_view where, const std::string& raw) {
 }
 
 AdminResponse unix_request(const std::string& path, const std::string& method,
-                           const std::string& target) {
+                           const std::string& target, const std::string& body) {
     const std::string where = "unix socket " + path;
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -56,8 +56,9 @@ AdminResponse unix_request(const std::string& path, const std::string& method,
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     const std::string request = fmt::format(
         "{} {} HTTP/1.1\r\nHost: stickyd\r\nUser-Agent: stickyctl\r\nConnection: close\r\n"
-        "Content-Length: 0\r\n\r\n",
-        method, target);
+        "{}Content-Length: {}\r\n\r\n{}",
+        method, target, body.empty() ? "" : "Content-Type: application/json\r\n", body.size(),
+        body);
     for (size_t sent = 0; sent < request.size();) {
         const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;
@@ -80,7 +81,7 @@ AdminResponse unix_request(const std::string& path, const std::string& method,
 }
 
 AdminResponse tcp_request(const SocketAddress& address, const std::string& method,
-                          const std::string& target) {
+                          const std::string& target, const std::string& body) {
     const std::string where = "http://" + address.to_string();
     std::string host = address.to_string();
     host = host.substr(0, host.rfind(':'));
@@ -90,8 +91,9 @@ AdminResponse tcp_request(const SocketAddress& address, const std::string& metho
     client.set_read_timeout(kTimeoutSeconds);
     client.set_write_timeout(kTimeoutSeconds);
     client.set_keep_alive(false);
-    httplib::Result result =
-        method == "POST" ? client.Post(target.c_str()) : client.Get(target.c_str());
+    httplib::Result result = method == "POST"     ? client.Post(target, body, "application/json")
+                             : method == "DELETE" ? client.Delete(target)
+                                                  : client.Get(target);
     if (!result) {
         switch (result.error()) {
             case httplib::Error::Connection:
@@ -108,9 +110,11 @@ AdminResponse tcp_request(const SocketAddress& address, const std::string& metho
 }  // namespace
 
 AdminResponse admin_request(const std::string& admin, const std::string& method,
-                            const std::string& target) {
-    if (auto address = SocketAddress::parse(admin)) return tcp_request(*address, method, target);
-    return unix_request(admin, method, target);
+                            const std::string& target, const std::string& json_body) {
+    if (auto address = SocketAddress::parse(admin)) {
+        return tcp_request(*address, method, target, json_body);
+    }
+    return unix_request(admin, method, target, json_body);
 }
 
 std::string url_encode(std::string_view text) {

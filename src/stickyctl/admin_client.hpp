@@ -18,9 +18,10 @@ struct AdminResponse {
 };
 
 // `admin` is "HOST:PORT" (an IPv4 or bracketed IPv6 address) for TCP, anything else
-// is a unix socket path. `target` is the request target, e.g. "/ring?group=web".
+// is a unix socket path. `target` is the request target, e.g. "/ring?group=web";
+// a non-empty `json_body` is sent as application/json.
 AdminResponse admin_request(const std::string& admin, const std::string& method,
-                            const std::string& target);
+                            const std::string& target, const std::string& json_body = {});
 
 // Percent-encodes everything but unreserved characters (RFC 3986), for one path
 // segment or query value.

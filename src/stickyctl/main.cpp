@@ -2,8 +2,8 @@
 // "what would this change move" from a configuration file, computed exactly from
 // the same tables the daemon builds (see src/ring_report.hpp); and asks a running
 // daemon the same through its admin endpoint (src/admin_render.hpp documents the
-// JSON), plus its status and drain/enable. Offline and remote answers are the same
-// documents, printed by the same code.
+// JSON), plus its status, drain/enable and register/deregister. Offline and remote answers are the
+// same documents, printed by the same code.
 #include <fmt/core.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -132,11 +132,12 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
 }
 
 // One request to the daemon; a non-2xx answer becomes the daemon's own one-line error.
-Json ask(const Common& common, const std::string& method, const std::string& target) {
+Json ask(const Common& common, const std::string& method, const std::string& target,
+         const std::string& json_body = {}) {
     const std::string admin = admin_endpoint(common);
     AdminResponse response;
     try {
-        response = admin_request(admin, method, target);
+        response = admin_request(admin, method, target, json_body);
     } catch (const AdminUnreachable& e) {
         throw UserError(e.what());
     }
@@ -409,17 +410,21 @@ int run_status(const Common& common) {
             addresses.push_back(t["address"].get<std::string>());
         }
         const size_t wi = id_width(ids, 6), wa = id_width(addresses, 7);
-        fmt::print("{:<{}}  {:<{}}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
-                   "TARGET", wi, "ADDRESS", wa, "STATE", "ACTIVE", "CONNECTIONS", "FAILURES", "IN",
-                   "OUT", "SHARE", "LAST CHECK");
+        fmt::print(
+            "{:<{}}  {:<{}}  {:<7}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
+            "TARGET", wi, "ADDRESS", wa, "ORIGIN", "STATE", "ACTIVE", "CONNECTIONS", "FAILURES",
+            "IN", "OUT", "SHARE", "LAST CHECK");
         for (const Json& t : g["targets"]) {
-            fmt::print("{:<{}}  {:<{}}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
-                       t["id"].get<std::string>(), wi, t["address"].get<std::string>(), wa,
-                       t["state"].get<std::string>(), t["active_connections"].get<uint64_t>(),
-                       t["connections"].get<uint64_t>(), t["connect_failures"].get<uint64_t>(),
-                       human_bytes(t["bytes_in"].get<uint64_t>()),
-                       human_bytes(t["bytes_out"].get<uint64_t>()),
-                       percent(t["share"].get<double>()), last_check(t));
+            // An older daemon's /status has no origin.
+            const std::string origin = t.contains("origin") ? text_or_dash(t["origin"]) : "-";
+            fmt::print(
+                "{:<{}}  {:<{}}  {:<7}  {:<9}  {:>6}  {:>11}  {:>8}  {:>10}  {:>10}  {:>8}  {}\n",
+                t["id"].get<std::string>(), wi, t["address"].get<std::string>(), wa, origin,
+                t["state"].get<std::string>(), t["active_connections"].get<uint64_t>(),
+                t["connections"].get<uint64_t>(), t["connect_failures"].get<uint64_t>(),
+                human_bytes(t["bytes_in"].get<uint64_t>()),
+                human_bytes(t["bytes_out"].get<uint64_t>()), percent(t["share"].get<double>()),
+                last_check(t));
         }
     }
     return kExitOk;
@@ -429,6 +434,37 @@ int run_change(const Common& common, const std::string& id, bool drain) {
     const Json answer = ask(common, "POST",
                             fmt::format("/targets/{}/{}{}", url_encode(id),
                                         drain ? "drain" : "enable", group_query(common, '?')));
+    if (common.json) {
+        print_json(answer);
+    } else {
+        fmt::print("{}\n", answer["message"].get<std::string>());
+    }
+    return kExitOk;
+}
+
+// The NLB's RegisterTargets: the spec is checked here as the daemon would check it,
+// so a typo is a command-line error (exit 2) rather than a refusal (exit 1).
+int run_register(const Common& common, const std::string& spec) {
+    const ParsedTarget parsed = parse_target_spec(spec, "register");
+    if (!parsed.target) throw UsageError(parsed.error);
+    if (auto problem = target_id_error(parsed.target->id)) {
+        throw UsageError(fmt::format("register \"{}\": id: {}", spec, *problem));
+    }
+    Json body{{"id", parsed.target->id}, {"address", parsed.target->address.to_string()}};
+    if (parsed.weight_given) body["weight"] = parsed.target->weight;
+    if (!common.group.empty()) body["group"] = common.group;
+    const Json answer = ask(common, "POST", "/targets", body.dump());
+    if (common.json) {
+        print_json(answer);
+    } else {
+        fmt::print("{}\n", answer["message"].get<std::string>());
+    }
+    return kExitOk;
+}
+
+int run_deregister(const Common& common, const std::string& id) {
+    const Json answer = ask(common, "DELETE",
+                            fmt::format("/targets/{}{}", url_encode(id), group_query(common, '?')));
     if (common.json) {
         print_json(answer);
     } else {
@@ -619,6 +655,24 @@ int main_impl(int argc, char** argv) {
     add_admin(enable, enable_opts, "The target's group (needed when the id is in several)");
     enable->add_option("id", enable_id, "Target id")->required();
 
+    Common register_opts, deregister_opts;
+    std::string register_spec, deregister_id;
+    auto* register_command = app.add_subcommand(
+        "register",
+        "Add a target at run time (RegisterTargets): it takes clients after its first passed "
+        "health check, and stays across reloads until deregistered");
+    add_admin(register_command, register_opts,
+              "The target's group (needed when there are several)");
+    register_command->add_option("target", register_spec, "The target: ID=ADDR[,weight=W]")
+        ->required();
+    auto* deregister_command = app.add_subcommand(
+        "deregister",
+        "Remove a target at run time (DeregisterTargets): no new connections, open ones get "
+        "the group's deregistration delay; a file target stays out across reloads");
+    add_admin(deregister_command, deregister_opts,
+              "The target's group (needed when the id is in several)");
+    deregister_command->add_option("id", deregister_id, "Target id")->required();
+
     Common ready_opts;
     auto* ready = app.add_subcommand(
         "ready", "Exit 0 while the daemon serves, 1 once a stop began (a readiness probe)");
@@ -656,6 +710,8 @@ int main_impl(int argc, char** argv) {
         if (status->parsed()) return run_status(status_opts);
         if (drain->parsed()) return run_change(drain_opts, drain_id, true);
         if (enable->parsed()) return run_change(enable_opts, enable_id, false);
+        if (register_command->parsed()) return run_register(register_opts, register_spec);
+        if (deregister_command->parsed()) return run_deregister(deregister_opts, deregister_id);
         if (ready->parsed()) return run_ready(ready_opts);
         if (compare->parsed()) return run_compare(compare_opts, compare_admins);
         return run_simulate(simulate_opts, sim);

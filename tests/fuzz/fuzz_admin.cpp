@@ -84,7 +84,16 @@ class FixedSource final : public AdminSource {
         ++changes;
         return change(group, id, "enabled");
     }
-    uint64_t changes = 0;  // drain and enable calls: the metrics address makes none
+    AdminChange register_target(const std::string& group, const Registration& target) override {
+        ++changes;
+        return {AdminChange::Result::ok, "registered " + target.id + " in '" + group + "'"};
+    }
+    AdminChange deregister_target(const std::string& group, const std::string& id) override {
+        ++changes;
+        return change(group, id, "deregistered");
+    }
+    // drain, enable, register and deregister calls: the metrics address makes none
+    uint64_t changes = 0;
     std::vector<ListenerInfo> listeners() override {
         return {{"front", "127.0.0.1:8000", "web", stats_},
                 {"none", "127.0.0.1:8001", "empty", {}}};

@@ -35,15 +35,15 @@ FakeSource one_group() {
 }
 
 AdminReply call(AdminSource& source, std::string method, std::string path,
-                std::multimap<std::string, std::string> query = {},
+                std::multimap<std::string, std::string> query = {}, std::string body = {},
                 AdminAccess access = AdminAccess::full) {
-    return handle_admin_request({std::move(method), std::move(path), std::move(query)}, source,
-                                access);
+    return handle_admin_request(
+        {std::move(method), std::move(path), std::move(query), std::move(body)}, source, access);
 }
 
 AdminReply call_read_only(AdminSource& source, std::string method, std::string path,
                           std::multimap<std::string, std::string> query = {}) {
-    return call(source, std::move(method), std::move(path), std::move(query),
+    return call(source, std::move(method), std::move(path), std::move(query), {},
                 AdminAccess::read_only);
 }
 
@@ -196,6 +196,115 @@ TEST_CASE("router: a target id is one percent-encoded path segment") {
     CHECK(bad.status == 400);
     CHECK(call(source, "POST", "/targets/a%2/drain").status == 400);
     CHECK(call(source, "POST", "/targets//drain").status == 404);
+}
+
+TEST_CASE("router: POST /targets reads its JSON body with the configuration's rules") {
+    FakeSource source = one_group();
+    auto post = [&](std::string body, std::multimap<std::string, std::string> query = {}) {
+        return call(source, "POST", "/targets", std::move(query), std::move(body));
+    };
+    AdminReply ok = post(R"({"id": "web-4", "address": "127.0.0.1:9004", "weight": 2})");
+    CHECK(ok.status == 200);
+    CHECK(Json::parse(ok.body) == Json{{"result", "ok"}, {"message", "done"}});
+    REQUIRE(source.registrations.size() == 1);
+    CHECK(source.registrations[0].first.empty());
+    CHECK(source.registrations[0].second.id == "web-4");
+    CHECK(source.registrations[0].second.address.to_string() == "127.0.0.1:9004");
+    CHECK(source.registrations[0].second.weight == 2u);
+
+    // The id defaults to the address and the weight is left to the group; the group
+    // comes from the body or the query.
+    CHECK(post(R"({"address": "[::1]:9005", "group": "web"})").status == 200);
+    CHECK(source.registrations[1].first == "web");
+    CHECK(source.registrations[1].second.id == "[::1]:9005");
+    CHECK_FALSE(source.registrations[1].second.weight.has_value());
+    CHECK(post(R"({"address": "127.0.0.1:9006"})", {{"group", "web"}}).status == 200);
+    CHECK(source.registrations[2].first == "web");
+
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {"",
+         "POST /targets needs a JSON body such as {\"id\": \"web-4\", \"address\": "
+         "\"10.0.0.14:8080\", \"weight\": 1, \"group\": \"web\"}"},
+        {"{\"id\": \"x\",",
+         "invalid JSON body: parse error at line 1, column 12: syntax error "
+         "while parsing object key - unexpected end of input; expected string "
+         "literal"},
+        {"[1]",
+         "the body must be a JSON object such as {\"id\": \"web-4\", \"address\": "
+         "\"10.0.0.14:8080\", \"weight\": 1, \"group\": \"web\"}, got [1]"},
+        {R"({"address": "127.0.0.1:9004", "wieght": 2})",
+         "unknown key \"wieght\" (did you mean \"weight\"?); a target has id, address, weight and "
+         "group"},
+        {R"({"id": "web-4"})",
+         "address: missing; a target needs one, as in {\"id\": \"web-4\", "
+         "\"address\": \"10.0.0.14:8080\", \"weight\": 1, \"group\": "
+         "\"web\"}"},
+        {R"({"address": 9004})", "address: expected a string, got 9004"},
+        {R"({"address": "127.0.0.1"})",
+         "address: \"127.0.0.1\": missing :port; expected ip:port such as 127.0.0.1:9001 or "
+         "[::1]:9001"},
+        {R"({"address": "web.local:80"})",
+         "address: \"web.local:80\": \"web.local\" is a host name; an IP address is required "
+         "(names are not resolved); expected ip:port such as 127.0.0.1:9001 or [::1]:9001"},
+        {R"({"id": "web 4", "address": "127.0.0.1:9004"})",
+         "id: must be printable ASCII without spaces, quotes or backslashes, got \"web 4\""},
+        {R"({"id": "", "address": "127.0.0.1:9004"})", "id: must not be empty"},
+        {R"({"id": 4, "address": "127.0.0.1:9004"})", "id: expected a string, got 4"},
+        {R"({"address": "127.0.0.1:9004", "weight": 0})",
+         "weight: must be an integer from 1 to 100, got 0"},
+        {R"({"address": "127.0.0.1:9004", "weight": 101})",
+         "weight: must be an integer from 1 to 100, got 101"},
+        {R"({"address": "127.0.0.1:9004", "weight": "2"})",
+         "weight: must be an integer from 1 to 100, got \"2\""},
+        {R"({"address": "127.0.0.1:9004", "weight": 1.5})",
+         "weight: must be an integer from 1 to 100, got 1.5"},
+        {R"({"address": "127.0.0.1:9004", "weight": 18446744073709551615})",
+         "weight: must be an integer from 1 to 100, got 18446744073709551615"},
+        {R"({"address": "127.0.0.1:9004", "group": ""})",
+         "group: must name a target group, got \"\""},
+        {R"({"address": "127.0.0.1:9004", "group": ["web"]})",
+         "group: expected a string, got [\"web\"]"},
+    };
+    for (const auto& [body, error] : bad) {
+        CAPTURE(body);
+        const AdminReply reply = post(body);
+        CHECK(reply.status == 400);
+        CHECK(error_of(reply) == error);
+    }
+    AdminReply both = post(R"({"address": "127.0.0.1:9004", "group": "web"})", {{"group", "api"}});
+    CHECK(both.status == 400);
+    CHECK(error_of(both) == "group: the body names \"web\", the query \"api\"");
+    CHECK(source.registrations.size() == 3);  // none of those reached the source
+
+    // What the source says decides the status.
+    for (auto [result, status] : {std::pair{AdminChange::Result::unknown_group, 404},
+                                  {AdminChange::Result::conflict, 409},
+                                  {AdminChange::Result::invalid, 400},
+                                  {AdminChange::Result::over_capacity, 422}}) {
+        source.next_change = {result, "why"};
+        const AdminReply reply = post(R"({"address": "127.0.0.1:9007"})");
+        CHECK(reply.status == status);
+        CHECK(error_of(reply) == "why");
+    }
+}
+
+TEST_CASE("router: DELETE /targets/ID deregisters; the id is one percent-encoded segment") {
+    FakeSource source = one_group();
+    CHECK(call(source, "DELETE", "/targets/%5B%3A%3A1%5D%3A9003").status == 200);
+    CHECK(call(source, "DELETE", "/targets/a", {{"group", "web"}}).status == 200);
+    REQUIRE(source.deregistrations.size() == 2);
+    CHECK(source.deregistrations[0] == std::pair<std::string, std::string>{"", "[::1]:9003"});
+    CHECK(source.deregistrations[1] == std::pair<std::string, std::string>{"web", "a"});
+    CHECK(call(source, "DELETE", "/targets/a%zz").status == 400);
+    CHECK(call(source, "DELETE", "/targets/%ff").status == 400);
+    source.next_change = {AdminChange::Result::ambiguous, "which"};
+    CHECK(call(source, "DELETE", "/targets/a").status == 409);
+    AdminReply get = call(source, "GET", "/targets/a");
+    CHECK(get.status == 405);
+    CHECK(get.allow == "DELETE");
+    AdminReply list = call(source, "GET", "/targets");
+    CHECK(list.status == 405);
+    CHECK(list.allow == "POST");
 }
 
 TEST_CASE("router: wrong methods get 405 with Allow, unknown paths 404") {

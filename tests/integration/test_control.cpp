@@ -261,8 +261,8 @@ TEST_CASE("control: reload keeps, adds and removes targets and groups") {
     auto enable_removed = control.enable("web", "shared");
     CHECK(enable_removed.result == AdminChange::Result::unknown_target);
     CHECK(enable_removed.message ==
-          "target group 'web': target shared (127.0.0.1:9003) was removed from the "
-          "configuration; only a registered target can be enabled");
+          "target group 'web': target shared (127.0.0.1:9003) is deregistering (removed from "
+          "the configuration); only a registered target can be enabled");
     CHECK(control.drain("web", "shared").message ==
           "target group 'web': target shared (127.0.0.1:9003) is already deregistering (removed)");
 
@@ -294,6 +294,157 @@ TEST_CASE("control: an unchanged reload publishes nothing") {
     CHECK(maglev->balancer->algorithm() == "maglev");
 }
 
+Registration registration(const std::string& id, const std::string& address,
+                          std::optional<uint32_t> weight = {}) {
+    return {id, addr(address), weight};
+}
+
+TEST_CASE("control: register starts a runtime target initial; deregister drains it") {
+    Config c = two_groups();
+    Control control(c, nullptr);
+    auto before = control.slot("web")->load();
+
+    auto added = control.register_target("web", registration("web-4", "127.0.0.1:9004", 2));
+    CHECK(added.result == AdminChange::Result::ok);
+    CHECK(added.message ==
+          "target group 'web': target web-4 (127.0.0.1:9004) registered via admin API: takes "
+          "connections after its first passed health check");
+    auto table = control.slot("web")->load();
+    CHECK(in_table(*table, "web-4"));
+    CHECK_FALSE(usable_in_table(*table, "web-4"));  // until its first passed check
+    CHECK(usable_in_table(*table, "web-1"));
+    const TargetView* t = target_in(*control.view(), "web", "web-4");
+    REQUIRE(t != nullptr);
+    CHECK(t->origin == TargetOrigin::runtime);
+    CHECK(t->weight == 2);
+    CHECK(t->state == HealthState::initial);
+    CHECK(target_in(*control.view(), "web", "web-1")->origin == TargetOrigin::config);
+
+    auto gone = control.deregister_target("", "web-4");  // unique across groups
+    CHECK(gone.result == AdminChange::Result::ok);
+    CHECK(gone.message ==
+          "target group 'web': target web-4 (127.0.0.1:9004) is deregistering: deregistered via "
+          "admin API; its 0 connections get 300 s");
+    t = target_in(*control.view(), "web", "web-4");
+    REQUIRE(t != nullptr);
+    CHECK(t->deregistration == Deregistration::removed);
+    CHECK(t->deregistration_deadline);
+    CHECK_FALSE(in_table(*control.slot("web")->load(), "web-4"));
+    // The old members again: every client back where it was.
+    auto after = control.slot("web")->load();
+    for (uint64_t hash = 1; hash < 1'000'000'000'000; hash *= 7) {
+        CHECK(after->targets[after->pick(hash, 0)].id == before->targets[before->pick(hash, 0)].id);
+    }
+    CHECK(control.deregister_target("web", "web-4").message ==
+          "target group 'web': target web-4 (127.0.0.1:9004) is already deregistering "
+          "(no longer registered)");
+    // Enable cannot bring it back; registering it again can, within the delay.
+    CHECK(control.enable("web", "web-4").message ==
+          "target group 'web': target web-4 (127.0.0.1:9004) is deregistering (no longer "
+          "registered); only a registered target can be enabled");
+    auto again = control.register_target("web", registration("web-4", "127.0.0.1:9004", 2));
+    CHECK(again.message ==
+          "target group 'web': target web-4 (127.0.0.1:9004) registered again via admin API "
+          "before its deregistration ended: it keeps its health and connections");
+}
+
+TEST_CASE("control: registration errors name the problem") {
+    Config c = two_groups();
+    c.target_groups.push_back(group("dns", {}));
+    c.target_groups.back().dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    Control control(c, nullptr);
+    auto several = control.register_target("", registration("x", "127.0.0.1:9999"));
+    CHECK(several.result == AdminChange::Result::invalid);
+    CHECK(several.message == "several target groups ('web', 'api', 'dns'); name the target group");
+    auto unknown = control.register_target("db", registration("x", "127.0.0.1:9999"));
+    CHECK(unknown.result == AdminChange::Result::unknown_group);
+    CHECK(unknown.message == "no target group 'db'");
+    auto duplicate = control.register_target("web", registration("web-1", "127.0.0.1:9999"));
+    CHECK(duplicate.result == AdminChange::Result::conflict);
+    CHECK(duplicate.message ==
+          "target group 'web' already has a target with id 'web-1' (127.0.0.1:9001)");
+    auto dns = control.register_target("dns", registration("x", "127.0.0.1:9999"));
+    CHECK(dns.result == AdminChange::Result::conflict);
+    CHECK(dns.message ==
+          "target group 'dns' takes its targets from DNS (dns = \"app.local:80\"), not from "
+          "the admin API");
+    auto ambiguous = control.deregister_target("", "shared");
+    CHECK(ambiguous.result == AdminChange::Result::ambiguous);
+    auto nowhere = control.deregister_target("web", "ghost");
+    CHECK(nowhere.result == AdminChange::Result::unknown_target);
+    CHECK(nowhere.message == "target group 'web' has no target 'ghost'");
+
+    // One group: its name may be left out.
+    Config one;
+    one.target_groups = {group("web", {{"a", "127.0.0.1:9001"}})};
+    Control single(one, nullptr);
+    CHECK(single.register_target("", registration("b", "127.0.0.1:9002")).result ==
+          AdminChange::Result::ok);
+}
+
+TEST_CASE("control: a reload keeps runtime targets and deregistrations of file targets") {
+    Config c = two_groups();
+    Control control(c, nullptr);
+    control.register_target("web", registration("web-4", "127.0.0.1:9004"));
+    auto web4_stats = target_in(*control.view(), "web", "web-4")->stats;
+    control.deregister_target("web", "web-2");
+
+    control.apply(c);  // SIGHUP with the same file
+    auto view = control.view();
+    CHECK(target_in(*view, "web", "web-4")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "web-4")->stats == web4_stats);
+    CHECK(target_in(*view, "web", "web-2")->deregistration == Deregistration::removed);
+    CHECK_FALSE(in_table(*control.slot("web")->load(), "web-2"));
+
+    // The file stops listing web-2: the deregistration lapses, and listing it again
+    // brings it back (within its delay: as it was).
+    Config without = c;
+    std::erase_if(without.target_groups[0].targets, [](const auto& t) { return t.id == "web-2"; });
+    control.apply(without);
+    control.apply(c);
+    view = control.view();
+    CHECK(target_in(*view, "web", "web-2")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "web-4")->origin == TargetOrigin::runtime);
+
+    // The file takes the runtime target over (same id and address): it stays, now the
+    // file's; removing it from the file then deregisters it.
+    Config adopted = c;
+    adopted.target_groups[0].targets.push_back({"web-4", addr("127.0.0.1:9004"), 1});
+    control.apply(adopted);
+    const TargetView* t = target_in(*control.view(), "web", "web-4");
+    CHECK(t->origin == TargetOrigin::config);
+    CHECK(t->stats == web4_stats);
+    CHECK(t->deregistration == Deregistration::none);
+    control.apply(c);
+    CHECK(target_in(*control.view(), "web", "web-4")->deregistration == Deregistration::removed);
+}
+
+TEST_CASE("control: a reload that cannot hold the runtime targets is refused") {
+    Config c;
+    c.target_groups = {group("web", {{"a", "127.0.0.1:9001"}})};
+    c.target_groups[0].targets[0].weight = 100;
+    Control control(c, nullptr);
+    for (int i = 0; i < 9; ++i) {
+        REQUIRE(
+            control
+                .register_target("web", registration(fmt::format("r{}", i),
+                                                     fmt::format("127.0.0.2:{}", 9000 + i), 100))
+                .result == AdminChange::Result::ok);
+    }
+    auto full = control.register_target("web", registration("r9", "127.0.0.2:9999", 25));
+    CHECK(full.result == AdminChange::Result::over_capacity);
+    CHECK(full.message.starts_with(
+        "target group 'web' cannot take target r9 (127.0.0.2:9999): the targets' weights add "
+        "up to 1025"));
+    Config heavier = c;
+    heavier.target_groups[0].targets.push_back({"b", addr("127.0.0.1:9002"), 100});
+    CHECK(control.check(heavier) ==
+          "target group 'web' with the 9 targets registered at run time: the targets' weights "
+          "add up to 1100, more than one ring holds (1024); use smaller weights (only their "
+          "ratios matter) or algorithm = \"maglev\"; deregister some first");
+    CHECK(control.check(c) == std::nullopt);
+}
+
 TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for the view") {
     Config c;
     c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
@@ -305,7 +456,7 @@ TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for 
     REQUIRE(view->groups[0].targets.size() == 3);
     const TargetView* found = target_in(*view, "web", "127.0.0.2:80");
     REQUIRE(found != nullptr);
-    CHECK(found->discovered);
+    CHECK(found->origin == TargetOrigin::dns);
     CHECK_FALSE(found->usable);  // added at runtime: initial until its first pass
     CHECK(view->groups[0].dns_error == std::nullopt);
 

@@ -130,11 +130,11 @@ TEST_CASE("status shows a table of targets with state, connections and share") {
     INFO(run.out);
     CHECK(run.out.find("LISTENER         BIND") != std::string::npos);
     CHECK(run.out.find("group web (ring), 3 targets\n") != std::string::npos);
-    CHECK(run.out.find("TARGET  ADDRESS         STATE      ACTIVE  CONNECTIONS") !=
+    CHECK(run.out.find("TARGET  ADDRESS         ORIGIN   STATE      ACTIVE  CONNECTIONS") !=
           std::string::npos);
-    CHECK(run.out.find("t1      127.0.0.1:9001  healthy         0           42") !=
+    CHECK(run.out.find("t1      127.0.0.1:9001  config   healthy         0           42") !=
           std::string::npos);
-    CHECK(run.out.find("t3      127.0.0.1:9003  unhealthy") != std::string::npos);
+    CHECK(run.out.find("t3      127.0.0.1:9003  config   unhealthy") != std::string::npos);
     const Json json = Json::parse(stickyctl({"status", "--json", "--admin", f.socket}).out);
     CHECK(json["groups"][0]["targets"][0]["connections"] == 42);
 }

@@ -110,6 +110,20 @@ class FakeSource : public AdminSource {
         return change(group, id, false);
     }
     bool ready() override { return ready_; }
+    // Records what it was asked and answers `next_change` (the control thread's
+    // rules are tested on their own; here only the HTTP side is).
+    AdminChange register_target(const std::string& group, const Registration& target) override {
+        ++changes;
+        std::lock_guard lock(mutex_);
+        registrations.push_back({group, target});
+        return next_change;
+    }
+    AdminChange deregister_target(const std::string& group, const std::string& id) override {
+        ++changes;
+        std::lock_guard lock(mutex_);
+        deregistrations.push_back({group, id});
+        return next_change;
+    }
     std::vector<ListenerInfo> listeners() override { return listeners_; }
     DaemonTotals totals() override { return totals_; }
     uint32_t maglev_table_size(const std::string& group) override {
@@ -122,7 +136,10 @@ class FakeSource : public AdminSource {
     std::vector<ListenerInfo> listeners_;
     DaemonTotals totals_;
     std::atomic<bool> ready_{true};
-    std::atomic<size_t> changes{0};  // drain and enable calls, answered or not
+    std::atomic<size_t> changes{0};  // drain, enable, register, deregister calls
+    std::vector<std::pair<std::string, Registration>> registrations;
+    std::vector<std::pair<std::string, std::string>> deregistrations;
+    AdminChange next_change{AdminChange::Result::ok, "done"};
 
   private:
     AdminChange change(const std::string& group, const std::string& id, bool drain) {

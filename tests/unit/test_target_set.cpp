@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -94,13 +96,15 @@ TEST_CASE("target_set: desired = config ∪ DNS, sorted by id, configured id win
                                             addr("127.0.0.4:80"), addr("[::1]:80")};
     auto desired = desired_targets(g, dns);
     REQUIRE(desired.size() == 5);
-    CHECK(desired[0] == DesiredTarget{"127.0.0.1:9001", addr("127.0.0.1:9001"), 1, false});
-    CHECK(desired[1] == DesiredTarget{"127.0.0.4:80", addr("127.0.0.4:80"), 1, true});
+    CHECK(desired[0] ==
+          DesiredTarget{"127.0.0.1:9001", addr("127.0.0.1:9001"), 1, TargetOrigin::config});
+    CHECK(desired[1] == DesiredTarget{"127.0.0.4:80", addr("127.0.0.4:80"), 1, TargetOrigin::dns});
     // The configured target whose id collides with a DNS address keeps its own
     // address and weight.
-    CHECK(desired[2] == DesiredTarget{"127.0.0.5:80", addr("127.0.0.9:9009"), 7, false});
-    CHECK(desired[3] == DesiredTarget{"[::1]:80", addr("[::1]:80"), 1, true});
-    CHECK(desired[4] == DesiredTarget{"web-2", addr("127.0.0.1:9002"), 3, false});
+    CHECK(desired[2] ==
+          DesiredTarget{"127.0.0.5:80", addr("127.0.0.9:9009"), 7, TargetOrigin::config});
+    CHECK(desired[3] == DesiredTarget{"[::1]:80", addr("[::1]:80"), 1, TargetOrigin::dns});
+    CHECK(desired[4] == DesiredTarget{"web-2", addr("127.0.0.1:9002"), 3, TargetOrigin::config});
     CHECK(desired_targets(web({}), {}).empty());
 }
 
@@ -258,8 +262,8 @@ TEST_CASE("target_set: DNS targets come and go; a configured id shadows a discov
     std::vector<SocketAddress> dns = {addr("127.0.0.2:80"), addr("127.0.0.3:80")};
     auto current = started(g, dns);
     REQUIRE(current.size() == 2);
-    CHECK(find(current, "127.0.0.2:80").discovered);
-    CHECK_FALSE(find(current, "127.0.0.3:80").discovered);
+    CHECK(find(current, "127.0.0.2:80").origin == TargetOrigin::dns);
+    CHECK(find(current, "127.0.0.3:80").origin == TargetOrigin::config);
     CHECK(find(current, "127.0.0.3:80").address == addr("127.0.0.1:9001"));
     CHECK(find(current, "127.0.0.3:80").weight == 4);
 
@@ -267,7 +271,7 @@ TEST_CASE("target_set: DNS targets come and go; a configured id shadows a discov
     auto r = reconcile(current, desired_targets(g, next_dns), delay(30s), t0, false);
     CHECK(ids_of(r, r.added) == std::vector<std::string>{"127.0.0.4:80"});
     CHECK(ids_of(r, r.removed) == std::vector<std::string>{"127.0.0.2:80"});
-    CHECK(find(r.targets, "127.0.0.4:80").discovered);
+    CHECK(find(r.targets, "127.0.0.4:80").origin == TargetOrigin::dns);
     CHECK(find(r.targets, "127.0.0.4:80").weight == 1);
 
     // The configured target goes from the config: DNS still has that address, so
@@ -276,7 +280,7 @@ TEST_CASE("target_set: DNS targets come and go; a configured id shadows a discov
     CHECK(r2.added.size() == 1);
     CHECK(r2.targets[r2.added[0]].id == "127.0.0.3:80");
     CHECK(r2.targets[r2.added[0]].address == addr("127.0.0.3:80"));
-    CHECK(r2.targets[r2.added[0]].discovered);
+    CHECK(r2.targets[r2.added[0]].origin == TargetOrigin::dns);
     CHECK(r2.removed.size() == 1);
     CHECK(r2.targets[r2.removed[0]].address == addr("127.0.0.1:9001"));
 }
@@ -290,7 +294,7 @@ TEST_CASE("target_set: the same target from config and DNS at the same address i
     auto r = reconcile(current, desired_targets(web({}), dns), delay(30s), t0, false);
     CHECK(r.added.empty());
     CHECK(r.removed.empty());
-    CHECK(find(r.targets, "127.0.0.2:80").discovered);
+    CHECK(find(r.targets, "127.0.0.2:80").origin == TargetOrigin::dns);
     CHECK(find(r.targets, "127.0.0.2:80").record == healthy());
 }
 
@@ -621,4 +625,377 @@ TEST_CASE("target_set: minimal disruption across reloads and drains") {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// The runtime overlay: RegisterTargets / DeregisterTargets over the file.
+
+namespace {
+
+Registration reg(const char* id, const char* address, std::optional<uint32_t> weight = {}) {
+    return {id, addr(address), weight};
+}
+
+std::vector<std::string> desired_ids(const TargetGroupConfig& g, const RuntimeOverlay& o) {
+    std::vector<std::string> out;
+    for (const DesiredTarget& t : desired_targets(g, {}, o)) out.push_back(t.id);
+    return out;
+}
+
+const DesiredTarget& desired(const std::vector<DesiredTarget>& all, const std::string& id) {
+    for (const auto& t : all)
+        if (t.id == id) return t;
+    FAIL("no desired target " << id);
+    return all.front();
+}
+
+RuntimeOverlay changed(const OverlayEdit& edit) {
+    REQUIRE_MESSAGE(edit.outcome == OverlayEdit::Outcome::changed, edit.message);
+    return edit.overlay;
+}
+
+}  // namespace
+
+TEST_CASE("overlay: origin names") {
+    CHECK(to_string(TargetOrigin::config) == "config");
+    CHECK(to_string(TargetOrigin::dns) == "dns");
+    CHECK(to_string(TargetOrigin::runtime) == "runtime");
+}
+
+TEST_CASE("overlay: register adds a runtime target; the file's stay as they are") {
+    auto g = web({target("127.0.0.1:9001", "a", 2), target("127.0.0.1:9002", "b")});
+    const RuntimeOverlay none;
+    CHECK(desired_targets(g, {}, none) == desired_targets(g, {}));
+
+    auto o = changed(register_target(g, {}, none, reg("c", "127.0.0.1:9003")));
+    REQUIRE(o.registered.size() == 1);
+    CHECK(o.registered[0] == DesiredTarget{"c", addr("127.0.0.1:9003"), 1, TargetOrigin::runtime});
+    CHECK(o.deregistered.empty());
+    // Sorted by id, whatever order they came in.
+    o = changed(register_target(g, {}, o, reg("[::1]:9000", "[::1]:9000", 7)));
+    CHECK(o.registered[0].id == "[::1]:9000");
+    CHECK(o.registered[0].weight == 7);
+    const auto all = desired_targets(g, {}, o);
+    CHECK(desired_ids(g, o) == std::vector<std::string>{"[::1]:9000", "a", "b", "c"});
+    CHECK(desired(all, "a") == DesiredTarget{"a", addr("127.0.0.1:9001"), 2, TargetOrigin::config});
+    CHECK(desired(all, "c").origin == TargetOrigin::runtime);
+}
+
+TEST_CASE("overlay: register refuses a taken id or address, a DNS group, and what does not fit") {
+    auto g = web({target("127.0.0.1:9001", "a"), target("127.0.0.1:9002", "b")});
+    const RuntimeOverlay o = changed(register_target(g, {}, {}, reg("c", "127.0.0.1:9003")));
+
+    auto id_taken = register_target(g, {}, o, reg("a", "127.0.0.1:9009"));
+    CHECK(id_taken.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(id_taken.message ==
+          "target group 'web' already has a target with id 'a' (127.0.0.1:9001)");
+    auto runtime_id = register_target(g, {}, o, reg("c", "127.0.0.1:9009"));
+    CHECK(runtime_id.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(runtime_id.message ==
+          "target group 'web' already has a target with id 'c' (127.0.0.1:9003)");
+    auto address_taken = register_target(g, {}, o, reg("z", "127.0.0.1:9002"));
+    CHECK(address_taken.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(address_taken.message ==
+          "target group 'web' already has a target at 127.0.0.1:9002 (id 'b')");
+    // The very same target again is a duplicate too.
+    CHECK(register_target(g, {}, o, reg("c", "127.0.0.1:9003")).outcome ==
+          OverlayEdit::Outcome::conflict);
+
+    auto dns = g;
+    dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    auto refused = register_target(dns, {}, {}, reg("c", "127.0.0.1:9003"));
+    CHECK(refused.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(refused.message ==
+          "target group 'web' takes its targets from DNS (dns = \"app.local:80\"), not from the "
+          "admin API");
+
+    // A ring holds weights up to 1024 in all.
+    auto heavy = web({});
+    for (int i = 0; i < 10; ++i) {
+        heavy.targets.push_back(
+            {fmt::format("t{}", i), addr(fmt::format("127.0.1.{}:80", i + 1).c_str()), 100});
+    }
+    auto fits = changed(register_target(heavy, {}, {}, reg("x", "127.0.0.2:80", 24)));
+    auto full = register_target(heavy, {}, fits, reg("y", "127.0.0.3:80"));
+    CHECK(full.outcome == OverlayEdit::Outcome::over_capacity);
+    CHECK(full.message ==
+          "target group 'web' cannot take target y (127.0.0.3:80): the targets' weights add up "
+          "to 1025, more than one ring holds (1024); use smaller weights (only their ratios "
+          "matter) or algorithm = \"maglev\"");
+    // A maglev table of 1021 entries holds 10 targets (100 entries each).
+    auto maglev = web({}, Algorithm::maglev);
+    RuntimeOverlay m;
+    for (int i = 0; i < 10; ++i) {
+        m = changed(
+            register_target(maglev, {}, m,
+                            {fmt::format("m{}", i),
+                             addr(fmt::format("127.0.2.{}:80", i + 1).c_str()), std::nullopt}));
+    }
+    auto eleventh = register_target(maglev, {}, m, reg("m10", "127.0.2.11:80"));
+    CHECK(eleventh.outcome == OverlayEdit::Outcome::over_capacity);
+    CHECK(eleventh.message.starts_with(
+        "target group 'web' cannot take target m10 (127.0.2.11:80): maglev_table_size 1021"));
+}
+
+TEST_CASE("overlay: deregister takes a runtime target out of the overlay, a file one into it") {
+    auto g = web({target("127.0.0.1:9001", "a", 3), target("127.0.0.1:9002", "b")});
+    auto o = changed(register_target(g, {}, {}, reg("c", "127.0.0.1:9003")));
+
+    auto without_c = changed(deregister_target(g, {}, o, "c"));
+    CHECK(without_c.empty());
+    auto without_a = changed(deregister_target(g, {}, o, "a"));
+    REQUIRE(without_a.deregistered.size() == 1);
+    CHECK(without_a.deregistered[0] ==
+          DesiredTarget{"a", addr("127.0.0.1:9001"), 3, TargetOrigin::config});
+    CHECK(desired_ids(g, without_a) == std::vector<std::string>{"b", "c"});
+
+    auto unknown = deregister_target(g, {}, without_a, "a");  // already out
+    CHECK(unknown.outcome == OverlayEdit::Outcome::unknown_target);
+    CHECK(unknown.message == "target group 'web' has no target 'a'");
+
+    auto dns = g;
+    dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    auto refused = deregister_target(dns, {}, {}, "a");
+    CHECK(refused.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(refused.message ==
+          "target group 'web' takes its targets from DNS (dns = \"app.local:80\"), not from the "
+          "admin API; drain a target to take it out of service");
+}
+
+TEST_CASE("overlay: registering a deregistered file target again lifts the deregistration") {
+    auto g = web({target("127.0.0.1:9001", "a", 3), target("127.0.0.1:9002", "b")});
+    const auto out = changed(deregister_target(g, {}, {}, "a"));
+
+    // By its own id and address, with no weight or the file's: the file's target again.
+    CHECK(changed(register_target(g, {}, out, reg("a", "127.0.0.1:9001"))).empty());
+    CHECK(changed(register_target(g, {}, out, reg("a", "127.0.0.1:9001", 3))).empty());
+    auto other_weight = register_target(g, {}, out, reg("a", "127.0.0.1:9001", 5));
+    CHECK(other_weight.outcome == OverlayEdit::Outcome::conflict);
+    CHECK(other_weight.message ==
+          "target group 'web': target a (127.0.0.1:9001) is the configuration file's, with "
+          "weight 3; register it again without a weight or with weight 3, or change the file");
+
+    // Its id at another address, or its address under another id, is a runtime
+    // target of its own: the file's stays deregistered.
+    auto elsewhere = changed(register_target(g, {}, out, reg("a", "127.0.0.1:9011")));
+    CHECK(elsewhere.deregistered == out.deregistered);
+    CHECK(desired(desired_targets(g, {}, elsewhere), "a").origin == TargetOrigin::runtime);
+    auto renamed = changed(register_target(g, {}, out, reg("a2", "127.0.0.1:9001")));
+    CHECK(desired_ids(g, renamed) == std::vector<std::string>{"a2", "b"});
+}
+
+TEST_CASE("overlay: a reload keeps the overlay; the file wins where they meet") {
+    auto g = web({target("127.0.0.1:9001", "a", 3), target("127.0.0.1:9002", "b")});
+    RuntimeOverlay o = changed(register_target(g, {}, {}, reg("c", "127.0.0.1:9003")));
+    o = changed(register_target(g, {}, o, reg("d", "127.0.0.1:9004")));
+    o = changed(deregister_target(g, {}, o, "a"));
+    std::vector<std::string> notes;
+
+    SUBCASE("the same file: nothing changes") {
+        CHECK(rebase_overlay(o, &g, notes) == o);
+        CHECK(notes.empty());
+    }
+    SUBCASE("a deregistration lasts while the file lists the target, whatever its weight") {
+        auto heavier = web({target("127.0.0.1:9001", "a", 9), target("127.0.0.1:9002", "b")});
+        auto next = rebase_overlay(o, &heavier, notes);
+        CHECK(notes.empty());
+        REQUIRE(next.deregistered.size() == 1);
+        CHECK(next.deregistered[0].weight == 9);
+        CHECK(desired_ids(heavier, next) == std::vector<std::string>{"b", "c", "d"});
+    }
+    SUBCASE("it lapses once the file stops listing it; listing it again brings it back") {
+        auto without_a = web({target("127.0.0.1:9002", "b")});
+        auto next = rebase_overlay(o, &without_a, notes);
+        CHECK(next.deregistered.empty());
+        CHECK(next.registered == o.registered);
+        CHECK(notes == std::vector<std::string>{
+                           "target group 'web': target a (127.0.0.1:9001), deregistered at run "
+                           "time, is no longer in the configuration file; listing it again "
+                           "registers it"});
+        notes.clear();
+        CHECK(rebase_overlay(next, &g, notes) == next);
+        CHECK(desired_ids(g, next) == std::vector<std::string>{"a", "b", "c", "d"});
+    }
+    SUBCASE("a file that moves the target elsewhere ends its deregistration") {
+        auto moved = web({target("127.0.0.1:9101", "a", 3), target("127.0.0.1:9002", "b")});
+        auto next = rebase_overlay(o, &moved, notes);
+        CHECK(next.deregistered.empty());
+        CHECK(desired(desired_targets(moved, {}, next), "a").address == addr("127.0.0.1:9101"));
+    }
+    SUBCASE("a runtime target the file now lists as it is becomes the file's") {
+        auto adopted = g;
+        adopted.targets.push_back(target("127.0.0.1:9003", "c", 4));
+        auto next = rebase_overlay(o, &adopted, notes);
+        REQUIRE(next.registered.size() == 1);
+        CHECK(next.registered[0].id == "d");
+        CHECK(notes == std::vector<std::string>{
+                           "target group 'web': target c (127.0.0.1:9003), registered at run "
+                           "time, is now in the configuration file, which keeps it"});
+        const auto all = desired_targets(adopted, {}, next);
+        CHECK(desired(all, "c") ==
+              DesiredTarget{"c", addr("127.0.0.1:9003"), 4, TargetOrigin::config});
+    }
+    SUBCASE("a file target that takes a runtime target's id or address replaces it") {
+        auto taken = g;
+        taken.targets.push_back(target("127.0.0.1:9013", "c"));  // c's id
+        taken.targets.push_back(target("127.0.0.1:9004", "e"));  // d's address
+        auto next = rebase_overlay(o, &taken, notes);
+        CHECK(next.registered.empty());
+        CHECK(notes == std::vector<std::string>{
+                           "target group 'web': target c (127.0.0.1:9003), registered at run "
+                           "time, deregisters: the configuration file's target c "
+                           "(127.0.0.1:9013) takes its id",
+                           "target group 'web': target d (127.0.0.1:9004), registered at run "
+                           "time, deregisters: the configuration file's target e "
+                           "(127.0.0.1:9004) takes its address"});
+    }
+    SUBCASE("a deregistered file target does not take anything from a runtime one") {
+        // "a" is out; a runtime target under its id elsewhere stays across reloads.
+        auto a_elsewhere = changed(register_target(g, {}, o, reg("a", "127.0.0.1:9011")));
+        CHECK(rebase_overlay(a_elsewhere, &g, notes) == a_elsewhere);
+        CHECK(notes.empty());
+    }
+    SUBCASE("a group that turns to DNS, or is gone, keeps no overlay") {
+        auto dns = g;
+        dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+        CHECK(rebase_overlay(o, &dns, notes).empty());
+        CHECK(notes == std::vector<std::string>{
+                           "target group 'web' now takes its targets from DNS: 2 registered and 1 "
+                           "deregistered at run time go back to what DNS and the file say"});
+        CHECK(rebase_overlay(o, nullptr, notes).empty());
+    }
+}
+
+TEST_CASE("overlay: registration and deregistration go through reconcile like a reload") {
+    auto g = web({target("127.0.0.1:9001", "a"), target("127.0.0.1:9002", "b")});
+    g.deregistration_delay = delay(300s);
+    auto current = started(g);
+    for (auto& t : current) t.record = healthy();
+
+    auto o = changed(register_target(g, {}, {}, reg("c", "127.0.0.1:9003")));
+    auto added = reconcile(current, desired_targets(g, {}, o), delay(300s), t0, false);
+    CHECK(ids_of(added, added.added) == std::vector<std::string>{"c"});
+    const auto& c = find(added.targets, "c");
+    CHECK(c.origin == TargetOrigin::runtime);
+    CHECK_FALSE(routable(c.record));  // takes clients after its first passed check
+
+    auto out = changed(deregister_target(g, {}, o, "b"));
+    auto removed =
+        reconcile(added.targets, desired_targets(g, {}, out), delay(300s), t0 + 5s, false);
+    CHECK(ids_of(removed, removed.removed) == std::vector<std::string>{"b"});
+    CHECK(find(removed.targets, "b").deadline == t0 + 305s);
+
+    // Registered again within its delay: kept, health and all.
+    auto back = changed(register_target(g, {}, out, reg("b", "127.0.0.1:9002")));
+    auto restored =
+        reconcile(removed.targets, desired_targets(g, {}, back), delay(300s), t0 + 6s, false);
+    CHECK(ids_of(restored, restored.restored) == std::vector<std::string>{"b"});
+    CHECK(find(restored.targets, "b").record == healthy());
+}
+
+TEST_CASE("overlay: a registered target takes keys only onto itself, and gives back exactly them") {
+    auto g = web({target("127.0.0.1:9001", "a"), target("127.0.0.1:9002", "b"),
+                  target("127.0.0.1:9003", "c")});
+    auto targets = started(g);
+    const auto keys = test::client_hashes(5000);
+    const auto before = mapping(build_group_routing(g, targets, nullptr), keys);
+
+    auto o = changed(register_target(g, {}, {}, reg("d", "127.0.0.1:9004")));
+    auto r = reconcile(targets, desired_targets(g, {}, o), delay(300s), t0, false);
+    find(r.targets, "d").record = healthy();
+    const auto after = mapping(build_group_routing(g, r.targets, nullptr), keys);
+    size_t moved = 0;
+    for (size_t i = 0; i < keys.size(); ++i) {
+        if (after[i] == before[i]) continue;
+        CHECK(after[i] == "d");
+        ++moved;
+    }
+    CHECK(moved > keys.size() / 8);
+
+    auto gone = changed(deregister_target(g, {}, o, "d"));
+    auto r2 = reconcile(r.targets, desired_targets(g, {}, gone), delay(300s), t0, false);
+    CHECK(mapping(build_group_routing(g, r2.targets, nullptr), keys) == before);
+}
+
+// Random sequences of registrations, deregistrations and reloads over a small pool
+// of ids and addresses (so that they collide often): after every step the merged
+// group is one the config validator would accept (unique ids and addresses), the
+// overlay only deregisters what the file lists, and a rebase onto the same file
+// changes nothing.
+TEST_CASE("overlay: invariants over random edits and reloads") {
+    const std::vector<std::string> ids = {"a", "b", "c", "d", "e"};
+    const std::vector<std::string> addresses = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3",
+                                                "127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"};
+    uint64_t seed = 42;
+    auto pick = [&](size_t n) { return static_cast<size_t>(test::splitmix64(seed) % n); };
+    auto random_file = [&] {
+        TargetGroupConfig f = web({});
+        std::set<std::string> used_ids, used_addresses;
+        const size_t n = pick(4);
+        for (size_t i = 0; i < n; ++i) {
+            const std::string& id = ids[pick(ids.size())];
+            const std::string& address = addresses[pick(addresses.size())];
+            if (!used_ids.insert(id).second || !used_addresses.insert(address).second) continue;
+            f.targets.push_back({id, addr(address.c_str()), static_cast<uint32_t>(1 + pick(3))});
+        }
+        return f;
+    };
+    TargetGroupConfig file = random_file();
+    RuntimeOverlay overlay;
+    size_t changes = 0;
+    for (int step = 0; step < 5000; ++step) {
+        CAPTURE(step);
+        const size_t what = pick(10);
+        if (what < 5) {
+            const std::string& id = ids[pick(ids.size())];
+            Registration r{id, addr(addresses[pick(addresses.size())].c_str()), std::nullopt};
+            if (pick(2)) r.weight = static_cast<uint32_t>(1 + pick(3));
+            auto edit = register_target(file, {}, overlay, r);
+            if (edit.outcome == OverlayEdit::Outcome::changed) {
+                ++changes;
+                overlay = edit.overlay;
+                const auto all = desired_targets(file, {}, overlay);
+                CHECK(std::any_of(all.begin(), all.end(), [&](const DesiredTarget& t) {
+                    return t.id == r.id && t.address == r.address;
+                }));
+            } else {
+                CHECK(edit.outcome == OverlayEdit::Outcome::conflict);
+            }
+        } else if (what < 8) {
+            const std::string& id = ids[pick(ids.size())];
+            auto edit = deregister_target(file, {}, overlay, id);
+            if (edit.outcome == OverlayEdit::Outcome::changed) {
+                ++changes;
+                overlay = edit.overlay;
+                const auto all = desired_targets(file, {}, overlay);
+                CHECK(std::none_of(all.begin(), all.end(),
+                                   [&](const DesiredTarget& t) { return t.id == id; }));
+            } else {
+                CHECK(edit.outcome == OverlayEdit::Outcome::unknown_target);
+            }
+        } else {
+            std::vector<std::string> notes;
+            file = what == 8 ? random_file() : file;
+            overlay = rebase_overlay(overlay, &file, notes);
+        }
+        const auto all = desired_targets(file, {}, overlay);
+        std::set<std::string> seen_ids, seen_addresses;
+        for (const DesiredTarget& t : all) {
+            CHECK(seen_ids.insert(t.id).second);
+            CHECK(seen_addresses.insert(t.address.to_string()).second);
+        }
+        for (const DesiredTarget& d : overlay.deregistered) {
+            CHECK(std::any_of(file.targets.begin(), file.targets.end(), [&](const TargetConfig& t) {
+                return t.id == d.id && t.address == d.address;
+            }));
+        }
+        // Every registered target is in the group as registered.
+        for (const DesiredTarget& r : overlay.registered) {
+            CHECK(std::find(all.begin(), all.end(), r) != all.end());
+        }
+        std::vector<std::string> notes;
+        CHECK(rebase_overlay(overlay, &file, notes) == overlay);
+        CHECK(notes.empty());
+    }
+    CHECK(changes > 500);
 }

@@ -1309,13 +1309,8 @@ void check_target(Diagnostics& diag, const std::string& path, const TargetConfig
         diag.fail(path + ".address",
                   fmt::format("not set; expected ip:port such as {}", kTargetExample));
     }
-    if (target.id.empty()) {
-        diag.fail(path + ".id", "must not be empty");
-    } else if (!is_valid_name(target.id)) {
-        diag.fail(path + ".id", fmt::format("{}, got {:?}", kNameRule, target.id));
-    }
-    if (auto problem = check_int(target.weight, kWeightRange))
-        diag.fail(path + ".weight", *problem);
+    if (auto problem = target_id_error(target.id)) diag.fail(path + ".id", *problem);
+    if (auto problem = target_weight_error(target.weight)) diag.fail(path + ".weight", *problem);
 }
 
 // Two targets with one address would get two shares of the ring for one backend; two
@@ -1362,6 +1357,25 @@ void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupC
 }
 
 }  // namespace
+
+std::optional<std::string> target_address_error(std::string_view text) {
+    if (SocketAddress::parse(text)) return std::nullopt;
+    return bad_address_message(text, kTargetExample);
+}
+
+std::optional<std::string> target_id_error(std::string_view id) {
+    if (id.empty()) return "must not be empty";
+    if (!is_valid_name(id)) return fmt::format("{}, got {:?}", kNameRule, id);
+    return std::nullopt;
+}
+
+std::optional<std::string> target_weight_error(int64_t weight) {
+    return check_int(weight, kWeightRange);
+}
+
+std::string weight_range_message(std::string_view got) {
+    return int_range_message(kWeightRange, got);
+}
 
 std::optional<std::string> capacity_error(const TargetGroupConfig& group, size_t targets,
                                           uint64_t total_weight) {
