@@ -12,7 +12,9 @@
 //    "totals": {"accepted", "active", "connect_failures", "retries",
 //               "bytes_in" (client -> target), "bytes_out" (target -> client)},
 //    "listeners": [{"name", "bind", "target_group", "accepted", "proxy_header_errors",
-//                   "no_target" (clients closed: the group had no target to route to)}],
+//                   "no_target" (clients closed: the group had no target to route to),
+//                   "refused": {"denied", "not_allowed"} (clients reset by the allow
+//                              and deny lists; also counted in accepted)}],
 //    "groups": [{"name", "algorithm", "health_checks", "failing_open",
 //                "dns_error" (string or null),
 //                "routing": null (no table yet) | {"fingerprint", "usable_fingerprint",
@@ -94,6 +96,8 @@ struct ListenerCounters {
     uint64_t accepted = 0;
     uint64_t proxy_header_errors = 0;
     uint64_t no_target = 0;
+    uint64_t refused_denied = 0;
+    uint64_t refused_not_allowed = 0;
 };
 
 struct ProcessFds {
