@@ -23,9 +23,11 @@ std::string_view to_string(SourceVerdict verdict);
 
 // Both lists flattened into the disjoint address ranges they cut each family into,
 // each range with its verdict, adjacent ranges of one verdict merged. A check is
-// one branch-free binary search over the range starts of the client's family:
-// about log2(2 * prefixes) steps, whatever the prefixes' lengths or overlaps.
-// Immutable once built; workers share one per listener.
+// a branch-free binary search over the range starts of the client's family: about
+// log2(2 * prefixes) steps, whatever the prefixes' lengths or overlaps. Long lists
+// search an index of every block's first start, then one block of four cache
+// lines, so most steps stay in cache (10,000 IPv6 prefixes: 350 KB of starts, a
+// 22 KB index). Immutable once built; workers share one per listener.
 class SourceFilter {
   public:
     // An empty allow list allows every address that deny does not hold.
@@ -42,9 +44,13 @@ class SourceFilter {
   private:
     template <typename Word>
     struct Ranges {
+        static constexpr size_t kBlock = 256 / sizeof(Word);
+
         std::vector<Word> starts;  // ascending, starts[0] == 0
         std::vector<SourceVerdict> verdicts;
+        std::vector<Word> index;  // starts[0], starts[kBlock], ...; empty when in L1
 
+        void build_index();
         SourceVerdict find(Word address) const;
     };
 

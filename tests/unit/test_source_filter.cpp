@@ -103,13 +103,24 @@ struct Generator {
         return key;
     }
 
-    IpPrefix random_prefix() {
+    // Mostly long prefixes near the bases, and unless `long_only` sometimes very
+    // short ones that swallow the others.
+    IpPrefix random_prefix(bool long_only = false) {
         IpPrefix p;
         p.address = near_base();
         const unsigned bits = p.address.size * 8u;
-        // Mostly long prefixes, sometimes very short ones that swallow the others.
-        p.length = static_cast<uint8_t>(rng() % 8 == 0 ? rng() % (bits + 1)
-                                                       : bits - rng() % (bits / 2 + 1));
+        p.length = static_cast<uint8_t>(
+            !long_only && rng() % 8 == 0 ? rng() % (bits + 1) : bits - rng() % (bits / 2 + 1));
+        p.address = apply_prefix(p.address, p.length, p.length);
+        return p;
+    }
+
+    // Long prefixes anywhere: few overlaps, so many ranges.
+    IpPrefix scattered_prefix() {
+        IpPrefix p;
+        p.address = random_address(rng() % 2 == 0 ? 4 : 16);
+        const unsigned bits = p.address.size * 8u;
+        p.length = static_cast<uint8_t>(bits - rng() % (bits / 2 + 1));
         p.address = apply_prefix(p.address, p.length, p.length);
         return p;
     }
@@ -217,10 +228,18 @@ TEST_CASE("random lists agree with the oracle") {
 
 TEST_CASE("10,000 random prefixes agree with the oracle") {
     Generator gen(13);
+    // Long prefixes only (one /1 among them would leave a handful of ranges), half
+    // of them clustered so that they nest and touch.
     std::vector<IpPrefix> allow(10000);
-    for (IpPrefix& p : allow) p = gen.random_prefix();
+    for (size_t i = 0; i < allow.size(); ++i) {
+        allow[i] = i % 2 == 0 ? gen.scattered_prefix() : gen.random_prefix(true);
+    }
     std::vector<IpPrefix> deny(500);
-    for (IpPrefix& p : deny) p = gen.random_prefix();
+    for (IpPrefix& p : deny) p = gen.random_prefix(true);
+    // Long enough that both families search through their block index.
+    const SourceFilter filter(allow, deny);
+    CHECK(filter.v4_ranges() * 4 > 16 * 1024);
+    CHECK(filter.v6_ranges() * 16 > 16 * 1024);
     check_against_oracle(allow, deny, gen, 2000);
 }
 
