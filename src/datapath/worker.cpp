@@ -899,6 +899,25 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
             case HeaderStep::done:
                 break;
         }
+        std::vector<uint8_t>().swap(setup.inbound);
+        setup.client = std::move(out.header.source);
+        setup.local = std::move(out.header.destination);
+        if (AccessRecord* a = access(slot)) a->source = setup.client;
+        // LOCAL or UNKNOWN: the connection's own peer is the client.
+        std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
+        if (!client) {
+            release_buffer(bid);
+            note_reset(slot, true);  // getpeername fails once the client has reset
+            return close_connection(slot, CloseMode::reset);
+        }
+        if (setup.sources) {
+            if (auto verdict = refusal(*setup.sources, setup.listener_stats.get(),
+                                       setup.listener_name, client->sa())) {
+                release_buffer(bid);  // a refused client's bytes count nowhere
+                note_end(slot, refusal_end(*verdict));
+                return close_connection(slot, CloseMode::reset);
+            }
+        }
         if (out.payload_offset < static_cast<size_t>(res)) {
             Flow& up = c.flow(FlowDir::upstream);
             up.buf = bid;
@@ -908,23 +927,6 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
             if (AccessRecord* a = access(slot)) a->bytes_up += up.len - up.sent;
         } else {
             release_buffer(bid);
-        }
-        std::vector<uint8_t>().swap(setup.inbound);
-        setup.client = std::move(out.header.source);
-        setup.local = std::move(out.header.destination);
-        if (AccessRecord* a = access(slot)) a->source = setup.client;
-        // LOCAL or UNKNOWN: the connection's own peer is the client.
-        std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
-        if (!client) {
-            note_reset(slot, true);  // getpeername fails once the client has reset
-            return close_connection(slot, CloseMode::reset);
-        }
-        if (setup.sources) {
-            if (auto verdict = refusal(*setup.sources, setup.listener_stats.get(),
-                                       setup.listener_name, client->sa())) {
-                note_end(slot, refusal_end(*verdict));
-                return close_connection(slot, CloseMode::reset);
-            }
         }
         return route_client(slot, client->sa());
     }

@@ -210,8 +210,8 @@ def test_proxy_protocol_listener_judges_the_header_address():
     target = StubTarget()
     lb = h.lb_addr()
     stickyd = start(target, [{"bind": h.fmt_addr(lb), "target_group": "web",
-                              "accept_proxy_protocol": True, "allow": ["203.0.113.0/24"],
-                              "deny": ["203.0.113.66"]}])
+                              "accept_proxy_protocol": True, "access_log": True,
+                              "allow": ["203.0.113.0/24"], "deny": ["203.0.113.66"]}])
 
     def header(src):
         return h.proxy_v1_header((src, 40000), (lb[0], lb[1]))
@@ -224,6 +224,13 @@ def test_proxy_protocol_listener_judges_the_header_address():
     expect_reached(target, ["203.0.113.7", "203.0.113.8", "203.0.113.9"],
                    ["198.51.100.7", "203.0.113.66", "127.0.0.2", "127.0.0.9"])
     expect_refused(stickyd, h.fmt_addr(lb), denied=1, not_allowed=1)
+    # What the refused client sent after its header counts nowhere.
+    for source, end in (("198.51.100.7", '"not allowed"'), ("203.0.113.66", "denied")):
+        pattern = (rf"client=127\.0\.0\.2:\d+ source={re.escape(source)}:40000 group=- "
+                   rf"target=- addr=- attempts=0 up=0 down=0 ms=\d+\.\d end={end}$")
+        h.wait_for(f"the access line of {source}",
+                   lambda: re.search(pattern, stickyd.process.log(), re.M),
+                   timeout=10, process=stickyd.process)
 
 
 def test_access_log_records_refusals_when_on():
