@@ -12,6 +12,7 @@
 
 #include "stickyd/address.hpp"
 #include "stickyd/health.hpp"
+#include "stickyd/ip_prefix.hpp"
 #include "stickyd/log.hpp"
 
 namespace stickyd {
@@ -119,6 +120,11 @@ struct ListenerConfig {
     Duration proxy_protocol_timeout{3000};
     // One info line per finished connection (client, target, bytes, duration, end).
     bool access_log = false;
+    // The NLB's security groups: a client in `deny`, or outside a non-empty `allow`,
+    // is reset at accept before any target is chosen (deny wins). The address checked
+    // is the one stickiness hashes: the PROXY header's with accept_proxy_protocol.
+    std::vector<IpPrefix> allow{};  // empty: every client not denied
+    std::vector<IpPrefix> deny{};
 };
 
 struct GlobalConfig {

@@ -13,6 +13,9 @@ struct ListenerStats {
     std::atomic<uint64_t> accepted{0};
     std::atomic<uint64_t> proxy_header_errors{0};  // accept_proxy_protocol: bad or missing
     std::atomic<uint64_t> no_target{0};            // closed: the group had no target to route to
+    // Reset by the listener's allow and deny lists (SourceVerdict), before routing.
+    std::atomic<uint64_t> refused_denied{0};
+    std::atomic<uint64_t> refused_not_allowed{0};
 };
 
 // One worker's counters.

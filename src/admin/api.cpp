@@ -81,11 +81,13 @@ AdminState gather(AdminSource& source) {
     AdminState state;
     state.control = source.view();
     for (const ListenerInfo& l : source.listeners()) {
-        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0, 0};
+        ListenerCounters c{l.name, l.bind, l.target_group, 0, 0, 0, 0, 0};
         if (l.stats) {
             c.accepted = l.stats->accepted.load(std::memory_order_relaxed);
             c.proxy_header_errors = l.stats->proxy_header_errors.load(std::memory_order_relaxed);
             c.no_target = l.stats->no_target.load(std::memory_order_relaxed);
+            c.refused_denied = l.stats->refused_denied.load(std::memory_order_relaxed);
+            c.refused_not_allowed = l.stats->refused_not_allowed.load(std::memory_order_relaxed);
         }
         state.listeners.push_back(std::move(c));
     }

@@ -10,6 +10,7 @@
 #include "stickyd/address.hpp"
 #include "stickyd/fingerprint.hpp"
 #include "stickyd/ring_report.hpp"
+#include "stickyd/source_filter.hpp"
 #include "stickyd_version.h"
 
 namespace stickyd {
@@ -122,12 +123,14 @@ Json status_document(const AdminState& state) {
     const DaemonTotals& t = state.totals;
     Json listeners = Json::array();
     for (const ListenerCounters& l : state.listeners) {
-        listeners.push_back({{"name", l.name},
-                             {"bind", l.bind},
-                             {"target_group", l.target_group},
-                             {"accepted", l.accepted},
-                             {"proxy_header_errors", l.proxy_header_errors},
-                             {"no_target", l.no_target}});
+        listeners.push_back(
+            {{"name", l.name},
+             {"bind", l.bind},
+             {"target_group", l.target_group},
+             {"accepted", l.accepted},
+             {"proxy_header_errors", l.proxy_header_errors},
+             {"no_target", l.no_target},
+             {"refused", {{"denied", l.refused_denied}, {"not_allowed", l.refused_not_allowed}}}});
     }
     Json groups = Json::array();
     for (const GroupView& g : state.control->groups) {
@@ -468,6 +471,20 @@ std::string metrics_text(const AdminState& state) {
     for (const ListenerCounters& l : state.listeners) {
         p.sample("stickyd_listener_no_target_closes_total",
                  {{"listener", l.name}, {"target_group", l.target_group}}, l.no_target);
+    }
+    p.family("stickyd_listener_refused_connections_total", "counter",
+             "Clients reset by the listener's allow and deny lists before routing; reason "
+             "\"denied\" (in deny) or \"not_allowed\" (outside a non-empty allow).");
+    for (const ListenerCounters& l : state.listeners) {
+        for (const auto& [reason, value] :
+             {std::pair{SourceVerdict::denied, l.refused_denied},
+              std::pair{SourceVerdict::not_allowed, l.refused_not_allowed}}) {
+            p.sample("stickyd_listener_refused_connections_total",
+                     {{"listener", l.name},
+                      {"target_group", l.target_group},
+                      {"reason", to_string(reason)}},
+                     value);
+        }
     }
 
     const DaemonTotals& t = state.totals;

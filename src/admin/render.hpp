@@ -12,7 +12,9 @@
 //    "totals": {"accepted", "active", "connect_failures", "retries",
 //               "bytes_in" (client -> target), "bytes_out" (target -> client)},
 //    "listeners": [{"name", "bind", "target_group", "accepted", "proxy_header_errors",
-//                   "no_target" (clients closed: the group had no target to route to)}],
+//                   "no_target" (clients closed: the group had no target to route to),
+//                   "refused": {"denied", "not_allowed"} (clients reset by the allow
+//                              and deny lists; also counted in accepted)}],
 //    "groups": [{"name", "algorithm", "health_checks", "failing_open",
 //                "healthy_targets", "targets_in_service" (not drained or removed),
 //                "minimum_healthy_targets": {"count", "percentage" (null = off),
@@ -103,6 +105,8 @@ struct ListenerCounters {
     uint64_t accepted = 0;
     uint64_t proxy_header_errors = 0;
     uint64_t no_target = 0;
+    uint64_t refused_denied = 0;
+    uint64_t refused_not_allowed = 0;
 };
 
 struct ProcessFds {

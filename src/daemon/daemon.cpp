@@ -85,7 +85,14 @@ ListenerSettings Daemon::settings_for(const ListenerConfig& listener) {
     // listener that a reload keeps keeps its counters.
     auto& stats = listener_stats_[listener.name];
     if (!stats) stats = std::make_shared<ListenerStats>();
-    return ListenerSettings{listener, control_->slot(listener.target_group), stats};
+    // Built once per listener and reload, shared by every worker: a reload hands
+    // new lists to new clients, while connections already accepted are not judged again.
+    std::shared_ptr<const SourceFilter> sources;
+    if (!listener.allow.empty() || !listener.deny.empty()) {
+        sources = std::make_shared<const SourceFilter>(listener.allow, listener.deny);
+    }
+    return ListenerSettings{listener, control_->slot(listener.target_group), stats,
+                            std::move(sources)};
 }
 
 std::vector<int> Daemon::open_sockets(const ListenerConfig& listener, std::string& error) {

@@ -48,6 +48,10 @@ std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
         app.add_option("--proxy-protocol-timeout", f.proxy_protocol_timeout,
                        "How long a client may take to send its header (default 3s)"),
         app.add_flag("--access-log", f.access_log, "Log one info line per finished connection"),
+        app.add_option("--allow", f.allow,
+                       "Accept only clients in this CIDR prefix (repeatable; default: all)"),
+        app.add_option("--deny", f.deny,
+                       "Reset clients in this CIDR prefix, even if allowed (repeatable)"),
     };
 }
 
@@ -201,6 +205,20 @@ std::variant<TargetGroupConfig, std::string> group_from_flags(const QuickFlags& 
     return group;
 }
 
+// "--allow 10.0.0.1/8: host bits are set; did you mean 10.0.0.0/8?"
+std::optional<std::string> read_prefixes(std::string_view flag,
+                                         const std::vector<std::string>& texts,
+                                         std::vector<IpPrefix>& out) {
+    for (const std::string& text : texts) {
+        auto parsed = parse_prefix(text);
+        if (auto* problem = std::get_if<std::string>(&parsed)) {
+            return fmt::format("{} {}: {}", flag, text, *problem);
+        }
+        out.push_back(std::get<IpPrefix>(parsed));
+    }
+    return std::nullopt;
+}
+
 // The one listener template every --listen address shares.
 std::variant<ListenerConfig, std::string> listener_from_flags(const QuickFlags& f) {
     ListenerConfig listener;
@@ -216,6 +234,8 @@ std::variant<ListenerConfig, std::string> listener_from_flags(const QuickFlags& 
     }
     listener.accept_proxy_protocol = f.accept_proxy_protocol;
     listener.access_log = f.access_log;
+    if (auto error = read_prefixes("--allow", f.allow, listener.allow)) return *error;
+    if (auto error = read_prefixes("--deny", f.deny, listener.deny)) return *error;
     return listener;
 }
 

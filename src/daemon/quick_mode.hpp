@@ -28,6 +28,8 @@ struct QuickFlags {
     bool accept_proxy_protocol = false;
     std::string proxy_protocol_timeout = "3s";
     bool access_log = false;
+    std::vector<std::string> allow;  // CIDR prefixes; empty = every client not denied
+    std::vector<std::string> deny;
     // Health checks: quick mode is for local use, so checks are fast by default.
     std::string health_check = "tcp";
     std::string health_path = "/";

@@ -63,6 +63,9 @@ struct Setup {
     std::chrono::milliseconds header_timeout{0};
     std::shared_ptr<ListenerStats> listener_stats;
     std::string listener_name;
+    // The allow and deny lists in force when the client was accepted: they judge
+    // the header's address, even if a reload changes the listener meanwhile.
+    std::shared_ptr<const SourceFilter> sources;
     // The client and the address it connected to, as its PROXY header said; unset
     // without a header, or for LOCAL/UNKNOWN (then the socket's own addresses count).
     std::optional<SocketAddress> client;
@@ -149,6 +152,30 @@ std::optional<SocketAddress> peer_of(int fd) {
     socklen_t len = sizeof ss;
     if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return std::nullopt;
     return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), len);
+}
+
+// The access log's end= for a client the allow and deny lists refused.
+std::string_view refusal_end(SourceVerdict verdict) {
+    return verdict == SourceVerdict::denied ? "denied" : "not allowed";
+}
+
+// Whether the lists refuse `client`; a refusal is counted per listener. It is
+// logged only at debug level: clients outside the lists must not be able to fill
+// the log (the access log, when the listener asks for one, records them).
+std::optional<SourceVerdict> refusal(const SourceFilter& sources, ListenerStats* stats,
+                                     std::string_view listener, const sockaddr* client) {
+    const IpKey key = ip_key_of(client);
+    const SourceVerdict verdict = sources.check(key);
+    if (verdict == SourceVerdict::allowed) return std::nullopt;
+    if (stats) {
+        count(verdict == SourceVerdict::denied ? stats->refused_denied
+                                               : stats->refused_not_allowed);
+    }
+    if (log::level() <= LogLevel::debug) {
+        log::debug("listener {}: refused client {}: {}", listener, to_string(key),
+                   verdict == SourceVerdict::denied ? "in the deny list" : "not in the allow list");
+    }
+    return verdict;
 }
 
 std::optional<SocketAddress> local_of(int fd) {
@@ -296,6 +323,7 @@ struct Worker::Loop {
     void submit_header_recv(uint32_t slot);
     void handle_header_recv(uint32_t slot, int res, uint16_t bid);
     void reject_header(uint32_t slot, std::string_view reason);
+    bool refuse_source(uint32_t index, int fd, const sockaddr* peer, socklen_t peer_len);
 
     // Connecting, and our PROXY header to the target (proxy_protocol_v2).
     void route_client(uint32_t slot, const sockaddr* client);
@@ -604,6 +632,11 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
         ::close(fd);  // already gone
         return;
     }
+    // With a PROXY header the lists judge the address it names, once it is read.
+    if (listener.settings.sources && !listener.settings.config.accept_proxy_protocol &&
+        refuse_source(index, fd, reinterpret_cast<const sockaddr*>(&peer), peer_len)) {
+        return;
+    }
     SnapshotPin* pin = current_pin(listener);
     if (pin == nullptr) {  // no routing table published: nowhere to send the client
         ::close(fd);
@@ -653,10 +686,32 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
             to_timespec((Clock::now() + settings.config.proxy_protocol_timeout).time_since_epoch());
         c.setup->listener_stats = settings.stats;
         c.setup->listener_name = settings.config.name;
+        c.setup->sources = settings.sources;
         submit_header_recv(*slot);
         return;
     }
     route_client(*slot, reinterpret_cast<const sockaddr*>(&peer));
+}
+
+// Refused before it costs a slot, a routing decision or a target socket: reset at
+// once, so the client learns at the first byte that it is not welcome.
+bool Worker::Loop::refuse_source(uint32_t index, int fd, const sockaddr* peer, socklen_t peer_len) {
+    const ListenerSettings& settings = listeners_.items[index].settings;
+    const std::optional<SourceVerdict> verdict =
+        refusal(*settings.sources, settings.stats.get(), settings.config.name, peer);
+    if (!verdict) return false;
+    add(stats_.accepted, 1);
+    if (settings.config.access_log) {
+        AccessRecord record;
+        record.listener = settings.config.name;
+        record.client = SocketAddress::from_sockaddr(peer, peer_len);
+        record.started = Clock::now();
+        record.end = refusal_end(*verdict);
+        log::info("{}", access_line(record, record.started));
+    }
+    set_reset_on_close(fd);
+    close_fd(fd);
+    return true;
 }
 
 // The routing snapshot is re-read at most once per loop iteration per listener:
@@ -859,6 +914,25 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
             case HeaderStep::done:
                 break;
         }
+        std::vector<uint8_t>().swap(setup.inbound);
+        setup.client = std::move(out.header.source);
+        setup.local = std::move(out.header.destination);
+        if (AccessRecord* a = access(slot)) a->source = setup.client;
+        // LOCAL or UNKNOWN: the connection's own peer is the client.
+        std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
+        if (!client) {
+            release_buffer(bid);
+            note_reset(slot, true);  // getpeername fails once the client has reset
+            return close_connection(slot, CloseMode::reset);
+        }
+        if (setup.sources) {
+            if (auto verdict = refusal(*setup.sources, setup.listener_stats.get(),
+                                       setup.listener_name, client->sa())) {
+                release_buffer(bid);  // a refused client's bytes count nowhere
+                note_end(slot, refusal_end(*verdict));
+                return close_connection(slot, CloseMode::reset);
+            }
+        }
         if (out.payload_offset < static_cast<size_t>(res)) {
             Flow& up = c.flow(FlowDir::upstream);
             up.buf = bid;
@@ -869,18 +943,7 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
         } else {
             release_buffer(bid);
         }
-        std::vector<uint8_t>().swap(setup.inbound);
-        setup.client = std::move(out.header.source);
-        setup.local = std::move(out.header.destination);
-        if (AccessRecord* a = access(slot)) a->source = setup.client;
-        if (setup.client) return route_client(slot, setup.client->sa());
-        // LOCAL or UNKNOWN: the connection's own peer is the client.
-        std::optional<SocketAddress> peer = peer_of(c.client_fd);
-        if (!peer) {
-            note_reset(slot, true);  // getpeername fails once the client has reset
-            return close_connection(slot, CloseMode::reset);
-        }
-        return route_client(slot, peer->sa());
+        return route_client(slot, client->sa());
     }
     release_buffer(bid);
     switch (res) {

@@ -10,6 +10,7 @@
 
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/source_filter.hpp"
 #include "stickyd/stats.hpp"
 
 namespace stickyd {
@@ -22,6 +23,9 @@ struct ListenerSettings {
     ListenerConfig config;
     RouteSlot* route = nullptr;  // the slot of config.target_group
     std::shared_ptr<ListenerStats> stats;
+    // config.allow and config.deny compiled; nullptr when both are empty, so a
+    // listener without lists pays one pointer test per client.
+    std::shared_ptr<const SourceFilter> sources;
 };
 
 struct WorkerListener {

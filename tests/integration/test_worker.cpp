@@ -23,6 +23,7 @@
 #include "datapath/listener.hpp"
 #include "stickyd/config.hpp"
 #include "stickyd/routing.hpp"
+#include "stickyd/source_filter.hpp"
 
 using namespace stickyd;
 using namespace std::chrono_literals;
@@ -532,4 +533,95 @@ TEST_CASE(
     CHECK(other.stats()->connections.load() == kParkedAndReset + 1);
     CHECK(other.stats()->active.load() == 1);
     CHECK(rig.target().active.load() == 1);
+}
+
+namespace {
+
+// A client from a chosen loopback source address, to act as one client IP.
+int connect_from(const char* source, uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    set_timeout(fd);
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    REQUIRE(inet_pton(AF_INET, source, &local.sin_addr) == 1);
+    REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0);
+    const SocketAddress a = loopback(port);
+    if (retry([&] { return ::connect(fd, a.sa(), a.len()); }) != 0 && errno != EISCONN) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// A client from `source` that the worker resets without serving it: the reset
+// may arrive before connect() returns or on the first recv.
+bool reset_from(const char* source, uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    set_timeout(fd);
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    REQUIRE(inet_pton(AF_INET, source, &local.sin_addr) == 1);
+    REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0);
+    const SocketAddress a = loopback(port);
+    const int rc = retry([&] { return ::connect(fd, a.sa(), a.len()); });
+    const bool reset = rc != 0 ? errno == ECONNRESET : recv_error(fd) == ECONNRESET;
+    ::close(fd);
+    return reset;
+}
+
+std::shared_ptr<const SourceFilter> lists(std::initializer_list<const char*> allow,
+                                          std::initializer_list<const char*> deny) {
+    auto parse = [](std::initializer_list<const char*> texts) {
+        std::vector<IpPrefix> out;
+        for (const char* text : texts) out.push_back(std::get<IpPrefix>(parse_prefix(text)));
+        return out;
+    };
+    return std::make_shared<const SourceFilter>(parse(allow), parse(deny));
+}
+
+}  // namespace
+
+TEST_CASE("allow and deny lists reset refused clients before any target; an update swaps them") {
+    Rig rig;
+    auto before = std::make_shared<ListenerStats>();
+    ListenerSettings settings = rig.settings("a", before);
+    settings.sources = lists({"127.0.0.2"}, {});
+    std::string error;
+    const int fd = open_listener(loopback(0), error);
+    REQUIRE_MESSAGE(fd >= 0, error);
+    const uint16_t port = port_of(fd);
+    rig.worker->add_listener(WorkerListener{fd, settings});
+
+    CHECK(reset_from("127.0.0.3", port));
+    CHECK(before->refused_not_allowed.load() == 1);
+    CHECK(before->accepted.load() == 1);
+
+    Fd kept{connect_from("127.0.0.2", port)};
+    REQUIRE(kept.fd >= 0);
+    Fd kept_server{retry([&] { return ::accept4(rig.group.backend.fd, nullptr, nullptr, 0); })};
+    REQUIRE(kept_server.fd >= 0);
+    set_timeout(kept_server.fd);
+    CHECK(round_trip(kept.fd, kept_server.fd, 'k'));
+    // Only the allowed client ever reached the target.
+    CHECK(rig.target().connections.load() == 1);
+
+    auto after = std::make_shared<ListenerStats>();
+    ListenerSettings changed = rig.settings("a", after);
+    changed.sources = lists({"127.0.0.3"}, {"127.0.0.2"});
+    rig.worker->update_listener(changed);
+    // 127.0.0.5 is refused by both: once the new counters see it, the new lists apply.
+    REQUIRE(eventually([&] {
+        return reset_from("127.0.0.5", port) && after->refused_not_allowed.load() >= 1;
+    }));
+    CHECK(reset_from("127.0.0.2", port));
+    CHECK(after->refused_denied.load() == 1);
+    Fd allowed{connect_from("127.0.0.3", port)};
+    REQUIRE(allowed.fd >= 0);
+    Fd server{retry([&] { return ::accept4(rig.group.backend.fd, nullptr, nullptr, 0); })};
+    REQUIRE(server.fd >= 0);
+    set_timeout(server.fd);
+    CHECK(round_trip(allowed.fd, server.fd, 'n'));
+    // The connection opened before the update is not judged again.
+    CHECK(round_trip(kept.fd, kept_server.fd, 'o'));
+    CHECK(rig.target().connections.load() == 2);
 }

@@ -469,3 +469,23 @@ TEST_CASE("a group without a routing table has a null routing object and no info
     CHECK(status_document(state)["groups"][0]["routing"].is_null());
     CHECK(metrics_text(state).find("stickyd_target_group_routing_info{") == std::string::npos);
 }
+
+TEST_CASE("refusals by the allow and deny lists: per listener, by reason") {
+    FakeSource source = three_targets();
+    AdminState state = state_of(source);
+    state.listeners[0].refused_denied = 4;
+    state.listeners[0].refused_not_allowed = 7;
+    const Json doc = status_document(state);
+    CHECK(doc["listeners"][0]["refused"] == Json{{"denied", 4}, {"not_allowed", 7}});
+    const std::string text = metrics_text(state);
+    CHECK(exposition_problems(text).empty());
+    for (const std::string line :
+         {"# TYPE stickyd_listener_refused_connections_total counter",
+          "stickyd_listener_refused_connections_total{listener=\"front\",target_group=\"web\","
+          "reason=\"denied\"} 4",
+          "stickyd_listener_refused_connections_total{listener=\"front\",target_group=\"web\","
+          "reason=\"not_allowed\"} 7"}) {
+        INFO(line);
+        CHECK(text.find("\n" + line + "\n") != std::string::npos);
+    }
+}

@@ -26,6 +26,7 @@
 #include <span>
 
 #include "stickyd/balancer.hpp"
+#include "stickyd/ip_prefix.hpp"
 #include "stickyd/words.hpp"
 
 namespace stickyd {
@@ -86,6 +87,7 @@ constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
 
 constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
 constexpr std::string_view kBindExample = "127.0.0.1:8000 or [::]:8000";
+constexpr std::string_view kPrefixListExample = "[\"10.0.0.0/8\", \"2001:db8::/32\"]";
 constexpr std::string_view kDurationHint =
     "expected a duration such as \"2s\" or \"500ms\" (units ms, s, m, h; a bare integer means "
     "seconds)";
@@ -452,6 +454,39 @@ class TableReader {
         return parsed;
     }
 
+    // An array of CIDR prefixes (allow, deny); a bad element is reported at its own
+    // position, as key[i].
+    std::optional<std::vector<IpPrefix>> prefixes(std::string_view key) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        auto* array = node->as_array();
+        if (!array) {
+            invalid(key, fmt::format("expected an array of CIDR prefixes such as {}, got {}",
+                                     kPrefixListExample, describe(*node)));
+            return std::nullopt;
+        }
+        std::vector<IpPrefix> out;
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& element = (*array)[i];
+            const std::string path = index_key(path_of(key), i);
+            const Position position = position_of(element.source());
+            auto* text = element.as_string();
+            if (!text) {
+                diag_.fail_at(path, position,
+                              fmt::format("expected a string such as \"10.0.0.0/8\", got {}",
+                                          describe(element)));
+                return std::nullopt;
+            }
+            auto parsed = parse_prefix(text->get());
+            if (auto* problem = std::get_if<std::string>(&parsed)) {
+                diag_.fail_at(path, position, fmt::format("{:?}: {}", text->get(), *problem));
+                return std::nullopt;
+            }
+            out.push_back(std::get<IpPrefix>(parsed));
+        }
+        return out;
+    }
+
     // A subtable written as `header` in the file; nullptr if absent or not a table.
     const toml::table* table(std::string_view key, std::string_view header) {
         const toml::node* node = find(key);
@@ -569,7 +604,7 @@ GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::strin
 ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::string path) {
     TableReader r(diag, table, std::move(path),
                   {"name", "bind", "target_group", "idle_timeout", "accept_proxy_protocol",
-                   "proxy_protocol_timeout", "access_log"});
+                   "proxy_protocol_timeout", "access_log", "allow", "deny"});
     ListenerConfig listener;
     if (auto v = r.string("name")) listener.name = *v;
     if (auto v = r.address("bind", kBindExample)) {
@@ -587,6 +622,17 @@ ListenerConfig read_listener(Diagnostics& diag, const toml::table& table, std::s
         listener.proxy_protocol_timeout = *v;
     }
     if (auto v = r.boolean("access_log")) listener.access_log = *v;
+    if (auto v = r.prefixes("allow")) {
+        // A security group without rules admits no one; here that is more likely a
+        // list left empty by a template than a wish to refuse every client.
+        if (v->empty()) {
+            r.invalid("allow",
+                      "an empty list would refuse every client; remove the key to allow "
+                      "every client, or list prefixes such as \"10.0.0.0/8\"");
+        }
+        listener.allow = std::move(*v);
+    }
+    if (auto v = r.prefixes("deny")) listener.deny = std::move(*v);
     r.require("bind", "bind = \"127.0.0.1:8000\"");
     r.require("target_group", "target_group = \"web\"");
     return listener;
