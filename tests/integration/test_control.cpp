@@ -313,7 +313,9 @@ TEST_CASE("control: register starts a runtime target initial; deregister drains 
     CHECK(in_table(*table, "web-4"));
     CHECK_FALSE(usable_in_table(*table, "web-4"));  // until its first passed check
     CHECK(usable_in_table(*table, "web-1"));
-    const TargetView* t = target_in(*control.view(), "web", "web-4");
+    // Held in a local: target_in points into the view, which must outlive `t`.
+    auto view = control.view();
+    const TargetView* t = target_in(*view, "web", "web-4");
     REQUIRE(t != nullptr);
     CHECK(t->origin == TargetOrigin::runtime);
     CHECK(t->weight == 2);
@@ -325,7 +327,8 @@ TEST_CASE("control: register starts a runtime target initial; deregister drains 
     CHECK(gone.message ==
           "target group 'web': target web-4 (127.0.0.1:9004) is deregistering: deregistered via "
           "admin API; its 0 connections get 300 s");
-    t = target_in(*control.view(), "web", "web-4");
+    view = control.view();
+    t = target_in(*view, "web", "web-4");
     REQUIRE(t != nullptr);
     CHECK(t->deregistration == Deregistration::removed);
     CHECK(t->deregistration_deadline);
@@ -411,7 +414,8 @@ TEST_CASE("control: a reload keeps runtime targets and deregistrations of file t
     Config adopted = c;
     adopted.target_groups[0].targets.push_back({"web-4", addr("127.0.0.1:9004"), 1});
     control.apply(adopted);
-    const TargetView* t = target_in(*control.view(), "web", "web-4");
+    view = control.view();  // outlives `t`, which points into it
+    const TargetView* t = target_in(*view, "web", "web-4");
     CHECK(t->origin == TargetOrigin::config);
     CHECK(t->stats == web4_stats);
     CHECK(t->deregistration == Deregistration::none);
