@@ -45,11 +45,12 @@ OURS = {
     "stickyd-echo": h.ECHO_BIN,
     "ring-bench": os.path.join(BUILD, "ring-bench"),
     "relay-bench": os.path.join(BUILD, "relay-bench"),
+    "source-filter-bench": os.path.join(BUILD, "source-filter-bench"),
 }
 # System tools whose long flags are checked against their --help (when installed).
 TOOLS = {"curl", "meson", "ninja", "systemctl", "journalctl", "systemd-analyze", "prlimit",
          "ss", "nstat", "docker", "podman", "sort", "uniq", "wc", "seq", "cat", "pidof",
-         "kubectl", "python3", "man"}
+         "kubectl", "python3", "man", "install", "ip", "nft"}
 # Shell builtins and keywords: nothing to check beyond what they run.
 BUILTINS = {"echo", "kill", "ulimit", "cd", "export", "true", "false", "wait"}
 UNITS = re.compile(r"^stickyd(\.service|\.socket|@[\w.-]+?(\.service)?)?$")
