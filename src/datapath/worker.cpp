@@ -127,6 +127,19 @@ void set_reset_on_close(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
 }
 
+// Whether a recv's EOF on fd hides a reset. The kernel reports a socket's error once,
+// to whichever call meets it first, and a send with MSG_WAITALL that had sent part of
+// its buffer when the peer reset takes the error yet completes with the part it sent;
+// the recv then reads EOF. A FIN leaves a socket we still write to in CLOSE_WAIT; a
+// reset leaves it CLOSED. (Once we have shut down our side, CLOSED is how a clean
+// close ends too: ask only before.)
+bool eof_hides_reset(int fd) {
+    uint8_t state = 0;  // tcp_info's first field; the kernel copies no more than asked
+    socklen_t len = sizeof state;
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &state, &len) == 0 && len == sizeof state &&
+           state == TCP_CLOSE;
+}
+
 // close() on a socket with unread data sends an RST (RFC 2525). A client we
 // could not serve gets a clean FIN instead: drop what it sent without copying it
 // (MSG_TRUNC on TCP discards). Bounded, so a fast sender cannot keep us here.
@@ -1297,7 +1310,12 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
                 c.last_active = static_cast<uint32_t>(now_tick_);
             }
             const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
-            const Decision decision = on_recv(c.flow(dir), cqe.res, bid, nonempty);
+            int res = cqe.res;
+            if (res == 0 && c.flow(other(dir)).state != FlowState::done &&
+                eof_hides_reset(c.source_fd(dir))) {
+                res = -ECONNRESET;
+            }
+            const Decision decision = on_recv(c.flow(dir), res, bid, nonempty);
             if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::recv_client);
             return carry_out(ud.slot, dir, decision);
         }

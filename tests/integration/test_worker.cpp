@@ -6,13 +6,19 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/sockios.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -579,6 +585,45 @@ std::shared_ptr<const SourceFilter> lists(std::initializer_list<const char*> all
     return std::make_shared<const SourceFilter>(parse(allow), parse(deny));
 }
 
+// Holds the worker's thread in a signal handler until released: while it is held, the
+// kernel queues every completion that one event causes, and the worker then reaps
+// them in a single batch, in the kernel's order. A worker that wakes at the first
+// would see them one at a time, which is a race the test could not win on purpose.
+std::atomic<bool> hold_requested{false};
+std::atomic<bool> held{false};
+
+void hold_here(int) {
+    held = true;
+    while (hold_requested.load()) sched_yield();
+    held = false;
+}
+
+struct WorkerHold {
+    struct sigaction previous{};
+    bool holding = false;
+    explicit WorkerHold(std::thread& worker) {
+        struct sigaction action{};
+        action.sa_handler = hold_here;
+        hold_requested = true;
+        holding = ::sigaction(SIGUSR2, &action, &previous) == 0 &&
+                  ::pthread_kill(worker.native_handle(), SIGUSR2) == 0 &&
+                  eventually([] { return held.load(); });
+    }
+    ~WorkerHold() {
+        hold_requested = false;
+        while (held.load()) sched_yield();
+        ::sigaction(SIGUSR2, &previous, nullptr);
+    }
+    WorkerHold(const WorkerHold&) = delete;
+    WorkerHold& operator=(const WorkerHold&) = delete;
+};
+
+int tcp_state(int fd) {
+    uint8_t state = 0;  // tcp_info's first field; the kernel copies only what is asked
+    socklen_t len = sizeof state;
+    return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &state, &len) == 0 ? state : -1;
+}
+
 }  // namespace
 
 TEST_CASE("allow and deny lists reset refused clients before any target; an update swaps them") {
@@ -624,4 +669,51 @@ TEST_CASE("allow and deny lists reset refused clients before any target; an upda
     // The connection opened before the update is not judged again.
     CHECK(round_trip(kept.fd, kept_server.fd, 'o'));
     CHECK(rig.target().connections.load() == 2);
+}
+
+// The kernel reports a socket's error once, to whichever call meets it first. A send
+// with MSG_WAITALL that has put part of its buffer into the socket and waits for room
+// when the peer resets takes that error, yet completes with the part it sent; the recv
+// on the same socket then reads a plain EOF. The relay must still forward a reset,
+// not a FIN, or the reader on the other side takes a cut stream for a complete one
+// (adversarial_streams' "backend-rst" case saw that under load). A tiny receive
+// buffer at the peer and a tiny send buffer toward it keep the relay's second send
+// partial until the reset.
+TEST_CASE("a target's reset while a send to it is half done reaches the client as a reset") {
+    Rig rig;
+    int tiny = 1;  // clamped up to the kernel's minimum
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    // The target resets (it never reads); the client writes.
+    const int reader = server;
+    const int writer = client;
+    sockaddr_in reader_addr{};
+    socklen_t len = sizeof reader_addr;
+    REQUIRE(::getsockname(reader, reinterpret_cast<sockaddr*>(&reader_addr), &len) == 0);
+    const std::optional<int> relay = socket_with(reader_addr, false, writer);
+    REQUIRE(relay.has_value());
+    REQUIRE(::setsockopt(reader, SOL_SOCKET, SO_RCVBUF, &tiny, sizeof tiny) == 0);
+    REQUIRE(::setsockopt(*relay, SOL_SOCKET, SO_SNDBUF, &tiny, sizeof tiny) == 0);
+    // Several relay buffers' worth (32 KiB each).
+    const std::string data = pattern(256 * 1024, 'r');
+    REQUIRE(send_some(writer, data, 0) > 64 * 1024);
+    // The first buffer reached the reader and the next one waits, partly taken: data
+    // the relay holds queued behind the reader's closed window.
+    REQUIRE(eventually([&] {
+        int queued = 0, unsent = 0;
+        return ::ioctl(reader, FIONREAD, &queued) == 0 && queued > 0 &&
+               ::ioctl(*relay, SIOCOUTQ, &unsent) == 0 && unsent > 0;
+    }));
+    {
+        WorkerHold hold(rig.thread);
+        REQUIRE(hold.holding);
+        set_linger_zero(reader);
+        ::close(reader);
+        s.fd = -1;
+        // TCP_INFO takes the socket's lock: once it says CLOSE, the reset has been
+        // processed and has woken everything waiting on the socket.
+        REQUIRE(eventually([&] { return tcp_state(*relay) == TCP_CLOSE; }));
+    }
+    CHECK(recv_error(writer) == ECONNRESET);
 }
