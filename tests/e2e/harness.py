@@ -144,13 +144,40 @@ def _note_sanitizer_report(label, text):
         _sanitizer_reports.append((label, report))
 
 
+_sanitized = None
+
+
 def sanitized():
     """Whether the binaries under test carry AddressSanitizer (scripts/test's second run)."""
-    try:
-        with open(STICKYD_BIN, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
+    global _sanitized
+    if _sanitized is None:
+        try:
+            with open(STICKYD_BIN, "rb") as f:
+                _sanitized = b"__asan_init" in f.read()
+        except OSError:
+            _sanitized = False
+    return _sanitized
+
+
+def asan_options(*options):
+    """Environment for a process under test that adds `options` ("name=value") to
+    ASAN_OPTIONS in the sanitized run; nothing otherwise."""
+    if not sanitized():
+        return {}
+    current = os.environ.get("ASAN_OPTIONS", "")
+    return {"ASAN_OPTIONS": ":".join([current, *options] if current else options)}
+
+
+def measured_memory_env():
+    """Environment for a stickyd whose memory a test measures, so that its growth
+    means what it means without ASan. ASan's quarantine keeps every freed block (up
+    to 256 MiB) out of use for a while, so a process that frees all it allocates
+    still grows by all it has freed: no quarantine, and freed memory is reused at
+    once, as glibc's malloc would. detect_stack_use_after_return gives each thread an
+    11 MiB fake stack whose frames move on with every call, touching a few more pages
+    of it per thousand connections until all of it is dirty: off here."""
+    return asan_options("quarantine_size_mb=0", "thread_local_quarantine_size_kb=0",
+                        "detect_stack_use_after_return=0")
 
 
 # ---------------------------------------------------------------------------------
@@ -159,13 +186,15 @@ def sanitized():
 class Process:
     """A child in its own process group, output to a log file, killed at cleanup."""
 
-    def __init__(self, argv, label):
+    def __init__(self, argv, label, env=None):
+        """env: variables to set (over this process's own) for the child."""
         self.argv = [str(a) for a in argv]
         self.label = label
         self.log_path = os.path.join(temp_dir(), f"{label}.log")
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=dict(os.environ, **env) if env else None)
         _processes.append(self)
         on_cleanup(self.kill)
 
@@ -807,10 +836,10 @@ def simple_config(bind, backends, with_ids=True, order=None, group=None, global_
 class Stickyd:
     """A running stickyd. addr is its (first) listener; admin_socket its admin endpoint."""
 
-    def __init__(self, args, addr, label="stickyd", admin_socket=None):
+    def __init__(self, args, addr, label="stickyd", admin_socket=None, env=None):
         self.addr = addr
         self.admin_socket = admin_socket
-        self.process = Process([STICKYD_BIN] + list(args), label)
+        self.process = Process([STICKYD_BIN] + list(args), label, env)
         wait_accepting(addr, self.process)
         # The listeners accept (into their backlog) before the admin endpoint is up:
         # a test that asks it next must not find its socket missing.
@@ -828,11 +857,12 @@ class Stickyd:
 _stickyd_count = 0
 
 
-def start_stickyd(config=None, args=None, addr=None, label=None):
+def start_stickyd(config=None, args=None, addr=None, label=None, env=None):
     """Starts stickyd with config (TOML text, written to a file) or with args.
 
     addr: the listener to wait for; defaults to a fresh 127.0.0.1 port that the
     caller must have put in the config/args. Use lb_port() to get one first.
+    env: variables to set for it (see measured_memory_env).
     """
     global _stickyd_count
     _stickyd_count += 1
@@ -852,7 +882,7 @@ def start_stickyd(config=None, args=None, addr=None, label=None):
     if config is not None:
         path = write_file(f"{label}.toml", config)
         argv = ["--config", path] + argv
-    return Stickyd(argv, addr, label, admin_socket or None)
+    return Stickyd(argv, addr, label, admin_socket or None, env)
 
 
 def lb_addr(host="127.0.0.1"):
@@ -944,6 +974,9 @@ def main(deadline=TEST_DEADLINE):
     wanted = sys.argv[1:]
     if wanted:
         tests = [(n, f) for n, f in tests if any(w in n for w in wanted)]
+    if sanitized():
+        # Instrumented binaries run slower; meson doubles the files' timeouts for them too.
+        deadline *= 2
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, _on_term)

@@ -30,7 +30,8 @@ def start_lb(targets, *flags, threads=2):
     args = ["--listen", h.fmt_addr(lb), "--threads", str(threads), *flags]
     for t in targets:
         args += ["--target", t]
-    return lb, h.start_stickyd(args=args, addr=lb)
+    # Every case here measures stickyd's memory or leans on it.
+    return lb, h.start_stickyd(args=args, addr=lb, env=h.measured_memory_env())
 
 
 def settled_fds(pid, at_most=None, timeout=15.0):

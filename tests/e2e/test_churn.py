@@ -86,7 +86,7 @@ def test_private_dirty_stays_flat_over_many_short_connections():
     backend = h.start_backend("b1")
     addr = h.lb_addr()
     lb = h.start_stickyd(args=["--listen", h.fmt_addr(addr), "--target", backend.address,
-                               "--threads", "1"], addr=addr)
+                               "--threads", "1"], addr=addr, env=h.measured_memory_env())
     pid = lb.process.pid
     # The warm-up touches what is touched once: every receive buffer of the pool
     # (the kernel hands them out in turn), the connection table, the arenas.

@@ -21,7 +21,7 @@ def sizes(count, seed, low=1 * MIB, high=4 * MIB):
     return [rng.randrange(low, high + 1) for _ in range(count)]
 
 
-def start(backends, extra_groups=()):
+def start(backends, extra_groups=(), env=None):
     """stickyd with group "echo" (the backends) and one group per (name, address) in
     extra_groups, each on its own listener. Returns (listener addresses, Stickyd)."""
     addrs = [h.lb_addr()]
@@ -31,7 +31,7 @@ def start(backends, extra_groups=()):
         addrs.append(h.lb_addr())
         listeners.append({"bind": h.fmt_addr(addrs[-1]), "target_group": name})
         groups.append({"name": name, "targets": [{"id": name, "address": address}]})
-    stickyd = h.start_stickyd(h.config_text(listeners, groups), addr=addrs[0])
+    stickyd = h.start_stickyd(h.config_text(listeners, groups), addr=addrs[0], env=env)
     for addr in addrs[1:]:
         h.wait_accepting(addr)
     return addrs, stickyd
@@ -244,7 +244,8 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
         return (count, got.hexdigest()) if count else None  # the probe sends nothing
 
     server = h.PyServer(handler)
-    (_, stub_lb), stickyd = start(h.start_backends(1), extra_groups=[("stub", server.address)])
+    (_, stub_lb), stickyd = start(h.start_backends(1), extra_groups=[("stub", server.address)],
+                                  env=h.measured_memory_env())
     pid = stickyd.process.pid
     # 10 MB per client (200 MB in all), about twice what the kernel buffers along one
     # connection: the client's send buffer (kept small), stickyd's receive buffer,
