@@ -833,6 +833,16 @@ def simple_config(bind, backends, with_ids=True, order=None, group=None, global_
     return config_text([{"bind": bind, "target_group": "web"}], [g], global_)
 
 
+def unix_accepts(path):
+    """True when something listens on the unix socket at path."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 class Stickyd:
     """A running stickyd. addr is its (first) listener; admin_socket its admin endpoint."""
 
@@ -844,10 +854,11 @@ class Stickyd:
         # The listeners accept (into their backlog) before the admin endpoint is up:
         # a test that asks it next must not find its socket missing.
         if admin_socket:
-            # Logged at info; below that level, its socket file says the same.
+            # Logged at info; below that level, a connect says the same. The socket file
+            # alone does not: it appears at bind(), before listen().
             wait_for("the admin endpoint", lambda: "admin endpoint on unix:" in self.process.log()
                      or "running without the admin endpoint" in self.process.log()
-                     or os.path.exists(admin_socket),
+                     or unix_accepts(admin_socket),
                      timeout=START_TIMEOUT, process=self.process)
 
     def describe(self):
