@@ -322,6 +322,14 @@ class Hosts:
             sh("ip", "netns", "add", ns)
             self.created.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # Without DAD a link-local address is usable as soon as its link is up.
+            # A tentative one is worse than slow: the client's address lives on lo,
+            # so neighbour solicitations need the uplink's link-local address as
+            # their source, and while it is tentative none is sent at all, and a
+            # connect fails with "No route to host".
+            for conf in ("all", "default"):
+                sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                   f"net.ipv6.conf.{conf}.accept_dad=0")
         self.link(self.client, "lc", "10.200.61", "fd00:200:61")
         self.link(self.backend, "lb", "10.200.62", "fd00:200:62")
         # The client's own address sits behind its uplink, as a client across a network.
@@ -329,6 +337,10 @@ class Hosts:
         sh("ip", "-n", self.client, "addr", "add", f"{CLIENT_V6}/128", "dev", "lo")
         sh("ip", "-n", self.lb, "route", "add", "10.200.70.0/24", "via", "10.200.61.2")
         sh("ip", "-n", self.lb, "route", "add", "fd00:200:70::/64", "via", "fd00:200:61::2")
+        for ns in self.created:
+            h.wait_for(f"no tentative IPv6 address in {ns}",
+                       lambda ns=ns: not sh("ip", "-n", ns, "-6", "addr", "show",
+                                            "tentative").stdout.strip())
 
     def link(self, ns, lb_side, net4, net6):
         sh("ip", "-n", self.lb, "link", "add", lb_side, "type", "veth", "peer", "name", "uplink",
