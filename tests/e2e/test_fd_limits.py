@@ -25,7 +25,7 @@ def start_limited(soft, hard, backend):
     process = h.Process(
         ["prlimit", f"--nofile={soft}:{hard}", "--", h.STICKYD_BIN, "--listen", h.fmt_addr(addr),
          "--target", backend.address, "--threads", "1", "--health-check", "off",
-         "--admin-socket", admin], f"stickyd-nofile-{soft}")
+         "--admin-socket", admin], f"stickyd-nofile-{soft}", out_of_fds=True)
     h.wait_accepting(addr, process)
     return process, addr
 
