@@ -377,7 +377,8 @@ bool served_read_only(std::string_view path) {
 }
 
 bool admin_only(std::string_view path) {
-    return path == "/ring" || path == "/lookup" || path == "/targets" || path.starts_with("/targets/");
+    return path == "/ring" || path == "/lookup" || path == "/targets" ||
+           path.starts_with("/targets/");
 }
 
 }  // namespace

@@ -905,8 +905,8 @@ void Worker::Loop::submit_header_recv(uint32_t slot) {
     recv->flags |= IOSQE_BUFFER_SELECT | IOSQE_IO_LINK;
     recv->buf_group = buffers_.group();
     recv->ioprio |= IORING_RECVSEND_POLL_FIRST;
-    io_uring_prep_link_timeout(connection_sqe(slot, Op::header_timeout),
-                               &c.setup->header_deadline, IORING_TIMEOUT_ABS);
+    io_uring_prep_link_timeout(connection_sqe(slot, Op::header_timeout), &c.setup->header_deadline,
+                               IORING_TIMEOUT_ABS);
     c.inflight += 2;
     ++c.timeouts;
 }
@@ -1064,8 +1064,8 @@ void Worker::Loop::start_connect(uint32_t slot) {
     io_uring_sqe* connect = connection_sqe(slot, Op::connect);
     io_uring_prep_connect(connect, fd, address.sa(), address.len());
     connect->flags |= IOSQE_IO_LINK;
-    io_uring_prep_link_timeout(connection_sqe(slot, Op::connect_timeout),
-                               &c.pin->connect_timeout, 0);
+    io_uring_prep_link_timeout(connection_sqe(slot, Op::connect_timeout), &c.pin->connect_timeout,
+                               0);
     c.inflight += 2;
     ++c.timeouts;
 }
@@ -1368,10 +1368,8 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     // timeout): watch both sockets for an error meanwhile. Multishot, because the
     // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
     // later reset. One poll per socket per connection, cancelled with the rest.
-    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_client), c.client_fd,
-                                 POLLERR);
-    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_target), c.target_fd,
-                                 POLLERR);
+    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_client), c.client_fd, POLLERR);
+    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_target), c.target_fd, POLLERR);
     c.inflight += 2;
 }
 
@@ -1397,8 +1395,8 @@ void Worker::Loop::submit_send(uint32_t slot, FlowDir dir) {
     // MSG_WAITALL makes the kernel finish short sends itself; a short completion
     // still gets the remainder resubmitted by on_send.
     io_uring_prep_send(
-        connection_sqe(slot, send_op(dir)), c.sink_fd(dir),
-        buffers_.data(flow.buf) + flow.sent, flow.len - flow.sent,
+        connection_sqe(slot, send_op(dir)), c.sink_fd(dir), buffers_.data(flow.buf) + flow.sent,
+        flow.len - flow.sent,
         MSG_NOSIGNAL | MSG_WAITALL | (send_more(flow, buffers_.buffer_size()) ? MSG_MORE : 0));
     ++c.inflight;
 }
@@ -1646,8 +1644,8 @@ void Worker::Loop::cancel_client_side(uint32_t slot) {
 }
 
 void Worker::Loop::cancel_target_side(uint32_t slot) {
-    cancel_pending(slot,
-                   {Op::connect, Op::send_header, Op::recv_target, Op::send_target, Op::watch_target});
+    cancel_pending(
+        slot, {Op::connect, Op::send_header, Op::recv_target, Op::send_target, Op::watch_target});
 }
 
 // Batched with everything else in the next submit instead of a syscall each;

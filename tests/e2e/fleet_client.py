@@ -103,10 +103,17 @@ def main():
             say({"progress": connects})
 
     held_result = {src: echo_ok(s, f"still here {src}\n".encode() * 20) for src, s in held.items()}
-    say({"done": {"connects": connects, "failures": failures,
-                  "backends": {k: sorted(v) for k, v in backends.items()},
-                  "instances": {k: sorted(v) for k, v in instances.items()},
-                  "held": held_result}})
+    say(
+        {
+            "done": {
+                "connects": connects,
+                "failures": failures,
+                "backends": {k: sorted(v) for k, v in backends.items()},
+                "instances": {k: sorted(v) for k, v in instances.items()},
+                "held": held_result,
+            }
+        }
+    )
 
 
 if __name__ == "__main__":

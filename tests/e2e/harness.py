@@ -37,15 +37,18 @@ import time
 import traceback
 
 SOURCE_ROOT = os.environ.get("STICKYD_SOURCE_ROOT") or os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STICKYD_BIN = os.path.abspath(os.environ.get("STICKYD_BIN")
-                              or os.path.join(SOURCE_ROOT, "build", "stickyd"))
-ECHO_BIN = os.path.abspath(os.environ.get("STICKYD_ECHO_BIN")
-                           or os.path.join(SOURCE_ROOT, "build", "stickyd-echo"))
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+STICKYD_BIN = os.path.abspath(
+    os.environ.get("STICKYD_BIN") or os.path.join(SOURCE_ROOT, "build", "stickyd")
+)
+ECHO_BIN = os.path.abspath(
+    os.environ.get("STICKYD_ECHO_BIN") or os.path.join(SOURCE_ROOT, "build", "stickyd-echo")
+)
 
-IO_TIMEOUT = 10.0        # any single socket operation
-START_TIMEOUT = 10.0     # a process becoming ready
-TEST_DEADLINE = 90       # one test, whole (seconds)
+IO_TIMEOUT = 10.0  # any single socket operation
+START_TIMEOUT = 10.0  # a process becoming ready
+TEST_DEADLINE = 90  # one test, whole (seconds)
 CHUNK = 64 * 1024
 
 # stickyd and stickyd-echo keep SIGINT ignored when they start with it ignored (as
@@ -80,8 +83,8 @@ def expect_eq(actual, wanted, what):
 # ---------------------------------------------------------------------------------
 # Per-test resources: everything registered here is torn down after each test.
 
-_cleanups = []      # callables, run last-in first-out
-_processes = []     # every Process ever started (for the exit-time sweep)
+_cleanups = []  # callables, run last-in first-out
+_processes = []  # every Process ever started (for the exit-time sweep)
 _test_dir = None
 
 
@@ -109,6 +112,7 @@ def temp_dir():
             global _test_dir
             shutil.rmtree(_test_dir, ignore_errors=True)
             _test_dir = None
+
         on_cleanup(remove)
     return _test_dir
 
@@ -134,7 +138,7 @@ def sanitizer_report(text):
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if any(marker in line for marker in SANITIZER_MARKERS):
-            return "\n".join(lines[i:i + 40])
+            return "\n".join(lines[i : i + 40])
     return None
 
 
@@ -176,8 +180,11 @@ def measured_memory_env():
     once, as glibc's malloc would. detect_stack_use_after_return gives each thread an
     11 MiB fake stack whose frames move on with every call, touching a few more pages
     of it per thousand connections until all of it is dirty: off here."""
-    return asan_options("quarantine_size_mb=0", "thread_local_quarantine_size_kb=0",
-                        "detect_stack_use_after_return=0")
+    return asan_options(
+        "quarantine_size_mb=0",
+        "thread_local_quarantine_size_kb=0",
+        "detect_stack_use_after_return=0",
+    )
 
 
 def without_unreadable_vptr_reports(text):
@@ -191,8 +198,12 @@ def without_unreadable_vptr_reports(text):
     kept = []
     i = 0
     while i < len(lines):
-        if ("runtime error:" in lines[i] and "does not point to an object of type" in lines[i]
-                and i + 1 < len(lines) and "object has invalid vptr" in lines[i + 1]):
+        if (
+            "runtime error:" in lines[i]
+            and "does not point to an object of type" in lines[i]
+            and i + 1 < len(lines)
+            and "object has invalid vptr" in lines[i + 1]
+        ):
             i += 2
             if i < len(lines) and "memory cannot be printed" in lines[i]:
                 i += 1
@@ -205,6 +216,7 @@ def without_unreadable_vptr_reports(text):
 # ---------------------------------------------------------------------------------
 # Processes
 
+
 class Process:
     """A child in its own process group, output to a log file, killed at cleanup."""
 
@@ -216,9 +228,14 @@ class Process:
         self.out_of_fds = out_of_fds
         self.log_path = os.path.join(temp_dir(), f"{label}.log")
         self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      env=dict(os.environ, **env) if env else None)
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, **env) if env else None,
+        )
         _processes.append(self)
         on_cleanup(self.kill)
 
@@ -268,8 +285,9 @@ class Process:
         if not self._log.closed:
             self._log.close()
             log = self.log()
-            _note_sanitizer_report(self.label,
-                                   without_unreadable_vptr_reports(log) if self.out_of_fds else log)
+            _note_sanitizer_report(
+                self.label, without_unreadable_vptr_reports(log) if self.out_of_fds else log
+            )
 
     def describe(self):
         status = "running" if self.alive() else f"exit status {self.popen.returncode}"
@@ -308,12 +326,20 @@ def run(argv, timeout=15, stdin_text=None, cwd=None, env=None):
     Like CI: no terminal (a new session) and stdin /dev/null unless stdin_text."""
     stdin = {"input": stdin_text} if stdin_text is not None else {"stdin": subprocess.DEVNULL}
     try:
-        result = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                                timeout=timeout, start_new_session=True, cwd=cwd, env=env,
-                                **stdin)
+        result = subprocess.run(
+            [str(a) for a in argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+            cwd=cwd,
+            env=env,
+            **stdin,
+        )
     except subprocess.TimeoutExpired as e:
-        _note_sanitizer_report(os.path.basename(str(argv[0])),
-                               _text(e.stdout) + "\n" + _text(e.stderr))
+        _note_sanitizer_report(
+            os.path.basename(str(argv[0])), _text(e.stdout) + "\n" + _text(e.stderr)
+        )
         raise Failure(f"{' '.join(map(str, argv))} did not finish within {timeout}s")
     _note_sanitizer_report(os.path.basename(str(argv[0])), result.stdout + "\n" + result.stderr)
     return result
@@ -327,6 +353,7 @@ def _text(output):
 
 # ---------------------------------------------------------------------------------
 # Addresses
+
 
 def fmt_addr(addr):
     """('127.0.0.1', 80) -> '127.0.0.1:80'; ('::1', 80) -> '[::1]:80'."""
@@ -398,6 +425,7 @@ def source_ips(count, first=2):
 # ---------------------------------------------------------------------------------
 # Sockets
 
+
 def connect(dst, src_ip=None, timeout=IO_TIMEOUT):
     """A connected TCP socket to dst (host, port), from src_ip if given."""
     s = socket.socket(family_of(dst[0]), socket.SOCK_STREAM)
@@ -416,7 +444,7 @@ def send_all(sock, data):
     """sendall with the timeout per send() rather than for the whole payload."""
     view = memoryview(data)
     while view:
-        n = sock.send(view[:CHUNK * 4])
+        n = sock.send(view[: CHUNK * 4])
         view = view[n:]
 
 
@@ -495,8 +523,10 @@ def http_get(dst, path="/hostname", src_ip=None, timeout=IO_TIMEOUT, preamble=b"
         send_all(s, preamble + request.encode())
         data = recv_head(s)
         if b"\r\n\r\n" not in data:
-            raise Failure(f"{host}: connection closed before a complete response "
-                          f"(from {src_ip or 'default source'}; got {data!r})")
+            raise Failure(
+                f"{host}: connection closed before a complete response "
+                f"(from {src_ip or 'default source'}; got {data!r})"
+            )
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
@@ -530,8 +560,12 @@ def proxy_v2_header(src, dst, command=1):
     if command == 0:
         return PROXY_V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
     fam = family_of(src[0])
-    block = (socket.inet_pton(fam, src[0]) + socket.inet_pton(fam, dst[0])
-             + src[1].to_bytes(2, "big") + dst[1].to_bytes(2, "big"))
+    block = (
+        socket.inet_pton(fam, src[0])
+        + socket.inet_pton(fam, dst[0])
+        + src[1].to_bytes(2, "big")
+        + dst[1].to_bytes(2, "big")
+    )
     family_proto = 0x11 if fam == socket.AF_INET else 0x21
     return PROXY_V2_SIGNATURE + bytes([0x21, family_proto]) + len(block).to_bytes(2, "big") + block
 
@@ -553,10 +587,8 @@ def read_proxy_v2(sock):
         return command, src, dst
     if family_proto == 0x21:
         expect(length >= 36, f"INET6 block of {length} bytes")
-        src = (socket.inet_ntop(socket.AF_INET6, block[0:16]),
-               int.from_bytes(block[32:34], "big"))
-        dst = (socket.inet_ntop(socket.AF_INET6, block[16:32]),
-               int.from_bytes(block[34:36], "big"))
+        src = (socket.inet_ntop(socket.AF_INET6, block[0:16]), int.from_bytes(block[32:34], "big"))
+        dst = (socket.inet_ntop(socket.AF_INET6, block[16:32]), int.from_bytes(block[34:36], "big"))
         return command, src, dst
     return command, None, None
 
@@ -573,8 +605,10 @@ def mapping(lb_addr, ips, repeat=1):
     result = {}
     for ip in ips:
         names = {whoami(ip, lb_addr) for _ in range(repeat)}
-        expect(len(names) == 1, f"source {ip} reached several backends over {repeat} "
-                                f"connections: {sorted(names)}")
+        expect(
+            len(names) == 1,
+            f"source {ip} reached several backends over {repeat} " f"connections: {sorted(names)}",
+        )
         result[ip] = names.pop()
     return result
 
@@ -588,11 +622,15 @@ def wait_for(what, condition, timeout=20.0, process=None):
         if value:
             return value
         if process is not None and not process.alive():
-            raise Failure(f"{process.label} exited while waiting for {what}\n"
-                          f"{process.describe()}")
+            raise Failure(
+                f"{process.label} exited while waiting for {what}\n" f"{process.describe()}"
+            )
         time.sleep(0.05)
-    raise Failure(f"timed out after {timeout}s waiting for {what}"
-                  + (f"\n{process.describe()}" if process else ""))
+    raise Failure(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f"\n{process.describe()}" if process else "")
+    )
+
 
 def wait_accepting(addr, process=None, timeout=START_TIMEOUT):
     """Waits until addr accepts TCP connections (and process, if given, is alive)."""
@@ -607,8 +645,10 @@ def wait_accepting(addr, process=None, timeout=START_TIMEOUT):
         except OSError as e:
             last = e
         time.sleep(0.05)
-    raise Failure(f"{fmt_addr(addr)} did not accept within {timeout}s ({last})"
-                  + (f"\n{process.describe()}" if process else ""))
+    raise Failure(
+        f"{fmt_addr(addr)} did not accept within {timeout}s ({last})"
+        + (f"\n{process.describe()}" if process else "")
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -679,8 +719,10 @@ def run_parallel(fns, timeout=60):
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in threads):
-        raise Failure(f"{sum(t.is_alive() for t in threads)} of {len(fns)} parallel jobs "
-                      f"still running after {timeout}s")
+        raise Failure(
+            f"{sum(t.is_alive() for t in threads)} of {len(fns)} parallel jobs "
+            f"still running after {timeout}s"
+        )
     if errors:
         i, e, tb = sorted(errors, key=lambda x: x[0])[0]
         raise Failure(f"job {i} of {len(fns)} failed ({len(errors)} failed in all): {e!r}\n{tb}")
@@ -689,6 +731,7 @@ def run_parallel(fns, timeout=60):
 
 # ---------------------------------------------------------------------------------
 # Backends
+
 
 class Backend:
     """A stickyd-echo process. name, addr (host, port), address ('ip:port')."""
@@ -769,8 +812,9 @@ class PyServer:
             try:
                 kind, value = self.results.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise Failure(f"stub backend {self.address}: no connection finished "
-                              f"within {timeout}s")
+                raise Failure(
+                    f"stub backend {self.address}: no connection finished " f"within {timeout}s"
+                )
             if kind == "error":
                 raise Failure(f"stub backend {self.address}: handler failed: {value!r}")
             if value is not None:
@@ -784,6 +828,7 @@ class PyServer:
 
 # ---------------------------------------------------------------------------------
 # stickyd
+
 
 def toml_value(v):
     if isinstance(v, bool):
@@ -820,16 +865,23 @@ def config_text(listeners, groups, global_=None):
     global _admin_count
     _admin_count += 1
     # Its own admin socket: tests never touch /run/stickyd, and daemons never collide.
-    g = {"threads": 2, "log_level": "info", "shutdown_grace": "5s",
-         "admin_socket": os.path.join(temp_dir(), f"admin-{_admin_count}.sock")}
+    g = {
+        "threads": 2,
+        "log_level": "info",
+        "shutdown_grace": "5s",
+        "admin_socket": os.path.join(temp_dir(), f"admin-{_admin_count}.sock"),
+    }
     g.update(global_ or {})
     out = ["[global]"] + [f"{k} = {toml_value(v)}" for k, v in g.items()]
     for listener in listeners:
         out += ["", "[[listener]]"] + [f"{k} = {toml_value(v)}" for k, v in listener.items()]
     for group in groups:
         out += ["", "[[target_group]]"]
-        out += [f"{k} = {toml_value(v)}" for k, v in group.items()
-                if k != "targets" and not isinstance(v, dict)]
+        out += [
+            f"{k} = {toml_value(v)}"
+            for k, v in group.items()
+            if k != "targets" and not isinstance(v, dict)
+        ]
         # Subtables: "stickiness", "health_check", "deregistration_delay", ...
         for key, table in group.items():
             if isinstance(table, dict):
@@ -882,10 +934,14 @@ class Stickyd:
         if admin_socket:
             # Logged at info; below that level, a connect says the same. The socket file
             # alone does not: it appears at bind(), before listen().
-            wait_for("the admin endpoint", lambda: "admin endpoint on unix:" in self.process.log()
-                     or "running without the admin endpoint" in self.process.log()
-                     or unix_accepts(admin_socket),
-                     timeout=START_TIMEOUT, process=self.process)
+            wait_for(
+                "the admin endpoint",
+                lambda: "admin endpoint on unix:" in self.process.log()
+                or "running without the admin endpoint" in self.process.log()
+                or unix_accepts(admin_socket),
+                timeout=START_TIMEOUT,
+                process=self.process,
+            )
 
     def describe(self):
         return self.process.describe()
@@ -938,6 +994,7 @@ def missing_binaries():
 # ---------------------------------------------------------------------------------
 # systemd units
 
+
 def systemd_analyze():
     """The systemd-analyze binary, or SKIP when it is missing."""
     path = shutil.which("systemd-analyze")
@@ -968,12 +1025,19 @@ def service_unit_for_this_build(instance=None):
     with open(os.path.join(SOURCE_ROOT, "systemd", "stickyd.service.in"), encoding="utf-8") as f:
         text = f.read()
     conf = os.path.join(SOURCE_ROOT, "conf")
-    fill = {"@DESCRIPTION@": "", "@CONFIG@": os.path.join(conf, "stickyd.toml"),
-            "@ADMIN_SOCKET@": "", "@RUNTIME_DIRECTORY@": "stickyd"}
+    fill = {
+        "@DESCRIPTION@": "",
+        "@CONFIG@": os.path.join(conf, "stickyd.toml"),
+        "@ADMIN_SOCKET@": "",
+        "@RUNTIME_DIRECTORY@": "stickyd",
+    }
     if instance is not None:
-        fill = {"@DESCRIPTION@": " (instance %i)", "@CONFIG@": os.path.join(conf, "%i.toml"),
-                "@ADMIN_SOCKET@": " --admin-socket /run/stickyd/%i/admin.sock",
-                "@RUNTIME_DIRECTORY@": "stickyd/%i"}
+        fill = {
+            "@DESCRIPTION@": " (instance %i)",
+            "@CONFIG@": os.path.join(conf, "%i.toml"),
+            "@ADMIN_SOCKET@": " --admin-socket /run/stickyd/%i/admin.sock",
+            "@RUNTIME_DIRECTORY@": "stickyd/%i",
+        }
     fill["@BINDIR@"] = os.path.dirname(STICKYD_BIN)
     fill["@SYSCONFDIR@"] = "/etc"
     for placeholder, value in fill.items():
@@ -988,6 +1052,7 @@ def service_unit_for_this_build(instance=None):
 
 # ---------------------------------------------------------------------------------
 # Runner
+
 
 class _Deadline(BaseException):
     pass
@@ -1006,8 +1071,9 @@ def _on_term(signum, frame):
 def main(deadline=TEST_DEADLINE):
     """Runs the calling module's test_* functions (filtered by argv substrings)."""
     module = sys.modules["__main__"]
-    tests = [(name, fn) for name, fn in vars(module).items()
-             if name.startswith("test_") and callable(fn)]
+    tests = [
+        (name, fn) for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)
+    ]
     wanted = sys.argv[1:]
     if wanted:
         tests = [(n, f) for n, f in tests if any(w in n for w in wanted)]
@@ -1045,8 +1111,9 @@ def main(deadline=TEST_DEADLINE):
                 if not missing_binaries():
                     detail += "\n" + traceback.format_exc()
             if outcome == "FAIL" and _test_dir is not None:
-                detail += "".join("\n" + p.describe() for p in _processes
-                                  if p.log_path.startswith(_test_dir))
+                detail += "".join(
+                    "\n" + p.describe() for p in _processes if p.log_path.startswith(_test_dir)
+                )
             _run_cleanups()  # stops this test's processes: their exit reports count too
             if _sanitizer_reports:
                 label, report = _sanitizer_reports[0]

@@ -86,21 +86,25 @@ def test_one_access_line_per_connection_with_client_target_and_bytes():
     for ip in ips:
         echo_once(lb, ip)
     log = settled_log(d.process, lambda text: len(access_lines(text)) >= len(ips) + 1)
-    lines = [l for l in access_lines(log) if "up=0 down=0" not in l]  # the readiness probe
+    lines = [ln for ln in access_lines(log) if "up=0 down=0" not in ln]  # the readiness probe
     h.expect_eq(len(lines), len(ips), "access lines for the echoed connections")
     by_backend = {b.address: b for b in backends}
     # Two workers log as connections close, so lines need not come in client order.
-    by_client = {re.search(r" client=([\d.]+):", l).group(1): l for l in lines}
+    by_client = {re.search(r" client=([\d.]+):", ln).group(1): ln for ln in lines}
     h.expect_eq(sorted(by_client), sorted(ips), "clients named by the access lines")
     for ip in ips:
         line = by_client[ip]
-        m = re.search(r"access listener=(\S+) client=(\S+) group=default target=(\S+) "
-                      r"addr=(\S+) attempts=1 up=(\d+) down=(\d+) ms=[\d.]+ end=closed$", line)
+        m = re.search(
+            r"access listener=(\S+) client=(\S+) group=default target=(\S+) "
+            r"addr=(\S+) attempts=1 up=(\d+) down=(\d+) ms=[\d.]+ end=closed$",
+            line,
+        )
         h.expect(m, f"unexpected access line: {line!r}")
         h.expect(m.group(2).startswith(ip + ":"), f"client in {line!r} is not {ip}")
         h.expect(m.group(4) in by_backend, f"target address in {line!r}")
-        h.expect_eq((int(m.group(5)), int(m.group(6))), (len(PAYLOAD), len(PAYLOAD)),
-                    f"bytes in {line!r}")
+        h.expect_eq(
+            (int(m.group(5)), int(m.group(6))), (len(PAYLOAD), len(PAYLOAD)), f"bytes in {line!r}"
+        )
 
 
 def test_a_retried_client_is_logged_once_with_the_target_that_served_it():
@@ -112,14 +116,18 @@ def test_a_retried_client_is_logged_once_with_the_target_that_served_it():
     log = settled_log(d.process, lambda text: all(f"client={ip}:" in text for ip in ips))
     attempts = []
     for ip in ips:
-        lines = [l for l in access_lines(log) if f" client={ip}:" in l]
+        lines = [ln for ln in access_lines(log) if f" client={ip}:" in ln]
         h.expect_eq(len(lines), 1, f"access lines for {ip}")
-        m = re.search(r" target=(\S+) addr=(\S+) attempts=(\d) up=(\d+) down=(\d+) .* end=closed$",
-                      lines[0])
+        m = re.search(
+            r" target=(\S+) addr=(\S+) attempts=(\d) up=(\d+) down=(\d+) .* end=closed$", lines[0]
+        )
         h.expect(m, f"unexpected access line: {lines[0]!r}")
         h.expect_eq(m.group(2), backends[0].address, f"target address in {lines[0]!r}")
-        h.expect_eq((int(m.group(4)), int(m.group(5))), (len(PAYLOAD), len(PAYLOAD)),
-                    f"bytes in {lines[0]!r}")
+        h.expect_eq(
+            (int(m.group(4)), int(m.group(5))),
+            (len(PAYLOAD), len(PAYLOAD)),
+            f"bytes in {lines[0]!r}",
+        )
         attempts.append(int(m.group(3)))
     h.expect_eq(sorted(set(attempts)), [1, 2], "attempts over the clients (owner, retried)")
 
@@ -127,17 +135,28 @@ def test_a_retried_client_is_logged_once_with_the_target_that_served_it():
 def test_no_target_reached_is_logged_with_dashes_and_connect_failed():
     refusing = [h.free_port(), h.free_port()]
     lb = h.lb_addr()
-    args = ["--listen", h.fmt_addr(lb), "--health-check", "off", "--connect-retries", "1",
-            "--access-log"]
+    args = [
+        "--listen",
+        h.fmt_addr(lb),
+        "--health-check",
+        "off",
+        "--connect-retries",
+        "1",
+        "--access-log",
+    ]
     for port in refusing:
         args += ["--target", f"127.0.0.1:{port}"]
     d = h.start_stickyd(args=args, addr=lb)
     with h.connect(lb, "127.0.0.7") as s:
         h.wait_closed(s)
     log = settled_log(d.process, lambda text: "client=127.0.0.7:" in text)
-    lines = [l for l in access_lines(log) if " client=127.0.0.7:" in l]
-    h.expect(len(lines) == 1 and " target=- addr=- attempts=2 up=0 down=0 " in lines[0]
-             and lines[0].endswith('end="connect failed"'), f"line of a refused client: {lines}")
+    lines = [ln for ln in access_lines(log) if " client=127.0.0.7:" in ln]
+    h.expect(
+        len(lines) == 1
+        and " target=- addr=- attempts=2 up=0 down=0 " in lines[0]
+        and lines[0].endswith('end="connect failed"'),
+        f"line of a refused client: {lines}",
+    )
 
 
 def test_a_reset_names_the_side_that_reset():
@@ -159,12 +178,16 @@ def test_a_reset_names_the_side_that_reset():
     with h.connect(lb2, "127.0.0.9") as s:
         h.send_all(s, b"hello")
         h.expect_eq(h.wait_closed(s), "reset", "what the client saw")
-    for proc, ip, end in ((d.process, "127.0.0.8", "client reset"),
-                          (other.process, "127.0.0.9", "target reset")):
+    for proc, ip, end in (
+        (d.process, "127.0.0.8", "client reset"),
+        (other.process, "127.0.0.9", "target reset"),
+    ):
         log = settled_log(proc, lambda text: f"client={ip}:" in text)
-        lines = [l for l in access_lines(log) if f" client={ip}:" in l]
-        h.expect(len(lines) == 1 and lines[0].endswith(f'end="{end}"'),
-                 f"expected one line ending {end}: {lines}")
+        lines = [ln for ln in access_lines(log) if f" client={ip}:" in ln]
+        h.expect(
+            len(lines) == 1 and lines[0].endswith(f'end="{end}"'),
+            f"expected one line ending {end}: {lines}",
+        )
 
 
 def test_a_proxy_header_client_is_logged_as_source_and_a_bad_header_as_such():
@@ -178,12 +201,18 @@ def test_a_proxy_header_client_is_logged_as_source_and_a_bad_header_as_such():
         h.wait_closed(s)
     log = settled_log(d.process, lambda text: "127.0.0.6:" in text and "127.0.0.5:" in text)
     lines = access_lines(log)
-    proxied = [l for l in lines if "client=127.0.0.5:" in l]
-    h.expect(len(proxied) == 1 and " source=203.0.113.7:41000 " in proxied[0]
-             and f" up={len(PAYLOAD)} " in proxied[0], f"PROXY client's line: {proxied}")
-    bad = [l for l in lines if "client=127.0.0.6:" in l]
-    h.expect(len(bad) == 1 and bad[0].endswith('end="bad PROXY header"') and " target=- " in bad[0],
-             f"bad header's line: {bad}")
+    proxied = [ln for ln in lines if "client=127.0.0.5:" in ln]
+    h.expect(
+        len(proxied) == 1
+        and " source=203.0.113.7:41000 " in proxied[0]
+        and f" up={len(PAYLOAD)} " in proxied[0],
+        f"PROXY client's line: {proxied}",
+    )
+    bad = [ln for ln in lines if "client=127.0.0.6:" in ln]
+    h.expect(
+        len(bad) == 1 and bad[0].endswith('end="bad PROXY header"') and " target=- " in bad[0],
+        f"bad header's line: {bad}",
+    )
 
 
 def test_log_level_hides_info_and_shows_debug():
@@ -196,9 +225,13 @@ def test_log_level_hides_info_and_shows_debug():
     loud, lb = quick(backends, "--log-level", "debug", refusing=h.free_port())
     for ip in h.source_ips(10, first=60):
         echo_once(lb, ip)
-    log = settled_log(loud.process, lambda text: "debug worker" in text and "connect to target" in text)
-    h.expect(re.search(r" debug +worker \d+: connect to target", log),
-             f"no debug line for a refused connect:\n{log}")
+    log = settled_log(
+        loud.process, lambda text: "debug worker" in text and "connect to target" in text
+    )
+    h.expect(
+        re.search(r" debug +worker \d+: connect to target", log),
+        f"no debug line for a refused connect:\n{log}",
+    )
 
 
 def test_reload_turns_the_access_log_on_and_off_for_new_connections():
@@ -225,7 +258,7 @@ def test_reload_turns_the_access_log_on_and_off_for_new_connections():
     reload(on, 3)
     echo_once(lb, "127.0.0.5")
     log = settled_log(d.process, lambda text: "client=127.0.0.5:" in text)
-    clients = [re.search(r" client=([\d.]+):", l).group(1) for l in access_lines(log)]
+    clients = [re.search(r" client=([\d.]+):", ln).group(1) for ln in access_lines(log)]
     h.expect_eq(clients, ["127.0.0.3", "127.0.0.5"], "clients with an access line")
 
 

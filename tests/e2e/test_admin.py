@@ -18,15 +18,21 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 SOURCES = h.source_ips(60)
-FAST_CHECKS = {"interval": "200ms", "timeout": "100ms", "healthy_threshold": 2,
-               "unhealthy_threshold": 2}
+FAST_CHECKS = {
+    "interval": "200ms",
+    "timeout": "100ms",
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
 
 
 # ---------------------------------------------------------------------------------
 # Talking to the endpoint
+
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=h.IO_TIMEOUT):
@@ -57,8 +63,10 @@ def admin(where, method, target):
 def admin_json(where, target, method="GET", status=200):
     code, headers, body = admin(where, method, target)
     h.expect(code == status, f"{method} {target}: expected HTTP {status}, got {code}: {body}")
-    h.expect(headers.get("Content-Type", "").startswith("application/json"),
-             f"{method} {target}: Content-Type {headers.get('Content-Type')}")
+    h.expect(
+        headers.get("Content-Type", "").startswith("application/json"),
+        f"{method} {target}: Content-Type {headers.get('Content-Type')}",
+    )
     return json.loads(body)
 
 
@@ -88,9 +96,10 @@ def raw_exchange(path, data):
 def stickyctl(*args, ok=True):
     result = h.run([STICKYCTL_BIN] + [str(a) for a in args])
     if ok:
-        h.expect(result.returncode == 0,
-                 f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: "
-                 f"{result.stderr}")
+        h.expect(
+            result.returncode == 0,
+            f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: " f"{result.stderr}",
+        )
     return result
 
 
@@ -112,8 +121,9 @@ def target_state(sock, target_id):
 
 METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-SAMPLE_RE = re.compile(rf"({METRIC_NAME})(?:\{{({LABEL}(?:,{LABEL})*)?\}})? "
-                       r"(-?[0-9.eE+-]+|[+-]Inf|NaN)")
+SAMPLE_RE = re.compile(
+    rf"({METRIC_NAME})(?:\{{({LABEL}(?:,{LABEL})*)?\}})? " r"(-?[0-9.eE+-]+|[+-]Inf|NaN)"
+)
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -128,8 +138,7 @@ def parse_metrics(text):
         m = re.fullmatch(rf"# HELP ({METRIC_NAME}) (.*)", line)
         if m:
             continue
-        m = re.fullmatch(rf"# TYPE ({METRIC_NAME}) (counter|gauge|histogram|summary|untyped)",
-                         line)
+        m = re.fullmatch(rf"# TYPE ({METRIC_NAME}) (counter|gauge|histogram|summary|untyped)", line)
         if m:
             h.expect(m.group(1) not in declared, f"family declared twice, {where}")
             declared.add(m.group(1))
@@ -141,8 +150,10 @@ def parse_metrics(text):
         h.expect(m is not None, f"not a sample, {where}")
         name, label_text, value_text = m.groups()
         suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
-        h.expect(family is not None and any(name == family + s for s in suffixes),
-                 f"sample outside its family {family}, {where}")
+        h.expect(
+            family is not None and any(name == family + s for s in suffixes),
+            f"sample outside its family {family}, {where}",
+        )
         value = float(value_text.replace("Inf", "inf"))
         labels = dict(LABEL_RE.findall(label_text or ""))
         h.expect(len(labels) == len(LABEL_RE.findall(label_text or "")), f"label twice, {where}")
@@ -157,8 +168,9 @@ def parse_metrics(text):
             h.expect(value >= previous, f"buckets not cumulative, {where}")
             buckets[rest] = value
         if name.endswith("_count") and kind == "histogram":
-            inf = samples.get((family + "_bucket",
-                               frozenset(list(labels.items()) + [("le", "+Inf")])))
+            inf = samples.get(
+                (family + "_bucket", frozenset(list(labels.items()) + [("le", "+Inf")]))
+            )
             h.expect(inf == value, f"_count differs from the +Inf bucket, {where}")
     return samples
 
@@ -175,14 +187,18 @@ def metric_sum(samples, name):
 
 # ---------------------------------------------------------------------------------
 
+
 def wait_until_all_healthy(sock):
     """Targets known at start are routable while `initial` (before their first check);
     the cases that assert health states, reasons or health metrics wait for the checks."""
+
     def states():
         status = admin_json(sock, "/status")
         return {t["id"]: t["state"] for g in status["groups"] for t in g["targets"]}
-    h.wait_for("the first health checks to pass",
-               lambda: all(s == "healthy" for s in states().values()))
+
+    h.wait_for(
+        "the first health checks to pass", lambda: all(s == "healthy" for s in states().values())
+    )
 
 
 def start(backends, group=None, global_=None, healthy=True):
@@ -211,8 +227,10 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
     # owner healthy before the lookup must be reported healthy, and one still initial
     # after it must be reported initial.
     def states():
-        return {t["id"]: t["state"] for g in admin_json(sock, "/status")["groups"]
-                for t in g["targets"]}
+        return {
+            t["id"]: t["state"] for g in admin_json(sock, "/status")["groups"] for t in g["targets"]
+        }
+
     before = states()
     early = lookups(sock, SOURCES)
     after = states()
@@ -221,47 +239,74 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
         if before[e["owner"]] == "healthy":
             h.expect_eq(e["reason"], "owner healthy", f"reason for {ip} (owner healthy)")
         elif after[e["owner"]] == "initial":
-            h.expect_eq(e["reason"], "owner usable (initial, not checked yet)",
-                        f"reason for {ip} (owner initial)")
+            h.expect_eq(
+                e["reason"],
+                "owner usable (initial, not checked yet)",
+                f"reason for {ip} (owner initial)",
+            )
         else:
-            h.expect(e["reason"] in ("owner healthy", "owner usable (initial, not checked yet)"),
-                     f"reason for {ip}: {e['reason']}")
+            h.expect(
+                e["reason"] in ("owner healthy", "owner usable (initial, not checked yet)"),
+                f"reason for {ip}: {e['reason']}",
+            )
 
     wait_until_all_healthy(sock)
     predicted = lookups(sock, SOURCES)
-    h.expect_eq({ip: e["chosen"] for ip, e in predicted.items()},
-                {ip: e["chosen"] for ip, e in early.items()}, "lookups before and after checks")
+    h.expect_eq(
+        {ip: e["chosen"] for ip, e in predicted.items()},
+        {ip: e["chosen"] for ip, e in early.items()},
+        "lookups before and after checks",
+    )
     via_http = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in SOURCES))["lookups"]
-    h.expect_eq({e["ip"]: e["chosen"] for e in via_http},
-                {ip: e["chosen"] for ip, e in predicted.items()}, "/lookup vs stickyctl lookup")
+    h.expect_eq(
+        {e["ip"]: e["chosen"] for e in via_http},
+        {ip: e["chosen"] for ip, e in predicted.items()},
+        "/lookup vs stickyctl lookup",
+    )
     actual = h.mapping(stickyd.addr, SOURCES)
-    wrong = {ip: (predicted[ip]["chosen"], actual[ip]) for ip in SOURCES
-             if predicted[ip]["chosen"] != actual[ip]}
+    wrong = {
+        ip: (predicted[ip]["chosen"], actual[ip])
+        for ip in SOURCES
+        if predicted[ip]["chosen"] != actual[ip]
+    }
     h.expect(not wrong, f"(predicted, actual) differ for {len(wrong)} sources: {wrong}")
     h.expect(len(set(actual.values())) == 4, f"sources reached only {set(actual.values())}")
-    h.expect(all(e["reason"] == "owner healthy" for e in predicted.values()),
-             f"reasons: {set(e['reason'] for e in predicted.values())}")
+    h.expect(
+        all(e["reason"] == "owner healthy" for e in predicted.values()),
+        f"reasons: {set(e['reason'] for e in predicted.values())}",
+    )
 
     down = backends[1]
     down.stop()
-    h.wait_for(f"{down.name} unhealthy",
-               lambda: target_state(sock, down.name)["state"] == "unhealthy")
+    h.wait_for(
+        f"{down.name} unhealthy", lambda: target_state(sock, down.name)["state"] == "unhealthy"
+    )
     healthy_predicted = predicted
     predicted = lookups(sock, SOURCES)
-    h.expect_eq({ip: e["owner"] for ip, e in predicted.items()},
-                {ip: e["owner"] for ip, e in healthy_predicted.items()}, "owners with one down")
+    h.expect_eq(
+        {ip: e["owner"] for ip, e in predicted.items()},
+        {ip: e["owner"] for ip, e in healthy_predicted.items()},
+        "owners with one down",
+    )
     moved = [ip for ip, e in predicted.items() if e["owner"] == down.name]
     h.expect(moved, f"no source owned by {down.name}")
     for ip in set(SOURCES) - set(moved):
-        h.expect_eq((predicted[ip]["chosen"], predicted[ip]["reason"]),
-                    (healthy_predicted[ip]["chosen"], "owner healthy"), f"unaffected {ip}")
+        h.expect_eq(
+            (predicted[ip]["chosen"], predicted[ip]["reason"]),
+            (healthy_predicted[ip]["chosen"], "owner healthy"),
+            f"unaffected {ip}",
+        )
     for ip in moved:
-        h.expect_eq(predicted[ip]["reason"], "owner unhealthy -> next usable clockwise",
-                    f"reason for {ip}")
+        h.expect_eq(
+            predicted[ip]["reason"], "owner unhealthy -> next usable clockwise", f"reason for {ip}"
+        )
         h.expect(predicted[ip]["chosen"] != down.name, f"{ip} still chosen for the down target")
     actual = h.mapping(stickyd.addr, SOURCES)
-    wrong = {ip: (predicted[ip]["chosen"], actual[ip]) for ip in SOURCES
-             if predicted[ip]["chosen"] != actual[ip]}
+    wrong = {
+        ip: (predicted[ip]["chosen"], actual[ip])
+        for ip in SOURCES
+        if predicted[ip]["chosen"] != actual[ip]
+    }
     h.expect(not wrong, f"with {down.name} down, (predicted, actual) differ: {wrong}")
     table = stickyctl("lookup", "--admin", sock, moved[0]).stdout
     h.expect("owner unhealthy -> next usable clockwise" in table, table)
@@ -275,11 +320,17 @@ def test_ring_shares_sum_to_one_and_match_the_offline_ring():
         shares = {t["id"]: t["share"] for t in ring["targets"]}
         h.expect(abs(sum(shares.values()) - 1) < 1e-9, f"{algorithm}: sum {sum(shares.values())}")
         offline = stickyctl_json("ring", "--config", path)
-        h.expect_eq(shares, {t["id"]: t["share"] for t in offline["targets"]},
-                    f"{algorithm}: /ring vs offline shares")
+        h.expect_eq(
+            shares,
+            {t["id"]: t["share"] for t in offline["targets"]},
+            f"{algorithm}: /ring vs offline shares",
+        )
         h.expect_eq(ring, offline, f"{algorithm}: /ring vs offline document")
-        h.expect_eq(stickyctl("ring", "--admin", sock).stdout,
-                    stickyctl("ring", "--config", path).stdout, f"{algorithm}: ring tables")
+        h.expect_eq(
+            stickyctl("ring", "--admin", sock).stdout,
+            stickyctl("ring", "--config", path).stdout,
+            f"{algorithm}: ring tables",
+        )
         if algorithm == "ring":
             h.expect(all(t["points"] == 4096 for t in ring["targets"]), "points per target")
         else:
@@ -310,8 +361,11 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
     h.expect_eq((state["state"], state["deregistration"]), ("draining", "drained"), "state")
     after = h.mapping(stickyd.addr, SOURCES)
     h.expect(all(after[ip] != victim for ip in SOURCES), f"new connections reached {victim}")
-    unmoved = {ip: (before[ip], after[ip]) for ip in SOURCES
-               if before[ip] != victim and before[ip] != after[ip]}
+    unmoved = {
+        ip: (before[ip], after[ip])
+        for ip in SOURCES
+        if before[ip] != victim and before[ip] != after[ip]
+    }
     h.expect(not unmoved, f"sources of other targets moved: {unmoved}")
     reasons = {e["reason"] for ip, e in lookups(sock, owned).items()}
     h.expect_eq(reasons, {"owner draining -> next usable clockwise"}, "lookup reasons")
@@ -339,8 +393,9 @@ def test_lookup_with_every_target_drained_or_down():
     ips = SOURCES[:10]
     for b in backends:
         stickyctl("drain", b.name, "--admin", sock)
-    h.wait_for("both drained", lambda: not any(target_state(sock, b.name)["usable"]
-                                               for b in backends))
+    h.wait_for(
+        "both drained", lambda: not any(target_state(sock, b.name)["usable"] for b in backends)
+    )
     doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
     h.expect_eq(doc["failing_open"], False, "failing_open with every target drained")
     for e in doc["lookups"]:
@@ -358,13 +413,18 @@ def test_lookup_with_every_target_drained_or_down():
     for b in backends:
         stickyctl("enable", b.name, "--admin", sock)
     h.wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
-    h.expect_eq({e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
-                h.mapping(stickyd.addr, ips), "lookups after enable vs real connections")
+    h.expect_eq(
+        {e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
+        h.mapping(stickyd.addr, ips),
+        "lookups after enable vs real connections",
+    )
 
     for b in backends:
         b.stop()
-    h.wait_for("every target unhealthy",
-               lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends))
+    h.wait_for(
+        "every target unhealthy",
+        lambda: all(target_state(sock, b.name)["state"] == "unhealthy" for b in backends),
+    )
     doc = admin_json(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in ips))
     h.expect_eq(doc["failing_open"], True, "failing_open with every target down")
     status = admin_json(sock, "/status")
@@ -382,8 +442,9 @@ def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
     h.expect(headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers)
     first = parse_metrics(text)
     listener = h.fmt_addr(stickyd.addr)
-    accepted0 = metric(first, "stickyd_listener_accepted_connections_total",
-                       listener=listener, target_group="web")
+    accepted0 = metric(
+        first, "stickyd_listener_accepted_connections_total", listener=listener, target_group="web"
+    )
     connections0 = metric_sum(first, "stickyd_target_connections_total")
 
     count = 30
@@ -391,21 +452,30 @@ def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
 
     def moved():
         m = parse_metrics(admin(sock, "GET", "/metrics")[2])
-        ok = (metric(m, "stickyd_listener_accepted_connections_total", listener=listener,
-                     target_group="web") >= accepted0 + count
-              and metric_sum(m, "stickyd_target_connections_total") >= connections0 + count
-              and metric_sum(m, "stickyd_target_bytes_sent_total") > 0
-              and metric_sum(m, "stickyd_target_bytes_received_total") > 0
-              and metric(m, "stickyd_health_check_duration_seconds_count", group="web") > 0)
+        ok = (
+            metric(
+                m,
+                "stickyd_listener_accepted_connections_total",
+                listener=listener,
+                target_group="web",
+            )
+            >= accepted0 + count
+            and metric_sum(m, "stickyd_target_connections_total") >= connections0 + count
+            and metric_sum(m, "stickyd_target_bytes_sent_total") > 0
+            and metric_sum(m, "stickyd_target_bytes_received_total") > 0
+            and metric(m, "stickyd_health_check_duration_seconds_count", group="web") > 0
+        )
         return m if ok else None
+
     m = h.wait_for("counters to follow the traffic", moved)
     for b in backends:
         labels = {"group": "web", "target": b.name, "address": b.address}
         h.expect_eq(metric(m, "stickyd_target_healthy", **labels), 1.0, f"{b.name} healthy")
         h.expect_eq(metric(m, "stickyd_target_state", state="healthy", **labels), 1.0, "state")
     h.expect(metric(m, "stickyd_process_open_fds") > 0, "open fds")
-    h.expect(metric(m, "stickyd_process_max_fds") >= metric(m, "stickyd_process_open_fds"),
-             "max fds")
+    h.expect(
+        metric(m, "stickyd_process_max_fds") >= metric(m, "stickyd_process_open_fds"), "max fds"
+    )
     h.expect(("stickyd_connect_retries_total", frozenset()) in m, "retries counter")
 
 
@@ -424,6 +494,7 @@ def test_malformed_requests_get_clean_errors_while_traffic_flows():
             except Exception as e:  # reported below
                 errors.append(repr(e))
             i += 1
+
     t = threading.Thread(target=traffic, daemon=True)
     t.start()
     try:
@@ -470,9 +541,11 @@ def test_admin_socket_mode_refusal_stale_file_and_removal():
     path2 = h.write_file("second.toml", config2)
     result = h.run([h.STICKYD_BIN, "--config", path2], timeout=20)
     h.expect(result.returncode == 1, f"second daemon exit {result.returncode}: {result.stderr}")
-    lines = [l for l in result.stderr.splitlines() if "admin socket" in l]
-    h.expect(len(lines) == 1 and sock in lines[0] and "another process answers" in lines[0],
-             f"refusal: {result.stderr}")
+    lines = [ln for ln in result.stderr.splitlines() if "admin socket" in ln]
+    h.expect(
+        len(lines) == 1 and sock in lines[0] and "another process answers" in lines[0],
+        f"refusal: {result.stderr}",
+    )
     admin_json(sock, "/status")  # the first one still answers
 
     stickyd.process.signal(15)
@@ -493,6 +566,7 @@ def test_admin_socket_mode_refusal_stale_file_and_removal():
             return admin(sock, "GET", "/status")[0] == 200
         except ConnectionRefusedError:
             return False
+
     h.wait_for("the new daemon on the replaced socket", answers, process=third.process)
 
 
@@ -501,35 +575,48 @@ def test_quick_mode_flags_and_tcp_admin_address():
     lb = h.lb_addr()
     port = h.free_port()
     sock = os.path.join(h.temp_dir(), "quick.sock")
-    stickyd = h.start_stickyd(args=["--listen", h.fmt_addr(lb)] +
-                              [a for b in backends for a in ("--target", b.address)] +
-                              ["--admin-socket", sock, "--admin-address", f"127.0.0.1:{port}"],
-                              addr=lb)
+    stickyd = h.start_stickyd(
+        args=["--listen", h.fmt_addr(lb)]
+        + [a for b in backends for a in ("--target", b.address)]
+        + ["--admin-socket", sock, "--admin-address", f"127.0.0.1:{port}"],
+        addr=lb,
+    )
     h.whoami(SOURCES[0], stickyd.addr)
-    announced = [l for l in stickyd.process.log().splitlines() if "admin endpoint on" in l]
-    h.expect(len(announced) == 2 and sock in announced[0]
-             and f"http://127.0.0.1:{port}" in announced[1],
-             f"each admin address is announced once: {announced}")
+    announced = [ln for ln in stickyd.process.log().splitlines() if "admin endpoint on" in ln]
+    h.expect(
+        len(announced) == 2 and sock in announced[0] and f"http://127.0.0.1:{port}" in announced[1],
+        f"each admin address is announced once: {announced}",
+    )
     code, headers, text = admin(("127.0.0.1", port), "GET", "/metrics")
     h.expect_eq(code, 200, "/metrics over TCP")
     parse_metrics(text)
     status = stickyctl_json("status", "--admin", f"127.0.0.1:{port}")
     h.expect_eq(len(status["groups"][0]["targets"]), 2, "targets over TCP")
     by_unix = stickyctl_json("status", "--admin", sock)
-    h.expect_eq([t["id"] for t in by_unix["groups"][0]["targets"]],
-                [t["id"] for t in status["groups"][0]["targets"]], "unix socket and TCP agree")
+    h.expect_eq(
+        [t["id"] for t in by_unix["groups"][0]["targets"]],
+        [t["id"] for t in status["groups"][0]["targets"]],
+        "unix socket and TCP agree",
+    )
     out = stickyctl("status", "--admin", sock).stdout
     h.expect("TARGET" in out and backends[0].address in out, out)
 
     # Quick mode: an admin socket that cannot be set up is a warning, not a failure.
     blocker = h.write_file("not-a-dir", "")
     lb2 = h.lb_addr()
-    second = h.start_stickyd(args=["--listen", h.fmt_addr(lb2), "--target", backends[0].address,
-                                   "--admin-socket", os.path.join(blocker, "admin.sock")],
-                             addr=lb2)
+    second = h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb2),
+            "--target",
+            backends[0].address,
+            "--admin-socket",
+            os.path.join(blocker, "admin.sock"),
+        ],
+        addr=lb2,
+    )
     h.whoami(SOURCES[1], second.addr)
-    h.expect("admin" in second.process.log() and "warn" in second.process.log(),
-             second.describe())
+    h.expect("admin" in second.process.log() and "warn" in second.process.log(), second.describe())
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 SLOW = 500
 HEAD = b"GET /status HTTP/1.1\r\nHost: stickyd\r\nX-Slow: "
 # A generous bound on one prompt request while the slow ones are held; a request
@@ -46,7 +47,7 @@ class Slowloris:
 
     def _trickle(self):
         while not self._stop.wait(1.0):
-            byte = (HEAD[self.sent:self.sent + 1] or b"x")
+            byte = HEAD[self.sent : self.sent + 1] or b"x"
             self.sent += 1
             for s in list(self.socks):
                 if s.fileno() >= 0 and s not in self.replies:
@@ -113,8 +114,9 @@ def start_with_tcp_admin():
     backends = h.start_backends(1)
     lb = h.lb_addr()
     port = h.free_port()
-    config = h.simple_config(h.fmt_addr(lb), backends,
-                             global_={"admin_address": f"127.0.0.1:{port}"})
+    config = h.simple_config(
+        h.fmt_addr(lb), backends, global_={"admin_address": f"127.0.0.1:{port}"}
+    )
     stickyd = h.start_stickyd(config, addr=lb)
     return stickyd, ("127.0.0.1", port)
 
@@ -131,13 +133,16 @@ def unix_connect(path):
         s.connect(path)
         s.settimeout(h.IO_TIMEOUT)
         return s
+
     return connect
 
 
 def stickyctl_status(where):
     result = h.run([STICKYCTL_BIN, "status", "--json", "--admin", where], timeout=ANSWER_WITHIN)
-    h.expect(result.returncode == 0,
-             f"stickyctl status --admin {where} exited {result.returncode}: {result.stderr}")
+    h.expect(
+        result.returncode == 0,
+        f"stickyctl status --admin {where} exited {result.returncode}: {result.stderr}",
+    )
     return json.loads(result.stdout)
 
 
@@ -160,8 +165,10 @@ def expect_told_not_reset(slow, budget, stickyd):
         seen["outcome"] = slow.outcome()
         busy, waiting, other = seen["outcome"]
         return other > 0 or waiting <= budget
-    h.wait_for("the slow clients beyond the budget to be answered", settled,
-               process=stickyd.process)
+
+    h.wait_for(
+        "the slow clients beyond the budget to be answered", settled, process=stickyd.process
+    )
     busy, waiting, other = seen["outcome"]
     h.expect(busy > 0, "no slow client was answered 503")
     problems = [r for r in slow.replies.values() if r not in ("503", "408")]

@@ -65,8 +65,11 @@ def established_to(port):
     """Connections in any state but LISTEN/TIME-WAIT whose remote end is port."""
     r = h.run(["ss", "-Htan", f"( dport = :{port} )"])
     h.expect_eq(r.returncode, 0, f"ss exit status ({r.stderr.strip()})")
-    return [line for line in r.stdout.splitlines()
-            if line.split() and line.split()[0] not in ("TIME-WAIT", "LISTEN")]
+    return [
+        line
+        for line in r.stdout.splitlines()
+        if line.split() and line.split()[0] not in ("TIME-WAIT", "LISTEN")
+    ]
 
 
 def log_lines(process):
@@ -87,8 +90,12 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
     # returned), and stickyd ends with the descriptors it started with.
     h.need_open_files(4096)
     backend = h.start_backend("echo")
-    lb, stickyd = start_lb([backend.address], "--accept-proxy-protocol",
-                           "--proxy-protocol-timeout", f"{int(HEADER_TIMEOUT)}s")
+    lb, stickyd = start_lb(
+        [backend.address],
+        "--accept-proxy-protocol",
+        "--proxy-protocol-timeout",
+        f"{int(HEADER_TIMEOUT)}s",
+    )
     pid = stickyd.process.pid
     baseline = settled_fds(pid)
     header = h.proxy_v1_header(("203.0.113.9", 4321), lb)
@@ -107,16 +114,17 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
             sel.register(s, selectors.EVENT_READ)
         stop = threading.Event()
 
-        def drip():                                   # one more byte a second
+        def drip():  # one more byte a second
             sent = 1
             while not stop.wait(1.0):
                 for s in slow:
                     if s not in closed_at and sent < len(header) - 2:
                         try:
-                            s.send(header[sent:sent + 1])
+                            s.send(header[sent : sent + 1])
                         except OSError:
                             pass
                 sent += 1
+
         dripper = threading.Thread(target=drip, daemon=True)
         dripper.start()
 
@@ -137,9 +145,11 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
             h.expect_eq((status, name), (200, "echo"), f"request {k} during the slowloris")
         watch(0)
         held = h.fd_count(pid)
-        h.expect(not closed_at and held >= baseline + SLOW_CLIENTS,
-                 f"the real client was served only after slow clients were let go: "
-                 f"{len(closed_at)} closed, stickyd holds {held} fds (baseline {baseline})")
+        h.expect(
+            not closed_at and held >= baseline + SLOW_CLIENTS,
+            f"the real client was served only after slow clients were let go: "
+            f"{len(closed_at)} closed, stickyd holds {held} fds (baseline {baseline})",
+        )
 
         deadline = time.monotonic() + HEADER_TIMEOUT + 15
         while len(closed_at) < SLOW_CLIENTS and time.monotonic() < deadline:
@@ -147,24 +157,38 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
         stop.set()
         dripper.join(5)
         h.expect_eq(len(closed_at), SLOW_CLIENTS, "slow clients closed by stickyd")
-        early = [closed_at[s] - opened_at[s] for s in slow
-                 if closed_at[s] - opened_at[s] < HEADER_TIMEOUT - 0.05]
-        h.expect(not early, f"{len(early)} slow clients closed before their header deadline: "
-                            f"after {sorted(early)[:5]} s")
+        early = [
+            closed_at[s] - opened_at[s]
+            for s in slow
+            if closed_at[s] - opened_at[s] < HEADER_TIMEOUT - 0.05
+        ]
+        h.expect(
+            not early,
+            f"{len(early)} slow clients closed before their header deadline: "
+            f"after {sorted(early)[:5]} s",
+        )
     finally:
         for s in slow:
             s.close()
-    h.expect(re.search(r"no complete PROXY header within 5000 ms", stickyd.process.log()),
-             "no timeout warning logged")
+    h.expect(
+        re.search(r"no complete PROXY header within 5000 ms", stickyd.process.log()),
+        "no timeout warning logged",
+    )
     after = settled_fds(pid, at_most=baseline)
-    h.expect(after <= baseline, f"stickyd holds {after} fds after the slowloris "
-                                f"(baseline {baseline})")
-    h.expect_eq(h.http_get(lb, src_ip="127.0.0.2", preamble=header), (200, "echo"),
-                "a request after the slowloris")
+    h.expect(
+        after <= baseline,
+        f"stickyd holds {after} fds after the slowloris " f"(baseline {baseline})",
+    )
+    h.expect_eq(
+        h.http_get(lb, src_ip="127.0.0.2", preamble=header),
+        (200, "echo"),
+        "a request after the slowloris",
+    )
 
 
 # ---------------------------------------------------------------------------------
 # PROXY v2 headers that announce more than they send
+
 
 def v2_fixed(length, family_proto=0x11):
     return h.PROXY_V2_SIGNATURE + bytes([0x21, family_proto]) + length.to_bytes(2, "big")
@@ -174,8 +198,9 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
     # The header timeout is 30 s; each of these must be refused long before it, by
     # what the bytes say, and none may cost stickyd memory or descriptors.
     backend = h.start_backend("echo")
-    lb, stickyd = start_lb([backend.address], "--accept-proxy-protocol",
-                           "--proxy-protocol-timeout", "30s")
+    lb, stickyd = start_lb(
+        [backend.address], "--accept-proxy-protocol", "--proxy-protocol-timeout", "30s"
+    )
     pid = stickyd.process.pid
     baseline = settled_fds(pid)
     addresses = bytes(12)
@@ -183,18 +208,23 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
         # 64 KiB announced, nothing more sent.
         ("length 65535", v2_fixed(0xFFFF), r"header longer than \d+ bytes"),
         # A length under the limit whose one TLV claims 64 KiB.
-        ("TLV overrun", v2_fixed(12 + 3 + 100) + addresses + b"\x04\xff\xff" + bytes(100),
-         r"v2 TLV overruns the header"),
+        (
+            "TLV overrun",
+            v2_fixed(12 + 3 + 100) + addresses + b"\x04\xff\xff" + bytes(100),
+            r"v2 TLV overruns the header",
+        ),
     ]
     for what, data, pattern in cases:
         # A daemon each: warnings are limited to one a second.
-        _, one = start_lb([backend.address], "--accept-proxy-protocol",
-                          "--proxy-protocol-timeout", "30s")
+        _, one = start_lb(
+            [backend.address], "--accept-proxy-protocol", "--proxy-protocol-timeout", "30s"
+        )
         with h.connect(one.addr, "127.0.0.2") as s:
             h.send_all(s, data)
             h.expect(h.wait_closed(s, timeout=10) in ("eof", "reset"), f"{what}: still open")
-        h.wait_for(f"a warning for {what}",
-                   lambda: re.search(pattern, one.process.log()), timeout=10)
+        h.wait_for(
+            f"a warning for {what}", lambda: re.search(pattern, one.process.log()), timeout=10
+        )
 
     # 500 at once, each announcing 4000 bytes and sending 3000: all held until the
     # deadline would be 1.5 MB of header bytes; RSS must stay far below 64 KiB each.
@@ -206,13 +236,18 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
             s = h.connect(lb, f"127.0.1.{2 + i % 200}")
             h.send_all(s, v2_fixed(4000) + addresses + bytes(2988))
             held.append(s)
-        h.wait_for("stickyd to read the 500 partial headers",
-                   lambda: h.fd_count(pid) >= baseline + 500, timeout=10)
+        h.wait_for(
+            "stickyd to read the 500 partial headers",
+            lambda: h.fd_count(pid) >= baseline + 500,
+            timeout=10,
+        )
         rss1, _ = memory(pid)
-        h.expect(rss1 - rss0 < 500 * 16 * KIB,
-                 f"stickyd grew by {rss1 - rss0} B for 500 partial headers")
-        status, name = h.http_get(lb, src_ip="127.0.0.3",
-                                  preamble=h.proxy_v2_header(("127.0.0.9", 1), lb))
+        h.expect(
+            rss1 - rss0 < 500 * 16 * KIB, f"stickyd grew by {rss1 - rss0} B for 500 partial headers"
+        )
+        status, name = h.http_get(
+            lb, src_ip="127.0.0.3", preamble=h.proxy_v2_header(("127.0.0.9", 1), lb)
+        )
         h.expect_eq((status, name), (200, "echo"), "a request beside 500 partial headers")
     finally:
         for s in held:
@@ -224,6 +259,7 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
 
 # ---------------------------------------------------------------------------------
 # 10,000 connections reset at once
+
 
 def rst_storm(lb, count, first_bytes):
     """count connections from 8 threads, each closed with an RST right after
@@ -245,6 +281,7 @@ def rst_storm(lb, count, first_bytes):
                 done[k] += 1
             finally:
                 s.close()
+
     h.run_parallel([lambda k=k: worker(k) for k in range(8)], timeout=80)
     return sum(done)
 
@@ -266,28 +303,43 @@ def test_ten_thousand_instant_resets_leave_nothing_behind():
     n += rst_storm(plb, 4000, lambda i: (b"", header[:10], header, header + b"hi")[i % 4])
     h.expect_eq(n, 10000, "connections made")
 
-    for label, s, pid, fds, mem, lines in zip(("plain", "proxy"), (stickyd, pstickyd), pids,
-                                              base_fds, base_mem, base_lines):
+    for label, s, pid, fds, mem, lines in zip(
+        ("plain", "proxy"), (stickyd, pstickyd), pids, base_fds, base_mem, base_lines
+    ):
         h.expect(s.process.alive(), f"{label} stickyd died\n{s.describe()}")
         after = settled_fds(pid, at_most=fds)
-        h.expect(after <= fds, f"{label}: stickyd holds {after} fds after the storm "
-                               f"(baseline {fds})")
+        h.expect(
+            after <= fds, f"{label}: stickyd holds {after} fds after the storm " f"(baseline {fds})"
+        )
         rss, dirty = memory(pid)
-        h.expect(dirty - mem[1] < 8 * MIB, f"{label}: Private_Dirty grew from {mem[1]} to "
-                                           f"{dirty} B over 5000 reset connections")
+        h.expect(
+            dirty - mem[1] < 8 * MIB,
+            f"{label}: Private_Dirty grew from {mem[1]} to "
+            f"{dirty} B over 5000 reset connections",
+        )
         extra = log_lines(s) - lines
-        h.expect(extra < 20, f"{label}: {extra} log lines for the storm:\n"
-                             + "\n".join(s.process.log().splitlines()[-5:]))
+        h.expect(
+            extra < 20,
+            f"{label}: {extra} log lines for the storm:\n"
+            + "\n".join(s.process.log().splitlines()[-5:]),
+        )
     # Nothing left open toward the backend either (stickyd resets or closes its side).
-    h.wait_for("no connection to the backend left open",
-               lambda: not established_to(backend.addr[1]), timeout=15)
+    h.wait_for(
+        "no connection to the backend left open",
+        lambda: not established_to(backend.addr[1]),
+        timeout=15,
+    )
     h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "plain listener after the storm")
-    h.expect_eq(h.http_get(plb, src_ip="127.0.0.2", preamble=header), (200, "echo"),
-                "PROXY listener after the storm")
+    h.expect_eq(
+        h.http_get(plb, src_ip="127.0.0.2", preamble=header),
+        (200, "echo"),
+        "PROXY listener after the storm",
+    )
 
 
 # ---------------------------------------------------------------------------------
 # A client that never reads while its backend floods
+
 
 def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
     # The mirror of test_integrity's silent backend: 20 backends' streams at 20
@@ -313,7 +365,7 @@ def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
         while pushed[key] < size:
             n = min(rng.randrange(1, 256 * KIB), size - pushed[key])
             off = rng.randrange(0, len(pool) - n)
-            view = memoryview(pool)[off:off + n]
+            view = memoryview(pool)[off : off + n]
             digest.update(view)
             while view:
                 k = conn.send(view)
@@ -343,22 +395,29 @@ def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
         before = sum(pushed.values())
         time.sleep(0.5)
         return sum(pushed.values()) == before
+
     h.wait_for("the backends' sends to stall", stalled, timeout=30)
     sent_1, mem_1 = sum(pushed.values()), memory(pid)[1]
     time.sleep(1.5)
     sent_2, mem_2 = sum(pushed.values()), memory(pid)[1]
     h.expect(sent_2 < clients * size, "every backend got all its bytes out with nobody reading")
-    h.expect(sent_2 - sent_1 < MIB, f"backends kept sending to clients that read nothing: "
-                                    f"{sent_1} then {sent_2} bytes")
+    h.expect(
+        sent_2 - sent_1 < MIB,
+        f"backends kept sending to clients that read nothing: " f"{sent_1} then {sent_2} bytes",
+    )
     h.expect(mem_2 - mem_1 < MIB, f"stickyd grew from {mem_1} to {mem_2} B while stalled")
     bound = clients * 2 * 32 * KIB + 8 * MIB
-    h.expect(mem_2 - base < bound, f"stickyd holds {mem_2 - base} B more than before "
-                                   f"{clients} stalled clients (backends pushed {sent_2} B)")
+    h.expect(
+        mem_2 - base < bound,
+        f"stickyd holds {mem_2 - base} B more than before "
+        f"{clients} stalled clients (backends pushed {sent_2} B)",
+    )
 
     def drain(i):
         got = hashlib.sha256()
         count = h.recv_until_eof(socks[i], got)
         return f"flood-{i}", count, got.hexdigest()
+
     received = h.run_parallel([lambda i=i: drain(i) for i in range(clients)], timeout=80)
     sent = dict(server.result(timeout=60) for _ in range(clients))
     for key, count, digest in received:
@@ -367,6 +426,7 @@ def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
 
 # ---------------------------------------------------------------------------------
 # A FIN before there is a target
+
 
 def test_fin_before_the_target_connect_still_gets_the_reply():
     # The client sends its request and FIN in the same moment it connects (with a
@@ -380,7 +440,7 @@ def test_fin_before_the_target_connect_still_gets_the_reply():
         except OSError:
             return None
         if count == 0:
-            return None                                # a readiness probe
+            return None  # a readiness probe
         h.send_all(conn, f"{count} {got.hexdigest()}\n".encode())
         return count
 
@@ -397,13 +457,17 @@ def test_fin_before_the_target_connect_still_gets_the_reply():
             s.shutdown(socket.SHUT_WR)
             reply = h.recv_line(s)
             h.expect_eq(h.wait_closed(s), "eof", f"connection {k}: end after the reply")
-        h.expect_eq(reply, f"{len(payload)} {h.sha256(payload)}",
-                    f"connection {k} ({'PROXY' if proxied else 'plain'}): what the target saw")
+        h.expect_eq(
+            reply,
+            f"{len(payload)} {h.sha256(payload)}",
+            f"connection {k} ({'PROXY' if proxied else 'plain'}): what the target saw",
+        )
         h.expect_eq(server.result(), len(payload), f"connection {k}: the target's count")
 
 
 # ---------------------------------------------------------------------------------
 # A reset from the side stickyd is not reading
+
 
 def socket_error(sock):
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -415,7 +479,7 @@ def stalled_then_reset(direction):
     (a side is not read while its peer's send is pending), but the receiver must still
     learn of the reset, and stickyd must give back both descriptors, within a bounded
     time, not when the idle timeout (350 s) ends the pair."""
-    conns, reset_seen = [], threading.Event()
+    conns = []
     pool = random.Random(8).randbytes(MIB)
 
     def flood(sock, stop):
@@ -437,9 +501,9 @@ def stalled_then_reset(direction):
         except (h.Failure, OSError):
             return None
         conns.append(conn)
-        if direction != "backend-rst":                # the backend reads nothing
+        if direction != "backend-rst":  # the backend reads nothing
             return wait_reset(conn)
-        sent = flood(conn, threading.Event())          # the backend floods, then resets
+        sent = flood(conn, threading.Event())  # the backend floods, then resets
         h.set_linger_zero(conn)
         return f"reset after {sent} bytes"
 
@@ -466,37 +530,51 @@ def stalled_then_reset(direction):
         # the client gives up. No flow is stalled: stickyd reads neither side.
         h.send_all(s, b"GET / HTTP/1.0\r\n\r\n")
         s.shutdown(socket.SHUT_WR)
+
         def fin_seen():
             try:
                 while conns[0].recv(4096, socket.MSG_DONTWAIT):
-                    pass                               # the request
+                    pass  # the request
                 return True
             except BlockingIOError:
                 return False
+
         h.wait_for("the backend to see the client's FIN", fin_seen, timeout=10)
         h.set_linger_zero(s)
         s.close()
-        h.expect_eq(server.result(), "reset",
-                    "what the silent backend's socket reported within 10 s after the client, "
-                    "having sent its request and FIN, reset")
+        h.expect_eq(
+            server.result(),
+            "reset",
+            "what the silent backend's socket reported within 10 s after the client, "
+            "having sent its request and FIN, reset",
+        )
     elif direction != "backend-rst":
         sent = flood(s, threading.Event())
         h.expect(sent > 0, "the client could not send at all")
         if direction == "client-fin-rst":
-            s.shutdown(socket.SHUT_WR)                # its FIN waits behind the data
+            s.shutdown(socket.SHUT_WR)  # its FIN waits behind the data
         h.set_linger_zero(s)
         s.close()
-        h.expect_eq(server.result(), "reset",
-                    f"what the silent backend's socket reported within 10 s after the client, "
-                    f"stalled after {sent} bytes, reset")
+        h.expect_eq(
+            server.result(),
+            "reset",
+            f"what the silent backend's socket reported within 10 s after the client, "
+            f"stalled after {sent} bytes, reset",
+        )
     else:
         h.expect("reset after" in server.result(), "the backend did not flood")
-        h.expect_eq(wait_reset(s), "reset",
-                    "what the silent client's socket reported within 10 s after the backend, "
-                    "stalled, reset")
+        h.expect_eq(
+            wait_reset(s),
+            "reset",
+            "what the silent client's socket reported within 10 s after the backend, "
+            "stalled, reset",
+        )
     after = settled_fds(pid, at_most=baseline)
-    h.expect(after <= baseline, f"stickyd holds {after} fds after the reset (baseline "
-                                f"{baseline}): the pair is kept until the idle timeout")
+    h.expect(
+        after <= baseline,
+        f"stickyd holds {after} fds after the reset (baseline "
+        f"{baseline}): the pair is kept until the idle timeout",
+    )
 
 
 def test_client_reset_while_its_upload_is_stalled_reaches_the_backend():

@@ -12,7 +12,6 @@ or reset while it is being removed; only wrong bytes count there."""
 import hashlib
 import os
 import random
-import re
 import socket
 import sys
 import threading
@@ -23,11 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 KIB = 1024
-FAST_CHECKS = {"interval": "200ms", "timeout": "150ms", "healthy_threshold": 2,
-               "unhealthy_threshold": 2}
+FAST_CHECKS = {
+    "interval": "200ms",
+    "timeout": "150ms",
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
 SOURCES = h.source_ips(40, first=2)
 RELOADS = 50
-INVALID_AT = (6, 15, 23, 34, 41)   # reload numbers (1-based) whose file is invalid
+INVALID_AT = (6, 15, 23, 34, 41)  # reload numbers (1-based) whose file is invalid
 POOL = random.Random(5150).randbytes(4 * 1024 * KIB)
 
 
@@ -36,9 +39,14 @@ def config(lb, extra, backends, with_d, with_extra, error=None):
     if with_extra:
         listeners.append({"name": "extra", "bind": h.fmt_addr(extra), "target_group": "web"})
     members = backends if with_d else backends[:3]
-    group = {"name": "web", "connect_timeout": "2s", "connect_retries": 2,
-             "health_check": dict(FAST_CHECKS), "deregistration_delay": {"timeout": "60s"},
-             "targets": [{"id": b.name, "address": b.address} for b in members]}
+    group = {
+        "name": "web",
+        "connect_timeout": "2s",
+        "connect_retries": 2,
+        "health_check": dict(FAST_CHECKS),
+        "deregistration_delay": {"timeout": "60s"},
+        "targets": [{"id": b.name, "address": b.address} for b in members],
+    }
     text = h.config_text(listeners, [group], {"admin_socket": ADMIN[0]})
     if error == "unknown key":
         text = text.replace('id = "backend-2"', 'id = "backend-2"\nwieght = 2')
@@ -51,12 +59,14 @@ def config(lb, extra, backends, with_d, with_extra, error=None):
     elif error == "bad port":
         text = text.replace(f'"{backends[2].address}"', '"127.0.0.1:99999"')
     if error is not None:
-        h.expect(text != h.config_text(listeners, [group], {"admin_socket": ADMIN[0]}),
-                 f"the '{error}' edit changed nothing")
+        h.expect(
+            text != h.config_text(listeners, [group], {"admin_socket": ADMIN[0]}),
+            f"the '{error}' edit changed nothing",
+        )
     return text
 
 
-ADMIN = [None]   # one admin socket path for every version of the file
+ADMIN = [None]  # one admin socket path for every version of the file
 
 
 class Daemon:
@@ -66,8 +76,11 @@ class Daemon:
         self.path = self.process.argv[self.process.argv.index("--config") + 1]
 
     def outcomes(self):
-        return [line for line in self.process.log().splitlines()
-                if "reloaded " in line or "reload failed" in line]
+        return [
+            line
+            for line in self.process.log().splitlines()
+            if "reloaded " in line or "reload failed" in line
+        ]
 
     def reload(self, text):
         """Writes the file, sends SIGHUP, returns the outcome line it produced."""
@@ -77,8 +90,12 @@ class Daemon:
             f.write(text)
         os.replace(tmp, self.path)
         self.process.signal(1)
-        lines = h.wait_for("a reload outcome line", lambda: self.outcomes()[before:],
-                           timeout=10, process=self.process)
+        lines = h.wait_for(
+            "a reload outcome line",
+            lambda: self.outcomes()[before:],
+            timeout=10,
+            process=self.process,
+        )
         return lines[0]
 
 
@@ -94,15 +111,17 @@ def short_exchange(lb, ip, n):
     """One short connection: WHOAMI, a few KiB echoed, both FINs. Returns the name
     of the backend that answered."""
     off = random.randrange(0, len(POOL) - 8 * KIB)
-    payload = POOL[off:off + 512 + n % (7 * KIB)]
+    payload = POOL[off : off + 512 + n % (7 * KIB)]
     with h.connect(lb, ip, timeout=h.IO_TIMEOUT) as s:
         h.send_all(s, b"STICKYD-TEST WHOAMI\n" + payload)
         s.shutdown(socket.SHUT_WR)
         line = h.recv_line(s)
         got = hashlib.sha256()
         count = h.recv_until_eof(s, got)
-    h.expect((count, got.hexdigest()) == (len(payload), h.sha256(payload)),
-             f"echo of {len(payload)} bytes came back as {count} bytes, other content")
+    h.expect(
+        (count, got.hexdigest()) == (len(payload), h.sha256(payload)),
+        f"echo of {len(payload)} bytes came back as {count} bytes, other content",
+    )
     return line.split()[0]
 
 
@@ -129,7 +148,7 @@ class LongStream:
             while not self.stop.is_set():
                 n = rng.randrange(1, 48 * KIB)
                 off = rng.randrange(0, len(POOL) - n)
-                chunk = POOL[off:off + n]
+                chunk = POOL[off : off + n]
                 self.sent.update(chunk)
                 h.send_all(self.sock, chunk)
                 self.got.update(h.recv_exact(self.sock, n))
@@ -146,15 +165,21 @@ class LongStream:
         self.stop.set()
         self.thread.join(30)
         h.expect(not self.thread.is_alive(), f"long stream from {self.ip} hung")
-        h.expect(self.error is None, f"long stream from {self.ip} to {self.backend} failed "
-                                     f"after {self.count} bytes: {self.error!r}")
-        h.expect_eq(self.got.hexdigest(), self.sent.hexdigest(),
-                    f"SHA-256 of {self.count} bytes streamed from {self.ip} to {self.backend}")
+        h.expect(
+            self.error is None,
+            f"long stream from {self.ip} to {self.backend} failed "
+            f"after {self.count} bytes: {self.error!r}",
+        )
+        h.expect_eq(
+            self.got.hexdigest(),
+            self.sent.hexdigest(),
+            f"SHA-256 of {self.count} bytes streamed from {self.ip} to {self.backend}",
+        )
         return self.count
 
 
 def test_fifty_sighups_under_load_with_five_invalid_files():
-    backends = h.start_backends(4)        # backend-4 comes and goes
+    backends = h.start_backends(4)  # backend-4 comes and goes
     lb, extra = h.lb_addr(), h.lb_addr()
     ADMIN[0] = os.path.join(h.temp_dir(), "admin.sock")
     d = Daemon(config(lb, extra, backends, False, False), lb)
@@ -192,7 +217,7 @@ def test_fifty_sighups_under_load_with_five_invalid_files():
                 short_exchange(extra, ip, i)
                 with lock:
                     extra_ok[0] += 1
-            except OSError:                    # refused, reset, timed out
+            except OSError:  # refused, reset, timed out
                 with lock:
                     extra_refused[0] += 1
                 time.sleep(0.01)
@@ -210,7 +235,7 @@ def test_fifty_sighups_under_load_with_five_invalid_files():
         t.start()
 
     errors_kinds = ["unknown key", "zero weight", "syntax", "unknown group", "bad port"]
-    state = (False, False)                 # (with backend-4, with "extra") now running
+    state = (False, False)  # (with backend-4, with "extra") now running
     failed_lines = []
     try:
         for n in range(1, RELOADS + 1):
@@ -221,34 +246,49 @@ def test_fifty_sighups_under_load_with_five_invalid_files():
                 bad = (not state[0], not state[1])
                 kind = errors_kinds[INVALID_AT.index(n)]
                 line = d.reload(config(lb, extra, backends, *bad, error=kind))
-                h.expect("reload failed, still serving the previous configuration" in line,
-                         f"reload {n} ({kind}) answered: {line}")
+                h.expect(
+                    "reload failed, still serving the previous configuration" in line,
+                    f"reload {n} ({kind}) answered: {line}",
+                )
                 failed_lines.append(line)
                 h.expect(d.process.alive(), f"stickyd died on invalid reload {n}")
-                h.expect_eq(accepts(extra), state[1],
-                            f"'extra' accepting after invalid reload {n} ({kind})")
+                h.expect_eq(
+                    accepts(extra), state[1], f"'extra' accepting after invalid reload {n} ({kind})"
+                )
             else:
                 line = d.reload(config(lb, extra, backends, *want))
                 h.expect("reloaded " in line, f"reload {n} answered: {line}")
                 state = want
-                h.wait_for(f"'extra' {'accepting' if state[1] else 'refusing'} after reload {n}",
-                           lambda: accepts(extra) == state[1], timeout=10, process=d.process)
+                h.wait_for(
+                    f"'extra' {'accepting' if state[1] else 'refusing'} after reload {n}",
+                    lambda: accepts(extra) == state[1],
+                    timeout=10,
+                    process=d.process,
+                )
             time.sleep(max(0.0, 0.4 - (time.monotonic() - started)))
         in_flight = main_ok[0]
-        h.wait_for("short connections after the last reload",
-                   lambda: main_ok[0] >= in_flight + 20, timeout=20)
+        h.wait_for(
+            "short connections after the last reload",
+            lambda: main_ok[0] >= in_flight + 20,
+            timeout=20,
+        )
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
     streamed = [s.finish() for s in streams]
 
-    h.expect(not main_errors, f"{len(main_errors)} of {main_ok[0] + len(main_errors)} short "
-                              f"connections to 'main' failed, first: {main_errors[:3]}")
+    h.expect(
+        not main_errors,
+        f"{len(main_errors)} of {main_ok[0] + len(main_errors)} short "
+        f"connections to 'main' failed, first: {main_errors[:3]}",
+    )
     h.expect(main_ok[0] >= 200, f"only {main_ok[0]} short connections during {RELOADS} reloads")
     h.expect(not extra_errors, f"wrong bytes through 'extra': {extra_errors[:3]}")
-    h.expect(extra_ok[0] > 0, f"no connection through 'extra' completed "
-                              f"({extra_refused[0]} refused or reset)")
+    h.expect(
+        extra_ok[0] > 0,
+        f"no connection through 'extra' completed " f"({extra_refused[0]} refused or reset)",
+    )
     h.expect(to_d[0] > 0, "no short connection reached backend-4 while it was configured")
     h.expect(not moved, f"clients moved between targets that stayed: {moved[:5]}")
     h.expect(min(streamed) > 0, f"a long stream moved nothing: {streamed}")

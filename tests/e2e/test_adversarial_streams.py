@@ -26,14 +26,15 @@ KIB = 1024
 POOL = random.Random(20261204).randbytes(8 * MIB)
 POOL_VIEW = memoryview(POOL)
 CONNECTIONS = 200
-STREAM = 2 * MIB                      # bytes each way per connection
-LONG_TIMEOUT = 60.0                   # per socket operation; the case deadline bounds all
+STREAM = 2 * MIB  # bytes each way per connection
+LONG_TIMEOUT = 60.0  # per socket operation; the case deadline bounds all
 
-threading.stack_size(512 * KIB)       # ~800 threads in the 200-connection cases
+threading.stack_size(512 * KIB)  # ~800 threads in the 200-connection cases
 
 
 # ---------------------------------------------------------------------------------
 # Writers and readers
+
 
 def write_sizes(mode, total, rng):
     """The sizes of the writes that make up a stream of `total` bytes."""
@@ -42,7 +43,7 @@ def write_sizes(mode, total, rng):
     while left > 0:
         if mode == "bulk":
             n = rng.randrange(1, 256 * KIB)
-        elif mode == "mixed":           # runs of 1-byte writes between 1 MiB writes
+        elif mode == "mixed":  # runs of 1-byte writes between 1 MiB writes
             if sizes and sizes[-1] != 1:
                 sizes.extend([1] * min(left, rng.randrange(20, 100)))
                 left = total - sum(sizes)
@@ -66,10 +67,10 @@ def write_stream(sock, seed, mode, total):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # 1-byte segments
     for n in write_sizes(mode, total, rng):
         off = rng.randrange(0, len(POOL) - n)
-        view = POOL_VIEW[off:off + n]
+        view = POOL_VIEW[off : off + n]
         digest.update(view)
         while view:
-            view = view[sock.send(view):]
+            view = view[sock.send(view) :]
     return digest.hexdigest()
 
 
@@ -136,7 +137,7 @@ def start_duplex_backend(records):
         try:
             key, variant = h.recv_line(conn).split()
         except (h.Failure, OSError):
-            return None                                # stickyd's readiness probe
+            return None  # stickyd's readiness probe
         _, _, write_mode, read_mode = VARIANTS[variant]
         if read_mode == "slow":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KIB)
@@ -156,10 +157,19 @@ def two_hundred_connections(variant):
     records = {}
     server = start_duplex_backend(records)
     lb = h.lb_addr()
-    h.start_stickyd(h.config_text(
-        [{"bind": h.fmt_addr(lb), "target_group": "stub"}],
-        [{"name": "stub", "connect_timeout": "5s",
-          "targets": [{"id": "stub", "address": server.address}]}]), addr=lb)
+    h.start_stickyd(
+        h.config_text(
+            [{"bind": h.fmt_addr(lb), "target_group": "stub"}],
+            [
+                {
+                    "name": "stub",
+                    "connect_timeout": "5s",
+                    "targets": [{"id": "stub", "address": server.address}],
+                }
+            ],
+        ),
+        addr=lb,
+    )
     client_write, client_read, _, _ = VARIANTS[variant]
     ips = h.source_ips(CONNECTIONS)
     start = threading.Barrier(CONNECTIONS, timeout=LONG_TIMEOUT)
@@ -170,7 +180,7 @@ def two_hundred_connections(variant):
             if client_read == "slow":
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KIB)
             h.send_all(s, f"{key} {variant}\n".encode())
-            start.wait()                               # all 200 open before any data
+            start.wait()  # all 200 open before any data
             return key, duplex(s, seed_of(key, "client"), client_write, client_read, STREAM)
 
     results = h.run_parallel([lambda i=i: job(i) for i in range(CONNECTIONS)], timeout=150)
@@ -180,11 +190,15 @@ def two_hundred_connections(variant):
     for key, (c_sent, c_count, c_got) in results:
         b_sent, b_count, b_got = records[key]
         if (b_count, b_got) != (STREAM, c_sent):
-            bad.append(f"{key} client->backend: {b_count} bytes, sha {b_got[:12]} "
-                       f"(sent {STREAM}, sha {c_sent[:12]})")
+            bad.append(
+                f"{key} client->backend: {b_count} bytes, sha {b_got[:12]} "
+                f"(sent {STREAM}, sha {c_sent[:12]})"
+            )
         if (c_count, c_got) != (STREAM, b_sent):
-            bad.append(f"{key} backend->client: {c_count} bytes, sha {c_got[:12]} "
-                       f"(sent {STREAM}, sha {b_sent[:12]})")
+            bad.append(
+                f"{key} backend->client: {c_count} bytes, sha {c_got[:12]} "
+                f"(sent {STREAM}, sha {b_sent[:12]})"
+            )
     h.expect(not bad, f"{len(bad)} of {2 * CONNECTIONS} streams damaged: {bad[:5]}")
 
 
@@ -231,7 +245,7 @@ def pump(sock, seed, stop_after, timeout=h.IO_TIMEOUT):
                     got += len(chunk)
                 if writable:
                     off = rng.randrange(0, len(POOL) - 64 * KIB)
-                    sent += sock.send(POOL_VIEW[off:off + 64 * KIB])
+                    sent += sock.send(POOL_VIEW[off : off + 64 * KIB])
             except BlockingIOError:
                 pass
             except ConnectionResetError:
@@ -265,8 +279,8 @@ def send_part(sock, seed, total, digest):
     while left:
         n = min(left, rng.randrange(1, 128 * KIB))
         off = rng.randrange(0, len(POOL) - n)
-        digest.update(POOL_VIEW[off:off + n])
-        h.send_all(sock, POOL_VIEW[off:off + n])
+        digest.update(POOL_VIEW[off : off + n])
+        h.send_all(sock, POOL_VIEW[off : off + n])
         left -= n
 
 
@@ -279,6 +293,7 @@ def in_thread(fn):
             box["value"] = fn()
         except BaseException as e:
             box["error"] = e
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
 
@@ -288,6 +303,7 @@ def in_thread(fn):
         if "error" in box:
             raise box["error"]
         return box["value"]
+
     return join
 
 
@@ -311,7 +327,7 @@ def matrix_backend(case, key, conn):
     if case == "backend-fin-first":
         sent = hashlib.sha256()
         send_part(conn, seed, PART, sent)
-        conn.shutdown(socket.SHUT_WR)                 # while the client still streams
+        conn.shutdown(socket.SHUT_WR)  # while the client still streams
         got = hashlib.sha256()
         count = h.recv_until_eof(conn, got)
         return count, got.hexdigest(), sent.hexdigest()
@@ -319,7 +335,7 @@ def matrix_backend(case, key, conn):
         return pump(conn, seed, stop_after=None)
     if case == "backend-rst":
         outcome = pump(conn, seed, stop_after=512 * KIB)
-        h.set_linger_zero(conn)                       # PyServer closes it: RST
+        h.set_linger_zero(conn)  # PyServer closes it: RST
         return outcome
     if case == "client-fin-then-backend-rst":
         # The client's direction has ended; ours is mid-stream when we reset.
@@ -351,15 +367,15 @@ def matrix_client(case, key, s):
         sent = hashlib.sha256()
         first = in_thread(lambda: send_part(s, seed, PART, sent))
         got = hashlib.sha256()
-        count = h.recv_until_eof(s, got)              # the backend's FIN, forwarded
+        count = h.recv_until_eof(s, got)  # the backend's FIN, forwarded
         first()
-        send_part(s, seed + 1, PART, sent)            # our direction still flows
+        send_part(s, seed + 1, PART, sent)  # our direction still flows
         s.shutdown(socket.SHUT_WR)
         return count, got.hexdigest(), sent.hexdigest()
     if case == "client-rst":
         outcome = pump(s, seed, stop_after=512 * KIB)
         h.set_linger_zero(s)
-        s.close()                                     # RST, mid-stream both ways
+        s.close()  # RST, mid-stream both ways
         return outcome
     if case == "backend-rst":
         return pump(s, seed, stop_after=None)
@@ -368,7 +384,7 @@ def matrix_client(case, key, s):
         s.shutdown(socket.SHUT_WR)
         return read_until_end(s)
     if case == "backend-fin-then-client-rst":
-        count = h.recv_until_eof(s)                   # the backend's direction ended
+        count = h.recv_until_eof(s)  # the backend's direction ended
         send_part(s, seed, 512 * KIB, hashlib.sha256())
         h.set_linger_zero(s)
         s.close()
@@ -376,8 +392,14 @@ def matrix_client(case, key, s):
     raise ValueError(case)
 
 
-MATRIX = ("client-fin-first", "backend-fin-first", "client-rst", "backend-rst",
-          "client-fin-then-backend-rst", "backend-fin-then-client-rst")
+MATRIX = (
+    "client-fin-first",
+    "backend-fin-first",
+    "client-rst",
+    "backend-rst",
+    "client-fin-then-backend-rst",
+    "backend-fin-then-client-rst",
+)
 
 
 class Bystander:
@@ -397,7 +419,7 @@ class Bystander:
         while not self.stop.is_set():
             n = rng.randrange(1, 64 * KIB)
             off = rng.randrange(0, len(POOL) - n)
-            chunk = POOL_VIEW[off:off + n]
+            chunk = POOL_VIEW[off : off + n]
             self.sent.update(chunk)
             h.send_all(self.sock, chunk)
             self.got.update(h.recv_exact(self.sock, n))
@@ -407,15 +429,21 @@ class Bystander:
         return h.recv_until_eof(self.sock)
 
     def moved_since(self, before, what):
-        h.wait_for(f"the bystander to move data during {what}",
-                   lambda: self.count > before, timeout=h.IO_TIMEOUT)
+        h.wait_for(
+            f"the bystander to move data during {what}",
+            lambda: self.count > before,
+            timeout=h.IO_TIMEOUT,
+        )
 
     def finish(self):
         self.stop.set()
         trailing = self.join()
         h.expect_eq(trailing, 0, "bytes after the bystander's echo ended")
-        h.expect_eq(self.got.hexdigest(), self.sent.hexdigest(),
-                    f"SHA-256 of the bystander's {self.count} echoed bytes")
+        h.expect_eq(
+            self.got.hexdigest(),
+            self.sent.hexdigest(),
+            f"SHA-256 of the bystander's {self.count} echoed bytes",
+        )
 
 
 def test_half_close_and_reset_matrix_beside_an_unrelated_stream():
@@ -434,12 +462,20 @@ def test_half_close_and_reset_matrix_beside_an_unrelated_stream():
     echo = h.start_backend("echo")
     lb, echo_lb = h.lb_addr(), h.lb_addr()
     # One worker: every connection of the case shares the bystander's loop.
-    stickyd = h.start_stickyd(h.config_text(
-        [{"bind": h.fmt_addr(lb), "target_group": "stub"},
-         {"bind": h.fmt_addr(echo_lb), "target_group": "echo"}],
-        [{"name": "stub", "targets": [{"id": "stub", "address": server.address}]},
-         {"name": "echo", "targets": [{"id": "echo", "address": echo.address}]}],
-        {"threads": 1}), addr=lb)
+    stickyd = h.start_stickyd(
+        h.config_text(
+            [
+                {"bind": h.fmt_addr(lb), "target_group": "stub"},
+                {"bind": h.fmt_addr(echo_lb), "target_group": "echo"},
+            ],
+            [
+                {"name": "stub", "targets": [{"id": "stub", "address": server.address}]},
+                {"name": "echo", "targets": [{"id": "echo", "address": echo.address}]},
+            ],
+            {"threads": 1},
+        ),
+        addr=lb,
+    )
     h.wait_accepting(echo_lb)
     bystander = Bystander(echo_lb)
     bystander.moved_since(0, "start-up")
@@ -463,26 +499,46 @@ def test_half_close_and_reset_matrix_beside_an_unrelated_stream():
             if case in ("client-fin-first", "backend-fin-first"):
                 c_count, c_got, c_sent = client
                 b_count, b_got, b_sent = backend
-                h.expect_eq((b_count, b_got), (2 * PART if case == "backend-fin-first" else PART,
-                                               c_sent), f"{key}: what the backend received")
-                h.expect_eq((c_count, c_got), (2 * PART if case == "client-fin-first" else PART,
-                                               b_sent), f"{key}: what the client received")
+                h.expect_eq(
+                    (b_count, b_got),
+                    (2 * PART if case == "backend-fin-first" else PART, c_sent),
+                    f"{key}: what the backend received",
+                )
+                h.expect_eq(
+                    (c_count, c_got),
+                    (2 * PART if case == "client-fin-first" else PART, b_sent),
+                    f"{key}: what the client received",
+                )
             elif case == "client-fin-then-backend-rst":
                 h.expect_eq(backend, ("sent", 256 * KIB), f"{key}: the backend's side")
-                h.expect_eq(client[0], "reset", f"{key}: how the client, half-closed, saw the "
-                                                f"backend's RST (after {client[1]} bytes)")
+                h.expect_eq(
+                    client[0],
+                    "reset",
+                    f"{key}: how the client, half-closed, saw the "
+                    f"backend's RST (after {client[1]} bytes)",
+                )
             elif case == "backend-fin-then-client-rst":
                 h.expect_eq(client, ("sent", 256 * KIB), f"{key}: the client's side")
-                h.expect_eq(backend[0], "reset", f"{key}: how the backend, half-closed, saw "
-                                                 f"the client's RST (after {backend[1]} bytes)")
+                h.expect_eq(
+                    backend[0],
+                    "reset",
+                    f"{key}: how the backend, half-closed, saw "
+                    f"the client's RST (after {backend[1]} bytes)",
+                )
             elif case == "client-rst":
                 h.expect_eq(client[0], "enough", f"{key}: the client's streaming before its RST")
-                h.expect_eq(backend[0], "reset", f"{key}: how the backend saw the client's RST "
-                                                 f"(after {backend[2]} bytes)")
+                h.expect_eq(
+                    backend[0],
+                    "reset",
+                    f"{key}: how the backend saw the client's RST " f"(after {backend[2]} bytes)",
+                )
             else:
                 h.expect_eq(backend[0], "enough", f"{key}: the backend's streaming before its RST")
-                h.expect_eq(client[0], "reset", f"{key}: how the client saw the backend's RST "
-                                                f"(after {client[2]} bytes)")
+                h.expect_eq(
+                    client[0],
+                    "reset",
+                    f"{key}: how the client saw the backend's RST " f"(after {client[2]} bytes)",
+                )
     bystander.finish()
     h.expect(stickyd.process.alive(), "stickyd exited")
 

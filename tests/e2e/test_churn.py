@@ -63,8 +63,10 @@ def run_connections(addr, count, timeout):
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     sources = h.source_ips(CLIENTS, first=40)
-    procs = [context.Process(target=churn, args=(addr, src, count // CLIENTS, results),
-                             daemon=True) for src in sources]
+    procs = [
+        context.Process(target=churn, args=(addr, src, count // CLIENTS, results), daemon=True)
+        for src in sources
+    ]
     for p in procs:
         p.start()
     h.on_cleanup(lambda: [p.kill() for p in procs if p.is_alive()])
@@ -85,8 +87,11 @@ def run_connections(addr, count, timeout):
 def test_private_dirty_stays_flat_over_many_short_connections():
     backend = h.start_backend("b1")
     addr = h.lb_addr()
-    lb = h.start_stickyd(args=["--listen", h.fmt_addr(addr), "--target", backend.address,
-                               "--threads", "1"], addr=addr, env=h.measured_memory_env())
+    lb = h.start_stickyd(
+        args=["--listen", h.fmt_addr(addr), "--target", backend.address, "--threads", "1"],
+        addr=addr,
+        env=h.measured_memory_env(),
+    )
     pid = lb.process.pid
     # The warm-up touches what is touched once: every receive buffer of the pool
     # (the kernel hands them out in turn), the connection table, the arenas.
@@ -95,9 +100,11 @@ def test_private_dirty_stays_flat_over_many_short_connections():
     h.expect_eq(run_connections(addr, CONNECTIONS, 3600), CONNECTIONS, "connections")
     after = private_dirty(pid)
     growth = after - before
-    h.expect(growth < SLACK,
-             f"Private_Dirty grew by {growth // 1024} KiB over {CONNECTIONS} connections "
-             f"({before // 1024} -> {after // 1024} KiB; {growth / CONNECTIONS:.1f} bytes each)")
+    h.expect(
+        growth < SLACK,
+        f"Private_Dirty grew by {growth // 1024} KiB over {CONNECTIONS} connections "
+        f"({before // 1024} -> {after // 1024} KiB; {growth / CONNECTIONS:.1f} bytes each)",
+    )
 
 
 if __name__ == "__main__":

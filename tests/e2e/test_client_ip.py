@@ -73,6 +73,7 @@ def quick(targets, *flags, host="127.0.0.1"):
 # ---------------------------------------------------------------------------------
 # Loopback
 
+
 def test_the_backend_sees_each_client_address_and_bytes_flow_both_ways():
     need_transparent()
     backend = h.start_backend("be-1")
@@ -83,15 +84,20 @@ def test_the_backend_sees_each_client_address_and_bytes_flow_both_ways():
     with h.connect(lb, "127.0.0.7") as s:
         h.send_all(s, b"STICKYD-TEST WHOAMI\n")
         h.expect_eq(h.recv_line(s), "be-1 127.0.0.7", "WHOAMI before the payload")
-        h.expect_eq(h.echo_roundtrip(s, payload), (len(payload), h.sha256(payload)),
-                    "2 MiB echoed through a half-closed connection")
+        h.expect_eq(
+            h.echo_roundtrip(s, payload),
+            (len(payload), h.sha256(payload)),
+            "2 MiB echoed through a half-closed connection",
+        )
 
 
 def test_without_the_setting_the_backend_sees_stickyd():
     backend = h.start_backend("be-1")
     lb = h.lb_addr()
-    h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
-                          "--health-check", "off"], addr=lb)
+    h.start_stickyd(
+        args=["--listen", h.fmt_addr(lb), "--target", backend.address, "--health-check", "off"],
+        addr=lb,
+    )
     h.expect_eq(whoami(lb, "127.0.0.7"), ("be-1", "127.0.0.1"), "peer without the setting")
 
 
@@ -114,8 +120,10 @@ def test_health_checks_still_come_from_stickyd():
     lb, _ = quick([backend.address], "--health-interval", "200ms")
     h.wait_for("two health checks", lambda: sum(k == "check" for k, _ in seen) >= 2)
     h.expect_eq(whoami(lb, "127.0.0.7"), ("stub", "127.0.0.7"), "a client through stickyd")
-    h.wait_for("another health check after the client",
-               lambda: any(k == "check" for k, _ in seen[seen.index(("client", "127.0.0.7")):]))
+    h.wait_for(
+        "another health check after the client",
+        lambda: any(k == "check" for k, _ in seen[seen.index(("client", "127.0.0.7")) :]),
+    )
     with lock:
         checks = {peer for kind, peer in seen if kind == "check"}
     h.expect_eq(checks, {"127.0.0.1"}, "addresses health checks came from")
@@ -127,27 +135,40 @@ def test_the_address_a_proxy_header_names_is_the_one_preserved():
     lb, stickyd = quick([backend.address], "--accept-proxy-protocol", "--health-check", "off")
     # Only loopback addresses in headers: the backend answers whatever address the
     # header names, and an address off this host would send its reply away.
-    cases = [(h.proxy_v1_header(("127.0.0.8", 40000), lb), "127.0.0.8"),
-             (h.proxy_v2_header(("127.0.0.9", 40000), lb), "127.0.0.9"),
-             # An IPv4-mapped client toward an IPv4 target goes out as plain IPv4.
-             (h.proxy_v1_header(("::ffff:127.0.0.10", 40000), ("::ffff:127.0.0.1", lb[1])),
-              "127.0.0.10")]
+    cases = [
+        (h.proxy_v1_header(("127.0.0.8", 40000), lb), "127.0.0.8"),
+        (h.proxy_v2_header(("127.0.0.9", 40000), lb), "127.0.0.9"),
+        # An IPv4-mapped client toward an IPv4 target goes out as plain IPv4.
+        (
+            h.proxy_v1_header(("::ffff:127.0.0.10", 40000), ("::ffff:127.0.0.1", lb[1])),
+            "127.0.0.10",
+        ),
+    ]
     for header, expected in cases:
-        h.expect_eq(whoami(lb, "127.0.0.2", header), ("be-1", expected),
-                    f"peer the backend saw for the header {header!r}")
+        h.expect_eq(
+            whoami(lb, "127.0.0.2", header),
+            ("be-1", expected),
+            f"peer the backend saw for the header {header!r}",
+        )
     h.expect_eq(metric(stickyd, "stickyd_preserve_client_ip_fallbacks_total"), 0, "fallbacks")
 
     # An IPv6 client cannot reach an IPv4 target from its own address: this one comes
     # from stickyd's, counted and logged once (no traffic toward 2001:db8::/32).
     for _ in range(3):
         header = h.proxy_v2_header(("2001:db8::7", 40000), ("2001:db8::1", lb[1]))
-        h.expect_eq(whoami(lb, "127.0.0.2", header), ("be-1", "127.0.0.1"),
-                    "peer the backend saw for an IPv6 client")
+        h.expect_eq(
+            whoami(lb, "127.0.0.2", header),
+            ("be-1", "127.0.0.1"),
+            "peer the backend saw for an IPv6 client",
+        )
     h.expect_eq(metric(stickyd, "stickyd_preserve_client_ip_fallbacks_total"), 3, "fallbacks")
     lines = [line for line in stickyd.process.log().splitlines() if "preserve_client_ip" in line]
-    h.expect(len(lines) == 1 and "[2001:db8::7]:40000 cannot reach target" in lines[0]
-             and "connecting from stickyd's own address instead" in lines[0],
-             f"one warning for the fallbacks, naming the client: {lines}")
+    h.expect(
+        len(lines) == 1
+        and "[2001:db8::7]:40000 cannot reach target" in lines[0]
+        and "connecting from stickyd's own address instead" in lines[0],
+        f"one warning for the fallbacks, naming the client: {lines}",
+    )
 
 
 def test_ipv6_loopback():
@@ -165,13 +186,16 @@ def test_a_refused_connect_is_retried_on_the_next_target_from_the_client_address
     refusing = f"127.0.0.1:{h.free_port()}"
     # Checks off, so the refusing target keeps its share and every one of its clients
     # is retried.
-    lb, stickyd = quick([backend.address, refusing], "--health-check", "off",
-                        "--connect-retries", "2")
+    lb, stickyd = quick(
+        [backend.address, refusing], "--health-check", "off", "--connect-retries", "2"
+    )
     clients = h.source_ips(16, first=30)
     for ip in clients:
         h.expect_eq(whoami(lb, ip), ("live", ip), f"peer after any retry for {ip}")
-    h.expect(metric(stickyd, "stickyd_connect_retries_total") > 0,
-             "no client was owned by the refusing target; pick other addresses")
+    h.expect(
+        metric(stickyd, "stickyd_connect_retries_total") > 0,
+        "no client was owned by the refusing target; pick other addresses",
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -194,23 +218,43 @@ def without_capability(argv):
 def test_without_the_capability_the_start_is_refused_in_one_line():
     backend = h.start_backend("be-1")
     lb = h.lb_addr()
-    result = h.run(without_capability(
-        [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
-         "--preserve-client-ip"] + h.admin_socket_args()))
+    result = h.run(
+        without_capability(
+            [
+                h.STICKYD_BIN,
+                "--listen",
+                h.fmt_addr(lb),
+                "--target",
+                backend.address,
+                "--preserve-client-ip",
+            ]
+            + h.admin_socket_args()
+        )
+    )
     h.expect_eq(result.returncode, 1, f"exit status ({result.stderr})")
     lines = result.stderr.strip().splitlines()
-    h.expect(len(lines) == 1 and lines[0].startswith(
-        "stickyd: --preserve-client-ip: needs CAP_NET_ADMIN to connect to targets from clients' "
-        "addresses (IP_TRANSPARENT: Operation not permitted)"), f"stderr: {result.stderr}")
+    h.expect(
+        len(lines) == 1
+        and lines[0].startswith(
+            "stickyd: --preserve-client-ip: needs CAP_NET_ADMIN to connect to targets "
+            "from clients' addresses (IP_TRANSPARENT: Operation not permitted)"
+        ),
+        f"stderr: {result.stderr}",
+    )
 
     config = h.simple_config(h.fmt_addr(lb), [backend], group={"preserve_client_ip": True})
     path = h.write_file("nocap.toml", config)
     result = h.run(without_capability([h.STICKYD_BIN, "--config", path]))
     h.expect_eq(result.returncode, 1, f"exit status with a file ({result.stderr})")
     lines = result.stderr.strip().splitlines()
-    h.expect(len(lines) == 1 and lines[0].startswith(
-        f"stickyd: {path}: target_group[0].preserve_client_ip (group \"web\"): needs "
-        "CAP_NET_ADMIN"), f"stderr: {result.stderr}")
+    h.expect(
+        len(lines) == 1
+        and lines[0].startswith(
+            f'stickyd: {path}: target_group[0].preserve_client_ip (group "web"): needs '
+            "CAP_NET_ADMIN"
+        ),
+        f"stderr: {result.stderr}",
+    )
 
 
 def test_without_the_capability_a_reload_that_asks_for_it_keeps_the_old_config():
@@ -222,35 +266,64 @@ def test_without_the_capability_a_reload_that_asks_for_it_keeps_the_old_config()
     h.wait_accepting(lb, proc)
     h.expect_eq(whoami(lb, "127.0.0.7"), ("be-1", "127.0.0.1"), "peer before the reload")
     with open(path, "w") as f:
-        f.write(h.simple_config(h.fmt_addr(lb), [backend], group={
-            "preserve_client_ip": True, "health_check": {"enabled": False}}))
+        f.write(
+            h.simple_config(
+                h.fmt_addr(lb),
+                [backend],
+                group={"preserve_client_ip": True, "health_check": {"enabled": False}},
+            )
+        )
     proc.signal(signal.SIGHUP)
-    log = h.wait_for("the refused reload", lambda: "reload failed" in proc.log() and proc.log(),
-                     process=proc)
+    log = h.wait_for(
+        "the refused reload", lambda: "reload failed" in proc.log() and proc.log(), process=proc
+    )
     line = [x for x in log.splitlines() if "reload failed" in x][0]
-    h.expect(line.endswith(
-        f"reload failed, still serving the previous configuration: {path}: "
-        "target_group[0].preserve_client_ip (group \"web\"): needs CAP_NET_ADMIN to connect to "
-        "targets from clients' addresses (IP_TRANSPARENT: Operation not permitted); run stickyd "
-        "as root or give it that capability (under systemd: the drop-in in stickyd(8), CLIENT IP "
-        "PRESERVATION)"), f"log line: {line}")
+    h.expect(
+        line.endswith(
+            f"reload failed, still serving the previous configuration: {path}: "
+            'target_group[0].preserve_client_ip (group "web"): needs CAP_NET_ADMIN to connect to '
+            "targets from clients' addresses (IP_TRANSPARENT: Operation not permitted); "
+            "run stickyd as root or give it that capability (under systemd: the drop-in in "
+            "stickyd(8), CLIENT IP PRESERVATION)"
+        ),
+        f"log line: {line}",
+    )
     h.expect_eq(whoami(lb, "127.0.0.7"), ("be-1", "127.0.0.1"), "peer after the refused reload")
 
 
 def test_a_group_no_client_could_keep_its_address_is_refused_at_load():
     lb = h.lb_addr()
-    path = h.write_file("mismatch.toml", h.simple_config(
-        h.fmt_addr(lb), ["[::1]:9001"], group={"preserve_client_ip": True}))
+    path = h.write_file(
+        "mismatch.toml",
+        h.simple_config(h.fmt_addr(lb), ["[::1]:9001"], group={"preserve_client_ip": True}),
+    )
     result = h.run([h.STICKYD_BIN, "--check-config", path])
     h.expect_eq(result.returncode, 1, f"--check-config exit status ({result.stderr})")
-    h.expect(re.fullmatch(re.escape(path) + r":\d+:\d+: target_group\[0\]\.preserve_client_ip: "
-                          r"every target is IPv6 but the group's listeners only take IPv4 "
-                          r"clients .*\n", result.stderr), f"stderr: {result.stderr!r}")
-    result = h.run([h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", "[::1]:9001",
-                    "--preserve-client-ip"])
+    h.expect(
+        re.fullmatch(
+            re.escape(path) + r":\d+:\d+: target_group\[0\]\.preserve_client_ip: "
+            r"every target is IPv6 but the group's listeners only take IPv4 "
+            r"clients .*\n",
+            result.stderr,
+        ),
+        f"stderr: {result.stderr!r}",
+    )
+    result = h.run(
+        [
+            h.STICKYD_BIN,
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            "[::1]:9001",
+            "--preserve-client-ip",
+        ]
+    )
     h.expect_eq(result.returncode, 2, f"quick-mode exit status ({result.stderr})")
-    h.expect(result.stderr.startswith("stickyd: --preserve-client-ip: every target is IPv6")
-             and len(result.stderr.strip().splitlines()) == 1, f"stderr: {result.stderr!r}")
+    h.expect(
+        result.stderr.startswith("stickyd: --preserve-client-ip: every target is IPv6")
+        and len(result.stderr.strip().splitlines()) == 1,
+        f"stderr: {result.stderr!r}",
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -303,8 +376,9 @@ print(json.dumps(out))
 def sh(*argv, check=True):
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=20)
     if check and result.returncode != 0:
-        raise h.Failure(f"{' '.join(map(str, argv))}: exit {result.returncode}: "
-                        f"{result.stderr.strip()}")
+        raise h.Failure(
+            f"{' '.join(map(str, argv))}: exit {result.returncode}: " f"{result.stderr.strip()}"
+        )
     return result
 
 
@@ -328,8 +402,16 @@ class Hosts:
             # their source, and while it is tentative none is sent at all, and a
             # connect fails with "No route to host".
             for conf in ("all", "default"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                   f"net.ipv6.conf.{conf}.accept_dad=0")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    f"net.ipv6.conf.{conf}.accept_dad=0",
+                )
         self.link(self.client, "lc", "10.200.61", "fd00:200:61")
         self.link(self.backend, "lb", "10.200.62", "fd00:200:62")
         # The client's own address sits behind its uplink, as a client across a network.
@@ -338,13 +420,29 @@ class Hosts:
         sh("ip", "-n", self.lb, "route", "add", "10.200.70.0/24", "via", "10.200.61.2")
         sh("ip", "-n", self.lb, "route", "add", "fd00:200:70::/64", "via", "fd00:200:61::2")
         for ns in self.created:
-            h.wait_for(f"no tentative IPv6 address in {ns}",
-                       lambda ns=ns: not sh("ip", "-n", ns, "-6", "addr", "show",
-                                            "tentative").stdout.strip())
+            h.wait_for(
+                f"no tentative IPv6 address in {ns}",
+                lambda ns=ns: not sh(
+                    "ip", "-n", ns, "-6", "addr", "show", "tentative"
+                ).stdout.strip(),
+            )
 
     def link(self, ns, lb_side, net4, net6):
-        sh("ip", "-n", self.lb, "link", "add", lb_side, "type", "veth", "peer", "name", "uplink",
-           "netns", ns)
+        sh(
+            "ip",
+            "-n",
+            self.lb,
+            "link",
+            "add",
+            lb_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            ns,
+        )
         for where, dev, host in ((self.lb, lb_side, 1), (ns, "uplink", 2)):
             sh("ip", "-n", where, "addr", "add", f"{net4}.{host}/24", "dev", dev)
             # nodad: usable at once, not tentative for a second.
@@ -395,17 +493,20 @@ def in_ns(ns, argv, label):
 
 def client_run(hosts, src, dst, port):
     import json
-    result = h.run(["ip", "netns", "exec", hosts.client, sys.executable, "-c", CLIENT, src, dst,
-                    port], timeout=60)
+
+    result = h.run(
+        ["ip", "netns", "exec", hosts.client, sys.executable, "-c", CLIENT, src, dst, port],
+        timeout=60,
+    )
     h.expect_eq(result.returncode, 0, f"client from {src}: {result.stderr}")
     return json.loads(result.stdout)
 
 
 def start_echo(hosts, ip, name):
-    proc = in_ns(hosts.backend, [h.ECHO_BIN, "--listen", h.fmt_addr((ip, 0)), "--name", name],
-                 name)
-    log = h.wait_for(f"{name} to listen", lambda: "listening on" in proc.log() and proc.log(),
-                     process=proc)
+    proc = in_ns(hosts.backend, [h.ECHO_BIN, "--listen", h.fmt_addr((ip, 0)), "--name", name], name)
+    log = h.wait_for(
+        f"{name} to listen", lambda: "listening on" in proc.log() and proc.log(), process=proc
+    )
     return log.split("listening on ")[1].split()[0]
 
 
@@ -420,21 +521,38 @@ def test_a_backend_on_another_host_sees_the_client_through_policy_routing():
     echo6 = start_echo(hosts, BACKEND_V6, "be-6")
     admin = os.path.join(h.temp_dir(), "lb.sock")
     config = h.config_text(
-        [{"bind": f"{VIP_V4}:80", "target_group": "v4"},
-         {"bind": f"[{VIP_V6}]:80", "target_group": "v6"}],
-        [{"name": g, "preserve_client_ip": True, "connect_timeout": "1s", "connect_retries": 0,
-          "health_check": {"interval": "1s", "healthy_threshold": 2},
-          "targets": [{"address": address}]} for g, address in (("v4", echo4), ("v6", echo6))],
-        global_={"admin_socket": admin})
+        [
+            {"bind": f"{VIP_V4}:80", "target_group": "v4"},
+            {"bind": f"[{VIP_V6}]:80", "target_group": "v6"},
+        ],
+        [
+            {
+                "name": g,
+                "preserve_client_ip": True,
+                "connect_timeout": "1s",
+                "connect_retries": 0,
+                "health_check": {"interval": "1s", "healthy_threshold": 2},
+                "targets": [{"address": address}],
+            }
+            for g, address in (("v4", echo4), ("v6", echo6))
+        ],
+        global_={"admin_socket": admin},
+    )
     lb = in_ns(hosts.lb, [h.STICKYD_BIN, "--config", h.write_file("lb.toml", config)], "stickyd")
     h.wait_for("stickyd to listen", lambda: "ready" in lb.log(), process=lb)
 
-    for src, dst, name in ((CLIENT_V4, VIP_V4, "be-4"), ("10.200.61.2", VIP_V4, "be-4"),
-                           (CLIENT_V6, VIP_V6, "be-6")):
+    for src, dst, name in (
+        (CLIENT_V4, VIP_V4, "be-4"),
+        ("10.200.61.2", VIP_V4, "be-4"),
+        (CLIENT_V6, VIP_V6, "be-6"),
+    ):
         out = client_run(hosts, src, dst, 80)
         h.expect_eq(out["whoami"], f"{name} {src}", f"what the backend saw of {src}")
-        h.expect_eq((out["bytes"], out["received"]), (1 << 20, out["sent"]),
-                    f"1 MiB from {src} echoed back after its half-close")
+        h.expect_eq(
+            (out["bytes"], out["received"]),
+            (1 << 20, out["sent"]),
+            f"1 MiB from {src} echoed back after its half-close",
+        )
 
     # Without the rule the backend's replies never reach stickyd: connects time out
     # and the client is closed without a byte.

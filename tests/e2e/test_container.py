@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 
 sys.dont_write_bytecode = True
@@ -120,8 +119,9 @@ def context_copy(build, root):
             if os.path.isdir(path):  # COPY puts a directory's contents at the target
                 shutil.copytree(path, target, dirs_exist_ok=True)
             else:
-                os.makedirs(target if destination.endswith("/") else os.path.dirname(target),
-                            exist_ok=True)
+                os.makedirs(
+                    target if destination.endswith("/") else os.path.dirname(target), exist_ok=True
+                )
                 shutil.copy(path, target)
     return cwd
 
@@ -134,13 +134,16 @@ def installed_files(build):
         h.skip("meson is not installed")
     h.expect(commands(build, "scripts/setup"), "the build stage does not run scripts/setup")
     meson_runs = {words[1]: words for words in commands(build, "meson")}
-    h.expect("setup" in meson_runs and "install" in meson_runs,
-             "the build stage lacks `meson setup` or `meson install`")
+    h.expect(
+        "setup" in meson_runs and "install" in meson_runs,
+        "the build stage lacks `meson setup` or `meson install`",
+    )
     setup, install = meson_runs["setup"], meson_runs["install"]
     cwd = context_copy(build, os.path.join(h.temp_dir(), "image"))
     r = h.run([meson] + setup[1:], timeout=120, cwd=cwd)
-    h.expect_eq(r.returncode, 0, f"`{' '.join(setup)}` on the copied context:\n{r.stdout}"
-                f"{r.stderr}")
+    h.expect_eq(
+        r.returncode, 0, f"`{' '.join(setup)}` on the copied context:\n{r.stdout}" f"{r.stderr}"
+    )
     builddir = os.path.join(cwd, setup[2])
     r = h.run([meson, "introspect", builddir, "--installed"], timeout=60)
     h.expect_eq(r.returncode, 0, f"meson introspect --installed: {r.stderr}")
@@ -165,9 +168,11 @@ def test_it_copies_what_meson_installs_from_a_context_that_builds():
     h.expect(copied, "the runtime stage copies nothing from the build stage")
     for sources, destination in copied:
         for source in sources:
-            h.expect(source in installed,
-                     f"COPY --from={build.name} {source}: not installed by the build "
-                     f"(it installs {sorted(installed)})")
+            h.expect(
+                source in installed,
+                f"COPY --from={build.name} {source}: not installed by the build "
+                f"(it installs {sorted(installed)})",
+            )
             h.expect_eq(destination, installed[source], f"where the image puts {source}")
 
 
@@ -177,18 +182,20 @@ def test_runtime_stage_installs_every_library_the_programs_need():
     build, runtime = stages()
     installs = [words for words in commands(runtime, "apt-get") if "install" in words]
     h.expect_eq(len(installs), 1, "apt-get install lines in the runtime stage")
-    packages = {w for w in installs[0][installs[0].index("install") + 1:]
-                if not w.startswith("-")}
+    packages = {w for w in installs[0][installs[0].index("install") + 1 :] if not w.startswith("-")}
     for _, destination in runtime.copies(from_stage=build.name):
         name = os.path.basename(destination)
         if not destination.startswith("/usr/bin/"):
             continue
         h.expect(name in BINARIES, f"the image ships {name}, which this test does not know")
-        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(\S+)\]",
-                            h.run(["readelf", "-d", BINARIES[name]]).stdout)
+        needed = re.findall(
+            r"\(NEEDED\)\s+Shared library: \[(\S+)\]",
+            h.run(["readelf", "-d", BINARIES[name]]).stdout,
+        )
         h.expect(needed, f"readelf found no shared libraries in {BINARIES[name]}")
-        resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", h.run(["ldd", BINARIES[name]]).stdout,
-                                   re.M))
+        resolved = dict(
+            re.findall(r"^\s*(\S+) => (\S+)", h.run(["ldd", BINARIES[name]]).stdout, re.M)
+        )
         for soname in needed:
             # The sanitized run's binaries link the sanitizer runtimes; the image's
             # build stage builds without them.
@@ -201,9 +208,11 @@ def test_runtime_stage_installs_every_library_the_programs_need():
             found = h.run(["dpkg-query", "-S", pattern]).stdout
             owners = {line.split(":")[0] for line in found.splitlines() if line}
             h.expect(owners, f"{name} needs {soname}, which no installed package provides")
-            h.expect(owners & packages,
-                     f"{name} needs {soname} from {sorted(owners)}; the runtime stage installs "
-                     f"{sorted(packages)}")
+            h.expect(
+                owners & packages,
+                f"{name} needs {soname} from {sorted(owners)}; the runtime stage installs "
+                f"{sorted(packages)}",
+            )
 
 
 def test_it_agrees_with_stickyd_and_the_kubernetes_manifest():
@@ -220,30 +229,39 @@ def test_it_agrees_with_stickyd_and_the_kubernetes_manifest():
 
     # The program and its config where the manifest expects them.
     entrypoint, cmd = runtime.exec_form("ENTRYPOINT"), runtime.exec_form("CMD")
-    h.expect(entrypoint[0] in shipped and os.path.basename(entrypoint[0]) == "stickyd",
-             f"ENTRYPOINT {entrypoint} is not the stickyd the image ships")
+    h.expect(
+        entrypoint[0] in shipped and os.path.basename(entrypoint[0]) == "stickyd",
+        f"ENTRYPOINT {entrypoint} is not the stickyd the image ships",
+    )
     config = option(cmd, "--config")
     h.expect(config in shipped, f"CMD's --config {config} is not a file the image ships")
     h.expect_eq(option(container["args"], "--config"), config, "stickyd.yaml's --config")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    h.expect(os.path.dirname(config) in mounts, f"stickyd.yaml mounts nothing at "
-             f"{os.path.dirname(config)}")
+    h.expect(
+        os.path.dirname(config) in mounts,
+        f"stickyd.yaml mounts nothing at " f"{os.path.dirname(config)}",
+    )
 
     # The admin socket: stickyd's default, in a directory the user owns, where the
     # manifest mounts a writable volume, and what the HEALTHCHECK asks.
-    m = re.search(r"--admin-socket TEXT\s+.*\(default (\S+?);", h.run([h.STICKYD_BIN, "--help"])
-                  .stdout)
+    m = re.search(
+        r"--admin-socket TEXT\s+.*\(default (\S+?);", h.run([h.STICKYD_BIN, "--help"]).stdout
+    )
     h.expect(m, "stickyd --help does not state the default admin socket")
     socket_path = m.group(1)
     run_dir = os.path.dirname(socket_path)
     uid, gid = user[0].split(":")
     made = [w for w in commands(runtime, "install") if run_dir in w]
-    h.expect(made and option(made[0], "-o") == uid and option(made[0], "-g") == gid,
-             f"the runtime stage does not create {run_dir} owned by {user[0]}")
+    h.expect(
+        made and option(made[0], "-o") == uid and option(made[0], "-g") == gid,
+        f"the runtime stage does not create {run_dir} owned by {user[0]}",
+    )
     h.expect(run_dir in mounts, f"stickyd.yaml mounts nothing at {run_dir}")
     check = runtime.args_of("HEALTHCHECK")
-    h.expect(check and socket_path in check[0] and "stickyctl" in check[0],
-             f"HEALTHCHECK does not ask stickyctl at {socket_path}: {check}")
+    h.expect(
+        check and socket_path in check[0] and "stickyctl" in check[0],
+        f"HEALTHCHECK does not ask stickyctl at {socket_path}: {check}",
+    )
 
     # The README's build command makes the image the manifest runs.
     with open(os.path.join(KUBERNETES, "README.md"), encoding="utf-8") as f:

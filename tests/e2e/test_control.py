@@ -18,13 +18,30 @@ SLACK = 20.0  # generous: scheduling on a loaded 2-core machine
 
 
 def config(lb, target, health, proxy):
-    return "\n".join([
-        "[global]", "threads = 1", 'log_level = "debug"', 'shutdown_grace = "1s"', "",
-        "[[listener]]", f'bind = "{h.fmt_addr(lb)}"', 'target_group = "web"', "",
-        "[[target_group]]", 'name = "web"', f"proxy_protocol_v2 = {'true' if proxy else 'false'}",
-        "", "[target_group.health_check]", health, "",
-        "[[target_group.target]]", 'id = "web-1"', f'address = "{target}"', "",
-    ])
+    return "\n".join(
+        [
+            "[global]",
+            "threads = 1",
+            'log_level = "debug"',
+            'shutdown_grace = "1s"',
+            "",
+            "[[listener]]",
+            f'bind = "{h.fmt_addr(lb)}"',
+            'target_group = "web"',
+            "",
+            "[[target_group]]",
+            'name = "web"',
+            f"proxy_protocol_v2 = {'true' if proxy else 'false'}",
+            "",
+            "[target_group.health_check]",
+            health,
+            "",
+            "[[target_group.target]]",
+            'id = "web-1"',
+            f'address = "{target}"',
+            "",
+        ]
+    )
 
 
 def read_all(conn):
@@ -79,12 +96,16 @@ def test_http_check_of_a_proxy_protocol_group_sends_the_header_then_the_request(
 
     target = h.PyServer(answer)
     lb = h.lb_addr()
-    health = ('protocol = "http"\npath = "/health"\ninterval = "1s"\ntimeout = "500ms"\n'
-              'healthy_threshold = 2\nunhealthy_threshold = 2')
+    health = (
+        'protocol = "http"\npath = "/health"\ninterval = "1s"\ntimeout = "500ms"\n'
+        "healthy_threshold = 2\nunhealthy_threshold = 2"
+    )
     stickyd = h.start_stickyd(config(lb, target.address, health, proxy=True), addr=lb)
     seen = connections_until(target, lambda d: d.startswith(LOCAL), "with a LOCAL header")
-    h.expect(seen[-1][len(LOCAL):].startswith(b"GET /health HTTP/1.1\r\n"),
-             f"the HTTP request right after the header: {seen[-1]!r}")
+    h.expect(
+        seen[-1][len(LOCAL) :].startswith(b"GET /health HTTP/1.1\r\n"),
+        f"the HTTP request right after the header: {seen[-1]!r}",
+    )
     wait_log(stickyd, r"target web-1 \(\S+\) is healthy: first check passed \(HTTP 200\)")
 
 

@@ -16,6 +16,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
+
 def port_taken(port):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -39,7 +40,7 @@ def session_members(sid):
                 command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp session ...
         if int(fields[3]) == sid and fields[0] != "Z":
             found[int(name)] = command
     return found
@@ -90,6 +91,7 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
     deadline = time.monotonic() + 240  # scripts/build may have to build first
     while "Press Ctrl-C to stop." not in demo.log():
         h.expect(demo.alive(), f"scripts/demo exited early\n{demo.describe()}")
@@ -98,24 +100,37 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
     # stickyd's own log lines may land in the middle of the demo's output line.
     shown = demo.log().split("Right now: ", 1)[1]
     answers = re.findall(r"127\.0\.0\.2 -> (\S+)", shown)[:3]
-    h.expect(len(answers) == 3 and len(set(answers)) == 1,
-             f"the demo's own stickiness line is not one backend three times: {shown!r}")
+    h.expect(
+        len(answers) == 3 and len(set(answers)) == 1,
+        f"the demo's own stickiness line is not one backend three times: {shown!r}",
+    )
 
-    h.expect(f"stickyd is running on 127.0.0.1:{ports[0]} in front of backend-1..3 "
-             f"(127.0.0.1:{ports[1]}, {ports[2]}, {ports[3]})" in demo.log(),
-             f"the demo does not announce the ports it was given\n{demo.describe()}")
+    h.expect(
+        f"stickyd is running on 127.0.0.1:{ports[0]} in front of backend-1..3 "
+        f"(127.0.0.1:{ports[1]}, {ports[2]}, {ports[3]})" in demo.log(),
+        f"the demo does not announce the ports it was given\n{demo.describe()}",
+    )
     admin = re.search(r"stickyctl status --admin (\S+)", demo.log()).group(1)
     workdir = os.path.dirname(admin)
-    h.expect(os.path.basename(workdir).startswith("stickyd-demo.") and os.path.isdir(workdir),
-             f"the admin socket {admin} is not in a private directory of this run")
+    h.expect(
+        os.path.basename(workdir).startswith("stickyd-demo.") and os.path.isdir(workdir),
+        f"the admin socket {admin} is not in a private directory of this run",
+    )
     stickyctl = os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
     status = h.run([stickyctl, "status", "--admin", admin])
     h.expect_eq(status.returncode, 0, f"stickyctl status on the demo's socket ({status.stderr})")
 
     lb = ("127.0.0.1", ports[0])
     # The README's command, three times.
-    curl = ["curl", "-s", "--max-time", "5", "--interface", "127.0.0.2",
-            f"http://127.0.0.1:{ports[0]}/hostname"]
+    curl = [
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "--interface",
+        "127.0.0.2",
+        f"http://127.0.0.1:{ports[0]}/hostname",
+    ]
     mine = [h.run(curl).stdout for _ in range(3)]
     # The body ends with a newline, so a shell prompt after curl starts on its own line.
     h.expect_eq(mine, [answers[0] + "\n"] * 3, "curl --interface 127.0.0.2 through the demo")
@@ -134,8 +149,9 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
         time.sleep(0.1)
     left = session_members(demo.pid)
     h.expect(not left, f"processes of the demo still running after it stopped: {left}")
-    h.wait_for("the demo's ports to be free", lambda: not any(port_taken(p) for p in ports),
-               timeout=10)
+    h.wait_for(
+        "the demo's ports to be free", lambda: not any(port_taken(p) for p in ports), timeout=10
+    )
     h.expect(not os.path.exists(workdir), f"the demo left {workdir} behind")
 
 
@@ -147,8 +163,7 @@ def demo_refuses(ports, squatter_port, expected):
     code = demo.wait(240)  # scripts/build may have to build first
     h.expect_eq(code, 1, f"scripts/demo exit status\n{demo.describe()}")
     h.expect(expected in demo.log(), f"no '{expected}' in\n{demo.describe()}")
-    h.expect("stickyd is running" not in demo.log(),
-             f"the demo claimed to run\n{demo.describe()}")
+    h.expect("stickyd is running" not in demo.log(), f"the demo claimed to run\n{demo.describe()}")
     h.wait_for("the demo's processes to end", lambda: not session_members(demo.pid), timeout=10)
     h.expect(squatter.process.alive(), "the demo stopped a program it did not start")
 

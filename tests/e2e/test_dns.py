@@ -20,9 +20,10 @@ import time
 import harness as h
 
 NAME = "app.stickyd.test"  # .test: reserved, never a real name
-DNS_WATCH_BIN = os.path.abspath(os.environ.get("DNS_WATCH_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "tests", "e2e",
-                                                "dns-watch"))
+DNS_WATCH_BIN = os.path.abspath(
+    os.environ.get("DNS_WATCH_BIN")
+    or os.path.join(h.SOURCE_ROOT, "build", "tests", "e2e", "dns-watch")
+)
 HOSTS_SIZE = 4096
 REFRESH_MS = 100
 
@@ -63,15 +64,18 @@ def in_namespace(argv, hosts, label):
     mounts = [(hosts.path, "/etc/hosts"), (nsswitch, "/etc/nsswitch.conf")]
     if os.path.exists("/etc/host.conf"):
         mounts.append((h.write_file("host.conf", "multi on\n"), "/etc/host.conf"))
-    script = " && ".join(f'mount --bind "${i * 2 + 1}" "${i * 2 + 2}"'
-                         for i in range(len(mounts))) + f" && shift {len(mounts) * 2}" \
+    script = (
+        " && ".join(f'mount --bind "${i * 2 + 1}" "${i * 2 + 2}"' for i in range(len(mounts)))
+        + f" && shift {len(mounts) * 2}"
         + ' && exec "$@"'
+    )
     flat = [p for pair in mounts for p in pair]
     return h.Process(["unshare", "--mount", "--", "sh", "-c", script, "sh"] + flat + argv, label)
 
 
 # ---------------------------------------------------------------------------------
 # dns-watch: the discovery thread on its own, through the real getaddrinfo.
+
 
 class Watch:
     def __init__(self, hosts, port=9000, refresh_ms=REFRESH_MS):
@@ -80,12 +84,18 @@ class Watch:
         self.process = in_namespace([DNS_WATCH_BIN, NAME, port, refresh_ms], hosts, "dns-watch")
 
     def events(self):
-        return [line for line in self.process.log().splitlines()
-                if line.startswith(("result ", "error ", "stopped"))]
+        return [
+            line
+            for line in self.process.log().splitlines()
+            if line.startswith(("result ", "error ", "stopped"))
+        ]
 
     def wait_events(self, count):
-        h.wait_for(f"{count} reports from dns-watch", lambda: len(self.events()) >= count,
-                   process=self.process)
+        h.wait_for(
+            f"{count} reports from dns-watch",
+            lambda: len(self.events()) >= count,
+            process=self.process,
+        )
         return self.events()
 
     def settle(self, refreshes=10):
@@ -102,11 +112,17 @@ def test_watch_reports_the_start_set_then_each_change():
     h.expect_eq(watch.events(), ["result 127.0.0.2:9000"], "reports while nothing changed")
 
     hosts.set(["127.0.0.4", "127.0.0.2", "::1", "127.0.0.3"])
-    h.expect_eq(watch.wait_events(2)[1], "result 127.0.0.2:9000,127.0.0.3:9000,"
-                "127.0.0.4:9000,[::1]:9000", "A and AAAA lines, sorted, with the port")
+    h.expect_eq(
+        watch.wait_events(2)[1],
+        "result 127.0.0.2:9000,127.0.0.3:9000," "127.0.0.4:9000,[::1]:9000",
+        "A and AAAA lines, sorted, with the port",
+    )
     hosts.set(["127.0.0.3", "::1", "127.0.0.4"])
-    h.expect_eq(watch.wait_events(3)[2], "result 127.0.0.3:9000,127.0.0.4:9000,[::1]:9000",
-                "after one address went away")
+    h.expect_eq(
+        watch.wait_events(3)[2],
+        "result 127.0.0.3:9000,127.0.0.4:9000,[::1]:9000",
+        "after one address went away",
+    )
     # A duplicate line and a reordering are the same set: nothing to report.
     hosts.set(["::1", "127.0.0.4", "127.0.0.3", "127.0.0.3"])
     watch.settle()
@@ -120,8 +136,10 @@ def test_watch_failure_is_reported_once_then_recovery():
     watch.wait_events(1)
     hosts.set([])
     events = watch.wait_events(2)
-    h.expect(re.fullmatch(rf"error cannot resolve {re.escape(NAME)}: .+", events[1]),
-             f"the failure names the name: {events[1]!r}")
+    h.expect(
+        re.fullmatch(rf"error cannot resolve {re.escape(NAME)}: .+", events[1]),
+        f"the failure names the name: {events[1]!r}",
+    )
     watch.settle()
     h.expect_eq(len(watch.events()), 2, "reports during one run of failures")
     # The same set again still reports: it ends the failure (the view clears it).
@@ -135,8 +153,10 @@ def test_watch_unresolvable_at_start_then_appears():
     need_namespaces()
     hosts = HostsFile([])
     watch = Watch(hosts, port=8080)
-    h.expect(watch.wait_events(1)[0].startswith(f"error cannot resolve {NAME}: "),
-             f"start-up failure: {watch.events()}")
+    h.expect(
+        watch.wait_events(1)[0].startswith(f"error cannot resolve {NAME}: "),
+        f"start-up failure: {watch.events()}",
+    )
     hosts.set(["127.0.0.9"])
     h.expect_eq(watch.wait_events(2)[1], "result 127.0.0.9:8080", "first good set")
 
@@ -155,11 +175,13 @@ def test_watch_stops_at_once_despite_a_long_refresh():
 # ---------------------------------------------------------------------------------
 # stickyd with `dns = "NAME:PORT"`: targets follow the name, traffic follows them.
 
+
 def dns_supported(config_path):
     """Skips when this stickyd's parser rejects the dns keys (feature not merged)."""
     check = h.run([h.STICKYD_BIN, "--check-config", config_path])
-    if check.returncode != 0 and re.search(r"\bdns(_refresh)?\b.*unknown key|unknown key.*\bdns",
-                                           check.stderr):
+    if check.returncode != 0 and re.search(
+        r"\bdns(_refresh)?\b.*unknown key|unknown key.*\bdns", check.stderr
+    ):
         h.skip(f"this stickyd does not parse target_group.dns yet: {check.stderr.strip()}")
     h.expect_eq(check.returncode, 0, f"--check-config ({check.stderr.strip()})")
 
@@ -174,11 +196,16 @@ def dns_backends(names_ips):
 
 
 def start_dns_stickyd(hosts, port, lb):
-    group = {"name": "web", "connect_timeout": "1s", "connect_retries": 2,
-             "dns": f"{NAME}:{port}", "dns_refresh": "200ms",
-             # A pod that appears takes clients after its first passed check (NLB
-             # "initial"): check fast so that happens within the test's patience.
-             "health_check": {"interval": "300ms", "timeout": "200ms"}}
+    group = {
+        "name": "web",
+        "connect_timeout": "1s",
+        "connect_retries": 2,
+        "dns": f"{NAME}:{port}",
+        "dns_refresh": "200ms",
+        # A pod that appears takes clients after its first passed check (NLB
+        # "initial"): check fast so that happens within the test's patience.
+        "health_check": {"interval": "300ms", "timeout": "200ms"},
+    }
     config = h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}], [group])
     path = h.write_file("stickyd.toml", config)
     dns_supported(path)
@@ -193,8 +220,7 @@ def reached(lb, ips):
 
 def test_stickyd_targets_follow_the_name():
     need_namespaces()
-    port, _ = dns_backends([("pod-a", "127.0.0.2"), ("pod-b", "127.0.0.3"),
-                            ("pod-c", "127.0.0.4")])
+    port, _ = dns_backends([("pod-a", "127.0.0.2"), ("pod-b", "127.0.0.3"), ("pod-c", "127.0.0.4")])
     hosts = HostsFile(["127.0.0.2"])
     lb = h.lb_addr()
     stickyd = start_dns_stickyd(hosts, port, lb)
@@ -202,9 +228,11 @@ def test_stickyd_targets_follow_the_name():
     h.expect_eq(reached(lb, clients), {"pod-a"}, "backends reached with one address")
 
     hosts.set(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
-    h.wait_for("clients on all three pods", lambda: reached(lb, clients) == {"pod-a", "pod-b",
-                                                                             "pod-c"},
-               process=stickyd)
+    h.wait_for(
+        "clients on all three pods",
+        lambda: reached(lb, clients) == {"pod-a", "pod-b", "pod-c"},
+        process=stickyd,
+    )
 
     # A client of pod-b keeps an open connection through the removal: the
     # deregistration delay (300 s by default) lets it finish.
@@ -215,12 +243,16 @@ def test_stickyd_targets_follow_the_name():
     h.expect(h.recv_line(held).startswith("pod-b "), "held connection is on pod-b")
 
     hosts.set(["127.0.0.2", "127.0.0.4"])
-    h.wait_for("pod-b gone from new connections",
-               lambda: reached(lb, clients) == {"pod-a", "pod-c"}, process=stickyd)
+    h.wait_for(
+        "pod-b gone from new connections",
+        lambda: reached(lb, clients) == {"pod-a", "pod-c"},
+        process=stickyd,
+    )
     after = h.mapping(lb, clients)
     moved = {ip for ip in clients if before[ip] != after[ip]}
-    h.expect_eq(moved, {ip for ip in clients if before[ip] == "pod-b"},
-                "clients that moved (only pod-b's)")
+    h.expect_eq(
+        moved, {ip for ip in clients if before[ip] == "pod-b"}, "clients that moved (only pod-b's)"
+    )
     h.send_all(held, b"still here\n")
     h.expect_eq(h.recv_line(held), "still here", "the drained target's open connection")
     held.close()
@@ -237,21 +269,26 @@ def test_stickyd_keeps_the_last_good_set_when_the_name_fails():
     h.expect_eq(set(before.values()), {"pod-a", "pod-b"}, "backends reached")
 
     hosts.set([])
-    h.wait_for("the resolution failure in the log", lambda: "cannot resolve" in stickyd.log(),
-               process=stickyd)
+    h.wait_for(
+        "the resolution failure in the log",
+        lambda: "cannot resolve" in stickyd.log(),
+        process=stickyd,
+    )
     time.sleep(2)  # ten refreshes of a name that stays broken
     h.expect_eq(h.mapping(lb, clients), before, "mapping while the name does not resolve")
     failures = [line for line in stickyd.log().splitlines() if "cannot resolve" in line]
     h.expect_eq(len(failures), 1, f"log lines about the failure ({failures})")
 
     hosts.set(["127.0.0.3", "127.0.0.2"])
-    h.wait_for("recovery in the log", lambda: stickyd.log().count("resolves to") >= 2,
-               process=stickyd)
+    h.wait_for(
+        "recovery in the log", lambda: stickyd.log().count("resolves to") >= 2, process=stickyd
+    )
     h.expect_eq(h.mapping(lb, clients), before, "mapping after the name is back")
 
 
 # ---------------------------------------------------------------------------------
 # The Kubernetes example: stickyd's dns name must be the headless service it ships.
+
 
 def test_kubernetes_example_discovers_its_headless_service():
     try:

@@ -48,9 +48,31 @@ OURS = {
     "source-filter-bench": os.path.join(BUILD, "source-filter-bench"),
 }
 # System tools whose long flags are checked against their --help (when installed).
-TOOLS = {"curl", "meson", "ninja", "systemctl", "journalctl", "systemd-analyze", "prlimit",
-         "ss", "nstat", "docker", "podman", "sort", "uniq", "wc", "seq", "cat", "pidof",
-         "kubectl", "python3", "man", "install", "ip", "nft"}
+TOOLS = {
+    "curl",
+    "meson",
+    "ninja",
+    "systemctl",
+    "journalctl",
+    "systemd-analyze",
+    "prlimit",
+    "ss",
+    "nstat",
+    "docker",
+    "podman",
+    "sort",
+    "uniq",
+    "wc",
+    "seq",
+    "cat",
+    "pidof",
+    "kubectl",
+    "python3",
+    "man",
+    "install",
+    "ip",
+    "nft",
+}
 # Shell builtins and keywords: nothing to check beyond what they run.
 BUILTINS = {"echo", "kill", "ulimit", "cd", "export", "true", "false", "wait"}
 UNITS = re.compile(r"^stickyd(\.service|\.socket|@[\w.-]+?(\.service)?)?$")
@@ -60,6 +82,7 @@ FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 # ---------------------------------------------------------------------------------
 # Reading the pages
+
 
 def doc_paths():
     paths = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "kubernetes", "README.md")]
@@ -163,6 +186,7 @@ def split_with_env(text):
     def substitute(m):
         inner.append(m.group(1))
         return " SUBST "
+
     text = re.sub(r"\$\(([^()]*)\)", substitute, text)
     lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|<>")
     lexer.whitespace_split = True
@@ -215,8 +239,9 @@ def help_text(argv):
     key = tuple(argv)
     if key not in _help_cache:
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                               stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+            )
             _help_cache[key] = r.stdout + r.stderr
         except (OSError, subprocess.TimeoutExpired):
             _help_cache[key] = None
@@ -228,8 +253,9 @@ def flags_of(argv):
     (not those its descriptions mention), long and short."""
     text = help_text(argv + ["--help"])
     h.expect(text, f"{' '.join(argv)} --help printed nothing")
-    return set(re.findall(r"^\s+(?:-[A-Za-z],)?(--[a-z][a-z0-9-]*)", text, re.M)) | \
-        set(re.findall(r"^\s+(-[A-Za-z])[,\s]", text, re.M))
+    return set(re.findall(r"^\s+(?:-[A-Za-z],)?(--[a-z][a-z0-9-]*)", text, re.M)) | set(
+        re.findall(r"^\s+(-[A-Za-z])[,\s]", text, re.M)
+    )
 
 
 def stickyctl_commands():
@@ -276,8 +302,10 @@ def check_ours(name, words, where):
         positional = [w for w in words[1:] if not w.startswith("-")]
         h.expect(positional, f"{where}: stickyctl without a command: {' '.join(words)}")
         command = positional[0]
-        h.expect(command in stickyctl_commands(),
-                 f"{where}: stickyctl has no command {command!r}: {' '.join(words)}")
+        h.expect(
+            command in stickyctl_commands(),
+            f"{where}: stickyctl has no command {command!r}: {' '.join(words)}",
+        )
         flags |= flags_of([binary, command])
     for flag in used_flags(words[1:]):
         h.expect(flag in flags, f"{where}: {name} does not take {flag}: {' '.join(words)}")
@@ -285,8 +313,11 @@ def check_ours(name, words, where):
         config = value_of(words, "--check-config", "--config", "-c")
         if config and repo_file(config):
             r = h.run([binary, "--check-config", repo_file(config)])
-            h.expect_eq(r.returncode, 0, f"{where}: stickyd --check-config {config} "
-                        f"({r.stdout}{r.stderr})")
+            h.expect_eq(
+                r.returncode,
+                0,
+                f"{where}: stickyd --check-config {config} " f"({r.stdout}{r.stderr})",
+            )
 
 
 def check_command(words, where, env=()):
@@ -297,8 +328,10 @@ def check_command(words, where, env=()):
         return check_ours(name, words, where)
     if program.startswith("scripts/"):
         path = os.path.join(ROOT, program)
-        h.expect(os.path.isfile(path) and os.access(path, os.X_OK),
-                 f"{where}: {program} is not a script of this repository")
+        h.expect(
+            os.path.isfile(path) and os.access(path, os.X_OK),
+            f"{where}: {program} is not a script of this repository",
+        )
         text = read(path)
         for flag in used_flags(args):
             h.expect(flag in text, f"{where}: {program} knows no {flag}")
@@ -308,8 +341,10 @@ def check_command(words, where, env=()):
     if name in BUILTINS:
         return
     if name in ("source", "."):
-        h.expect(args and os.path.isfile(os.path.join(ROOT, args[0])),
-                 f"{where}: sources {args[:1]}, which is not in the repository")
+        h.expect(
+            args and os.path.isfile(os.path.join(ROOT, args[0])),
+            f"{where}: sources {args[:1]}, which is not in the repository",
+        )
         return
     if name == "sysctl":
         for w in args:
@@ -319,8 +354,11 @@ def check_command(words, where, env=()):
             path = os.path.join("/proc/sys", *key.split("."))
             h.expect(os.path.exists(path), f"{where}: no sysctl {key} ({path})")
         return
-    h.expect(name in TOOLS, f"{where}: nothing checks the program {program!r}; "
-             f"teach tests/e2e/test_docs.py how (command: {' '.join(words)})")
+    h.expect(
+        name in TOOLS,
+        f"{where}: nothing checks the program {program!r}; "
+        f"teach tests/e2e/test_docs.py how (command: {' '.join(words)})",
+    )
     if name in ("systemctl", "journalctl"):
         for w in args:
             if w.startswith("stickyd"):
@@ -334,16 +372,22 @@ def check_command(words, where, env=()):
         return  # not installed here: its flags cannot be checked
     if name == "curl":
         known = set(FLAG.findall(help_text([path, "--help", "all"]) or ""))
-    elif name in ("meson", "docker", "podman", "systemctl", "systemd-analyze") and args \
-            and not args[0].startswith("-"):
+    elif (
+        name in ("meson", "docker", "podman", "systemctl", "systemd-analyze")
+        and args
+        and not args[0].startswith("-")
+    ):
         top = help_text([path, "--help"]) or ""
         if name in ("systemctl", "systemd-analyze"):
-            h.expect(re.search(rf"^\s+{re.escape(args[0])}\b", top, re.M),
-                     f"{where}: {name} has no command {args[0]!r}")
+            h.expect(
+                re.search(rf"^\s+{re.escape(args[0])}\b", top, re.M),
+                f"{where}: {name} has no command {args[0]!r}",
+            )
             known = set(FLAG.findall(top))
         else:
-            known = set(FLAG.findall(top)) | set(FLAG.findall(
-                help_text([path, args[0], "--help"]) or ""))
+            known = set(FLAG.findall(top)) | set(
+                FLAG.findall(help_text([path, args[0], "--help"]) or "")
+            )
     else:
         known = set(FLAG.findall(help_text([path, "--help"]) or ""))
     for flag in used_flags(args):
@@ -364,21 +408,25 @@ def test_every_command_parses():
 # ---------------------------------------------------------------------------------
 # Configuration snippets
 
+
 def test_every_toml_block_passes_check_config():
     count = 0
     for path in doc_paths():
         for i, block in enumerate(b for b in blocks(path) if b.lang == "toml"):
             config = h.write_file(f"snippet-{count}.toml", "\n".join(block.lines) + "\n")
             r = h.run([h.STICKYD_BIN, "--check-config", config])
-            h.expect(r.returncode == 0 and "warning" not in r.stdout + r.stderr,
-                     f"{block.where()}: stickyd --check-config exited {r.returncode}:\n"
-                     f"{r.stdout}{r.stderr}")
+            h.expect(
+                r.returncode == 0 and "warning" not in r.stdout + r.stderr,
+                f"{block.where()}: stickyd --check-config exited {r.returncode}:\n"
+                f"{r.stdout}{r.stderr}",
+            )
             count += 1
     h.expect(count >= 4, f"only {count} TOML blocks in the pages")
 
 
 # ---------------------------------------------------------------------------------
 # Output shown under commands
+
 
 def offline(command):
     """`stickyctl ring|lookup|simulate --config FILE ...` on a file of the repository."""
@@ -401,8 +449,11 @@ def test_offline_stickyctl_output_is_exactly_what_the_pages_show():
             r = h.run(argv, cwd=ROOT)
             h.expect_eq(r.returncode, 0, f"{command.where()}: {command.text} ({r.stderr})")
             if command.output is not None:
-                h.expect_eq(r.stdout.rstrip("\n").splitlines(), command.output,
-                            f"{command.where()}: the output of {command.text}")
+                h.expect_eq(
+                    r.stdout.rstrip("\n").splitlines(),
+                    command.output,
+                    f"{command.where()}: the output of {command.text}",
+                )
                 count += 1
     h.expect(count >= 2, f"only {count} offline outputs shown in the pages")
 
@@ -447,8 +498,10 @@ def compare_output(command, expected, actual):
             if line.startswith("#"):
                 h.expect(line in got, f"{where}: the output has no line {line!r}")
             else:
-                h.expect(line.rsplit(" ", 1)[0] in samples,
-                         f"{where}: the output has no sample {line.rsplit(' ', 1)[0]!r}")
+                h.expect(
+                    line.rsplit(" ", 1)[0] in samples,
+                    f"{where}: the output has no sample {line.rsplit(' ', 1)[0]!r}",
+                )
         return
     got = actual.splitlines()
     if " status" in command.text and "--json" not in command.text:
@@ -480,7 +533,7 @@ class Session:
             if address not in self.keep and address not in self.subst:
                 self.subst[address] = f"127.0.0.1:{h.free_port()}"
         for path in sorted(set(re.findall(r"/tmp/[\w./-]+\.sock", joined))):
-            self.subst[path] = os.path.join(self.dir, path[len("/tmp/"):].replace("/", "-"))
+            self.subst[path] = os.path.join(self.dir, path[len("/tmp/") :].replace("/", "-"))
 
     def argv(self, words):
         name = os.path.basename(words[0])
@@ -495,33 +548,38 @@ class Session:
         setup = None
         for block in blocks(self.page):
             if block.lang == "sh" and any(
-                    os.path.basename(line.split()[0]) in ("stickyd", "stickyd-echo")
-                    for line in block.lines if line.strip()):
+                os.path.basename(line.split()[0]) in ("stickyd", "stickyd-echo")
+                for line in block.lines
+                if line.strip()
+            ):
                 setup = block
                 break
         h.expect(setup is not None, f"{rel(self.page)} has no block that starts daemons")
         shown = [c for c in commands(self.page) if c.output is not None]
-        self.plan([line for line in setup.lines] +
-                  [c.text + "\n" + "\n".join(c.output) for c in shown])
+        self.plan(
+            [line for line in setup.lines] + [c.text + "\n" + "\n".join(c.output) for c in shown]
+        )
         daemons = []
         for line in setup.lines:
             for words in split_segments(line):
-                h.expect(os.path.basename(words[0]) in ("stickyd", "stickyd-echo"),
-                         f"{setup.where()}: the session starts {words[0]}")
+                h.expect(
+                    os.path.basename(words[0]) in ("stickyd", "stickyd-echo"),
+                    f"{setup.where()}: the session starts {words[0]}",
+                )
                 argv = self.argv(words)
                 label = f"{os.path.basename(words[0])}-{len(daemons)}"
                 daemons.append(h.Process(argv, label))
         for process in daemons:
             listen = value_of(process.argv, "--listen")
             if listen is None:  # a configuration file: its first listener
-                listen = re.search(r'bind = "([\d.]+:\d+)"',
-                                   read(value_of(process.argv, "--config"))).group(1)
+                listen = re.search(
+                    r'bind = "([\d.]+:\d+)"', read(value_of(process.argv, "--config"))
+                ).group(1)
             host, port = listen.rsplit(":", 1)
             h.wait_accepting((host, int(port)), process)
             socket_path = value_of(process.argv, "--admin-socket")
             if socket_path:
-                h.wait_for("the admin socket", lambda: os.path.exists(socket_path),
-                           process=process)
+                h.wait_for("the admin socket", lambda: os.path.exists(socket_path), process=process)
         return daemons, shown
 
     def run(self, command):
@@ -537,8 +595,9 @@ def all_healthy(admin):
     r = h.run([STICKYCTL_BIN, "status", "--json", "--admin", admin])
     if r.returncode != 0:
         return False
-    return all(t["state"] == "healthy" for g in json.loads(r.stdout)["groups"]
-               for t in g["targets"])
+    return all(
+        t["state"] == "healthy" for g in json.loads(r.stdout)["groups"] for t in g["targets"]
+    )
 
 
 def test_stickyctl_session_replays_as_shown():
@@ -550,8 +609,9 @@ def test_stickyctl_session_replays_as_shown():
     for command in shown:
         if offline(command) is not None:
             continue  # compared exactly by the offline test
-        compare_output(command, [session.replace(line) for line in command.output],
-                       session.run(command))
+        compare_output(
+            command, [session.replace(line) for line in command.output], session.run(command)
+        )
         replayed += 1
     h.expect(replayed >= 10, f"only {replayed} commands of the session replayed")
 
@@ -567,13 +627,15 @@ def test_stickyctl_session_replays_as_shown():
         elif isinstance(value, list):
             for v in value:
                 collect(v)
+
     collect(json.loads(r.stdout))
     section = read(session.page).split("## JSON for scripts", 1)[1].split("\n## ", 1)[0]
     prose = section.split("```", 1)[0]
     named = set(re.findall(r"`([a-z_]+)`", prose))
     h.expect(len(named) > 20, f"few field names in the JSON section: {sorted(named)}")
-    h.expect(named <= keys, f"the JSON section names fields /status lacks: "
-             f"{sorted(named - keys)}")
+    h.expect(
+        named <= keys, f"the JSON section names fields /status lacks: " f"{sorted(named - keys)}"
+    )
 
 
 def test_compare_session_replays_as_shown():
@@ -585,8 +647,9 @@ def test_compare_session_replays_as_shown():
     _, shown = session.start()
     replayed = 0
     for command in shown:
-        compare_output(command, [session.replace(line) for line in command.output],
-                       session.run(command))
+        compare_output(
+            command, [session.replace(line) for line in command.output], session.run(command)
+        )
         replayed += 1
     h.expect(replayed >= 2, f"only {replayed} compare commands replayed")
 
@@ -594,11 +657,21 @@ def test_compare_session_replays_as_shown():
 # ---------------------------------------------------------------------------------
 # Metrics
 
+
 def metric_families():
     backend = h.start_backend("b1")
     lb = h.lb_addr()
-    d = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
-                              "--health-interval", "200ms"], addr=lb)
+    d = h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            backend.address,
+            "--health-interval",
+            "200ms",
+        ],
+        addr=lb,
+    )
     h.http_get(lb)
 
     def scrape():
@@ -610,8 +683,11 @@ def metric_families():
             while chunk := s.recv(65536):
                 data += chunk
         return data.decode().split("\r\n\r\n", 1)[1]
-    h.wait_for("a health check in the histogram",
-               lambda: "stickyd_health_check_duration_seconds_count" in scrape())
+
+    h.wait_for(
+        "a health check in the histogram",
+        lambda: "stickyd_health_check_duration_seconds_count" in scrape(),
+    )
     text = scrape()
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
 
@@ -626,10 +702,16 @@ def test_metrics_table_matches_a_live_daemon():
     page = read(os.path.join(ROOT, "docs", "stickyctl.md"))
     section = page.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     table = set(re.findall(r"^\| `(stickyd_[a-z0-9_]+)` \|", section, re.M))
-    h.expect_eq(sorted(table - set(families)), [],
-                "families in docs/stickyctl.md's metrics table that /metrics lacks")
-    h.expect_eq(sorted(set(families) - table), [],
-                "families of /metrics missing from docs/stickyctl.md's metrics table")
+    h.expect_eq(
+        sorted(table - set(families)),
+        [],
+        "families in docs/stickyctl.md's metrics table that /metrics lacks",
+    )
+    h.expect_eq(
+        sorted(set(families) - table),
+        [],
+        "families of /metrics missing from docs/stickyctl.md's metrics table",
+    )
 
     histograms = {f for f, kind in families.items() if kind == "histogram"}
     libraries = library_names()
@@ -638,12 +720,15 @@ def test_metrics_table_matches_a_live_daemon():
             if name in libraries:
                 continue
             base = re.sub(r"_(bucket|sum|count)$", "", name)
-            h.expect(name in families or base in histograms,
-                     f"{rel(path)} names a metric /metrics lacks: {name}")
+            h.expect(
+                name in families or base in histograms,
+                f"{rel(path)} names a metric /metrics lacks: {name}",
+            )
 
 
 # ---------------------------------------------------------------------------------
 # Links, paths, design.md, size
+
 
 def slug(heading):
     text = heading.strip().lower().replace("`", "")
@@ -675,20 +760,35 @@ def test_every_link_resolves():
             if re.match(r"^[a-z]+:", target):
                 continue
             file_part, _, anchor = target.partition("#")
-            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) \
-                if file_part else path
+            resolved = (
+                os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+                if file_part
+                else path
+            )
             h.expect(os.path.exists(resolved), f"{rel(path)}: link to {target}: no such file")
             if anchor:
                 h.expect(resolved.endswith(".md"), f"{rel(path)}: anchor into {target}")
-                h.expect(anchor in anchors(resolved),
-                         f"{rel(path)}: link to {target}: {rel(resolved)} has no heading "
-                         f"#{anchor} (it has {sorted(anchors(resolved))})")
+                h.expect(
+                    anchor in anchors(resolved),
+                    f"{rel(path)}: link to {target}: {rel(resolved)} has no heading "
+                    f"#{anchor} (it has {sorted(anchors(resolved))})",
+                )
             count += 1
     h.expect(count > 30, f"only {count} links in the pages")
 
 
-TOP_DIRS = ("src", "include", "tools", "tests", "scripts", "conf", "docs", "systemd",
-            "kubernetes", "completions")
+TOP_DIRS = (
+    "src",
+    "include",
+    "tools",
+    "tests",
+    "scripts",
+    "conf",
+    "docs",
+    "systemd",
+    "kubernetes",
+    "completions",
+)
 REPO_PATH = re.compile(rf"(?<![\w/.-])((?:{'|'.join(TOP_DIRS)})/[\w./@-]*)")
 
 
@@ -701,14 +801,19 @@ def test_every_repository_path_named_exists():
             named |= set(REPO_PATH.findall(text))
         for name in named:
             name = name.rstrip(".")
-            h.expect(os.path.exists(os.path.join(ROOT, name)),
-                     f"{rel(path)} names {name}, which does not exist")
+            h.expect(
+                os.path.exists(os.path.join(ROOT, name)),
+                f"{rel(path)} names {name}, which does not exist",
+            )
 
 
 def test_design_names_every_source_file_and_no_other():
     text = read(os.path.join(ROOT, "docs", "design.md"))
-    named = {n for n in REPO_PATH.findall(text)
-             if n.startswith(("src/", "include/", "tools/")) and not n.endswith("/")}
+    named = {
+        n
+        for n in REPO_PATH.findall(text)
+        if n.startswith(("src/", "include/", "tools/")) and not n.endswith("/")
+    }
     files = set()
     for top in ("src", "include", "tools"):
         for directory, _, names in os.walk(os.path.join(ROOT, top)):
@@ -719,15 +824,19 @@ def test_design_names_every_source_file_and_no_other():
     # One line each, with its responsibility.
     for name in files:
         rows = re.findall(rf"^\| `{re.escape(name)}` \| (.+) \|$", text, re.M)
-        h.expect(len(rows) == 1 and rows[0].strip(),
-                 f"docs/design.md: {name} needs exactly one table row with its responsibility")
+        h.expect(
+            len(rows) == 1 and rows[0].strip(),
+            f"docs/design.md: {name} needs exactly one table row with its responsibility",
+        )
 
 
 def test_readme_stays_short():
     lines = read(os.path.join(ROOT, "README.md")).count("\n")
-    h.expect(lines <= README_MAX_LINES,
-             f"README.md has {lines} lines; keep it under {README_MAX_LINES} and move detail "
-             f"to docs/")
+    h.expect(
+        lines <= README_MAX_LINES,
+        f"README.md has {lines} lines; keep it under {README_MAX_LINES} and move detail "
+        f"to docs/",
+    )
 
 
 if __name__ == "__main__":

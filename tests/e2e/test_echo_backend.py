@@ -38,24 +38,45 @@ def request(path, method="GET", version="HTTP/1.1", extra=""):
 def test_http_paths_and_statuses():
     b = h.start_backend("alpha")
     with h.connect(b.addr) as s:
-        h.send_all(s, request("/hostname") + request("/") + request("/status/503")
-                   + request("/status/204") + request("/nope") + request("/hostname", "HEAD"))
+        h.send_all(
+            s,
+            request("/hostname")
+            + request("/")
+            + request("/status/503")
+            + request("/status/204")
+            + request("/nope")
+            + request("/hostname", "HEAD"),
+        )
         rest = b""
         got = []
         for i in range(6):
             status, headers, body, rest = read_response(s, rest, head_request=(i == 5))
             got.append((status, body))
         h.expect_eq(headers.get("content-length"), "6", "Content-Length of the HEAD response")
-    h.expect_eq(got, [(200, "alpha\n"), (200, "alpha\n"), (503, "alpha\n"), (204, ""), (404, "alpha\n"),
-                      (200, "")], "pipelined responses on one keep-alive connection")
+    h.expect_eq(
+        got,
+        [
+            (200, "alpha\n"),
+            (200, "alpha\n"),
+            (503, "alpha\n"),
+            (204, ""),
+            (404, "alpha\n"),
+            (200, ""),
+        ],
+        "pipelined responses on one keep-alive connection",
+    )
 
 
 def test_http_request_body_is_skipped():
     b = h.start_backend("alpha")
     with h.connect(b.addr) as s:
         body = b"x" * 100000
-        h.send_all(s, request("/hostname", "POST", extra=f"Content-Length: {len(body)}\r\n")
-                   + body + request("/hostname"))
+        h.send_all(
+            s,
+            request("/hostname", "POST", extra=f"Content-Length: {len(body)}\r\n")
+            + body
+            + request("/hostname"),
+        )
         status1, _, _, rest = read_response(s)
         status2, _, body2, _ = read_response(s, rest)
     h.expect_eq((status1, status2, body2), (405, 200, "alpha\n"), "POST with a body, then GET")
@@ -63,15 +84,17 @@ def test_http_request_body_is_skipped():
 
 def test_http_connection_close_and_http10_end_the_connection():
     b = h.start_backend("alpha")
-    for what, req in [("Connection: close", request("/hostname", extra="Connection: close\r\n")),
-                      ("HTTP/1.0", request("/hostname", version="HTTP/1.0"))]:
+    for what, req in [
+        ("Connection: close", request("/hostname", extra="Connection: close\r\n")),
+        ("HTTP/1.0", request("/hostname", version="HTTP/1.0")),
+    ]:
         with h.connect(b.addr) as s:
             h.send_all(s, req)
             status, headers, body, rest = read_response(s)
             h.expect_eq((status, body, rest), (200, "alpha\n", b""), what)
             h.expect_eq(headers.get("connection"), "close", f"{what}: Connection header")
             h.expect_eq(h.wait_closed(s), "eof", f"{what}: end of connection")
-    with h.connect(b.addr) as s:   # HTTP/1.0 keep-alive, as ab -k sends it
+    with h.connect(b.addr) as s:  # HTTP/1.0 keep-alive, as ab -k sends it
         req = request("/hostname", version="HTTP/1.0", extra="Connection: keep-alive\r\n")
         h.send_all(s, req + req)
         _, _, _, rest = read_response(s)
@@ -85,7 +108,7 @@ def test_raw_echo_and_half_close():
     with h.connect(b.addr) as s:
         count, digest = h.echo_roundtrip(s, payload)
     h.expect_eq((count, digest), (len(payload), h.sha256(payload)), "5 MiB echo")
-    with h.connect(b.addr) as s:   # a lone "G" could become "GET ": echoed after a pause
+    with h.connect(b.addr) as s:  # a lone "G" could become "GET ": echoed after a pause
         h.send_all(s, b"G")
         h.expect_eq(h.recv_exact(s, 1), b"G", "echo of a lone G")
         h.send_all(s, b"ET / HTTP/1.1\r\n\r\n")

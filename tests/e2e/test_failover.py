@@ -16,9 +16,17 @@ SOURCES = h.source_ips(60)
 def config(lb, backends, extra_targets=(), connect_timeout="1s", retries=2):
     targets = [{"id": b.name, "address": b.address} for b in backends]
     targets += [{"id": name, "address": address} for name, address in extra_targets]
-    return h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}],
-                         [{"name": "web", "connect_timeout": connect_timeout,
-                           "connect_retries": retries, "targets": targets}])
+    return h.config_text(
+        [{"bind": h.fmt_addr(lb), "target_group": "web"}],
+        [
+            {
+                "name": "web",
+                "connect_timeout": connect_timeout,
+                "connect_retries": retries,
+                "targets": targets,
+            }
+        ],
+    )
 
 
 def test_refused_target_clients_move_and_nobody_else_does():
@@ -29,18 +37,20 @@ def test_refused_target_clients_move_and_nobody_else_does():
     victim = backends[3]
     owned = [ip for ip in SOURCES if before[ip] == victim.name]
     h.expect(owned, f"no source of {len(SOURCES)} hashed to {victim.name}; the test proves nothing")
-    victim.stop()                                   # its port now refuses connections
-    after = h.mapping(lb, SOURCES, repeat=3)         # none fails, each still sticky
+    victim.stop()  # its port now refuses connections
+    after = h.mapping(lb, SOURCES, repeat=3)  # none fails, each still sticky
     moved = [ip for ip in SOURCES if ip not in owned and after[ip] != before[ip]]
-    h.expect(not moved, f"{len(moved)} sources that did not use {victim.name} moved anyway, "
-                        f"e.g. {moved[:3]}")
+    h.expect(
+        not moved,
+        f"{len(moved)} sources that did not use {victim.name} moved anyway, " f"e.g. {moved[:3]}",
+    )
     for ip in owned:
         h.expect(after[ip] != victim.name, f"{ip} still answered by the stopped {victim.name}")
 
 
 def test_dead_from_the_start_never_fails_a_client():
     backends = h.start_backends(3)
-    dead = f"127.0.0.1:{h.free_port()}"             # nothing listens there
+    dead = f"127.0.0.1:{h.free_port()}"  # nothing listens there
     lb = h.lb_addr()
     h.start_stickyd(config(lb, backends, extra_targets=[("dead", dead)]), addr=lb)
     seen = h.mapping(lb, SOURCES, repeat=2)
@@ -64,7 +74,7 @@ def test_unanswered_connect_times_out_onto_the_next_target():
     blackhole.bind(victim.addr)
     blackhole.listen(0)
     fillers = []
-    for _ in range(8):                              # fill the accept queue
+    for _ in range(8):  # fill the accept queue
         f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         h.on_cleanup(f.close)
         f.setblocking(False)
@@ -77,7 +87,7 @@ def test_unanswered_connect_times_out_onto_the_next_target():
         probe.connect(victim.addr)
         h.skip("this kernel completes connections to a full accept queue; no black hole")
     except socket.timeout:
-        pass                                        # SYNs are being dropped: good
+        pass  # SYNs are being dropped: good
     after = h.mapping(lb, owned, repeat=2)
     for ip in owned:
         h.expect(after[ip] not in (victim.name, None), f"{ip} was not moved off {victim.name}")
@@ -88,8 +98,11 @@ def test_unanswered_connect_times_out_onto_the_next_target():
     with h.connect(lb, owned[0]) as s:
         count, digest = h.echo_roundtrip(s, b"STICKYD-TEST WHOAMI\n" + payload)
     line = f"{after[owned[0]]} 127.0.0.1\n".encode()
-    h.expect_eq((count, digest), (len(line) + len(payload), h.sha256(line + payload)),
-                "reply to data sent during the connect timeout")
+    h.expect_eq(
+        (count, digest),
+        (len(line) + len(payload), h.sha256(line + payload)),
+        "reply to data sent during the connect timeout",
+    )
 
     # Clients that give up (FIN or RST) while stickyd is still connecting: stickyd
     # must cancel the attempt cleanly, keep serving and leak nothing.
@@ -104,9 +117,11 @@ def test_unanswered_connect_times_out_onto_the_next_target():
     deadline = time.monotonic() + 10
     while h.fd_count(stickyd_pid) > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
-    h.expect(h.fd_count(stickyd_pid) <= baseline,
-             f"stickyd holds {h.fd_count(stickyd_pid)} descriptors after 20 abandoned "
-             f"connects, {baseline} before")
+    h.expect(
+        h.fd_count(stickyd_pid) <= baseline,
+        f"stickyd holds {h.fd_count(stickyd_pid)} descriptors after 20 abandoned "
+        f"connects, {baseline} before",
+    )
 
 
 def test_all_targets_down_ends_the_client_and_recovers():

@@ -23,9 +23,25 @@ def start_limited(soft, hard, backend):
     addr = h.lb_addr()
     admin = os.path.join(h.temp_dir(), f"limited-{soft}-admin.sock")
     process = h.Process(
-        ["prlimit", f"--nofile={soft}:{hard}", "--", h.STICKYD_BIN, "--listen", h.fmt_addr(addr),
-         "--target", backend.address, "--threads", "1", "--health-check", "off",
-         "--admin-socket", admin], f"stickyd-nofile-{soft}", out_of_fds=True)
+        [
+            "prlimit",
+            f"--nofile={soft}:{hard}",
+            "--",
+            h.STICKYD_BIN,
+            "--listen",
+            h.fmt_addr(addr),
+            "--target",
+            backend.address,
+            "--threads",
+            "1",
+            "--health-check",
+            "off",
+            "--admin-socket",
+            admin,
+        ],
+        f"stickyd-nofile-{soft}",
+        out_of_fds=True,
+    )
     h.wait_accepting(addr, process)
     return process, addr
 
@@ -211,11 +227,15 @@ def test_out_of_fds_every_one_of_many_concurrent_clients_is_served():
     finally:
         process.signal(signal.SIGCONT)
     served, failures = serve_all(clients)
-    h.expect(not failures, f"{len(failures)} of 100 clients not served ({summary(failures)})"
-             f"\n{process.log()}")
+    h.expect(
+        not failures,
+        f"{len(failures)} of 100 clients not served ({summary(failures)})" f"\n{process.log()}",
+    )
     h.expect_eq(served, 100, "clients served")
-    h.expect(process.log().count("pausing accepts") >= 1,
-             f"100 clients at --nofile=64 never paused accepts:\n{process.log()}")
+    h.expect(
+        process.log().count("pausing accepts") >= 1,
+        f"100 clients at --nofile=64 never paused accepts:\n{process.log()}",
+    )
 
 
 def test_storm_at_256_fds_serves_every_client_logs_one_pause_and_idles_meanwhile():
@@ -236,15 +256,21 @@ def test_storm_at_256_fds_serves_every_client_logs_one_pause_and_idles_meanwhile
     time.sleep(2.0)
     cpu = (cpu_ticks(process.pid) - start_cpu) / os.sysconf("SC_CLK_TCK")
     wall = time.monotonic() - start_wall
-    h.expect(cpu < 0.2 * wall, f"stickyd used {cpu:.2f} s of CPU in {wall:.2f} s while "
-                               f"paused with clients waiting")
-    h.expect("accepting again" not in process.log(),
-             f"stickyd resumed while every fd was still taken:\n{process.log()}")
+    h.expect(
+        cpu < 0.2 * wall,
+        f"stickyd used {cpu:.2f} s of CPU in {wall:.2f} s while " f"paused with clients waiting",
+    )
+    h.expect(
+        "accepting again" not in process.log(),
+        f"stickyd resumed while every fd was still taken:\n{process.log()}",
+    )
 
     served, failures = serve_all(clients)
     log = process.log()
-    h.expect(not failures, f"{len(failures)} of {clients_wanted} clients not served "
-                           f"({summary(failures)})\n{log}")
+    h.expect(
+        not failures,
+        f"{len(failures)} of {clients_wanted} clients not served " f"({summary(failures)})\n{log}",
+    )
     h.expect_eq(served, clients_wanted, "clients served")
     h.wait_for("the resumption", lambda: "accepting again" in process.log(), process=process)
     # stickyd's own lines: under UBSan the same stream has its vptr noise (see harness).

@@ -23,8 +23,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 CLIENT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fleet_client.py")
 
 
@@ -68,20 +69,24 @@ def stickyctl(*args):
 # ---------------------------------------------------------------------------------
 # stickyctl compare
 
+
 def two_instances(targets_a, targets_b):
     """Two daemons of one group "web"; returns their admin socket paths."""
     paths = []
     for targets in (targets_a, targets_b):
         lb = h.lb_addr()
-        config = h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}],
-                               [{"name": "web", "targets": targets}])
+        config = h.config_text(
+            [{"bind": h.fmt_addr(lb), "target_group": "web"}], [{"name": "web", "targets": targets}]
+        )
         paths.append(h.start_stickyd(config, addr=lb).admin_socket)
     return paths
 
 
 def targets_of(backends):
-    return [{"id": b.name, "address": b.address, "weight": 2 if i == 1 else 1}
-            for i, b in enumerate(backends)]
+    return [
+        {"id": b.name, "address": b.address, "weight": 2 if i == 1 else 1}
+        for i, b in enumerate(backends)
+    ]
 
 
 def test_compare_agrees_when_targets_are_listed_in_another_order():
@@ -90,8 +95,10 @@ def test_compare_agrees_when_targets_are_listed_in_another_order():
     a, b = two_instances(targets, list(reversed(targets)))
 
     result = stickyctl("compare", "--admin", a, "--admin", b)
-    h.expect(result.returncode == 0, f"compare exited {result.returncode}: {result.stdout}"
-                                     f"{result.stderr}")
+    h.expect(
+        result.returncode == 0,
+        f"compare exited {result.returncode}: {result.stdout}" f"{result.stderr}",
+    )
     h.expect("group web: 2 instances agree" in result.stdout, result.stdout)
     h.expect(result.stdout.rstrip().endswith("all instances agree"), result.stdout)
 
@@ -100,16 +107,23 @@ def test_compare_agrees_when_targets_are_listed_in_another_order():
         _, status = admin_get(path, "/status")
         routing = status["groups"][0]["routing"]
         h.expect_eq(routing["mapping_version"], 1, "mapping version")
-        h.expect_eq([t["id"] for t in routing["targets"]], sorted(x.name for x in backends),
-                    "routing targets, by id")
+        h.expect_eq(
+            [t["id"] for t in routing["targets"]],
+            sorted(x.name for x in backends),
+            "routing targets, by id",
+        )
         fingerprints.add(routing["fingerprint"])
         _, metrics = admin_get(path, "/metrics")
-        line = (f'stickyd_target_group_routing_info{{group="web",'
-                f'fingerprint="{routing["fingerprint"]}"}} 1')
+        line = (
+            f'stickyd_target_group_routing_info{{group="web",'
+            f'fingerprint="{routing["fingerprint"]}"}} 1'
+        )
         h.expect(line in metrics.splitlines(), f"no {line!r} in /metrics")
         shown = stickyctl("status", "--admin", path)
-        h.expect(f"routing fingerprint {routing['fingerprint']} (mapping version 1)" in
-                 shown.stdout, f"stickyctl status: {shown.stdout}")
+        h.expect(
+            f"routing fingerprint {routing['fingerprint']} (mapping version 1)" in shown.stdout,
+            f"stickyctl status: {shown.stdout}",
+        )
     h.expect_eq(len(fingerprints), 1, "distinct fingerprints of the two instances")
 
 
@@ -119,8 +133,10 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
     a, b = two_instances(targets[:4], list(reversed(targets)))
 
     result = stickyctl("compare", "--admin", a, "--admin", b, "--json")
-    h.expect(result.returncode == 1, f"compare of differing instances exited "
-                                     f"{result.returncode}: {result.stderr}")
+    h.expect(
+        result.returncode == 1,
+        f"compare of differing instances exited " f"{result.returncode}: {result.stderr}",
+    )
     doc = json.loads(result.stdout)
     h.expect_eq(doc["agree"], False, "agree")
     group = doc["groups"][0]
@@ -131,23 +147,39 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
 
     # The same question offline: what would adding the fifth target to the first
     # instance's configuration move?
-    config = h.write_file("a.toml", h.config_text(
-        [{"bind": "127.0.0.1:1", "target_group": "web"}], [{"name": "web", "targets": targets[:4]}]))
-    sim = stickyctl("simulate", "--config", config, "--json",
-                    "--add", f"{backends[4].name}={backends[4].address}")
+    config = h.write_file(
+        "a.toml",
+        h.config_text(
+            [{"bind": "127.0.0.1:1", "target_group": "web"}],
+            [{"name": "web", "targets": targets[:4]}],
+        ),
+    )
+    sim = stickyctl(
+        "simulate",
+        "--config",
+        config,
+        "--json",
+        "--add",
+        f"{backends[4].name}={backends[4].address}",
+    )
     h.expect(sim.returncode == 0, f"simulate: {sim.stderr}")
     moved = json.loads(sim.stdout)
     h.expect(moved["moved"] > 0, f"simulate moved nothing: {moved}")
     h.expect_eq(diff["differs"], moved["moved"], "share routed differently (compare, simulate)")
-    h.expect_eq(sorted((m["from"], m["to"]) for m in diff["moves"]),
-                sorted((m["from"], m["to"]) for m in moved["moves"]), "moves")
+    h.expect_eq(
+        sorted((m["from"], m["to"]) for m in diff["moves"]),
+        sorted((m["from"], m["to"]) for m in moved["moves"]),
+        "moves",
+    )
 
     text = stickyctl("compare", "--admin", a, "--admin", b)
     h.expect(text.returncode == 1, f"compare (text) exited {text.returncode}")
     h.expect("group web: instances DIFFER" in text.stdout, text.stdout)
     h.expect(f"only on {b}: {backends[4].name}" in text.stdout, text.stdout)
-    h.expect(f"{moved['moved'] * 100:.4f}% of the keyspace routes to another backend"
-             in text.stdout, text.stdout)
+    h.expect(
+        f"{moved['moved'] * 100:.4f}% of the keyspace routes to another backend" in text.stdout,
+        text.stdout,
+    )
     h.expect("instances differ" in text.stdout.splitlines()[-1], text.stdout)
 
 
@@ -163,6 +195,7 @@ def test_compare_needs_two_instances_and_names_an_unreachable_one():
 # ---------------------------------------------------------------------------------
 # /ready and shutdown_delay
 
+
 def connects(addr):
     try:
         with h.connect(addr, timeout=2.0):
@@ -175,9 +208,21 @@ def test_ready_turns_503_on_sigterm_while_the_delay_still_accepts():
     backend = h.start_backend("echo")
     lb = h.lb_addr()
     admin = os.path.join(h.temp_dir(), "ready.sock")
-    stickyd = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
-                                    "--shutdown-delay", "8s", "--shutdown-grace", "5s",
-                                    "--admin-socket", admin], addr=lb)
+    stickyd = h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            backend.address,
+            "--shutdown-delay",
+            "8s",
+            "--shutdown-grace",
+            "5s",
+            "--admin-socket",
+            admin,
+        ],
+        addr=lb,
+    )
     proc = stickyd.process
     h.expect_eq(admin_get(admin, "/ready"), (200, {"ready": True}), "/ready while serving")
     h.expect_eq(stickyctl("ready", "--admin", admin).returncode, 0, "stickyctl ready, serving")
@@ -188,21 +233,30 @@ def test_ready_turns_503_on_sigterm_while_the_delay_still_accepts():
     h.wait_for("/ready to answer 503", lambda: ready_status(admin) == 503, process=proc)
     h.expect_eq(admin_get(admin, "/ready")[1], {"ready": False}, "/ready body once stopping")
     not_ready = stickyctl("ready", "--admin", admin)
-    h.expect(not_ready.returncode == 1 and "not ready" in not_ready.stdout,
-             f"stickyctl ready while withdrawing: {not_ready.returncode} {not_ready.stdout}")
+    h.expect(
+        not_ready.returncode == 1 and "not ready" in not_ready.stdout,
+        f"stickyctl ready while withdrawing: {not_ready.returncode} {not_ready.stdout}",
+    )
     # Within the delay: a new connection still reaches the backend.
     fresh = h.connect(lb, "127.0.0.3")
     payload = b"during the delay\n" * 100
     with fresh:
-        h.expect_eq(h.echo_roundtrip(fresh, payload), (len(payload), h.sha256(payload)),
-                    "echo through a connection accepted during the delay")
+        h.expect_eq(
+            h.echo_roundtrip(fresh, payload),
+            (len(payload), h.sha256(payload)),
+            "echo through a connection accepted during the delay",
+        )
     h.expect(proc.alive(), "stickyd exited during its shutdown delay")
     # After it: refused, while the held connection still has its grace.
-    h.wait_for("the listener to close after the delay", lambda: not connects(lb), timeout=30,
-               process=proc)
+    h.wait_for(
+        "the listener to close after the delay", lambda: not connects(lb), timeout=30, process=proc
+    )
     payload = b"held through it all\n" * 10
-    h.expect_eq(h.echo_roundtrip(held, payload), (len(payload), h.sha256(payload)),
-                "echo through the connection opened before SIGTERM")
+    h.expect_eq(
+        h.echo_roundtrip(held, payload),
+        (len(payload), h.sha256(payload)),
+        "echo through the connection opened before SIGTERM",
+    )
     log = proc.log()
     h.expect("not ready; still accepting for the shutdown delay of 8000 ms" in log, log)
     h.expect("delay over: stopped accepting" in log, log)
@@ -212,9 +266,21 @@ def test_a_second_signal_during_the_delay_stops_at_once():
     backend = h.start_backend("echo")
     lb = h.lb_addr()
     admin = os.path.join(h.temp_dir(), "twice.sock")
-    proc = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
-                                 "--shutdown-delay", "5m", "--shutdown-grace", "5m",
-                                 "--admin-socket", admin], addr=lb).process
+    proc = h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            backend.address,
+            "--shutdown-delay",
+            "5m",
+            "--shutdown-grace",
+            "5m",
+            "--admin-socket",
+            admin,
+        ],
+        addr=lb,
+    ).process
     held = h.connect(lb, "127.0.0.2")
     h.on_cleanup(held.close)
     h.send_all(held, b"STICKYD-TEST HOLD\n")
@@ -246,7 +312,7 @@ def statuses_until(sock, wanted, timeout=20.0):
             break
         for line in data.splitlines():
             if line.startswith("STATUS="):
-                seen.append(line[len("STATUS="):])
+                seen.append(line[len("STATUS=") :])
                 if seen[-1].startswith(wanted):
                     return seen
     raise h.Failure(f"no STATUS= starting with {wanted!r} within {timeout}s; got {seen}")
@@ -256,8 +322,17 @@ def test_status_says_withdrawing_then_draining():
     backend = h.start_backend("echo")
     lb = h.lb_addr()
     path, sock = notify_socket()
-    argv = [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
-            "--shutdown-delay", "2s", "--admin-socket", os.path.join(h.temp_dir(), "a.sock")]
+    argv = [
+        h.STICKYD_BIN,
+        "--listen",
+        h.fmt_addr(lb),
+        "--target",
+        backend.address,
+        "--shutdown-delay",
+        "2s",
+        "--admin-socket",
+        os.path.join(h.temp_dir(), "a.sock"),
+    ]
     os.environ["NOTIFY_SOCKET"] = path
     try:
         proc = h.Process(argv, "stickyd-notify")
@@ -286,25 +361,42 @@ def test_without_a_delay_ready_is_503_as_soon_as_the_stop_begins():
 
 
 def test_shutdown_delay_is_checked_like_every_duration():
-    path = h.write_file("bad.toml", h.config_text(
-        [{"bind": "127.0.0.1:1", "target_group": "web"}],
-        [{"name": "web", "targets": [{"address": "127.0.0.1:2"}]}],
-        global_={"shutdown_delay": "forever"}))
+    path = h.write_file(
+        "bad.toml",
+        h.config_text(
+            [{"bind": "127.0.0.1:1", "target_group": "web"}],
+            [{"name": "web", "targets": [{"address": "127.0.0.1:2"}]}],
+            global_={"shutdown_delay": "forever"},
+        ),
+    )
     result = h.run([h.STICKYD_BIN, "--check-config", path])
     h.expect(result.returncode != 0, "a bad shutdown_delay passed --check")
-    h.expect("shutdown_delay" in result.stderr and len(result.stderr.strip().splitlines()) == 1,
-             f"one line naming the key: {result.stderr}")
-    result = h.run([h.STICKYD_BIN, "--listen", "127.0.0.1:1", "--target", "127.0.0.1:2",
-                    "--shutdown-delay", "soon"])
-    h.expect(result.returncode != 0 and "--shutdown-delay" in result.stderr,
-             f"--shutdown-delay soon: {result.returncode} {result.stderr}")
+    h.expect(
+        "shutdown_delay" in result.stderr and len(result.stderr.strip().splitlines()) == 1,
+        f"one line naming the key: {result.stderr}",
+    )
+    result = h.run(
+        [
+            h.STICKYD_BIN,
+            "--listen",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+            "--shutdown-delay",
+            "soon",
+        ]
+    )
+    h.expect(
+        result.returncode != 0 and "--shutdown-delay" in result.stderr,
+        f"--shutdown-delay soon: {result.returncode} {result.stderr}",
+    )
 
 
 def duration_seconds(text):
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[:-len(unit)].isdigit():
-            return int(text[:-len(unit)]) * units[unit]
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * units[unit]
     raise h.Failure(f"not a duration: {text!r}")
 
 
@@ -324,17 +416,23 @@ def test_kubernetes_manifest_probes_ready_and_waits_for_delay_and_grace():
     result = h.run([h.STICKYD_BIN, "--check-config", path])
     h.expect(result.returncode == 0, f"stickyd --check on the ConfigMap: {result.stderr}")
     found = dict(re.findall(r'^(shutdown_delay|shutdown_grace) = "(\S+)"$', toml, re.M))
-    h.expect(set(found) == {"shutdown_delay", "shutdown_grace"},
-             f"the ConfigMap sets shutdown_delay and shutdown_grace: {found}")
+    h.expect(
+        set(found) == {"shutdown_delay", "shutdown_grace"},
+        f"the ConfigMap sets shutdown_delay and shutdown_grace: {found}",
+    )
     needed = duration_seconds(found["shutdown_delay"]) + duration_seconds(found["shutdown_grace"])
-    h.expect(pod["terminationGracePeriodSeconds"] > needed,
-             f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} does not "
-             f"cover shutdown_delay + shutdown_grace ({needed}s)")
+    h.expect(
+        pod["terminationGracePeriodSeconds"] > needed,
+        f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} does not "
+        f"cover shutdown_delay + shutdown_grace ({needed}s)",
+    )
     probe = pod["containers"][0]["readinessProbe"]
     h.expect_eq(probe.get("exec", {}).get("command"), ["stickyctl", "ready"], "readiness probe")
-    h.expect(probe["periodSeconds"] * probe.get("failureThreshold", 3)
-             < duration_seconds(found["shutdown_delay"]),
-             f"the probe notices a stop only after the delay is over: {probe}")
+    h.expect(
+        probe["periodSeconds"] * probe.get("failureThreshold", 3)
+        < duration_seconds(found["shutdown_delay"]),
+        f"the probe notices a stop only after the delay is over: {probe}",
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -349,8 +447,9 @@ INSTANCES = 3
 def sh(*argv, check=True):
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=20)
     if check and result.returncode != 0:
-        raise h.Failure(f"{' '.join(map(str, argv))}: exit {result.returncode}: "
-                        f"{result.stderr.strip()}")
+        raise h.Failure(
+            f"{' '.join(map(str, argv))}: exit {result.returncode}: " f"{result.stderr.strip()}"
+        )
     return result
 
 
@@ -371,8 +470,25 @@ def namespaces_unavailable():
         sh("ip", "-n", probe, "link", "set", "p1", "up")
         sh("ip", "-n", probe, "addr", "add", "10.200.0.1/24", "dev", "p0")
         sh("ip", "-n", probe, "nexthop", "add", "id", "1", "via", "10.200.0.2", "dev", "p0")
-        if sh("ip", "-n", probe, "nexthop", "add", "id", "2", "group", "1", "type", "resilient",
-              "buckets", "8", check=False).returncode != 0:
+        if (
+            sh(
+                "ip",
+                "-n",
+                probe,
+                "nexthop",
+                "add",
+                "id",
+                "2",
+                "group",
+                "1",
+                "type",
+                "resilient",
+                "buckets",
+                "8",
+                check=False,
+            ).returncode
+            != 0
+        ):
             return "ip nexthop ... type resilient is not supported here"
         if sh("ip", "netns", "exec", probe, "nft", "list", "tables", check=False).returncode != 0:
             return "nft (nftables) cannot run in a network namespace"
@@ -398,39 +514,84 @@ class Fleet:
             self.created.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         r = self.router
-        sysctls = {"net.ipv4.ip_forward": 1, "net.ipv4.fib_multipath_hash_policy": 1,
-                   "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0}
+        sysctls = {
+            "net.ipv4.ip_forward": 1,
+            "net.ipv4.fib_multipath_hash_policy": 1,
+            "net.ipv4.conf.all.rp_filter": 0,
+            "net.ipv4.conf.default.rp_filter": 0,
+        }
         for key, value in sysctls.items():
             sh("ip", "netns", "exec", r, "sysctl", "-qw", f"{key}={value}")
         self.link(self.client, "c0", "10.200.1")
         sh("ip", "-n", r, "route", "add", "10.200.10.0/24", "via", "10.200.1.2")
-        batch = h.write_file("client-addresses.ip",
-                             "".join(f"addr add {src}/32 dev lo\n" for src in SOURCES))
+        batch = h.write_file(
+            "client-addresses.ip", "".join(f"addr add {src}/32 dev lo\n" for src in SOURCES)
+        )
         sh("ip", "-n", self.client, "-batch", batch)
         self.link(self.backends, "b0", "10.200.3")
         for k, ns in enumerate(self.instances):
             self.link(ns, f"i{k}", f"10.200.{20 + k}")
             sh("ip", "-n", ns, "addr", "add", f"{VIP}/32", "dev", "lo")
-            sh("ip", "-n", r, "nexthop", "add", "id", k + 1, "via", f"10.200.{20 + k}.2",
-               "dev", f"i{k}")
+            sh(
+                "ip",
+                "-n",
+                r,
+                "nexthop",
+                "add",
+                "id",
+                k + 1,
+                "via",
+                f"10.200.{20 + k}.2",
+                "dev",
+                f"i{k}",
+            )
             # Pinned flows: a connection stays on the instance it started on, as
             # connection tracking on a router or a load balancer's flow table would.
             sh("ip", "-n", r, "rule", "add", "fwmark", k + 1, "lookup", 100 + k + 1)
-            sh("ip", "-n", r, "route", "add", f"{VIP}/32", "via", f"10.200.{20 + k}.2",
-               "dev", f"i{k}", "table", 100 + k + 1)
+            sh(
+                "ip",
+                "-n",
+                r,
+                "route",
+                "add",
+                f"{VIP}/32",
+                "via",
+                f"10.200.{20 + k}.2",
+                "dev",
+                f"i{k}",
+                "table",
+                100 + k + 1,
+            )
         self.members = list(range(1, INSTANCES + 1))
         if not with_bird:  # else BIRD installs the VIP's route from BGP
-            sh("ip", "-n", r, "nexthop", "add", "id", 100, "group", self.group(), "type",
-               "resilient", "buckets", 128)
+            sh(
+                "ip",
+                "-n",
+                r,
+                "nexthop",
+                "add",
+                "id",
+                100,
+                "group",
+                self.group(),
+                "type",
+                "resilient",
+                "buckets",
+                128,
+            )
             sh("ip", "-n", r, "route", "add", f"{VIP}/32", "nhid", 100)
-        marks = "".join(f'  ct state new ct mark 0 oifname "i{k}" ct mark set {k + 1}\n'
-                        for k in range(INSTANCES))
-        rules = ("table ip fleet {\n"
-                 " chain pre {\n  type filter hook prerouting priority mangle\n"
-                 "  meta mark set ct mark\n }\n"
-                 " chain post {\n  type filter hook postrouting priority mangle\n"
-                 f"{marks} }}\n"
-                 "}\n")
+        marks = "".join(
+            f'  ct state new ct mark 0 oifname "i{k}" ct mark set {k + 1}\n'
+            for k in range(INSTANCES)
+        )
+        rules = (
+            "table ip fleet {\n"
+            " chain pre {\n  type filter hook prerouting priority mangle\n"
+            "  meta mark set ct mark\n }\n"
+            " chain post {\n  type filter hook postrouting priority mangle\n"
+            f"{marks} }}\n"
+            "}\n"
+        )
         path = h.write_file("router.nft", rules)
         sh("ip", "netns", "exec", r, "nft", "-f", path)
 
@@ -438,8 +599,21 @@ class Fleet:
         return "/".join(str(m) for m in self.members)
 
     def link(self, ns, router_side, net):
-        sh("ip", "-n", self.router, "link", "add", router_side, "type", "veth", "peer", "name",
-           "uplink", "netns", ns)
+        sh(
+            "ip",
+            "-n",
+            self.router,
+            "link",
+            "add",
+            router_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            ns,
+        )
         sh("ip", "-n", self.router, "addr", "add", f"{net}.1/24", "dev", router_side)
         sh("ip", "-n", self.router, "link", "set", router_side, "up")
         sh("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", "uplink")
@@ -449,8 +623,21 @@ class Fleet:
     def withdraw(self, k):
         """What BIRD does when instance k stops announcing: its nexthop leaves the group."""
         self.members.remove(k + 1)
-        sh("ip", "-n", self.router, "nexthop", "replace", "id", 100, "group", self.group(),
-           "type", "resilient", "buckets", 128)
+        sh(
+            "ip",
+            "-n",
+            self.router,
+            "nexthop",
+            "replace",
+            "id",
+            100,
+            "group",
+            self.group(),
+            "type",
+            "resilient",
+            "buckets",
+            128,
+        )
 
     def destroy(self):
         for ns in reversed(self.created):
@@ -476,6 +663,7 @@ def client_phase(proc, key, timeout=60):
             if key in doc:
                 return doc
         return None
+
     return h.wait_for(f"the clients' {key!r} line", found, timeout=timeout, process=proc)[key]
 
 
@@ -490,10 +678,16 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
     fleet = Fleet()
     backends = []
     for i in range(1, 4):
-        proc = in_ns(fleet.backends, [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name",
-                                      f"backend-{i}"], f"echo-{i}")
-        log = h.wait_for(f"backend-{i} to listen", lambda: "listening on" in proc.log()
-                         and proc.log(), process=proc)
+        proc = in_ns(
+            fleet.backends,
+            [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name", f"backend-{i}"],
+            f"echo-{i}",
+        )
+        log = h.wait_for(
+            f"backend-{i} to listen",
+            lambda: "listening on" in proc.log() and proc.log(),
+            process=proc,
+        )
         backends.append({"id": f"backend-{i}", "address": log.split("listening on ")[1].split()[0]})
 
     daemons, admins = [], []
@@ -502,9 +696,15 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
         admin = os.path.join(h.temp_dir(), f"i{k}.sock")
         config = h.config_text(
             [{"bind": f"{VIP}:{VIP_PORT}", "target_group": "web"}],
-            [{"name": "web", "health_check": {"interval": "1s", "healthy_threshold": 2},
-              "targets": targets}],
-            global_={"admin_socket": admin, "shutdown_delay": "4s", "shutdown_grace": "60s"})
+            [
+                {
+                    "name": "web",
+                    "health_check": {"interval": "1s", "healthy_threshold": 2},
+                    "targets": targets,
+                }
+            ],
+            global_={"admin_socket": admin, "shutdown_delay": "4s", "shutdown_grace": "60s"},
+        )
         path = h.write_file(f"i{k}.toml", config)
         daemons.append(in_ns(ns, [h.STICKYD_BIN, "--config", path], f"stickyd-i{k}"))
         admins.append(admin)
@@ -513,16 +713,22 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
     agree = stickyctl("compare", *[x for a in admins for x in ("--admin", a)])
     h.expect(agree.returncode == 0, f"the three instances disagree: {agree.stdout}")
 
-    clients = in_ns(fleet.client, [sys.executable, CLIENT_SCRIPT, VIP, VIP_PORT, h.temp_dir()]
-                    + SOURCES, "clients")
+    clients = in_ns(
+        fleet.client,
+        [sys.executable, CLIENT_SCRIPT, VIP, VIP_PORT, h.temp_dir()] + SOURCES,
+        "clients",
+    )
     spread = client_phase(clients, "spread")
     for src, answers in spread.items():
-        h.expect(len({name for name, _ in answers}) == 1,
-                 f"{src} reached several backends: {answers}")
+        h.expect(
+            len({name for name, _ in answers}) == 1, f"{src} reached several backends: {answers}"
+        )
     used = {peer for answers in spread.values() for _, peer in answers}
     h.expect_eq(len(used), INSTANCES, "instances that relayed connections (ECMP spreads them)")
-    h.expect(any(len({peer for _, peer in a}) > 1 for a in spread.values()),
-             "no client's connections were spread over several instances")
+    h.expect(
+        any(len({peer for _, peer in a}) > 1 for a in spread.values()),
+        "no client's connections were spread over several instances",
+    )
     backend_of = {src: answers[0][0] for src, answers in spread.items()}
 
     held = client_phase(clients, "held")
@@ -532,15 +738,24 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
     # Scale in instance 0: it turns not-ready, the watcher withdraws its route.
     leaving, leaving_admin = daemons[0], admins[0]
     leaving.signal(signal.SIGTERM)
-    h.wait_for("instance 0's /ready to answer 503", lambda: ready_status(leaving_admin) == 503,
-               process=leaving)
+    h.wait_for(
+        "instance 0's /ready to answer 503",
+        lambda: ready_status(leaving_admin) == 503,
+        process=leaving,
+    )
     time.sleep(0.5)  # the watcher's poll and BGP's propagation, not a wait for a result
     fleet.withdraw(0)
     withdrawn_at = progress(clients)
-    h.wait_for("instance 0 to stop accepting (delay over)",
-               lambda: "delay over: stopped accepting" in leaving.log(), process=leaving)
-    h.wait_for("more connections after the withdrawal",
-               lambda: progress(clients) >= withdrawn_at + 300, process=clients)
+    h.wait_for(
+        "instance 0 to stop accepting (delay over)",
+        lambda: "delay over: stopped accepting" in leaving.log(),
+        process=leaving,
+    )
+    h.wait_for(
+        "more connections after the withdrawal",
+        lambda: progress(clients) >= withdrawn_at + 300,
+        process=clients,
+    )
     with open(os.path.join(h.temp_dir(), "stop"), "w"):
         pass
     done = client_phase(clients, "done")
@@ -569,14 +784,17 @@ def bird_unavailable():
 
 
 def router_bird_conf():
-    sessions = "".join(f"""
+    sessions = "".join(
+        f"""
 protocol bgp i{k} {{
     local 10.200.{20 + k}.1 as {ROUTER_AS};
     neighbor 10.200.{20 + k}.2 as {INSTANCE_AS};
     hold time 9;
     ipv4 {{ import all; export none; }};
 }}
-""" for k in range(INSTANCES))
+"""
+        for k in range(INSTANCES)
+    )
     return f"""router id 10.200.1.1;
 protocol device {{ }}
 # One ECMP route over every instance that announces the VIP.
@@ -591,9 +809,13 @@ def instance_bird_conf(k):
     """conf/bird/bird.conf with this instance's addresses."""
     with open(os.path.join(h.SOURCE_ROOT, "conf", "bird", "bird.conf"), encoding="utf-8") as f:
         text = f.read()
-    for old, new in (("192.0.2.10", VIP), ("10.0.0.11", f"10.200.{20 + k}.2"),
-                     ("10.0.0.1", f"10.200.{20 + k}.1"), ("as 65001", f"as {INSTANCE_AS}"),
-                     ("as 65000", f"as {ROUTER_AS}")):
+    for old, new in (
+        ("192.0.2.10", VIP),
+        ("10.0.0.11", f"10.200.{20 + k}.2"),
+        ("10.0.0.1", f"10.200.{20 + k}.1"),
+        ("as 65001", f"as {INSTANCE_AS}"),
+        ("as 65000", f"as {ROUTER_AS}"),
+    ):
         h.expect(old in text, f"conf/bird/bird.conf has no {old!r} to replace")
         text = text.replace(old, new)
     return text
@@ -602,8 +824,20 @@ def instance_bird_conf(k):
 def start_bird(ns, label, conf):
     conf_path = h.write_file(f"{label}.conf", conf)
     sock = os.path.join(h.temp_dir(), f"{label}.ctl")
-    proc = in_ns(ns, ["bird", "-f", "-c", conf_path, "-s", sock,
-                      "-P", os.path.join(h.temp_dir(), f"{label}.pid")], label)
+    proc = in_ns(
+        ns,
+        [
+            "bird",
+            "-f",
+            "-c",
+            conf_path,
+            "-s",
+            sock,
+            "-P",
+            os.path.join(h.temp_dir(), f"{label}.pid"),
+        ],
+        label,
+    )
     h.wait_for(f"{label} to answer", lambda: os.path.exists(sock), process=proc)
     return proc, sock
 
@@ -622,10 +856,16 @@ def test_bird_withdraws_a_stopping_instance_and_clients_do_not_notice():
     start_bird(fleet.router, "bird-router", router_bird_conf())
     backends = []
     for i in range(1, 4):
-        proc = in_ns(fleet.backends, [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name",
-                                      f"backend-{i}"], f"echo-{i}")
-        log = h.wait_for(f"backend-{i} to listen", lambda: "listening on" in proc.log()
-                         and proc.log(), process=proc)
+        proc = in_ns(
+            fleet.backends,
+            [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name", f"backend-{i}"],
+            f"echo-{i}",
+        )
+        log = h.wait_for(
+            f"backend-{i} to listen",
+            lambda: "listening on" in proc.log() and proc.log(),
+            process=proc,
+        )
         backends.append({"id": f"backend-{i}", "address": log.split("listening on ")[1].split()[0]})
     daemons, admins = [], []
     for k, ns in enumerate(fleet.instances):
@@ -633,37 +873,62 @@ def test_bird_withdraws_a_stopping_instance_and_clients_do_not_notice():
         config = h.config_text(
             [{"bind": f"{VIP}:{VIP_PORT}", "target_group": "web"}],
             [{"name": "web", "targets": backends[k:] + backends[:k]}],
-            global_={"admin_socket": admin, "shutdown_delay": "5s", "shutdown_grace": "60s"})
-        daemons.append(in_ns(ns, [h.STICKYD_BIN, "--config", h.write_file(f"i{k}.toml", config)],
-                             f"stickyd-i{k}"))
+            global_={"admin_socket": admin, "shutdown_delay": "5s", "shutdown_grace": "60s"},
+        )
+        daemons.append(
+            in_ns(
+                ns, [h.STICKYD_BIN, "--config", h.write_file(f"i{k}.toml", config)], f"stickyd-i{k}"
+            )
+        )
         admins.append(admin)
         _, ctl = start_bird(ns, f"bird-i{k}", instance_bird_conf(k))
-        env = {"STICKYD_ADMIN": admin, "BIRDC": f"birdc -s {ctl}", "STICKYCTL": STICKYCTL_BIN,
-               "INTERVAL": "0.2"}
-        in_ns(ns, ["env"] + [f"{key}={value}" for key, value in env.items()] + [WATCH_SCRIPT],
-              f"watch-i{k}")
-    h.wait_for("the router to have a path to every instance",
-               lambda: vip_paths(fleet) == ["i0", "i1", "i2"], timeout=45)
+        env = {
+            "STICKYD_ADMIN": admin,
+            "BIRDC": f"birdc -s {ctl}",
+            "STICKYCTL": STICKYCTL_BIN,
+            "INTERVAL": "0.2",
+        }
+        in_ns(
+            ns,
+            ["env"] + [f"{key}={value}" for key, value in env.items()] + [WATCH_SCRIPT],
+            f"watch-i{k}",
+        )
+    h.wait_for(
+        "the router to have a path to every instance",
+        lambda: vip_paths(fleet) == ["i0", "i1", "i2"],
+        timeout=45,
+    )
 
-    clients = in_ns(fleet.client, [sys.executable, CLIENT_SCRIPT, VIP, VIP_PORT, h.temp_dir()]
-                    + SOURCES, "clients")
+    clients = in_ns(
+        fleet.client,
+        [sys.executable, CLIENT_SCRIPT, VIP, VIP_PORT, h.temp_dir()] + SOURCES,
+        "clients",
+    )
     spread = client_phase(clients, "spread")
     backend_of = {src: answers[0][0] for src, answers in spread.items()}
     for src, answers in spread.items():
-        h.expect(len({name for name, _ in answers}) == 1,
-                 f"{src} reached several backends: {answers}")
+        h.expect(
+            len({name for name, _ in answers}) == 1, f"{src} reached several backends: {answers}"
+        )
     client_phase(clients, "held")
     client_phase(clients, "streaming")
     h.wait_for("the stream to run", lambda: progress(clients) >= 200, process=clients)
 
     daemons[0].signal(signal.SIGTERM)
-    h.wait_for("BGP to withdraw instance 0's route", lambda: vip_paths(fleet) == ["i1", "i2"],
-               timeout=30)
+    h.wait_for(
+        "BGP to withdraw instance 0's route", lambda: vip_paths(fleet) == ["i1", "i2"], timeout=30
+    )
     withdrawn_at = progress(clients)
-    h.wait_for("instance 0 to stop accepting (delay over)",
-               lambda: "delay over: stopped accepting" in daemons[0].log(), process=daemons[0])
-    h.wait_for("more connections after the withdrawal",
-               lambda: progress(clients) >= withdrawn_at + 300, process=clients)
+    h.wait_for(
+        "instance 0 to stop accepting (delay over)",
+        lambda: "delay over: stopped accepting" in daemons[0].log(),
+        process=daemons[0],
+    )
+    h.wait_for(
+        "more connections after the withdrawal",
+        lambda: progress(clients) >= withdrawn_at + 300,
+        process=clients,
+    )
     with open(os.path.join(h.temp_dir(), "stop"), "w"):
         pass
     done = client_phase(clients, "done")

@@ -19,7 +19,9 @@ KIB = 1024
 
 def lb_in_front_of(address):
     lb = h.lb_addr()
-    h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", address, "--threads", "2"], addr=lb)
+    h.start_stickyd(
+        args=["--listen", h.fmt_addr(lb), "--target", address, "--threads", "2"], addr=lb
+    )
     return lb
 
 
@@ -66,7 +68,7 @@ def test_backend_sees_eof_after_all_data_and_can_still_reply():
         if first_line_or_none(conn) is None:
             return None
         got = hashlib.sha256()
-        count = h.recv_until_eof(conn, got)          # the client's FIN, forwarded
+        count = h.recv_until_eof(conn, got)  # the client's FIN, forwarded
         answer = f"{count} {got.hexdigest()}\n".encode()
         h.send_all(conn, answer + h.pattern(300 * KIB))
         conn.shutdown(socket.SHUT_WR)
@@ -106,10 +108,10 @@ def test_backend_shuts_first_and_client_keeps_sending():
     with h.connect(lb, "127.0.0.5") as s:
         h.send_all(s, b"start\n")
         got = hashlib.sha256()
-        count = h.recv_until_eof(s, got)             # the backend's FIN, forwarded
+        count = h.recv_until_eof(s, got)  # the backend's FIN, forwarded
         h.expect_eq(count, len(greeting), "greeting bytes before the backend's FIN")
         h.expect_eq(got.hexdigest(), h.sha256(greeting), "SHA-256 of the greeting")
-        h.send_all(s, payload)                       # the other direction still flows
+        h.send_all(s, payload)  # the other direction still flows
         s.shutdown(socket.SHUT_WR)
         h.expect_eq(h.wait_closed(s), "eof", "end of the connection once both sides shut")
     seen_count, seen_sha = server.result()
@@ -138,7 +140,7 @@ def test_client_reset_reaches_backend_as_reset():
         h.expect(line_read.wait(h.IO_TIMEOUT), "the backend never got the client's first line")
         h.set_linger_zero(s)
     finally:
-        s.close()                                    # RST
+        s.close()  # RST
     h.expect_eq(server.result(), "reset", "what the backend saw after the client's RST")
 
 
@@ -146,7 +148,7 @@ def test_backend_reset_reaches_client_as_reset():
     def handler(conn):
         if first_line_or_none(conn) is None:
             return None
-        h.set_linger_zero(conn)                      # the handler's return closes: RST
+        h.set_linger_zero(conn)  # the handler's return closes: RST
         return "sent reset"
 
     server = h.PyServer(handler)
@@ -166,8 +168,9 @@ def test_abrupt_endings_mid_transfer_leave_stickyd_healthy():
     args = ["--listen", h.fmt_addr(lb), "--threads", "2"]
     stickyd = h.start_stickyd(args=args + ["--target", backends[0].address], addr=lb)
     doomed_lb = h.lb_addr()
-    doomed = h.start_stickyd(args=["--listen", h.fmt_addr(doomed_lb), "--target",
-                                   backends[1].address], addr=doomed_lb)
+    doomed = h.start_stickyd(
+        args=["--listen", h.fmt_addr(doomed_lb), "--target", backends[1].address], addr=doomed_lb
+    )
     pid = stickyd.process.pid
     baseline = h.fd_count(pid)
 
@@ -177,15 +180,18 @@ def test_abrupt_endings_mid_transfer_leave_stickyd_healthy():
             s.shutdown(socket.SHUT_WR)
             h.recv_exact(s, 256 * KIB)
             if i % 2:
-                h.set_linger_zero(s)                 # RST; otherwise FIN with unread data
+                h.set_linger_zero(s)  # RST; otherwise FIN with unread data
 
     def upload_then_reset(i):
         with h.connect(lb, f"127.0.0.{40 + i}") as s:
             h.send_all(s, b"STICKYD-TEST HOLD\n" + h.random_payload(512 * KIB, seed=i))
             h.set_linger_zero(s)
 
-    h.run_parallel([lambda i=i: download_then_reset(i) for i in range(8)]
-                   + [lambda i=i: upload_then_reset(i) for i in range(8)], timeout=60)
+    h.run_parallel(
+        [lambda i=i: download_then_reset(i) for i in range(8)]
+        + [lambda i=i: upload_then_reset(i) for i in range(8)],
+        timeout=60,
+    )
 
     # A backend that dies mid-stream: the client must see the end, not hang.
     with h.connect(doomed_lb, "127.0.0.60") as s:
@@ -203,8 +209,10 @@ def test_abrupt_endings_mid_transfer_leave_stickyd_healthy():
     deadline = time.monotonic() + 10
     while h.fd_count(pid) > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
-    h.expect(h.fd_count(pid) <= baseline, f"stickyd holds {h.fd_count(pid)} descriptors, "
-                                          f"{baseline} before the abrupt endings")
+    h.expect(
+        h.fd_count(pid) <= baseline,
+        f"stickyd holds {h.fd_count(pid)} descriptors, " f"{baseline} before the abrupt endings",
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-INTERVAL = 1.0          # seconds, as in the configs below
-SLACK = 5.0             # generous: scheduling (and RSA) on a loaded 2-core machine
+INTERVAL = 1.0  # seconds, as in the configs below
+SLACK = 5.0  # generous: scheduling (and RSA) on a loaded 2-core machine
 
 
 def openssl():
@@ -32,8 +32,25 @@ def certificate():
     d = h.temp_dir()
     cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
     if not os.path.exists(cert):
-        r = h.run([openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
-                   "/CN=localhost", "-days", "1", "-keyout", key, "-out", cert], timeout=60)
+        r = h.run(
+            [
+                openssl(),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+            ],
+            timeout=60,
+        )
         h.expect(r.returncode == 0, f"openssl req failed: {r.stderr}")
     return cert, key
 
@@ -45,10 +62,16 @@ class TlsBackend:
         cert, key = certificate()
         port = h.free_port()
         self.address = f"127.0.0.1:{port}"
-        self.process = h.Process([openssl(), "s_server", "-www", "-accept", self.address,
-                                  "-cert", cert, "-key", key], f"s_server-{name}")
-        h.wait_for(f"s_server {name} accepting", lambda: "ACCEPT" in self.process.log(),
-                   timeout=h.START_TIMEOUT, process=self.process)
+        self.process = h.Process(
+            [openssl(), "s_server", "-www", "-accept", self.address, "-cert", cert, "-key", key],
+            f"s_server-{name}",
+        )
+        h.wait_for(
+            f"s_server {name} accepting",
+            lambda: "ACCEPT" in self.process.log(),
+            timeout=h.START_TIMEOUT,
+            process=self.process,
+        )
 
 
 class PlainHttp(h.PyServer):
@@ -104,18 +127,32 @@ def mute_listener():
 def config(lb, targets, health):
     """targets: [(id, 'ip:port')]; health: the [target_group.health_check] body."""
     out = [
-        "[global]", "threads = 1", 'log_level = "debug"', 'shutdown_grace = "2s"', "",
-        "[[listener]]", f'bind = "{h.fmt_addr(lb)}"', 'target_group = "web"', "",
-        "[[target_group]]", 'name = "web"', "",
-        "[target_group.health_check]", 'protocol = "https"', health, "",
+        "[global]",
+        "threads = 1",
+        'log_level = "debug"',
+        'shutdown_grace = "2s"',
+        "",
+        "[[listener]]",
+        f'bind = "{h.fmt_addr(lb)}"',
+        'target_group = "web"',
+        "",
+        "[[target_group]]",
+        'name = "web"',
+        "",
+        "[target_group.health_check]",
+        'protocol = "https"',
+        health,
+        "",
     ]
     for target_id, address in targets:
         out += ["[[target_group.target]]", f'id = "{target_id}"', f'address = "{address}"', ""]
     return "\n".join(out)
 
 
-FAST = ('interval = "1s"\ntimeout = "800ms"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n'
-        "passive = false")
+FAST = (
+    'interval = "1s"\ntimeout = "800ms"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n'
+    "passive = false"
+)
 
 
 def wait_log(stickyd, pattern, timeout, after=0):
@@ -128,8 +165,7 @@ def wait_log(stickyd, pattern, timeout, after=0):
             found.append(m)
         return m is not None
 
-    h.wait_for(f"a log line matching {pattern!r}", seen, timeout=timeout,
-               process=stickyd.process)
+    h.wait_for(f"a log line matching {pattern!r}", seen, timeout=timeout, process=stickyd.process)
     return found[0]
 
 
@@ -163,49 +199,55 @@ def last_check(stickyd, target_id):
 def test_https_check_passes_against_a_tls_backend_with_a_self_signed_certificate():
     backend = TlsBackend("web-1")
     lb = h.lb_addr()
-    stickyd = h.start_stickyd(config(lb, [("web-1", backend.address)],
-                                     FAST + '\npath = "/health"'), addr=lb)
+    stickyd = h.start_stickyd(
+        config(lb, [("web-1", backend.address)], FAST + '\npath = "/health"'), addr=lb
+    )
     m = wait_log(stickyd, healthy_line("web-1"), INTERVAL + SLACK)
     h.expect(m.group(1).startswith("first check passed (HTTP 200)"), f"reason: {m.group(1)}")
     last = last_check(stickyd, "web-1")
-    h.expect(last and last["passed"] and last["reason"] == "HTTP 200",
-             f"/status last_check: {last}")
+    h.expect(
+        last and last["passed"] and last["reason"] == "HTTP 200", f"/status last_check: {last}"
+    )
 
 
 def test_https_check_of_plain_tcp_backends_fails_in_the_handshake():
     echo = h.start_backend("echo")
     plain = PlainHttp()
     lb = h.lb_addr()
-    stickyd = h.start_stickyd(config(lb, [("echo", echo.address), ("plain", plain.address)],
-                                     FAST), addr=lb)
+    stickyd = h.start_stickyd(
+        config(lb, [("echo", echo.address), ("plain", plain.address)], FAST), addr=lb
+    )
     m = wait_log(stickyd, unhealthy_line("plain"), INTERVAL * 3 + SLACK)
-    h.expect(m.group(1).startswith("TLS handshake failed: wrong version number"),
-             f"reason: {m.group(1)}")
+    h.expect(
+        m.group(1).startswith("TLS handshake failed: wrong version number"), f"reason: {m.group(1)}"
+    )
     # stickyd-echo sends the ClientHello back: TLS, but not what a server says.
     m = wait_log(stickyd, unhealthy_line("echo"), INTERVAL * 3 + SLACK)
     h.expect(m.group(1).startswith("TLS handshake failed: "), f"reason: {m.group(1)}")
     for target_id in ("plain", "echo"):
         last = last_check(stickyd, target_id)
-        h.expect(last and not last["passed"]
-                 and last["reason"].startswith("TLS handshake failed: "),
-                 f"/status last_check of {target_id}: {last}")
+        h.expect(
+            last and not last["passed"] and last["reason"].startswith("TLS handshake failed: "),
+            f"/status last_check of {target_id}: {last}",
+        )
 
 
 def test_https_check_that_never_gets_a_server_hello_times_out_in_the_handshake():
     lb = h.lb_addr()
-    health = ('interval = "1s"\ntimeout = "300ms"\nhealthy_threshold = 2\n'
-              "unhealthy_threshold = 2")
+    health = 'interval = "1s"\ntimeout = "300ms"\nhealthy_threshold = 2\n' "unhealthy_threshold = 2"
     stickyd = h.start_stickyd(config(lb, [("mute", mute_listener())], health), addr=lb)
     m = wait_log(stickyd, unhealthy_line("mute"), INTERVAL * 3 + SLACK)
-    h.expect(m.group(1).startswith("timed out after 300 ms (TLS handshake)"),
-             f"reason: {m.group(1)}")
+    h.expect(
+        m.group(1).startswith("timed out after 300 ms (TLS handshake)"), f"reason: {m.group(1)}"
+    )
 
 
 def test_https_check_whose_status_the_matcher_refuses_fails_with_the_status():
     backend = TlsBackend("picky")
     lb = h.lb_addr()
-    stickyd = h.start_stickyd(config(lb, [("picky", backend.address)],
-                                     FAST + '\nmatcher = "204"'), addr=lb)
+    stickyd = h.start_stickyd(
+        config(lb, [("picky", backend.address)], FAST + '\nmatcher = "204"'), addr=lb
+    )
     m = wait_log(stickyd, unhealthy_line("picky"), INTERVAL * 3 + SLACK)
     h.expect(m.group(1).startswith("HTTP 200 (matcher 204)"), f"reason: {m.group(1)}")
 
@@ -213,11 +255,26 @@ def test_https_check_whose_status_the_matcher_refuses_fails_with_the_status():
 def test_quick_mode_takes_https_checks():
     backend = TlsBackend("quick")
     lb = h.lb_addr()
-    stickyd = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address,
-                                    "--health-check", "https", "--health-path", "/ok",
-                                    "--log-level", "debug"], addr=lb)
-    m = wait_log(stickyd, rf"health check of {re.escape(backend.address)}: passed \(([^)]*)\)",
-                 INTERVAL + SLACK)
+    stickyd = h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            backend.address,
+            "--health-check",
+            "https",
+            "--health-path",
+            "/ok",
+            "--log-level",
+            "debug",
+        ],
+        addr=lb,
+    )
+    m = wait_log(
+        stickyd,
+        rf"health check of {re.escape(backend.address)}: passed \(([^)]*)\)",
+        INTERVAL + SLACK,
+    )
     h.expect_eq(m.group(1), "HTTP 200", "quick mode's https check")
 
 
@@ -231,8 +288,12 @@ def test_reload_and_stop_in_the_middle_of_handshakes():
     text = config(lb, [("held-1", held[0].address), ("held-2", held[1].address)], health)
     stickyd = h.start_stickyd(text, addr=lb)
     path = stickyd.process.argv[stickyd.process.argv.index("--config") + 1]
-    h.wait_for("both targets holding a handshake", lambda: all(s.open for s in held),
-               timeout=5 + SLACK, process=stickyd.process)
+    h.wait_for(
+        "both targets holding a handshake",
+        lambda: all(s.open for s in held),
+        timeout=5 + SLACK,
+        process=stickyd.process,
+    )
 
     with open(path + ".new", "w") as f:
         f.write(config(lb, [("held-2", held[1].address)], health))
@@ -241,11 +302,19 @@ def test_reload_and_stop_in_the_middle_of_handshakes():
     wait_log(stickyd, r"reloaded ", SLACK)
     # The removed target's check is abandoned (or had just timed out): its
     # connection closes.
-    h.wait_for("the removed target's check to end", lambda: held[0].open == 0,
-               timeout=SLACK, process=stickyd.process)
+    h.wait_for(
+        "the removed target's check to end",
+        lambda: held[0].open == 0,
+        timeout=SLACK,
+        process=stickyd.process,
+    )
 
-    h.wait_for("held-2 holding a handshake", lambda: held[1].open > 0, timeout=5 + SLACK,
-               process=stickyd.process)
+    h.wait_for(
+        "held-2 holding a handshake",
+        lambda: held[1].open > 0,
+        timeout=5 + SLACK,
+        process=stickyd.process,
+    )
     stickyd.process.signal(15)  # SIGTERM
     h.expect_eq(stickyd.process.wait(10), 0, "exit status after a stop mid-handshake")
     h.wait_for("held-2's check to end", lambda: held[1].open == 0, timeout=SLACK)

@@ -21,8 +21,19 @@ CADENCE = 0.2
 
 def lb_in_front_of(address, idle=f"{IDLE}s"):
     lb = h.lb_addr()
-    h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", address, "--threads", "2",
-                          "--idle-timeout", idle], addr=lb)
+    h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            address,
+            "--threads",
+            "2",
+            "--idle-timeout",
+            idle,
+        ],
+        addr=lb,
+    )
     return lb
 
 
@@ -43,8 +54,11 @@ def test_idle_connection_is_reset_on_both_sides():
     with h.connect(lb, "127.0.0.2") as s:
         h.send_all(s, b"hello\n")
         h.expect_eq(h.recv_line(s), "hello", "echo before going idle")
-        h.expect_eq(h.wait_closed(s, timeout=h.IO_TIMEOUT * 2), "reset",
-                    "how the idle client connection ended")
+        h.expect_eq(
+            h.wait_closed(s, timeout=h.IO_TIMEOUT * 2),
+            "reset",
+            "how the idle client connection ended",
+        )
     h.expect_eq(backend.result(), "reset", "how the idle target connection ended")
 
 
@@ -90,8 +104,11 @@ def test_target_to_client_traffic_alone_keeps_it_open():
         got = 0
         while time.monotonic() < end:
             chunk = s.recv(64)
-            h.expect(chunk, f"the connection ended after {got} pushed bytes while the target "
-                            "was still sending")
+            h.expect(
+                chunk,
+                f"the connection ended after {got} pushed bytes while the target "
+                "was still sending",
+            )
             got += len(chunk)
         stop.set()
         h.expect(got >= 3 * IDLE, f"only {got} bytes pushed")
@@ -105,7 +122,7 @@ def test_slow_reader_still_reading_is_not_idle():
     # drains it slowly, so a client reading steadily was reset as idle.
     backend = h.start_backend("echo")
     lb = lb_in_front_of(backend.address)
-    size = 16 * 1024 * 1024                     # far more than the socket buffers hold
+    size = 16 * 1024 * 1024  # far more than the socket buffers hold
     slow_for = 6 * IDLE
     with h.connect(lb, "127.0.0.5") as s:
         h.send_all(s, b"STICKYD-TEST SINK-THEN-REPLY %d\n" % size)
@@ -114,16 +131,17 @@ def test_slow_reader_still_reading_is_not_idle():
         count = 0
         end = time.monotonic() + slow_for
         try:
-            while time.monotonic() < end:        # a few KiB every 300 ms
+            while time.monotonic() < end:  # a few KiB every 300 ms
                 chunk = s.recv(4096)
                 h.expect(chunk, f"EOF after {count} bytes while reading slowly")
                 got.update(chunk)
                 count += len(chunk)
                 time.sleep(0.3)
-            count += h.recv_until_eof(s, got)   # then the rest at full speed
+            count += h.recv_until_eof(s, got)  # then the rest at full speed
         except ConnectionResetError:
-            raise h.Failure(f"reset after {count} bytes while still reading "
-                            f"(idle timeout {IDLE} s)")
+            raise h.Failure(
+                f"reset after {count} bytes while still reading " f"(idle timeout {IDLE} s)"
+            )
     h.expect_eq((count, got.hexdigest()), (size, h.sha256(h.pattern(size))), "reply")
 
 
@@ -156,8 +174,9 @@ def test_many_idle_connections_all_go_and_busy_ones_stay():
         h.expect_eq(h.recv_line(s), "hi", "echo")
         idle.append(s)
     for i, s in enumerate(idle):
-        h.expect_eq(h.wait_closed(s, timeout=h.IO_TIMEOUT * 2), "reset",
-                    f"end of idle connection {i}")
+        h.expect_eq(
+            h.wait_closed(s, timeout=h.IO_TIMEOUT * 2), "reset", f"end of idle connection {i}"
+        )
     time.sleep(2 * IDLE)  # the busy one keeps going well past the timeout
     stop.set()
     thread.join(h.IO_TIMEOUT)
@@ -166,12 +185,23 @@ def test_many_idle_connections_all_go_and_busy_ones_stay():
 
 def test_idle_timeout_flag_is_validated():
     for bad in ["0s", "6001s", "soon"]:
-        r = h.run([h.STICKYD_BIN, "--listen", "127.0.0.1:1", "--target", "127.0.0.1:2",
-                   "--idle-timeout", bad])
+        r = h.run(
+            [
+                h.STICKYD_BIN,
+                "--listen",
+                "127.0.0.1:1",
+                "--target",
+                "127.0.0.1:2",
+                "--idle-timeout",
+                bad,
+            ]
+        )
         # A flag's value is the command line's mistake: exit 2 (1 is for config files).
         h.expect_eq(r.returncode, 2, f"exit status for --idle-timeout {bad}")
-        h.expect("--idle-timeout" in r.stderr and "1s to 6000s" in r.stderr,
-                 f"error for --idle-timeout {bad}: {r.stderr!r}")
+        h.expect(
+            "--idle-timeout" in r.stderr and "1s to 6000s" in r.stderr,
+            f"error for --idle-timeout {bad}: {r.stderr!r}",
+        )
         h.expect_eq(len(r.stderr.strip().splitlines()), 1, "error lines")
 
 

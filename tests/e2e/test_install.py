@@ -23,8 +23,7 @@ def install(destdir):
     meson = shutil.which("meson")
     if meson is None:
         h.skip("meson is not installed")
-    r = h.run([meson, "install", "-C", BUILD, "--no-rebuild", "--destdir", destdir],
-              timeout=120)
+    r = h.run([meson, "install", "-C", BUILD, "--no-rebuild", "--destdir", destdir], timeout=120)
     h.expect_eq(r.returncode, 0, f"meson install:\n{r.stdout}{r.stderr}")
     return r.stdout + r.stderr
 
@@ -54,11 +53,14 @@ def test_bash_completion_is_installed_where_bash_completion_loads_it():
     destdir = os.path.join(h.temp_dir(), "root")
     install(destdir)
     for program in ("stickyd", "stickyctl"):
-        paths = glob.glob(os.path.join(destdir, "**", "share", "bash-completion", "completions",
-                                       program), recursive=True)
+        paths = glob.glob(
+            os.path.join(destdir, "**", "share", "bash-completion", "completions", program),
+            recursive=True,
+        )
         h.expect_eq(len(paths), 1, f"installed completion files for {program}")
-        with open(paths[0], encoding="utf-8") as f, \
-                open(os.path.join(h.SOURCE_ROOT, "completions", program), encoding="utf-8") as g:
+        with open(paths[0], encoding="utf-8") as f, open(
+            os.path.join(h.SOURCE_ROOT, "completions", program), encoding="utf-8"
+        ) as g:
             h.expect_eq(f.read(), g.read(), f"the installed completion for {program}")
 
 

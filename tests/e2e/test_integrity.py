@@ -63,7 +63,9 @@ def test_backend_generated_data_after_client_eof():
 
     def job(i):
         with h.connect(lb, ips[i]) as s:
-            payload = b"STICKYD-TEST SINK-THEN-REPLY %d\n" % downs[i] + h.random_payload(ups[i], 200 + i)
+            payload = b"STICKYD-TEST SINK-THEN-REPLY %d\n" % downs[i] + h.random_payload(
+                ups[i], 200 + i
+            )
             count, digest = h.echo_roundtrip(s, payload)
         h.expect_eq(count, downs[i], f"connection {i}: reply size")
         h.expect_eq(digest, h.sha256(h.pattern(downs[i])), f"connection {i}: reply SHA-256")
@@ -80,9 +82,9 @@ def test_32_full_duplex_connections_hashed_at_both_ends():
 
     def handler(conn):
         try:
-            first = h.recv_line(conn)                  # "<key> <bytes to send>"
+            first = h.recv_line(conn)  # "<key> <bytes to send>"
         except h.Failure:
-            return None                                # a readiness probe
+            return None  # a readiness probe
         key, size = first.split()
         out = h.random_payload(int(size), seed=1000 + int(key[4:]))
         sent = {}
@@ -91,6 +93,7 @@ def test_32_full_duplex_connections_hashed_at_both_ends():
             h.send_all(conn, out)
             conn.shutdown(socket.SHUT_WR)
             sent["done"] = True
+
         t = threading.Thread(target=sender, daemon=True)
         t.start()
         got = hashlib.sha256()
@@ -157,13 +160,18 @@ def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
         for i, s in enumerate(socks):
             ip = ips[i % len(ips)]
             name, peer = h.recv_line(s).split()
-            h.expect(owner.setdefault(ip, name) == name,
-                     f"{ip} reached {owner[ip]} and {name} while 1000 connections were open")
+            h.expect(
+                owner.setdefault(ip, name) == name,
+                f"{ip} reached {owner[ip]} and {name} while 1000 connections were open",
+            )
         h.expect(len(set(owner.values())) >= 2, "all sources went to one backend")
         during = h.fd_count(pid)
-        h.expect(during >= baseline + 2000, f"stickyd holds {during} descriptors with 1000 "
-                                            f"connections open (baseline {baseline})")
-        for i, s in enumerate(socks):                 # every held connection still works
+        h.expect(
+            during >= baseline + 2000,
+            f"stickyd holds {during} descriptors with 1000 "
+            f"connections open (baseline {baseline})",
+        )
+        for i, s in enumerate(socks):  # every held connection still works
             h.send_all(s, b"ping %d\n" % i)
         for i, s in enumerate(socks):
             h.expect_eq(h.recv_line(s), f"ping {i}", f"echo on held connection {i}")
@@ -171,8 +179,11 @@ def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
         for s in socks:
             s.close()
     after = settled_fd_count(pid, at_most=baseline)
-    h.expect(after <= baseline, f"stickyd still holds {after} descriptors after all 1000 "
-                                f"connections closed (baseline {baseline})")
+    h.expect(
+        after <= baseline,
+        f"stickyd still holds {after} descriptors after all 1000 "
+        f"connections closed (baseline {baseline})",
+    )
 
 
 def test_slow_reader_gets_everything():
@@ -182,9 +193,11 @@ def test_slow_reader_gets_everything():
     (lb,), _ = start(backends)
     payload = h.random_payload(8 * MIB, seed=7)
     with h.connect(lb, "127.0.0.2", timeout=30) as s:
+
         def sender():
             h.send_all(s, payload)
             s.shutdown(socket.SHUT_WR)
+
         t = threading.Thread(target=sender, daemon=True)
         t.start()
         time.sleep(1.0)
@@ -192,7 +205,6 @@ def test_slow_reader_gets_everything():
         count = h.recv_until_eof(s, got)
         t.join(10)
     h.expect_eq((count, got.hexdigest()), (len(payload), h.sha256(payload)), "8 MiB slow read")
-
 
 
 def private_dirty(pid):
@@ -211,9 +223,13 @@ def stickyd_receive_queues(lb, client_ips):
     r = h.run(["ss", "-Htna", f"( sport = :{lb[1]} )"])
     h.expect_eq(r.returncode, 0, f"ss exit status ({r.stderr.strip()})")
     rows = [line.split() for line in r.stdout.splitlines()]
-    return sorted(int(row[1]) for row in rows
-                  if len(row) >= 5 and row[0] in ("ESTAB", "CLOSE-WAIT")
-                  and row[4].rpartition(":")[0] in client_ips)
+    return sorted(
+        int(row[1])
+        for row in rows
+        if len(row) >= 5
+        and row[0] in ("ESTAB", "CLOSE-WAIT")
+        and row[4].rpartition(":")[0] in client_ips
+    )
 
 
 def wait_until_stalled(sent, quiet=0.5, timeout=30.0):
@@ -244,8 +260,9 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
         return (count, got.hexdigest()) if count else None  # the probe sends nothing
 
     server = h.PyServer(handler)
-    (_, stub_lb), stickyd = start(h.start_backends(1), extra_groups=[("stub", server.address)],
-                                  env=h.measured_memory_env())
+    (_, stub_lb), stickyd = start(
+        h.start_backends(1), extra_groups=[("stub", server.address)], env=h.measured_memory_env()
+    )
     pid = stickyd.process.pid
     # 10 MB per client (200 MB in all), about twice what the kernel buffers along one
     # connection: the client's send buffer (kept small), stickyd's receive buffer,
@@ -265,7 +282,7 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
             chunk = chunks[i]
             while sent[i] < size:
                 start_at = sent[i] % len(chunk)
-                sent[i] += s.send(chunk[start_at:start_at + size - sent[i]])
+                sent[i] += s.send(chunk[start_at : start_at + size - sent[i]])
             s.shutdown(socket.SHUT_WR)
             return h.recv_until_eof(s)
 
@@ -273,7 +290,7 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
         digest = hashlib.sha256()
         for _ in range(size // len(chunks[i])):
             digest.update(chunks[i])
-        digest.update(chunks[i][:size % len(chunks[i])])
+        digest.update(chunks[i][: size % len(chunks[i])])
         return digest.hexdigest()
 
     base = private_dirty(pid)
@@ -286,27 +303,36 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
     sent_2, mem_2, queues_2 = sum(sent), private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
 
     h.expect(sent_2 < clients * size, "every client got all its bytes out with nobody reading")
-    h.expect(sent_2 - sent_1 < MIB,
-             f"clients kept sending while the backend read nothing: {sent_1} then {sent_2} bytes")
+    h.expect(
+        sent_2 - sent_1 < MIB,
+        f"clients kept sending while the backend read nothing: {sent_1} then {sent_2} bytes",
+    )
     for when, queues in (("first", queues_1), ("second", queues_2)):
-        h.expect(len(queues) == clients and min(queues) > 0,
-                 f"Recv-Q of stickyd's {len(queues)} client-side sockets at the {when} sample "
-                 f"(all {clients} should hold unread bytes): {queues}")
+        h.expect(
+            len(queues) == clients and min(queues) > 0,
+            f"Recv-Q of stickyd's {len(queues)} client-side sockets at the {when} sample "
+            f"(all {clients} should hold unread bytes): {queues}",
+        )
     h.expect(mem_2 - mem_1 < MIB, f"stickyd grew from {mem_1} to {mem_2} B while stalled")
     # A receive buffer per direction per connection, plus slack for the buffers the
     # start touched: far below what the clients pushed, which a relay without
     # backpressure would hold.
     bound = clients * 2 * 32 * 1024 + 8 * MIB
-    h.expect(mem_2 - base < bound,
-             f"stickyd holds {mem_2 - base} B more than before {clients} stalled clients "
-             f"(they pushed {sent_2} B)")
+    h.expect(
+        mem_2 - base < bound,
+        f"stickyd holds {mem_2 - base} B more than before {clients} stalled clients "
+        f"(they pushed {sent_2} B)",
+    )
 
     release.set()
     for t in threads:
         t.join(60)
     results = sorted(server.result(timeout=60) for _ in range(clients))
-    h.expect_eq(results, sorted((size, expected_sha256(i)) for i in range(clients)),
-                "(bytes, SHA-256) each backend connection received")
+    h.expect_eq(
+        results,
+        sorted((size, expected_sha256(i)) for i in range(clients)),
+        "(bytes, SHA-256) each backend connection received",
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,19 @@ def need_ipv6():
 def start_mixed():
     """Backends v6-1, v6-2 on [::1] and v4-1 on 127.0.0.1; listeners on [::1] and
     127.0.0.1, both for the same group."""
-    backends = [h.start_backend("v6-1", "::1"), h.start_backend("v6-2", "::1"),
-                h.start_backend("v4-1", "127.0.0.1")]
+    backends = [
+        h.start_backend("v6-1", "::1"),
+        h.start_backend("v6-2", "::1"),
+        h.start_backend("v4-1", "127.0.0.1"),
+    ]
     lb6, lb4 = h.lb_addr("::1"), h.lb_addr("127.0.0.1")
     config = h.config_text(
-        [{"bind": h.fmt_addr(lb6), "target_group": "web"},
-         {"bind": h.fmt_addr(lb4), "target_group": "web"}],
-        [{"name": "web", "targets": [{"id": b.name, "address": b.address} for b in backends]}])
+        [
+            {"bind": h.fmt_addr(lb6), "target_group": "web"},
+            {"bind": h.fmt_addr(lb4), "target_group": "web"},
+        ],
+        [{"name": "web", "targets": [{"id": b.name, "address": b.address} for b in backends]}],
+    )
     h.start_stickyd(config, addr=lb6)
     h.wait_accepting(lb4)
     return backends, lb6, lb4
@@ -41,8 +47,9 @@ def test_ipv6_listener_is_sticky():
         h.send_all(s, b"STICKYD-TEST WHOAMI\n")
         name, peer = h.recv_line(s).split()
     h.expect_eq(name, names.pop(), "WHOAMI through the IPv6 listener")
-    h.expect_eq(peer, "::1" if name.startswith("v6") else "127.0.0.1",
-                "the source address the backend saw")
+    h.expect_eq(
+        peer, "::1" if name.startswith("v6") else "127.0.0.1", "the source address the backend saw"
+    )
 
 
 def test_both_backend_families_carry_traffic():
@@ -50,9 +57,11 @@ def test_both_backend_families_carry_traffic():
     backends, _, lb4 = start_mixed()
     seen = h.mapping(lb4, SOURCES, repeat=3)
     used = set(seen.values())
-    h.expect("v4-1" in used and used & {"v6-1", "v6-2"},
-             f"{len(SOURCES)} IPv4 sources reached only {sorted(used)}; need an IPv4 and an "
-             "IPv6 backend")
+    h.expect(
+        "v4-1" in used and used & {"v6-1", "v6-2"},
+        f"{len(SOURCES)} IPv4 sources reached only {sorted(used)}; need an IPv4 and an "
+        "IPv6 backend",
+    )
     # Bulk data through a v4 client -> v6 backend path and the other way round.
     for ip in SOURCES:
         if seen[ip].startswith("v6"):
@@ -72,17 +81,23 @@ def test_ipv4_mapped_clients_hash_as_ipv4():
     lb4 = h.lb_addr("127.0.0.1")
     mapped_port = h.free_port("127.0.0.1")
     config = h.config_text(
-        [{"bind": h.fmt_addr(lb4), "target_group": "web"},
-         {"bind": f"[::ffff:127.0.0.1]:{mapped_port}", "target_group": "web"}],
-        [{"name": "web", "targets": [{"id": b.name, "address": b.address} for b in backends]}])
+        [
+            {"bind": h.fmt_addr(lb4), "target_group": "web"},
+            {"bind": f"[::ffff:127.0.0.1]:{mapped_port}", "target_group": "web"},
+        ],
+        [{"name": "web", "targets": [{"id": b.name, "address": b.address} for b in backends]}],
+    )
     h.start_stickyd(config, addr=lb4)
     mapped = ("127.0.0.1", mapped_port)
     h.wait_accepting(mapped)
     plain = h.mapping(lb4, SOURCES)
     via_mapped = h.mapping(mapped, SOURCES, repeat=2)
     differ = [ip for ip in SOURCES if plain[ip] != via_mapped[ip]]
-    h.expect(not differ, f"{len(differ)} of {len(SOURCES)} sources reach another backend through "
-                         f"the v4-mapped listener, e.g. {differ[:3]}")
+    h.expect(
+        not differ,
+        f"{len(differ)} of {len(SOURCES)} sources reach another backend through "
+        f"the v4-mapped listener, e.g. {differ[:3]}",
+    )
     h.expect(len(set(plain.values())) >= 2, "all sources went to one backend")
 
 

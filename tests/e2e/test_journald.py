@@ -29,11 +29,22 @@ def run_logging(journal_stream_for):
     h.on_cleanup(log.close)
     st = os.fstat(log.fileno())
     env = dict(os.environ, JOURNAL_STREAM=journal_stream_for(st))
-    argv = [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", live.address,
-            "--target", h.fmt_addr(dead), "--health-interval", "200ms",
-            "--admin-socket", os.path.join(h.temp_dir(), "admin.sock")]
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                         start_new_session=True)
+    argv = [
+        h.STICKYD_BIN,
+        "--listen",
+        h.fmt_addr(lb),
+        "--target",
+        live.address,
+        "--target",
+        h.fmt_addr(dead),
+        "--health-interval",
+        "200ms",
+        "--admin-socket",
+        os.path.join(h.temp_dir(), "admin.sock"),
+    ]
+    p = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+    )
     h.on_cleanup(lambda: p.poll() is None and p.kill())
 
     def read():
@@ -51,10 +62,14 @@ def test_journal_lines_carry_priorities_and_no_timestamp():
     lines = text.splitlines()
     h.expect(lines, "no log lines")
     for line in lines:
-        h.expect(re.match(r"^<[3467]>(info |warn |error|debug) \S", line),
-                 f"not a journal line: {line!r}\n{text}")
-    h.expect(any(line.startswith("<4>warn ") and "is unhealthy" in line for line in lines),
-             f"no <4> warning for the unhealthy target:\n{text}")
+        h.expect(
+            re.match(r"^<[3467]>(info |warn |error|debug) \S", line),
+            f"not a journal line: {line!r}\n{text}",
+        )
+    h.expect(
+        any(line.startswith("<4>warn ") and "is unhealthy" in line for line in lines),
+        f"no <4> warning for the unhealthy target:\n{text}",
+    )
     h.expect(any(line.startswith("<6>info ") for line in lines), f"no <6> info line:\n{text}")
 
 

@@ -22,9 +22,14 @@ def rendered(page):
     path = os.path.join(BUILD, page)
     if not os.path.exists(path):
         h.skip(f"{path} was not built (scdoc missing; scripts/setup installs it)")
-    out = subprocess.run(["man", "-l", "-P", "cat", path], capture_output=True, text=True,
-                         env=dict(os.environ, MANWIDTH="1000"), stdin=subprocess.DEVNULL,
-                         timeout=30)
+    out = subprocess.run(
+        ["man", "-l", "-P", "cat", path],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MANWIDTH="1000"),
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
     h.expect_eq(out.returncode, 0, f"man -l {page} exit status ({out.stderr.strip()})")
     h.expect_eq(out.stderr.strip(), "", f"man -l {page} warnings")
     # Lines wide enough that man never hyphenates a flag; its typographic hyphens
@@ -33,8 +38,9 @@ def rendered(page):
 
 
 def help_flags(argv):
-    out = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=30,
-                         stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        argv + ["--help"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    )
     return set(FLAG.findall(out.stdout))
 
 
@@ -54,8 +60,13 @@ def test_stickyd_page_documents_every_option():
 
 
 def test_stickyctl_page_documents_every_option_of_every_command():
-    out = subprocess.run([STICKYCTL_BIN, "--help"], capture_output=True, text=True,
-                         timeout=30, stdin=subprocess.DEVNULL).stdout
+    out = subprocess.run(
+        [STICKYCTL_BIN, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    ).stdout
     commands = re.findall(r"^  ([a-z]+) ", out.split("Subcommands:", 1)[1], re.M)
     h.expect(len(commands) >= 6, f"no subcommands found in:\n{out}")
     flags = help_flags([STICKYCTL_BIN])
@@ -64,8 +75,10 @@ def test_stickyctl_page_documents_every_option_of_every_command():
     check_page("stickyctl.8", flags)
     text = rendered("stickyctl.8")
     for command in commands:
-        h.expect(re.search(rf"^ +{command}\b", text, re.M),
-                 f"stickyctl.8 does not describe the command {command}")
+        h.expect(
+            re.search(rf"^ +{command}\b", text, re.M),
+            f"stickyctl.8 does not describe the command {command}",
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def borrowed_sockets(pid):
         if fd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOSYS, errno.EPERM):
-                h.skip(f"pidfd_getfd on stickyd: {os.strerror(err)} (kernel "
-                       f"{platform.release()}; needs 5.6 and ptrace access to a child)")
+                h.skip(
+                    f"pidfd_getfd on stickyd: {os.strerror(err)} (kernel "
+                    f"{platform.release()}; needs 5.6 and ptrace access to a child)"
+                )
             if err == errno.EBADF:  # closed meanwhile
                 continue
             raise h.Failure(f"pidfd_getfd(stickyd fd {name}): {os.strerror(err)}")
@@ -83,19 +85,29 @@ def test_nodelay_on_the_listener_the_client_side_and_the_target_side():
         h.expect_eq(no_delay(client), 0, "TCP_NODELAY on the test's client socket")
 
         sockets = borrowed_sockets(stickyd.process.pid)
-        listeners = [(fd, s) for fd, s in sockets
-                     if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                     and s.getsockname()[:2] == lb]
+        listeners = [
+            (fd, s)
+            for fd, s in sockets
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and s.getsockname()[:2] == lb
+        ]
         client_side = [(fd, s) for fd, s in sockets if peer_or_none(s) == accepted_from]
-        target_side = [(fd, s) for fd, s in sockets
-                       if s.getsockname()[:2] == toward_target
-                       and peer_or_none(s) == server.addr]
-        h.expect_eq(len(listeners), 2, f"stickyd's listening sockets on {h.fmt_addr(lb)} "
-                                       "(one per worker)")
+        target_side = [
+            (fd, s)
+            for fd, s in sockets
+            if s.getsockname()[:2] == toward_target and peer_or_none(s) == server.addr
+        ]
+        h.expect_eq(
+            len(listeners),
+            2,
+            f"stickyd's listening sockets on {h.fmt_addr(lb)} " "(one per worker)",
+        )
         h.expect_eq(len(client_side), 1, f"stickyd's sockets accepted from {accepted_from}")
         h.expect_eq(len(target_side), 1, f"stickyd's sockets from {toward_target} to the target")
-        for what, found in (("listener", listeners), ("accepted client socket", client_side),
-                            ("socket toward the target", target_side)):
+        for what, found in (
+            ("listener", listeners),
+            ("accepted client socket", client_side),
+            ("socket toward the target", target_side),
+        ):
             for fd, sock in found:
                 h.expect_eq(no_delay(sock), 1, f"TCP_NODELAY on stickyd's {what} (fd {fd})")
 

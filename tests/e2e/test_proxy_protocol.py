@@ -79,15 +79,28 @@ def test_v2_header_over_ipv6_and_dual_stack():
     # [::] also takes IPv4 clients: their IPv4-mapped addresses go out as plain IPv4
     # (family INET), the same address stickiness hashed.
     port_any = h.free_port("::")
-    h.start_stickyd(args=["--listen", f"[::]:{port_any}", "--target", backend.address,
-                          "--proxy-protocol-v2", "--threads", "2"], addr=("127.0.0.1", port_any))
+    h.start_stickyd(
+        args=[
+            "--listen",
+            f"[::]:{port_any}",
+            "--target",
+            backend.address,
+            "--proxy-protocol-v2",
+            "--threads",
+            "2",
+        ],
+        addr=("127.0.0.1", port_any),
+    )
     with h.connect(("127.0.0.1", port_any), "127.0.0.5") as s:
         h.send_all(s, b"four\n")
         h.expect_eq(h.recv_line(s), "ok", "reply")
         port = s.getsockname()[1]
     (command, src, dst), line = backend.result()
-    h.expect_eq((src, dst), (("127.0.0.5", port), ("127.0.0.1", port_any)),
-                "addresses for an IPv4 client of a dual-stack listener")
+    h.expect_eq(
+        (src, dst),
+        (("127.0.0.5", port), ("127.0.0.1", port_any)),
+        "addresses for an IPv4 client of a dual-stack listener",
+    )
 
 
 def test_no_header_without_the_setting():
@@ -96,6 +109,7 @@ def test_no_header_without_the_setting():
             return h.recv_line(conn)
         except h.Failure:
             return None
+
     backend = h.PyServer(raw_first_line)
     lb, _ = start_lb([backend.address])
     with h.connect(lb, "127.0.0.2") as s:
@@ -107,15 +121,18 @@ def start_nginx():
     """nginx with only the stream module, answering each connection with the client
     address from its PROXY header. Its own prefix, config, pid and logs in the
     test's temp dir; nothing system-wide."""
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
-                                      else None)
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
     module = "/usr/lib/nginx/modules/ngx_stream_module.so"
     if nginx is None or not os.path.exists(module):
         h.skip("nginx with the stream module is not installed (scripts/setup installs it)")
     prefix = os.path.join(h.temp_dir(), "nginx")
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     port = h.free_port()
-    conf = h.write_file("nginx.conf", f"""
+    conf = h.write_file(
+        "nginx.conf",
+        f"""
 load_module {module};
 daemon off;
 master_process off;
@@ -128,9 +145,11 @@ stream {{
         return "$proxy_protocol_addr\\n";
     }}
 }}
-""")
-    process = h.Process([nginx, "-p", prefix, "-e", f"{prefix}/logs/error.log", "-c", conf],
-                        "nginx")
+""",
+    )
+    process = h.Process(
+        [nginx, "-p", prefix, "-e", f"{prefix}/logs/error.log", "-c", conf], "nginx"
+    )
     h.wait_accepting(("127.0.0.1", port), process)
     return f"127.0.0.1:{port}"
 
@@ -152,8 +171,10 @@ def test_nginx_sees_the_original_client_through_two_proxy_hops():
     # contacted); stickyd forwards that, not the balancer's own address.
     nginx = start_nginx()
     lb, _ = start_lb([nginx], "--proxy-protocol-v2", "--accept-proxy-protocol")
-    for header in (h.proxy_v1_header(("198.51.100.7", 40000), lb),
-                   h.proxy_v2_header(("198.51.100.7", 40000), lb)):
+    for header in (
+        h.proxy_v1_header(("198.51.100.7", 40000), lb),
+        h.proxy_v2_header(("198.51.100.7", 40000), lb),
+    ):
         with h.connect(lb, "127.0.0.2") as s:
             h.send_all(s, header)
             h.expect_eq(h.recv_line(s), "198.51.100.7", "client address nginx saw")
@@ -184,8 +205,9 @@ def test_header_address_decides_stickiness_v1_and_v2():
     for make in (h.proxy_v1_header, h.proxy_v2_header):
         for ip in FAKE_CLIENTS:
             # Always from 127.0.0.1: only the header differs.
-            status, name = h.http_get(proxied, src_ip="127.0.0.1",
-                                      preamble=make((ip, 5555), proxied))
+            status, name = h.http_get(
+                proxied, src_ip="127.0.0.1", preamble=make((ip, 5555), proxied)
+            )
             h.expect_eq(status, 200, "status")
             h.expect_eq(name, expected[ip], f"backend for {ip} in a {make.__name__}")
 
@@ -193,8 +215,10 @@ def test_header_address_decides_stickiness_v1_and_v2():
 def test_payload_after_the_header_arrives_intact():
     backends, _, proxied, _ = sticky_pair()
     payload = h.random_payload(300 * 1024, seed=7)
-    for header in (h.proxy_v1_header(("127.0.0.9", 1), proxied),
-                   h.proxy_v2_header(("127.0.0.9", 1), proxied)):
+    for header in (
+        h.proxy_v1_header(("127.0.0.9", 1), proxied),
+        h.proxy_v2_header(("127.0.0.9", 1), proxied),
+    ):
         with h.connect(proxied, "127.0.0.2") as s:
             count, digest = h.echo_roundtrip(s, header + payload)
         # The header is stickyd's; only the payload comes back.
@@ -210,7 +234,7 @@ def test_header_in_small_pieces():
     with h.connect(proxied, "127.0.0.2") as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(0, len(header), 5):
-            h.send_all(s, header[i:i + 5])
+            h.send_all(s, header[i : i + 5])
             time.sleep(0.02)
         h.send_all(s, b"GET /hostname HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
@@ -230,8 +254,10 @@ def test_garbage_header_closes_the_client_and_is_logged():
         h.expect(h.wait_closed(s) in ("eof", "reset"), "closed")
     deadline = time.monotonic() + h.IO_TIMEOUT
     while "invalid PROXY header" not in process.process.log():
-        h.expect(time.monotonic() < deadline, "no 'invalid PROXY header' warning logged:\n"
-                 + process.describe())
+        h.expect(
+            time.monotonic() < deadline,
+            "no 'invalid PROXY header' warning logged:\n" + process.describe(),
+        )
         time.sleep(0.05)
     h.expect("closing client 127.0.0.2:" in process.process.log(), "the log names the client")
 
@@ -246,8 +272,7 @@ def test_missing_header_closes_the_client_after_the_timeout():
         h.expect(h.wait_closed(s, timeout=h.IO_TIMEOUT * 2) in ("eof", "reset"), "closed")
     deadline = time.monotonic() + h.IO_TIMEOUT
     while "no complete PROXY header within 1000 ms" not in process.process.log():
-        h.expect(time.monotonic() < deadline, "timeout warnings not logged:\n"
-                 + process.describe())
+        h.expect(time.monotonic() < deadline, "timeout warnings not logged:\n" + process.describe())
         time.sleep(0.05)
 
 
@@ -264,8 +289,9 @@ def test_connect_and_close_is_not_a_header_error():
         h.wait_closed(s)
     deadline = time.monotonic() + h.IO_TIMEOUT
     while "closed before sending a complete PROXY header" not in process.process.log():
-        h.expect(time.monotonic() < deadline, "no warning for the broken header:\n"
-                 + process.describe())
+        h.expect(
+            time.monotonic() < deadline, "no warning for the broken header:\n" + process.describe()
+        )
         time.sleep(0.05)
     warnings = [line for line in process.process.log().splitlines() if " warn " in line]
     h.expect_eq(len(warnings), 1, f"warning lines ({warnings})")
@@ -278,9 +304,10 @@ def test_a_flood_of_bad_headers_does_not_flood_the_log():
         with h.connect(proxied, "127.0.0.2") as s:
             h.send_all(s, b"BOGUS %d\r\n" % i)
             h.wait_closed(s)
-    lines = [l for l in process.process.log().splitlines() if "invalid PROXY header" in l]
-    h.expect(1 <= len(lines) < clients // 2,
-             f"{len(lines)} warning lines for {clients} bad headers")
+    lines = [ln for ln in process.process.log().splitlines() if "invalid PROXY header" in ln]
+    h.expect(
+        1 <= len(lines) < clients // 2, f"{len(lines)} warning lines for {clients} bad headers"
+    )
     # Whatever was left out is counted in a later line.
     with h.connect(proxied, "127.0.0.2") as s:
         time.sleep(1.1)  # past the one-line-per-second limit
@@ -288,8 +315,9 @@ def test_a_flood_of_bad_headers_does_not_flood_the_log():
         h.wait_closed(s)
     deadline = time.monotonic() + h.IO_TIMEOUT
     while not re.search(r"\(\d+ similar lines suppressed\)", process.process.log()):
-        h.expect(time.monotonic() < deadline, "no suppressed-lines count logged:\n"
-                 + process.describe())
+        h.expect(
+            time.monotonic() < deadline, "no suppressed-lines count logged:\n" + process.describe()
+        )
         time.sleep(0.05)
 
 

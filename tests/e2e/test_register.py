@@ -11,17 +11,21 @@ import os
 import socket
 import sys
 import threading
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 SOURCES = h.source_ips(60)
-FAST_CHECKS = {"interval": "200ms", "timeout": "150ms", "healthy_threshold": 2,
-               "unhealthy_threshold": 2}
+FAST_CHECKS = {
+    "interval": "200ms",
+    "timeout": "150ms",
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -44,8 +48,10 @@ def request(sock, method, target, body=None):
         conn.request(method, target, body=body, headers=headers)
         response = conn.getresponse()
         text = response.read().decode("utf-8")
-        h.expect(response.headers.get("Content-Type", "").startswith("application/json"),
-                 f"{method} {target}: Content-Type {response.headers.get('Content-Type')}")
+        h.expect(
+            response.headers.get("Content-Type", "").startswith("application/json"),
+            f"{method} {target}: Content-Type {response.headers.get('Content-Type')}",
+        )
         return response.status, json.loads(text)
     finally:
         conn.close()
@@ -77,9 +83,10 @@ def raw(sock, data):
 def stickyctl(*args, ok=True):
     result = h.run([STICKYCTL_BIN] + [str(a) for a in args])
     if ok:
-        h.expect(result.returncode == 0,
-                 f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: "
-                 f"{result.stderr}")
+        h.expect(
+            result.returncode == 0,
+            f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: " f"{result.stderr}",
+        )
     return result
 
 
@@ -104,9 +111,13 @@ def owners(sock, ips):
 
 
 def group(backends, **extra):
-    g = {"name": "web", "connect_timeout": "1s", "connect_retries": 2,
-         "health_check": dict(FAST_CHECKS),
-         "targets": [{"id": b.name, "address": b.address} for b in backends]}
+    g = {
+        "name": "web",
+        "connect_timeout": "1s",
+        "connect_retries": 2,
+        "health_check": dict(FAST_CHECKS),
+        "targets": [{"id": b.name, "address": b.address} for b in backends],
+    }
     g.update(extra)
     return g
 
@@ -123,9 +134,14 @@ class Daemon:
         self.path = self.process.argv[self.process.argv.index("--config") + 1]
 
     def text(self, groups):
-        return h.config_text([{"bind": h.fmt_addr(self.lb), "target_group": groups[0]["name"]}],
-                             groups, {"admin_socket": getattr(self, "sock", None) or
-                                      os.path.join(h.temp_dir(), "register-admin.sock")})
+        return h.config_text(
+            [{"bind": h.fmt_addr(self.lb), "target_group": groups[0]["name"]}],
+            groups,
+            {
+                "admin_socket": getattr(self, "sock", None)
+                or os.path.join(h.temp_dir(), "register-admin.sock")
+            },
+        )
 
     def reload(self, groups):
         """Rewrites the file, sends SIGHUP, waits for the outcome; returns its log line."""
@@ -135,19 +151,28 @@ class Daemon:
             f.write(self.text(groups))
         os.replace(tmp, self.path)
         self.process.signal(1)  # SIGHUP
-        line = h.wait_for("the reload's outcome", lambda: self.outcomes()[len(before):],
-                          timeout=10, process=self.process)[0]
+        line = h.wait_for(
+            "the reload's outcome",
+            lambda: self.outcomes()[len(before) :],
+            timeout=10,
+            process=self.process,
+        )[0]
         h.expect("reloaded " in line, f"the reload failed: {line}")
         return line
 
     def outcomes(self):
-        return [line for line in self.process.log().splitlines()
-                if "reloaded " in line or "reload failed" in line]
+        return [
+            line
+            for line in self.process.log().splitlines()
+            if "reloaded " in line or "reload failed" in line
+        ]
 
     def wait_healthy(self, ids):
-        h.wait_for(f"{ids} healthy", lambda: all(
-            targets(self.sock).get(i, {}).get("state") == "healthy" for i in ids),
-            process=self.process)
+        h.wait_for(
+            f"{ids} healthy",
+            lambda: all(targets(self.sock).get(i, {}).get("state") == "healthy" for i in ids),
+            process=self.process,
+        )
 
 
 def held_connection(lb, src_ip):
@@ -188,11 +213,14 @@ class Load:
         h.wait_for("load to go on", lambda: self.done >= start + 20)
         self.stop_flag.set()
         self.thread.join(h.IO_TIMEOUT * 2)
-        h.expect(not self.errors, f"client connections failed {len(self.errors)} times: "
-                                  f"{self.errors[:3]}")
+        h.expect(
+            not self.errors,
+            f"client connections failed {len(self.errors)} times: " f"{self.errors[:3]}",
+        )
 
 
 # ---------------------------------------------------------------------------------
+
 
 def test_register_under_load_moves_only_keys_onto_the_new_target():
     backends = h.start_backends(4)
@@ -204,9 +232,12 @@ def test_register_under_load_moves_only_keys_onto_the_new_target():
     try:
         new = backends[3]
         out = stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock).stdout
-        h.expect_eq(out, f"target group 'web': target {new.name} ({new.address}) registered via "
-                         "admin API: takes connections after its first passed health check\n",
-                    "stickyctl register output")
+        h.expect_eq(
+            out,
+            f"target group 'web': target {new.name} ({new.address}) registered via "
+            "admin API: takes connections after its first passed health check\n",
+            "stickyctl register output",
+        )
         t = targets(d.sock)[new.name]
         h.expect_eq((t["origin"], t["weight"], t["discovered"]), ("runtime", 1, False), "target")
         h.expect(t["state"] in ("initial", "healthy"), f"state of a new target: {t}")
@@ -224,10 +255,15 @@ def test_register_under_load_moves_only_keys_onto_the_new_target():
         o0, o1 = owners_before[ip]["owner"], owners_after[ip]["owner"]
         h.expect(o1 == o0 or o1 == new.name, f"{ip}: owner {o0} -> {o1}")
         h.expect_eq(after[ip], o1, f"{ip}: where it lands against /lookup's owner")
-        h.expect(after[ip] == before[ip] or after[ip] == new.name,
-                 f"{ip} moved {before[ip]} -> {after[ip]}, not onto {new.name}")
-    h.expect(stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock,
-                       ok=False).returncode == 1, "registering it twice: exit status")
+        h.expect(
+            after[ip] == before[ip] or after[ip] == new.name,
+            f"{ip} moved {before[ip]} -> {after[ip]}, not onto {new.name}",
+        )
+    h.expect(
+        stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock, ok=False).returncode
+        == 1,
+        "registering it twice: exit status",
+    )
 
 
 def test_deregister_drains_open_connections_until_the_delay_and_steers_new_ones():
@@ -246,25 +282,36 @@ def test_deregister_drains_open_connections_until_the_delay_and_steers_new_ones(
         result = stickyctl("deregister", victim, "--admin", d.sock, "--json")
         answer = json.loads(result.stdout)
         address = next(b.address for b in backends if b.name == victim)
-        h.expect_eq(answer, {"result": "ok", "message":
-                             f"target group 'web': target {victim} ({address}) is deregistering: "
-                             f"deregistered via admin API; its 1 connection get 4 s"},
-                    "stickyctl deregister --json")
+        h.expect_eq(
+            answer,
+            {
+                "result": "ok",
+                "message": f"target group 'web': target {victim} ({address}) is deregistering: "
+                f"deregistered via admin API; its 1 connection get 4 s",
+            },
+            "stickyctl deregister --json",
+        )
         t = targets(d.sock)[victim]
-        h.expect_eq((t["state"], t["deregistration"], t["usable"]),
-                    ("draining", "removed", False), f"{victim} in /status")
+        h.expect_eq(
+            (t["state"], t["deregistration"], t["usable"]),
+            ("draining", "removed", False),
+            f"{victim} in /status",
+        )
         echo(held, "still here\n")  # the open connection survives the deregistration
         after = h.mapping(d.lb, SOURCES)
         for ip in SOURCES:
             h.expect(after[ip] != victim, f"{ip}: a new connection reached {victim}")
-            h.expect(before[ip] == victim or after[ip] == before[ip],
-                     f"{ip} moved {before[ip]} -> {after[ip]} though its target stayed")
+            h.expect(
+                before[ip] == victim or after[ip] == before[ip],
+                f"{ip} moved {before[ip]} -> {after[ip]} though its target stayed",
+            )
         echo(held, "and here\n")
         # The delay ends: what is left is reset, and the target is forgotten.
         h.wait_closed(held, timeout=20)
         held.close()
-        h.wait_for(f"{victim} to be forgotten", lambda: victim not in targets(d.sock),
-                   process=d.process)
+        h.wait_for(
+            f"{victim} to be forgotten", lambda: victim not in targets(d.sock), process=d.process
+        )
         before = after
 
 
@@ -277,10 +324,15 @@ def test_a_reload_keeps_runtime_targets_and_deregistrations_until_the_file_says_
     d.wait_healthy([new.name])
     d.reload([group(backends[:3])])  # the same file
     t = targets(d.sock)
-    h.expect_eq((t[new.name]["origin"], t[new.name]["state"], t[new.name]["deregistration"]),
-                ("runtime", "healthy", "none"), f"{new.name} after SIGHUP")
-    h.expect(file_target.name not in t or t[file_target.name]["deregistration"] == "removed",
-             f"{file_target.name} came back on SIGHUP: {t.get(file_target.name)}")
+    h.expect_eq(
+        (t[new.name]["origin"], t[new.name]["state"], t[new.name]["deregistration"]),
+        ("runtime", "healthy", "none"),
+        f"{new.name} after SIGHUP",
+    )
+    h.expect(
+        file_target.name not in t or t[file_target.name]["deregistration"] == "removed",
+        f"{file_target.name} came back on SIGHUP: {t.get(file_target.name)}",
+    )
     mapping = h.mapping(d.lb, SOURCES)
     h.expect(file_target.name not in mapping.values(), f"{file_target.name} took clients")
     h.expect(new.name in mapping.values(), f"{new.name} took no clients")
@@ -290,86 +342,166 @@ def test_a_reload_keeps_runtime_targets_and_deregistrations_until_the_file_says_
     d.reload([group(without)])
     d.reload([group(backends[:3])])
     t = targets(d.sock)
-    h.expect_eq((t[file_target.name]["origin"], t[file_target.name]["deregistration"]),
-                ("config", "none"), f"{file_target.name} listed again")
-    h.expect("no longer in the configuration file; listing it again registers it"
-             in d.process.log(), "the log says the deregistration lapsed")
+    h.expect_eq(
+        (t[file_target.name]["origin"], t[file_target.name]["deregistration"]),
+        ("config", "none"),
+        f"{file_target.name} listed again",
+    )
+    h.expect(
+        "no longer in the configuration file; listing it again registers it" in d.process.log(),
+        "the log says the deregistration lapsed",
+    )
 
     # The file takes the runtime target over: it stays, now the file's.
     d.reload([group(backends)])
     t = targets(d.sock)
-    h.expect_eq((t[new.name]["origin"], t[new.name]["deregistration"]), ("config", "none"),
-                f"{new.name} once the file lists it")
-    h.expect("registered at run time, is now in the configuration file, which keeps it"
-             in d.process.log(), "the log says the file took it over")
+    h.expect_eq(
+        (t[new.name]["origin"], t[new.name]["deregistration"]),
+        ("config", "none"),
+        f"{new.name} once the file lists it",
+    )
+    h.expect(
+        "registered at run time, is now in the configuration file, which keeps it"
+        in d.process.log(),
+        "the log says the file took it over",
+    )
 
 
 def test_bad_requests_get_exact_json_errors():
     backends = h.start_backends(2)
-    heavy = {"name": "heavy", "health_check": {"enabled": False},
-             "targets": [{"id": f"h{i}", "address": f"127.0.0.1:{1 + i}", "weight": 100}
-                         for i in range(10)]}
+    heavy = {
+        "name": "heavy",
+        "health_check": {"enabled": False},
+        "targets": [
+            {"id": f"h{i}", "address": f"127.0.0.1:{1 + i}", "weight": 100} for i in range(10)
+        ],
+    }
     # localhost comes from /etc/hosts: no resolver needed.
-    dns = {"name": "dns", "dns": "localhost:80", "dns_refresh": "1h",
-           "health_check": {"enabled": False}}
+    dns = {
+        "name": "dns",
+        "dns": "localhost:80",
+        "dns_refresh": "1h",
+        "health_check": {"enabled": False},
+    }
     d = Daemon([group(backends), heavy, dns])
     b1 = backends[0]
-    example = ('{"id": "web-4", "address": "10.0.0.14:8080", "weight": 1, "group": "web"}')
+    example = '{"id": "web-4", "address": "10.0.0.14:8080", "weight": 1, "group": "web"}'
     cases = [
-        ('{"id": "x",', 400, "invalid JSON body: parse error at line 1, column 12: syntax error "
-                             "while parsing object key - unexpected end of input; expected string "
-                             "literal"),
-        ('{"group": "web", "id": "a b", "address": "127.0.0.1:9"}', 400,
-         'id: must be printable ASCII without spaces, quotes or backslashes, got "a b"'),
-        ('{"group": "web", "address": "127.0.0.1:9", "weight": 0}', 400,
-         "weight: must be an integer from 1 to 100, got 0"),
-        ('{"group": "web", "address": "127.0.0.1:9", "weight": "2"}', 400,
-         'weight: must be an integer from 1 to 100, got "2"'),
-        ('{"group": "web", "address": "localhost:9"}', 400,
-         'address: "localhost:9": "localhost" is a host name; an IP address is required (names '
-         'are not resolved); expected ip:port such as 127.0.0.1:9001 or [::1]:9001'),
-        ('{"group": "web", "adress": "127.0.0.1:9"}', 400,
-         'unknown key "adress" (did you mean "address"?); a target has id, address, weight and '
-         'group'),
-        ('{"group": "web", "id": "x"}', 400,
-         f"address: missing; a target needs one, as in {example}"),
-        ('{"address": "127.0.0.1:9"}', 400,
-         "several target groups ('web', 'heavy', 'dns'); name the target group"),
+        (
+            '{"id": "x",',
+            400,
+            "invalid JSON body: parse error at line 1, column 12: syntax error "
+            "while parsing object key - unexpected end of input; expected string "
+            "literal",
+        ),
+        (
+            '{"group": "web", "id": "a b", "address": "127.0.0.1:9"}',
+            400,
+            'id: must be printable ASCII without spaces, quotes or backslashes, got "a b"',
+        ),
+        (
+            '{"group": "web", "address": "127.0.0.1:9", "weight": 0}',
+            400,
+            "weight: must be an integer from 1 to 100, got 0",
+        ),
+        (
+            '{"group": "web", "address": "127.0.0.1:9", "weight": "2"}',
+            400,
+            'weight: must be an integer from 1 to 100, got "2"',
+        ),
+        (
+            '{"group": "web", "address": "localhost:9"}',
+            400,
+            'address: "localhost:9": "localhost" is a host name; an IP address is required (names '
+            "are not resolved); expected ip:port such as 127.0.0.1:9001 or [::1]:9001",
+        ),
+        (
+            '{"group": "web", "adress": "127.0.0.1:9"}',
+            400,
+            'unknown key "adress" (did you mean "address"?); a target has id, address, weight and '
+            "group",
+        ),
+        (
+            '{"group": "web", "id": "x"}',
+            400,
+            f"address: missing; a target needs one, as in {example}",
+        ),
+        (
+            '{"address": "127.0.0.1:9"}',
+            400,
+            "several target groups ('web', 'heavy', 'dns'); name the target group",
+        ),
         ('{"group": "nope", "address": "127.0.0.1:9"}', 404, "no target group 'nope'"),
-        (json.dumps({"group": "web", "id": b1.name, "address": "127.0.0.1:9"}), 409,
-         f"target group 'web' already has a target with id '{b1.name}' ({b1.address})"),
-        (json.dumps({"group": "web", "id": "x", "address": b1.address}), 409,
-         f"target group 'web' already has a target at {b1.address} (id '{b1.name}')"),
-        ('{"group": "dns", "address": "127.0.0.1:9"}', 409,
-         "target group 'dns' takes its targets from DNS (dns = \"localhost:80\"), not from the "
-         "admin API"),
-        ('{"group": "heavy", "id": "h10", "address": "127.0.0.1:11", "weight": 25}', 422,
-         "target group 'heavy' cannot take target h10 (127.0.0.1:11): the targets' weights add "
-         "up to 1025, more than one ring holds (1024); use smaller weights (only their ratios "
-         "matter) or algorithm = \"maglev\""),
+        (
+            json.dumps({"group": "web", "id": b1.name, "address": "127.0.0.1:9"}),
+            409,
+            f"target group 'web' already has a target with id '{b1.name}' ({b1.address})",
+        ),
+        (
+            json.dumps({"group": "web", "id": "x", "address": b1.address}),
+            409,
+            f"target group 'web' already has a target at {b1.address} (id '{b1.name}')",
+        ),
+        (
+            '{"group": "dns", "address": "127.0.0.1:9"}',
+            409,
+            "target group 'dns' takes its targets from DNS (dns = \"localhost:80\"), not from the "
+            "admin API",
+        ),
+        (
+            '{"group": "heavy", "id": "h10", "address": "127.0.0.1:11", "weight": 25}',
+            422,
+            "target group 'heavy' cannot take target h10 (127.0.0.1:11): the targets' weights add "
+            "up to 1025, more than one ring holds (1024); use smaller weights (only their ratios "
+            'matter) or algorithm = "maglev"',
+        ),
     ]
     for body, wanted_status, wanted_error in cases:
         code, doc = request(d.sock, "POST", "/targets", body)
         h.expect_eq((code, doc), (wanted_status, {"error": wanted_error}), f"POST /targets {body}")
 
     code, doc = request(d.sock, "DELETE", "/targets/nope?group=web")
-    h.expect_eq((code, doc), (404, {"error": "target group 'web' has no target 'nope'"}),
-                "DELETE of an unknown target")
+    h.expect_eq(
+        (code, doc),
+        (404, {"error": "target group 'web' has no target 'nope'"}),
+        "DELETE of an unknown target",
+    )
     code, doc = request(d.sock, "DELETE", "/targets/127.0.0.1:80?group=dns")
-    h.expect_eq((code, doc), (409, {"error": "target group 'dns' takes its targets from DNS (dns "
-                                             "= \"localhost:80\"), not from the admin API; drain a "
-                                             "target to take it out of service"}), "DELETE in DNS")
+    h.expect_eq(
+        (code, doc),
+        (
+            409,
+            {
+                "error": "target group 'dns' takes its targets from DNS (dns "
+                '= "localhost:80"), not from the admin API; drain a '
+                "target to take it out of service"
+            },
+        ),
+        "DELETE in DNS",
+    )
     code, doc = request(d.sock, "GET", "/targets/x")
     h.expect_eq((code, doc), (405, {"error": "/targets/x takes DELETE only, not GET"}), "GET")
 
     big = b'{"group": "web", "address": "127.0.0.1:9", "id": "' + b"x" * 5000 + b'"}'
-    code, doc = raw(d.sock, b"POST /targets HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big)
-                    + big)
+    code, doc = raw(
+        d.sock, b"POST /targets HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+    )
     h.expect_eq((code, doc), (413, {"error": "request body larger than 4096 bytes"}), "5 KB body")
-    code, doc = raw(d.sock, b"POST /targets HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            b"5\r\nhello\r\n0\r\n\r\n")
-    h.expect_eq((code, doc), (411, {"error": "chunked request bodies are not taken; send "
-                                             "Content-Length (at most 4096 bytes)"}), "chunked")
+    code, doc = raw(
+        d.sock,
+        b"POST /targets HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" b"5\r\nhello\r\n0\r\n\r\n",
+    )
+    h.expect_eq(
+        (code, doc),
+        (
+            411,
+            {
+                "error": "chunked request bodies are not taken; send "
+                "Content-Length (at most 4096 bytes)"
+            },
+        ),
+        "chunked",
+    )
     # A body that trickles in is waited for.
     body = json.dumps({"group": "web", "id": "slow", "address": "127.0.0.1:19"}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -383,8 +515,11 @@ def test_bad_requests_get_exact_json_errors():
 
     h.expect(d.process.alive(), "stickyd died")
     t = targets(d.sock)
-    h.expect_eq(sorted(t), sorted([b.name for b in backends] + ["slow"]),
-                "only the good registration changed the group")
+    h.expect_eq(
+        sorted(t),
+        sorted([b.name for b in backends] + ["slow"]),
+        "only the good registration changed the group",
+    )
 
 
 def test_stickyctl_register_and_deregister_output_and_exit_status():
@@ -393,23 +528,44 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
 
     def fails(args, line, code):
         result = stickyctl(*args, ok=False)
-        h.expect_eq(([x for x in result.stderr.splitlines() if x.strip()], result.returncode),
-                    ([line], code), f"stickyctl {' '.join(args)}")
+        h.expect_eq(
+            ([x for x in result.stderr.splitlines() if x.strip()], result.returncode),
+            ([line], code),
+            f"stickyctl {' '.join(args)}",
+        )
 
     admin = ["--admin", d.sock]
     fails(["register", "x"] + admin, 'stickyctl: register "x": expected ID=ADDR[,weight=W]', 2)
-    fails(["register", "x=127.0.0.1"] + admin, 'stickyctl: register "x=127.0.0.1": '
-          '"127.0.0.1" is not an address (expected IP:PORT or [IPv6]:PORT)', 2)
-    fails(["register", "x=127.0.0.1:9,weight=0"] + admin, 'stickyctl: register '
-          '"x=127.0.0.1:9,weight=0": expected weight=W with W in 1..100 after the address', 2)
-    fails(["register", "a\"b=127.0.0.1:9"] + admin, 'stickyctl: register "a"b=127.0.0.1:9": '
-          'id: must be printable ASCII without spaces, quotes or backslashes, got "a\\"b"', 2)
+    fails(
+        ["register", "x=127.0.0.1"] + admin,
+        'stickyctl: register "x=127.0.0.1": '
+        '"127.0.0.1" is not an address (expected IP:PORT or [IPv6]:PORT)',
+        2,
+    )
+    fails(
+        ["register", "x=127.0.0.1:9,weight=0"] + admin,
+        "stickyctl: register "
+        '"x=127.0.0.1:9,weight=0": expected weight=W with W in 1..100 after the address',
+        2,
+    )
+    fails(
+        ["register", 'a"b=127.0.0.1:9'] + admin,
+        'stickyctl: register "a"b=127.0.0.1:9": '
+        'id: must be printable ASCII without spaces, quotes or backslashes, got "a\\"b"',
+        2,
+    )
     fails(["register"] + admin, "stickyctl: target is required (see stickyctl --help)", 2)
-    fails(["register", f"x={backends[0].address}"] + admin,
-          f"stickyctl: target group 'web' already has a target at {backends[0].address} "
-          f"(id '{backends[0].name}')", 1)
-    fails(["register", "x=127.0.0.1:9", "--group", "nope"] + admin,
-          "stickyctl: no target group 'nope'", 1)
+    fails(
+        ["register", f"x={backends[0].address}"] + admin,
+        f"stickyctl: target group 'web' already has a target at {backends[0].address} "
+        f"(id '{backends[0].name}')",
+        1,
+    )
+    fails(
+        ["register", "x=127.0.0.1:9", "--group", "nope"] + admin,
+        "stickyctl: no target group 'nope'",
+        1,
+    )
     fails(["deregister", "nope"] + admin, "stickyctl: no target 'nope' in any target group", 1)
     nowhere = os.path.join(h.temp_dir(), "nowhere.sock")
     result = stickyctl("register", "x=127.0.0.1:9", "--admin", nowhere, ok=False)
@@ -417,28 +573,59 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
     h.expect(nowhere in result.stderr, f"the error names the socket: {result.stderr}")
 
     out = stickyctl("register", "x=127.0.0.1:19,weight=3", "--group", "web", *admin).stdout
-    h.expect_eq(out, "target group 'web': target x (127.0.0.1:19) registered via admin API: "
-                     "takes connections after its first passed health check\n", "register")
+    h.expect_eq(
+        out,
+        "target group 'web': target x (127.0.0.1:19) registered via admin API: "
+        "takes connections after its first passed health check\n",
+        "register",
+    )
     h.expect_eq(targets(d.sock)["x"]["weight"], 3, "registered weight")
     doc = json.loads(stickyctl("deregister", "x", "--group", "web", "--json", *admin).stdout)
     h.expect_eq(doc["result"], "ok", f"deregister --json: {doc}")
-    h.expect(doc["message"].startswith("target group 'web': target x (127.0.0.1:19) is "
-                                       "deregistering: deregistered via admin API"), doc)
+    h.expect(
+        doc["message"].startswith(
+            "target group 'web': target x (127.0.0.1:19) is "
+            "deregistering: deregistered via admin API"
+        ),
+        doc,
+    )
     out = stickyctl("deregister", "x", *admin).stdout
-    h.expect_eq(out, "target group 'web': target x (127.0.0.1:19) is already deregistering "
-                     "(no longer registered)\n", "deregister twice")
+    h.expect_eq(
+        out,
+        "target group 'web': target x (127.0.0.1:19) is already deregistering "
+        "(no longer registered)\n",
+        "deregister twice",
+    )
     # Over TCP too (the other client path), in quick mode's one group.
     lb, tcp = h.lb_addr(), h.lb_addr()
-    h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backends[0].address,
-                          "--admin-address", h.fmt_addr(tcp)], addr=lb)
+    h.start_stickyd(
+        args=[
+            "--listen",
+            h.fmt_addr(lb),
+            "--target",
+            backends[0].address,
+            "--admin-address",
+            h.fmt_addr(tcp),
+        ],
+        addr=lb,
+    )
     where = h.fmt_addr(tcp)
     b = backends[1]
     out = stickyctl("register", f"y={b.address}", "--admin", where).stdout
-    h.expect_eq(out, f"target group 'default': target y ({b.address}) registered via admin API: "
-                     "takes connections after its first passed health check\n", "register on TCP")
+    h.expect_eq(
+        out,
+        f"target group 'default': target y ({b.address}) registered via admin API: "
+        "takes connections after its first passed health check\n",
+        "register on TCP",
+    )
     out = stickyctl("deregister", "y", "--admin", where).stdout
-    h.expect(out.startswith(f"target group 'default': target y ({b.address}) is deregistering: "
-                            "deregistered via admin API"), f"deregister on TCP: {out}")
+    h.expect(
+        out.startswith(
+            f"target group 'default': target y ({b.address}) is deregistering: "
+            "deregistered via admin API"
+        ),
+        f"deregister on TCP: {out}",
+    )
 
 
 if __name__ == "__main__":

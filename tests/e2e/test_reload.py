@@ -13,15 +13,23 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-FAST_CHECKS = {"interval": "200ms", "timeout": "150ms", "healthy_threshold": 2,
-               "unhealthy_threshold": 2}
+FAST_CHECKS = {
+    "interval": "200ms",
+    "timeout": "150ms",
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
 SOURCES = h.source_ips(40)
 
 
 def group(backends, **extra):
-    g = {"name": "web", "connect_timeout": "1s", "connect_retries": 2,
-         "health_check": dict(FAST_CHECKS),
-         "targets": [{"id": b.name, "address": b.address} for b in backends]}
+    g = {
+        "name": "web",
+        "connect_timeout": "1s",
+        "connect_retries": 2,
+        "health_check": dict(FAST_CHECKS),
+        "targets": [{"id": b.name, "address": b.address} for b in backends],
+    }
     for key, value in extra.items():
         g[key] = value
     return g
@@ -53,8 +61,11 @@ class Daemon:
         self.process.signal(1)  # SIGHUP
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            lines = [line for line in self.process.log().splitlines()
-                     if "reloaded " in line or "reload failed" in line]
+            lines = [
+                line
+                for line in self.process.log().splitlines()
+                if "reloaded " in line or "reload failed" in line
+            ]
             if len(lines) > before:
                 line = lines[before]
                 h.expect(outcome in line, f"expected a '{outcome}' line, got: {line}")
@@ -65,10 +76,12 @@ class Daemon:
 
     def count(self, pattern):
         import re
+
         return len(re.findall(pattern, self.process.log()))
 
     def wait_log(self, pattern, timeout=10.0):
         import re
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(pattern, self.process.log())
@@ -153,8 +166,11 @@ def test_twenty_reloads_under_load_lose_nothing():
         stop.set()
         for t in threads:
             t.join(timeout=20)
-    h.expect(not errors, f"{len(errors)} of {done[0] + len(errors)} requests failed during "
-                         f"reloads, first: {errors[:3]}")
+    h.expect(
+        not errors,
+        f"{len(errors)} of {done[0] + len(errors)} requests failed during "
+        f"reloads, first: {errors[:3]}",
+    )
     h.expect(done[0] >= 100, f"only {done[0]} requests completed during 20 reloads")
     # Unchanged targets kept serving their own clients throughout: an IP only ever
     # left its owner for the target that was being added.
@@ -173,8 +189,10 @@ def test_invalid_reload_keeps_the_old_config_serving():
 
     bad = good.replace('id = "backend-2"', 'id = "backend-2"\nwieght = 2')
     line = d.reload(bad, outcome="reload failed")
-    h.expect(f"{d.path}:" in line and "wieght: unknown key" in line,
-             f"the reload error names the file, line and key: {line}")
+    h.expect(
+        f"{d.path}:" in line and "wieght: unknown key" in line,
+        f"the reload error names the file, line and key: {line}",
+    )
     h.expect("previous configuration" in line, f"the error says what still runs: {line}")
     h.expect_eq(h.mapping(lb, SOURCES[:20]), before, "mapping after a failed reload")
     echo_ok(held, "connection opened before the failed reload")
@@ -185,16 +203,26 @@ def test_invalid_reload_keeps_the_old_config_serving():
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()
-    with_taken = config([{"bind": h.fmt_addr(lb), "target_group": "web"},
-                         {"bind": h.fmt_addr(taken), "target_group": "web"}], [group(b)])
+    with_taken = config(
+        [
+            {"bind": h.fmt_addr(lb), "target_group": "web"},
+            {"bind": h.fmt_addr(taken), "target_group": "web"},
+        ],
+        [group(b)],
+    )
     line = d.reload(with_taken, outcome="reload failed")
     h.expect(h.fmt_addr(taken) in line, f"the error names the address in use: {line}")
     h.expect_eq(h.mapping(lb, SOURCES[:20]), before, "mapping after a second failed reload")
 
     # Fixing the file and reloading again applies it, and the log counts in words.
     line = d.reload(one_listener(lb, b[:2]))
-    h.expect(line.endswith(f"reloaded {d.path}: 1 listener (0 added, 0 removed), 1 target group, "
-                           "2 static targets"), f"the reload line: {line}")
+    h.expect(
+        line.endswith(
+            f"reloaded {d.path}: 1 listener (0 added, 0 removed), 1 target group, "
+            "2 static targets"
+        ),
+        f"the reload line: {line}",
+    )
     after = h.mapping(lb, SOURCES[:20])
     h.expect("backend-3" not in after.values(), f"backend-3 still gets clients: {after}")
     for ip, name in before.items():
@@ -212,10 +240,12 @@ def test_deeply_nested_reload_keeps_the_old_config_serving():
     d = Daemon(good, lb)
     before = h.mapping(lb, SOURCES[:20])
     held = echo_connection(lb, SOURCES[0])
-    deep = {"dotted key": ("a." * 50_000 + "a = 1\n", 65),
-            "table header": ("[" + "a." * 50_000 + "a]\n", 66),
-            "inline tables": ("a = {" * 50_000 + "}" * 50_000 + "\n", 81),
-            "arrays": ("a = " + "[" * 50_000 + "]" * 50_000 + "\n", 36)}
+    deep = {
+        "dotted key": ("a." * 50_000 + "a = 1\n", 65),
+        "table header": ("[" + "a." * 50_000 + "a]\n", 66),
+        "inline tables": ("a = {" * 50_000 + "}" * 50_000 + "\n", 81),
+        "arrays": ("a = " + "[" * 50_000 + "]" * 50_000 + "\n", 36),
+    }
     for case, (text, column) in deep.items():
         # Above a valid config, so nothing else in the file is wrong.
         line = d.reload(text + "\n" + good, outcome="reload failed")
@@ -225,8 +255,10 @@ def test_deeply_nested_reload_keeps_the_old_config_serving():
         h.expect_eq(h.mapping(lb, SOURCES[:20]), before, f"{case}: mapping after the reload")
         echo_ok(held, f"{case}: connection opened before the failed reload")
     d.reload(one_listener(lb, b[:2]))
-    h.expect("backend-3" not in h.mapping(lb, SOURCES[:20]).values(),
-             "a valid reload after the failed ones was not applied")
+    h.expect(
+        "backend-3" not in h.mapping(lb, SOURCES[:20]).values(),
+        "a valid reload after the failed ones was not applied",
+    )
 
 
 def removed_target_case(delay):
@@ -254,8 +286,9 @@ def test_removed_target_keeps_connections_until_the_delay():
 
 def test_connection_termination_closes_at_once():
     d, held = removed_target_case({"timeout": "300s", "connection_termination": True})
-    h.expect(wait_closed_by_peer(held, 10),
-             "connection_termination = true left the connection open")
+    h.expect(
+        wait_closed_by_peer(held, 10), "connection_termination = true left the connection open"
+    )
 
 
 def test_listeners_are_added_and_removed():
@@ -263,18 +296,26 @@ def test_listeners_are_added_and_removed():
     lb = h.lb_addr()
     second = h.lb_addr()
     d = Daemon(one_listener(lb, b), lb)
-    both = config([{"name": "one", "bind": h.fmt_addr(lb), "target_group": "web"},
-                   {"name": "two", "bind": h.fmt_addr(second), "target_group": "web"}],
-                  [group(b)])
+    both = config(
+        [
+            {"name": "one", "bind": h.fmt_addr(lb), "target_group": "web"},
+            {"name": "two", "bind": h.fmt_addr(second), "target_group": "web"},
+        ],
+        [group(b)],
+    )
     d.reload(both)
     h.wait_accepting(second, d.process)
-    h.expect_eq(h.whoami(SOURCES[0], second), h.whoami(SOURCES[0], lb),
-                "both listeners route a client alike")
+    h.expect_eq(
+        h.whoami(SOURCES[0], second),
+        h.whoami(SOURCES[0], lb),
+        "both listeners route a client alike",
+    )
     held = echo_connection(second, SOURCES[1])
     echo_ok(held, "connection through the added listener")
 
-    only_first = config([{"name": "one", "bind": h.fmt_addr(lb), "target_group": "web"}],
-                        [group(b)])
+    only_first = config(
+        [{"name": "one", "bind": h.fmt_addr(lb), "target_group": "web"}], [group(b)]
+    )
     d.reload(only_first)
     deadline = time.monotonic() + 10
     while True:
@@ -302,8 +343,11 @@ def test_unchanged_targets_keep_their_health():
     # client is sent to it.
     d.reload(one_listener(lb, b, connect_retries=1))
     time.sleep(1.0)  # five check intervals
-    h.expect_eq(d.count(r"target backend-3 \(127\.0\.0\.1:\d+\) is unhealthy"), 1,
-                "unhealthy transitions of backend-3")
+    h.expect_eq(
+        d.count(r"target backend-3 \(127\.0\.0\.1:\d+\) is unhealthy"),
+        1,
+        "unhealthy transitions of backend-3",
+    )
     names = set(h.mapping(lb, SOURCES[:20]).values())
     h.expect("backend-3" not in names, f"clients reached the stopped backend: {names}")
 

@@ -21,10 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 FILTER_BIN = os.environ.get("SYSCALL_FILTER_BIN") or os.path.join(
-    h.SOURCE_ROOT, "build", "tests", "e2e", "syscall-filter")
+    h.SOURCE_ROOT, "build", "tests", "e2e", "syscall-filter"
+)
 UNIT = os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.in")
-FAST_CHECKS = {"interval": "200ms", "timeout": "150ms", "healthy_threshold": 2,
-               "unhealthy_threshold": 2}
+FAST_CHECKS = {
+    "interval": "200ms",
+    "timeout": "150ms",
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
 
 
 def unit_settings():
@@ -68,8 +73,11 @@ def allowed_syscalls(tool, settings):
         names = value.lstrip("~").split()
         calls = set().union(*(expand(tool, n) for n in names))
         if allowed is None:
-            h.expect(not deny, "the unit's first SystemCallFilter= is a deny list; this "
-                               "test emulates allow lists only")
+            h.expect(
+                not deny,
+                "the unit's first SystemCallFilter= is a deny list; this "
+                "test emulates allow lists only",
+            )
             allowed = expand(tool, "@default") | calls
         elif deny:
             allowed -= calls
@@ -85,8 +93,11 @@ def sandbox():
     if not os.access(FILTER_BIN, os.X_OK):
         h.skip(f"{FILTER_BIN} is not built (needs libseccomp-dev; scripts/setup installs it)")
     settings = unit_settings()
-    h.expect_eq(settings.get("SystemCallErrorNumber"), ["EPERM"],
-                "SystemCallErrorNumber= (the helper returns EPERM)")
+    h.expect_eq(
+        settings.get("SystemCallErrorNumber"),
+        ["EPERM"],
+        "SystemCallErrorNumber= (the helper returns EPERM)",
+    )
     families = settings.get("RestrictAddressFamilies", [])
     h.expect_eq(len(families), 1, "RestrictAddressFamilies= lines")
     allowed = allowed_syscalls(tool, settings)
@@ -120,22 +131,26 @@ def test_the_emulated_filter_refuses_what_the_unit_refuses():
     prefix, allowed = sandbox()
     h.expect("sethostname" not in allowed, "sethostname (@privileged) is not allowed")
     h.expect("io_uring_setup" in allowed, "io_uring_setup is allowed")
-    probe = ("import errno, socket\n"
-             "def attempt(f):\n"
-             "    try:\n"
-             "        f()\n"
-             "        return 'ok'\n"
-             "    except OSError as e:\n"
-             "        return errno.errorcode[e.errno]\n"
-             "print('inet', attempt(lambda: socket.socket(socket.AF_INET).close()))\n"
-             "print('netlink', attempt(lambda: socket.socket(socket.AF_NETLINK,"
-             " socket.SOCK_RAW).close()))\n"
-             "print('sethostname', attempt(lambda: socket.sethostname('x')))\n")
+    probe = (
+        "import errno, socket\n"
+        "def attempt(f):\n"
+        "    try:\n"
+        "        f()\n"
+        "        return 'ok'\n"
+        "    except OSError as e:\n"
+        "        return errno.errorcode[e.errno]\n"
+        "print('inet', attempt(lambda: socket.socket(socket.AF_INET).close()))\n"
+        "print('netlink', attempt(lambda: socket.socket(socket.AF_NETLINK,"
+        " socket.SOCK_RAW).close()))\n"
+        "print('sethostname', attempt(lambda: socket.sethostname('x')))\n"
+    )
     result = h.run(prefix + [sys.executable, "-c", probe], timeout=30)
     h.expect_eq(result.returncode, 0, f"python under the filter ({result.stderr.strip()})")
-    h.expect_eq(result.stdout.split("\n")[:3],
-                ["inet ok", "netlink EAFNOSUPPORT", "sethostname EPERM"],
-                "socket(AF_INET), socket(AF_NETLINK), sethostname() under the filter")
+    h.expect_eq(
+        result.stdout.split("\n")[:3],
+        ["inet ok", "netlink EAFNOSUPPORT", "sethostname EPERM"],
+        "socket(AF_INET), socket(AF_NETLINK), sethostname() under the filter",
+    )
 
 
 def admin_status(path):
@@ -177,22 +192,35 @@ def test_stickyd_runs_in_its_unit_sandbox():
     dead_port = h.free_port()  # nothing listens there
     lb = h.lb_addr()
     admin = os.path.join(h.temp_dir(), "admin.sock")
-    web_group = {"name": "web", "connect_timeout": "1s", "connect_retries": 2,
-                 "health_check": FAST_CHECKS,
-                 "targets": [{"id": b.name, "address": b.address} for b in web]
-                 + [{"id": "dead", "address": f"127.0.0.1:{dead_port}"}]}
+    web_group = {
+        "name": "web",
+        "connect_timeout": "1s",
+        "connect_retries": 2,
+        "health_check": FAST_CHECKS,
+        "targets": [{"id": b.name, "address": b.address} for b in web]
+        + [{"id": "dead", "address": f"127.0.0.1:{dead_port}"}],
+    }
     # "localhost" comes from /etc/hosts through glibc's getaddrinfo, whatever it
     # opens on the way (nss modules, AF_NETLINK for address selection).
-    dns_group = {"name": "dns", "connect_timeout": "1s",
-                 "dns": f"localhost:{discovered.addr[1]}", "dns_refresh": "200ms",
-                 "health_check": FAST_CHECKS}
+    dns_group = {
+        "name": "dns",
+        "connect_timeout": "1s",
+        "dns": f"localhost:{discovered.addr[1]}",
+        "dns_refresh": "200ms",
+        "health_check": FAST_CHECKS,
+    }
     dns_lb = h.lb_addr()
 
     def config(extra_targets=()):
         group = dict(web_group, targets=web_group["targets"] + list(extra_targets))
-        return h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"},
-                              {"bind": h.fmt_addr(dns_lb), "target_group": "dns"}],
-                             [group, dns_group], {"admin_socket": admin})
+        return h.config_text(
+            [
+                {"bind": h.fmt_addr(lb), "target_group": "web"},
+                {"bind": h.fmt_addr(dns_lb), "target_group": "dns"},
+            ],
+            [group, dns_group],
+            {"admin_socket": admin},
+        )
 
     path = h.write_file("stickyd.toml", config())
     proc = spawn(prefix + [h.STICKYD_BIN, "--config", path], sandboxed_env(), "stickyd")
@@ -205,13 +233,16 @@ def test_stickyd_runs_in_its_unit_sandbox():
         want = {b.address: "healthy" for b in web}
         want[f"127.0.0.1:{dead_port}"] = "unhealthy"
         return states == want
+
     h.wait_for("web's checks to settle", settled, process=proc)
 
     # DNS discovery: localhost's IPv4 address with the port, healthy and routed to.
     ipv4 = f"127.0.0.1:{discovered.addr[1]}"
-    h.wait_for("the DNS target to be healthy",
-               lambda: group_targets(admin, "dns").get(ipv4, {}).get("state")
-               == "healthy", process=proc)
+    h.wait_for(
+        "the DNS target to be healthy",
+        lambda: group_targets(admin, "dns").get(ipv4, {}).get("state") == "healthy",
+        process=proc,
+    )
     h.expect_eq(h.whoami("127.0.0.2", dns_lb), "dns-1", "a request to the discovered target")
 
     # Proxying: every source reaches a live target, each always the same one.
@@ -223,16 +254,21 @@ def test_stickyd_runs_in_its_unit_sandbox():
     with open(path, "w", encoding="utf-8") as f:
         f.write(config([{"id": "web-3", "address": extra.address}]))
     proc.signal(signal.SIGHUP)
-    h.wait_for("web-3 after the reload",
-               lambda: group_targets(admin, "web").get(extra.address, {})
-               .get("state") == "healthy", process=proc)
+    h.wait_for(
+        "web-3 after the reload",
+        lambda: group_targets(admin, "web").get(extra.address, {}).get("state") == "healthy",
+        process=proc,
+    )
 
     # SIGTERM: a clean stop.
     proc.signal(signal.SIGTERM)
     h.expect_eq(proc.wait(15), 0, f"exit status after SIGTERM\n{proc.describe()}")
     log = proc.log()
-    refused = [line for line in log.splitlines()
-               if re.search(r"Operation not permitted|Address family not supported", line)]
+    refused = [
+        line
+        for line in log.splitlines()
+        if re.search(r"Operation not permitted|Address family not supported", line)
+    ]
     h.expect(not refused, "the sandbox refused something:\n" + "\n".join(refused))
 
 

@@ -19,9 +19,10 @@ KIB = 1024
 def start(grace):
     backend = h.start_backend("echo")
     lb = h.lb_addr()
-    lb_process = h.start_stickyd(h.simple_config(h.fmt_addr(lb), [backend],
-                                                 global_={"shutdown_grace": grace, "threads": 2}),
-                                 addr=lb).process
+    lb_process = h.start_stickyd(
+        h.simple_config(h.fmt_addr(lb), [backend], global_={"shutdown_grace": grace, "threads": 2}),
+        addr=lb,
+    ).process
     return lb, lb_process
 
 
@@ -58,8 +59,10 @@ def open_connection_survives(sig):
 
     proc.signal(sig)
     wait_refused(lb)
-    h.expect(proc.alive(), f"stickyd exited on {sig.name} with a connection still open\n"
-                           f"{proc.describe()}")
+    h.expect(
+        proc.alive(),
+        f"stickyd exited on {sig.name} with a connection still open\n" f"{proc.describe()}",
+    )
 
     # The connection keeps working after the signal: a slow transfer in pieces.
     for i in range(10):
@@ -77,8 +80,11 @@ def open_connection_survives(sig):
     s.close()
     # The grace period is 30 s; the exit must come when the connection closes.
     status = proc.wait(15)
-    h.expect(status is not None, f"stickyd still running 15s after its last connection closed "
-                                 f"(shutdown_grace is 30s)\n{proc.describe()}")
+    h.expect(
+        status is not None,
+        f"stickyd still running 15s after its last connection closed "
+        f"(shutdown_grace is 30s)\n{proc.describe()}",
+    )
     h.expect_eq(status, 0, f"exit status after {sig.name}")
 
 
@@ -95,8 +101,10 @@ def test_idle_stop_exits_zero():
     h.expect_eq(h.whoami("127.0.0.3", lb), "echo", "a request before the signal")
     proc.signal(signal.SIGTERM)
     status = proc.wait(10)
-    h.expect(status is not None, f"stickyd with no connections still running 10s after SIGTERM\n"
-                                 f"{proc.describe()}")
+    h.expect(
+        status is not None,
+        f"stickyd with no connections still running 10s after SIGTERM\n" f"{proc.describe()}",
+    )
     h.expect_eq(status, 0, "exit status")
 
 
@@ -114,8 +122,10 @@ def test_grace_deadline_closes_held_connections():
         how = h.wait_closed(s, timeout=15)
         h.expect(how in ("eof", "reset"), f"held connection ended with {how}")
     status = proc.wait(10)
-    h.expect(status is not None, f"stickyd still running after closing held connections\n"
-                                 f"{proc.describe()}")
+    h.expect(
+        status is not None,
+        f"stickyd still running after closing held connections\n" f"{proc.describe()}",
+    )
     h.expect_eq(status, 0, "exit status after the grace deadline")
 
 
@@ -131,8 +141,10 @@ def test_second_signal_closes_everything_now():
     how = h.wait_closed(s, timeout=15)
     h.expect(how in ("eof", "reset"), f"held connection ended with {how}")
     status = proc.wait(10)
-    h.expect(status is not None, f"stickyd still running after a second SIGTERM (grace 60s)\n"
-                                 f"{proc.describe()}")
+    h.expect(
+        status is not None,
+        f"stickyd still running after a second SIGTERM (grace 60s)\n" f"{proc.describe()}",
+    )
     h.expect_eq(status, 0, "exit status after a second SIGTERM")
 
 

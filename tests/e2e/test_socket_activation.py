@@ -23,11 +23,15 @@ def test_socket_unit_verifies():
         socket_path = h.write_file("stickyd.socket", f.read())
     result = h.systemd_verify([socket_path, service_path])
     # verify exits 0 on unknown keys; any line naming our units is a finding.
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if "stickyd.socket" in line or "stickyd.service" in line]
-    h.expect(result.returncode == 0 and not ours,
-             f"systemd-analyze verify exited {result.returncode}:\n"
-             f"{result.stdout}{result.stderr}")
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "stickyd.socket" in line or "stickyd.service" in line
+    ]
+    h.expect(
+        result.returncode == 0 and not ours,
+        f"systemd-analyze verify exited {result.returncode}:\n" f"{result.stdout}{result.stderr}",
+    )
 
 
 def test_socket_unit_listens_where_the_example_config_binds():
@@ -43,6 +47,7 @@ def test_socket_unit_listens_where_the_example_config_binds():
 
 # ---------------------------------------------------------------------------------
 # Adoption by the daemon
+
 
 def need_adoption():
     if shutil.which("systemd-socket-activate") is None:
@@ -89,8 +94,10 @@ def test_stickyd_closes_a_passed_socket_no_listener_wants():
     h.wait_accepting(lb, stickyd)
     h.expect_eq(h.whoami("127.0.0.2", lb), "backend-1", "the matched listener serves")
     log = stickyd.log()
-    h.expect(f"socket-activation fd 4 (fd1): {h.fmt_addr(stray)} matches no [[listener]]"
-             in log, f"warning about the stray socket:\n{log}")
+    h.expect(
+        f"socket-activation fd 4 (fd1): {h.fmt_addr(stray)} matches no [[listener]]" in log,
+        f"warning about the stray socket:\n{log}",
+    )
     # Closed by stickyd, and systemd-socket-activate is stickyd now: nothing listens.
     try:
         with h.connect(stray, timeout=2.0):

@@ -12,20 +12,25 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 SOURCES = h.source_ips(60)
 
 # Addresses need not be reachable for the offline commands.
-OFFLINE_TARGETS = [{"id": f"t{i}", "address": f"127.0.0.1:{19000 + i}", "weight": w}
-                   for i, w in enumerate([1, 2, 1, 3, 1], start=1)]
+OFFLINE_TARGETS = [
+    {"id": f"t{i}", "address": f"127.0.0.1:{19000 + i}", "weight": w}
+    for i, w in enumerate([1, 2, 1, 3, 1], start=1)
+]
 
 
 def stickyctl(*args, ok=True):
     result = h.run([STICKYCTL_BIN] + list(args))
     if ok:
-        h.expect(result.returncode == 0,
-                 f"stickyctl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        h.expect(
+            result.returncode == 0,
+            f"stickyctl {' '.join(args)} exited {result.returncode}: {result.stderr}",
+        )
     return result
 
 
@@ -35,8 +40,10 @@ def stickyctl_json(*args):
 
 def offline_config(algorithm="ring", groups=None):
     groups = groups or [{"name": "web", "algorithm": algorithm, "targets": OFFLINE_TARGETS}]
-    return h.write_file("offline.toml", h.config_text(
-        [{"bind": "127.0.0.1:18000", "target_group": groups[0]["name"]}], groups))
+    return h.write_file(
+        "offline.toml",
+        h.config_text([{"bind": "127.0.0.1:18000", "target_group": groups[0]["name"]}], groups),
+    )
 
 
 def test_lookup_agrees_with_real_connections():
@@ -55,8 +62,11 @@ def test_lookup_agrees_with_real_connections():
             h.expect_eq(entry["owner"], entry["chosen"], f"owner of {entry['ip']} (all healthy)")
         actual = h.mapping(stickyd.addr, SOURCES)
         wrong = {ip: (predicted[ip], actual[ip]) for ip in SOURCES if predicted[ip] != actual[ip]}
-        h.expect(not wrong, f"{algorithm}: stickyctl lookup (predicted, actual) differs for "
-                            f"{len(wrong)} of {len(SOURCES)} sources: {wrong}")
+        h.expect(
+            not wrong,
+            f"{algorithm}: stickyctl lookup (predicted, actual) differs for "
+            f"{len(wrong)} of {len(SOURCES)} sources: {wrong}",
+        )
         h.expect(len(set(actual.values())) > 1, f"{algorithm}: every source went to one target")
         for b in backends:
             b.stop()
@@ -76,19 +86,24 @@ def test_ring_shares_sum_to_one():
         path = offline_config(algorithm)
         ring = stickyctl_json("ring", "--config", path)
         shares = [t["share"] for t in ring["targets"]]
-        h.expect_eq(sorted(t["id"] for t in ring["targets"]),
-                    [t["id"] for t in OFFLINE_TARGETS], "targets")
+        h.expect_eq(
+            sorted(t["id"] for t in ring["targets"]), [t["id"] for t in OFFLINE_TARGETS], "targets"
+        )
         h.expect(abs(sum(shares) - 1) <= 1e-6, f"{algorithm}: shares sum to {sum(shares)}")
-        h.expect(abs(ring["min"] - min(shares)) < 1e-12 and abs(ring["max"] - max(shares)) < 1e-12,
-                 f"{algorithm}: min/max {ring}")
+        h.expect(
+            abs(ring["min"] - min(shares)) < 1e-12 and abs(ring["max"] - max(shares)) < 1e-12,
+            f"{algorithm}: min/max {ring}",
+        )
         # Weight 3 of 8 in total: within a few percent of 3/8.
         t4 = next(t for t in ring["targets"] if t["id"] == "t4")
         h.expect(abs(t4["share"] - 3 / 8) < 0.03, f"{algorithm}: t4 share {t4['share']}")
 
         text = stickyctl("ring", "--config", path).stdout
         for t in OFFLINE_TARGETS:
-            h.expect(any(line.startswith(t["id"] + " ") and "█" in line
-                         for line in text.splitlines()), f"no bar for {t['id']}:\n{text}")
+            h.expect(
+                any(line.startswith(t["id"] + " ") and "█" in line for line in text.splitlines()),
+                f"no bar for {t['id']}:\n{text}",
+            )
         h.expect("max/mean" in text, f"no summary line:\n{text}")
 
 
@@ -97,8 +112,10 @@ def test_simulate_remove_moves_exactly_that_share():
     shares = {t["id"]: t["share"] for t in stickyctl_json("ring", "--config", path)["targets"]}
     for removed in ("t2", "t4"):
         sim = stickyctl_json("simulate", "--config", path, "--remove", removed)
-        h.expect(abs(sim["moved"] - shares[removed]) < 1e-9,
-                 f"remove {removed}: moved {sim['moved']}, its share is {shares[removed]}")
+        h.expect(
+            abs(sim["moved"] - shares[removed]) < 1e-9,
+            f"remove {removed}: moved {sim['moved']}, its share is {shares[removed]}",
+        )
         for move in sim["moves"]:
             h.expect_eq(move["from"], removed, f"a move when removing {removed}: {move}")
         h.expect(abs(sum(m["share"] for m in sim["moves"]) - sim["moved"]) < 1e-12, "move sum")
@@ -143,13 +160,28 @@ def test_errors_are_one_line():
     one_line_error(["simulate", "--config", path, "--add", "t1=127.0.0.1:1"], '"t1"')
     one_line_error(["simulate", "--config", path, "--add", "t7=nowhere"], "nowhere")
     one_line_error(["ring", "--config", path + ".missing"], ".missing")
-    heavy = offline_config(groups=[{"name": "web", "targets": [
-        {"id": f"h{i}", "address": f"127.0.0.1:{19100 + i}", "weight": 100} for i in range(10)]}])
-    one_line_error(["simulate", "--config", heavy, "--add", "h10=127.0.0.1:19110,weight=100"],
-                   "weights add up to 1100")
+    heavy = offline_config(
+        groups=[
+            {
+                "name": "web",
+                "targets": [
+                    {"id": f"h{i}", "address": f"127.0.0.1:{19100 + i}", "weight": 100}
+                    for i in range(10)
+                ],
+            }
+        ]
+    )
+    one_line_error(
+        ["simulate", "--config", heavy, "--add", "h10=127.0.0.1:19110,weight=100"],
+        "weights add up to 1100",
+    )
 
-    two = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS},
-                                 {"name": "api", "targets": OFFLINE_TARGETS[:2]}])
+    two = offline_config(
+        groups=[
+            {"name": "web", "targets": OFFLINE_TARGETS},
+            {"name": "api", "targets": OFFLINE_TARGETS[:2]},
+        ]
+    )
     one_line_error(["ring", "--config", two], "--group")
     api = stickyctl_json("ring", "--config", two, "--group", "api")
     h.expect_eq(len(api["targets"]), 2, "api targets")
@@ -166,26 +198,47 @@ def exact_error(args, wanted_line, wanted_status):
 def test_a_mistyped_command_or_flag_gets_a_did_you_mean():
     exact_error(["staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2)
     exact_error(["status", "--jsn"], "stickyctl: unknown option --jsn (did you mean --json?)", 2)
-    exact_error(["--jsn", "staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2)
-    exact_error(["ring", "--confg", "x.toml"],
-                "stickyctl: unknown option --confg (did you mean --config?)", 2)
+    exact_error(
+        ["--jsn", "staus"], "stickyctl: unknown command 'staus' (did you mean 'status'?)", 2
+    )
+    exact_error(
+        ["ring", "--confg", "x.toml"],
+        "stickyctl: unknown option --confg (did you mean --config?)",
+        2,
+    )
     exact_error(["frobnicate"], "stickyctl: unknown command 'frobnicate' (see stickyctl --help)", 2)
-    exact_error([], "stickyctl: a command is required: ring, lookup, simulate, status, drain or "
-                    "enable (see stickyctl --help)", 2)
+    exact_error(
+        [],
+        "stickyctl: a command is required: ring, lookup, simulate, status, drain or "
+        "enable (see stickyctl --help)",
+        2,
+    )
 
 
 def test_exit_status_1_for_configuration_or_daemon_2_for_command_line():
     path = offline_config()
-    exact_error(["lookup", "--config", path, "10.0.0.300"],
-                'stickyctl: lookup: "10.0.0.300" is not an IP address (expected e.g. 192.0.2.1 or '
-                '2001:db8::1)', 2)
-    exact_error(["simulate", "--config", path], "stickyctl: simulate: nothing to simulate; give "
-                "--remove, --add or --down", 2)
+    exact_error(
+        ["lookup", "--config", path, "10.0.0.300"],
+        'stickyctl: lookup: "10.0.0.300" is not an IP address (expected e.g. 192.0.2.1 or '
+        "2001:db8::1)",
+        2,
+    )
+    exact_error(
+        ["simulate", "--config", path],
+        "stickyctl: simulate: nothing to simulate; give " "--remove, --add or --down",
+        2,
+    )
     h.expect_eq(stickyctl("ring", "--bogus", ok=False).returncode, 2, "a bad flag: exit status")
-    h.expect_eq(stickyctl("ring", "--config", path + ".missing", ok=False).returncode, 1,
-                "a missing config file: exit status")
-    h.expect_eq(stickyctl("ring", "--config", path, "--group", "nope", ok=False).returncode, 1,
-                "an unknown group: exit status")
+    h.expect_eq(
+        stickyctl("ring", "--config", path + ".missing", ok=False).returncode,
+        1,
+        "a missing config file: exit status",
+    )
+    h.expect_eq(
+        stickyctl("ring", "--config", path, "--group", "nope", ok=False).returncode,
+        1,
+        "an unknown group: exit status",
+    )
     nowhere = os.path.join(h.temp_dir(), "no-daemon.sock")
     for args in (["status"], ["lookup", "127.0.0.2"]):
         result = stickyctl(*args, "--admin", nowhere, ok=False)
@@ -198,32 +251,54 @@ def test_ring_max_over_mean_is_against_weight_proportional_shares():
     ring = stickyctl_json("ring", "--config", path)
     total = sum(t["weight"] for t in OFFLINE_TARGETS)
     worst = max(t["share"] / (t["weight"] / total) for t in ring["targets"])
-    h.expect(abs(ring["max_over_mean"] - worst) < 1e-12,
-             f"max_over_mean {ring['max_over_mean']}, the largest share/expected is {worst}")
-    h.expect(ring["max_over_mean"] < 1.1,
-             f"weights 1,2,1,3,1 on a ring: {ring['max_over_mean']} (max/mean alone is ~1.9)")
+    h.expect(
+        abs(ring["max_over_mean"] - worst) < 1e-12,
+        f"max_over_mean {ring['max_over_mean']}, the largest share/expected is {worst}",
+    )
+    h.expect(
+        ring["max_over_mean"] < 1.1,
+        f"weights 1,2,1,3,1 on a ring: {ring['max_over_mean']} (max/mean alone is ~1.9)",
+    )
     text = stickyctl("ring", "--config", path).stdout
     footer = text.splitlines()[-1]
-    h.expect_eq(footer, f"min {ring['min'] * 100:.3f}%  max {ring['max'] * 100:.3f}%  max/mean "
-                        f"{ring['max_over_mean']:.4f} (each share against its weight-proportional "
-                        "one)", "the summary line with unequal weights")
-    equal = offline_config(groups=[{"name": "web", "targets": [dict(t, weight=1)
-                                                               for t in OFFLINE_TARGETS]}])
+    h.expect_eq(
+        footer,
+        f"min {ring['min'] * 100:.3f}%  max {ring['max'] * 100:.3f}%  max/mean "
+        f"{ring['max_over_mean']:.4f} (each share against its weight-proportional "
+        "one)",
+        "the summary line with unequal weights",
+    )
+    equal = offline_config(
+        groups=[{"name": "web", "targets": [dict(t, weight=1) for t in OFFLINE_TARGETS]}]
+    )
     footer = stickyctl("ring", "--config", equal).stdout.splitlines()[-1]
-    h.expect(footer.endswith(f"max/mean {stickyctl_json('ring', '--config', equal)['max_over_mean']:.4f}"),
-             f"the summary line with equal weights: {footer!r}")
+    h.expect(
+        footer.endswith(
+            f"max/mean {stickyctl_json('ring', '--config', equal)['max_over_mean']:.4f}"
+        ),
+        f"the summary line with equal weights: {footer!r}",
+    )
 
 
 def test_counts_are_pluralised():
     one = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS[:1]}])
-    h.expect_eq(stickyctl("ring", "--config", one).stdout.splitlines()[0],
-                "group web (ring, 4096 points per unit of weight), 1 target", "ring heading")
+    h.expect_eq(
+        stickyctl("ring", "--config", one).stdout.splitlines()[0],
+        "group web (ring, 4096 points per unit of weight), 1 target",
+        "ring heading",
+    )
     backend = h.start_backend("only")
     lb = h.lb_addr()
     d = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address], addr=lb)
     lines = stickyctl("status", "--admin", d.admin_socket).stdout.splitlines()
-    h.expect(re.fullmatch(r"stickyd \S+: 0 active connections, \d+ accepted, 0 connect failures, "
-                          r"0 retries, \d+ B in, \d+ B out", lines[0]), f"status heading: {lines[0]!r}")
+    h.expect(
+        re.fullmatch(
+            r"stickyd \S+: 0 active connections, \d+ accepted, 0 connect failures, "
+            r"0 retries, \d+ B in, \d+ B out",
+            lines[0],
+        ),
+        f"status heading: {lines[0]!r}",
+    )
     h.expect("group default (ring), 1 target" in lines, f"status group line: {lines}")
 
 

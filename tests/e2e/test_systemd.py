@@ -22,31 +22,43 @@ def test_unit_verifies():
     unit = h.service_unit_for_this_build()
     result = h.systemd_verify([unit])
     # verify also reports on the units it loads alongside; only ours counts.
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if "stickyd.service" in line]
-    h.expect(result.returncode == 0 and not ours,
-             f"systemd-analyze verify exited {result.returncode}:\n"
-             f"{result.stdout}{result.stderr}")
+    ours = [
+        line for line in (result.stdout + result.stderr).splitlines() if "stickyd.service" in line
+    ]
+    h.expect(
+        result.returncode == 0 and not ours,
+        f"systemd-analyze verify exited {result.returncode}:\n" f"{result.stdout}{result.stderr}",
+    )
 
 
 def test_template_unit_verifies_as_an_instance():
     unit = h.service_unit_for_this_build(instance="web")
     result = h.systemd_verify([unit])
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "stickyd@" in line]
-    h.expect(result.returncode == 0 and not ours,
-             f"systemd-analyze verify exited {result.returncode}:\n"
-             f"{result.stdout}{result.stderr}")
+    h.expect(
+        result.returncode == 0 and not ours,
+        f"systemd-analyze verify exited {result.returncode}:\n" f"{result.stdout}{result.stderr}",
+    )
 
 
 def test_template_instances_have_their_own_config_admin_socket_and_runtime_dir():
-    with open(h.service_unit_for_this_build(instance="web").replace("@web", "@"),
-              encoding="utf-8") as f:
+    with open(
+        h.service_unit_for_this_build(instance="web").replace("@web", "@"), encoding="utf-8"
+    ) as f:
         text = f.read()
-    h.expect(re.search(r"^ExecStart=\S+/stickyd --config \S+/%i\.toml "
-                       r"--admin-socket /run/stickyd/%i/admin\.sock$", text, re.M),
-             f"ExecStart of the template:\n{text}")
-    h.expect(re.search(r"^RuntimeDirectory=stickyd/%i$", text, re.M),
-             "instances must not share (and remove) one runtime directory")
+    h.expect(
+        re.search(
+            r"^ExecStart=\S+/stickyd --config \S+/%i\.toml "
+            r"--admin-socket /run/stickyd/%i/admin\.sock$",
+            text,
+            re.M,
+        ),
+        f"ExecStart of the template:\n{text}",
+    )
+    h.expect(
+        re.search(r"^RuntimeDirectory=stickyd/%i$", text, re.M),
+        "instances must not share (and remove) one runtime directory",
+    )
 
 
 def exposure(unit, name):
@@ -58,8 +70,7 @@ def exposure(unit, name):
 
 
 def test_template_unit_exposure_at_most_2():
-    score, output = exposure(h.service_unit_for_this_build(instance="web"),
-                             "stickyd@web.service")
+    score, output = exposure(h.service_unit_for_this_build(instance="web"), "stickyd@web.service")
     h.expect(score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{output}")
 
 
@@ -76,8 +87,7 @@ def test_unit_exposure_at_most_2():
 
 def flagged_capabilities(output):
     """The capabilities systemd-analyze security counts against a unit."""
-    return set(re.findall(r"^\S+ CapabilityBoundingSet=~(\S+)\s+Service has (?!no )", output,
-                          re.M))
+    return set(re.findall(r"^\S+ CapabilityBoundingSet=~(\S+)\s+Service has (?!no )", output, re.M))
 
 
 def test_client_ip_drop_in_verifies_and_adds_only_cap_net_admin():
@@ -87,23 +97,36 @@ def test_client_ip_drop_in_verifies_and_adds_only_cap_net_admin():
     _, without = exposure(unit, "stickyd.service")
     drop_ins = os.path.join(os.path.dirname(unit), "stickyd.service.d")
     os.makedirs(drop_ins)
-    shutil.copy(os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.d",
-                             "preserve-client-ip.conf"), drop_ins)
+    shutil.copy(
+        os.path.join(h.SOURCE_ROOT, "systemd", "stickyd.service.d", "preserve-client-ip.conf"),
+        drop_ins,
+    )
     result = h.systemd_verify([unit])
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if "stickyd.service" in line or "preserve-client-ip" in line]
-    h.expect(result.returncode == 0 and not ours,
-             f"systemd-analyze verify with the drop-in exited {result.returncode}:\n"
-             f"{result.stdout}{result.stderr}")
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "stickyd.service" in line or "preserve-client-ip" in line
+    ]
+    h.expect(
+        result.returncode == 0 and not ours,
+        f"systemd-analyze verify with the drop-in exited {result.returncode}:\n"
+        f"{result.stdout}{result.stderr}",
+    )
     score, with_drop_in = exposure(unit, "stickyd.service")
-    h.expect_eq(flagged_capabilities(with_drop_in) - flagged_capabilities(without),
-                {"CAP_NET_ADMIN"}, "capabilities the drop-in adds")
-    h.expect(score <= MAX_EXPOSURE, f"exposure with the drop-in {score} > {MAX_EXPOSURE}:\n"
-                                    f"{with_drop_in}")
+    h.expect_eq(
+        flagged_capabilities(with_drop_in) - flagged_capabilities(without),
+        {"CAP_NET_ADMIN"},
+        "capabilities the drop-in adds",
+    )
+    h.expect(
+        score <= MAX_EXPOSURE,
+        f"exposure with the drop-in {score} > {MAX_EXPOSURE}:\n" f"{with_drop_in}",
+    )
 
 
 # ---------------------------------------------------------------------------------
 # The notify protocol, with a socket of ours as NOTIFY_SOCKET
+
 
 class FakeSystemd:
     def __init__(self):
@@ -148,8 +171,17 @@ def spawn(argv, env, label):
 
 
 def stickyd_argv(lb, backend):
-    return [h.STICKYD_BIN, "--listen", h.fmt_addr(lb), "--target", backend.address,
-            "--threads", "2", "--health-check", "off"] + h.admin_socket_args()
+    return [
+        h.STICKYD_BIN,
+        "--listen",
+        h.fmt_addr(lb),
+        "--target",
+        backend.address,
+        "--threads",
+        "2",
+        "--health-check",
+        "off",
+    ] + h.admin_socket_args()
 
 
 def test_ready_status_stopping():
@@ -162,9 +194,11 @@ def test_ready_status_stopping():
     # No retry: the listener must already accept when READY=1 is sent.
     with h.connect(lb, timeout=2.0):
         pass
-    h.expect(re.fullmatch(r"1 listener, 1 target, \d+ active connections?",
-                          ready.get("STATUS", "")) is not None,
-             f"STATUS= with READY=1: {ready}")
+    h.expect(
+        re.fullmatch(r"1 listener, 1 target, \d+ active connections?", ready.get("STATUS", ""))
+        is not None,
+        f"STATUS= with READY=1: {ready}",
+    )
     h.expect_eq(h.whoami("127.0.0.2", lb), "echo", "a request through stickyd")
     proc.signal(signal.SIGTERM)
     systemd.wait_for("STOPPING")
@@ -188,8 +222,10 @@ def test_reload_notifies_reloading_then_ready():
     while "reload failed" not in status["STATUS"]:
         status = systemd.wait_for("STATUS")
     h.expect("bogus: unknown key" in status["STATUS"], f"STATUS= names the key: {status}")
-    h.expect(not any("RELOADING" in m for m in systemd.messages),
-             f"RELOADING=1 for a reload that was refused: {systemd.messages}")
+    h.expect(
+        not any("RELOADING" in m for m in systemd.messages),
+        f"RELOADING=1 for a reload that was refused: {systemd.messages}",
+    )
 
     # A valid one: RELOADING=1 with MONOTONIC_USEC, then READY=1.
     with open(path, "w") as f:
@@ -216,15 +252,18 @@ def test_status_counts_targets_at_start_and_after_a_reload():
     path = h.write_file("status.toml", text)
     proc = spawn([h.STICKYD_BIN, "--config", path], {"NOTIFY_SOCKET": systemd.path}, "stickyd")
     ready = systemd.wait_for("READY")
-    h.expect(ready.get("STATUS", "").startswith("1 listener, 1 target, "),
-             f"STATUS= at start: {ready}")
+    h.expect(
+        ready.get("STATUS", "").startswith("1 listener, 1 target, "), f"STATUS= at start: {ready}"
+    )
     with open(path, "w") as f:
         f.write(h.simple_config(h.fmt_addr(lb), backends, group=group))
     proc.signal(signal.SIGHUP)
     systemd.wait_for("RELOADING")
     ready = systemd.wait_for("READY")
-    h.expect(ready.get("STATUS", "").startswith("1 listener, 2 targets, "),
-             f"STATUS= after the reload: {ready}")
+    h.expect(
+        ready.get("STATUS", "").startswith("1 listener, 2 targets, "),
+        f"STATUS= after the reload: {ready}",
+    )
     proc.signal(signal.SIGTERM)
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 
@@ -267,13 +306,14 @@ def test_watchdog_pings_and_status_lines():
 class FrozenThread:
     """Stops one thread of another process (not the whole process, as SIGSTOP would)
     with ptrace: PTRACE_SEIZE, then PTRACE_INTERRUPT. Detaching lets it run again."""
+
     PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 
     def __init__(self, tid):
         import ctypes
+
         self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
-                                     ctypes.c_void_p]
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
         self.tid = tid
         if self.libc.ptrace(self.PTRACE_SEIZE, tid, None, None) != 0:
             h.skip(f"ptrace is not permitted here (errno {ctypes.get_errno()})")
@@ -309,8 +349,10 @@ def test_a_wedged_worker_stops_the_watchdog_pings():
             systemd.next(0.5)
         pings = [m for m in systemd.messages if m.get("WATCHDOG") == "1"]
         h.expect(not pings, f"{len(pings)} watchdog pings while worker-1 was stopped")
-        h.expect(any("STATUS" in m for m in systemd.messages),
-                 f"the signal loop itself stopped too: {systemd.messages}")
+        h.expect(
+            any("STATUS" in m for m in systemd.messages),
+            f"the signal loop itself stopped too: {systemd.messages}",
+        )
     finally:
         frozen.release()
     systemd.wait_for("WATCHDOG", timeout=5)  # pings resume once it turns again
@@ -328,8 +370,10 @@ def test_watchdog_pid_of_another_process_is_ignored():
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         message = systemd.next(0.2)
-        h.expect(message is None or "WATCHDOG" not in message,
-                 "WATCHDOG=1 sent although WATCHDOG_PID names another process")
+        h.expect(
+            message is None or "WATCHDOG" not in message,
+            "WATCHDOG=1 sent although WATCHDOG_PID names another process",
+        )
     proc.signal(signal.SIGTERM)
     h.expect_eq(proc.wait(10), 0, "exit status after SIGTERM")
 

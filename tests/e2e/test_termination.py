@@ -12,8 +12,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(os.environ.get("STICKYCTL_BIN")
-                                or os.path.join(h.SOURCE_ROOT, "build", "stickyctl"))
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
+)
 SOURCES = h.source_ips(80)
 # Far longer than the test needs: a connect to the black hole can only end early
 # because stickyd gave up on that target.
@@ -77,8 +78,9 @@ def clients_in_background(lb, ips, good):
     results = []
 
     def run():
-        results.extend(h.run_parallel([lambda ip=ip: echo_client(lb, ip, good) for ip in ips],
-                                      timeout=75))
+        results.extend(
+            h.run_parallel([lambda ip=ip: echo_client(lb, ip, good) for ip in ips], timeout=75)
+        )
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -88,6 +90,7 @@ def clients_in_background(lb, ips, good):
         h.expect(not thread.is_alive(), "the clients did not finish")
         h.expect_eq(len(results), len(ips), "clients that finished")
         return [r for r in results if r is not None]
+
     return finish
 
 
@@ -102,7 +105,7 @@ def moved_count(stickyd):
 
 def test_targets_turning_unhealthy_reset_none_of_the_clients_connecting_to_them():
     good = h.start_backends(2)
-    refusing = f"127.0.0.1:{h.free_port()}"      # nothing listens there
+    refusing = f"127.0.0.1:{h.free_port()}"  # nothing listens there
     hole = blackhole()
     lb = h.lb_addr()
     targets = [{"id": b.name, "address": b.address} for b in good]
@@ -111,21 +114,39 @@ def test_targets_turning_unhealthy_reset_none_of_the_clients_connecting_to_them(
     # turn unhealthy 1.5-2.5 s in, while the clients below still wait on them.
     config = h.config_text(
         [{"bind": h.fmt_addr(lb), "target_group": "web", "access_log": True}],
-        [{"name": "web", "connect_timeout": CONNECT_TIMEOUT, "connect_retries": 2,
-          "health_check": {"interval": "1s", "timeout": "500ms", "unhealthy_threshold": 2,
-                           "healthy_threshold": 2},
-          "targets": targets}])
+        [
+            {
+                "name": "web",
+                "connect_timeout": CONNECT_TIMEOUT,
+                "connect_retries": 2,
+                "health_check": {
+                    "interval": "1s",
+                    "timeout": "500ms",
+                    "unhealthy_threshold": 2,
+                    "healthy_threshold": 2,
+                },
+                "targets": targets,
+            }
+        ],
+    )
     stickyd = h.start_stickyd(config, addr=lb)
     finish = clients_in_background(lb, SOURCES, {b.name for b in good})
     problems = finish()
-    h.expect(not problems, f"{len(problems)} of {len(SOURCES)} clients failed, e.g. "
-                           f"{problems[:3]}\n{stickyd.describe()}")
+    h.expect(
+        not problems,
+        f"{len(problems)} of {len(SOURCES)} clients failed, e.g. "
+        f"{problems[:3]}\n{stickyd.describe()}",
+    )
     log = stickyd.process.log()
-    h.expect("blackhole (" in log and "is unhealthy" in log,
-             f"the black hole never turned unhealthy\n{stickyd.describe()}")
-    h.expect(moved_count(stickyd) > 0,
-             "no client was connecting to a target when it turned unhealthy: the test "
-             f"proves nothing\n{stickyd.describe()}")
+    h.expect(
+        "blackhole (" in log and "is unhealthy" in log,
+        f"the black hole never turned unhealthy\n{stickyd.describe()}",
+    )
+    h.expect(
+        moved_count(stickyd) > 0,
+        "no client was connecting to a target when it turned unhealthy: the test "
+        f"proves nothing\n{stickyd.describe()}",
+    )
 
 
 def test_deregistration_delay_ending_moves_clients_still_connecting():
@@ -136,24 +157,39 @@ def test_deregistration_delay_ending_moves_clients_still_connecting():
     targets.append({"id": "blackhole", "address": hole})
     config = h.config_text(
         [{"bind": h.fmt_addr(lb), "target_group": "web", "access_log": True}],
-        [{"name": "web", "connect_timeout": CONNECT_TIMEOUT, "connect_retries": 0,
-          "health_check": {"enabled": False},
-          "deregistration_delay": {"timeout": "1s"},
-          "targets": targets}])
+        [
+            {
+                "name": "web",
+                "connect_timeout": CONNECT_TIMEOUT,
+                "connect_retries": 0,
+                "health_check": {"enabled": False},
+                "deregistration_delay": {"timeout": "1s"},
+                "targets": targets,
+            }
+        ],
+    )
     stickyd = h.start_stickyd(config, addr=lb)
     ips = SOURCES[:40]
     finish = clients_in_background(lb, ips, {b.name for b in good})
     # connect_retries = 0: the move off the drained target is each client's only
     # second chance, which it must get all the same.
-    h.wait_for("clients connecting to the black hole",
-               lambda: "blackhole" in stickyctl_status(stickyd), process=stickyd.process)
+    h.wait_for(
+        "clients connecting to the black hole",
+        lambda: "blackhole" in stickyctl_status(stickyd),
+        process=stickyd.process,
+    )
     drained = h.run([STICKYCTL_BIN, "drain", "blackhole", "--admin", stickyd.admin_socket])
     h.expect_eq(drained.returncode, 0, f"stickyctl drain: {drained.stderr}")
     problems = finish()
-    h.expect(not problems, f"{len(problems)} of {len(ips)} clients failed, e.g. "
-                           f"{problems[:3]}\n{stickyd.describe()}")
-    h.expect(moved_count(stickyd) > 0,
-             f"no client was moved off the drained target\n{stickyd.describe()}")
+    h.expect(
+        not problems,
+        f"{len(problems)} of {len(ips)} clients failed, e.g. "
+        f"{problems[:3]}\n{stickyd.describe()}",
+    )
+    h.expect(
+        moved_count(stickyd) > 0,
+        f"no client was moved off the drained target\n{stickyd.describe()}",
+    )
 
 
 def stickyctl_status(stickyd):
@@ -162,8 +198,9 @@ def stickyctl_status(stickyd):
     if r.returncode != 0:
         return set()
     doc = json.loads(r.stdout)
-    return {t["id"] for g in doc["groups"] for t in g["targets"]
-            if t.get("active_connections", 0) > 0}
+    return {
+        t["id"] for g in doc["groups"] for t in g["targets"] if t.get("active_connections", 0) > 0
+    }
 
 
 if __name__ == "__main__":

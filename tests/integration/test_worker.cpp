@@ -6,14 +6,14 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <linux/sockios.h>
-#include <pthread.h>
-#include <sched.h>
-#include <signal.h>
 #include <doctest/doctest.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -599,10 +599,10 @@ void hold_here(int) {
 }
 
 struct WorkerHold {
-    struct sigaction previous{};
+    struct sigaction previous {};
     bool holding = false;
     explicit WorkerHold(std::thread& worker) {
-        struct sigaction action{};
+        struct sigaction action {};
         action.sa_handler = hold_here;
         hold_requested = true;
         holding = ::sigaction(SIGUSR2, &action, &previous) == 0 &&
@@ -655,9 +655,8 @@ TEST_CASE("allow and deny lists reset refused clients before any target; an upda
     changed.sources = lists({"127.0.0.3"}, {"127.0.0.2"});
     rig.worker->update_listener(changed);
     // 127.0.0.5 is refused by both: once the new counters see it, the new lists apply.
-    REQUIRE(eventually([&] {
-        return reset_from("127.0.0.5", port) && after->refused_not_allowed.load() >= 1;
-    }));
+    REQUIRE(eventually(
+        [&] { return reset_from("127.0.0.5", port) && after->refused_not_allowed.load() >= 1; }));
     CHECK(reset_from("127.0.0.2", port));
     CHECK(after->refused_denied.load() == 1);
     Fd allowed{connect_from("127.0.0.3", port)};
