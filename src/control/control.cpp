@@ -67,14 +67,25 @@ std::string seconds(Duration d) {
     return fmt::format("{} ms", d.count());
 }
 
-// "its 3 connections get 300 s" / "its 3 connections are reset now"
-std::string remaining_connections(const GroupTarget& t, const DeregistrationConfig& delay) {
+// "its 3 connections get 300 s" / "its 1 connection is reset now" / for a target
+// drained before, whose delay has been running since: "its 3 connections keep the
+// 120 s left of the delay that began with its drain".
+std::string remaining_connections(const GroupTarget& t, const DeregistrationConfig& delay,
+                                  bool drained_before = false,
+                                  Clock::time_point now = Clock::now()) {
     const uint64_t active = t.stats->active.load(std::memory_order_relaxed);
-    const char* noun = active == 1 ? "connection" : "connections";
+    const bool one = active == 1;
+    const char* noun = one ? "connection" : "connections";
     if (delay.connection_termination || delay.timeout.count() == 0) {
-        return fmt::format("its {} {} are reset now", active, noun);
+        return fmt::format("its {} {} {} reset now", active, noun, one ? "is" : "are");
     }
-    return fmt::format("its {} {} get {}", active, noun, seconds(delay.timeout));
+    if (drained_before && t.deadline) {
+        const Duration left = std::chrono::ceil<std::chrono::seconds>(*t.deadline - now);
+        return fmt::format("its {} {} keep the {} left of the delay that began with its drain",
+                           active, noun, seconds(std::max(Duration::zero(), left)));
+    }
+    return fmt::format("its {} {} {} {}", active, noun, one ? "gets" : "get",
+                       seconds(delay.timeout));
 }
 
 // Whether a snapshot built by `a`'s balancer settings can reuse one from `b`'s.
@@ -355,6 +366,14 @@ std::vector<std::string> Control::Loop::reconcile_group(Group& group, Clock::tim
     std::vector<DesiredTarget> desired;
     if (group.configured) desired = desired_targets(group.config, group.discovered, group.overlay);
     const DeregistrationConfig& delay = group.config.deregistration_delay;
+    std::vector<std::pair<std::string, SocketAddress>> drained;
+    for (const GroupTarget& t : group.targets) {
+        if (t.deregistration == Deregistration::drained) drained.emplace_back(t.id, t.address);
+    }
+    auto was_drained = [&](const GroupTarget& t) {
+        return std::find(drained.begin(), drained.end(), std::pair(t.id, t.address)) !=
+               drained.end();
+    };
     auto r = reconcile(std::move(group.targets), desired, delay, now, false);
     group.targets = std::move(r.targets);
     const std::string& name = group.config.name;
@@ -375,7 +394,7 @@ std::vector<std::string> Control::Loop::reconcile_group(Group& group, Clock::tim
         lines.push_back(
             fmt::format("target group '{}': target {} is deregistering: {}; {}", name, name_of(t),
                         via_admin ? "deregistered via admin API" : removal_reason(group, t),
-                        remaining_connections(t, delay)));
+                        remaining_connections(t, delay, was_drained(t), now)));
         deadlines_.push({*t.deadline, name, t.id, t.address});
     }
     for (size_t i : r.restored) {

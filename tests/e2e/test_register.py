@@ -287,7 +287,7 @@ def test_deregister_drains_open_connections_until_the_delay_and_steers_new_ones(
             {
                 "result": "ok",
                 "message": f"target group 'web': target {victim} ({address}) is deregistering: "
-                f"deregistered via admin API; its 1 connection get 4 s",
+                f"deregistered via admin API; its 1 connection gets 4 s",
             },
             "stickyctl deregister --json",
         )

@@ -299,6 +299,31 @@ Registration registration(const std::string& id, const std::string& address,
     return {id, addr(address), weight};
 }
 
+TEST_CASE("control: deregistering a drained target keeps the delay its drain began") {
+    Control control(two_groups(), nullptr);
+    auto drained = control.drain("web", "web-2");
+    REQUIRE(drained.result == AdminChange::Result::ok);
+    auto view = control.view();
+    const auto deadline = *target_in(*view, "web", "web-2")->deregistration_deadline;
+
+    auto gone = control.deregister_target("web", "web-2");
+    CHECK(gone.result == AdminChange::Result::ok);
+    // Not a fresh "get 300 s": the delay has been running since the drain.
+    CHECK(gone.message.starts_with(
+        "target group 'web': target web-2 (127.0.0.1:9002) is deregistering: deregistered via "
+        "admin API; its 0 connections keep the "));
+    CHECK(gone.message.ends_with(" s left of the delay that began with its drain"));
+    view = control.view();
+    const TargetView* t = target_in(*view, "web", "web-2");
+    REQUIRE(t != nullptr);
+    CHECK(t->deregistration == Deregistration::removed);
+    // The view turns the steady deadline into wall time at each call: equal within a
+    // rounding, where a restarted delay would be ahead by the time this test took.
+    const auto drift = *t->deregistration_deadline - deadline;
+    CHECK(drift < 50ms);
+    CHECK(drift > -50ms);
+}
+
 TEST_CASE("control: register starts a runtime target initial; deregister drains it") {
     Config c = two_groups();
     Control control(c, nullptr);
