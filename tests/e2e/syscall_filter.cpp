@@ -27,6 +27,12 @@ const std::map<std::string, int> kFamilies = {
     {"AF_NETLINK", AF_NETLINK}, {"AF_PACKET", AF_PACKET},
 };
 
+// SCMP_A0 leaves datum_b to the aggregate's default, which clang's
+// -Wmissing-field-initializers refuses.
+scmp_arg_cmp first_argument(scmp_compare op, int value) {
+    return scmp_arg_cmp{0, op, static_cast<scmp_datum_t>(value), 0};
+}
+
 int fail(const std::string& what) {
     std::fprintf(stderr, "syscall-filter: %s\n", what.c_str());
     return 2;
@@ -77,14 +83,13 @@ int main(int argc, char** argv) {
             const uint32_t action =
                 families.count(family) ? SCMP_ACT_ALLOW : SCMP_ACT_ERRNO(EAFNOSUPPORT);
             if (int rc = seccomp_rule_add(ctx, action, socket_nr, 1,
-                                          SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(family)));
+                                          first_argument(SCMP_CMP_EQ, family));
                 rc < 0) {
                 return fail(std::string("cannot add a socket() rule: ") + std::strerror(-rc));
             }
         }
-        if (int rc =
-                seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), socket_nr, 1,
-                                 SCMP_A0(SCMP_CMP_GE, static_cast<scmp_datum_t>(kFamilyLimit)));
+        if (int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), socket_nr, 1,
+                                      first_argument(SCMP_CMP_GE, kFamilyLimit));
             rc < 0) {
             return fail(std::string("cannot add a socket() rule: ") + std::strerror(-rc));
         }

@@ -265,7 +265,10 @@ TEST_CASE("router: POST /targets reads its JSON body with the configuration's ru
         {R"({"address": "127.0.0.1:9004", "group": ["web"]})",
          "group: expected a string, got [\"web\"]"},
     };
-    for (const auto& [body, error] : bad) {
+    for (const auto& entry : bad) {
+        // Not a structured binding: clang before 16 cannot capture one (CAPTURE).
+        const std::string body = entry.first;
+        const std::string error = entry.second;
         CAPTURE(body);
         const AdminReply reply = post(body);
         CHECK(reply.status == 400);

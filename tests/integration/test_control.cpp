@@ -748,7 +748,9 @@ TEST_CASE("control: checks started in one loop turn each connect to their own ta
 
     for (size_t i = 0; i < kPairs; ++i) CHECK_MESSAGE(accepted[i].load() >= kRounds, "live " << i);
     CHECK(rounds);
-    for (const auto& [id, address] : targets) {
+    for (const auto& target : targets) {
+        // Not a structured binding: clang before 16 cannot capture one (CAPTURE).
+        const auto& id = target.first;
         CAPTURE(id);
         const TargetView* t = target_in(*view, "web", id);
         REQUIRE(t != nullptr);
