@@ -401,14 +401,14 @@ struct Worker::Loop {
     void force_close_all();
     void begin_drain();
 
-    io_uring_sqe* sqe(uint64_t user_data) { return ring_.sqe(user_data); }
+    io_uring_sqe* sqe(uint64_t user_data) { return uring_.sqe(user_data); }
 
     const unsigned index_;
     const WorkerOptions options_;
     WorkerStats& stats_;
-    Listeners listeners_;  // before ring_: closes the fds if ring setup throws
-    Uring ring_;
-    ProvidedBuffers buffers_;  // after ring_: unregisters from it
+    Listeners listeners_;  // before uring_: closes the fds if io_uring setup throws
+    Uring uring_;
+    ProvidedBuffers buffers_;  // after uring_: unregisters from it
     Doorbell wake_{"worker"};
 
     std::vector<Connection> conns_;
@@ -461,9 +461,9 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
       options_(options),
       stats_(stats),
       listeners_(std::move(listeners)),
-      ring_(kSqEntries, kCqEntries),
+      uring_(kSqEntries, kCqEntries),
       // A connection holds at most one buffer per direction.
-      buffers_(ring_, kBufferGroup, options.buffer_count, options.buffer_size,
+      buffers_(uring_, kBufferGroup, options.buffer_count, options.buffer_size,
                options.max_buffers > 0 ? options.max_buffers
                                        : static_cast<uint32_t>(std::min<uint64_t>(
                                              2ULL * options.max_connections, UINT32_MAX))) {
@@ -489,8 +489,8 @@ Worker::Loop::~Loop() {
 }
 
 void Worker::Loop::run() {
-    ring_.enable();
-    log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, ring_.mode(),
+    uring_.enable();
+    log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, uring_.mode(),
                options_.buffer_count, options_.buffer_size / 1024);
     arm_wake();
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) arm_accept(i);
@@ -498,9 +498,9 @@ void Worker::Loop::run() {
     const __kernel_timespec beat_ts = to_timespec(options_.heartbeat);
     while (!(draining_ && worker_ops_ == 0)) {
         if (beat) {
-            ring_.submit_and_wait(1, beat_ts);
+            uring_.submit_and_wait(1, beat_ts);
         } else {
-            ring_.submit_and_wait(1);
+            uring_.submit_and_wait(1);
         }
         add(stats_.heartbeat, 1);
         ++batch_;
@@ -508,11 +508,11 @@ void Worker::Loop::run() {
         reap_completions();
         after_batch();
     }
-    io_uring_submit(ring_.get());  // the last closes queued by the final batch
+    io_uring_submit(uring_.get());  // the last closes queued by the final batch
 }
 
 void Worker::Loop::reap_completions() {
-    ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
+    uring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
 }
 
 void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
@@ -556,7 +556,7 @@ void Worker::Loop::after_batch() {
     rearm_waiters();
     if (std::exchange(resume_due_, false)) resume_accepting();
     arm_idle_timer();
-    if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
+    if (!overflow_warned_ && io_uring_cq_has_overflow(uring_.get())) {
         overflow_warned_ = true;
         log::warn("worker {}: completion queue overflowed; the kernel is buffering completions",
                   index_);
@@ -899,7 +899,7 @@ void Worker::Loop::end_shortage() {
 
 void Worker::Loop::submit_header_recv(uint32_t slot) {
     Connection& c = conns_[slot];
-    ring_.reserve(2);  // the link must reach the kernel in one submission
+    uring_.reserve(2);  // the link must reach the kernel in one submission
     io_uring_sqe* recv = connection_sqe(slot, Op::recv_header);
     io_uring_prep_recv(recv, c.client_fd, nullptr, 0, 0);
     recv->flags |= IOSQE_BUFFER_SELECT | IOSQE_IO_LINK;
@@ -1060,7 +1060,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
         count(c.stats->active);
     }
 
-    ring_.reserve(2);  // the link must reach the kernel in one submission
+    uring_.reserve(2);  // the link must reach the kernel in one submission
     io_uring_sqe* connect = connection_sqe(slot, Op::connect);
     io_uring_prep_connect(connect, fd, address.sa(), address.len());
     connect->flags |= IOSQE_IO_LINK;
@@ -1629,7 +1629,7 @@ io_uring_sqe* Worker::Loop::connection_sqe(uint32_t slot, Op op) {
 }
 
 // By tag, never by fd: the kernel finds a tag in its hash of pending requests, while
-// a cancel by fd walks every request of the ring, which made each teardown cost
+// a cancel by fd walks every request of the io_uring, which made each teardown cost
 // O(open connections) (3 ms each with 9,400 open). A linked timeout goes with its op.
 void Worker::Loop::cancel_pending(uint32_t slot, std::initializer_list<Op> ops) {
     const Connection& c = conns_[slot];
@@ -1660,7 +1660,7 @@ void Worker::Loop::close_fd(int fd) {
     }
     io_uring_sqe* s = sqe(encode(Op::ignore));
     io_uring_prep_close(s, fd);
-    if (ring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    if (uring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 void Worker::Loop::release_buffer(uint16_t bid) {
@@ -1822,7 +1822,7 @@ void Worker::Loop::wake() {
 }
 
 void Worker::Loop::arm_wake() {
-    wake_.arm(ring_, encode(Op::wake));
+    wake_.arm(uring_, encode(Op::wake));
     ++worker_ops_;
 }
 
