@@ -72,10 +72,6 @@ class Uring {
         io_uring_cq_advance(&uring_, seen);
         return seen;
     }
-    // Registers an empty table of `count` files (5.19+): false if the kernel refuses.
-    bool register_files(unsigned count) {
-        return io_uring_register_files_sparse(&uring_, count) == 0;
-    }
     // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).
     bool can_skip_success() const { return (uring_.features & IORING_FEAT_CQE_SKIP) != 0; }
     // "defer_taskrun", "coop_taskrun" or "plain": how completions are run.

@@ -20,12 +20,10 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -361,10 +359,6 @@ struct Worker::Loop {
     // Relaying.
     void on_connection_event(UserData ud, const io_uring_cqe& cqe);
     void begin_relay(uint32_t slot);
-    void register_files();
-    bool fixed(uint32_t slot) const { return 2 * static_cast<uint64_t>(slot) + 1 < fixed_entries_; }
-    void use_fixed(io_uring_sqe* s, uint32_t slot, bool target_side) const;
-    void unregister_files(uint32_t slot);
     void submit_recv(uint32_t slot, FlowDir dir);
     void submit_send(uint32_t slot, FlowDir dir);
     void carry_out(uint32_t slot, FlowDir dir, Decision decision);
@@ -433,13 +427,6 @@ struct Worker::Loop {
     // Connection so that the slots of everyone else stay small).
     std::vector<std::unique_ptr<AccessRecord>> access_;
     std::vector<std::unique_ptr<SnapshotPin>> pins_;
-    // The registered file table (WorkerOptions::fixed_files): slot s relays through
-    // entries 2s (client) and 2s+1 (target) if they exist. By slot, what its
-    // FILES_UPDATE read: a deque, so growing it moves no entry an SQE of this batch
-    // points at; -1s once the slot's entries are empty again.
-    uint32_t fixed_entries_ = 0;
-    std::deque<std::array<int, 2>> fixed_fds_;
-    std::array<int, 2> no_files_{-1, -1};  // what an emptying FILES_UPDATE reads
 
     uint64_t batch_ = 0;
     uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
@@ -505,7 +492,6 @@ Worker::Loop::~Loop() {
 
 void Worker::Loop::run() {
     uring_.enable();
-    register_files();
     log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, uring_.mode(),
                options_.buffer_count, options_.buffer_size / 1024);
     arm_wake();
@@ -1373,15 +1359,6 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     c.phase = Phase::relaying;
     c.last_active = static_cast<uint32_t>(now_tick_);
     wheel_.schedule({slot, c.generation}, idle_due(c.last_active, c.idle_ticks));
-    // SQEs are issued in order and a FILES_UPDATE completes as it is issued, so the
-    // relay ops queued after it find the entries filled.
-    if (fixed(slot)) {
-        while (fixed_fds_.size() <= slot) fixed_fds_.push_back(no_files_);
-        fixed_fds_[slot] = {c.client_fd, c.target_fd};
-        io_uring_sqe* s = sqe(encode(Op::ignore));
-        io_uring_prep_files_update(s, fixed_fds_[slot].data(), 2, static_cast<int>(2 * slot));
-        if (uring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    }
     Flow& up = c.flow(FlowDir::upstream);
     if (up.buf != kNoBuffer) {
         count(c.stats->bytes_in, up.len - up.sent);
@@ -1397,44 +1374,9 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     // timeout): watch both sockets for an error meanwhile. Multishot, because the
     // kernel always adds POLLRDHUP: a FIN completes it once and it stays armed for a
     // later reset. One poll per socket per connection, cancelled with the rest.
-    io_uring_sqe* watch = connection_sqe(slot, Op::watch_client);
-    io_uring_prep_poll_multishot(watch, c.client_fd, POLLERR);
-    use_fixed(watch, slot, false);
-    watch = connection_sqe(slot, Op::watch_target);
-    io_uring_prep_poll_multishot(watch, c.target_fd, POLLERR);
-    use_fixed(watch, slot, true);
+    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_client), c.client_fd, POLLERR);
+    io_uring_prep_poll_multishot(connection_sqe(slot, Op::watch_target), c.target_fd, POLLERR);
     c.inflight += 2;
-}
-
-// A sparse table as large as the connections allow (RLIMIT_NOFILE caps it), or
-// none: then every op names its socket by fd.
-void Worker::Loop::register_files() {
-    uint64_t entries = std::min<uint64_t>(options_.fixed_files, 2ULL * options_.max_connections);
-    rlimit nofile{};
-    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
-        entries = std::min<uint64_t>(entries, nofile.rlim_cur);
-    }
-    entries = std::min<uint64_t>(entries, 1U << 20) & ~1ULL;  // the kernel's limit; pairs
-    if (entries > 0 && uring_.register_files(static_cast<unsigned>(entries))) {
-        fixed_entries_ = static_cast<uint32_t>(entries);
-    }
-    log::debug("worker {}: {} registered file entries", index_, fixed_entries_);
-}
-
-void Worker::Loop::use_fixed(io_uring_sqe* s, uint32_t slot, bool target_side) const {
-    if (!fixed(slot)) return;
-    s->fd = static_cast<int>(2 * slot + (target_side ? 1 : 0));
-    s->flags |= IOSQE_FIXED_FILE;
-}
-
-// The table holds a reference to each socket: the slot's entries are emptied
-// along with closing its fds, or the sockets (and an RST on close) would wait.
-void Worker::Loop::unregister_files(uint32_t slot) {
-    if (slot >= fixed_fds_.size() || fixed_fds_[slot][0] < 0) return;
-    fixed_fds_[slot] = no_files_;
-    io_uring_sqe* s = sqe(encode(Op::ignore));
-    io_uring_prep_files_update(s, no_files_.data(), 2, static_cast<int>(2 * slot));
-    if (uring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 // Single-shot recv into a buffer the kernel picks from the ring: an idle
@@ -1446,7 +1388,6 @@ void Worker::Loop::submit_recv(uint32_t slot, FlowDir dir) {
     start_recv(flow);
     io_uring_sqe* s = connection_sqe(slot, recv_op(dir));
     io_uring_prep_recv(s, c.source_fd(dir), nullptr, 0, 0);
-    use_fixed(s, slot, dir == FlowDir::downstream);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = buffers_.group();
     // Nothing queued last time: wait for readiness rather than try, fail and arm.
@@ -1459,11 +1400,10 @@ void Worker::Loop::submit_send(uint32_t slot, FlowDir dir) {
     const Flow& flow = c.flow(dir);
     // MSG_WAITALL makes the kernel finish short sends itself; a short completion
     // still gets the remainder resubmitted by on_send.
-    io_uring_sqe* s = connection_sqe(slot, send_op(dir));
     io_uring_prep_send(
-        s, c.sink_fd(dir), buffers_.data(flow.buf) + flow.sent, flow.len - flow.sent,
+        connection_sqe(slot, send_op(dir)), c.sink_fd(dir), buffers_.data(flow.buf) + flow.sent,
+        flow.len - flow.sent,
         MSG_NOSIGNAL | MSG_WAITALL | (send_more(flow, buffers_.buffer_size()) ? MSG_MORE : 0));
-    use_fixed(s, slot, dir == FlowDir::upstream);
     ++c.inflight;
 }
 
@@ -1667,7 +1607,6 @@ void Worker::Loop::free_slot(uint32_t slot) {
         access_[slot].reset();
     }
     Connection& c = conns_[slot];
-    unregister_files(slot);
     close_fd(c.client_fd);
     close_fd(c.target_fd);
     for (const Flow& flow : c.flows) release_buffer(flow.buf);

@@ -47,13 +47,6 @@ struct WorkerOptions {
     // When nonzero, the loop wakes at least this often even when idle, so that
     // WorkerStats::heartbeat proves to the systemd watchdog that it still turns.
     std::chrono::milliseconds heartbeat{0};
-    // Relaying connections name their sockets to the io_uring by an index into a
-    // registered file table (IOSQE_FIXED_FILE, two entries per connection) rather
-    // than by fd, which spares the kernel a file lookup and reference per op. At
-    // most this many entries (also capped by RLIMIT_NOFILE); a connection whose
-    // entries lie beyond the table, or any connection when the kernel has no sparse
-    // file tables (before 5.19) or this is 0, uses plain fds.
-    uint32_t fixed_files = UINT32_MAX;
 };
 
 class Worker {

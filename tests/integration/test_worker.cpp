@@ -159,14 +159,11 @@ struct Rig {
     std::unique_ptr<Worker> worker;
     std::thread thread;
 
-    // buffer_count, max_buffers and fixed_files: see WorkerOptions (max_buffers 0: the
-    // default).
-    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0,
-                 uint32_t fixed_files = UINT32_MAX) {
+    // buffer_count and max_buffers: see WorkerOptions (max_buffers 0: the default).
+    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0) {
         WorkerOptions options;
         options.buffer_count = buffer_count;
         options.max_buffers = max_buffers;
-        options.fixed_files = fixed_files;
         options.max_connections = 64;
         worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
         thread = std::thread([this] { worker->run(); });
@@ -303,46 +300,6 @@ TEST_CASE("terminate resets the connections to those targets, and only those") {
     CHECK(recv_error(client) == ECONNRESET);
     CHECK(recv_error(server) == ECONNRESET);
     CHECK(eventually([&] { return rig.target().active.load() == 0; }));
-}
-
-// Registered files (IOSQE_FIXED_FILE) where the kernel has them, plain fds where
-// it does not: both paths relay, forward a half-close and a reset, and let go of
-// the sockets when the connection ends. fixed_files 2 gives the first connection
-// (slot 0) the table's only pair and the second plain fds.
-TEST_CASE("relaying through registered files, plain fds and a mix of both") {
-    for (const uint32_t fixed_files : {UINT32_MAX, 0U, 2U}) {
-        CAPTURE(fixed_files);
-        Rig rig(64, 0, fixed_files);
-        const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
-        auto [client, server] = rig.open_pair(port);
-        auto [client2, server2] = rig.open_pair(port);
-        Fd c{client}, s{server}, c2{client2}, s2{server2};
-        for (const char byte : {'a', 'b', 'c'}) {
-            CHECK(round_trip(client, server, byte));
-            CHECK(round_trip(client2, server2, byte));
-        }
-        // A half-close crosses; the other direction keeps flowing; then a clean end.
-        REQUIRE(::shutdown(client, SHUT_WR) == 0);
-        char byte = 0;
-        CHECK(retry([&] { return ::recv(server, &byte, 1, 0); }) == 0);
-        CHECK(retry([&] { return ::send(server, "d", 1, MSG_NOSIGNAL); }) == 1);
-        CHECK(retry([&] { return ::recv(client, &byte, 1, 0); }) == 1);
-        ::close(s.fd);
-        s.fd = -1;
-        CHECK(retry([&] { return ::recv(client, &byte, 1, 0); }) == 0);
-        // A reset of the other connection reaches its client as a reset: the table
-        // does not keep the closed sockets alive.
-        linger abort_on_close{1, 0};
-        ::setsockopt(server2, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
-        ::close(s2.fd);
-        s2.fd = -1;
-        CHECK(recv_error(client2) == ECONNRESET);
-        CHECK(eventually([&] { return rig.target().active.load() == 0; }));
-        // The slots' next users relay too.
-        auto [client3, server3] = rig.open_pair(port);
-        Fd c3{client3}, s3{server3};
-        CHECK(round_trip(client3, server3, 'e'));
-    }
 }
 
 TEST_CASE("a removed listener stops accepting; its connections carry on") {
