@@ -1342,7 +1342,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
             }
             return;
         default:
-            return;  // connect_timeout, timeout: their op's completion decides
+            return;  // connect_timeout, handshake_timeout: their op's completion decides
     }
 }
 
