@@ -59,31 +59,31 @@ uint16_t idle_timeout_ticks(std::chrono::milliseconds timeout, std::chrono::mill
     return static_cast<uint16_t>(std::clamp<int64_t>(ticks, 1, UINT16_MAX));
 }
 
-HeaderOutcome on_header_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
-                              size_t limit) {
+HandshakeOutcome on_handshake_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
+                                    size_t limit) {
     const size_t before = pending.size();
     // Never copy more than could still belong to a header of the allowed size.
     const size_t take = std::min(chunk.size(), limit + 1 - std::min(before, limit + 1));
     pending.insert(pending.end(), chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(take));
     proxy::ParseResult parsed = proxy::parse_proxy_header(pending);
-    HeaderOutcome out;
+    HandshakeOutcome out;
     switch (parsed.status) {
         case proxy::ParseStatus::ok:
-            out.step = HeaderStep::done;
+            out.step = HandshakeStep::done;
             out.payload_offset = parsed.header.consumed - before;
             out.header = std::move(parsed.header);
             return out;
         case proxy::ParseStatus::invalid:
-            out.step = HeaderStep::invalid;
+            out.step = HandshakeStep::invalid;
             out.reason = std::move(parsed.reason);
             return out;
         case proxy::ParseStatus::incomplete:
             if (parsed.needed > limit || pending.size() > limit) {
-                out.step = HeaderStep::invalid;
+                out.step = HandshakeStep::invalid;
                 out.reason = fmt::format("header longer than {} bytes", limit);
                 return out;
             }
-            out.step = HeaderStep::more;
+            out.step = HandshakeStep::more;
             return out;
     }
     return out;

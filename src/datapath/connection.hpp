@@ -87,28 +87,31 @@ Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty);
 // A send to the sink completed: res = bytes sent or -errno.
 Decision on_send(Flow& flow, int res);
 
+// The handshake is the PROXY protocol's part of a connection: reading the client's
+// PROXY header (accept_proxy_protocol, Phase::handshake) and sending the target ours
+// (proxy_protocol_v2, at the end of Phase::connecting).
 enum class Phase : uint8_t {
     free,
-    handshake,   // reading the client's PROXY header (accept_proxy_protocol)
+    handshake,   // reading the client's PROXY header
     connecting,  // connecting to a target, then sending it our PROXY header if any
     relaying,
     closing,
 };
 
 struct SnapshotPin;  // worker.cpp: keeps a routing snapshot alive while connects use it
-struct Setup;        // worker.cpp: PROXY protocol state, only while it is needed
+struct Handshake;    // worker.cpp: the PROXY protocol handshake, only while it runs
 struct TargetStats;  // stickyd/routing.hpp
 
 // One slot of the worker's connection table. 96 bytes: with no per-connection
 // buffers this is most of the user-space cost of an idle connection. What a
 // connection needs only before it relays (PROXY headers, addresses) lives in a
-// separate Setup that is freed when relaying starts, and only connections that
+// separate Handshake that is freed when relaying starts, and only connections that
 // use the PROXY protocol allocate one.
 struct Connection {
-    Flow flows[2];               // indexed by FlowDir
-    uint64_t key_hash = 0;       // the client's stickiness hash, for connect retries
-    SnapshotPin* pin = nullptr;  // only while connecting
-    Setup* setup = nullptr;      // only while a PROXY header is read or sent
+    Flow flows[2];                   // indexed by FlowDir
+    uint64_t key_hash = 0;           // the client's stickiness hash, for connect retries
+    SnapshotPin* pin = nullptr;      // only while connecting
+    Handshake* handshake = nullptr;  // only while a PROXY header is read or sent
     // The current target's live counters: `active` counts this connection while set.
     std::shared_ptr<TargetStats> stats;
     int client_fd = -1;
@@ -120,7 +123,7 @@ struct Connection {
     uint16_t listener = 0;     // the worker's listener it came in on (so: its target group)
     uint8_t attempt = 0;       // 0 = the owner; N = N-th retry
     uint8_t inflight = 0;      // submitted ops whose completion has not arrived yet
-    uint8_t timeouts = 0;      // of those, linked timeouts (their timespecs: pin, setup)
+    uint8_t timeouts = 0;      // of those, linked timeouts (their timespecs: pin, handshake)
     // Which kinds of op are in flight, one bit per kind (the worker's op enum): at
     // most one of each kind runs at a time, so a teardown cancels each by its tag.
     uint16_t pending = 0;
@@ -161,25 +164,25 @@ inline uint64_t idle_due(uint64_t last_active, uint16_t idle_ticks) {
 
 // accept_proxy_protocol: the client's PROXY header, read in whatever pieces the
 // network delivers it.
-enum class HeaderStep : uint8_t {
+enum class HandshakeStep : uint8_t {
     more,     // incomplete: read on
     invalid,  // cannot become a valid header (or too long): close the client
     done,     // complete: route by it; the rest of the last chunk is client data
 };
 
-struct HeaderOutcome {
-    HeaderStep step = HeaderStep::more;
+struct HandshakeOutcome {
+    HandshakeStep step = HandshakeStep::more;
     std::string reason;         // invalid: why, one short phrase
     size_t payload_offset = 0;  // done: where client data starts in the last chunk
     proxy::ProxyHeader header;  // done
 };
 
 // The most header bytes (TLVs included) a client may send before its data.
-inline constexpr size_t kMaxInboundHeader = 4096;
+inline constexpr size_t kMaxInboundHandshake = 4096;
 
 // Appends `chunk` to `pending` (the bytes read so far) and parses them.
-HeaderOutcome on_header_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
-                              size_t limit = kMaxInboundHeader);
+HandshakeOutcome on_handshake_bytes(std::vector<uint8_t>& pending, std::span<const uint8_t> chunk,
+                                    size_t limit = kMaxInboundHandshake);
 
 // A connect completed with res (0 or -errno; -ECANCELED = the linked timeout fired).
 ConnectStep on_connect(int res, unsigned attempt, unsigned connect_retries);

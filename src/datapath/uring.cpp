@@ -83,7 +83,7 @@ std::string setup_failure(int err, int disabled) {
 }
 
 // Provided buffer rings cannot be probed by opcode: try registering a tiny one.
-std::optional<std::string> probe_buffer_ring(io_uring& ring) {
+std::optional<std::string> probe_buffer_ring(io_uring& uring) {
     constexpr unsigned kEntries = 8;
     size_t bytes = kEntries * sizeof(io_uring_buf);
     void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -92,8 +92,8 @@ std::optional<std::string> probe_buffer_ring(io_uring& ring) {
     reg.ring_addr = reinterpret_cast<uint64_t>(memory);
     reg.ring_entries = kEntries;
     reg.bgid = 0;
-    int rc = io_uring_register_buf_ring(&ring, &reg, 0);
-    if (rc == 0) io_uring_unregister_buf_ring(&ring, 0);
+    int rc = io_uring_register_buf_ring(&uring, &reg, 0);
+    if (rc == 0) io_uring_unregister_buf_ring(&uring, 0);
     munmap(memory, bytes);
     if (rc < 0) {
         return fmt::format(
@@ -118,12 +118,12 @@ std::optional<std::string> io_uring_refusal(int setup_errno, int disabled) {
 std::optional<std::string> probe_io_uring() {
     const int disabled = read_io_uring_disabled();
     if (disabled == 2) return io_uring_refusal(0, disabled);  // no ring to try
-    io_uring ring{};
-    int rc = io_uring_queue_init(8, &ring, 0);
+    io_uring uring{};
+    int rc = io_uring_queue_init(8, &uring, 0);
     if (rc < 0) return io_uring_refusal(-rc, disabled);
 
     std::optional<std::string> problem;
-    io_uring_probe* probe = io_uring_get_probe_ring(&ring);
+    io_uring_probe* probe = io_uring_get_probe_ring(&uring);
     if (probe == nullptr) {
         problem =
             "cannot probe io_uring opcodes (kernel too old); stickyd needs Linux 6.1 or newer";
@@ -141,13 +141,13 @@ std::optional<std::string> probe_io_uring() {
                 missing);
         }
     }
-    if (!problem && !(ring.features & IORING_FEAT_NODROP)) {
+    if (!problem && !(uring.features & IORING_FEAT_NODROP)) {
         problem =
             "this kernel's io_uring may drop completions (no IORING_FEAT_NODROP); stickyd "
             "needs Linux 6.1 or newer";
     }
-    if (!problem) problem = probe_buffer_ring(ring);
-    io_uring_queue_exit(&ring);
+    if (!problem) problem = probe_buffer_ring(uring);
+    io_uring_queue_exit(&uring);
     return problem;
 }
 
@@ -157,7 +157,7 @@ Uring::Uring(unsigned sq_entries, unsigned cq_entries) {
         io_uring_params params{};
         params.flags = kBaseSetupFlags | mode.flags;
         params.cq_entries = cq_entries;
-        rc = io_uring_queue_init_params(sq_entries, &ring_, &params);
+        rc = io_uring_queue_init_params(sq_entries, &uring_, &params);
         if (rc == 0) {
             mode_ = mode.name;
             return;
@@ -169,22 +169,22 @@ Uring::Uring(unsigned sq_entries, unsigned cq_entries) {
 }
 
 Uring::~Uring() {
-    io_uring_queue_exit(&ring_);
+    io_uring_queue_exit(&uring_);
 }
 
 void Uring::enable() {
     // liburing 2.3 declares io_uring_enable_rings() but does not export it.
-    int rc = io_uring_register(ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+    int rc = io_uring_register(uring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
     if (rc < 0)
         throw std::runtime_error(fmt::format("cannot enable io_uring: {}", errno_text(-rc)));
     // Saves an fdget/fdput per io_uring_enter; purely an optimisation.
-    io_uring_register_ring_fd(&ring_);
+    io_uring_register_ring_fd(&uring_);
 }
 
 io_uring_sqe* Uring::get_sqe() {
     for (;;) {
-        if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
-        int rc = io_uring_submit(&ring_);
+        if (io_uring_sqe* sqe = io_uring_get_sqe(&uring_)) return sqe;
+        int rc = io_uring_submit(&uring_);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             throw std::runtime_error(fmt::format("io_uring submit failed: {}", errno_text(-rc)));
         }
@@ -192,8 +192,8 @@ io_uring_sqe* Uring::get_sqe() {
 }
 
 void Uring::reserve(unsigned count) {
-    while (io_uring_sq_space_left(&ring_) < count) {
-        int rc = io_uring_submit(&ring_);
+    while (io_uring_sq_space_left(&uring_) < count) {
+        int rc = io_uring_submit(&uring_);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             throw std::runtime_error(fmt::format("io_uring submit failed: {}", errno_text(-rc)));
         }
@@ -201,21 +201,21 @@ void Uring::reserve(unsigned count) {
 }
 
 void Uring::submit_and_wait(unsigned wait_nr) {
-    int rc = io_uring_submit_and_wait(&ring_, wait_nr);
+    int rc = io_uring_submit_and_wait(&uring_, wait_nr);
     if (rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc == -ETIME) return;
     throw std::runtime_error(fmt::format("io_uring_enter failed: {}", errno_text(-rc)));
 }
 
 void Uring::submit_and_wait(unsigned wait_nr, __kernel_timespec timeout) {
     io_uring_cqe* cqe = nullptr;
-    int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, wait_nr, &timeout, nullptr);
+    int rc = io_uring_submit_and_wait_timeout(&uring_, &cqe, wait_nr, &timeout, nullptr);
     if (rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc == -ETIME) return;
     throw std::runtime_error(fmt::format("io_uring_enter failed: {}", errno_text(-rc)));
 }
 
-ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size,
+ProvidedBuffers::ProvidedBuffers(Uring& uring, uint16_t group, uint32_t count, uint32_t size,
                                  uint32_t max_count)
-    : ring_(ring), group_(group), count_(count), size_(size) {
+    : uring_(uring), group_(group), count_(count), size_(size) {
     // The kernel caps a buffer ring at 32768 entries.
     if (count == 0 || count > 32768 || (count & (count - 1)) != 0) {
         throw std::runtime_error(
@@ -244,7 +244,7 @@ ProvidedBuffers::ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, ui
     reg.ring_addr = reinterpret_cast<uint64_t>(ring_memory_);
     reg.ring_entries = count;
     reg.bgid = group;
-    int rc = io_uring_register_buf_ring(ring_.get(), &reg, 0);
+    int rc = io_uring_register_buf_ring(uring_.get(), &reg, 0);
     if (rc < 0) {
         munmap(ring_memory_, ring_bytes_);
         throw std::runtime_error(
@@ -272,7 +272,7 @@ ProvidedBuffers::~ProvidedBuffers() {
 }
 
 void ProvidedBuffers::unmap_all() {
-    io_uring_unregister_buf_ring(ring_.get(), group_);
+    io_uring_unregister_buf_ring(uring_.get(), group_);
     const size_t chunk_bytes = (static_cast<size_t>(chunk_mask_) + 1) * size_;
     for (char* chunk : chunks_) munmap(chunk, chunk_bytes);
     chunks_.clear();

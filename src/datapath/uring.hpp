@@ -56,7 +56,7 @@ class Uring {
     // completed. Uses IORING_ENTER_EXT_ARG (5.11+), so it costs no SQE.
     void submit_and_wait(unsigned wait_nr, __kernel_timespec timeout);
 
-    io_uring* get() { return &ring_; }
+    io_uring* get() { return &uring_; }
 
     // Hands every completion that is ready to `handle`, then retires them all at
     // once (one store to the CQ head instead of one per completion).
@@ -65,20 +65,20 @@ class Uring {
         unsigned head = 0;
         unsigned seen = 0;
         io_uring_cqe* cqe = nullptr;
-        io_uring_for_each_cqe(&ring_, head, cqe) {
+        io_uring_for_each_cqe(&uring_, head, cqe) {
             handle(*cqe);
             ++seen;
         }
-        io_uring_cq_advance(&ring_, seen);
+        io_uring_cq_advance(&uring_, seen);
         return seen;
     }
     // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).
-    bool can_skip_success() const { return (ring_.features & IORING_FEAT_CQE_SKIP) != 0; }
+    bool can_skip_success() const { return (uring_.features & IORING_FEAT_CQE_SKIP) != 0; }
     // "defer_taskrun", "coop_taskrun" or "plain": how completions are run.
     std::string_view mode() const { return mode_; }
 
   private:
-    io_uring ring_{};
+    io_uring uring_{};
     std::string_view mode_;
 };
 
@@ -152,7 +152,8 @@ class CommandQueue {
 class ProvidedBuffers {
   public:
     // count: power of two, 1..32768; max_count >= count. Throws std::runtime_error.
-    ProvidedBuffers(Uring& ring, uint16_t group, uint32_t count, uint32_t size, uint32_t max_count);
+    ProvidedBuffers(Uring& uring, uint16_t group, uint32_t count, uint32_t size,
+                    uint32_t max_count);
     ~ProvidedBuffers();
     ProvidedBuffers(const ProvidedBuffers&) = delete;
     ProvidedBuffers& operator=(const ProvidedBuffers&) = delete;
@@ -181,7 +182,7 @@ class ProvidedBuffers {
     bool add_chunk();
     void unmap_all();
 
-    Uring& ring_;
+    Uring& uring_;
     io_uring_buf_ring* ring_memory_ = nullptr;
     size_t ring_bytes_ = 0;
     std::vector<char*> chunks_;  // each holds 1 << chunk_shift_ buffers

@@ -29,23 +29,23 @@ namespace stickyd {
 
 // The worker's ops. The values never leave the process, so their order is free.
 enum class Op : uint8_t {
-    ignore = 0,       // cancel/close results: nothing to do
-    wake,             // eventfd read: stop() was called, or commands are queued
-    stop_timer,       // shutdown grace deadline
-    accept,           // multishot accept; slot = listener index
-    accept_backoff,   // timer before re-arming an accept that hit EMFILE & co.
-    recv_header,      // recv of the client's PROXY header (accept_proxy_protocol)
-    header_timeout,   // that recv's linked timeout: proxy_protocol_timeout ran out
-    connect,          // connect to a target
-    connect_timeout,  // the connect's linked timeout
-    send_header,      // send of our PROXY v2 header to the target
-    recv_client,      // recv from the client (upstream flow)
-    recv_target,      // recv from the target (downstream flow)
-    send_target,      // send to the target (upstream flow)
-    send_client,      // send to the client (downstream flow)
-    idle_timer,       // the idle wheel's next due tick
-    watch_client,     // poll for an error (a reset) on the client socket while relaying
-    watch_target,     // the same on the target socket
+    ignore = 0,         // cancel/close results: nothing to do
+    wake,               // eventfd read: stop() was called, or commands are queued
+    stop_timer,         // shutdown grace deadline
+    accept,             // multishot accept; slot = listener index
+    accept_backoff,     // timer before re-arming an accept that hit EMFILE & co.
+    recv_handshake,     // recv of the client's PROXY header (accept_proxy_protocol)
+    handshake_timeout,  // that recv's linked timeout: proxy_protocol_timeout ran out
+    connect,            // connect to a target
+    connect_timeout,    // the connect's linked timeout
+    send_handshake,     // send of our PROXY v2 header to the target
+    recv_client,        // recv from the client (upstream flow)
+    recv_target,        // recv from the target (downstream flow)
+    send_target,        // send to the target (upstream flow)
+    send_client,        // send to the client (downstream flow)
+    idle_timer,         // the idle wheel's next due tick
+    watch_client,       // poll for an error (a reset) on the client socket while relaying
+    watch_target,       // the same on the target socket
 };
 
 // One decoded tag of a loop whose ops are OpT.

@@ -54,13 +54,14 @@ struct SnapshotPin {
     bool current = true;  // still its listener's latest snapshot
 };
 
-// What a connection needs only until it relays, when the PROXY protocol is on:
-// heap-allocated for those connections alone, so the others stay at one slot.
-struct Setup {
+// The handshake's state (see Phase in connection.hpp): what a connection needs only
+// until it relays, when the PROXY protocol is on. Heap-allocated for those
+// connections alone, so the others stay at one slot.
+struct Handshake {
     // accept_proxy_protocol: the header bytes read so far, and until when.
     std::vector<uint8_t> inbound;
-    __kernel_timespec header_deadline{};  // absolute CLOCK_MONOTONIC, for the linked timeout
-    std::chrono::milliseconds header_timeout{0};
+    __kernel_timespec deadline{};  // absolute CLOCK_MONOTONIC, for the linked timeout
+    std::chrono::milliseconds timeout{0};
     std::shared_ptr<ListenerStats> listener_stats;
     std::string listener_name;
     // The allow and deny lists in force when the client was accepted: they judge
@@ -95,9 +96,9 @@ constexpr int64_t kNoDeadline = INT64_MAX;
 // Connection ops are the enum's values from recv_header on: one bit each in
 // Connection::pending.
 constexpr unsigned pending_bit(Op op) {
-    return 1u << (static_cast<unsigned>(op) - static_cast<unsigned>(Op::recv_header));
+    return 1u << (static_cast<unsigned>(op) - static_cast<unsigned>(Op::recv_handshake));
 }
-static_assert(static_cast<unsigned>(Op::watch_target) - static_cast<unsigned>(Op::recv_header) <
+static_assert(static_cast<unsigned>(Op::watch_target) - static_cast<unsigned>(Op::recv_handshake) <
                   8 * sizeof(Connection::pending),
               "Connection::pending has a bit for every connection op");
 
@@ -332,13 +333,14 @@ struct Worker::Loop {
     SnapshotPin* current_pin(ListenerState& listener);
     void unpin(Connection& c);
 
-    // The client's PROXY header (accept_proxy_protocol).
-    void submit_header_recv(uint32_t slot);
-    void handle_header_recv(uint32_t slot, int res, uint16_t bid);
-    void reject_header(uint32_t slot, std::string_view reason);
+    // The handshake, first half: the client's PROXY header (accept_proxy_protocol).
+    void submit_handshake_recv(uint32_t slot);
+    void handle_handshake_recv(uint32_t slot, int res, uint16_t bid);
+    void reject_handshake(uint32_t slot, std::string_view reason);
     bool refuse_source(uint32_t index, int fd, const sockaddr* peer, socklen_t peer_len);
 
-    // Connecting, and our PROXY header to the target (proxy_protocol_v2).
+    // Connecting, and the handshake's second half: our PROXY header to the target
+    // (proxy_protocol_v2).
     void route_client(uint32_t slot, const sockaddr* client);
     void start_connect(uint32_t slot);
     void connect_from_client(const Connection& c, int fd, const SocketAddress& client,
@@ -350,9 +352,9 @@ struct Worker::Loop {
     void log_connect_failure(const Connection& c, int res);
     void report_connect(const Connection& c, int res);
     void detach_target(Connection& c);
-    void send_proxy_header(uint32_t slot);
-    void submit_header_send(uint32_t slot);
-    void handle_header_send(uint32_t slot, int res);
+    void start_handshake_send(uint32_t slot);
+    void submit_handshake_send(uint32_t slot);
+    void handle_handshake_send(uint32_t slot, int res);
 
     // Relaying.
     void on_connection_event(UserData ud, const io_uring_cqe& cqe);
@@ -383,7 +385,7 @@ struct Worker::Loop {
     std::optional<uint32_t> allocate_slot();
     void close_connection(uint32_t slot, CloseMode mode);
     void free_slot(uint32_t slot);
-    void free_setup(Connection& c);
+    void free_handshake(Connection& c);
     io_uring_sqe* connection_sqe(uint32_t slot, Op op);
     void cancel_pending(uint32_t slot, std::initializer_list<Op> ops);
     void cancel_client_side(uint32_t slot);
@@ -401,14 +403,14 @@ struct Worker::Loop {
     void force_close_all();
     void begin_drain();
 
-    io_uring_sqe* sqe(uint64_t user_data) { return ring_.sqe(user_data); }
+    io_uring_sqe* sqe(uint64_t user_data) { return uring_.sqe(user_data); }
 
     const unsigned index_;
     const WorkerOptions options_;
     WorkerStats& stats_;
-    Listeners listeners_;  // before ring_: closes the fds if ring setup throws
-    Uring ring_;
-    ProvidedBuffers buffers_;  // after ring_: unregisters from it
+    Listeners listeners_;  // before uring_: closes the fds if io_uring setup throws
+    Uring uring_;
+    ProvidedBuffers buffers_;  // after uring_: unregisters from it
     Doorbell wake_{"worker"};
 
     std::vector<Connection> conns_;
@@ -441,7 +443,7 @@ struct Worker::Loop {
     uint64_t now_tick_ = 0;                         // read once per batch
     uint64_t idle_timer_tick_ = IdleWheel::kNever;  // when the armed idle timer fires
     __kernel_timespec idle_ts_{};
-    WarnLimit header_warnings_;
+    WarnLimit handshake_warnings_;
 
     CommandQueue<Command> commands_;
 
@@ -461,9 +463,9 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
       options_(options),
       stats_(stats),
       listeners_(std::move(listeners)),
-      ring_(kSqEntries, kCqEntries),
+      uring_(kSqEntries, kCqEntries),
       // A connection holds at most one buffer per direction.
-      buffers_(ring_, kBufferGroup, options.buffer_count, options.buffer_size,
+      buffers_(uring_, kBufferGroup, options.buffer_count, options.buffer_size,
                options.max_buffers > 0 ? options.max_buffers
                                        : static_cast<uint32_t>(std::min<uint64_t>(
                                              2ULL * options.max_connections, UINT32_MAX))) {
@@ -480,7 +482,7 @@ Worker::Loop::~Loop() {
         if (c.phase == Phase::free) continue;
         if (c.client_fd >= 0) ::close(c.client_fd);
         if (c.target_fd >= 0) ::close(c.target_fd);
-        free_setup(c);
+        free_handshake(c);
     }
     for (Command& command : commands_.take()) {
         if (auto* add = std::get_if<AddListenerCommand>(&command)) ::close(add->listener.fd);
@@ -489,8 +491,8 @@ Worker::Loop::~Loop() {
 }
 
 void Worker::Loop::run() {
-    ring_.enable();
-    log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, ring_.mode(),
+    uring_.enable();
+    log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, uring_.mode(),
                options_.buffer_count, options_.buffer_size / 1024);
     arm_wake();
     for (uint32_t i = 0; i < listeners_.items.size(); ++i) arm_accept(i);
@@ -498,9 +500,9 @@ void Worker::Loop::run() {
     const __kernel_timespec beat_ts = to_timespec(options_.heartbeat);
     while (!(draining_ && worker_ops_ == 0)) {
         if (beat) {
-            ring_.submit_and_wait(1, beat_ts);
+            uring_.submit_and_wait(1, beat_ts);
         } else {
-            ring_.submit_and_wait(1);
+            uring_.submit_and_wait(1);
         }
         add(stats_.heartbeat, 1);
         ++batch_;
@@ -508,11 +510,11 @@ void Worker::Loop::run() {
         reap_completions();
         after_batch();
     }
-    io_uring_submit(ring_.get());  // the last closes queued by the final batch
+    io_uring_submit(uring_.get());  // the last closes queued by the final batch
 }
 
 void Worker::Loop::reap_completions() {
-    ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
+    uring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
 }
 
 void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
@@ -536,9 +538,9 @@ void Worker::Loop::dispatch(const io_uring_cqe& cqe) {
         case Op::recv_target:
         case Op::send_target:
         case Op::send_client:
-        case Op::recv_header:
-        case Op::header_timeout:
-        case Op::send_header:
+        case Op::recv_handshake:
+        case Op::handshake_timeout:
+        case Op::send_handshake:
         case Op::watch_client:
         case Op::watch_target:
             return on_connection_event(ud, cqe);
@@ -556,7 +558,7 @@ void Worker::Loop::after_batch() {
     rearm_waiters();
     if (std::exchange(resume_due_, false)) resume_accepting();
     arm_idle_timer();
-    if (!overflow_warned_ && io_uring_cq_has_overflow(ring_.get())) {
+    if (!overflow_warned_ && io_uring_cq_has_overflow(uring_.get())) {
         overflow_warned_ = true;
         log::warn("worker {}: completion queue overflowed; the kernel is buffering completions",
                   index_);
@@ -693,14 +695,14 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
     if (settings.config.accept_proxy_protocol) {
         // Routing waits for the header: it says who the client is.
         c.phase = Phase::handshake;
-        c.setup = new Setup;
-        c.setup->header_timeout = settings.config.proxy_protocol_timeout;
-        c.setup->header_deadline =
+        c.handshake = new Handshake;
+        c.handshake->timeout = settings.config.proxy_protocol_timeout;
+        c.handshake->deadline =
             to_timespec((Clock::now() + settings.config.proxy_protocol_timeout).time_since_epoch());
-        c.setup->listener_stats = settings.stats;
-        c.setup->listener_name = settings.config.name;
-        c.setup->sources = settings.sources;
-        submit_header_recv(*slot);
+        c.handshake->listener_stats = settings.stats;
+        c.handshake->listener_name = settings.config.name;
+        c.handshake->sources = settings.sources;
+        submit_handshake_recv(*slot);
         return;
     }
     route_client(*slot, reinterpret_cast<const sockaddr*>(&peer));
@@ -897,50 +899,52 @@ void Worker::Loop::end_shortage() {
 // the last recv is the client's first data and stays in that buffer, queued as
 // the upstream flow's first send.
 
-void Worker::Loop::submit_header_recv(uint32_t slot) {
+void Worker::Loop::submit_handshake_recv(uint32_t slot) {
     Connection& c = conns_[slot];
-    ring_.reserve(2);  // the link must reach the kernel in one submission
-    io_uring_sqe* recv = connection_sqe(slot, Op::recv_header);
+    uring_.reserve(2);  // the link must reach the kernel in one submission
+    io_uring_sqe* recv = connection_sqe(slot, Op::recv_handshake);
     io_uring_prep_recv(recv, c.client_fd, nullptr, 0, 0);
     recv->flags |= IOSQE_BUFFER_SELECT | IOSQE_IO_LINK;
     recv->buf_group = buffers_.group();
     recv->ioprio |= IORING_RECVSEND_POLL_FIRST;
-    io_uring_prep_link_timeout(connection_sqe(slot, Op::header_timeout), &c.setup->header_deadline,
+    io_uring_prep_link_timeout(connection_sqe(slot, Op::handshake_timeout), &c.handshake->deadline,
                                IORING_TIMEOUT_ABS);
     c.inflight += 2;
     ++c.timeouts;
 }
 
-void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
+void Worker::Loop::handle_handshake_recv(uint32_t slot, int res, uint16_t bid) {
     Connection& c = conns_[slot];
-    Setup& setup = *c.setup;
+    Handshake& handshake = *c.handshake;
     if (res > 0 && bid != kNoBuffer) {
         const auto* data = reinterpret_cast<const uint8_t*>(buffers_.data(bid));
-        HeaderOutcome out = on_header_bytes(setup.inbound, {data, static_cast<size_t>(res)});
+        HandshakeOutcome out =
+            on_handshake_bytes(handshake.inbound, {data, static_cast<size_t>(res)});
         switch (out.step) {
-            case HeaderStep::more:
+            case HandshakeStep::more:
                 release_buffer(bid);
-                return submit_header_recv(slot);
-            case HeaderStep::invalid:
+                return submit_handshake_recv(slot);
+            case HandshakeStep::invalid:
                 release_buffer(bid);
-                return reject_header(slot, fmt::format("invalid PROXY header: {}", out.reason));
-            case HeaderStep::done:
+                return reject_handshake(slot, fmt::format("invalid PROXY header: {}", out.reason));
+            case HandshakeStep::done:
                 break;
         }
-        std::vector<uint8_t>().swap(setup.inbound);
-        setup.client = std::move(out.header.source);
-        setup.local = std::move(out.header.destination);
-        if (AccessRecord* a = access(slot)) a->source = setup.client;
+        std::vector<uint8_t>().swap(handshake.inbound);
+        handshake.client = std::move(out.header.source);
+        handshake.local = std::move(out.header.destination);
+        if (AccessRecord* a = access(slot)) a->source = handshake.client;
         // LOCAL or UNKNOWN: the connection's own peer is the client.
-        std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
+        std::optional<SocketAddress> client =
+            handshake.client ? handshake.client : peer_of(c.client_fd);
         if (!client) {
             release_buffer(bid);
             note_reset(slot, true);  // getpeername fails once the client has reset
             return close_connection(slot, CloseMode::reset);
         }
-        if (setup.sources) {
-            if (auto verdict = refusal(*setup.sources, setup.listener_stats.get(),
-                                       setup.listener_name, client->sa())) {
+        if (handshake.sources) {
+            if (auto verdict = refusal(*handshake.sources, handshake.listener_stats.get(),
+                                       handshake.listener_name, client->sa())) {
                 release_buffer(bid);  // a refused client's bytes count nowhere
                 note_end(slot, refusal_end(*verdict));
                 return close_connection(slot, CloseMode::reset);
@@ -961,33 +965,33 @@ void Worker::Loop::handle_header_recv(uint32_t slot, int res, uint16_t bid) {
     release_buffer(bid);
     switch (res) {
         case -ENOBUFS:
-            return park(encode(Op::recv_header, slot, c.generation));
+            return park(encode(Op::recv_handshake, slot, c.generation));
         case 0:
             // Connect-and-close is a port probe or a TCP health check of the
             // balancer in front, not a broken header: no warning for those.
-            if (setup.inbound.empty()) return close_connection(slot, CloseMode::graceful);
-            return reject_header(slot, "closed before sending a complete PROXY header");
+            if (handshake.inbound.empty()) return close_connection(slot, CloseMode::graceful);
+            return reject_handshake(slot, "closed before sending a complete PROXY header");
         case -ECANCELED:  // the linked timeout fired
-            return reject_header(slot, fmt::format("no complete PROXY header within {} ms",
-                                                   setup.header_timeout.count()));
+            return reject_handshake(slot, fmt::format("no complete PROXY header within {} ms",
+                                                      handshake.timeout.count()));
         case -EAGAIN:
         case -EINTR:
-            return submit_header_recv(slot);
+            return submit_handshake_recv(slot);
         default:
             note_reset(slot, true);
             return close_connection(slot, CloseMode::reset);
     }
 }
 
-void Worker::Loop::reject_header(uint32_t slot, std::string_view reason) {
+void Worker::Loop::reject_handshake(uint32_t slot, std::string_view reason) {
     Connection& c = conns_[slot];
-    Setup& setup = *c.setup;
-    if (setup.listener_stats) count(setup.listener_stats->proxy_header_errors);
+    Handshake& handshake = *c.handshake;
+    if (handshake.listener_stats) count(handshake.listener_stats->proxy_header_errors);
     note_end(slot, "bad PROXY header");
     uint64_t suppressed = 0;
-    if (header_warnings_.allow(Clock::now(), suppressed)) {
+    if (handshake_warnings_.allow(Clock::now(), suppressed)) {
         std::optional<SocketAddress> peer = peer_of(c.client_fd);
-        log::warn("listener {}: closing client {}: {}{}", setup.listener_name,
+        log::warn("listener {}: closing client {}: {}{}", handshake.listener_name,
                   peer ? peer->to_string() : std::string("(gone)"), reason,
                   suppressed > 0 ? fmt::format(" ({} similar lines suppressed)", suppressed)
                                  : std::string());
@@ -1030,7 +1034,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
     // for everyone else; only these groups pay the getpeername.
     std::optional<SocketAddress> client;
     if (table.preserve_client_ip) {
-        client = c.setup && c.setup->client ? c.setup->client : peer_of(c.client_fd);
+        client = c.handshake && c.handshake->client ? c.handshake->client : peer_of(c.client_fd);
         if (!client) {  // getpeername fails once the client has reset
             note_reset(slot, true);
             return close_connection(slot, CloseMode::reset);
@@ -1060,7 +1064,7 @@ void Worker::Loop::start_connect(uint32_t slot) {
         count(c.stats->active);
     }
 
-    ring_.reserve(2);  // the link must reach the kernel in one submission
+    uring_.reserve(2);  // the link must reach the kernel in one submission
     io_uring_sqe* connect = connection_sqe(slot, Op::connect);
     io_uring_prep_connect(connect, fd, address.sa(), address.len());
     connect->flags |= IOSQE_IO_LINK;
@@ -1117,7 +1121,7 @@ void Worker::Loop::handle_connect(uint32_t slot, int res) {
             a->target = table.targets[c.target].id;
             a->target_address = table.targets[c.target].address;
         }
-        if (c.pin->table->proxy_protocol_v2) return send_proxy_header(slot);
+        if (c.pin->table->proxy_protocol_v2) return start_handshake_send(slot);
         return begin_relay(slot);
     }
     add(stats_.connect_failures, 1);
@@ -1219,41 +1223,43 @@ void Worker::Loop::detach_target(Connection& c) {
 // proxy_protocol_v2: the header goes out before any client byte, because the
 // flows start only once it is fully sent. It names the client and the address it
 // connected to; with accept_proxy_protocol, those its own header named.
-void Worker::Loop::send_proxy_header(uint32_t slot) {
+void Worker::Loop::start_handshake_send(uint32_t slot) {
     Connection& c = conns_[slot];
-    if (c.setup == nullptr) c.setup = new Setup;
-    Setup& setup = *c.setup;
-    std::optional<SocketAddress> client = setup.client ? setup.client : peer_of(c.client_fd);
-    std::optional<SocketAddress> local = setup.local ? setup.local : local_of(c.client_fd);
+    if (c.handshake == nullptr) c.handshake = new Handshake;
+    Handshake& handshake = *c.handshake;
+    std::optional<SocketAddress> client =
+        handshake.client ? handshake.client : peer_of(c.client_fd);
+    std::optional<SocketAddress> local = handshake.local ? handshake.local : local_of(c.client_fd);
     if (!client || !local) {  // the client has gone
         note_reset(slot, true);
         return close_connection(slot, CloseMode::reset);
     }
-    setup.outbound = proxy::encode_v2_proxy(*client, *local);
-    setup.outbound_sent = 0;
-    submit_header_send(slot);
+    handshake.outbound = proxy::encode_v2_proxy(*client, *local);
+    handshake.outbound_sent = 0;
+    submit_handshake_send(slot);
 }
 
-void Worker::Loop::submit_header_send(uint32_t slot) {
+void Worker::Loop::submit_handshake_send(uint32_t slot) {
     Connection& c = conns_[slot];
-    const Setup& setup = *c.setup;
-    io_uring_prep_send(connection_sqe(slot, Op::send_header), c.target_fd,
-                       setup.outbound.bytes.data() + setup.outbound_sent,
-                       setup.outbound.size - setup.outbound_sent, MSG_NOSIGNAL | MSG_WAITALL);
+    const Handshake& handshake = *c.handshake;
+    io_uring_prep_send(connection_sqe(slot, Op::send_handshake), c.target_fd,
+                       handshake.outbound.bytes.data() + handshake.outbound_sent,
+                       handshake.outbound.size - handshake.outbound_sent,
+                       MSG_NOSIGNAL | MSG_WAITALL);
     ++c.inflight;
 }
 
-void Worker::Loop::handle_header_send(uint32_t slot, int res) {
+void Worker::Loop::handle_handshake_send(uint32_t slot, int res) {
     Connection& c = conns_[slot];
     if (c.target_terminated) return move_off_terminated_target(slot);
-    Setup& setup = *c.setup;
-    if (res == -EAGAIN || res == -EINTR) return submit_header_send(slot);
+    Handshake& handshake = *c.handshake;
+    if (res == -EAGAIN || res == -EINTR) return submit_handshake_send(slot);
     if (res <= 0) {
         note_reset(slot, false);
         return close_connection(slot, CloseMode::reset);
     }
-    setup.outbound_sent = static_cast<uint8_t>(setup.outbound_sent + res);
-    if (setup.outbound_sent < setup.outbound.size) return submit_header_send(slot);
+    handshake.outbound_sent = static_cast<uint8_t>(handshake.outbound_sent + res);
+    if (handshake.outbound_sent < handshake.outbound.size) return submit_handshake_send(slot);
     begin_relay(slot);
 }
 
@@ -1279,11 +1285,11 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
         --c.inflight;
         c.pending = static_cast<uint16_t>(c.pending & ~pending_bit(ud.op));
     }
-    if (ud.op == Op::connect_timeout || ud.op == Op::header_timeout) {
+    if (ud.op == Op::connect_timeout || ud.op == Op::handshake_timeout) {
         --c.timeouts;
         if (c.phase == Phase::relaying && c.timeouts == 0) {  // deferred by begin_relay
             unpin(c);
-            free_setup(c);
+            free_handshake(c);
         }
     }
     if (c.phase == Phase::closing) {
@@ -1293,12 +1299,12 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
     }
     const FlowDir dir = flow_of(ud.op);
     switch (ud.op) {
-        case Op::recv_header:
-            return handle_header_recv(ud.slot, cqe.res, bid);
+        case Op::recv_handshake:
+            return handle_handshake_recv(ud.slot, cqe.res, bid);
         case Op::connect:
             return handle_connect(ud.slot, cqe.res);
-        case Op::send_header:
-            return handle_header_send(ud.slot, cqe.res);
+        case Op::send_handshake:
+            return handle_handshake_send(ud.slot, cqe.res);
         case Op::recv_client:
         case Op::recv_target: {
             if (cqe.res > 0) {
@@ -1336,7 +1342,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
             }
             return;
         default:
-            return;  // connect_timeout, header_timeout: their op's completion decides
+            return;  // connect_timeout, handshake_timeout: their op's completion decides
     }
 }
 
@@ -1344,11 +1350,11 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
 // with its PROXY header, if any, is the upstream flow's first send.
 void Worker::Loop::begin_relay(uint32_t slot) {
     Connection& c = conns_[slot];
-    // A linked timeout still in flight points into the pin (connect) or the setup
+    // A linked timeout still in flight points into the pin (connect) or the handshake
     // (PROXY header): they go when its completion arrives.
     if (c.timeouts == 0) {
         unpin(c);
-        free_setup(c);
+        free_handshake(c);
     }
     c.phase = Phase::relaying;
     c.last_active = static_cast<uint32_t>(now_tick_);
@@ -1450,9 +1456,9 @@ void Worker::Loop::rearm_waiters() {
             add(stats_.stale_waiters, 1);
             continue;
         }
-        if (w.op == Op::recv_header) {
+        if (w.op == Op::recv_handshake) {
             if (c.phase != Phase::handshake) continue;
-            submit_header_recv(w.slot);
+            submit_handshake_recv(w.slot);
             --budget;
             continue;
         }
@@ -1606,7 +1612,7 @@ void Worker::Loop::free_slot(uint32_t slot) {
     for (const Flow& flow : c.flows) release_buffer(flow.buf);
     detach_target(c);
     unpin(c);
-    free_setup(c);
+    free_handshake(c);
     const uint32_t generation = next_generation(c.generation);
     c = Connection{};
     c.generation = generation;
@@ -1615,9 +1621,9 @@ void Worker::Loop::free_slot(uint32_t slot) {
     subtract(stats_.active, 1);
 }
 
-void Worker::Loop::free_setup(Connection& c) {
-    delete c.setup;
-    c.setup = nullptr;
+void Worker::Loop::free_handshake(Connection& c) {
+    delete c.handshake;
+    c.handshake = nullptr;
 }
 
 // Every op of a connection goes through here, so `pending` knows what a teardown
@@ -1629,7 +1635,7 @@ io_uring_sqe* Worker::Loop::connection_sqe(uint32_t slot, Op op) {
 }
 
 // By tag, never by fd: the kernel finds a tag in its hash of pending requests, while
-// a cancel by fd walks every request of the ring, which made each teardown cost
+// a cancel by fd walks every request of the io_uring, which made each teardown cost
 // O(open connections) (3 ms each with 9,400 open). A linked timeout goes with its op.
 void Worker::Loop::cancel_pending(uint32_t slot, std::initializer_list<Op> ops) {
     const Connection& c = conns_[slot];
@@ -1640,12 +1646,12 @@ void Worker::Loop::cancel_pending(uint32_t slot, std::initializer_list<Op> ops) 
 }
 
 void Worker::Loop::cancel_client_side(uint32_t slot) {
-    cancel_pending(slot, {Op::recv_header, Op::recv_client, Op::send_client, Op::watch_client});
+    cancel_pending(slot, {Op::recv_handshake, Op::recv_client, Op::send_client, Op::watch_client});
 }
 
 void Worker::Loop::cancel_target_side(uint32_t slot) {
-    cancel_pending(
-        slot, {Op::connect, Op::send_header, Op::recv_target, Op::send_target, Op::watch_target});
+    cancel_pending(slot, {Op::connect, Op::send_handshake, Op::recv_target, Op::send_target,
+                          Op::watch_target});
 }
 
 // Batched with everything else in the next submit instead of a syscall each;
@@ -1660,7 +1666,7 @@ void Worker::Loop::close_fd(int fd) {
     }
     io_uring_sqe* s = sqe(encode(Op::ignore));
     io_uring_prep_close(s, fd);
-    if (ring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    if (uring_.can_skip_success()) s->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 void Worker::Loop::release_buffer(uint16_t bid) {
@@ -1822,7 +1828,7 @@ void Worker::Loop::wake() {
 }
 
 void Worker::Loop::arm_wake() {
-    wake_.arm(ring_, encode(Op::wake));
+    wake_.arm(uring_, encode(Op::wake));
     ++worker_ops_;
 }
 

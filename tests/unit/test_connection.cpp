@@ -245,8 +245,8 @@ std::vector<uint8_t> v2_header(const char* client, const char* local) {
 TEST_CASE("a v1 header in one chunk: the rest of the chunk is client data") {
     std::vector<uint8_t> pending;
     const auto chunk = bytes("PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\nGET / HTTP/1.0\r\n");
-    HeaderOutcome out = on_header_bytes(pending, chunk);
-    REQUIRE(out.step == HeaderStep::done);
+    HandshakeOutcome out = on_handshake_bytes(pending, chunk);
+    REQUIRE(out.step == HandshakeStep::done);
     CHECK(out.payload_offset == 39);
     CHECK(std::string(chunk.begin() + 39, chunk.end()) == "GET / HTTP/1.0\r\n");
     REQUIRE(out.header.source);
@@ -258,12 +258,12 @@ TEST_CASE("a v2 header delivered byte by byte completes on its last byte") {
     const auto header = v2_header("[2001:db8::7]:5000", "[2001:db8::1]:443");
     std::vector<uint8_t> pending;
     for (size_t i = 0; i + 1 < header.size(); ++i) {
-        CHECK(on_header_bytes(pending, std::span(&header[i], 1)).step == HeaderStep::more);
+        CHECK(on_handshake_bytes(pending, std::span(&header[i], 1)).step == HandshakeStep::more);
     }
     // The last header byte arrives together with the first payload bytes.
     std::vector<uint8_t> last = {header.back(), 'h', 'i'};
-    HeaderOutcome out = on_header_bytes(pending, last);
-    REQUIRE(out.step == HeaderStep::done);
+    HandshakeOutcome out = on_handshake_bytes(pending, last);
+    REQUIRE(out.step == HandshakeStep::done);
     CHECK(out.payload_offset == 1);
     CHECK(out.header.version == 2);
     CHECK(out.header.source->to_string() == "[2001:db8::7]:5000");
@@ -272,34 +272,34 @@ TEST_CASE("a v2 header delivered byte by byte completes on its last byte") {
 TEST_CASE("a header that ends exactly with the chunk leaves no client data") {
     const auto header = v2_header("192.0.2.9:1234", "192.0.2.1:80");
     std::vector<uint8_t> pending;
-    HeaderOutcome out = on_header_bytes(pending, header);
-    REQUIRE(out.step == HeaderStep::done);
+    HandshakeOutcome out = on_handshake_bytes(pending, header);
+    REQUIRE(out.step == HandshakeStep::done);
     CHECK(out.payload_offset == header.size());
 }
 
 TEST_CASE("LOCAL and UNKNOWN headers complete without addresses") {
     std::vector<uint8_t> pending;
-    HeaderOutcome out = on_header_bytes(pending, bytes("PROXY UNKNOWN\r\nx"));
-    REQUIRE(out.step == HeaderStep::done);
+    HandshakeOutcome out = on_handshake_bytes(pending, bytes("PROXY UNKNOWN\r\nx"));
+    REQUIRE(out.step == HandshakeStep::done);
     CHECK_FALSE(out.header.source);
     CHECK(out.payload_offset == 15);
     const auto local = proxy::encode_v2_local();
     pending.clear();
-    out = on_header_bytes(pending, local.view());
-    REQUIRE(out.step == HeaderStep::done);
+    out = on_handshake_bytes(pending, local.view());
+    REQUIRE(out.step == HandshakeStep::done);
     CHECK(out.header.command == proxy::Command::local);
     CHECK_FALSE(out.header.source);
 }
 
 TEST_CASE("garbage is invalid as soon as it cannot be a header") {
     std::vector<uint8_t> pending;
-    HeaderOutcome out = on_header_bytes(pending, bytes("GET / HTTP/1.1\r\n"));
-    CHECK(out.step == HeaderStep::invalid);
+    HandshakeOutcome out = on_handshake_bytes(pending, bytes("GET / HTTP/1.1\r\n"));
+    CHECK(out.step == HandshakeStep::invalid);
     CHECK_FALSE(out.reason.empty());
     pending.clear();
-    CHECK(on_header_bytes(pending, bytes("PROX")).step == HeaderStep::more);
-    CHECK(on_header_bytes(pending, bytes("Y TCP4 999.1.1.1 1.1.1.1 1 2\r\n")).step ==
-          HeaderStep::invalid);
+    CHECK(on_handshake_bytes(pending, bytes("PROX")).step == HandshakeStep::more);
+    CHECK(on_handshake_bytes(pending, bytes("Y TCP4 999.1.1.1 1.1.1.1 1 2\r\n")).step ==
+          HandshakeStep::invalid);
 }
 
 TEST_CASE("a header longer than the limit is refused without buffering it all") {
@@ -308,15 +308,15 @@ TEST_CASE("a header longer than the limit is refused without buffering it all") 
     for (uint8_t b : proxy::kV2Signature) big.push_back(b);
     for (uint8_t b : {0x21, 0x11, 0x13, 0x88}) big.push_back(b);
     std::vector<uint8_t> pending;
-    HeaderOutcome out = on_header_bytes(pending, big, 4096);
-    CHECK(out.step == HeaderStep::invalid);
+    HandshakeOutcome out = on_handshake_bytes(pending, big, 4096);
+    CHECK(out.step == HandshakeStep::invalid);
     CHECK(out.reason == "header longer than 4096 bytes");
     // A v1 line that never ends: cut off at the limit, whatever the chunk size.
     pending.clear();
-    HeaderOutcome last = on_header_bytes(pending, bytes("PROXY TCP4 "));
-    for (int i = 0; i < 100 && last.step == HeaderStep::more; ++i) {
-        last = on_header_bytes(pending, std::vector<uint8_t>(1000, '1'));
+    HandshakeOutcome last = on_handshake_bytes(pending, bytes("PROXY TCP4 "));
+    for (int i = 0; i < 100 && last.step == HandshakeStep::more; ++i) {
+        last = on_handshake_bytes(pending, std::vector<uint8_t>(1000, '1'));
     }
-    CHECK(last.step == HeaderStep::invalid);
+    CHECK(last.step == HandshakeStep::invalid);
     CHECK(pending.size() <= 4097);
 }

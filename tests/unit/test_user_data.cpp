@@ -10,11 +10,12 @@
 using namespace stickyd;
 
 TEST_CASE("user_data round-trips op, slot and generation") {
-    const Op ops[] = {Op::ignore,          Op::wake,        Op::stop_timer,     Op::accept,
-                      Op::accept_backoff,  Op::recv_header, Op::header_timeout, Op::connect,
-                      Op::connect_timeout, Op::send_header, Op::recv_client,    Op::recv_target,
-                      Op::send_target,     Op::send_client, Op::idle_timer,     Op::watch_client,
-                      Op::watch_target};
+    const Op ops[] = {
+        Op::ignore,          Op::wake,           Op::stop_timer,        Op::accept,
+        Op::accept_backoff,  Op::recv_handshake, Op::handshake_timeout, Op::connect,
+        Op::connect_timeout, Op::send_handshake, Op::recv_client,       Op::recv_target,
+        Op::send_target,     Op::send_client,    Op::idle_timer,        Op::watch_client,
+        Op::watch_target};
     const uint32_t slots[] = {0, 1, 65535, 65536, 0xDEADBEEF, UINT32_MAX};
     const uint32_t generations[] = {0, 1, 0x123456, kGenerationMask};
     for (Op op : ops) {
