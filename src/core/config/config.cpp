@@ -52,14 +52,14 @@ ConfigResult parse_config(std::string_view toml_text, std::string_view source_na
     auto root = parse_toml(diag, toml_text, source_name);
     if (!root) return *diag.take();
     Config config = read_config(diag, *root);
-    if (!diag.failed()) check_config(diag, config);
+    if (!diag.failed()) validate_config(diag, config);
     if (auto error = diag.take()) return *error;
     return config;
 }
 
 std::optional<ConfigError> validate(const Config& config, std::string_view source_name) {
     Diagnostics diag(source_name);
-    check_config(diag, config);
+    validate_config(diag, config);
     return diag.take();
 }
 

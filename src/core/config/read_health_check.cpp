@@ -38,7 +38,7 @@ HealthCheckConfig read_health_check(Diagnostics& diag, const toml::table& table,
             number = r.integer("port", kHealthPortRange);
         }
         if (number) {
-            if (auto problem = check_int(*number, kHealthPortRange)) {
+            if (auto problem = outside_range(*number, kHealthPortRange)) {
                 r.invalid("port", *problem);
             } else {
                 hc.port = static_cast<uint16_t>(*number);

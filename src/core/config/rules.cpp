@@ -17,7 +17,7 @@ std::string int_range_message(const IntRange& range, std::string_view got) {
                        range.note, got);
 }
 
-std::optional<std::string> check_int(int64_t value, const IntRange& range) {
+std::optional<std::string> outside_range(int64_t value, const IntRange& range) {
     if (range.contains(value)) return std::nullopt;
     return int_range_message(range, std::to_string(value));
 }
@@ -31,7 +31,7 @@ std::string format_duration(Duration d) {
     return fmt::format("{}ms", ms);
 }
 
-std::optional<std::string> check_duration(Duration value, const DurationRange& range) {
+std::optional<std::string> outside_range(Duration value, const DurationRange& range) {
     if (value >= range.min && value <= range.max) return std::nullopt;
     return fmt::format("must be a duration from {} to {}, got {}", format_duration(range.min),
                        format_duration(range.max), format_duration(value));
@@ -110,7 +110,7 @@ std::optional<std::string> target_id_error(std::string_view id) {
 }
 
 std::optional<std::string> target_weight_error(int64_t weight) {
-    return check_int(weight, kWeightRange);
+    return outside_range(weight, kWeightRange);
 }
 
 std::string weight_range_message(std::string_view got) {

@@ -77,11 +77,11 @@ constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
 constexpr std::string_view kHealthProtocols[] = {"tcp", "http", "https"};
 
 std::string int_range_message(const IntRange& range, std::string_view got);
-std::optional<std::string> check_int(int64_t value, const IntRange& range);
+std::optional<std::string> outside_range(int64_t value, const IntRange& range);
 
 // The shortest exact spelling, so messages echo what a user would have written.
 std::string format_duration(Duration d);
-std::optional<std::string> check_duration(Duration value, const DurationRange& range);
+std::optional<std::string> outside_range(Duration value, const DurationRange& range);
 
 // Target group names end up in metrics labels and admin URLs: keep them plain.
 bool is_valid_group_name(std::string_view name);

@@ -75,7 +75,7 @@ std::optional<int64_t> TableReader::integer(std::string_view key, const IntRange
         invalid(key, int_range_message(range, describe(*node)));
         return std::nullopt;
     }
-    if (auto problem = check_int(i->get(), range)) {
+    if (auto problem = outside_range(i->get(), range)) {
         invalid(key, *problem);
         return std::nullopt;
     }
@@ -92,7 +92,7 @@ std::optional<Duration> TableReader::duration(std::string_view key, const Durati
         invalid(key, fmt::format("{}, got {}", kDurationHint, describe(*node)));
         return std::nullopt;
     }
-    if (auto problem = check_duration(*value, range)) {
+    if (auto problem = outside_range(*value, range)) {
         invalid(key, *problem);
         return std::nullopt;
     }

@@ -50,7 +50,7 @@ class PreScan {
         if (text_.starts_with("\xef\xbb\xbf")) pos_ = 3;
         while (pos_ < text_.size() && !problem_) {
             const char c = text_[pos_];
-            if (header_start_) check_header_start(c);
+            if (header_start_) expect_header_key(c);
             if (is_non_ascii(c)) {
                 // TOML has them only in strings and comments; anywhere else toml++
                 // asks whether they are whitespace.
@@ -91,7 +91,7 @@ class PreScan {
     // toml++ 3.3 hands whatever follows "[" or "[[" and spaces to its key parser,
     // which asserts (or, built with NDEBUG by clang, assumes) that a key starts
     // there: "[[[a]]]" aborted a debug build (toml++ #294, fixed upstream by #301).
-    void check_header_start(char c) {
+    void expect_header_key(char c) {
         if (c == ' ' || c == '\t') return;
         if (c == '[' && !second_bracket_) {
             second_bracket_ = true;
@@ -269,7 +269,7 @@ class PreScan {
 
     // Columns count characters, not bytes, as toml++'s positions do.
     void advance() {
-        check_control_character();
+        refuse_control_character();
         const auto byte = static_cast<unsigned char>(text_[pos_++]);
         if (byte == '\n') {
             ++line_;
@@ -283,7 +283,7 @@ class PreScan {
     // TOML allows no raw control character but tab and line ends anywhere, in
     // strings and comments included; toml++ 3.3 reads on past some of them (a NUL in
     // a literal string after a broken value) into its non-ASCII whitespace check.
-    void check_control_character() {
+    void refuse_control_character() {
         const auto byte = static_cast<unsigned char>(text_[pos_]);
         if ((byte < 0x20 && byte != '\t' && byte != '\n' && byte != '\r') || byte == 0x7f) {
             fail(

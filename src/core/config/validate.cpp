@@ -17,14 +17,14 @@ namespace {
 // ---------------------------------------------------------------------------------
 // Whole-config checks (validate).
 
-void check_global(Diagnostics& diag, const GlobalConfig& global) {
-    if (auto problem = check_int(global.threads, kThreadsRange)) {
+void validate_global(Diagnostics& diag, const GlobalConfig& global) {
+    if (auto problem = outside_range(global.threads, kThreadsRange)) {
         diag.fail("global.threads", *problem);
     }
-    if (auto problem = check_duration(global.shutdown_grace, kShutdownGraceRange)) {
+    if (auto problem = outside_range(global.shutdown_grace, kShutdownGraceRange)) {
         diag.fail("global.shutdown_grace", *problem);
     }
-    if (auto problem = check_duration(global.shutdown_delay, kShutdownDelayRange)) {
+    if (auto problem = outside_range(global.shutdown_delay, kShutdownDelayRange)) {
         diag.fail("global.shutdown_delay", *problem);
     }
     if (!global.admin_socket.empty()) {
@@ -66,7 +66,7 @@ std::string unknown_group_message(const Config& config, std::string_view name) {
                        did_you_mean(name, known), quoted_list(known));
 }
 
-void check_listeners(Diagnostics& diag, const Config& config) {
+void validate_listeners(Diagnostics& diag, const Config& config) {
     if (config.listeners.empty()) {
         diag.fail("listener", "no listeners; add a [[listener]] with bind and target_group");
         return;
@@ -96,16 +96,16 @@ void check_listeners(Diagnostics& diag, const Config& config) {
         if (!config.find_group(listener.target_group)) {
             diag.fail(path + ".target_group", unknown_group_message(config, listener.target_group));
         }
-        if (auto problem = check_duration(listener.idle_timeout, kIdleTimeoutRange)) {
+        if (auto problem = outside_range(listener.idle_timeout, kIdleTimeoutRange)) {
             diag.fail(path + ".idle_timeout", *problem);
         }
-        if (auto problem = check_duration(listener.proxy_protocol_timeout, kProxyTimeoutRange)) {
+        if (auto problem = outside_range(listener.proxy_protocol_timeout, kProxyTimeoutRange)) {
             diag.fail(path + ".proxy_protocol_timeout", *problem);
         }
     }
 }
 
-void check_target(Diagnostics& diag, const std::string& path, const TargetConfig& target) {
+void validate_target(Diagnostics& diag, const std::string& path, const TargetConfig& target) {
     if (target.address.family() == AF_UNSPEC) {
         diag.fail(path + ".address",
                   fmt::format("not set; expected ip:port such as {}", kTargetExample));
@@ -116,8 +116,8 @@ void check_target(Diagnostics& diag, const std::string& path, const TargetConfig
 
 // Two targets with one address would get two shares of the ring for one backend; two
 // with one id would collide on the ring. Both point at the second and name the first.
-void check_target_duplicates(Diagnostics& diag, const std::string& group_path,
-                             const std::vector<TargetConfig>& targets) {
+void refuse_duplicate_targets(Diagnostics& diag, const std::string& group_path,
+                              const std::vector<TargetConfig>& targets) {
     std::map<std::string, size_t> addresses;
     std::map<std::string, size_t> ids;
     for (size_t i = 0; i < targets.size(); ++i) {
@@ -145,9 +145,10 @@ void check_target_duplicates(Diagnostics& diag, const std::string& group_path,
 
 // build_maglev throws on a size it cannot use; asking it first turns that into a
 // load-time error, with one owner for the rule.
-void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupConfig& group) {
+void validate_maglev_table_size(Diagnostics& diag, const std::string& path,
+                                const TargetGroupConfig& group) {
     const uint32_t size = group.maglev_table_size;
-    if (auto problem = check_int(size, kMaglevSizeRange)) {
+    if (auto problem = outside_range(size, kMaglevSizeRange)) {
         diag.fail(path, *problem);
     } else if (auto error = maglev_table_size_error(size, group.targets.size())) {
         // The key path already names the key; drop the balancer's own prefix.
@@ -158,12 +159,13 @@ void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupC
 }
 
 // Ranges again (for configs built in memory) and the rules that relate keys.
-void check_health_check(Diagnostics& diag, const std::string& path, const HealthCheckConfig& hc) {
-    if (auto problem = check_duration(hc.interval, kHealthIntervalRange)) {
+void validate_health_check(Diagnostics& diag, const std::string& path,
+                           const HealthCheckConfig& hc) {
+    if (auto problem = outside_range(hc.interval, kHealthIntervalRange)) {
         diag.fail(path + ".interval", *problem);
     }
     if (hc.timeout) {
-        if (auto problem = check_duration(*hc.timeout, kHealthTimeoutRange)) {
+        if (auto problem = outside_range(*hc.timeout, kHealthTimeoutRange)) {
             diag.fail(path + ".timeout", *problem);
         } else if (*hc.timeout >= hc.interval) {
             diag.fail(path + ".timeout",
@@ -171,13 +173,13 @@ void check_health_check(Diagnostics& diag, const std::string& path, const Health
                                   format_duration(hc.interval), format_duration(*hc.timeout)));
         }
     }
-    if (auto problem = check_int(hc.healthy_threshold, kHealthThresholdRange)) {
+    if (auto problem = outside_range(hc.healthy_threshold, kHealthThresholdRange)) {
         diag.fail(path + ".healthy_threshold", *problem);
     }
-    if (auto problem = check_int(hc.unhealthy_threshold, kHealthThresholdRange)) {
+    if (auto problem = outside_range(hc.unhealthy_threshold, kHealthThresholdRange)) {
         diag.fail(path + ".unhealthy_threshold", *problem);
     }
-    if (auto problem = check_int(hc.passive_failures, kPassiveFailuresRange)) {
+    if (auto problem = outside_range(hc.passive_failures, kPassiveFailuresRange)) {
         diag.fail(path + ".passive_failures", *problem);
     }
     if (hc.port && *hc.port == 0) {
@@ -205,14 +207,14 @@ void check_health_check(Diagnostics& diag, const std::string& path, const Health
     }
 }
 
-void check_target_group(Diagnostics& diag, const std::string& path,
-                        const TargetGroupConfig& group) {
+void validate_target_group(Diagnostics& diag, const std::string& path,
+                           const TargetGroupConfig& group) {
     if (!is_valid_group_name(group.name)) {
         diag.fail(path + ".name",
                   fmt::format("must be one or more of A-Z a-z 0-9 _ . -, got {:?}", group.name));
     }
     if (group.algorithm == Algorithm::maglev) {
-        check_maglev(diag, path + ".maglev_table_size", group);
+        validate_maglev_table_size(diag, path + ".maglev_table_size", group);
     } else {
         uint64_t weight = 0;
         for (const TargetConfig& t : group.targets) weight += t.weight;
@@ -220,46 +222,46 @@ void check_target_group(Diagnostics& diag, const std::string& path,
             diag.fail(path + ".target", *problem);
         }
     }
-    if (auto problem = check_duration(group.connect_timeout, kConnectTimeoutRange)) {
+    if (auto problem = outside_range(group.connect_timeout, kConnectTimeoutRange)) {
         diag.fail(path + ".connect_timeout", *problem);
     }
-    if (auto problem = check_int(group.connect_retries, kRetriesRange)) {
+    if (auto problem = outside_range(group.connect_retries, kRetriesRange)) {
         diag.fail(path + ".connect_retries", *problem);
     }
-    if (auto problem = check_int(group.stickiness.prefix_v4, kPrefixV4Range)) {
+    if (auto problem = outside_range(group.stickiness.prefix_v4, kPrefixV4Range)) {
         diag.fail(path + ".stickiness.prefix_v4", *problem);
     }
-    if (auto problem = check_int(group.stickiness.prefix_v6, kPrefixV6Range)) {
+    if (auto problem = outside_range(group.stickiness.prefix_v6, kPrefixV6Range)) {
         diag.fail(path + ".stickiness.prefix_v6", *problem);
     }
-    check_health_check(diag, path + ".health_check", group.health_check);
-    if (auto problem = check_duration(group.deregistration_delay.timeout, kDeregistrationRange)) {
+    validate_health_check(diag, path + ".health_check", group.health_check);
+    if (auto problem = outside_range(group.deregistration_delay.timeout, kDeregistrationRange)) {
         diag.fail(path + ".deregistration_delay.timeout", *problem);
     }
-    if (auto problem = check_int(group.minimum_healthy_targets.count, kMinHealthyCountRange)) {
+    if (auto problem = outside_range(group.minimum_healthy_targets.count, kMinHealthyCountRange)) {
         diag.fail(path + ".minimum_healthy_targets.count", *problem);
     }
     if (const auto& percentage = group.minimum_healthy_targets.percentage) {
-        if (auto problem = check_int(*percentage, kMinHealthyPercentRange)) {
+        if (auto problem = outside_range(*percentage, kMinHealthyPercentRange)) {
             diag.fail(path + ".minimum_healthy_targets.percentage", *problem);
         }
     }
     if (group.dns) {
-        if (auto problem = check_duration(group.dns->refresh, kDnsRefreshRange)) {
+        if (auto problem = outside_range(group.dns->refresh, kDnsRefreshRange)) {
             diag.fail(path + ".dns_refresh", *problem);
         }
     }
     for (size_t i = 0; i < group.targets.size(); ++i) {
-        check_target(diag, index_key(path + ".target", i), group.targets[i]);
+        validate_target(diag, index_key(path + ".target", i), group.targets[i]);
     }
-    check_target_duplicates(diag, path, group.targets);
+    refuse_duplicate_targets(diag, path, group.targets);
 }
 
-void check_target_groups(Diagnostics& diag, const std::vector<TargetGroupConfig>& groups) {
+void validate_target_groups(Diagnostics& diag, const std::vector<TargetGroupConfig>& groups) {
     std::map<std::string, size_t> names;
     for (size_t i = 0; i < groups.size(); ++i) {
         const std::string path = index_key("target_group", i);
-        check_target_group(diag, path, groups[i]);
+        validate_target_group(diag, path, groups[i]);
         auto [it, fresh] = names.emplace(groups[i].name, i);
         if (!fresh) {
             diag.fail(path + ".name",
@@ -299,7 +301,7 @@ unsigned client_versions(const ListenerConfig& listener) {
 // time). When that is so for every client a group can get, the key would never take
 // effect, which is refused here rather than discovered in production. DNS targets
 // are not known yet, so a group with dns is left to the run-time count.
-void check_preserve_client_ip(Diagnostics& diag, const Config& config) {
+void validate_preserve_client_ip(Diagnostics& diag, const Config& config) {
     for (size_t i = 0; i < config.target_groups.size(); ++i) {
         const TargetGroupConfig& group = config.target_groups[i];
         if (!group.preserve_client_ip || group.dns) continue;
@@ -342,7 +344,7 @@ bool sockets_clash(const SocketAddress& a, const SocketAddress& b) {
 
 // The metrics address is the read-only door: sharing a socket with the admin
 // address or a listener would either fail to bind or hand it to the wrong server.
-void check_metrics_address(Diagnostics& diag, const Config& config) {
+void validate_metrics_address(Diagnostics& diag, const Config& config) {
     if (!config.global.metrics_address) return;
     const SocketAddress& metrics = *config.global.metrics_address;
     const std::string path = "global.metrics_address";
@@ -363,12 +365,12 @@ void check_metrics_address(Diagnostics& diag, const Config& config) {
 
 }  // namespace
 
-void check_config(Diagnostics& diag, const Config& config) {
-    check_global(diag, config.global);
-    check_listeners(diag, config);
-    check_target_groups(diag, config.target_groups);
-    check_preserve_client_ip(diag, config);
-    check_metrics_address(diag, config);
+void validate_config(Diagnostics& diag, const Config& config) {
+    validate_global(diag, config.global);
+    validate_listeners(diag, config);
+    validate_target_groups(diag, config.target_groups);
+    validate_preserve_client_ip(diag, config);
+    validate_metrics_address(diag, config);
 }
 
 }  // namespace stickyd::config_detail

@@ -8,6 +8,6 @@
 namespace stickyd::config_detail {
 
 // Reports the first broken rule to diag.
-void check_config(Diagnostics& diag, const Config& config);
+void validate_config(Diagnostics& diag, const Config& config);
 
 }  // namespace stickyd::config_detail
