@@ -92,4 +92,18 @@ name = "web"
 address = "127.0.0.1:9001"
 )";
 
+// A config text and the exact error line parse_config must give for it.
+struct Rejection {
+    std::string toml;
+    std::string error;
+};
+
+// Checks each text's error line, naming the text when one differs.
+inline void expect_errors(const std::vector<Rejection>& cases) {
+    for (const Rejection& c : cases) {
+        CAPTURE(c.toml);
+        CHECK(error_of(c.toml) == c.error);
+    }
+}
+
 }  // namespace stickyd::test

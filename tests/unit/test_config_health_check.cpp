@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "stickyd/config.hpp"
 #include "tests/support/config_fixtures.hpp"
@@ -152,80 +154,87 @@ TEST_CASE("health check: rejections") {
     auto hc = [](std::string_view body) {
         return hc_error(fmt::format("[target_group.health_check]\n{}\n", body));
     };
-    CHECK(hc("protocol = \"HTTPS\"") ==
-          at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
-               "\"https\", got \"HTTPS\" (did you mean \"https\"?)");
-    CHECK(hc("protocol = \"udp\"") ==
-          at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
-               "\"https\", got \"udp\"");
-    CHECK(hc("protocol = \"TCP\"") ==
-          at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
-               "\"https\", got \"TCP\" (did you mean \"tcp\"?)");
-    CHECK(hc("port = 0") == at + "8: target_group[0].health_check.port: must be an integer from "
-                                 "1 to 65535 or \"traffic-port\", got 0");
-    CHECK(hc("port = 70000") == at + "8: target_group[0].health_check.port: must be an integer "
-                                     "from 1 to 65535 or \"traffic-port\", got 70000");
-    CHECK(hc("port = \"traffic\"") ==
-          at + "8: target_group[0].health_check.port: must be an integer from 1 to 65535 or "
-               "\"traffic-port\", got string \"traffic\"");
-    CHECK(hc("port = \"99999\"") == at + "8: target_group[0].health_check.port: must be an "
-                                         "integer from 1 to 65535 or \"traffic-port\", got 99999");
-    CHECK(hc("path = \"/x\"") == at + "8: target_group[0].health_check.path: only applies with "
-                                      "protocol = \"http\" or \"https\"; set one or remove the "
-                                      "key");
-    CHECK(hc("matcher = \"200\"") == at + "11: target_group[0].health_check.matcher: only "
-                                          "applies with protocol = \"http\" or \"https\"; set "
-                                          "one or remove the key");
-    CHECK(hc("protocol = \"https\"\npath = \"health\"") ==
-          "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\"");
-    CHECK(hc("protocol = \"http\"\npath = \"health\"") ==
-          "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\"");
-    CHECK(hc("protocol = \"http\"\npath = \"/a b\"") ==
-          "t.toml:9:8: target_group[0].health_check.path: must not contain spaces or control "
-          "characters, got \"/a b\"");
-    CHECK(hc("protocol = \"http\"\npath = \"/" + std::string(1024, 'a') + "\"") ==
-          "t.toml:9:8: target_group[0].health_check.path: must be at most 1024 characters, got "
-          "1025");
-    CHECK(hc("protocol = \"http\"\nmatcher = \"100-200\"") ==
-          "t.toml:9:11: target_group[0].health_check.matcher: code 100 is outside 200-599; "
-          "expected codes and ranges such as \"200\", \"200-399\" or \"200,202,300-399\"");
-    CHECK(hc("protocol = \"http\"\nmatcher = \"399-200\"") ==
-          "t.toml:9:11: target_group[0].health_check.matcher: range \"399-200\" is backwards; "
-          "write the lower code first");
-    CHECK(hc("protocol = \"http\"\nmatcher = 200") ==
-          "t.toml:9:11: target_group[0].health_check.matcher: expected a string, got integer "
-          "200");
-    CHECK(hc("interval = \"50ms\"") == at + "12: target_group[0].health_check.interval: must be "
-                                            "a duration from 100ms to 5m, got 50ms");
-    CHECK(hc("interval = 301") == at + "12: target_group[0].health_check.interval: must be a "
-                                       "duration from 100ms to 5m, got 301s");
-    CHECK(hc("timeout = \"121s\"") == at + "11: target_group[0].health_check.timeout: must be "
-                                           "a duration from 100ms to 2m, got 121s");
-    CHECK(hc("interval = \"5s\"\ntimeout = \"5s\"") ==
-          "t.toml:9:11: target_group[0].health_check.timeout: must be shorter than the interval "
-          "(5s), got 5s");
-    CHECK(hc("timeout = \"40s\"") == at + "11: target_group[0].health_check.timeout: must be "
-                                          "shorter than the interval (30s), got 40s");
-    CHECK(hc("timeout = \"soon\"") ==
-          at + "11: target_group[0].health_check.timeout: expected a duration such as \"2s\" or "
-               "\"500ms\" (units ms, s, m, h; a bare integer means seconds), got string \"soon\"");
-    CHECK(hc("healthy_threshold = 1") == at + "21: target_group[0].health_check.healthy_threshold: "
-                                              "must be an integer from 2 to 10, got 1");
-    CHECK(hc("healthy_threshold = 11") ==
-          at + "21: target_group[0].health_check.healthy_threshold: must be an integer from 2 "
-               "to 10, got 11");
-    CHECK(hc("unhealthy_threshold = 1") ==
-          at + "23: target_group[0].health_check.unhealthy_threshold: must be an integer from 2 "
-               "to 10, got 1");
-    CHECK(hc("unhealthy_threshold = \"2\"") ==
-          at + "23: target_group[0].health_check.unhealthy_threshold: must be an integer from 2 "
-               "to 10, got string \"2\"");
-    CHECK(hc("passive_failures = 0") == at + "20: target_group[0].health_check.passive_failures: "
-                                             "must be an integer from 1 to 100, got 0");
-    CHECK(hc("passive = \"yes\"") == at + "11: target_group[0].health_check.passive: expected "
-                                          "true or false, got string \"yes\"");
-    CHECK(hc("enabled = 1") == at + "11: target_group[0].health_check.enabled: expected true or "
-                                    "false, got integer 1");
+    // Each body of [target_group.health_check] and the exact error line it gives.
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"protocol = \"HTTPS\"",
+         at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
+              "\"https\", got \"HTTPS\" (did you mean \"https\"?)"},
+        {"protocol = \"udp\"",
+         at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
+              "\"https\", got \"udp\""},
+        {"protocol = \"TCP\"",
+         at + "12: target_group[0].health_check.protocol: must be one of \"tcp\", \"http\", "
+              "\"https\", got \"TCP\" (did you mean \"tcp\"?)"},
+        {"port = 0", at + "8: target_group[0].health_check.port: must be an integer from "
+                          "1 to 65535 or \"traffic-port\", got 0"},
+        {"port = 70000", at + "8: target_group[0].health_check.port: must be an integer "
+                              "from 1 to 65535 or \"traffic-port\", got 70000"},
+        {"port = \"traffic\"",
+         at + "8: target_group[0].health_check.port: must be an integer from 1 to 65535 or "
+              "\"traffic-port\", got string \"traffic\""},
+        {"port = \"99999\"", at + "8: target_group[0].health_check.port: must be an "
+                                  "integer from 1 to 65535 or \"traffic-port\", got 99999"},
+        {"path = \"/x\"", at + "8: target_group[0].health_check.path: only applies with "
+                               "protocol = \"http\" or \"https\"; set one or remove the "
+                               "key"},
+        {"matcher = \"200\"", at + "11: target_group[0].health_check.matcher: only "
+                                   "applies with protocol = \"http\" or \"https\"; set "
+                                   "one or remove the key"},
+        {"protocol = \"https\"\npath = \"health\"",
+         "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\""},
+        {"protocol = \"http\"\npath = \"health\"",
+         "t.toml:9:8: target_group[0].health_check.path: must start with \"/\", got \"health\""},
+        {"protocol = \"http\"\npath = \"/a b\"",
+         "t.toml:9:8: target_group[0].health_check.path: must not contain spaces or control "
+         "characters, got \"/a b\""},
+        {"protocol = \"http\"\npath = \"/" + std::string(1024, 'a') + "\"",
+         "t.toml:9:8: target_group[0].health_check.path: must be at most 1024 characters, got "
+         "1025"},
+        {"protocol = \"http\"\nmatcher = \"100-200\"",
+         "t.toml:9:11: target_group[0].health_check.matcher: code 100 is outside 200-599; "
+         "expected codes and ranges such as \"200\", \"200-399\" or \"200,202,300-399\""},
+        {"protocol = \"http\"\nmatcher = \"399-200\"",
+         "t.toml:9:11: target_group[0].health_check.matcher: range \"399-200\" is backwards; "
+         "write the lower code first"},
+        {"protocol = \"http\"\nmatcher = 200",
+         "t.toml:9:11: target_group[0].health_check.matcher: expected a string, got integer "
+         "200"},
+        {"interval = \"50ms\"", at + "12: target_group[0].health_check.interval: must be "
+                                     "a duration from 100ms to 5m, got 50ms"},
+        {"interval = 301", at + "12: target_group[0].health_check.interval: must be a "
+                                "duration from 100ms to 5m, got 301s"},
+        {"timeout = \"121s\"", at + "11: target_group[0].health_check.timeout: must be "
+                                    "a duration from 100ms to 2m, got 121s"},
+        {"interval = \"5s\"\ntimeout = \"5s\"",
+         "t.toml:9:11: target_group[0].health_check.timeout: must be shorter than the interval "
+         "(5s), got 5s"},
+        {"timeout = \"40s\"", at + "11: target_group[0].health_check.timeout: must be "
+                                   "shorter than the interval (30s), got 40s"},
+        {"timeout = \"soon\"",
+         at + "11: target_group[0].health_check.timeout: expected a duration such as \"2s\" or "
+              "\"500ms\" (units ms, s, m, h; a bare integer means seconds), got string \"soon\""},
+        {"healthy_threshold = 1", at + "21: target_group[0].health_check.healthy_threshold: "
+                                       "must be an integer from 2 to 10, got 1"},
+        {"healthy_threshold = 11",
+         at + "21: target_group[0].health_check.healthy_threshold: must be an integer from 2 "
+              "to 10, got 11"},
+        {"unhealthy_threshold = 1",
+         at + "23: target_group[0].health_check.unhealthy_threshold: must be an integer from 2 "
+              "to 10, got 1"},
+        {"unhealthy_threshold = \"2\"",
+         at + "23: target_group[0].health_check.unhealthy_threshold: must be an integer from 2 "
+              "to 10, got string \"2\""},
+        {"passive_failures = 0", at + "20: target_group[0].health_check.passive_failures: "
+                                      "must be an integer from 1 to 100, got 0"},
+        {"passive = \"yes\"", at + "11: target_group[0].health_check.passive: expected "
+                                   "true or false, got string \"yes\""},
+        {"enabled = 1", at + "11: target_group[0].health_check.enabled: expected true or "
+                             "false, got integer 1"},
+    };
+    for (const auto& [body, error] : cases) {
+        CAPTURE(body);
+        CHECK(hc(body) == error);
+    }
     CHECK(hc_error("connection_termination_on_unhealthy = \"yes\"") ==
           "t.toml:7:39: target_group[0].connection_termination_on_unhealthy: expected true or "
           "false, got string \"yes\"");

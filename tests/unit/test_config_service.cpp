@@ -103,36 +103,39 @@ percentage = 100
 
 TEST_CASE("minimum_healthy_targets: errors") {
     const std::string base = std::string(kMinimal) + "\n[target_group.minimum_healthy_targets]\n";
-    CHECK(error_of(base + "count = 0\n") ==
-          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
-          "to 50000, got 0");
-    CHECK(error_of(base + "count = 50001\n") ==
-          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
-          "to 50000, got 50001");
-    CHECK(error_of(base + "count = \"off\"\n") ==
-          "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
-          "to 50000, got string \"off\"");
-    CHECK(error_of(base + "percentage = 0\n") ==
-          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
-          "from 1 to 100 or \"off\", got 0");
-    CHECK(error_of(base + "percentage = 101\n") ==
-          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
-          "from 1 to 100 or \"off\", got 101");
-    CHECK(error_of(base + "percentage = \"50%\"\n") ==
-          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
-          "from 1 to 100 or \"off\", got string \"50%\"");
-    CHECK(error_of(base + "percentage = 50.5\n") ==
-          "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
-          "from 1 to 100 or \"off\", got floating-point 50.5");
-    CHECK(error_of(base + "cuont = 2\n") ==
-          "t.toml:12:1: target_group[0].minimum_healthy_targets.cuont: unknown key (did you mean "
-          "\"count\"?)");
-    CHECK(error_of(R"(
+    expect_errors({
+        {base + "count = 0\n",
+         "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+         "to 50000, got 0"},
+        {base + "count = 50001\n",
+         "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+         "to 50000, got 50001"},
+        {base + "count = \"off\"\n",
+         "t.toml:12:9: target_group[0].minimum_healthy_targets.count: must be an integer from 1 "
+         "to 50000, got string \"off\""},
+        {base + "percentage = 0\n",
+         "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+         "from 1 to 100 or \"off\", got 0"},
+        {base + "percentage = 101\n",
+         "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+         "from 1 to 100 or \"off\", got 101"},
+        {base + "percentage = \"50%\"\n",
+         "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+         "from 1 to 100 or \"off\", got string \"50%\""},
+        {base + "percentage = 50.5\n",
+         "t.toml:12:14: target_group[0].minimum_healthy_targets.percentage: must be an integer "
+         "from 1 to 100 or \"off\", got floating-point 50.5"},
+        {base + "cuont = 2\n",
+         "t.toml:12:1: target_group[0].minimum_healthy_targets.cuont: unknown key (did you mean "
+         "\"count\"?)"},
+        {R"(
 [[target_group]]
 name = "web"
 minimum_healthy_targets = 3
-)") == "t.toml:3:27: target_group[0].minimum_healthy_targets: expected a table "
-       "([target_group.minimum_healthy_targets]), got integer 3");
+)",
+         "t.toml:3:27: target_group[0].minimum_healthy_targets: expected a table "
+         "([target_group.minimum_healthy_targets]), got integer 3"},
+    });
 }
 
 TEST_CASE("minimum_healthy_targets: validate() checks a config built in memory") {
@@ -172,35 +175,40 @@ name = "web"
 
     CHECK(error_of(with_global("metrics_address = \"localhost:9100\"\n"))
               .starts_with("t.toml:2:19: global.metrics_address: "));
-    CHECK(error_of(with_global("metrics_address = 9100\n")) ==
-          "t.toml:2:19: global.metrics_address: expected a string \"ip:port\" such as "
-          "\"127.0.0.1:9100\", got integer 9100");
-    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
-                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
-          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
-          "127.0.0.1:9090; give it a port of its own");
-    // A wildcard covers every address of its family ([::] of both: dual-stack).
-    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
-                               "metrics_address = \"127.0.0.1:9090\"\n")) ==
-          "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
-          "0.0.0.0:9090; give it a port of its own");
-    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
-                               "metrics_address = \"[::]:9090\"\n")) ==
-          "t.toml:3:19: global.metrics_address: [::]:9090 clashes with admin_address "
-          "127.0.0.1:9090; give it a port of its own");
-    CHECK(error_of(with_global("metrics_address = \"127.0.0.1:8000\"\n")) ==
-          "t.toml:2:19: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
-          "127.0.0.1:8000 at line 5; give it a port of its own");
-    CHECK(error_of(with_global("metrics_address = \"127.0.0.2:8001\"\n")) ==
-          "t.toml:2:19: global.metrics_address: 127.0.0.2:8001 clashes with listener[1].bind "
-          "[::]:8001 at line 9; give it a port of its own");
-    // Other ports, or one IP of each family, do not clash.
-    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
-                               "metrics_address = \"127.0.0.1:9091\"\n")) == "<loaded>");
-    CHECK(error_of(with_global("admin_address = \"0.0.0.0:9090\"\n"
-                               "metrics_address = \"[::1]:9090\"\n")) == "<loaded>");
-    CHECK(error_of(with_global("admin_address = \"127.0.0.1:9090\"\n"
-                               "metrics_address = \"127.0.0.2:9090\"\n")) == "<loaded>");
+    expect_errors({
+        {with_global("metrics_address = 9100\n"),
+         "t.toml:2:19: global.metrics_address: expected a string \"ip:port\" such as "
+         "\"127.0.0.1:9100\", got integer 9100"},
+        {with_global("admin_address = \"127.0.0.1:9090\"\n"
+                     "metrics_address = \"127.0.0.1:9090\"\n"),
+         "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+         "127.0.0.1:9090; give it a port of its own"},
+        // A wildcard covers every address of its family ([::] of both: dual-stack).
+        {with_global("admin_address = \"0.0.0.0:9090\"\n"
+                     "metrics_address = \"127.0.0.1:9090\"\n"),
+         "t.toml:3:19: global.metrics_address: 127.0.0.1:9090 clashes with admin_address "
+         "0.0.0.0:9090; give it a port of its own"},
+        {with_global("admin_address = \"127.0.0.1:9090\"\n"
+                     "metrics_address = \"[::]:9090\"\n"),
+         "t.toml:3:19: global.metrics_address: [::]:9090 clashes with admin_address "
+         "127.0.0.1:9090; give it a port of its own"},
+        {with_global("metrics_address = \"127.0.0.1:8000\"\n"),
+         "t.toml:2:19: global.metrics_address: 127.0.0.1:8000 clashes with listener[0].bind "
+         "127.0.0.1:8000 at line 5; give it a port of its own"},
+        {with_global("metrics_address = \"127.0.0.2:8001\"\n"),
+         "t.toml:2:19: global.metrics_address: 127.0.0.2:8001 clashes with listener[1].bind "
+         "[::]:8001 at line 9; give it a port of its own"},
+        // Other ports, or one IP of each family, do not clash.
+        {with_global("admin_address = \"127.0.0.1:9090\"\n"
+                     "metrics_address = \"127.0.0.1:9091\"\n"),
+         "<loaded>"},
+        {with_global("admin_address = \"0.0.0.0:9090\"\n"
+                     "metrics_address = \"[::1]:9090\"\n"),
+         "<loaded>"},
+        {with_global("admin_address = \"127.0.0.1:9090\"\n"
+                     "metrics_address = \"127.0.0.2:9090\"\n"),
+         "<loaded>"},
+    });
 }
 
 TEST_CASE("metrics_address: validate() checks a config built in memory") {
@@ -238,20 +246,23 @@ bind = "127.0.0.1:8000"
 target_group = "web"
 )";
     auto with = [&](std::string_view extra) { return std::string(kListener) + std::string(extra); };
-    CHECK(error_of(with("idle_timeout = \"0s\"\n")) ==
-          "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 0s");
-    CHECK(error_of(with("idle_timeout = \"2h\"\n")) ==
-          "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 2h");
-    CHECK(error_of(with("accept_proxy_protocol = \"yes\"\n")) ==
-          "t.toml:7:25: listener[0].accept_proxy_protocol: expected true or false, got string "
-          "\"yes\"");
-    CHECK(error_of(with("proxy_protocol_timeout = \"1s\"\n")) ==
-          "t.toml:7:26: listener[0].proxy_protocol_timeout: only applies with "
-          "accept_proxy_protocol = true; set that or remove the key");
-    CHECK(error_of(R"(
+    expect_errors({
+        {with("idle_timeout = \"0s\"\n"),
+         "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 0s"},
+        {with("idle_timeout = \"2h\"\n"),
+         "t.toml:7:16: listener[0].idle_timeout: must be a duration from 1s to 100m, got 2h"},
+        {with("accept_proxy_protocol = \"yes\"\n"),
+         "t.toml:7:25: listener[0].accept_proxy_protocol: expected true or false, got string "
+         "\"yes\""},
+        {with("proxy_protocol_timeout = \"1s\"\n"),
+         "t.toml:7:26: listener[0].proxy_protocol_timeout: only applies with "
+         "accept_proxy_protocol = true; set that or remove the key"},
+        {R"(
 [global]
 admin_socket = "run/admin.sock"
-)") == "t.toml:2:16: global.admin_socket: must be an absolute path, got \"run/admin.sock\"");
+)",
+         "t.toml:2:16: global.admin_socket: must be an absolute path, got \"run/admin.sock\""},
+    });
     CHECK(error_of(R"(
 [global]
 admin_address = "localhost:9090"
