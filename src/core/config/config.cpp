@@ -1,12 +1,15 @@
-// The configuration loader: TOML text -> Config, every problem reported as one line
-// that names the file position and key path of the offending value.
+// The configuration loader's entry points: TOML text -> Config, every problem reported
+// as one line that names the file position and key path of the offending value.
 //
-// Two layers share one set of rules:
-//   * the TOML reader checks shape (known keys, types, keywords, and the ranges a value
+// Its steps, each in its own file of src/core/config/:
+//   * toml_guard: what toml++ must not be given is refused before it parses;
+//   * the TOML reader (read_config, read_target_group, read_health_check, each with a
+//     TableReader) checks shape (known keys, types, keywords, and the ranges a value
 //     must satisfy before it fits its field) and records where every key was found;
-//   * validate() checks the Config as a whole (ranges again, duplicates, references,
+//   * validate checks the Config as a whole (ranges again, duplicates, references,
 //     the maglev table). The command-line quick mode builds a Config in memory and
 //     calls validate() too, so a flag and a file can never disagree about what is valid.
+// The reader and validate apply one set of rules (rules.hpp); diagnostics says where.
 #include "stickyd/config.hpp"
 
 #include <fmt/format.h>

@@ -83,6 +83,8 @@ MinimumHealthyTargets read_minimum_healthy(Diagnostics& diag, const toml::table&
     return minimum;
 }
 
+constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
+
 // "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
 // <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
 std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {

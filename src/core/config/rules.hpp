@@ -62,8 +62,7 @@ constexpr DurationRange kDeregistrationRange{0s, 3600s};  // the NLB's range
 constexpr IntRange kMinHealthyCountRange{1, kMaxMaglevTableSize / kMaglevMinEntriesPerMember, ""};
 constexpr IntRange kMinHealthyPercentRange{1, 100, " or \"off\""};
 constexpr DurationRange kDnsRefreshRange{100ms, 3600s};  // below 1s: tests
-constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
-constexpr size_t kMaxHealthPath = 1024;  // as the NLB's HealthCheckPath
+constexpr size_t kMaxHealthPath = 1024;                  // as the NLB's HealthCheckPath
 
 constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
 constexpr std::string_view kBindExample = "127.0.0.1:8000 or [::]:8000";

@@ -31,10 +31,15 @@ std::string describe(const toml::node& node) {
     return "nothing";
 }
 
+namespace {
+
+// Whole seconds, as NLB attributes are written; nullopt if negative or too large.
 std::optional<Duration> seconds_to_duration(int64_t seconds) {
     if (seconds < 0 || seconds > Duration::max().count() / 1000) return std::nullopt;
     return Duration(seconds * 1000);
 }
+
+}  // namespace
 
 TableReader::TableReader(Diagnostics& diag, const toml::table& table, std::string path,
                          std::initializer_list<std::string_view> known)

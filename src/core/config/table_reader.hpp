@@ -22,9 +22,6 @@ namespace stickyd::config_detail {
 // What a TOML value is, for the "got ..." of an error.
 std::string describe(const toml::node& node);
 
-// Whole seconds, as NLB attributes are written; nullopt if negative or too large.
-std::optional<Duration> seconds_to_duration(int64_t seconds);
-
 // Reads one TOML table. The constructor rejects keys the table does not define (naming
 // the closest one that it does), then values are taken by key, each read recording
 // where it was found. A new subtable, such as [target_group.health_check], is one more

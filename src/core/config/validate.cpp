@@ -14,9 +14,6 @@
 namespace stickyd::config_detail {
 namespace {
 
-// ---------------------------------------------------------------------------------
-// Whole-config checks (validate).
-
 void validate_global(Diagnostics& diag, const GlobalConfig& global) {
     if (auto problem = outside_range(global.threads, kThreadsRange)) {
         diag.fail("global.threads", *problem);
