@@ -23,8 +23,10 @@ struct TargetStats {
     std::atomic<uint64_t> active{0};            // connections open now (connecting or relaying)
     std::atomic<uint64_t> connections{0};       // connects attempted, total
     std::atomic<uint64_t> connect_failures{0};  // of those, failed (refused, timed out, ...)
-    std::atomic<uint64_t> bytes_in{0};          // client -> target
-    std::atomic<uint64_t> bytes_out{0};         // target -> client
+    // Named as their metrics are (stickyd_target_bytes_sent_total, ..._received_total);
+    // /status calls them bytes_in and bytes_out, as it does the daemon's totals.
+    std::atomic<uint64_t> bytes_sent{0};      // to the target (from its clients)
+    std::atomic<uint64_t> bytes_received{0};  // from the target (to its clients)
 };
 
 struct RouteTarget {

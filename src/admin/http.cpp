@@ -186,8 +186,8 @@ bool named(std::string_view line, size_t colon, std::string_view want) {
 }
 
 // Headers: only the framing ones matter.
-std::optional<AdminReply> check_headers(std::span<const std::string_view> lines,
-                                        const HttpLimits& limits) {
+std::optional<AdminReply> header_refusal(std::span<const std::string_view> lines,
+                                         const HttpLimits& limits) {
     const AdminReply too_large =
         error_reply(413, fmt::format("request body larger than {} bytes", limits.max_body));
     std::optional<uint64_t> content_length;
@@ -225,7 +225,7 @@ Parsed parse_head(std::string_view head, const HttpLimits& limits) {
     std::string target;
     if (auto error = parse_request_line(lines.front(), out.request, target)) return {{}, error};
     const std::span<const std::string_view> headers(lines.data() + 1, lines.size() - 1);
-    if (auto error = check_headers(headers, limits)) return {{}, error};
+    if (auto error = header_refusal(headers, limits)) return {{}, error};
     const size_t question = target.find('?');
     out.request.path = target.substr(0, question);
     if (question != std::string::npos &&

@@ -66,8 +66,8 @@ Json target_json(const TargetView& t, double share) {
                 {"active_connections", load(t.stats, &TargetStats::active)},
                 {"connections", load(t.stats, &TargetStats::connections)},
                 {"connect_failures", load(t.stats, &TargetStats::connect_failures)},
-                {"bytes_in", load(t.stats, &TargetStats::bytes_in)},
-                {"bytes_out", load(t.stats, &TargetStats::bytes_out)}};
+                {"bytes_in", load(t.stats, &TargetStats::bytes_sent)},
+                {"bytes_out", load(t.stats, &TargetStats::bytes_received)}};
 }
 
 bool any_usable(const RoutingTable& table) {
@@ -388,10 +388,10 @@ std::string metrics_text(const AdminState& state) {
          [](const TargetView& t) { return load(t.stats, &TargetStats::connect_failures); }},
         {"stickyd_target_bytes_sent_total", "counter",
          "Bytes stickyd sent to the target (from its clients).",
-         [](const TargetView& t) { return load(t.stats, &TargetStats::bytes_in); }},
+         [](const TargetView& t) { return load(t.stats, &TargetStats::bytes_sent); }},
         {"stickyd_target_bytes_received_total", "counter",
          "Bytes stickyd received from the target (sent on to its clients).",
-         [](const TargetView& t) { return load(t.stats, &TargetStats::bytes_out); }},
+         [](const TargetView& t) { return load(t.stats, &TargetStats::bytes_received); }},
     };
     for (const TargetFamily& f : kTargetFamilies) {
         p.family(f.name, f.type, f.help);

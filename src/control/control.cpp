@@ -160,7 +160,7 @@ struct Control::Loop {
 
     // Commands.
     void apply(const Config& config);
-    std::optional<std::string> check(const Config& config);
+    std::optional<std::string> reload_refusal(const Config& config);
     void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
     void set_discovery_error(const std::string& group, std::string error);
     AdminChange drain(const std::string& group, const std::string& id);
@@ -445,7 +445,8 @@ void Control::Loop::apply(const Config& config) {
                 group->discovered.clear();
                 group->dns_error.reset();
             } else if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
-                // check() refuses such a reload; this is a DNS answer that came in between.
+                // reload_refusal() refuses such a reload; this is a DNS answer that came in
+                // between.
                 log::error("target group '{}': its {} DNS addresses deregister: {}", gc.name,
                            group->discovered.size(), *error);
                 group->discovered.clear();
@@ -453,8 +454,8 @@ void Control::Loop::apply(const Config& config) {
             }
             if (!group->overlay.registered.empty()) {
                 if (auto error = capacity_error(gc, desired_targets(gc, {}, group->overlay))) {
-                    // check() refuses such a reload; this is a registration that came in
-                    // between.
+                    // reload_refusal() refuses such a reload; this is a registration that
+                    // came in between.
                     log::error(
                         "target group '{}': its {} targets registered at run time "
                         "deregister: {}",
@@ -487,7 +488,7 @@ void Control::Loop::apply(const Config& config) {
     erase_finished_groups();
 }
 
-std::optional<std::string> Control::Loop::check(const Config& config) {
+std::optional<std::string> Control::Loop::reload_refusal(const Config& config) {
     for (const TargetGroupConfig& gc : config.target_groups) {
         const Group* group = find_group(gc.name);
         if (group == nullptr) continue;
@@ -1166,8 +1167,8 @@ void Control::apply(const Config& config) {
     loop_->call([&] { loop_->apply(config); });
 }
 
-std::optional<std::string> Control::check(const Config& config) {
-    return loop_->call([&] { return loop_->check(config); });
+std::optional<std::string> Control::reload_refusal(const Config& config) {
+    return loop_->call([&] { return loop_->reload_refusal(config); });
 }
 
 void Control::set_discovered(const std::string& group, std::vector<SocketAddress> addresses) {

@@ -56,9 +56,10 @@ class Control {
     // passed check); removed ones deregister with their group's delay. Groups that
     // are new get slots (call slot() after apply).
     void apply(const Config& config);
-    // Why apply(config) would have to drop DNS-discovered targets (the addresses a
-    // group holds now do not fit its new balancer settings), or nullopt.
-    std::optional<std::string> check(const Config& config);
+    // Why a reload to config is refused: apply(config) would have to drop targets
+    // registered at run time or discovered through DNS (what a group holds now does
+    // not fit its new balancer settings), or nullopt.
+    std::optional<std::string> reload_refusal(const Config& config);
     // DNS discovery results for a group with `dns` set: the full current set. A set
     // the group's balancer cannot hold is not used: the last good one stays, and
     // the reason shows as the group's DNS error.

@@ -242,7 +242,7 @@ AddressBlock address_block(uint8_t family) {
 
 // TLVs are skipped, but each must fit in what the length field declared: a sender
 // that gets this wrong would otherwise have its TLV bytes read as payload.
-std::optional<std::string> check_tlvs(std::span<const uint8_t> tlvs) {
+std::optional<std::string> tlv_problem(std::span<const uint8_t> tlvs) {
     while (!tlvs.empty()) {
         if (tlvs.size() < 3) return "truncated v2 TLV header";
         const size_t len = load_be16(tlvs.data() + 1);
@@ -295,7 +295,7 @@ ParseResult parse_v2(std::span<const uint8_t> data) {
     if (is_local || family == kUnspec) return ok(std::move(h));
 
     const uint8_t* addr = data.data() + kV2FixedSize;
-    if (auto error = check_tlvs(data.subspan(kV2FixedSize + block.size, length - block.size))) {
+    if (auto error = tlv_problem(data.subspan(kV2FixedSize + block.size, length - block.size))) {
         return invalid(std::move(*error));
     }
     if (transport != kStream) return ok(std::move(h));  // UDP/UNSPEC: nothing for TCP

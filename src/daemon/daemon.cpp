@@ -330,7 +330,7 @@ Daemon::Prepare Daemon::prepare_reload() {
     prepared->next = std::move(std::get<Config>(loaded));
     apply_overrides(prepared->next, options_);
     if (auto problem = client_ip_problem(prepared->next, options_.config_path)) return *problem;
-    if (auto misfit = control_->check(prepared->next)) return *misfit;
+    if (auto refusal = control_->reload_refusal(prepared->next)) return *refusal;
     prepared->plan = plan_reload(config_, prepared->next);
     std::string error;
     if (!open_added_listeners(*prepared, error)) return error;

@@ -1311,7 +1311,7 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
                 const auto n = static_cast<uint64_t>(cqe.res);
                 const bool up = dir == FlowDir::upstream;
                 add(up ? stats_.bytes_in : stats_.bytes_out, n);
-                count(up ? c.stats->bytes_in : c.stats->bytes_out, n);
+                count(up ? c.stats->bytes_sent : c.stats->bytes_received, n);
                 if (AccessRecord* a = access(ud.slot)) (up ? a->bytes_up : a->bytes_down) += n;
                 c.last_active = static_cast<uint32_t>(now_tick_);
             }
@@ -1361,7 +1361,7 @@ void Worker::Loop::begin_relay(uint32_t slot) {
     wheel_.schedule({slot, c.generation}, idle_due(c.last_active, c.idle_ticks));
     Flow& up = c.flow(FlowDir::upstream);
     if (up.buf != kNoBuffer) {
-        count(c.stats->bytes_in, up.len - up.sent);
+        count(c.stats->bytes_sent, up.len - up.sent);
         up.state = FlowState::sending;
         up.source_ready = false;  // unknown: no MSG_MORE on this send (see send_more)
         submit_send(slot, FlowDir::upstream);

@@ -289,8 +289,8 @@ void print_lookups(const Json& doc, bool with_reason) {
     }
 }
 
-// Every IP is checked before anything is asked or printed: no half answers.
-void check_ips(const std::vector<std::string>& ips) {
+// Every IP is parsed before anything is asked or printed: no half answers.
+void refuse_bad_ips(const std::vector<std::string>& ips) {
     for (const std::string& ip : ips) {
         if (!parse_ip(ip)) {
             throw UsageError(fmt::format(
@@ -301,7 +301,7 @@ void check_ips(const std::vector<std::string>& ips) {
 }
 
 int run_lookup(const Common& common, const std::vector<std::string>& ips) {
-    check_ips(ips);
+    refuse_bad_ips(ips);
     Json doc;
     const bool offline = !common.config_path.empty();
     if (offline) {

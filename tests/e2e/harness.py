@@ -12,7 +12,8 @@ Output, one line per case, then a summary line that scripts/test-summary counts:
     cases: N passed, M failed, K skipped
 Exit status: 0 if nothing failed, 1 if anything failed, 77 if every case skipped.
 
-Binaries come from $STICKYD_BIN and $STICKYD_ECHO_BIN (meson sets them; by hand:
+Binaries come from $STICKYD_BIN, $STICKYD_ECHO_BIN and $STICKYCTL_BIN (meson sets them;
+by hand:
     STICKYD_BIN=build-e2e/stickyd STICKYD_ECHO_BIN=build-e2e/stickyd-echo \
         python3 tests/e2e/test_stickiness.py [name-substring ...]
 ). Every socket operation has a timeout and every test has a deadline, so nothing
@@ -21,6 +22,8 @@ hangs. Traffic only ever goes to 127.0.0.0/8 and ::1.
 
 import array
 import hashlib
+import http.client
+import json
 import os
 import queue
 import random
@@ -44,6 +47,9 @@ STICKYD_BIN = os.path.abspath(
 )
 ECHO_BIN = os.path.abspath(
     os.environ.get("STICKYD_ECHO_BIN") or os.path.join(SOURCE_ROOT, "build", "stickyd-echo")
+)
+STICKYCTL_BIN = os.path.abspath(
+    os.environ.get("STICKYCTL_BIN") or os.path.join(os.path.dirname(STICKYD_BIN), "stickyctl")
 )
 
 IO_TIMEOUT = 10.0  # any single socket operation
@@ -308,6 +314,29 @@ def _kill_everything():
 def fd_count(pid):
     """How many file descriptors a process has open (from /proc)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settled_fd_count(pid, at_most=None, timeout=15.0):
+    """A process's descriptor count once closing connections are gone: waits until it
+    is at most `at_most` (or, without it, until it stops falling)."""
+    deadline = time.monotonic() + timeout
+    last = fd_count(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = fd_count(pid)
+        if (at_most is not None and now <= at_most) or (at_most is None and now >= last):
+            return now
+        last = now
+    return last
+
+
+def private_dirty(pid):
+    """A process's Private_Dirty memory in bytes (smaps_rollup)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1]) * 1024
+    raise Failure("no Private_Dirty in smaps_rollup")
 
 
 def need_open_files(count):
@@ -989,6 +1018,93 @@ def missing_binaries():
         if not os.access(path, os.X_OK):
             return f"{path} is not an executable (set STICKYD_BIN / STICKYD_ECHO_BIN)"
     return None
+
+
+# ---------------------------------------------------------------------------------
+# The admin endpoint and stickyctl
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over the admin endpoint's unix socket."""
+
+    def __init__(self, path, timeout=IO_TIMEOUT):
+        super().__init__("stickyd", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def admin_request(where, method, target, body=None, headers=None):
+    """(status, headers, body text) of one request to the admin endpoint at a unix
+    socket path or a (host, port)."""
+    if isinstance(where, str):
+        conn = UnixHTTPConnection(where)
+    else:
+        conn = http.client.HTTPConnection(where[0], where[1], timeout=IO_TIMEOUT)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read().decode("utf-8")
+    finally:
+        conn.close()
+
+
+def admin_get(where, target):
+    """The body text of GET target, which must answer 200."""
+    status, _, body = admin_request(where, "GET", target)
+    expect_eq(status, 200, f"GET {target}")
+    return body
+
+
+def admin_document(where, target):
+    """(status, JSON document) of GET target; the text where the answer is not JSON."""
+    status, headers, body = admin_request(where, "GET", target)
+    if headers.get("Content-Type", "").startswith("application/json"):
+        return status, json.loads(body)
+    return status, body
+
+
+def admin_exchange(path, data):
+    """Raw bytes to the admin socket at path; (status, JSON body) of the answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(IO_TIMEOUT)
+        s.connect(path)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before reading it all: the answer is still there to read
+        reply = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    expect(head.startswith(b"HTTP/1.1 "), f"not an HTTP answer: {reply[:200]!r}")
+    return int(head.split()[1]), json.loads(body)
+
+
+def stickyctl(*args, ok=True):
+    """stickyctl's CompletedProcess; with ok, it must have exited 0."""
+    result = run([STICKYCTL_BIN] + [str(a) for a in args])
+    if ok:
+        expect(
+            result.returncode == 0,
+            f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: {result.stderr}",
+        )
+    return result
+
+
+def stickyctl_json(*args):
+    """The JSON document `stickyctl ARGS --json` prints."""
+    return json.loads(stickyctl(*args, "--json").stdout)
 
 
 # ---------------------------------------------------------------------------------

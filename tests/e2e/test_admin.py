@@ -4,7 +4,6 @@ where real connections land (also with a target down), /ring matches the offline
 drain keeps open connections and steers new ones away until enable, /metrics passes a
 strict format check and its counters follow real traffic, and malformed requests get
 clean JSON errors while traffic keeps flowing."""
-import http.client
 import json
 import math
 import os
@@ -18,9 +17,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SOURCES = h.source_ips(60)
 FAST_CHECKS = {
     "interval": "200ms",
@@ -34,77 +30,14 @@ FAST_CHECKS = {
 # Talking to the endpoint
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=h.IO_TIMEOUT):
-        super().__init__("stickyd", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-def admin(where, method, target):
-    """(status, headers, body text) from the endpoint at a unix path or (host, port)."""
-    if isinstance(where, str):
-        conn = UnixHTTPConnection(where)
-    else:
-        conn = http.client.HTTPConnection(where[0], where[1], timeout=h.IO_TIMEOUT)
-    try:
-        conn.request(method, target)
-        response = conn.getresponse()
-        return response.status, response.headers, response.read().decode("utf-8")
-    finally:
-        conn.close()
-
-
 def admin_json(where, target, method="GET", status=200):
-    code, headers, body = admin(where, method, target)
+    code, headers, body = h.admin_request(where, method, target)
     h.expect(code == status, f"{method} {target}: expected HTTP {status}, got {code}: {body}")
     h.expect(
         headers.get("Content-Type", "").startswith("application/json"),
         f"{method} {target}: Content-Type {headers.get('Content-Type')}",
     )
     return json.loads(body)
-
-
-def raw_exchange(path, data):
-    """Sends raw bytes to the unix socket, returns (status, JSON body) of the answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(h.IO_TIMEOUT)
-        s.connect(path)
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered before reading it all: the answer is still there to read
-        reply = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    h.expect(head.startswith(b"HTTP/1.1 "), f"not an HTTP answer: {reply[:200]!r}")
-    return int(head.split()[1]), json.loads(body)
-
-
-def stickyctl(*args, ok=True):
-    result = h.run([STICKYCTL_BIN] + [str(a) for a in args])
-    if ok:
-        h.expect(
-            result.returncode == 0,
-            f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: " f"{result.stderr}",
-        )
-    return result
-
-
-def stickyctl_json(*args):
-    return json.loads(stickyctl(*args, "--json").stdout)
 
 
 def target_state(sock, target_id):
@@ -215,7 +148,7 @@ def start(backends, group=None, global_=None, healthy=True):
 
 
 def lookups(sock, ips):
-    return {e["ip"]: e for e in stickyctl_json("lookup", "--admin", sock, *ips)["lookups"]}
+    return {e["ip"]: e for e in h.stickyctl_json("lookup", "--admin", sock, *ips)["lookups"]}
 
 
 def test_lookup_agrees_with_real_connections_also_with_a_target_down():
@@ -308,7 +241,7 @@ def test_lookup_agrees_with_real_connections_also_with_a_target_down():
         if predicted[ip]["chosen"] != actual[ip]
     }
     h.expect(not wrong, f"with {down.name} down, (predicted, actual) differ: {wrong}")
-    table = stickyctl("lookup", "--admin", sock, moved[0]).stdout
+    table = h.stickyctl("lookup", "--admin", sock, moved[0]).stdout
     h.expect("owner unhealthy -> next usable clockwise" in table, table)
 
 
@@ -319,7 +252,7 @@ def test_ring_shares_sum_to_one_and_match_the_offline_ring():
         ring = admin_json(sock, "/ring")
         shares = {t["id"]: t["share"] for t in ring["targets"]}
         h.expect(abs(sum(shares.values()) - 1) < 1e-9, f"{algorithm}: sum {sum(shares.values())}")
-        offline = stickyctl_json("ring", "--config", path)
+        offline = h.stickyctl_json("ring", "--config", path)
         h.expect_eq(
             shares,
             {t["id"]: t["share"] for t in offline["targets"]},
@@ -327,8 +260,8 @@ def test_ring_shares_sum_to_one_and_match_the_offline_ring():
         )
         h.expect_eq(ring, offline, f"{algorithm}: /ring vs offline document")
         h.expect_eq(
-            stickyctl("ring", "--admin", sock).stdout,
-            stickyctl("ring", "--config", path).stdout,
+            h.stickyctl("ring", "--admin", sock).stdout,
+            h.stickyctl("ring", "--config", path).stdout,
             f"{algorithm}: ring tables",
         )
         if algorithm == "ring":
@@ -354,7 +287,7 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
     held, name = whoami_connection(stickyd.addr, owned[0])
     h.expect_eq(name, victim, "long-lived connection's backend")
 
-    out = stickyctl("drain", victim, "--admin", sock).stdout
+    out = h.stickyctl("drain", victim, "--admin", sock).stdout
     h.expect(victim in out, f"drain output: {out}")
     h.wait_for(f"{victim} draining", lambda: not target_state(sock, victim)["usable"])
     state = target_state(sock, victim)
@@ -376,7 +309,7 @@ def test_drain_keeps_open_connections_and_steers_new_ones_until_enable():
         h.expect_eq(h.recv_exact(held, len(message)), message, "echo on the held connection")
     h.expect(target_state(sock, victim)["active_connections"] >= 1, "active connection count")
 
-    stickyctl("enable", victim, "--admin", sock)
+    h.stickyctl("enable", victim, "--admin", sock)
     h.wait_for(f"{victim} usable again", lambda: target_state(sock, victim)["usable"])
     h.expect_eq(h.mapping(stickyd.addr, SOURCES), before, "mapping after enable")
     held.sendall(b"bye\n")
@@ -392,7 +325,7 @@ def test_lookup_with_every_target_drained_or_down():
     stickyd, sock, _ = start(backends)
     ips = SOURCES[:10]
     for b in backends:
-        stickyctl("drain", b.name, "--admin", sock)
+        h.stickyctl("drain", b.name, "--admin", sock)
     h.wait_for(
         "both drained", lambda: not any(target_state(sock, b.name)["usable"] for b in backends)
     )
@@ -402,7 +335,7 @@ def test_lookup_with_every_target_drained_or_down():
         h.expect(e["owner"] in {b.name for b in backends}, f"owner: {e}")
         h.expect_eq((e["chosen"], e["address"]), (None, None), f"chosen with all drained: {e}")
         h.expect("every target is drained" in e["reason"], f"reason: {e}")
-    table = stickyctl("lookup", "--admin", sock, ips[0]).stdout
+    table = h.stickyctl("lookup", "--admin", sock, ips[0]).stdout
     h.expect("every target is drained" in table, table)
     h.expect(stickyd.process.alive(), "stickyd died answering /lookup with every target drained")
     try:
@@ -411,7 +344,7 @@ def test_lookup_with_every_target_drained_or_down():
         reached = None
     h.expect(reached is None, f"a new connection reached {reached} with every target drained")
     for b in backends:
-        stickyctl("enable", b.name, "--admin", sock)
+        h.stickyctl("enable", b.name, "--admin", sock)
     h.wait_for("enabled", lambda: all(target_state(sock, b.name)["usable"] for b in backends))
     h.expect_eq(
         {e["ip"]: e["chosen"] for e in lookups(sock, ips).values()},
@@ -437,7 +370,7 @@ def test_lookup_with_every_target_drained_or_down():
 def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
     backends = h.start_backends(3)
     stickyd, sock, _ = start(backends)
-    code, headers, text = admin(sock, "GET", "/metrics")
+    code, headers, text = h.admin_request(sock, "GET", "/metrics")
     h.expect_eq(code, 200, "/metrics status")
     h.expect(headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers)
     first = parse_metrics(text)
@@ -451,7 +384,7 @@ def test_metrics_pass_a_strict_format_check_and_move_with_traffic():
     h.mapping(stickyd.addr, SOURCES[:count])
 
     def moved():
-        m = parse_metrics(admin(sock, "GET", "/metrics")[2])
+        m = parse_metrics(h.admin_request(sock, "GET", "/metrics")[2])
         ok = (
             metric(
                 m,
@@ -511,10 +444,10 @@ def test_malformed_requests_get_clean_errors_while_traffic_flows():
         for method, target, status, text in cases:
             body = admin_json(sock, target, method=method, status=status)
             h.expect(text in body["error"], f"{method} {target}: {body}")
-        status, body = raw_exchange(sock, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+        status, body = h.admin_exchange(sock, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
         h.expect_eq(status, 400, f"garbage bytes: {body}")
         big = b"GET /status HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
-        status, body = raw_exchange(sock, big)
+        status, body = h.admin_exchange(sock, big)
         h.expect_eq(status, 431, f"1 MiB header: {body}")
         h.expect("larger than" in body["error"], body)
         start_count = done[0]
@@ -563,7 +496,7 @@ def test_admin_socket_mode_refusal_stale_file_and_removal():
     # Its listener accepts before the admin socket replaces the stale file.
     def answers():
         try:
-            return admin(sock, "GET", "/status")[0] == 200
+            return h.admin_request(sock, "GET", "/status")[0] == 200
         except ConnectionRefusedError:
             return False
 
@@ -587,18 +520,18 @@ def test_quick_mode_flags_and_tcp_admin_address():
         len(announced) == 2 and sock in announced[0] and f"http://127.0.0.1:{port}" in announced[1],
         f"each admin address is announced once: {announced}",
     )
-    code, headers, text = admin(("127.0.0.1", port), "GET", "/metrics")
+    code, headers, text = h.admin_request(("127.0.0.1", port), "GET", "/metrics")
     h.expect_eq(code, 200, "/metrics over TCP")
     parse_metrics(text)
-    status = stickyctl_json("status", "--admin", f"127.0.0.1:{port}")
+    status = h.stickyctl_json("status", "--admin", f"127.0.0.1:{port}")
     h.expect_eq(len(status["groups"][0]["targets"]), 2, "targets over TCP")
-    by_unix = stickyctl_json("status", "--admin", sock)
+    by_unix = h.stickyctl_json("status", "--admin", sock)
     h.expect_eq(
         [t["id"] for t in by_unix["groups"][0]["targets"]],
         [t["id"] for t in status["groups"][0]["targets"]],
         "unix socket and TCP agree",
     )
-    out = stickyctl("status", "--admin", sock).stdout
+    out = h.stickyctl("status", "--admin", sock).stdout
     h.expect("TARGET" in out and backends[0].address in out, out)
 
     # Quick mode: an admin socket that cannot be set up is a warning, not a failure.

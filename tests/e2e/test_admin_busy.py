@@ -14,9 +14,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SLOW = 500
 HEAD = b"GET /status HTTP/1.1\r\nHost: stickyd\r\nX-Slow: "
 # A generous bound on one prompt request while the slow ones are held; a request
@@ -138,7 +135,7 @@ def unix_connect(path):
 
 
 def stickyctl_status(where):
-    result = h.run([STICKYCTL_BIN, "status", "--json", "--admin", where], timeout=ANSWER_WITHIN)
+    result = h.run([h.STICKYCTL_BIN, "status", "--json", "--admin", where], timeout=ANSWER_WITHIN)
     h.expect(
         result.returncode == 0,
         f"stickyctl status --admin {where} exited {result.returncode}: {result.stderr}",

@@ -14,10 +14,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
-
 
 def nobody():
     """(uid, gid) of the unprivileged user, or SKIP."""
@@ -38,7 +34,7 @@ def public_dir():
     os.makedirs(path, exist_ok=True)
     os.chmod(h.temp_dir(), 0o755)
     os.chmod(path, 0o755)
-    for binary in (h.STICKYD_BIN, STICKYCTL_BIN):
+    for binary in (h.STICKYD_BIN, h.STICKYCTL_BIN):
         target = os.path.join(path, os.path.basename(binary))
         if not os.path.exists(target):
             shutil.copy(binary, target)
@@ -221,9 +217,9 @@ def test_instance_finds_the_instance_socket():
         ],
         addr=lb,
     )
-    r = h.run([STICKYCTL_BIN, "status", "--instance", name])
+    r = h.run([h.STICKYCTL_BIN, "status", "--instance", name])
     h.expect_eq(r.returncode, 0, f"stickyctl status --instance {name}: {r.stderr}")
-    bad = h.run([STICKYCTL_BIN, "status", "--instance", "../x"])
+    bad = h.run([h.STICKYCTL_BIN, "status", "--instance", "../x"])
     h.expect_eq(
         (bad.returncode, bad.stderr.strip()),
         (
@@ -233,7 +229,7 @@ def test_instance_finds_the_instance_socket():
         ),
         "a bad instance name",
     )
-    both = h.run([STICKYCTL_BIN, "status", "--instance", name, "--admin", "/x"])
+    both = h.run([h.STICKYCTL_BIN, "status", "--instance", name, "--admin", "/x"])
     h.expect_eq(both.returncode, 2, f"--instance with --admin: {both.stderr}")
 
 

@@ -34,19 +34,6 @@ def start_lb(targets, *flags, threads=2):
     return lb, h.start_stickyd(args=args, addr=lb, env=h.measured_memory_env())
 
 
-def settled_fds(pid, at_most=None, timeout=15.0):
-    """stickyd's fd count once it stops falling (or has fallen to at_most)."""
-    deadline = time.monotonic() + timeout
-    last = h.fd_count(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = h.fd_count(pid)
-        if (at_most is not None and now <= at_most) or (at_most is None and now >= last):
-            return now
-        last = now
-    return last
-
-
 def memory(pid):
     """(VmRSS, Private_Dirty) of a process, in bytes."""
     values = {}
@@ -97,7 +84,7 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
         f"{int(HEADER_TIMEOUT)}s",
     )
     pid = stickyd.process.pid
-    baseline = settled_fds(pid)
+    baseline = h.settled_fd_count(pid)
     header = h.proxy_v1_header(("203.0.113.9", 4321), lb)
     ips = h.source_ips(50, first=2)
     slow, opened_at, closed_at = [], {}, {}
@@ -174,7 +161,7 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
         re.search(r"no complete PROXY header within 5000 ms", stickyd.process.log()),
         "no timeout warning logged",
     )
-    after = settled_fds(pid, at_most=baseline)
+    after = h.settled_fd_count(pid, at_most=baseline)
     h.expect(
         after <= baseline,
         f"stickyd holds {after} fds after the slowloris " f"(baseline {baseline})",
@@ -202,7 +189,7 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
         [backend.address], "--accept-proxy-protocol", "--proxy-protocol-timeout", "30s"
     )
     pid = stickyd.process.pid
-    baseline = settled_fds(pid)
+    baseline = h.settled_fd_count(pid)
     addresses = bytes(12)
     cases = [
         # 64 KiB announced, nothing more sent.
@@ -253,7 +240,7 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
         for s in held:
             h.set_linger_zero(s)
             s.close()
-    after = settled_fds(pid, at_most=baseline)
+    after = h.settled_fd_count(pid, at_most=baseline)
     h.expect(after <= baseline, f"stickyd holds {after} fds, baseline {baseline}")
 
 
@@ -292,7 +279,7 @@ def test_ten_thousand_instant_resets_leave_nothing_behind():
     lb, stickyd = start_lb([backend.address])
     plb, pstickyd = start_lb([backend.address], "--accept-proxy-protocol")
     pids = (stickyd.process.pid, pstickyd.process.pid)
-    base_fds = [settled_fds(p) for p in pids]
+    base_fds = [h.settled_fd_count(p) for p in pids]
     base_mem = [memory(p) for p in pids]
     base_lines = [log_lines(s) for s in (stickyd, pstickyd)]
     header = h.proxy_v2_header(("198.51.100.1", 1), plb)
@@ -307,7 +294,7 @@ def test_ten_thousand_instant_resets_leave_nothing_behind():
         ("plain", "proxy"), (stickyd, pstickyd), pids, base_fds, base_mem, base_lines
     ):
         h.expect(s.process.alive(), f"{label} stickyd died\n{s.describe()}")
-        after = settled_fds(pid, at_most=fds)
+        after = h.settled_fd_count(pid, at_most=fds)
         h.expect(
             after <= fds, f"{label}: stickyd holds {after} fds after the storm " f"(baseline {fds})"
         )
@@ -519,7 +506,7 @@ def stalled_then_reset(direction):
     server = h.PyServer(handler)
     lb, stickyd = start_lb([server.address])
     pid = stickyd.process.pid
-    baseline = settled_fds(pid)
+    baseline = h.settled_fd_count(pid)
     s = h.connect(lb, "127.0.0.2")
     h.on_cleanup(s.close)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
@@ -569,7 +556,7 @@ def stalled_then_reset(direction):
             "what the silent client's socket reported within 10 s after the backend, "
             "stalled, reset",
         )
-    after = settled_fds(pid, at_most=baseline)
+    after = h.settled_fd_count(pid, at_most=baseline)
     h.expect(
         after <= baseline,
         f"stickyd holds {after} fds after the reset (baseline "

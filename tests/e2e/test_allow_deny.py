@@ -6,11 +6,9 @@ The target is a stub of a proxy_protocol_v2 group, so it names every client that
 reached it independently of stickyd's own counters. Deny wins over allow; IPv6 and
 v4-mapped clients; a PROXY-protocol listener judges the header's address; a reload
 swaps the lists for new clients only; bad entries are one exact line."""
-import http.client
 import json
 import os
 import re
-import socket
 import sys
 import threading
 
@@ -22,30 +20,8 @@ from test_reload import Daemon  # noqa: E402
 NO_CHECKS = {"enabled": False}  # only clients reach the stub target
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("stickyd", timeout=h.IO_TIMEOUT)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def admin_get(sock, target):
-    conn = UnixHTTPConnection(sock)
-    try:
-        conn.request("GET", target)
-        response = conn.getresponse()
-        h.expect_eq(response.status, 200, f"GET {target}")
-        return response.read().decode("utf-8")
-    finally:
-        conn.close()
-
-
 def refused_counts(sock, listener):
-    status = json.loads(admin_get(sock, "/status"))
+    status = json.loads(h.admin_get(sock, "/status"))
     for entry in status["listeners"]:
         if entry["name"] == listener:
             return entry["refused"]
@@ -61,7 +37,7 @@ def expect_refused(stickyd, listener, denied, not_allowed, group="web"):
         timeout=10,
         process=stickyd.process,
     )
-    metrics = admin_get(stickyd.admin_socket, "/metrics")
+    metrics = h.admin_get(stickyd.admin_socket, "/metrics")
     for reason, value in wanted.items():
         line = (
             f'stickyd_listener_refused_connections_total{{listener="{listener}",'

@@ -30,14 +30,6 @@ CLIENTS = 4  # processes, one source address each
 SLACK = 128 * 1024
 
 
-def private_dirty(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1]) * 1024
-    raise h.Failure("no Private_Dirty in smaps_rollup")
-
-
 def churn(addr, source, count, results):
     """count connections from source, one at a time: a byte there and back, then
     an RST. Puts the number done, or what went wrong, on results."""
@@ -96,9 +88,9 @@ def test_private_dirty_stays_flat_over_many_short_connections():
     # The warm-up touches what is touched once: every receive buffer of the pool
     # (the kernel hands them out in turn), the connection table, the arenas.
     h.expect_eq(run_connections(addr, WARM_UP, 60), WARM_UP, "warm-up connections")
-    before = private_dirty(pid)
+    before = h.private_dirty(pid)
     h.expect_eq(run_connections(addr, CONNECTIONS, 3600), CONNECTIONS, "connections")
-    after = private_dirty(pid)
+    after = h.private_dirty(pid)
     growth = after - before
     h.expect(
         growth < SLACK,

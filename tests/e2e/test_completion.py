@@ -14,8 +14,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-BUILD = os.path.dirname(h.STICKYD_BIN)
-STICKYCTL_BIN = os.environ.get("STICKYCTL_BIN") or os.path.join(BUILD, "stickyctl")
 COMPLETIONS = os.path.join(h.SOURCE_ROOT, "completions")
 
 
@@ -124,7 +122,7 @@ def test_stickyd_choices_are_those_of_its_help():
 
 
 def stickyctl_commands():
-    text = help_of([STICKYCTL_BIN])
+    text = help_of([h.STICKYCTL_BIN])
     commands = re.findall(r"^  ([a-z]+) ", text.split("Subcommands:", 1)[1], re.M)
     h.expect(len(commands) >= 6, f"no commands found in stickyctl --help:\n{text}")
     return commands
@@ -138,10 +136,10 @@ def test_stickyctl_commands_and_their_options():
         "stickyctl commands offered",
     )
     h.expect_eq(complete("stickyctl", ["stickyctl", "si"]), ["simulate"], "completing si")
-    top = long_flags(help_of([STICKYCTL_BIN]))
+    top = long_flags(help_of([h.STICKYCTL_BIN]))
     h.expect_eq(set(complete("stickyctl", ["stickyctl", "--"])), top, "stickyctl's own options")
     for command in commands:
-        flags = long_flags(help_of([STICKYCTL_BIN, command]))
+        flags = long_flags(help_of([h.STICKYCTL_BIN, command]))
         offered = set(complete("stickyctl", ["stickyctl", command, "--"]))
         h.expect_eq(
             sorted(flags - offered), [], f"stickyctl {command} flags the completion does not offer"
@@ -176,29 +174,33 @@ def test_stickyctl_target_ids_from_the_running_daemon():
     # The completion asks the stickyctl the line runs (here: this build's).
     for command in ("drain", "enable"):
         h.expect_eq(
-            sorted(complete("stickyctl", [STICKYCTL_BIN, command, "--admin", d.admin_socket, ""])),
+            sorted(
+                complete("stickyctl", [h.STICKYCTL_BIN, command, "--admin", d.admin_socket, ""])
+            ),
             ids,
             f"target ids for stickyctl {command}",
         )
     h.expect_eq(
-        complete("stickyctl", [STICKYCTL_BIN, "status", "--admin", d.admin_socket, "--group", ""]),
+        complete(
+            "stickyctl", [h.STICKYCTL_BIN, "status", "--admin", d.admin_socket, "--group", ""]
+        ),
         ["default"],
         "groups for --group from the daemon",
     )
     # Bash splits an id at its colon: only what follows the colon is offered.
     first = ids[0]
     host, port = first.rsplit(":", 1)
-    line = f"{STICKYCTL_BIN} drain --admin {d.admin_socket} {host}:{port[:2]}"
+    line = f"{h.STICKYCTL_BIN} drain --admin {d.admin_socket} {host}:{port[:2]}"
     offered = complete(
         "stickyctl",
-        [STICKYCTL_BIN, "drain", "--admin", d.admin_socket, host, ":", port[:2]],
+        [h.STICKYCTL_BIN, "drain", "--admin", d.admin_socket, host, ":", port[:2]],
         line=line,
     )
     h.expect(port in offered, f"completing {host}:{port[:2]} offered {offered}")
     # No daemon there: nothing offered, nothing printed, no wait.
     missing = os.path.join(h.temp_dir(), "none.sock")
     h.expect_eq(
-        complete("stickyctl", [STICKYCTL_BIN, "drain", "--admin", missing, ""]),
+        complete("stickyctl", [h.STICKYCTL_BIN, "drain", "--admin", missing, ""]),
         [],
         "target ids without a daemon",
     )

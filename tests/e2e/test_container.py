@@ -19,8 +19,7 @@ KUBERNETES = os.path.join(h.SOURCE_ROOT, "kubernetes")
 CONTAINERFILE = os.path.join(KUBERNETES, "Containerfile")
 BINARIES = {  # what the dev build made of each installed program
     "stickyd": h.STICKYD_BIN,
-    "stickyctl": os.environ.get("STICKYCTL_BIN")
-    or os.path.join(os.path.dirname(h.STICKYD_BIN), "stickyctl"),
+    "stickyctl": h.STICKYCTL_BIN,
     "stickyd-echo": h.ECHO_BIN,
 }
 

@@ -116,8 +116,7 @@ def demo_runs_sticks_and_stops_cleanly(by_environment):
         os.path.basename(workdir).startswith("stickyd-demo.") and os.path.isdir(workdir),
         f"the admin socket {admin} is not in a private directory of this run",
     )
-    stickyctl = os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-    status = h.run([stickyctl, "status", "--admin", admin])
+    status = h.stickyctl("status", "--admin", admin, ok=False)
     h.expect_eq(status.returncode, 0, f"stickyctl status on the demo's socket ({status.stderr})")
 
     lb = ("127.0.0.1", ports[0])

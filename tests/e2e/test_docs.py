@@ -35,13 +35,12 @@ import harness as h  # noqa: E402
 
 ROOT = h.SOURCE_ROOT
 BUILD = os.path.dirname(h.STICKYD_BIN)
-STICKYCTL_BIN = os.environ.get("STICKYCTL_BIN") or os.path.join(BUILD, "stickyctl")
 README_MAX_LINES = 200
 
 # Our programs: where the build put them.
 OURS = {
     "stickyd": h.STICKYD_BIN,
-    "stickyctl": STICKYCTL_BIN,
+    "stickyctl": h.STICKYCTL_BIN,
     "stickyd-echo": h.ECHO_BIN,
     "ring-bench": os.path.join(BUILD, "ring-bench"),
     "relay-bench": os.path.join(BUILD, "relay-bench"),
@@ -259,7 +258,7 @@ def flags_of(argv):
 
 
 def stickyctl_commands():
-    text = help_text([STICKYCTL_BIN, "--help"])
+    text = help_text([h.STICKYCTL_BIN, "--help"])
     return re.findall(r"^  ([a-z]+) ", text.split("Subcommands:", 1)[1], re.M)
 
 
@@ -436,7 +435,7 @@ def offline(command):
     config = value_of(words[0], "--config", "-c")
     if config is None or repo_file(config) is None or "--admin" in words[0]:
         return None
-    return [STICKYCTL_BIN] + words[0][1:]
+    return [h.STICKYCTL_BIN] + words[0][1:]
 
 
 def test_offline_stickyctl_output_is_exactly_what_the_pages_show():
@@ -592,7 +591,7 @@ class Session:
 
 
 def all_healthy(admin):
-    r = h.run([STICKYCTL_BIN, "status", "--json", "--admin", admin])
+    r = h.run([h.STICKYCTL_BIN, "status", "--json", "--admin", admin])
     if r.returncode != 0:
         return False
     return all(
@@ -616,7 +615,7 @@ def test_stickyctl_session_replays_as_shown():
     h.expect(replayed >= 10, f"only {replayed} commands of the session replayed")
 
     # The JSON section's field names are fields of /status.
-    r = h.run([STICKYCTL_BIN, "status", "--json", "--admin", admin])
+    r = h.run([h.STICKYCTL_BIN, "status", "--json", "--admin", admin])
     keys = set()
 
     def collect(value):

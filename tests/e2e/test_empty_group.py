@@ -5,11 +5,8 @@
 and /lookup for it with 503 "group X has no targets" and keeps running; offline
 stickyctl says so in one line and exits 1; clients of its listener are closed and
 counted, with one warning in the log for the group, not one per client."""
-import http.client
-import json
 import os
 import re
-import socket
 import sys
 
 sys.dont_write_bytecode = True
@@ -17,35 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import test_dns as dns  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 CLIENTS = 5
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("stickyd", timeout=h.IO_TIMEOUT)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def admin(sock, target):
-    conn = UnixHTTPConnection(sock)
-    try:
-        conn.request("GET", target)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read().decode("utf-8"))
-    finally:
-        conn.close()
-
-
-def stickyctl(*args):
-    return h.run([STICKYCTL_BIN] + [str(a) for a in args])
 
 
 def expect_one_line_error(result, message, what):
@@ -60,24 +29,24 @@ def expect_no_targets_answers(sock, group):
     """/ring and /lookup answer 503 for the group, the CLI says so; /status works."""
     wanted = f"group {group} has no targets"
     for target in (f"/ring?group={group}", f"/lookup?group={group}&ip=10.0.0.1"):
-        code, body = admin(sock, target)
+        code, body = h.admin_document(sock, target)
         h.expect_eq((code, body), (503, {"error": wanted}), f"GET {target}")
     expect_one_line_error(
-        stickyctl("ring", "--admin", sock, "--group", group), wanted, "stickyctl ring"
+        h.stickyctl("ring", "--admin", sock, "--group", group, ok=False), wanted, "stickyctl ring"
     )
     expect_one_line_error(
-        stickyctl("lookup", "--admin", sock, "--group", group, "10.0.0.1"),
+        h.stickyctl("lookup", "--admin", sock, "--group", group, "10.0.0.1", ok=False),
         wanted,
         "stickyctl lookup",
     )
-    code, status = admin(sock, "/status")
+    code, status = h.admin_document(sock, "/status")
     h.expect_eq(code, 200, "GET /status")
     return status
 
 
 def expect_clients_closed_and_counted(lb, sock, group, process):
     def counted():
-        _, status = admin(sock, "/status")
+        _, status = h.admin_document(sock, "/status")
         return sum(
             listener["no_target"]
             for listener in status["listeners"]
@@ -94,10 +63,7 @@ def expect_clients_closed_and_counted(lb, sock, group, process):
     h.wait_for(
         f"{CLIENTS} more no-target closes counted", lambda: counted() == total, process=process
     )
-    metrics = UnixHTTPConnection(sock)
-    metrics.request("GET", "/metrics")
-    text = metrics.getresponse().read().decode("utf-8")
-    metrics.close()
+    text = h.admin_request(sock, "GET", "/metrics")[2]
     h.expect(
         re.search(
             r'^stickyd_listener_no_target_closes_total\{listener="[^"]*",'
@@ -199,12 +165,12 @@ def test_offline_stickyctl_on_an_empty_group_is_one_line_and_exit_1():
     static = f"group empty has no targets in {path}"
     for args in (["lookup", "10.0.0.1"], ["simulate", "--add", "n=127.0.0.1:9009"], ["ring"]):
         expect_one_line_error(
-            stickyctl(*args, "--config", path, "--group", "empty"),
+            h.stickyctl(*args, "--config", path, "--group", "empty", ok=False),
             static,
             f"stickyctl {args[0]} --config",
         )
     expect_one_line_error(
-        stickyctl("ring", "--config", path, "--group", "disc"),
+        h.stickyctl("ring", "--config", path, "--group", "disc", ok=False),
         f"group disc has no targets in {path} (they come from DNS app.stickyd.test:80; ask the "
         "daemon with --admin)",
         "stickyctl ring --config of a dns group",
@@ -242,7 +208,9 @@ def test_dns_group_that_resolves_to_nothing():
     h.Backend("pod-a", f"127.0.0.2:{backend_port}")
     hosts.set(["127.0.0.2"])
     h.wait_for(
-        "the group to have its target", lambda: admin(sock, "/ring")[0] == 200, process=process
+        "the group to have its target",
+        lambda: h.admin_document(sock, "/ring")[0] == 200,
+        process=process,
     )
     h.wait_for(
         "a client served by the pod", lambda: h.whoami("127.0.0.30", lb) == "pod-a", process=process

@@ -7,7 +7,6 @@ after), and three of them behind a router's resilient ECMP nexthop group in netw
 namespaces keep every client on one backend, also while one of them is scaled in
 under a continuous stream of new connections, by hand and with BIRD announcing
 the VIP over BGP (conf/bird) while stickyd is ready."""
-import http.client
 import json
 import os
 import random
@@ -23,47 +22,15 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 CLIENT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fleet_client.py")
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=h.IO_TIMEOUT):
-        super().__init__("stickyd", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-def admin_get(path, target):
-    """(status, parsed JSON or text) from the admin socket at path."""
-    conn = UnixHTTPConnection(path)
-    try:
-        conn.request("GET", target)
-        response = conn.getresponse()
-        body = response.read().decode("utf-8")
-        kind = response.headers.get("Content-Type", "")
-        return response.status, json.loads(body) if kind.startswith("application/json") else body
-    finally:
-        conn.close()
 
 
 def ready_status(path):
     """/ready's HTTP status, or None while the endpoint does not answer."""
     try:
-        return admin_get(path, "/ready")[0]
+        return h.admin_document(path, "/ready")[0]
     except OSError:
         return None
-
-
-def stickyctl(*args):
-    return h.run([STICKYCTL_BIN] + list(args))
 
 
 # ---------------------------------------------------------------------------------
@@ -94,7 +61,7 @@ def test_compare_agrees_when_targets_are_listed_in_another_order():
     targets = targets_of(backends)
     a, b = two_instances(targets, list(reversed(targets)))
 
-    result = stickyctl("compare", "--admin", a, "--admin", b)
+    result = h.stickyctl("compare", "--admin", a, "--admin", b, ok=False)
     h.expect(
         result.returncode == 0,
         f"compare exited {result.returncode}: {result.stdout}" f"{result.stderr}",
@@ -104,7 +71,7 @@ def test_compare_agrees_when_targets_are_listed_in_another_order():
 
     fingerprints = set()
     for path in (a, b):
-        _, status = admin_get(path, "/status")
+        _, status = h.admin_document(path, "/status")
         routing = status["groups"][0]["routing"]
         h.expect_eq(routing["mapping_version"], 1, "mapping version")
         h.expect_eq(
@@ -113,13 +80,13 @@ def test_compare_agrees_when_targets_are_listed_in_another_order():
             "routing targets, by id",
         )
         fingerprints.add(routing["fingerprint"])
-        _, metrics = admin_get(path, "/metrics")
+        _, metrics = h.admin_document(path, "/metrics")
         line = (
             f'stickyd_target_group_routing_info{{group="web",'
             f'fingerprint="{routing["fingerprint"]}"}} 1'
         )
         h.expect(line in metrics.splitlines(), f"no {line!r} in /metrics")
-        shown = stickyctl("status", "--admin", path)
+        shown = h.stickyctl("status", "--admin", path, ok=False)
         h.expect(
             f"routing fingerprint {routing['fingerprint']} (mapping version 1)" in shown.stdout,
             f"stickyctl status: {shown.stdout}",
@@ -132,7 +99,7 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
     targets = targets_of(backends)
     a, b = two_instances(targets[:4], list(reversed(targets)))
 
-    result = stickyctl("compare", "--admin", a, "--admin", b, "--json")
+    result = h.stickyctl("compare", "--admin", a, "--admin", b, "--json", ok=False)
     h.expect(
         result.returncode == 1,
         f"compare of differing instances exited " f"{result.returncode}: {result.stderr}",
@@ -154,13 +121,14 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
             [{"name": "web", "targets": targets[:4]}],
         ),
     )
-    sim = stickyctl(
+    sim = h.stickyctl(
         "simulate",
         "--config",
         config,
         "--json",
         "--add",
         f"{backends[4].name}={backends[4].address}",
+        ok=False,
     )
     h.expect(sim.returncode == 0, f"simulate: {sim.stderr}")
     moved = json.loads(sim.stdout)
@@ -172,7 +140,7 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
         "moves",
     )
 
-    text = stickyctl("compare", "--admin", a, "--admin", b)
+    text = h.stickyctl("compare", "--admin", a, "--admin", b, ok=False)
     h.expect(text.returncode == 1, f"compare (text) exited {text.returncode}")
     h.expect("group web: instances DIFFER" in text.stdout, text.stdout)
     h.expect(f"only on {b}: {backends[4].name}" in text.stdout, text.stdout)
@@ -184,10 +152,12 @@ def test_compare_names_the_extra_target_and_the_exact_share_that_differs():
 
 
 def test_compare_needs_two_instances_and_names_an_unreachable_one():
-    result = stickyctl("compare", "--admin", "/nonexistent/a.sock")
+    result = h.stickyctl("compare", "--admin", "/nonexistent/a.sock", ok=False)
     h.expect(result.returncode != 0, "compare with one instance succeeded")
     h.expect("at least two" in result.stderr, result.stderr)
-    result = stickyctl("compare", "--admin", "/nonexistent/a.sock", "--admin", "/nonexistent/b")
+    result = h.stickyctl(
+        "compare", "--admin", "/nonexistent/a.sock", "--admin", "/nonexistent/b", ok=False
+    )
     h.expect(result.returncode == 1, f"exit {result.returncode}")
     h.expect("/nonexistent/a.sock" in result.stderr, result.stderr)
 
@@ -224,15 +194,17 @@ def test_ready_turns_503_on_sigterm_while_the_delay_still_accepts():
         addr=lb,
     )
     proc = stickyd.process
-    h.expect_eq(admin_get(admin, "/ready"), (200, {"ready": True}), "/ready while serving")
-    h.expect_eq(stickyctl("ready", "--admin", admin).returncode, 0, "stickyctl ready, serving")
+    h.expect_eq(h.admin_document(admin, "/ready"), (200, {"ready": True}), "/ready while serving")
+    h.expect_eq(
+        h.stickyctl("ready", "--admin", admin, ok=False).returncode, 0, "stickyctl ready, serving"
+    )
 
     held = h.connect(lb, "127.0.0.2")
     h.on_cleanup(held.close)
     proc.signal(signal.SIGTERM)
     h.wait_for("/ready to answer 503", lambda: ready_status(admin) == 503, process=proc)
-    h.expect_eq(admin_get(admin, "/ready")[1], {"ready": False}, "/ready body once stopping")
-    not_ready = stickyctl("ready", "--admin", admin)
+    h.expect_eq(h.admin_document(admin, "/ready")[1], {"ready": False}, "/ready body once stopping")
+    not_ready = h.stickyctl("ready", "--admin", admin, ok=False)
     h.expect(
         not_ready.returncode == 1 and "not ready" in not_ready.stdout,
         f"stickyctl ready while withdrawing: {not_ready.returncode} {not_ready.stdout}",
@@ -710,7 +682,7 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
         admins.append(admin)
     for proc, admin in zip(daemons, admins):
         h.wait_for(f"{proc.label} to be ready", lambda: ready_status(admin) == 200, process=proc)
-    agree = stickyctl("compare", *[x for a in admins for x in ("--admin", a)])
+    agree = h.stickyctl("compare", *[x for a in admins for x in ("--admin", a)], ok=False)
     h.expect(agree.returncode == 0, f"the three instances disagree: {agree.stdout}")
 
     clients = in_ns(
@@ -885,7 +857,7 @@ def test_bird_withdraws_a_stopping_instance_and_clients_do_not_notice():
         env = {
             "STICKYD_ADMIN": admin,
             "BIRDC": f"birdc -s {ctl}",
-            "STICKYCTL": STICKYCTL_BIN,
+            "STICKYCTL": h.STICKYCTL_BIN,
             "INTERVAL": "0.2",
         }
         in_ns(

@@ -129,26 +129,12 @@ def test_32_full_duplex_connections_hashed_at_both_ends():
         h.expect_eq(down_sha, sent_sha, f"{key}: SHA-256 of what the client received")
 
 
-def settled_fd_count(pid, at_most=None, timeout=10.0):
-    """stickyd's descriptor count once closing connections are gone: waits until it
-    is at most `at_most` (or, without it, until it stops falling)."""
-    deadline = time.monotonic() + timeout
-    last = h.fd_count(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = h.fd_count(pid)
-        if (at_most is not None and now <= at_most) or (at_most is None and now >= last):
-            return now
-        last = now
-    return last
-
-
 def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
     h.need_open_files(4096)
     backends = h.start_backends(3)
     (lb,), stickyd = start(backends)
     pid = stickyd.process.pid
-    baseline = settled_fd_count(pid)
+    baseline = h.settled_fd_count(pid)
     ips = h.source_ips(100, first=2)
     socks, owner = [], {}
     try:
@@ -178,7 +164,7 @@ def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
     finally:
         for s in socks:
             s.close()
-    after = settled_fd_count(pid, at_most=baseline)
+    after = h.settled_fd_count(pid, at_most=baseline)
     h.expect(
         after <= baseline,
         f"stickyd still holds {after} descriptors after all 1000 "
@@ -205,14 +191,6 @@ def test_slow_reader_gets_everything():
         count = h.recv_until_eof(s, got)
         t.join(10)
     h.expect_eq((count, got.hexdigest()), (len(payload), h.sha256(payload)), "8 MiB slow read")
-
-
-def private_dirty(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1]) * 1024
-    raise h.Failure("no Private_Dirty in smaps_rollup")
 
 
 def stickyd_receive_queues(lb, client_ips):
@@ -293,14 +271,14 @@ def test_a_backend_that_does_not_read_stalls_the_clients_without_growing_memory(
         digest.update(chunks[i][: size % len(chunks[i])])
         return digest.hexdigest()
 
-    base = private_dirty(pid)
+    base = h.private_dirty(pid)
     threads = [threading.Thread(target=push, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     sent_1 = wait_until_stalled(sent)
-    mem_1, queues_1 = private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
+    mem_1, queues_1 = h.private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
     time.sleep(1.5)
-    sent_2, mem_2, queues_2 = sum(sent), private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
+    sent_2, mem_2, queues_2 = sum(sent), h.private_dirty(pid), stickyd_receive_queues(stub_lb, ips)
 
     h.expect(sent_2 < clients * size, "every client got all its bytes out with nobody reading")
     h.expect(

@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 BUILD = os.path.dirname(h.STICKYD_BIN)
-STICKYCTL_BIN = os.environ.get("STICKYCTL_BIN") or os.path.join(BUILD, "stickyctl")
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 SECTIONS = ["NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "EXAMPLES", "SEE ALSO"]
 
@@ -61,7 +60,7 @@ def test_stickyd_page_documents_every_option():
 
 def test_stickyctl_page_documents_every_option_of_every_command():
     out = subprocess.run(
-        [STICKYCTL_BIN, "--help"],
+        [h.STICKYCTL_BIN, "--help"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -69,9 +68,9 @@ def test_stickyctl_page_documents_every_option_of_every_command():
     ).stdout
     commands = re.findall(r"^  ([a-z]+) ", out.split("Subcommands:", 1)[1], re.M)
     h.expect(len(commands) >= 6, f"no subcommands found in:\n{out}")
-    flags = help_flags([STICKYCTL_BIN])
+    flags = help_flags([h.STICKYCTL_BIN])
     for command in commands:
-        flags |= help_flags([STICKYCTL_BIN, command])
+        flags |= help_flags([h.STICKYCTL_BIN, command])
     check_page("stickyctl.8", flags)
     text = rendered("stickyctl.8")
     for command in commands:

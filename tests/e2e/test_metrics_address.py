@@ -4,11 +4,9 @@ serves GET /metrics, /status and /ready; drain, enable, /ring and /lookup answer
 403 and change nothing, other methods 405, unknown paths 404. admin_address off
 loopback is warned about once, word for word; bad or clashing addresses are refused
 with one line, from a file and from the command line."""
-import http.client
 import json
 import os
 import re
-import socket
 import sys
 
 sys.dont_write_bytecode = True
@@ -24,34 +22,8 @@ EXPOSED_WARNING = (
 )
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("stickyd", timeout=h.IO_TIMEOUT)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-def request(where, method, target):
-    """(status, headers, body) from a unix socket path or a (host, port)."""
-    if isinstance(where, str):
-        conn = UnixHTTPConnection(where)
-    else:
-        conn = http.client.HTTPConnection(where[0], where[1], timeout=h.IO_TIMEOUT)
-    try:
-        conn.request(method, target)
-        response = conn.getresponse()
-        return response.status, response.headers, response.read().decode("utf-8")
-    finally:
-        conn.close()
-
-
 def json_error(where, method, target, status):
-    code, headers, body = request(where, method, target)
+    code, headers, body = h.admin_request(where, method, target)
     h.expect_eq(code, status, f"{method} {target} status ({body.strip()})")
     h.expect(
         headers.get("Content-Type", "").startswith("application/json"),
@@ -61,7 +33,7 @@ def json_error(where, method, target, status):
 
 
 def deregistration(sock, target_id):
-    status = json.loads(request(sock, "GET", "/status")[2])
+    status = json.loads(h.admin_request(sock, "GET", "/status")[2])
     return {t["id"]: t["deregistration"] for t in status["groups"][0]["targets"]}[target_id]
 
 
@@ -88,19 +60,19 @@ def test_metrics_address_serves_read_only_and_mutations_never_reach_the_daemon()
     h.expect("not on loopback" not in stickyd.process.log(), "a warning without admin_address")
     before = h.mapping(lb, SOURCES)
 
-    code, headers, text = request(metrics, "GET", "/metrics")
+    code, headers, text = h.admin_request(metrics, "GET", "/metrics")
     h.expect_eq(code, 200, "GET /metrics")
     h.expect(headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers)
     h.expect(re.search(r'^stickyd_group_failing_open\{group="web"\} 0$', text, re.M), text)
-    code, _, body = request(metrics, "GET", "/status")
+    code, _, body = h.admin_request(metrics, "GET", "/status")
     h.expect_eq(code, 200, "GET /status")
     h.expect_eq(
         sorted(t["id"] for t in json.loads(body)["groups"][0]["targets"]),
         sorted(b.name for b in backends),
         "/status targets",
     )
-    h.expect_eq(request(metrics, "GET", "/ready")[:1], (200,), "GET /ready")
-    h.expect_eq(request(metrics, "HEAD", "/metrics")[:1], (200,), "HEAD /metrics")
+    h.expect_eq(h.admin_request(metrics, "GET", "/ready")[:1], (200,), "GET /ready")
+    h.expect_eq(h.admin_request(metrics, "HEAD", "/metrics")[:1], (200,), "HEAD /metrics")
 
     victim = backends[0].name
     for method, target in [
@@ -139,7 +111,7 @@ def test_metrics_address_serves_read_only_and_mutations_never_reach_the_daemon()
     h.expect_eq(h.mapping(lb, SOURCES), before, "mapping after drains through the metrics address")
     h.expect("is draining" not in stickyd.process.log(), "a drain reached the control thread")
     # The unix socket still drains.
-    code, _, body = request(stickyd.admin_socket, "POST", f"/targets/{victim}/drain")
+    code, _, body = h.admin_request(stickyd.admin_socket, "POST", f"/targets/{victim}/drain")
     h.expect_eq(code, 200, f"drain over the admin socket: {body}")
     h.expect_eq(deregistration(stickyd.admin_socket, victim), "drained", "after a real drain")
 
@@ -154,7 +126,9 @@ def test_metrics_address_serves_read_only_and_mutations_never_reach_the_daemon()
     h.wait_for(
         "the restart-only warning", lambda: line in stickyd.process.log(), process=stickyd.process
     )
-    h.expect_eq(request(metrics, "GET", "/ready")[:1], (200,), "the old address after reload")
+    h.expect_eq(
+        h.admin_request(metrics, "GET", "/ready")[:1], (200,), "the old address after reload"
+    )
 
 
 def test_quick_mode_warns_once_for_an_admin_address_off_loopback():
@@ -197,7 +171,7 @@ def test_quick_mode_warns_once_for_an_admin_address_off_loopback():
         f"read-only {READ_ONLY}",
         "drain via --metrics-address",
     )
-    code, _, body = request(("127.0.0.1", admin_port), "POST", f"/targets/{victim}/drain")
+    code, _, body = h.admin_request(("127.0.0.1", admin_port), "POST", f"/targets/{victim}/drain")
     h.expect_eq(code, 200, f"drain via --admin-address: {body}")
     h.expect_eq(deregistration(stickyd.admin_socket, victim), "drained", "drained via admin")
 

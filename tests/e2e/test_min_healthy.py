@@ -8,7 +8,6 @@ Each target's health check goes to its own IP at one shared port, served by a st
 that the test closes to fail the check, while the target's stickyd-echo keeps
 serving traffic: so a client that reaches an unhealthy target proves where fail-open
 sent it, instead of only failing to connect."""
-import http.client
 import json
 import os
 import re
@@ -19,43 +18,16 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SOURCES = h.source_ips(60)
 TARGET_IPS = [f"127.0.10.{i}" for i in range(1, 5)]
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("stickyd", timeout=h.IO_TIMEOUT)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-def admin_get(sock, target):
-    conn = UnixHTTPConnection(sock)
-    try:
-        conn.request("GET", target)
-        response = conn.getresponse()
-        body = response.read().decode("utf-8")
-        h.expect_eq(response.status, 200, f"GET {target}")
-        return body
-    finally:
-        conn.close()
-
-
 def group_status(sock):
-    return json.loads(admin_get(sock, "/status"))["groups"][0]
+    return json.loads(h.admin_get(sock, "/status"))["groups"][0]
 
 
 def metric(sock, name):
-    m = re.search(rf'^{name}{{group="web"}} (\S+)$', admin_get(sock, "/metrics"), re.M)
+    m = re.search(rf'^{name}{{group="web"}} (\S+)$', h.admin_get(sock, "/metrics"), re.M)
     h.expect(m, f"no {name} in /metrics")
     return float(m.group(1))
 
@@ -197,7 +169,7 @@ def test_count_3_of_4_routes_around_one_and_fails_open_below_it():
     h.expect_eq(metric(sock, "stickyd_group_failing_open"), 1.0, "stickyd_group_failing_open")
     h.expect_eq(metric(sock, "stickyd_group_healthy_targets"), 2.0, "healthy targets metric")
     h.expect_eq(metric(sock, "stickyd_group_minimum_healthy_targets"), 3.0, "minimum metric")
-    out = h.run([STICKYCTL_BIN, "status", "--admin", sock]).stdout
+    out = h.stickyctl("status", "--admin", sock, ok=False).stdout
     h.expect(
         "group web (ring), 4 targets: FAILING OPEN\n"
         "healthy 2 of 4 in service, minimum 3 (count 3): routing to all in service as if "
@@ -205,7 +177,7 @@ def test_count_3_of_4_routes_around_one_and_fails_open_below_it():
         f"stickyctl status:\n{out}",
     )
     lookup = json.loads(
-        admin_get(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in owners["backend-3"][:3]))
+        h.admin_get(sock, "/lookup?" + "&".join(f"ip={ip}" for ip in owners["backend-3"][:3]))
     )
     for e in lookup["lookups"]:
         h.expect_eq(
@@ -235,7 +207,7 @@ def test_count_3_of_4_routes_around_one_and_fails_open_below_it():
     h.expect_eq(metric(sock, "stickyd_group_failing_open"), 0.0, "metric after recovery")
     h.expect_eq(count_lines(stickyd, "target group 'web': failing open:"), 1, "entering lines")
     h.expect_eq(count_lines(stickyd, "no longer failing open"), 1, "leaving lines")
-    out = h.run([STICKYCTL_BIN, "status", "--admin", sock]).stdout
+    out = h.stickyctl("status", "--admin", sock, ok=False).stdout
     h.expect(
         "group web (ring), 4 targets\nhealthy 3 of 4 in service, minimum 3 (count 3)\n" in out,
         f"stickyctl status:\n{out}",

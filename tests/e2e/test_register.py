@@ -5,7 +5,6 @@ registered target takes clients only after its first passed check, and only the 
 the ring gives it move; a deregistered one keeps its open connections for the
 deregistration delay while new clients go elsewhere; a SIGHUP keeps both kinds of
 change (the runtime overlay); and every bad request gets its exact JSON error."""
-import http.client
 import json
 import os
 import socket
@@ -16,9 +15,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SOURCES = h.source_ips(60)
 FAST_CHECKS = {
     "interval": "200ms",
@@ -28,66 +24,15 @@ FAST_CHECKS = {
 }
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=h.IO_TIMEOUT):
-        super().__init__("stickyd", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
 def request(sock, method, target, body=None):
     """(status, JSON document) of one request to the admin socket."""
-    conn = UnixHTTPConnection(sock)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, target, body=body, headers=headers)
-        response = conn.getresponse()
-        text = response.read().decode("utf-8")
-        h.expect(
-            response.headers.get("Content-Type", "").startswith("application/json"),
-            f"{method} {target}: Content-Type {response.headers.get('Content-Type')}",
-        )
-        return response.status, json.loads(text)
-    finally:
-        conn.close()
-
-
-def raw(sock, data):
-    """Raw bytes to the admin socket; (status, JSON body) of the answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(h.IO_TIMEOUT)
-        s.connect(sock)
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered before reading it all: the answer is there to read
-        reply = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    h.expect(head.startswith(b"HTTP/1.1 "), f"not an HTTP answer: {reply[:200]!r}")
-    return int(head.split()[1]), json.loads(body)
-
-
-def stickyctl(*args, ok=True):
-    result = h.run([STICKYCTL_BIN] + [str(a) for a in args])
-    if ok:
-        h.expect(
-            result.returncode == 0,
-            f"stickyctl {' '.join(map(str, args))} exited {result.returncode}: " f"{result.stderr}",
-        )
-    return result
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    status, response_headers, text = h.admin_request(sock, method, target, body, headers)
+    h.expect(
+        response_headers.get("Content-Type", "").startswith("application/json"),
+        f"{method} {target}: Content-Type {response_headers.get('Content-Type')}",
+    )
+    return status, json.loads(text)
 
 
 def status(sock):
@@ -231,7 +176,7 @@ def test_register_under_load_moves_only_keys_onto_the_new_target():
     load = Load(d.lb)
     try:
         new = backends[3]
-        out = stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock).stdout
+        out = h.stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock).stdout
         h.expect_eq(
             out,
             f"target group 'web': target {new.name} ({new.address}) registered via "
@@ -260,7 +205,7 @@ def test_register_under_load_moves_only_keys_onto_the_new_target():
             f"{ip} moved {before[ip]} -> {after[ip]}, not onto {new.name}",
         )
     h.expect(
-        stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock, ok=False).returncode
+        h.stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock, ok=False).returncode
         == 1,
         "registering it twice: exit status",
     )
@@ -270,7 +215,7 @@ def test_deregister_drains_open_connections_until_the_delay_and_steers_new_ones(
     backends = h.start_backends(4)
     d = Daemon([group(backends[:3], deregistration_delay={"timeout": "4s"})])
     new = backends[3]
-    stickyctl("register", f"{new.name}={new.address},weight=2", "--admin", d.sock)
+    h.stickyctl("register", f"{new.name}={new.address},weight=2", "--admin", d.sock)
     d.wait_healthy([b.name for b in backends])
     before = h.mapping(d.lb, SOURCES)
     for victim in (new.name, backends[0].name):  # a runtime target, then a file target
@@ -279,7 +224,7 @@ def test_deregister_drains_open_connections_until_the_delay_and_steers_new_ones(
         held, name = held_connection(d.lb, owned[0])
         h.expect_eq(name, victim, "the held connection's backend")
 
-        result = stickyctl("deregister", victim, "--admin", d.sock, "--json")
+        result = h.stickyctl("deregister", victim, "--admin", d.sock, "--json")
         answer = json.loads(result.stdout)
         address = next(b.address for b in backends if b.name == victim)
         h.expect_eq(
@@ -319,8 +264,8 @@ def test_a_reload_keeps_runtime_targets_and_deregistrations_until_the_file_says_
     backends = h.start_backends(4)
     d = Daemon([group(backends[:3])])
     new, file_target = backends[3], backends[1]
-    stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock)
-    stickyctl("deregister", file_target.name, "--admin", d.sock)
+    h.stickyctl("register", f"{new.name}={new.address}", "--admin", d.sock)
+    h.stickyctl("deregister", file_target.name, "--admin", d.sock)
     d.wait_healthy([new.name])
     d.reload([group(backends[:3])])  # the same file
     t = targets(d.sock)
@@ -483,11 +428,11 @@ def test_bad_requests_get_exact_json_errors():
     h.expect_eq((code, doc), (405, {"error": "/targets/x takes DELETE only, not GET"}), "GET")
 
     big = b'{"group": "web", "address": "127.0.0.1:9", "id": "' + b"x" * 5000 + b'"}'
-    code, doc = raw(
+    code, doc = h.admin_exchange(
         d.sock, b"POST /targets HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big
     )
     h.expect_eq((code, doc), (413, {"error": "request body larger than 4096 bytes"}), "5 KB body")
-    code, doc = raw(
+    code, doc = h.admin_exchange(
         d.sock,
         b"POST /targets HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" b"5\r\nhello\r\n0\r\n\r\n",
     )
@@ -527,7 +472,7 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
     d = Daemon([group(backends)])
 
     def fails(args, line, code):
-        result = stickyctl(*args, ok=False)
+        result = h.stickyctl(*args, ok=False)
         h.expect_eq(
             ([x for x in result.stderr.splitlines() if x.strip()], result.returncode),
             ([line], code),
@@ -568,11 +513,11 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
     )
     fails(["deregister", "nope"] + admin, "stickyctl: no target 'nope' in any target group", 1)
     nowhere = os.path.join(h.temp_dir(), "nowhere.sock")
-    result = stickyctl("register", "x=127.0.0.1:9", "--admin", nowhere, ok=False)
+    result = h.stickyctl("register", "x=127.0.0.1:9", "--admin", nowhere, ok=False)
     h.expect_eq(result.returncode, 1, "register with no daemon: exit status")
     h.expect(nowhere in result.stderr, f"the error names the socket: {result.stderr}")
 
-    out = stickyctl("register", "x=127.0.0.1:19,weight=3", "--group", "web", *admin).stdout
+    out = h.stickyctl("register", "x=127.0.0.1:19,weight=3", "--group", "web", *admin).stdout
     h.expect_eq(
         out,
         "target group 'web': target x (127.0.0.1:19) registered via admin API: "
@@ -580,7 +525,7 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
         "register",
     )
     h.expect_eq(targets(d.sock)["x"]["weight"], 3, "registered weight")
-    doc = json.loads(stickyctl("deregister", "x", "--group", "web", "--json", *admin).stdout)
+    doc = json.loads(h.stickyctl("deregister", "x", "--group", "web", "--json", *admin).stdout)
     h.expect_eq(doc["result"], "ok", f"deregister --json: {doc}")
     h.expect(
         doc["message"].startswith(
@@ -589,7 +534,7 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
         ),
         doc,
     )
-    out = stickyctl("deregister", "x", *admin).stdout
+    out = h.stickyctl("deregister", "x", *admin).stdout
     h.expect_eq(
         out,
         "target group 'web': target x (127.0.0.1:19) is already deregistering "
@@ -611,14 +556,14 @@ def test_stickyctl_register_and_deregister_output_and_exit_status():
     )
     where = h.fmt_addr(tcp)
     b = backends[1]
-    out = stickyctl("register", f"y={b.address}", "--admin", where).stdout
+    out = h.stickyctl("register", f"y={b.address}", "--admin", where).stdout
     h.expect_eq(
         out,
         f"target group 'default': target y ({b.address}) registered via admin API: "
         "takes connections after its first passed health check\n",
         "register on TCP",
     )
-    out = stickyctl("deregister", "y", "--admin", where).stdout
+    out = h.stickyctl("deregister", "y", "--admin", where).stdout
     h.expect(
         out.startswith(
             f"target group 'default': target y ({b.address}) is deregistering: "

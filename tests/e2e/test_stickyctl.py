@@ -3,7 +3,6 @@
 real connections land on, `ring` shares sum to 1, `simulate --remove` moves exactly
 the removed target's share and nothing between the others, and mistakes are one
 clear line with a non-zero exit."""
-import json
 import os
 import re
 import sys
@@ -12,9 +11,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SOURCES = h.source_ips(60)
 
 # Addresses need not be reachable for the offline commands.
@@ -22,20 +18,6 @@ OFFLINE_TARGETS = [
     {"id": f"t{i}", "address": f"127.0.0.1:{19000 + i}", "weight": w}
     for i, w in enumerate([1, 2, 1, 3, 1], start=1)
 ]
-
-
-def stickyctl(*args, ok=True):
-    result = h.run([STICKYCTL_BIN] + list(args))
-    if ok:
-        h.expect(
-            result.returncode == 0,
-            f"stickyctl {' '.join(args)} exited {result.returncode}: {result.stderr}",
-        )
-    return result
-
-
-def stickyctl_json(*args):
-    return json.loads(stickyctl(*args, "--json").stdout)
 
 
 def offline_config(algorithm="ring", groups=None):
@@ -54,7 +36,7 @@ def test_lookup_agrees_with_real_connections():
         stickyd = h.start_stickyd(config, addr=lb)
         path = h.write_file(f"{algorithm}.toml", config)
 
-        answer = stickyctl_json("lookup", "--config", path, *SOURCES)
+        answer = h.stickyctl_json("lookup", "--config", path, *SOURCES)
         h.expect_eq(answer["group"], "web", "group")
         predicted = {entry["ip"]: entry["chosen"] for entry in answer["lookups"]}
         h.expect_eq(sorted(predicted), sorted(SOURCES), "IPs answered")
@@ -74,7 +56,7 @@ def test_lookup_agrees_with_real_connections():
 
 def test_lookup_table_names_ip_owner_and_address():
     path = offline_config()
-    out = stickyctl("lookup", "--config", path, "192.0.2.1", "2001:db8::1").stdout
+    out = h.stickyctl("lookup", "--config", path, "192.0.2.1", "2001:db8::1").stdout
     lines = out.splitlines()
     h.expect(lines[0].split() == ["IP", "KEY", "OWNER", "CHOSEN", "ADDRESS"], f"header: {out}")
     h.expect(lines[1].startswith("192.0.2.1 ") and "192.0.2.1/32" in lines[1], out)
@@ -84,7 +66,7 @@ def test_lookup_table_names_ip_owner_and_address():
 def test_ring_shares_sum_to_one():
     for algorithm in ("ring", "maglev"):
         path = offline_config(algorithm)
-        ring = stickyctl_json("ring", "--config", path)
+        ring = h.stickyctl_json("ring", "--config", path)
         shares = [t["share"] for t in ring["targets"]]
         h.expect_eq(
             sorted(t["id"] for t in ring["targets"]), [t["id"] for t in OFFLINE_TARGETS], "targets"
@@ -98,7 +80,7 @@ def test_ring_shares_sum_to_one():
         t4 = next(t for t in ring["targets"] if t["id"] == "t4")
         h.expect(abs(t4["share"] - 3 / 8) < 0.03, f"{algorithm}: t4 share {t4['share']}")
 
-        text = stickyctl("ring", "--config", path).stdout
+        text = h.stickyctl("ring", "--config", path).stdout
         for t in OFFLINE_TARGETS:
             h.expect(
                 any(line.startswith(t["id"] + " ") and "█" in line for line in text.splitlines()),
@@ -109,9 +91,9 @@ def test_ring_shares_sum_to_one():
 
 def test_simulate_remove_moves_exactly_that_share():
     path = offline_config()
-    shares = {t["id"]: t["share"] for t in stickyctl_json("ring", "--config", path)["targets"]}
+    shares = {t["id"]: t["share"] for t in h.stickyctl_json("ring", "--config", path)["targets"]}
     for removed in ("t2", "t4"):
-        sim = stickyctl_json("simulate", "--config", path, "--remove", removed)
+        sim = h.stickyctl_json("simulate", "--config", path, "--remove", removed)
         h.expect(
             abs(sim["moved"] - shares[removed]) < 1e-9,
             f"remove {removed}: moved {sim['moved']}, its share is {shares[removed]}",
@@ -123,26 +105,26 @@ def test_simulate_remove_moves_exactly_that_share():
         weight = next(t["weight"] for t in OFFLINE_TARGETS if t["id"] == removed)
         h.expect(abs(sim["ideal"] - weight / 8) < 1e-12, f"ideal {sim['ideal']}")
 
-    text = stickyctl("simulate", "--config", path, "--remove", "t2").stdout
+    text = h.stickyctl("simulate", "--config", path, "--remove", "t2").stdout
     h.expect("no key moves between two unaffected targets: OK" in text, text)
     h.expect("ideal 25.000%" in text, text)
 
 
 def test_simulate_add_and_down():
     path = offline_config()
-    sim = stickyctl_json("simulate", "--config", path, "--add", "t6=127.0.0.1:19006,weight=2")
+    sim = h.stickyctl_json("simulate", "--config", path, "--add", "t6=127.0.0.1:19006,weight=2")
     h.expect(all(m["to"] == "t6" for m in sim["moves"]), f"moves: {sim['moves']}")
     h.expect(abs(sim["ideal"] - 2 / 10) < 1e-12, f"ideal {sim['ideal']}")
     h.expect_eq(sim["unaffected_moves"], "OK", "check after add")
 
-    sim = stickyctl_json("simulate", "--config", path, "--down", "t3")
+    sim = h.stickyctl_json("simulate", "--config", path, "--down", "t3")
     h.expect(all(m["from"] == "t3" for m in sim["moves"]), f"moves: {sim['moves']}")
     t3 = next(t for t in sim["targets"] if t["id"] == "t3")
     h.expect(abs(sim["moved"] - t3["before"]) < 1e-12 and t3["after"] == 0, f"t3: {t3}")
 
 
 def one_line_error(args, must_contain):
-    result = stickyctl(*args, ok=False)
+    result = h.stickyctl(*args, ok=False)
     h.expect(result.returncode != 0, f"stickyctl {' '.join(args)} succeeded: {result.stdout}")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     h.expect(len(lines) == 1, f"{args}: expected one line on stderr, got {result.stderr!r}")
@@ -183,12 +165,12 @@ def test_errors_are_one_line():
         ]
     )
     one_line_error(["ring", "--config", two], "--group")
-    api = stickyctl_json("ring", "--config", two, "--group", "api")
+    api = h.stickyctl_json("ring", "--config", two, "--group", "api")
     h.expect_eq(len(api["targets"]), 2, "api targets")
 
 
 def exact_error(args, wanted_line, wanted_status):
-    result = stickyctl(*args, ok=False)
+    result = h.stickyctl(*args, ok=False)
     what = f"stickyctl {' '.join(args)}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     h.expect_eq(lines, [wanted_line], f"{what}: stderr")
@@ -228,27 +210,27 @@ def test_exit_status_1_for_configuration_or_daemon_2_for_command_line():
         "stickyctl: simulate: nothing to simulate; give " "--remove, --add or --down",
         2,
     )
-    h.expect_eq(stickyctl("ring", "--bogus", ok=False).returncode, 2, "a bad flag: exit status")
+    h.expect_eq(h.stickyctl("ring", "--bogus", ok=False).returncode, 2, "a bad flag: exit status")
     h.expect_eq(
-        stickyctl("ring", "--config", path + ".missing", ok=False).returncode,
+        h.stickyctl("ring", "--config", path + ".missing", ok=False).returncode,
         1,
         "a missing config file: exit status",
     )
     h.expect_eq(
-        stickyctl("ring", "--config", path, "--group", "nope", ok=False).returncode,
+        h.stickyctl("ring", "--config", path, "--group", "nope", ok=False).returncode,
         1,
         "an unknown group: exit status",
     )
     nowhere = os.path.join(h.temp_dir(), "no-daemon.sock")
     for args in (["status"], ["lookup", "127.0.0.2"]):
-        result = stickyctl(*args, "--admin", nowhere, ok=False)
+        result = h.stickyctl(*args, "--admin", nowhere, ok=False)
         h.expect_eq(result.returncode, 1, f"stickyctl {args[0]} with no daemon: exit status")
         h.expect(nowhere in result.stderr, f"the error does not name {nowhere}: {result.stderr!r}")
 
 
 def test_ring_max_over_mean_is_against_weight_proportional_shares():
     path = offline_config()
-    ring = stickyctl_json("ring", "--config", path)
+    ring = h.stickyctl_json("ring", "--config", path)
     total = sum(t["weight"] for t in OFFLINE_TARGETS)
     worst = max(t["share"] / (t["weight"] / total) for t in ring["targets"])
     h.expect(
@@ -259,7 +241,7 @@ def test_ring_max_over_mean_is_against_weight_proportional_shares():
         ring["max_over_mean"] < 1.1,
         f"weights 1,2,1,3,1 on a ring: {ring['max_over_mean']} (max/mean alone is ~1.9)",
     )
-    text = stickyctl("ring", "--config", path).stdout
+    text = h.stickyctl("ring", "--config", path).stdout
     footer = text.splitlines()[-1]
     h.expect_eq(
         footer,
@@ -271,10 +253,10 @@ def test_ring_max_over_mean_is_against_weight_proportional_shares():
     equal = offline_config(
         groups=[{"name": "web", "targets": [dict(t, weight=1) for t in OFFLINE_TARGETS]}]
     )
-    footer = stickyctl("ring", "--config", equal).stdout.splitlines()[-1]
+    footer = h.stickyctl("ring", "--config", equal).stdout.splitlines()[-1]
     h.expect(
         footer.endswith(
-            f"max/mean {stickyctl_json('ring', '--config', equal)['max_over_mean']:.4f}"
+            f"max/mean {h.stickyctl_json('ring', '--config', equal)['max_over_mean']:.4f}"
         ),
         f"the summary line with equal weights: {footer!r}",
     )
@@ -283,14 +265,14 @@ def test_ring_max_over_mean_is_against_weight_proportional_shares():
 def test_counts_are_pluralised():
     one = offline_config(groups=[{"name": "web", "targets": OFFLINE_TARGETS[:1]}])
     h.expect_eq(
-        stickyctl("ring", "--config", one).stdout.splitlines()[0],
+        h.stickyctl("ring", "--config", one).stdout.splitlines()[0],
         "group web (ring, 4096 points per unit of weight), 1 target",
         "ring heading",
     )
     backend = h.start_backend("only")
     lb = h.lb_addr()
     d = h.start_stickyd(args=["--listen", h.fmt_addr(lb), "--target", backend.address], addr=lb)
-    lines = stickyctl("status", "--admin", d.admin_socket).stdout.splitlines()
+    lines = h.stickyctl("status", "--admin", d.admin_socket).stdout.splitlines()
     h.expect(
         re.fullmatch(
             r"stickyd \S+: 0 active connections, \d+ accepted, 0 connect failures, "

@@ -12,9 +12,6 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-STICKYCTL_BIN = os.path.abspath(
-    os.environ.get("STICKYCTL_BIN") or os.path.join(h.SOURCE_ROOT, "build", "stickyctl")
-)
 SOURCES = h.source_ips(80)
 # Far longer than the test needs: a connect to the black hole can only end early
 # because stickyd gave up on that target.
@@ -178,7 +175,7 @@ def test_deregistration_delay_ending_moves_clients_still_connecting():
         lambda: "blackhole" in stickyctl_status(stickyd),
         process=stickyd.process,
     )
-    drained = h.run([STICKYCTL_BIN, "drain", "blackhole", "--admin", stickyd.admin_socket])
+    drained = h.run([h.STICKYCTL_BIN, "drain", "blackhole", "--admin", stickyd.admin_socket])
     h.expect_eq(drained.returncode, 0, f"stickyctl drain: {drained.stderr}")
     problems = finish()
     h.expect(
@@ -194,7 +191,7 @@ def test_deregistration_delay_ending_moves_clients_still_connecting():
 
 def stickyctl_status(stickyd):
     """Ids of targets with active (here: connecting) connections, from stickyctl."""
-    r = h.run([STICKYCTL_BIN, "status", "--json", "--admin", stickyd.admin_socket])
+    r = h.run([h.STICKYCTL_BIN, "status", "--json", "--admin", stickyd.admin_socket])
     if r.returncode != 0:
         return set()
     doc = json.loads(r.stdout)

@@ -467,11 +467,11 @@ TEST_CASE("control: a reload that cannot hold the runtime targets is refused") {
         "up to 1025"));
     Config heavier = c;
     heavier.target_groups[0].targets.push_back({"b", addr("127.0.0.1:9002"), 100});
-    CHECK(control.check(heavier) ==
+    CHECK(control.reload_refusal(heavier) ==
           "target group 'web' with the 9 targets registered at run time: the targets' weights "
           "add up to 1100, more than one ring holds (1024); use smaller weights (only their "
           "ratios matter) or algorithm = \"maglev\"; deregister some first");
-    CHECK(control.check(c) == std::nullopt);
+    CHECK(control.reload_refusal(c) == std::nullopt);
 }
 
 TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for the view") {
@@ -530,11 +530,11 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
     // The same reload with a larger table fits; a smaller one is refused up front.
     Config smaller = c;
     smaller.target_groups[0].maglev_table_size = 211;
-    auto misfit = control.check(smaller);
+    auto misfit = control.reload_refusal(smaller);
     REQUIRE(misfit.has_value());
     CHECK(misfit->find("target group 'web' with the 2 addresses DNS gives now") == 0);
     CHECK(misfit->find("too small for 3 targets") != std::string::npos);
-    CHECK(control.check(c) == std::nullopt);
+    CHECK(control.reload_refusal(c) == std::nullopt);
 
     control.set_discovered("web", {addr("127.0.0.4:80")});  // fits again
     view = control.view();

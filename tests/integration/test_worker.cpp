@@ -279,8 +279,8 @@ TEST_CASE("an added listener accepts; counters follow connections, bytes and clo
     CHECK(rig.target().connections.load() == 1);
     CHECK(rig.target().active.load() == 1);
     CHECK(rig.target().connect_failures.load() == 0);
-    CHECK(eventually([&] { return rig.target().bytes_in.load() == 2; }));
-    CHECK(eventually([&] { return rig.target().bytes_out.load() == 2; }));
+    CHECK(eventually([&] { return rig.target().bytes_sent.load() == 2; }));
+    CHECK(eventually([&] { return rig.target().bytes_received.load() == 2; }));
     ::close(c.fd);
     c.fd = -1;
     ::shutdown(server, SHUT_WR);

@@ -113,8 +113,8 @@ TEST_CASE("/metrics holds every family with the right values and passes the stri
     table.targets[0].stats->connections = 7;
     table.targets[0].stats->connect_failures = 2;
     table.targets[0].stats->active = 1;
-    table.targets[0].stats->bytes_in = 100;
-    table.targets[0].stats->bytes_out = 250;
+    table.targets[0].stats->bytes_sent = 100;
+    table.targets[0].stats->bytes_received = 250;
     source.set("web", "t3", HealthState::unhealthy);
     AdminState state = state_of(source);
     auto control = std::make_shared<ControlView>(*state.control);

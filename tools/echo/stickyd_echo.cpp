@@ -156,7 +156,7 @@ std::string endpoint_text(const sockaddr_storage& storage) {
 }
 
 // Binds and listens; returns the fd and the bound address (port 0 becomes the real port).
-std::pair<int, std::string> open_listener(const std::string& text) {
+std::pair<int, std::string> listen_socket(const std::string& text) {
     auto ep = parse_endpoint(text);
     if (!ep)
         fail(fmt::format("--listen '{}': expected ip:port such as 127.0.0.1:9001 or [::1]:9001",
@@ -391,8 +391,8 @@ enum class Mode {
     linger,  // said its last words: send `out`, shut the write side, drain input
 };
 
-struct Connection : Pollable {
-    explicit Connection(int f, std::string peer)
+struct EchoSession : Pollable {
+    explicit EchoSession(int f, std::string peer)
         : Pollable(Kind::connection), fd(f), peer_ip(std::move(peer)) {}
 
     int fd;
@@ -407,12 +407,12 @@ struct Connection : Pollable {
     uint64_t pattern_next = 0;        // SINK-THEN-REPLY: offset of the next pattern byte
     uint64_t pattern_end = 0;
     uint32_t registered = 0;  // epoll events currently registered
-    std::optional<std::multimap<Clock::time_point, Connection*>::iterator> timer;
+    std::optional<std::multimap<Clock::time_point, EchoSession*>::iterator> timer;
 };
 
-class Worker {
+class EchoLoop {
   public:
-    Worker(std::string name, const std::vector<int>& listeners)
+    EchoLoop(std::string name, const std::vector<int>& listeners)
         : name_(std::move(name)), body_(name_ + "\n") {
         epoll_ = epoll_create1(EPOLL_CLOEXEC);
         wakeup_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -425,8 +425,8 @@ class Worker {
         spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
 
-    ~Worker() {
-        for (Connection* c : connections_) {
+    ~EchoLoop() {
+        for (EchoSession* c : connections_) {
             ::close(c->fd);
             delete c;
         }
@@ -455,7 +455,7 @@ class Worker {
                         stopping_ = true;
                         break;
                     case Pollable::Kind::connection:
-                        on_ready(*static_cast<Connection*>(p), events[i].events);
+                        on_ready(*static_cast<EchoSession*>(p), events[i].events);
                         break;
                 }
             }
@@ -494,7 +494,7 @@ class Worker {
             }
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            auto* c = new Connection(fd, ip_text(peer));
+            auto* c = new EchoSession(fd, ip_text(peer));
             connections_.insert(c);
             c->registered = EPOLLIN | EPOLLRDHUP;
             add(fd, c->registered, c);
@@ -503,7 +503,7 @@ class Worker {
 
     // --- the per-connection state machine --------------------------------------
 
-    void on_ready(Connection& c, uint32_t events) {
+    void on_ready(EchoSession& c, uint32_t events) {
         if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && wants_read(c)) {
             if (!receive(c)) return close(c);
         }
@@ -511,7 +511,7 @@ class Worker {
     }
 
     // Reads once. False on a connection error (the connection must be closed).
-    bool receive(Connection& c) {
+    bool receive(EchoSession& c) {
         auto [space, length] = c.in.prepare(pool_);
         ssize_t n = recv(c.fd, space, length, 0);
         if (n > 0) {
@@ -527,7 +527,7 @@ class Worker {
     }
 
     // Handles what has arrived, sends what it can, and decides what to wait for next.
-    void step(Connection& c) {
+    void step(EchoSession& c) {
         if (c.mode == Mode::detect) detect(c);
         switch (c.mode) {
             case Mode::detect:
@@ -584,7 +584,7 @@ class Worker {
         update_interest(c);
     }
 
-    void detect(Connection& c) {
+    void detect(EchoSession& c) {
         std::string_view data = c.in.view();
         if (data.empty()) {
             if (c.peer_eof) c.mode = Mode::echo;  // nothing to echo; just shut down
@@ -607,12 +607,12 @@ class Worker {
         if (!c.timer) set_timer(c, Clock::now() + kDetectWait);
     }
 
-    void become(Connection& c, Mode mode) {
+    void become(EchoSession& c, Mode mode) {
         cancel_timer(c);
         c.mode = mode;
     }
 
-    void control(Connection& c, std::string_view line) {
+    void control(EchoSession& c, std::string_view line) {
         size_t line_size = line.size();
         std::string_view command = trim(line.substr(kControlPrefix.size()));
         if (command.ends_with('\n')) command.remove_suffix(1);
@@ -643,13 +643,13 @@ class Worker {
     }
 
     // Answers a bad control line with "ERR ...", then ends the connection.
-    void refuse(Connection& c, std::string_view reason) {
+    void refuse(EchoSession& c, std::string_view reason) {
         c.in.clear(pool_);
         c.out.append(fmt::format("ERR {}\n", reason.substr(0, 200)), pool_);
         become(c, Mode::linger);
     }
 
-    void serve_http(Connection& c) {
+    void serve_http(EchoSession& c) {
         while (!c.close_after_output) {
             if (c.body_left > 0) {
                 size_t skip = static_cast<size_t>(std::min<uint64_t>(c.body_left, c.in.size()));
@@ -675,7 +675,7 @@ class Worker {
         }
     }
 
-    void answer(Connection& c, const Request& req) {
+    void answer(EchoSession& c, const Request& req) {
         if (req.bad) return respond(c, 400, false, false);
         if (req.chunked) return respond(c, 501, false, false);
         c.body_left = req.content_length;
@@ -697,7 +697,7 @@ class Worker {
         respond(c, status, req.keep_alive, head, req.http10);
     }
 
-    void respond(Connection& c, int status, bool keep_alive, bool head, bool http10 = false) {
+    void respond(EchoSession& c, int status, bool keep_alive, bool head, bool http10 = false) {
         bool has_body = status != 204 && status != 304;
         std::string_view body = has_body ? std::string_view(body_) : std::string_view();
         std::string_view connection = !keep_alive ? "Connection: close\r\n"
@@ -718,7 +718,7 @@ class Worker {
 
     // Sends `out`, then (echo mode) `in`, then generated pattern data, until the
     // socket is full. False on a connection error.
-    bool send_pending(Connection& c) {
+    bool send_pending(EchoSession& c) {
         for (;;) {
             if (c.mode == Mode::sink && c.peer_eof) fill_pattern(c);
             Buffer* source = !c.out.empty()                            ? &c.out
@@ -733,7 +733,7 @@ class Worker {
         }
     }
 
-    void fill_pattern(Connection& c) {
+    void fill_pattern(EchoSession& c) {
         if (c.pattern_next == c.pattern_end || c.out.room() < kBlockSize / 2) return;
         char chunk[8192];
         size_t n = static_cast<size_t>(
@@ -747,7 +747,7 @@ class Worker {
         c.pattern_next += n;
     }
 
-    bool wants_read(const Connection& c) const {
+    bool wants_read(const EchoSession& c) const {
         if (c.peer_eof) return false;
         switch (c.mode) {
             case Mode::detect:
@@ -764,7 +764,7 @@ class Worker {
         return false;
     }
 
-    void update_interest(Connection& c) {
+    void update_interest(EchoSession& c) {
         bool writable = !c.out.empty() || (c.mode == Mode::echo && !c.in.empty()) ||
                         (c.mode == Mode::sink && c.peer_eof && c.pattern_next < c.pattern_end);
         uint32_t events = (wants_read(c) ? EPOLLIN | EPOLLRDHUP : 0U) | (writable ? EPOLLOUT : 0U);
@@ -776,7 +776,7 @@ class Worker {
         c.registered = events;
     }
 
-    void close(Connection& c) {
+    void close(EchoSession& c) {
         cancel_timer(c);
         ::close(c.fd);  // also removes it from the epoll set
         c.in.clear(pool_);
@@ -787,12 +787,12 @@ class Worker {
 
     // --- timers ---------------------------------------------------------------
 
-    void set_timer(Connection& c, Clock::time_point when) {
+    void set_timer(EchoSession& c, Clock::time_point when) {
         cancel_timer(c);
         c.timer = timers_.emplace(when, &c);
     }
 
-    void cancel_timer(Connection& c) {
+    void cancel_timer(EchoSession& c) {
         if (c.timer) timers_.erase(*c.timer);
         c.timer.reset();
     }
@@ -807,7 +807,7 @@ class Worker {
     void run_timers() {
         auto now = Clock::now();
         while (!timers_.empty() && timers_.begin()->first <= now) {
-            Connection& c = *timers_.begin()->second;
+            EchoSession& c = *timers_.begin()->second;
             cancel_timer(c);
             if (c.mode == Mode::linger) {
                 close(c);
@@ -826,8 +826,8 @@ class Worker {
     bool stopping_ = false;
     Pollable wakeup_{Pollable::Kind::wakeup};
     std::vector<std::unique_ptr<Listener>> listeners_;
-    std::unordered_set<Connection*> connections_;
-    std::multimap<Clock::time_point, Connection*> timers_;
+    std::unordered_set<EchoSession*> connections_;
+    std::multimap<Clock::time_point, EchoSession*> timers_;
     BlockPool pool_;
 };
 
@@ -897,13 +897,13 @@ int main(int argc, char** argv) {
     std::vector<int> fds;
     std::vector<std::string> bound;
     for (const auto& text : listen) {
-        auto [fd, address] = open_listener(text);
+        auto [fd, address] = listen_socket(text);
         fds.push_back(fd);
         bound.push_back(address);
     }
-    std::vector<std::unique_ptr<Worker>> workers;
+    std::vector<std::unique_ptr<EchoLoop>> workers;
     std::vector<std::thread> loops;
-    for (unsigned i = 0; i < threads; ++i) workers.push_back(std::make_unique<Worker>(name, fds));
+    for (unsigned i = 0; i < threads; ++i) workers.push_back(std::make_unique<EchoLoop>(name, fds));
     for (auto& worker : workers) loops.emplace_back([w = worker.get()] { w->run(); });
     for (const auto& address : bound)
         fmt::print(stderr, "stickyd-echo {} listening on {}\n", name, address);
