@@ -16,7 +16,7 @@ ROOT = os.environ.get("STICKYD_SOURCE_ROOT") or os.path.join(os.path.dirname(__f
 
 def tracked(*patterns):
     """Files git knows (or would add) matching patterns, relative to the root."""
-    if not os.path.isdir(os.path.join(ROOT, ".git")):
+    if not os.path.exists(os.path.join(ROOT, ".git")):  # a directory, or a worktree's file
         h.skip("not a git checkout: nothing says which files are the project's")
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "--", *patterns],

@@ -231,9 +231,11 @@ TEST_CASE("health check: rejections") {
         {"enabled = 1", at + "11: target_group[0].health_check.enabled: expected true or "
                              "false, got integer 1"},
     };
-    for (const auto& [body, error] : cases) {
+    for (const auto& entry : cases) {
+        // Not a structured binding: clang before 16 cannot capture one (CAPTURE).
+        const auto& body = entry.first;
         CAPTURE(body);
-        CHECK(hc(body) == error);
+        CHECK(hc(body) == entry.second);
     }
     CHECK(hc_error("connection_termination_on_unhealthy = \"yes\"") ==
           "t.toml:7:39: target_group[0].connection_termination_on_unhealthy: expected true or "
