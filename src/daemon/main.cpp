@@ -113,10 +113,15 @@ int check_config(const std::string& path) {
         fmt::print(stderr, "{}: warning: {}\n", path, *warning);
     }
     size_t targets = 0;
-    for (const auto& group : config.target_groups) targets += group.targets.size();
-    fmt::print("{}: configuration OK ({}, {}, {})\n", path,
+    size_t names = 0;
+    for (const auto& group : config.target_groups) {
+        targets += group.targets.size();
+        names += group.dns.size();
+    }
+    fmt::print("{}: configuration OK ({}, {}, {}{})\n", path,
                count_of(config.listeners.size(), "listener"),
-               count_of(config.target_groups.size(), "target group"), count_of(targets, "target"));
+               count_of(config.target_groups.size(), "target group"), count_of(targets, "target"),
+               names == 0 ? "" : ", " + count_of(names, "DNS name"));
     return kExitOk;
 }
 

@@ -96,6 +96,10 @@ constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "er
 constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
 constexpr std::string_view kHealthProtocols[] = {"tcp", "http", "https"};
 
+std::string bad_dns_message(std::string_view text) {
+    return fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, text);
+}
+
 std::string int_range_message(const IntRange& range, std::string_view got) {
     return fmt::format("must be an integer from {} to {}{}, got {}", range.min, range.max,
                        range.note, got);
@@ -487,6 +491,50 @@ class TableReader {
         return out;
     }
 
+    // dns: one "NAME:PORT" or an array of them, each reported at its own position
+    // as dns[i]. Duplicates are validation's (check_dns_names).
+    std::optional<std::vector<DnsDiscoveryConfig>> dns_names(std::string_view key) {
+        const toml::node* node = find(key);
+        if (!node) return std::nullopt;
+        if (auto* text = node->as_string()) {
+            auto dns = parse_dns_name(text->get());
+            if (!dns) {
+                invalid(key, bad_dns_message(text->get()));
+                return std::nullopt;
+            }
+            return std::vector{std::move(*dns)};
+        }
+        auto* array = node->as_array();
+        if (!array) {
+            invalid(key,
+                    fmt::format("expected \"NAME:PORT\" such as {} or an array of them, got {}",
+                                kDnsExample, describe(*node)));
+            return std::nullopt;
+        }
+        if (array->empty()) {
+            invalid(key, "an empty list names nothing to resolve; name one or remove the key");
+            return std::nullopt;
+        }
+        std::vector<DnsDiscoveryConfig> out;
+        for (size_t i = 0; i < array->size(); ++i) {
+            const toml::node& element = (*array)[i];
+            const std::string path = index_key(path_of(key), i);
+            const Position position = position_of(element.source());
+            diag_.positions().record(path, position);
+            auto* text = element.as_string();
+            auto dns = text ? parse_dns_name(text->get()) : std::nullopt;
+            if (!dns) {
+                diag_.fail_at(path, position,
+                              text ? bad_dns_message(text->get())
+                                   : fmt::format("expected \"NAME:PORT\" such as {}, got {}",
+                                                 kDnsExample, describe(element)));
+                return std::nullopt;
+            }
+            out.push_back(std::move(*dns));
+        }
+        return out;
+    }
+
     // A subtable written as `header` in the file; nullptr if absent or not a table.
     const toml::table* table(std::string_view key, std::string_view header) {
         const toml::node* node = find(key);
@@ -779,7 +827,7 @@ MinimumHealthyTargets read_minimum_healthy(Diagnostics& diag, const toml::table&
 
 // "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
 // <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
-std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
+std::optional<DnsDiscoveryConfig> dns_name_of(std::string_view text) {
     const size_t colon = text.rfind(':');
     if (colon == std::string_view::npos || colon == 0) return std::nullopt;
     const std::string_view name = text.substr(0, colon);
@@ -843,18 +891,11 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
         group.minimum_healthy_targets =
             read_minimum_healthy(diag, *t, r.path_of("minimum_healthy_targets"));
     }
-    if (auto v = r.string("dns")) {
-        if (auto dns = parse_dns_name(*v)) {
-            group.dns = std::move(*dns);
-        } else {
-            r.invalid("dns",
-                      fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, *v));
-        }
-    }
+    if (auto v = r.dns_names("dns")) group.dns = std::move(*v);
     if (auto v = r.duration("dns_refresh", kDnsRefreshRange)) {
-        if (!group.dns)
+        if (group.dns.empty())
             r.invalid("dns_refresh", "only applies with dns set; set it or remove the key");
-        if (group.dns) group.dns->refresh = *v;
+        for (DnsDiscoveryConfig& dns : group.dns) dns.refresh = *v;
     }
     if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
         group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
@@ -1387,6 +1428,30 @@ void check_target_duplicates(Diagnostics& diag, const std::string& group_path,
     }
 }
 
+// Each name valid and once (DNS names ignore case), one refresh in range. A file's
+// single string is the key itself; a list's names are dns[i].
+void check_dns_names(Diagnostics& diag, const std::string& group_path,
+                     const std::vector<DnsDiscoveryConfig>& names) {
+    std::map<std::string, size_t> seen;
+    for (size_t i = 0; i < names.size(); ++i) {
+        const std::string text = names[i].text();
+        const std::string path =
+            names.size() == 1 ? group_path + ".dns" : index_key(group_path + ".dns", i);
+        if (!parse_dns_name(text)) diag.fail(path, bad_dns_message(text));
+        if (auto problem = check_duration(names[i].refresh, kDnsRefreshRange)) {
+            diag.fail(group_path + ".dns_refresh", *problem);
+        }
+        std::string folded = text;
+        for (char& c : folded) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        auto [it, fresh] = seen.emplace(std::move(folded), i);
+        if (!fresh) {
+            diag.fail(path, fmt::format("duplicate name {:?} in this group (also dns[{}]{})", text,
+                                        it->second,
+                                        diag.at_line(index_key(group_path + ".dns", it->second))));
+        }
+    }
+}
+
 // build_maglev throws on a size it cannot use; asking it first turns that into a
 // load-time error, with one owner for the rule.
 void check_maglev(Diagnostics& diag, const std::string& path, const TargetGroupConfig& group) {
@@ -1519,11 +1584,7 @@ void check_target_group(Diagnostics& diag, const std::string& path,
             diag.fail(path + ".minimum_healthy_targets.percentage", *problem);
         }
     }
-    if (group.dns) {
-        if (auto problem = check_duration(group.dns->refresh, kDnsRefreshRange)) {
-            diag.fail(path + ".dns_refresh", *problem);
-        }
-    }
+    check_dns_names(diag, path, group.dns);
     for (size_t i = 0; i < group.targets.size(); ++i) {
         check_target(diag, index_key(path + ".target", i), group.targets[i]);
     }
@@ -1577,7 +1638,7 @@ unsigned client_versions(const ListenerConfig& listener) {
 void check_preserve_client_ip(Diagnostics& diag, const Config& config) {
     for (size_t i = 0; i < config.target_groups.size(); ++i) {
         const TargetGroupConfig& group = config.target_groups[i];
-        if (!group.preserve_client_ip || group.dns) continue;
+        if (!group.preserve_client_ip || !group.dns.empty()) continue;
         unsigned targets = 0;
         for (const TargetConfig& t : group.targets) {
             if (const int v = ip_version(t.address); v != 0) targets |= v == 4 ? kIpv4 : kIpv6;
@@ -1755,6 +1816,10 @@ std::optional<ConfigError> validate(const Config& config, std::string_view sourc
     Diagnostics diag(source_name);
     check_config(diag, config);
     return diag.take();
+}
+
+std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
+    return dns_name_of(text);
 }
 
 std::optional<Duration> parse_duration(std::string_view text) {
