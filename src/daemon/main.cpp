@@ -173,7 +173,9 @@ int run_quick_mode(const Flags& f, DaemonOptions options) {
     if (f.quick.listen.empty()) {
         return usage_error("quick mode needs --listen ADDR as well as --target ADDR");
     }
-    if (f.quick.targets.empty()) return usage_error("quick mode needs at least one --target ADDR");
+    if (f.quick.targets.empty()) {
+        return usage_error("quick mode needs at least one --target ADDR or HOST:PORT");
+    }
     auto built = config_from_flags(f.quick);
     if (auto* error = std::get_if<std::string>(&built)) return usage_error(*error);
     Config config = std::move(std::get<Config>(built));
