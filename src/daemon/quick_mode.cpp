@@ -333,7 +333,6 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"idle_timeout", "--idle-timeout"},
     {"proxy_protocol_timeout", "--proxy-protocol-timeout"},
     {"target", "--target"},
-    {"dns", "--target"},
     {"dns_refresh", "--dns-refresh"},
     {"maglev_table_size", "--algorithm"},
     {"connect_timeout", "--connect-timeout"},
