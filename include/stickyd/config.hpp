@@ -68,13 +68,22 @@ struct DeregistrationConfig {
     bool connection_termination = false;  // ...connection_termination.enabled: reset at once
 };
 
-// dns = "NAME:PORT": targets discovered from NAME's A and AAAA records (a Kubernetes
-// headless service), each with id "ip:port" and weight 1.
+// dns = "NAME:PORT" (or a list of them): targets discovered from NAME's A and AAAA
+// records (a Kubernetes headless service, a docker-compose service), each with id
+// "ip:port" and weight 1.
 struct DnsDiscoveryConfig {
     std::string name;
     uint16_t port = 0;
-    Duration refresh{5000};  // dns_refresh
+    Duration refresh{5000};  // dns_refresh, the same for every name of a group
+
+    // "NAME:PORT", as written in the file: the name's key in logs, views and maps.
+    std::string text() const { return name + ":" + std::to_string(port); }
 };
+
+// "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
+// <= 253) and a port 1-65535, or nullopt. Quick mode's --target HOST:PORT and the
+// file's dns key share it. The refresh is left at its default.
+std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text);
 
 struct TargetGroupConfig {
     std::string name;
@@ -102,7 +111,10 @@ struct TargetGroupConfig {
     // routing that hands the targets' replies back to stickyd. Health checks still
     // come from stickyd's own address.
     bool preserve_client_ip = false;
-    std::optional<DnsDiscoveryConfig> dns;  // nullopt = static targets only
+    // Names whose addresses join `targets` (empty = static targets only). A static
+    // target and a discovered address that are the same address are one target:
+    // the static one (desired_targets in target_set.hpp).
+    std::vector<DnsDiscoveryConfig> dns;
 };
 
 struct ListenerConfig {

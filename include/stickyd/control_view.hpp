@@ -64,7 +64,10 @@ struct GroupView {
     std::shared_ptr<const RoutingTable> table;  // the snapshot workers use now
     std::vector<TargetView> targets;            // sorted by id; includes removed ones
     CheckDurationHistogram check_durations;
-    std::optional<std::string> dns_error;  // the last resolution failure, while failing
+    std::vector<std::string> dns_names;  // the group's dns names ("NAME:PORT"), file order
+    // Why DNS discovery is not all it should be, while that lasts: each failing name's
+    // last lookup failure ("; " between them), and an answer the balancer cannot hold.
+    std::optional<std::string> dns_error;
 };
 
 struct ControlView {

@@ -65,9 +65,10 @@ struct RuntimeOverlay {
 
 // The group's configured targets (less those the overlay deregistered) ∪ the
 // overlay's registered ones ∪ the DNS-discovered addresses (id "ip:port", weight
-// 1), sorted by id. A configured target whose id equals a discovered one wins: the
-// config says more (weight, a deliberate address) than a DNS record. Discovered
-// duplicates collapse to one.
+// 1; the union of every name's), sorted by id. A configured target whose id or
+// address equals a discovered one wins: the config says more (weight, a deliberate
+// id) than a DNS record, and one backend is one target. Discovered duplicates
+// collapse to one.
 std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
                                            std::span<const SocketAddress> discovered,
                                            const RuntimeOverlay& overlay = {});

@@ -149,6 +149,7 @@ Json status_document(const AdminState& state) {
                           {"healthy_targets", g.healthy_targets},
                           {"targets_in_service", g.targets_in_service},
                           {"minimum_healthy_targets", minimum_healthy_json(g)},
+                          {"dns_names", g.dns_names},
                           {"dns_error", std::move(dns_error)},
                           {"routing", routing_json(g.table.get())},
                           {"targets", std::move(targets)}});

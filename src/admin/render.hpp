@@ -19,7 +19,9 @@
 //                "healthy_targets", "targets_in_service" (not drained or removed),
 //                "minimum_healthy_targets": {"count", "percentage" (null = off),
 //                                            "required" (healthy targets asked now)},
-//                "dns_error" (string or null),
+//                "dns_names" (the group's dns "NAME:PORT"s, in the file's order; [] for
+//                             static targets only),
+//                "dns_error" (string or null: each failing name's reason, "; " between),
 //                "routing": null (no table yet) | {"fingerprint", "usable_fingerprint",
 //                           "mapping_version", "algorithm", "table_size" (maglev; else null),
 //                           "prefix_v4", "prefix_v6",

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <iterator>
 #include <mutex>
 #include <queue>
 #include <random>
@@ -111,8 +112,13 @@ struct Probe {
 struct Group {
     TargetGroupConfig config;
     bool configured = true;  // false once a reload dropped it; erased when its targets are gone
+    // Each DNS name's last good answer and, while its lookups fail, why; by "NAME:PORT".
+    std::map<std::string, std::vector<SocketAddress>> answers;
+    std::map<std::string, std::string> lookup_errors;
+    // The addresses the group uses: the answers' union when the balancer can hold it,
+    // else the last union it could (capacity_error says why, until they fit again).
     std::vector<SocketAddress> discovered;
-    std::optional<std::string> dns_error;
+    std::optional<std::string> capacity_error;
     RuntimeOverlay overlay;            // the admin API's registrations and deregistrations
     std::vector<GroupTarget> targets;  // sorted by (id, address); handle = probe index
     RouteSlot* slot = nullptr;
@@ -126,6 +132,60 @@ struct Group {
 
     bool checks_on() const { return config.health_check.enabled; }
 };
+
+bool lists_dns_name(const TargetGroupConfig& group, std::string_view name) {
+    return std::any_of(group.dns.begin(), group.dns.end(),
+                       [&](const DnsDiscoveryConfig& d) { return d.text() == name; });
+}
+
+std::vector<SocketAddress> sorted_unique(std::vector<SocketAddress> addresses) {
+    std::sort(addresses.begin(), addresses.end(),
+              [](const auto& a, const auto& b) { return a.to_string() < b.to_string(); });
+    addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+    return addresses;
+}
+
+// Every name's addresses once: two names may well share some.
+std::vector<SocketAddress> union_of(
+    const std::map<std::string, std::vector<SocketAddress>>& answers) {
+    std::vector<SocketAddress> all;
+    for (const auto& [name, addresses] : answers) {
+        all.insert(all.end(), addresses.begin(), addresses.end());
+    }
+    return sorted_unique(std::move(all));
+}
+
+// The addresses of `used` that some name still gives (both sorted_unique).
+std::vector<SocketAddress> still_named(const std::vector<SocketAddress>& used,
+                                       const std::vector<SocketAddress>& named) {
+    std::vector<SocketAddress> out;
+    std::set_intersection(
+        used.begin(), used.end(), named.begin(), named.end(), std::back_inserter(out),
+        [](const auto& a, const auto& b) { return a.to_string() < b.to_string(); });
+    return out;
+}
+
+// "app:80" or "a:80, b:8080", in the file's order.
+std::string dns_names_text(const Group& group) {
+    std::string out;
+    for (const DnsDiscoveryConfig& dns : group.config.dns) {
+        out += (out.empty() ? "" : ", ") + dns.text();
+    }
+    return out;
+}
+
+// What the view shows: each failing name's reason in the file's order, then why the
+// answers are not all in use; nullopt while all is well.
+std::optional<std::string> dns_error(const Group& group) {
+    std::string out;
+    for (const DnsDiscoveryConfig& dns : group.config.dns) {
+        auto it = group.lookup_errors.find(dns.text());
+        if (it != group.lookup_errors.end()) out += (out.empty() ? "" : "; ") + it->second;
+    }
+    if (group.capacity_error) out += (out.empty() ? "" : "; ") + *group.capacity_error;
+    if (out.empty()) return std::nullopt;
+    return out;
+}
 
 struct Due {
     Clock::time_point when;
@@ -161,8 +221,9 @@ struct Control::Loop {
     // Commands.
     void apply(const Config& config);
     std::optional<std::string> reload_refusal(const Config& config);
-    void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
-    void set_discovery_error(const std::string& group, std::string error);
+    void set_discovered(const std::string& group, const std::string& name,
+                        std::vector<SocketAddress> addresses);
+    void set_discovery_error(const std::string& group, const std::string& name, std::string error);
     AdminChange drain(const std::string& group, const std::string& id);
     AdminChange enable(const std::string& group, const std::string& id);
     AdminChange register_target(const std::string& group, const Registration& target);
@@ -178,6 +239,11 @@ struct Control::Loop {
     std::string removal_reason(const Group& group, const GroupTarget& target) const;
     void deregister(Group& group, GroupTarget& target, const std::string& why);
     Group* find_group(std::string_view name);
+    // The group's configured group that lists DNS name `name`, or null.
+    Group* find_dns_group(std::string_view group, std::string_view name);
+    // Takes the answers' union when it fits (reconciling if it changed), or keeps
+    // the last one that did and says why.
+    void use_answers(Group& group);
     GroupTarget* find_target(Group& group, const std::string& id, const SocketAddress& address);
     std::variant<std::pair<Group*, GroupTarget*>, AdminChange> admin_target(
         const std::string& group, const std::string& id);
@@ -257,13 +323,17 @@ Control::Loop::Loop(const Config& config, Terminate terminate, const Discovered&
     for (const TargetGroupConfig& gc : config.target_groups) {
         Group& group = add_group(gc);
         if (auto it = discovered.find(gc.name); it != discovered.end()) {
-            if (auto error = capacity_error(gc, desired_targets(gc, it->second))) {
+            for (const auto& [name, addresses] : it->second) {
+                if (lists_dns_name(gc, name)) group.answers[name] = sorted_unique(addresses);
+            }
+            std::vector<SocketAddress> all = union_of(group.answers);
+            if (auto error = capacity_error(gc, desired_targets(gc, all))) {
                 log::error(
                     "target group '{}': the {} addresses DNS gave at start-up are not used: {}",
-                    gc.name, it->second.size(), *error);
-                group.dns_error = std::move(error);
+                    gc.name, all.size(), *error);
+                group.capacity_error = std::move(error);
             } else {
-                group.discovered = it->second;
+                group.discovered = std::move(all);
             }
         }
         // Every target known at start is routed to while initial (see HealthRecord),
@@ -441,16 +511,26 @@ void Control::Loop::apply(const Config& config) {
             std::vector<std::string> notes;
             group->overlay = rebase_overlay(group->overlay, &gc, notes);
             for (const std::string& note : notes) log::info("{}", note);
-            if (!gc.dns) {
-                group->discovered.clear();
-                group->dns_error.reset();
-            } else if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
-                // reload_refusal() refuses such a reload; this is a DNS answer that came in
-                // between.
-                log::error("target group '{}': its {} DNS addresses deregister: {}", gc.name,
-                           group->discovered.size(), *error);
-                group->discovered.clear();
-                group->dns_error = std::move(error);
+            // A name the file no longer lists takes its addresses with it; a new one
+            // brings its own when the discovery thread first answers for it.
+            std::erase_if(group->answers,
+                          [&](const auto& a) { return !lists_dns_name(gc, a.first); });
+            std::erase_if(group->lookup_errors,
+                          [&](const auto& e) { return !lists_dns_name(gc, e.first); });
+            std::vector<SocketAddress> all = union_of(group->answers);
+            group->capacity_error = capacity_error(gc, desired_targets(gc, all));
+            if (!group->capacity_error) {
+                group->discovered = std::move(all);
+            } else {
+                // Answers held back before stay held; what is in use stays if it fits.
+                group->discovered = still_named(group->discovered, all);
+                if (capacity_error(gc, desired_targets(gc, group->discovered))) {
+                    // reload_refusal() refuses such a reload; this is a DNS answer that came in
+                    // between.
+                    log::error("target group '{}': its {} DNS addresses deregister: {}", gc.name,
+                               group->discovered.size(), *group->capacity_error);
+                    group->discovered.clear();
+                }
             }
             if (!group->overlay.registered.empty()) {
                 if (auto error = capacity_error(gc, desired_targets(gc, {}, group->overlay))) {
@@ -502,47 +582,72 @@ std::optional<std::string> Control::Loop::reload_refusal(const Config& config) {
                     gc.name, overlay.registered.size(), *error);
             }
         }
-        if (!gc.dns || group->discovered.empty()) continue;
-        if (auto error = capacity_error(gc, desired_targets(gc, group->discovered))) {
+        // What DNS gives now and the group uses (apply keeps that when the answers'
+        // union does not fit).
+        std::map<std::string, std::vector<SocketAddress>> kept;
+        for (const auto& [name, addresses] : group->answers) {
+            if (lists_dns_name(gc, name)) kept.emplace(name, addresses);
+        }
+        const std::vector<SocketAddress> used = still_named(group->discovered, union_of(kept));
+        if (used.empty()) continue;
+        if (auto error = capacity_error(gc, desired_targets(gc, used))) {
             return fmt::format("target group '{}' with the {} addresses DNS gives now: {}", gc.name,
-                               group->discovered.size(), *error);
+                               used.size(), *error);
         }
     }
     return std::nullopt;
 }
 
-void Control::Loop::set_discovered(const std::string& name, std::vector<SocketAddress> addresses) {
-    Group* group = find_group(name);
-    if (group == nullptr || !group->configured) return;
-    std::sort(addresses.begin(), addresses.end(),
-              [](const auto& a, const auto& b) { return a.to_string() < b.to_string(); });
-    addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
-    if (auto error = capacity_error(group->config, desired_targets(group->config, addresses))) {
-        if (group->dns_error != error) {
-            log::error(
-                "target group '{}': DNS answer of {} addresses not used, the previous {} "
-                "stay: {}",
-                name, addresses.size(), group->discovered.size(), *error);
-        }
-        group->dns_error = std::move(error);
-        return;
+Group* Control::Loop::find_dns_group(std::string_view group, std::string_view name) {
+    Group* found = find_group(group);
+    // A late answer for a name a reload has just dropped is not the group's any more.
+    if (found == nullptr || !found->configured || !lists_dns_name(found->config, name)) {
+        return nullptr;
     }
-    if (group->dns_error) {
-        log::info("target group '{}': DNS discovery works again ({} addresses)", name,
-                  addresses.size());
-        group->dns_error.reset();
-    }
-    if (addresses == group->discovered) return;
-    group->discovered = std::move(addresses);
-    reconcile_group(*group, Clock::now());
+    return found;
 }
 
-void Control::Loop::set_discovery_error(const std::string& name, std::string error) {
-    Group* group = find_group(name);
-    if (group == nullptr || !group->configured) return;
+void Control::Loop::use_answers(Group& group) {
+    const std::string& name = group.config.name;
+    std::vector<SocketAddress> all = union_of(group.answers);
+    if (auto error = capacity_error(group.config, desired_targets(group.config, all))) {
+        if (group.capacity_error != error) {
+            log::error(
+                "target group '{}': DNS answers of {} addresses not used, the previous {} "
+                "stay: {}",
+                name, all.size(), group.discovered.size(), *error);
+        }
+        group.capacity_error = std::move(error);
+        return;
+    }
+    if (group.capacity_error) {
+        log::info("target group '{}': DNS discovery works again ({} addresses)", name, all.size());
+        group.capacity_error.reset();
+    }
+    if (all == group.discovered) return;
+    group.discovered = std::move(all);
+    reconcile_group(group, Clock::now());
+}
+
+void Control::Loop::set_discovered(const std::string& group_name, const std::string& name,
+                                   std::vector<SocketAddress> addresses) {
+    Group* group = find_dns_group(group_name, name);
+    if (group == nullptr) return;
+    if (group->lookup_errors.erase(name) > 0) {
+        log::info("target group '{}': DNS discovery of {} works again ({} addresses)", group_name,
+                  name, addresses.size());
+    }
+    group->answers[name] = sorted_unique(std::move(addresses));
+    use_answers(*group);
+}
+
+void Control::Loop::set_discovery_error(const std::string& group_name, const std::string& name,
+                                        std::string error) {
+    Group* group = find_dns_group(group_name, name);
+    if (group == nullptr) return;
     // Logged once per failure run by DnsDiscovery itself; here it is only kept for
-    // the admin view.
-    group->dns_error = std::move(error);
+    // the admin view. The name's last good answer stays in use.
+    group->lookup_errors[name] = std::move(error);
 }
 
 // The target an admin request names: by id within the group, or across all groups
@@ -736,7 +841,10 @@ std::shared_ptr<const ControlView> Control::Loop::view() {
         gv.required_healthy = g->required;
         gv.table = g->table;
         gv.check_durations = g->durations;
-        gv.dns_error = g->dns_error;
+        gv.dns_error = dns_error(*g);
+        if (g->configured) {
+            for (const DnsDiscoveryConfig& dns : g->config.dns) gv.dns_names.push_back(dns.text());
+        }
         std::vector<uint8_t> usable(g->targets.size(), 0);
         if (g->table) {
             for (size_t m = 0; m < g->members.size(); ++m) {
@@ -1110,9 +1218,10 @@ void Control::Loop::publish(Group& group) {
             "target group '{}' has no targets{}: clients of its listeners are closed (counted in "
             "stickyd_listener_no_target_closes_total)",
             name,
-            group.config.dns
-                ? fmt::format(" (DNS name {} gave no addresses)", group.config.dns->name)
-                : "");
+            group.config.dns.empty()
+                ? ""
+                : fmt::format(" (DNS name{} {} gave no addresses)",
+                              group.config.dns.size() == 1 ? "" : "s", dns_names_text(group)));
     }
     if (table.no_target && !(group.table && group.table->no_target)) {
         log::warn("target group '{}': every target is drained: new clients are refused", name);
@@ -1171,12 +1280,14 @@ std::optional<std::string> Control::reload_refusal(const Config& config) {
     return loop_->call([&] { return loop_->reload_refusal(config); });
 }
 
-void Control::set_discovered(const std::string& group, std::vector<SocketAddress> addresses) {
-    loop_->call([&] { loop_->set_discovered(group, std::move(addresses)); });
+void Control::set_discovered(const std::string& group, const std::string& name,
+                             std::vector<SocketAddress> addresses) {
+    loop_->call([&] { loop_->set_discovered(group, name, std::move(addresses)); });
 }
 
-void Control::set_discovery_error(const std::string& group, std::string error) {
-    loop_->call([&] { loop_->set_discovery_error(group, std::move(error)); });
+void Control::set_discovery_error(const std::string& group, const std::string& name,
+                                  std::string error) {
+    loop_->call([&] { loop_->set_discovery_error(group, name, std::move(error)); });
 }
 
 AdminChange Control::drain(const std::string& group, const std::string& id) {

@@ -33,9 +33,10 @@ class Control {
     // Builds every group's first snapshot (all targets routable while `initial`, as
     // at any daemon start) and publishes it, so workers never see an empty slot.
     // Throws std::runtime_error with a one-line message if its ring cannot be set up.
-    // DNS answers resolved before start, by group: their targets count as known at
-    // start too, so a restart does not move their clients either.
-    using Discovered = std::map<std::string, std::vector<SocketAddress>>;
+    // DNS answers resolved before start, by group and then by name ("NAME:PORT"):
+    // their targets count as known at start too, so a restart does not move their
+    // clients either.
+    using Discovered = std::map<std::string, std::map<std::string, std::vector<SocketAddress>>>;
     Control(const Config& config, Terminate terminate, const Discovered& discovered = {});
     ~Control();
     Control(const Control&) = delete;
@@ -60,13 +61,17 @@ class Control {
     // registered at run time or discovered through DNS (what a group holds now does
     // not fit its new balancer settings), or nullopt.
     std::optional<std::string> reload_refusal(const Config& config);
-    // DNS discovery results for a group with `dns` set: the full current set. A set
-    // the group's balancer cannot hold is not used: the last good one stays, and
-    // the reason shows as the group's DNS error.
-    void set_discovered(const std::string& group, std::vector<SocketAddress> addresses);
-    // DNS failed: keep the last good set; `error` is shown in the view until the next
-    // success (set_discovered clears it).
-    void set_discovery_error(const std::string& group, std::string error);
+    // DNS discovery results for one name ("NAME:PORT") of a group's `dns`: its full
+    // current set. The group discovers the union of its names' sets (a static target
+    // at one of the addresses stays the static one). A union the group's balancer
+    // cannot hold is not used: the last one that fitted stays, and the reason shows
+    // as the group's DNS error. Names the group does not list (a reload dropped
+    // them) are ignored.
+    void set_discovered(const std::string& group, const std::string& name,
+                        std::vector<SocketAddress> addresses);
+    // That name's lookup failed: keep its last good set; `error` is shown in the view
+    // until the name's next success (set_discovered clears it).
+    void set_discovery_error(const std::string& group, const std::string& name, std::string error);
     // Admin drain/enable. group may be empty when the id is unique across groups.
     AdminChange drain(const std::string& group, const std::string& id);
     AdminChange enable(const std::string& group, const std::string& id);

@@ -54,6 +54,15 @@ void log_error(const std::string& group, const std::string& name, uint16_t port,
               where(group, name, port), answer.error, kept, kept == 1 ? "" : "s");
 }
 
+const DnsAnswer* find_answer(const DnsAnswers* answers, const std::string& group,
+                             const std::string& name) {
+    if (answers == nullptr) return nullptr;
+    auto g = answers->find(group);
+    if (g == answers->end()) return nullptr;
+    auto it = g->second.find(name);
+    return it == g->second.end() ? nullptr : &it->second;
+}
+
 }  // namespace
 
 DnsAnswer make_answer(std::vector<SocketAddress> addresses, const std::string& name) {
@@ -109,26 +118,27 @@ DiscoveryTracker::Report DiscoveryTracker::update(const DnsAnswer& answer) {
     return Report::result;
 }
 
-std::map<std::string, DnsAnswer> resolve_once(const Config& config, const Resolver& resolver) {
-    std::map<std::string, DnsAnswer> answers;
+DnsAnswers resolve_once(const Config& config, const Resolver& resolver) {
+    DnsAnswers answers;
     for (const auto& group : config.target_groups) {
-        if (!group.dns) continue;
-        DnsAnswer answer = resolver(group.dns->name, group.dns->port);
-        if (answer.ok()) {
-            log_result(group.name, group.dns->name, group.dns->port, answer.addresses);
-        } else {
-            log::warn("{}: {}; starting without discovered targets",
-                      where(group.name, group.dns->name, group.dns->port), answer.error);
+        for (const DnsDiscoveryConfig& dns : group.dns) {
+            DnsAnswer answer = resolver(dns.name, dns.port);
+            if (answer.ok()) {
+                log_result(group.name, dns.name, dns.port, answer.addresses);
+            } else {
+                log::warn("{}: {}; starting without its discovered targets",
+                          where(group.name, dns.name, dns.port), answer.error);
+            }
+            answers[group.name].emplace(dns.text(), std::move(answer));
         }
-        answers.emplace(group.name, std::move(answer));
     }
     return answers;
 }
 
-DnsDiscovery::DnsDiscovery(const Config& config, Callbacks callbacks,
-                           const std::map<std::string, DnsAnswer>& initial, Resolver resolver)
+DnsDiscovery::DnsDiscovery(const Config& config, Callbacks callbacks, const DnsAnswers& initial,
+                           Resolver resolver)
     : callbacks_(std::move(callbacks)), resolver_(std::move(resolver)) {
-    set_groups(config, &initial);
+    set_names(config, &initial);
 }
 
 DnsDiscovery::~DnsDiscovery() {
@@ -153,65 +163,61 @@ void DnsDiscovery::stop() {
 void DnsDiscovery::apply(const Config& config) {
     {
         std::lock_guard lock(mutex_);
-        set_groups(config, nullptr);
+        set_names(config, nullptr);
     }
     wake_.notify_all();
 }
 
 // Called with the mutex held (or before the thread exists).
-void DnsDiscovery::set_groups(const Config& config,
-                              const std::map<std::string, DnsAnswer>* initial) {
+void DnsDiscovery::set_names(const Config& config, const DnsAnswers* initial) {
     const auto now = Clock::now();
-    std::map<std::string, Group> next;
+    std::map<Key, Name> next;
     for (const auto& group : config.target_groups) {
-        if (!group.dns) continue;
-        auto old = groups_.find(group.name);
-        if (old != groups_.end() && old->second.name == group.dns->name &&
-            old->second.port == group.dns->port) {
-            Group kept = std::move(old->second);
-            // A shorter refresh takes effect now rather than after the old, longer wait.
-            if (group.dns->refresh < kept.refresh)
-                kept.due = std::min(kept.due, now + group.dns->refresh);
-            kept.refresh = group.dns->refresh;
-            next.emplace(group.name, std::move(kept));
-            continue;
-        }
-        Group fresh;
-        fresh.name = group.dns->name;
-        fresh.port = group.dns->port;
-        fresh.refresh = group.dns->refresh;
-        fresh.generation = next_generation_++;
-        fresh.due = now;
-        if (initial != nullptr) {
-            if (auto it = initial->find(group.name); it != initial->end()) {
-                fresh.tracker.update(it->second);
+        for (const DnsDiscoveryConfig& dns : group.dns) {
+            Key key{group.name, dns.text()};
+            if (auto old = names_.find(key); old != names_.end()) {
+                Name kept = std::move(old->second);
+                // A shorter refresh takes effect now rather than after the old, longer wait.
+                if (dns.refresh < kept.refresh) kept.due = std::min(kept.due, now + dns.refresh);
+                kept.refresh = dns.refresh;
+                next.emplace(std::move(key), std::move(kept));
+                continue;
+            }
+            Name fresh;
+            fresh.name = dns.name;
+            fresh.port = dns.port;
+            fresh.refresh = dns.refresh;
+            fresh.generation = next_generation_++;
+            fresh.due = now;
+            if (const DnsAnswer* answer = find_answer(initial, key.first, key.second)) {
+                fresh.tracker.update(*answer);
                 fresh.due = now + fresh.refresh;
             }
+            next.emplace(std::move(key), std::move(fresh));
         }
-        next.emplace(group.name, std::move(fresh));
     }
-    groups_ = std::move(next);
+    names_ = std::move(next);
 }
 
 void DnsDiscovery::run() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-        auto soonest = groups_.end();
-        for (auto it = groups_.begin(); it != groups_.end(); ++it) {
-            if (soonest == groups_.end() || it->second.due < soonest->second.due) soonest = it;
+        auto soonest = names_.end();
+        for (auto it = names_.begin(); it != names_.end(); ++it) {
+            if (soonest == names_.end() || it->second.due < soonest->second.due) soonest = it;
         }
-        if (soonest == groups_.end()) {
-            wake_.wait(lock);  // nothing to resolve until a reload adds a group
+        if (soonest == names_.end()) {
+            wake_.wait(lock);  // nothing to resolve until a reload adds a name
             continue;
         }
         if (const Clock::time_point due = soonest->second.due; Clock::now() < due) {
             // Re-evaluated after every wake-up: apply() may have changed the schedule.
             // A copy: wait_until reads its argument again on waking, and apply() may
-            // have freed the group meanwhile.
+            // have freed the name meanwhile.
             wake_.wait_until(lock, due);
             continue;
         }
-        const std::string group = soonest->first;
+        const Key key = soonest->first;
         const std::string name = soonest->second.name;
         const uint16_t port = soonest->second.port;
         const uint64_t generation = soonest->second.generation;
@@ -221,24 +227,26 @@ void DnsDiscovery::run() {
         lock.lock();
         if (stopping_) break;
 
-        auto it = groups_.find(group);
-        if (it == groups_.end() || it->second.generation != generation) continue;
-        Group& g = it->second;
-        g.due = Clock::now() + g.refresh;
-        const auto report = g.tracker.update(answer);
+        auto it = names_.find(key);
+        if (it == names_.end() || it->second.generation != generation) continue;
+        Name& n = it->second;
+        n.due = Clock::now() + n.refresh;
+        const auto report = n.tracker.update(answer);
         if (report == DiscoveryTracker::Report::nothing) continue;
+        const auto& [group, text] = key;
         if (report == DiscoveryTracker::Report::result) {
             log_result(group, name, port, answer.addresses);
         } else {
-            log_error(group, name, port, answer, g.tracker);
+            log_error(group, name, port, answer, n.tracker);
         }
         // Outside the lock: the callee may block (Control applies it on its thread),
         // and apply() or stop() must not wait behind that.
         lock.unlock();
         if (report == DiscoveryTracker::Report::result) {
-            if (callbacks_.on_result) callbacks_.on_result(group, std::move(answer.addresses));
+            if (callbacks_.on_result)
+                callbacks_.on_result(group, text, std::move(answer.addresses));
         } else {
-            if (callbacks_.on_error) callbacks_.on_error(group, std::move(answer.error));
+            if (callbacks_.on_error) callbacks_.on_error(group, text, std::move(answer.error));
         }
         lock.lock();
     }

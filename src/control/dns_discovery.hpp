@@ -1,6 +1,9 @@
 // DNS discovery of targets: the job the AWS Load Balancer Controller does for an NLB
 // in front of a Kubernetes headless service. A target group with `dns = "NAME:PORT"`
-// gets one target per A and AAAA address of NAME, re-resolved every `dns_refresh`.
+// (or several names, or quick mode's --target HOST:PORT) gets one target per A and
+// AAAA address of each name, re-resolved every `dns_refresh`. Each name is looked up
+// and reported on its own: one failing name keeps its own last good set and does
+// not hold back the others.
 //
 // Resolution runs on its own thread, never on the data path or the control thread:
 // getaddrinfo blocks, for as long as resolv.conf's timeouts allow. Results go out
@@ -17,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "stickyd/address.hpp"
@@ -68,25 +72,31 @@ class DiscoveryTracker {
     bool failing_ = false;
 };
 
-// One synchronous lookup per group with `dns` set, keyed by group name: the set a
-// daemon starts with, so the first clients already reach discovered targets. Logs
-// each outcome (info on success, warn on failure).
-std::map<std::string, DnsAnswer> resolve_once(const Config& config,
-                                              const Resolver& resolver = resolve_dns);
+// Answers by target group, then by name ("NAME:PORT", DnsDiscoveryConfig::text).
+using DnsAnswers = std::map<std::string, std::map<std::string, DnsAnswer>>;
+
+// One synchronous lookup per name of every group with `dns` set: the sets a daemon
+// starts with, so the first clients already reach discovered targets. Logs each
+// outcome (info on success, warn on failure).
+DnsAnswers resolve_once(const Config& config, const Resolver& resolver = resolve_dns);
 
 class DnsDiscovery {
   public:
+    // Both are called on the discovery thread, with the group and the name
+    // ("NAME:PORT") the answer is for.
     struct Callbacks {
-        // The group's full current set; called on the discovery thread.
-        std::function<void(const std::string& group, std::vector<SocketAddress>)> on_result;
-        // The first failure of a run; the caller keeps the last good set.
-        std::function<void(const std::string& group, std::string error)> on_error;
+        // The name's full current set.
+        std::function<void(const std::string& group, const std::string& name,
+                           std::vector<SocketAddress>)>
+            on_result;
+        // The first failure of a run; the caller keeps the name's last good set.
+        std::function<void(const std::string& group, const std::string& name, std::string error)>
+            on_error;
     };
 
     // `initial`: resolve_once's answers, which the caller has already applied; they
     // count as reported, so the thread only calls back when something differs.
-    DnsDiscovery(const Config& config, Callbacks callbacks,
-                 const std::map<std::string, DnsAnswer>& initial = {},
+    DnsDiscovery(const Config& config, Callbacks callbacks, const DnsAnswers& initial = {},
                  Resolver resolver = resolve_dns);
     ~DnsDiscovery();
     DnsDiscovery(const DnsDiscovery&) = delete;
@@ -98,14 +108,15 @@ class DnsDiscovery {
     // stopping whatever the callbacks feed.
     void stop();
 
-    // A reload: groups whose NAME and PORT are unchanged keep their state (no
-    // callback unless the answer differs); new or changed ones are resolved at once
-    // and report their first good set; groups without `dns` are forgotten.
+    // A reload: a group's names (NAME and PORT) that stay keep their state (no
+    // callback unless the answer differs); new ones are resolved at once and report
+    // their first good set; names no longer listed are forgotten.
     void apply(const Config& config);
 
   private:
     using Clock = std::chrono::steady_clock;
-    struct Group {
+    using Key = std::pair<std::string, std::string>;  // (target group, "NAME:PORT")
+    struct Name {
         std::string name;
         uint16_t port = 0;
         Duration refresh{};
@@ -114,14 +125,14 @@ class DnsDiscovery {
         DiscoveryTracker tracker;
     };
 
-    void set_groups(const Config& config, const std::map<std::string, DnsAnswer>* initial);
+    void set_names(const Config& config, const DnsAnswers* initial);
     void run();
 
     Callbacks callbacks_;
     Resolver resolver_;
     std::mutex mutex_;
     std::condition_variable wake_;
-    std::map<std::string, Group> groups_;  // by target group name
+    std::map<Key, Name> names_;
     uint64_t next_generation_ = 1;
     bool stopping_ = false;
     std::thread thread_;

@@ -57,11 +57,20 @@ void insert_sorted(std::vector<DesiredTarget>& targets, DesiredTarget target) {
     targets.insert(at, std::move(target));
 }
 
+// dns = "a:80", or dns = ["a:80", "b:8080"], as the file would say it.
+std::string dns_setting(const TargetGroupConfig& group) {
+    if (group.dns.size() == 1) return fmt::format("\"{}\"", group.dns[0].text());
+    std::string names;
+    for (const DnsDiscoveryConfig& dns : group.dns) {
+        names += fmt::format("{}\"{}\"", names.empty() ? "" : ", ", dns.text());
+    }
+    return "[" + names + "]";
+}
+
 std::string dns_refusal(const TargetGroupConfig& group) {
     return fmt::format(
-        "target group '{}' takes its targets from DNS (dns = \"{}:{}\"), not from "
-        "the admin API",
-        group.name, group.dns->name, group.dns->port);
+        "target group '{}' takes its targets from DNS (dns = {}), not from the admin API",
+        group.name, dns_setting(group));
 }
 
 OverlayEdit refused(OverlayEdit::Outcome outcome, std::string message) {
@@ -101,6 +110,11 @@ std::vector<DesiredTarget> desired_targets(const TargetGroupConfig& group,
         by_id.try_emplace(t.id, DesiredTarget{t.id, t.address, t.weight, TargetOrigin::runtime});
     }
     for (const SocketAddress& address : discovered) {
+        // An address the group has already (a static target with an id of its own)
+        // is that target: one backend, one target.
+        const bool known = std::any_of(by_id.begin(), by_id.end(),
+                                       [&](const auto& t) { return t.second.address == address; });
+        if (known) continue;
         std::string id = address.to_string();
         by_id.try_emplace(id, DesiredTarget{id, address, 1, TargetOrigin::dns});
     }
@@ -114,7 +128,7 @@ OverlayEdit register_target(const TargetGroupConfig& group,
                             std::span<const SocketAddress> discovered,
                             const RuntimeOverlay& overlay, const Registration& target) {
     const std::string name = name_of(target.id, target.address);
-    if (group.dns) return refused(OverlayEdit::Outcome::conflict, dns_refusal(group));
+    if (!group.dns.empty()) return refused(OverlayEdit::Outcome::conflict, dns_refusal(group));
     for (const DesiredTarget& t : desired_targets(group, discovered, overlay)) {
         if (t.id == target.id) {
             return refused(OverlayEdit::Outcome::conflict,
@@ -154,7 +168,7 @@ OverlayEdit register_target(const TargetGroupConfig& group,
 OverlayEdit deregister_target(const TargetGroupConfig& group,
                               std::span<const SocketAddress> discovered,
                               const RuntimeOverlay& overlay, const std::string& id) {
-    if (group.dns) {
+    if (!group.dns.empty()) {
         return refused(OverlayEdit::Outcome::conflict,
                        dns_refusal(group) + "; drain a target to take it out of service");
     }
@@ -177,7 +191,7 @@ OverlayEdit deregister_target(const TargetGroupConfig& group,
 RuntimeOverlay rebase_overlay(const RuntimeOverlay& overlay, const TargetGroupConfig* next,
                               std::vector<std::string>& notes) {
     if (next == nullptr || overlay.empty()) return {};
-    if (next->dns) {
+    if (!next->dns.empty()) {
         notes.push_back(fmt::format(
             "target group '{}' now takes its targets from DNS: {} registered and {} deregistered "
             "at run time go back to what DNS and the file say",

@@ -150,10 +150,12 @@ bool Daemon::adopt_systemd_sockets() {
     return true;
 }
 
-bool Daemon::start_control(const std::map<std::string, DnsAnswer>& initial_dns) {
+bool Daemon::start_control(const DnsAnswers& initial_dns) {
     Control::Discovered discovered;
-    for (const auto& [group, answer] : initial_dns) {
-        if (answer.ok()) discovered[group] = answer.addresses;
+    for (const auto& [group, answers] : initial_dns) {
+        for (const auto& [name, answer] : answers) {
+            if (answer.ok()) discovered[group][name] = answer.addresses;
+        }
     }
     try {
         control_ = std::make_unique<Control>(
@@ -277,27 +279,29 @@ void Daemon::log_listening() const {
 // Hands the answers resolve_once found to the control thread (successes went
 // into the Control constructor already when starting) and creates the discovery
 // thread that keeps them current; the caller starts it.
-void Daemon::create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
-                        bool apply_results) {
+void Daemon::create_dns(const Config& config, const DnsAnswers& initial, bool apply_results) {
     const bool any = std::any_of(config.target_groups.begin(), config.target_groups.end(),
-                                 [](const TargetGroupConfig& g) { return g.dns.has_value(); });
+                                 [](const TargetGroupConfig& g) { return !g.dns.empty(); });
     if (!any) return;
-    for (const auto& [group, answer] : initial) {
-        if (!answer.ok()) {
-            control_->set_discovery_error(group, answer.error);
-        } else if (apply_results) {
-            control_->set_discovered(group, answer.addresses);
+    for (const auto& [group, answers] : initial) {
+        for (const auto& [name, answer] : answers) {
+            if (!answer.ok()) {
+                control_->set_discovery_error(group, name, answer.error);
+            } else if (apply_results) {
+                control_->set_discovered(group, name, answer.addresses);
+            }
         }
     }
     Control* control = control_.get();
     dns_ = std::make_unique<DnsDiscovery>(
         config,
         DnsDiscovery::Callbacks{
-            [control](const std::string& group, std::vector<SocketAddress> addresses) {
-                control->set_discovered(group, std::move(addresses));
+            [control](const std::string& group, const std::string& name,
+                      std::vector<SocketAddress> addresses) {
+                control->set_discovered(group, name, std::move(addresses));
             },
-            [control](const std::string& group, std::string error) {
-                control->set_discovery_error(group, std::move(error));
+            [control](const std::string& group, const std::string& name, std::string error) {
+                control->set_discovery_error(group, name, std::move(error));
             }},
         initial);
 }

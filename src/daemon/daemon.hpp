@@ -88,7 +88,7 @@ class Daemon {
     using Prepare = std::variant<std::unique_ptr<Prepared>, std::string>;
 
     bool adopt_systemd_sockets();
-    bool start_control(const std::map<std::string, DnsAnswer>& initial_dns);
+    bool start_control(const DnsAnswers& initial_dns);
     bool check_ports_free();
     bool create_workers();
     bool start_admin();
@@ -108,8 +108,7 @@ class Daemon {
     void stop_services();
     // One socket per worker for `listener` (adopted ones are dup'ed); empty on error.
     std::vector<int> open_sockets(const ListenerConfig& listener, std::string& error);
-    void create_dns(const Config& config, const std::map<std::string, DnsAnswer>& initial,
-                    bool apply_results);
+    void create_dns(const Config& config, const DnsAnswers& initial, bool apply_results);
 
     Config config_;
     DaemonOptions options_;

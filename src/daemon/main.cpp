@@ -113,10 +113,15 @@ int check_config(const std::string& path) {
         fmt::print(stderr, "{}: warning: {}\n", path, *warning);
     }
     size_t targets = 0;
-    for (const auto& group : config.target_groups) targets += group.targets.size();
-    fmt::print("{}: configuration OK ({}, {}, {})\n", path,
+    size_t names = 0;
+    for (const auto& group : config.target_groups) {
+        targets += group.targets.size();
+        names += group.dns.size();
+    }
+    fmt::print("{}: configuration OK ({}, {}, {}{})\n", path,
                count_of(config.listeners.size(), "listener"),
-               count_of(config.target_groups.size(), "target group"), count_of(targets, "target"));
+               count_of(config.target_groups.size(), "target group"), count_of(targets, "target"),
+               names == 0 ? "" : ", " + count_of(names, "DNS name"));
     return kExitOk;
 }
 
@@ -168,7 +173,9 @@ int run_quick_mode(const Flags& f, DaemonOptions options) {
     if (f.quick.listen.empty()) {
         return usage_error("quick mode needs --listen ADDR as well as --target ADDR");
     }
-    if (f.quick.targets.empty()) return usage_error("quick mode needs at least one --target ADDR");
+    if (f.quick.targets.empty()) {
+        return usage_error("quick mode needs at least one --target ADDR or HOST:PORT");
+    }
     auto built = config_from_flags(f.quick);
     if (auto* error = std::get_if<std::string>(&built)) return usage_error(*error);
     Config config = std::move(std::get<Config>(built));

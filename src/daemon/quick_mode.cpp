@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <charconv>
 #include <map>
 #include <optional>
@@ -21,7 +22,10 @@ std::vector<CLI::Option*> add_routing_flags(CLI::App& app, QuickFlags& f) {
     return {
         app.add_option("--listen", f.listen, "Address to accept clients on (repeatable)"),
         app.add_option("--target", f.targets,
-                       "Backend ip:port (repeatable, order does not matter)"),
+                       "Backend ADDR (ip:port) or HOST:PORT, a name resolved to its addresses "
+                       "(repeatable, order does not matter)"),
+        app.add_option("--dns-refresh", f.dns_refresh,
+                       "How often a --target HOST:PORT is resolved again (default 5s)"),
         app.add_option("--algorithm", f.algorithm, "ring (default) or maglev")
             ->check(CLI::IsMember({"ring", "maglev"})),
         app.add_option("--prefix-v4", f.prefix_v4, "Hash only this IPv4 prefix (default 32)")
@@ -180,6 +184,91 @@ std::optional<std::string> read_addresses(std::string_view flag,
     return std::nullopt;
 }
 
+constexpr std::string_view kAddressExample = "ip:port such as 127.0.0.1:9001 or [::1]:9001";
+
+bool valid_port(std::string_view text) {
+    unsigned port = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+    return ec == std::errc() && ptr == text.data() + text.size() && port >= 1 && port <= 65535;
+}
+
+// A --target that is not an address: the name it is as dns = "HOST:PORT" would take
+// it, or what is wrong with it.
+std::variant<DnsDiscoveryConfig, std::string> host_and_port(std::string_view text) {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) {
+        return fmt::format(
+            "not an address or HOST:PORT; expected {}, or HOST:PORT such as "
+            "localhost:9001",
+            kAddressExample);
+    }
+    const std::string_view host = text.substr(0, colon);
+    const std::string_view port = text.substr(colon + 1);
+    const bool ipv6 = text.starts_with('[') || host.find(':') != std::string_view::npos;
+    if (ipv6 && !(text.starts_with('[') && host.ends_with(']'))) {
+        return fmt::format("not an address; expected {}", kAddressExample);
+    }
+    if (!valid_port(port)) return fmt::format("the port must be from 1 to 65535, got '{}'", port);
+    // Digits and dots only: a mistyped IPv4 address, never a host name (no top-level
+    // domain is numeric), and not worth a lookup.
+    const bool numeric = host.find_first_not_of("0123456789.") == std::string_view::npos;
+    if (ipv6 || (numeric && !host.empty())) {
+        return fmt::format("not an address; expected {}", kAddressExample);
+    }
+    if (host.empty()) return "the host is empty; expected HOST:PORT such as localhost:9001";
+    auto dns = parse_dns_name(text);
+    if (!dns) {
+        return fmt::format(
+            "'{}' is not a host name (letters, digits, '-', '_' and dots between labels of 1 "
+            "to 63)",
+            host);
+    }
+    return *std::move(dns);
+}
+
+std::string folded(std::string text) {
+    for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return text;
+}
+
+// Each --target once: an address a static target, a HOST:PORT one of the group's
+// dns names, all refreshed every --dns-refresh.
+std::optional<std::string> read_targets(const QuickFlags& f, TargetGroupConfig& group) {
+    std::set<std::string> addresses;
+    std::set<std::string> names;
+    for (size_t i = 0; i < f.targets.size(); ++i) {
+        if (auto address = SocketAddress::parse(f.targets[i])) {
+            if (!addresses.insert(address->to_string()).second) {
+                return fmt::format("{}: duplicate address", nth("--target", i, f.targets));
+            }
+            group.targets.push_back(TargetConfig{address->to_string(), *address, 1});
+            continue;
+        }
+        auto name = host_and_port(f.targets[i]);
+        if (auto* problem = std::get_if<std::string>(&name)) {
+            return fmt::format("{}: {}", nth("--target", i, f.targets), *problem);
+        }
+        auto& dns = std::get<DnsDiscoveryConfig>(name);
+        // DNS names ignore case: Web:8080 and web:8080 are the same targets.
+        if (!names.insert(folded(dns.text())).second) {
+            return fmt::format("{}: duplicate host name", nth("--target", i, f.targets));
+        }
+        group.dns.push_back(std::move(dns));
+    }
+    if (f.dns_refresh.empty()) return std::nullopt;
+    if (group.dns.empty()) {
+        return "--dns-refresh: only applies with a --target HOST:PORT (a name to resolve); add "
+               "one or remove the flag";
+    }
+    Duration refresh{};
+    if (auto error = read_duration("--dns-refresh", f.dns_refresh, "a duration from 100ms to 1h",
+                                   refresh, Duration{100}, Duration{3600 * 1000})) {
+        return error;
+    }
+    for (DnsDiscoveryConfig& dns : group.dns) dns.refresh = refresh;
+    return std::nullopt;
+}
+
 std::variant<TargetGroupConfig, std::string> group_from_flags(const QuickFlags& f) {
     TargetGroupConfig group;
     group.name = "default";
@@ -194,14 +283,7 @@ std::variant<TargetGroupConfig, std::string> group_from_flags(const QuickFlags& 
     group.proxy_protocol_v2 = f.proxy_protocol_v2;
     group.preserve_client_ip = f.preserve_client_ip;
     if (auto error = read_health_flags(f, group)) return *error;
-    std::vector<SocketAddress> targets;
-    if (auto error =
-            read_addresses("--target", f.targets, "127.0.0.1:9001 or [::1]:9001", targets)) {
-        return *error;
-    }
-    for (const SocketAddress& address : targets) {
-        group.targets.push_back(TargetConfig{address.to_string(), address, 1});
-    }
+    if (auto error = read_targets(f, group)) return *error;
     return group;
 }
 
@@ -251,6 +333,7 @@ const std::map<std::string, std::string, std::less<>> kFlagOfKey{
     {"idle_timeout", "--idle-timeout"},
     {"proxy_protocol_timeout", "--proxy-protocol-timeout"},
     {"target", "--target"},
+    {"dns_refresh", "--dns-refresh"},
     {"maglev_table_size", "--algorithm"},
     {"connect_timeout", "--connect-timeout"},
     {"connect_retries", "--connect-retries"},
@@ -308,15 +391,33 @@ std::variant<Config, std::string> config_from_flags(const QuickFlags& flags) {
     return config;
 }
 
+// Which --target made the group's static target (or dns name) number `n`: the
+// n-th of the flags that are (or are not) addresses.
+std::optional<size_t> target_flag(const std::vector<std::string>& targets, bool address, size_t n) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+        if (SocketAddress::parse(targets[i]).has_value() != address) continue;
+        if (n-- == 0) return i;
+    }
+    return std::nullopt;
+}
+
 std::string as_flag_error(const ConfigError& error, const QuickFlags& flags) {
     static const std::regex kPath(
         R"((?:global\.|target_group\[0\]\.|listener\[(\d+)\]\.)?(target\[(\d+)\]\.)?(.*))");
+    static const std::regex kDns(R"(target_group\[0\]\.dns(?:\[(\d+)\])?)");
     std::smatch m;
+    if (std::regex_match(error.key_path, m, kDns)) {
+        const size_t n = m[1].matched ? std::stoul(m[1].str()) : 0;
+        if (auto i = target_flag(flags.targets, false, n)) {
+            return nth("--target", *i, flags.targets) + ": " + error.message;
+        }
+    }
     if (!std::regex_match(error.key_path, m, kPath)) return error.to_string();
     if (m[2].matched) {
-        const size_t i = std::stoul(m[3].str());
-        if (i < flags.targets.size())
-            return nth("--target", i, flags.targets) + ": " + error.message;
+        const size_t n = std::stoul(m[3].str());
+        if (auto i = target_flag(flags.targets, true, n)) {
+            return nth("--target", *i, flags.targets) + ": " + error.message;
+        }
     }
     if (m[1].matched && m[4] == "bind") {
         const size_t i = std::stoul(m[1].str());

@@ -1,6 +1,8 @@
 // Quick mode: a local NLB emulator from flags alone, no configuration file. One
 // target group "default" of the --target addresses behind every --listen address,
-// with checks fast enough for local use.
+// with checks fast enough for local use. A --target HOST:PORT is a name the group
+// resolves as a file's dns = "HOST:PORT" (localhost:9001, web:8080 in a compose
+// network), beside the literal addresses.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -14,7 +16,8 @@ namespace stickyd {
 
 struct QuickFlags {
     std::vector<std::string> listen;
-    std::vector<std::string> targets;
+    std::vector<std::string> targets;  // ip:port or HOST:PORT
+    std::string dns_refresh;           // empty = dns_refresh's default
     std::string algorithm = "ring";
     unsigned prefix_v4 = 32;
     unsigned prefix_v6 = 128;
@@ -51,7 +54,10 @@ std::vector<CLI::Option*> add_quick_mode_flags(CLI::App& app, QuickFlags& flags)
 
 // The configuration the flags describe, or one line naming the flag at fault (and
 // which --target or --listen, counting from 1), e.g.
-// "--target #2 127.0.0.1:9001: duplicate address".
+// "--target #2 127.0.0.1:9001: duplicate address". A --target that is an address
+// is a static target with that id; any other HOST:PORT is one of the group's dns
+// names (duplicates are refused alike: an address once, a name once whatever its
+// case).
 std::variant<Config, std::string> config_from_flags(const QuickFlags& flags);
 
 // A validation error of a config built from the command line, told in flags

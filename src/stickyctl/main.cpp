@@ -121,12 +121,22 @@ const TargetGroupConfig& load_group(const Common& common, Config& storage) {
     if (!choice.group) throw UserError(choice.error);
     // Nothing to show or move; a DNS group's targets exist only in a running daemon.
     const TargetGroupConfig& group = *choice.group;
+    std::string names;
+    for (const DnsDiscoveryConfig& dns : group.dns)
+        names += (names.empty() ? "" : ", ") + dns.text();
     if (group.targets.empty()) {
         throw UserError(fmt::format(
             "group {} has no targets in {}{}", group.name, common.config_path,
-            group.dns ? fmt::format(" (they come from DNS {}:{}; ask the daemon with --admin)",
-                                    group.dns->name, group.dns->port)
-                      : ""));
+            names.empty()
+                ? ""
+                : fmt::format(" (they come from DNS {}; ask the daemon with --admin)", names)));
+    }
+    if (!names.empty()) {
+        // The answer is right for the static targets alone; say so, off stdout.
+        fmt::print(stderr,
+                   "stickyctl: note: group {} also takes targets from DNS {}; this answer counts "
+                   "only its {} (ask the daemon with --admin for all)\n",
+                   group.name, names, count_of(group.targets.size(), "static target"));
     }
     return group;
 }
@@ -400,6 +410,14 @@ int run_status(const Common& common) {
                        g["routing"]["fingerprint"].get<std::string>(),
                        g["routing"]["mapping_version"].get<unsigned>(),
                        g["routing"]["usable_fingerprint"].get<std::string>());
+        }
+        // An older daemon's /status has no dns_names.
+        if (g.contains("dns_names") && g["dns_names"].is_array() && !g["dns_names"].empty()) {
+            std::string names;
+            for (const Json& n : g["dns_names"]) {
+                names += (names.empty() ? "" : ", ") + n.get<std::string>();
+            }
+            fmt::print("DNS names: {}\n", names);
         }
         if (g["dns_error"].is_string()) {
             fmt::print("DNS: {}\n", g["dns_error"].get<std::string>());

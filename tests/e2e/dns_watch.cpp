@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     Config config;
     TargetGroupConfig group;
     group.name = "web";
-    group.dns = DnsDiscoveryConfig{argv[1], static_cast<uint16_t>(port), Duration{refresh_ms}};
+    group.dns = {DnsDiscoveryConfig{argv[1], static_cast<uint16_t>(port), Duration{refresh_ms}}};
     config.target_groups.push_back(group);
 
     // Blocked before any thread starts, so only sigwait below takes them.
@@ -68,13 +68,15 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     auto initial = resolve_once(config);
-    const DnsAnswer& first = initial.at("web");
+    const DnsAnswer& first = initial.at("web").at(group.dns[0].text());
     emit(first.ok() ? "result " + join(first.addresses) : "error " + first.error);
 
     DnsDiscovery discovery(
         config,
-        {[](const std::string&, std::vector<SocketAddress> list) { emit("result " + join(list)); },
-         [](const std::string&, std::string error) { emit("error " + error); }},
+        {[](const std::string&, const std::string&, std::vector<SocketAddress> list) {
+             emit("result " + join(list));
+         },
+         [](const std::string&, const std::string&, std::string error) { emit("error " + error); }},
         initial);
     discovery.start();
     int sig = 0;

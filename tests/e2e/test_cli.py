@@ -244,8 +244,8 @@ def test_quick_mode_errors_name_the_flag():
     )
     stickyd_error(
         ["--listen", listen, "--target", "127.0.0.1:9001", "--target", "1.2.3.4"],
-        "stickyd: --target #2 1.2.3.4: not an address; expected ip:port such as "
-        "127.0.0.1:9001 or [::1]:9001",
+        "stickyd: --target #2 1.2.3.4: not an address or HOST:PORT; expected ip:port such as "
+        "127.0.0.1:9001 or [::1]:9001, or HOST:PORT such as localhost:9001",
         2,
     )
     stickyd_error(quick + ["--threads", "abc"], "stickyd: --threads: 'abc' is not a number", 2)

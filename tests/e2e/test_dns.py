@@ -39,14 +39,19 @@ def need_namespaces():
 
 
 class HostsFile:
-    """A hosts file rewritten in place: same inode and size, one pwrite per change."""
+    """A hosts file rewritten in place: same inode and size, one pwrite per change.
+
+    set() takes NAME's addresses, or {name: [addresses]} for several names."""
 
     def __init__(self, addresses):
         self.path = h.write_file("hosts", "")
         self.set(addresses)
 
     def set(self, addresses):
-        text = "127.0.0.1 localhost\n" + "".join(f"{a} {NAME}\n" for a in addresses)
+        names = addresses if isinstance(addresses, dict) else {NAME: addresses}
+        text = "127.0.0.1 localhost\n" + "".join(
+            f"{a} {name}\n" for name, ips in names.items() for a in ips
+        )
         # Padding with a comment keeps the size fixed, so a lookup racing the write
         # sees the old or the new list, never an empty or a truncated file.
         data = text.encode() + b"#" + b" " * (HOSTS_SIZE - len(text) - 2) + b"\n"
@@ -284,6 +289,86 @@ def test_stickyd_keeps_the_last_good_set_when_the_name_fails():
         "recovery in the log", lambda: stickyd.log().count("resolves to") >= 2, process=stickyd
     )
     h.expect_eq(h.mapping(lb, clients), before, "mapping after the name is back")
+
+
+# ---------------------------------------------------------------------------------
+# Several names in one group, beside a static target: dns = ["a:PORT", "b:PORT"].
+
+API = "api.stickyd.test"
+
+
+def test_stickyd_several_names_and_a_reload_that_drops_one():
+    need_namespaces()
+    port, _ = dns_backends(
+        [("app-a", "127.0.0.2"), ("api-a", "127.0.0.3"), ("static", "127.0.0.4")]
+    )
+    hosts = HostsFile({NAME: ["127.0.0.2"], API: ["127.0.0.3"]})
+    lb = h.lb_addr()
+    group = {
+        "name": "web",
+        "connect_timeout": "1s",
+        "dns": [f"{NAME}:{port}", f"{API}:{port}"],
+        "dns_refresh": "200ms",
+        "health_check": {"interval": "300ms", "timeout": "200ms"},
+        "targets": [{"id": "static", "address": f"127.0.0.4:{port}"}],
+    }
+    config = h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}], [group])
+    path = h.write_file("stickyd.toml", config)
+    dns_supported(path)
+    stickyd = in_namespace([h.STICKYD_BIN, "--config", path], hosts, "stickyd")
+    h.wait_accepting(lb, stickyd)
+    clients = h.source_ips(40, first=20)
+    h.expect_eq(reached(lb, clients), {"app-a", "api-a", "static"}, "backends reached")
+
+    group["dns"] = [f"{NAME}:{port}"]
+    h.write_file(
+        "stickyd.toml", h.config_text([{"bind": h.fmt_addr(lb), "target_group": "web"}], [group])
+    )
+    stickyd.signal(signal.SIGHUP)
+    h.wait_for(
+        "api's target gone from new connections",
+        lambda: reached(lb, clients) == {"app-a", "static"},
+        process=stickyd,
+    )
+    h.expect(
+        f"target 127.0.0.3:{port} is deregistering: no longer in DNS" in stickyd.log(),
+        f"the log says why:\n{stickyd.log()}",
+    )
+
+
+def test_check_config_and_offline_stickyctl_on_a_group_with_names():
+    path = h.write_file(
+        "names.toml",
+        h.config_text(
+            [{"bind": "127.0.0.1:8000", "target_group": "web"}],
+            [
+                {
+                    "name": "web",
+                    "dns": [f"{NAME}:80", f"{API}:8080"],
+                    "targets": [{"address": "127.0.0.1:9001"}],
+                }
+            ],
+        ),
+    )
+    r = h.run([h.STICKYD_BIN, "--check-config", path])
+    h.expect_eq(
+        r.stdout,
+        f"{path}: configuration OK (1 listener, 1 target group, 1 target, 2 DNS names)\n",
+        "--check-config",
+    )
+    # Offline, only the static targets are known: the answer says so, off stdout.
+    stickyctl = os.environ.get("STICKYCTL_BIN") or os.path.join(
+        os.path.dirname(h.STICKYD_BIN), "stickyctl"
+    )
+    r = h.run([stickyctl, "lookup", "--config", path, "10.0.0.1"])
+    h.expect_eq(r.returncode, 0, f"stickyctl lookup --config ({r.stderr})")
+    h.expect("127.0.0.1:9001" in r.stdout, r.stdout)
+    h.expect_eq(
+        r.stderr,
+        f"stickyctl: note: group web also takes targets from DNS {NAME}:80, {API}:8080; this "
+        "answer counts only its 1 static target (ask the daemon with --admin for all)\n",
+        "stickyctl lookup --config: stderr",
+    )
 
 
 # ---------------------------------------------------------------------------------

@@ -379,7 +379,7 @@ TEST_CASE("control: register starts a runtime target initial; deregister drains 
 TEST_CASE("control: registration errors name the problem") {
     Config c = two_groups();
     c.target_groups.push_back(group("dns", {}));
-    c.target_groups.back().dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    c.target_groups.back().dns = {DnsDiscoveryConfig{"app.local", 80, Duration{5000}}};
     Control control(c, nullptr);
     auto several = control.register_target("", registration("x", "127.0.0.1:9999"));
     CHECK(several.result == AdminChange::Result::invalid);
@@ -477,9 +477,9 @@ TEST_CASE("control: a reload that cannot hold the runtime targets is refused") {
 TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for the view") {
     Config c;
     c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
-    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"web.local", 80, Duration{5000}}};
     Control control(c, nullptr);
-    control.set_discovered("web",
+    control.set_discovered("web", "web.local:80",
                            {addr("127.0.0.2:80"), addr("127.0.0.3:80"), addr("127.0.0.2:80")});
     auto view = control.view();
     REQUIRE(view->groups[0].targets.size() == 3);
@@ -489,19 +489,20 @@ TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for 
     CHECK_FALSE(found->usable);  // added at runtime: initial until its first pass
     CHECK(view->groups[0].dns_error == std::nullopt);
 
-    control.set_discovery_error("web", "web.local: NXDOMAIN");
+    control.set_discovery_error("web", "web.local:80", "web.local: NXDOMAIN");
     view = control.view();
     CHECK(view->groups[0].dns_error == "web.local: NXDOMAIN");
     CHECK(view->groups[0].targets.size() == 3);
 
-    control.set_discovered("web", {addr("127.0.0.3:80")});
+    control.set_discovered("web", "web.local:80", {addr("127.0.0.3:80")});
     view = control.view();
     CHECK(view->groups[0].dns_error == std::nullopt);
     CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::removed);
     CHECK(target_in(*view, "web", "127.0.0.3:80")->deregistration == Deregistration::none);
     CHECK_FALSE(in_table(*control.slot("web")->load(), "127.0.0.2:80"));
 
-    control.set_discovered("nope", {addr("127.0.0.9:80")});  // unknown group: ignored
+    control.set_discovered("nope", "web.local:80",
+                           {addr("127.0.0.9:80")});  // unknown group: ignored
     CHECK(control.view()->groups.size() == 1);
 }
 
@@ -512,13 +513,13 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
     c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
     c.target_groups[0].algorithm = Algorithm::maglev;
     c.target_groups[0].maglev_table_size = 307;  // room for 3 targets, 100 entries each
-    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"web.local", 80, Duration{5000}}};
     Control control(c, nullptr);
-    control.set_discovered("web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")});
+    control.set_discovered("web", "web.local:80", {addr("127.0.0.2:80"), addr("127.0.0.3:80")});
     auto table = control.slot("web")->load();
     REQUIRE(table->targets.size() == 3);
 
-    control.set_discovered("web",
+    control.set_discovered("web", "web.local:80",
                            {addr("127.0.0.2:80"), addr("127.0.0.3:80"), addr("127.0.0.4:80")});
     auto view = control.view();
     REQUIRE(view->groups[0].dns_error.has_value());
@@ -536,7 +537,7 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
     CHECK(misfit->find("too small for 3 targets") != std::string::npos);
     CHECK(control.reload_refusal(c) == std::nullopt);
 
-    control.set_discovered("web", {addr("127.0.0.4:80")});  // fits again
+    control.set_discovered("web", "web.local:80", {addr("127.0.0.4:80")});  // fits again
     view = control.view();
     CHECK(view->groups[0].dns_error == std::nullopt);
     CHECK(target_in(*view, "web", "127.0.0.4:80")->deregistration == Deregistration::none);
@@ -546,8 +547,9 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
 TEST_CASE("control: DNS addresses a reload's balancer cannot hold deregister instead of failing") {
     Config c;
     c.target_groups = {group("web", {})};
-    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
-    Control control(c, nullptr, {{"web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}});
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"web.local", 80, Duration{5000}}};
+    Control control(c, nullptr,
+                    {{"web", {{"web.local:80", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}}}});
     REQUIRE(control.slot("web")->load()->targets.size() == 2);
 
     c.target_groups[0].algorithm = Algorithm::maglev;
@@ -565,12 +567,141 @@ TEST_CASE("control: DNS addresses at start-up that do not fit are not used") {
     c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
     c.target_groups[0].algorithm = Algorithm::maglev;
     c.target_groups[0].maglev_table_size = 211;
-    c.target_groups[0].dns = DnsDiscoveryConfig{"web.local", 80, Duration{5000}};
-    Control control(c, nullptr, {{"web", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}});
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"web.local", 80, Duration{5000}}};
+    Control control(c, nullptr,
+                    {{"web", {{"web.local:80", {addr("127.0.0.2:80"), addr("127.0.0.3:80")}}}}});
     auto view = control.view();
     CHECK(view->groups[0].targets.size() == 1);
     REQUIRE(view->groups[0].dns_error.has_value());
     CHECK(view->groups[0].dns_error->find("too small for 3 targets") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Several DNS names in one group, beside static targets (quick mode's --target
+// mix, or dns = ["a:80", "b:8080"]).
+
+std::vector<std::string> ids_of(const GroupView& g) {
+    std::vector<std::string> out;
+    for (const TargetView& t : g.targets) {
+        if (t.deregistration != Deregistration::removed) out.push_back(t.id);
+    }
+    return out;
+}
+
+Config mixed_group() {
+    Config c;
+    c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"a.local", 80, Duration{5000}},
+                              DnsDiscoveryConfig{"b.local", 8080, Duration{5000}}};
+    return c;
+}
+
+TEST_CASE("control: a group's targets are its static ones and the union of its names' sets") {
+    Control control(
+        mixed_group(), nullptr,
+        {{"web",
+          {{"a.local:80", {addr("127.0.0.2:80")}}, {"b.local:8080", {addr("127.0.0.3:8080")}}}}});
+    auto view = control.view();
+    CHECK(ids_of(view->groups[0]) ==
+          std::vector<std::string>{"127.0.0.2:80", "127.0.0.3:8080", "static"});
+    CHECK(view->groups[0].dns_names == std::vector<std::string>{"a.local:80", "b.local:8080"});
+    CHECK(target_in(*view, "web", "static")->origin == TargetOrigin::config);
+    CHECK(target_in(*view, "web", "127.0.0.3:8080")->origin == TargetOrigin::dns);
+
+    // b changes; a's set stays as it was.
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.4:8080")});
+    view = control.view();
+    CHECK(ids_of(view->groups[0]) ==
+          std::vector<std::string>{"127.0.0.2:80", "127.0.0.4:8080", "static"});
+    CHECK(target_in(*view, "web", "127.0.0.3:8080")->deregistration == Deregistration::removed);
+
+    // Two names naming the same address make one target, which stays while either
+    // still names it.
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.2:80"), addr("127.0.0.4:8080")});
+    control.set_discovered("web", "a.local:80", {addr("127.0.0.5:80")});
+    view = control.view();
+    CHECK(ids_of(view->groups[0]) ==
+          std::vector<std::string>{"127.0.0.2:80", "127.0.0.4:8080", "127.0.0.5:80", "static"});
+    CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::none);
+}
+
+TEST_CASE("control: a discovered address a static target has is that static target") {
+    Control control(mixed_group(), nullptr);
+    control.set_discovered("web", "a.local:80", {addr("127.0.0.1:9001"), addr("127.0.0.2:80")});
+    auto view = control.view();
+    // Not a second target "127.0.0.1:9001" beside "static": one backend, one target.
+    CHECK(ids_of(view->groups[0]) == std::vector<std::string>{"127.0.0.2:80", "static"});
+    CHECK(target_in(*view, "web", "static")->origin == TargetOrigin::config);
+    CHECK(target_in(*view, "web", "127.0.0.1:9001") == nullptr);
+}
+
+TEST_CASE("control: one failing name keeps its set and its error; the others go on") {
+    Control control(
+        mixed_group(), nullptr,
+        {{"web",
+          {{"a.local:80", {addr("127.0.0.2:80")}}, {"b.local:8080", {addr("127.0.0.3:8080")}}}}});
+    control.set_discovery_error("web", "a.local:80", "cannot resolve a.local: NXDOMAIN");
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.4:8080")});
+    auto view = control.view();
+    CHECK(view->groups[0].dns_error == "cannot resolve a.local: NXDOMAIN");  // not cleared by b
+    CHECK(ids_of(view->groups[0]) ==
+          std::vector<std::string>{"127.0.0.2:80", "127.0.0.4:8080", "static"});
+
+    control.set_discovery_error("web", "b.local:8080", "cannot resolve b.local: NXDOMAIN");
+    CHECK(control.view()->groups[0].dns_error ==
+          "cannot resolve a.local: NXDOMAIN; cannot resolve b.local: NXDOMAIN");
+    control.set_discovered("web", "a.local:80", {addr("127.0.0.2:80")});
+    CHECK(control.view()->groups[0].dns_error == "cannot resolve b.local: NXDOMAIN");
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.4:8080")});
+    CHECK(control.view()->groups[0].dns_error == std::nullopt);
+}
+
+TEST_CASE("control: a reload that drops a name drops its addresses; late answers are ignored") {
+    Config c = mixed_group();
+    Control control(
+        c, nullptr,
+        {{"web",
+          {{"a.local:80", {addr("127.0.0.2:80")}}, {"b.local:8080", {addr("127.0.0.3:8080")}}}}});
+    control.set_discovery_error("web", "b.local:8080", "cannot resolve b.local: NXDOMAIN");
+    c.target_groups[0].dns.pop_back();
+    control.apply(c);
+    auto view = control.view();
+    CHECK(ids_of(view->groups[0]) == std::vector<std::string>{"127.0.0.2:80", "static"});
+    CHECK(target_in(*view, "web", "127.0.0.3:8080")->deregistration == Deregistration::removed);
+    CHECK(view->groups[0].dns_names == std::vector<std::string>{"a.local:80"});
+    CHECK(view->groups[0].dns_error == std::nullopt);  // b's failure went with b
+
+    // An answer for b already on its way when the reload came.
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.9:8080")});
+    CHECK(target_in(*control.view(), "web", "127.0.0.9:8080") == nullptr);
+
+    // The last name gone: only the static target stays.
+    c.target_groups[0].dns.clear();
+    control.apply(c);
+    view = control.view();
+    CHECK(ids_of(view->groups[0]) == std::vector<std::string>{"static"});
+    CHECK(view->groups[0].dns_names.empty());
+}
+
+TEST_CASE("control: names' answers that do not fit together are held until they do") {
+    Config c = mixed_group();
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 307;  // room for 3 targets
+    Control control(c, nullptr, {{"web", {{"a.local:80", {addr("127.0.0.2:80")}}}}});
+    control.set_discovered("web", "b.local:8080", {addr("127.0.0.3:8080"), addr("127.0.0.4:8080")});
+    auto view = control.view();
+    REQUIRE(view->groups[0].dns_error.has_value());
+    CHECK(view->groups[0].dns_error->find("too small for 4 targets") != std::string::npos);
+    CHECK(ids_of(view->groups[0]) == std::vector<std::string>{"127.0.0.2:80", "static"});
+
+    // Without a, b's held answer fits: it is used at once, not at b's next change.
+    c.target_groups[0].dns.erase(c.target_groups[0].dns.begin());
+    REQUIRE(control.reload_refusal(c) == std::nullopt);
+    control.apply(c);
+    view = control.view();
+    CHECK(view->groups[0].dns_error == std::nullopt);
+    CHECK(ids_of(view->groups[0]) ==
+          std::vector<std::string>{"127.0.0.3:8080", "127.0.0.4:8080", "static"});
 }
 
 TEST_CASE("control: deregistration deadlines reset connections, then removed targets go") {

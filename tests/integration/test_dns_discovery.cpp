@@ -46,7 +46,7 @@ std::vector<std::string> strings(const std::vector<SocketAddress>& list) {
     return out;
 }
 
-Config config_with(std::vector<std::pair<std::string, std::optional<DnsDiscoveryConfig>>> groups) {
+Config config_with(std::vector<std::pair<std::string, std::vector<DnsDiscoveryConfig>>> groups) {
     Config config;
     for (auto& [name, dns] : groups) {
         TargetGroupConfig g;
@@ -81,15 +81,20 @@ class Script {
         };
     }
 
-    DnsDiscovery::Callbacks callbacks() {
-        return {[this](const std::string& group, std::vector<SocketAddress> list) {
+    // "GROUP result A,B" or "GROUP error WHY"; with `names`, "GROUP NAME:PORT ...".
+    DnsDiscovery::Callbacks callbacks(bool names = false) {
+        auto who = [names](const std::string& group, const std::string& name) {
+            return names ? group + " " + name : group;
+        };
+        return {[this, who](const std::string& group, const std::string& name,
+                            std::vector<SocketAddress> list) {
                     std::lock_guard lock(mutex_);
-                    events_.push_back(group + " result " + join(strings(list)));
+                    events_.push_back(who(group, name) + " result " + join(strings(list)));
                     changed_.notify_all();
                 },
-                [this](const std::string& group, std::string error) {
+                [this, who](const std::string& group, const std::string& name, std::string error) {
                     std::lock_guard lock(mutex_);
-                    events_.push_back(group + " error " + error);
+                    events_.push_back(who(group, name) + " error " + error);
                     changed_.notify_all();
                 }};
     }
@@ -243,14 +248,14 @@ TEST_CASE("resolve_once looks up every group with dns, with its port, and only t
     Script script;
     script.answer("a.svc", good({"10.0.0.1:1"}));
     script.answer("b.svc", bad("cannot resolve b.svc: Name or service not known"));
-    const Config config = config_with(
-        {{"static", std::nullopt}, {"a", dns("a.svc", 8080)}, {"b", dns("b.svc", 9090)}});
+    const Config config =
+        config_with({{"static", {}}, {"a", {dns("a.svc", 8080)}}, {"b", {dns("b.svc", 9090)}}});
     auto answers = resolve_once(config, script.resolver());
     CHECK(answers.size() == 2);
     REQUIRE(answers.count("a") == 1);
-    CHECK(answers["a"].ok());
+    CHECK(answers["a"]["a.svc:8080"].ok());
     REQUIRE(answers.count("b") == 1);
-    CHECK(answers["b"].error == "cannot resolve b.svc: Name or service not known");
+    CHECK(answers["b"]["b.svc:9090"].error == "cannot resolve b.svc: Name or service not known");
     CHECK(script.lookups("a.svc") == 1);
     CHECK(script.lookups("b.svc") == 1);
     CHECK(script.last_port("a.svc") == 8080);
@@ -260,7 +265,7 @@ TEST_CASE("resolve_once looks up every group with dns, with its port, and only t
 TEST_CASE("discovery reports the first set, then only changes, one error per failure run") {
     Script script;
     script.answer("app", good({"10.0.0.1:80"}));
-    DnsDiscovery discovery(config_with({{"web", dns("app", 80)}}), script.callbacks(), {},
+    DnsDiscovery discovery(config_with({{"web", {dns("app", 80)}}}), script.callbacks(), {},
                            script.resolver());
     discovery.start();
     script.wait_events(1);
@@ -288,7 +293,7 @@ TEST_CASE("discovery seeded with the start-up answers reports nothing until they
     Script script;
     script.answer("app", good({"10.0.0.1:80"}));
     script.answer("gone", bad("cannot resolve gone: Name or service not known"));
-    const Config config = config_with({{"web", dns("app", 80)}, {"old", dns("gone", 80)}});
+    const Config config = config_with({{"web", {dns("app", 80)}}, {"old", {dns("gone", 80)}}});
     auto initial = resolve_once(config, script.resolver());
     DnsDiscovery discovery(config, script.callbacks(), initial, script.resolver());
     discovery.start();
@@ -304,7 +309,7 @@ TEST_CASE("discovery seeded with the start-up answers reports nothing until they
 TEST_CASE("stop() ends a long wait at once instead of sleeping out the refresh") {
     Script script;
     script.answer("app", good({"10.0.0.1:80"}));
-    DnsDiscovery discovery(config_with({{"web", dns("app", 80, Duration{3600 * 1000})}}),
+    DnsDiscovery discovery(config_with({{"web", {dns("app", 80, Duration{3600 * 1000})}}}),
                            script.callbacks(), {}, script.resolver());
     discovery.start();
     script.wait_events(1);
@@ -317,7 +322,7 @@ TEST_CASE("stop() ends a long wait at once instead of sleeping out the refresh")
 
 TEST_CASE("a discovery with no dns groups idles and stops") {
     Script script;
-    DnsDiscovery discovery(config_with({{"static", std::nullopt}}), script.callbacks(), {},
+    DnsDiscovery discovery(config_with({{"static", {}}}), script.callbacks(), {},
                            script.resolver());
     discovery.start();
     discovery.stop();
@@ -330,21 +335,21 @@ TEST_CASE("apply: kept groups keep their state, new ones resolve at once, remove
     script.answer("other", good({"10.0.0.7:81"}));
     script.answer("app2", good({"10.0.0.9:80"}));
     const Duration hour{3600 * 1000};
-    DnsDiscovery discovery(config_with({{"web", dns("app", 80, Duration{5})}}), script.callbacks(),
-                           {}, script.resolver());
+    DnsDiscovery discovery(config_with({{"web", {dns("app", 80, Duration{5})}}}),
+                           script.callbacks(), {}, script.resolver());
     discovery.start();
     script.wait_events(1);
 
     // "web" unchanged (same answer: no callback), "api" added, then "web" renamed.
     discovery.apply(
-        config_with({{"web", dns("app", 80, Duration{5})}, {"api", dns("other", 81, hour)}}));
+        config_with({{"web", {dns("app", 80, Duration{5})}}, {"api", {dns("other", 81, hour)}}}));
     script.wait_events(2);
     script.wait_lookups("app", 3);
     CHECK(script.events() ==
           std::vector<std::string>{"web result 10.0.0.1:80", "api result 10.0.0.7:81"});
     CHECK(script.last_port("other") == 81);
 
-    discovery.apply(config_with({{"web", dns("app2", 80, Duration{5})}}));
+    discovery.apply(config_with({{"web", {dns("app2", 80, Duration{5})}}}));
     script.wait_events(3);
     script.wait_lookups("app2", 3);
     const int app_lookups = script.lookups("app");
@@ -359,12 +364,12 @@ TEST_CASE("apply: kept groups keep their state, new ones resolve at once, remove
 TEST_CASE("apply: a changed port is a new discovery that reports its first set") {
     Script script;
     script.answer("app", good({"10.0.0.1:80"}));
-    DnsDiscovery discovery(config_with({{"web", dns("app", 80)}}), script.callbacks(), {},
+    DnsDiscovery discovery(config_with({{"web", {dns("app", 80)}}}), script.callbacks(), {},
                            script.resolver());
     discovery.start();
     script.wait_events(1);
     script.answer("app", good({"10.0.0.1:8080"}));
-    discovery.apply(config_with({{"web", dns("app", 8080)}}));
+    discovery.apply(config_with({{"web", {dns("app", 8080)}}}));
     script.wait_events(2);
     discovery.stop();
     CHECK(script.last_port("app") == 8080);
@@ -378,13 +383,77 @@ TEST_CASE("apply: replacing a group while the thread waits for its refresh") {
     Script script;
     script.answer("app", good({"10.0.0.1:80"}));
     script.answer("other", good({"10.0.0.7:81"}));
-    DnsDiscovery discovery(config_with({{"web", dns("app", 80, Duration{3600 * 1000})}}),
+    DnsDiscovery discovery(config_with({{"web", {dns("app", 80, Duration{3600 * 1000})}}}),
                            script.callbacks(), {}, script.resolver());
     discovery.start();
     script.wait_events(1);  // now asleep until app's refresh, an hour away
-    discovery.apply(config_with({{"web", dns("other", 81, Duration{3600 * 1000})}}));
+    discovery.apply(config_with({{"web", {dns("other", 81, Duration{3600 * 1000})}}}));
     script.wait_events(2);
     discovery.stop();
     CHECK(script.events() ==
           std::vector<std::string>{"web result 10.0.0.1:80", "web result 10.0.0.7:81"});
+}
+
+// ---------------------------------------------------------------------------------
+// Several names in one group (dns = ["a:80", "b:8080"], quick mode's --target HOST:PORT).
+
+TEST_CASE("resolve_once looks up every name of a group, each with its own port") {
+    Script script;
+    script.answer("a.svc", good({"10.0.0.1:80"}));
+    script.answer("b.svc", bad("cannot resolve b.svc: Name or service not known"));
+    const Config config = config_with({{"web", {dns("a.svc", 80), dns("b.svc", 8080)}}});
+    auto answers = resolve_once(config, script.resolver());
+    REQUIRE(answers.size() == 1);
+    REQUIRE(answers["web"].size() == 2);
+    CHECK(answers["web"]["a.svc:80"].ok());
+    CHECK_FALSE(answers["web"]["b.svc:8080"].ok());
+    CHECK(script.last_port("a.svc") == 80);
+    CHECK(script.last_port("b.svc") == 8080);
+}
+
+TEST_CASE("discovery reports each name of a group on its own") {
+    Script script;
+    script.answer("a", good({"10.0.0.1:80"}));
+    script.answer("b", good({"10.0.0.2:8080"}));
+    DnsDiscovery discovery(config_with({{"web", {dns("a", 80), dns("b", 8080)}}}),
+                           script.callbacks(true), {}, script.resolver());
+    discovery.start();
+    script.wait_events(2);
+    // A failing name reports its own error once; the other keeps reporting changes.
+    script.answer("a", bad("cannot resolve a: Name or service not known"));
+    script.wait_events(3);
+    script.answer("b", good({"10.0.0.2:8080", "10.0.0.3:8080"}));
+    script.wait_events(4);
+    script.wait_lookups("a", 3);
+    script.wait_lookups("b", 3);
+    discovery.stop();
+    auto events = script.events();
+    // The first two may come in either order: both are due at once.
+    std::sort(events.begin(), events.begin() + 2);
+    CHECK(events == std::vector<std::string>{
+                        "web a:80 result 10.0.0.1:80",
+                        "web b:8080 result 10.0.0.2:8080",
+                        "web a:80 error cannot resolve a: Name or service not known",
+                        "web b:8080 result 10.0.0.2:8080,10.0.0.3:8080",
+                    });
+}
+
+TEST_CASE("apply: a group's kept names keep their state, added ones resolve, dropped ones stop") {
+    Script script;
+    script.answer("a", good({"10.0.0.1:80"}));
+    script.answer("b", good({"10.0.0.2:80"}));
+    script.answer("c", good({"10.0.0.3:80"}));
+    DnsDiscovery discovery(config_with({{"web", {dns("a", 80), dns("b", 80)}}}),
+                           script.callbacks(true), {}, script.resolver());
+    discovery.start();
+    script.wait_events(2);
+    discovery.apply(config_with({{"web", {dns("a", 80), dns("c", 80)}}}));
+    script.wait_events(3);
+    script.wait_lookups("a", 3);
+    const int b_lookups = script.lookups("b");
+    script.wait_lookups("a", 3);
+    discovery.stop();
+    CHECK(script.lookups("b") == b_lookups);  // dropped: no longer asked
+    CHECK(script.events().size() == 3);       // a unchanged: no second report
+    CHECK(script.events().back() == "web c:80 result 10.0.0.3:80");
 }

@@ -292,6 +292,18 @@ TEST_CASE("/lookup rejects what is not an IP and documents owner and chosen") {
     CHECK(l["reason"] == "owner healthy");
 }
 
+TEST_CASE("/status lists a group's dns names and the failing ones' reasons") {
+    FakeSource source = three_targets();
+    AdminState state = state_of(source);
+    auto control = std::make_shared<ControlView>(*state.control);
+    control->groups[0].dns_names = {"web:8080", "localhost:9001"};
+    control->groups[0].dns_error = "cannot resolve web: Name or service not known";
+    state.control = control;
+    const Json g = status_document(state)["groups"][0];
+    CHECK(g["dns_names"] == Json::array({"web:8080", "localhost:9001"}));
+    CHECK(g["dns_error"] == "cannot resolve web: Name or service not known");
+}
+
 TEST_CASE("/status shows listeners, totals and every target with its counters and share") {
     FakeSource source = three_targets();
     table_of(source).targets[1].stats->connections = 9;
@@ -314,6 +326,7 @@ TEST_CASE("/status shows listeners, totals and every target with its counters an
     CHECK(g["name"] == "web");
     CHECK(g["algorithm"] == "ring");
     CHECK(g["dns_error"].is_null());
+    CHECK(g["dns_names"] == Json::array());
     REQUIRE(g["targets"].size() == 3);
     CHECK(g["targets"][0]["state"] == "draining");
     CHECK(g["targets"][0]["deregistration"] == "drained");

@@ -27,7 +27,7 @@ TEST_CASE("service-life keys have NLB defaults") {
     CHECK(group.deregistration_delay.timeout == 300s);
     CHECK_FALSE(group.deregistration_delay.connection_termination);
     CHECK_FALSE(group.proxy_protocol_v2);
-    CHECK_FALSE(group.dns.has_value());
+    CHECK(group.dns.empty());
 }
 
 TEST_CASE("service-life keys parse") {
@@ -63,10 +63,10 @@ connection_termination = true
     const TargetGroupConfig& group = config.target_groups.at(0);
     CHECK(group.proxy_protocol_v2);
     CHECK(group.targets.empty());
-    REQUIRE(group.dns.has_value());
-    CHECK(group.dns->name == "app-headless.default.svc.cluster.local");
-    CHECK(group.dns->port == 8080);
-    CHECK(group.dns->refresh == 10s);
+    REQUIRE(group.dns.size() == 1);
+    CHECK(group.dns[0].name == "app-headless.default.svc.cluster.local");
+    CHECK(group.dns[0].port == 8080);
+    CHECK(group.dns[0].refresh == 10s);
     CHECK(group.deregistration_delay.timeout == 0s);
     CHECK(group.deregistration_delay.connection_termination);
 }

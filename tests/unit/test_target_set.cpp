@@ -108,6 +108,20 @@ TEST_CASE("target_set: desired = config ∪ DNS, sorted by id, configured id win
     CHECK(desired_targets(web({}), {}).empty());
 }
 
+TEST_CASE("target_set: a discovered address a static target has is that target, whatever its id") {
+    // Quick mode's --target 127.0.0.1:9001 --target localhost:9001, or a file's
+    // target with an id of its own beside a dns name that resolves to it.
+    auto g = web({target("127.0.0.1:9001", "web-1", 2), target("127.0.0.1:9002")});
+    const std::vector<SocketAddress> dns = {addr("127.0.0.1:9001"), addr("127.0.0.1:9002"),
+                                            addr("[::1]:9001")};
+    auto desired = desired_targets(g, dns);
+    REQUIRE(desired.size() == 3);
+    CHECK(desired[0] ==
+          DesiredTarget{"127.0.0.1:9002", addr("127.0.0.1:9002"), 1, TargetOrigin::config});
+    CHECK(desired[1] == DesiredTarget{"[::1]:9001", addr("[::1]:9001"), 1, TargetOrigin::dns});
+    CHECK(desired[2] == DesiredTarget{"web-1", addr("127.0.0.1:9001"), 2, TargetOrigin::config});
+}
+
 TEST_CASE("target_set: deregistration deadline") {
     CHECK(deregistration_deadline(delay(300s), t0) == t0 + 300s);
     CHECK(deregistration_deadline(delay(300s, true), t0) == t0);
@@ -702,12 +716,16 @@ TEST_CASE("overlay: register refuses a taken id or address, a DNS group, and wha
           OverlayEdit::Outcome::conflict);
 
     auto dns = g;
-    dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    dns.dns = {DnsDiscoveryConfig{"app.local", 80, Duration{5000}}};
     auto refused = register_target(dns, {}, {}, reg("c", "127.0.0.1:9003"));
     CHECK(refused.outcome == OverlayEdit::Outcome::conflict);
     CHECK(refused.message ==
           "target group 'web' takes its targets from DNS (dns = \"app.local:80\"), not from the "
           "admin API");
+    dns.dns.push_back(DnsDiscoveryConfig{"api.local", 8080, Duration{5000}});
+    CHECK(register_target(dns, {}, {}, reg("c", "127.0.0.1:9003")).message ==
+          "target group 'web' takes its targets from DNS (dns = [\"app.local:80\", "
+          "\"api.local:8080\"]), not from the admin API");
 
     // A ring holds weights up to 1024 in all.
     auto heavy = web({});
@@ -754,7 +772,7 @@ TEST_CASE("overlay: deregister takes a runtime target out of the overlay, a file
     CHECK(unknown.message == "target group 'web' has no target 'a'");
 
     auto dns = g;
-    dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+    dns.dns = {DnsDiscoveryConfig{"app.local", 80, Duration{5000}}};
     auto refused = deregister_target(dns, {}, {}, "a");
     CHECK(refused.outcome == OverlayEdit::Outcome::conflict);
     CHECK(refused.message ==
@@ -857,7 +875,7 @@ TEST_CASE("overlay: a reload keeps the overlay; the file wins where they meet") 
     }
     SUBCASE("a group that turns to DNS, or is gone, keeps no overlay") {
         auto dns = g;
-        dns.dns = DnsDiscoveryConfig{"app.local", 80, Duration{5000}};
+        dns.dns = {DnsDiscoveryConfig{"app.local", 80, Duration{5000}}};
         CHECK(rebase_overlay(o, &dns, notes).empty());
         CHECK(notes == std::vector<std::string>{
                            "target group 'web' now takes its targets from DNS: 2 registered and 1 "

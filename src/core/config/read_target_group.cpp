@@ -83,39 +83,6 @@ MinimumHealthyTargets read_minimum_healthy(Diagnostics& diag, const toml::table&
     return minimum;
 }
 
-constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
-
-// "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
-// <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
-std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
-    const size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
-    const std::string_view name = text.substr(0, colon);
-    const std::string_view port_text = text.substr(colon + 1);
-    unsigned port = 0;
-    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-    if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
-        port > 65535) {
-        return std::nullopt;
-    }
-    if (name.size() > 253) return std::nullopt;
-    size_t label = 0;
-    for (char c : name) {
-        if (c == '.') {
-            if (label == 0) return std::nullopt;
-            label = 0;
-            continue;
-        }
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                        (c >= '0' && c <= '9') || c == '-' || c == '_';
-        if (!ok || ++label > 63) return std::nullopt;
-    }
-    DnsDiscoveryConfig dns;
-    dns.name = std::string(name);
-    dns.port = static_cast<uint16_t>(port);
-    return dns;
-}
-
 }  // namespace
 
 TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table, std::string path) {
@@ -153,18 +120,11 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
         group.minimum_healthy_targets =
             read_minimum_healthy(diag, *t, r.path_of("minimum_healthy_targets"));
     }
-    if (auto v = r.string("dns")) {
-        if (auto dns = parse_dns_name(*v)) {
-            group.dns = std::move(*dns);
-        } else {
-            r.invalid("dns",
-                      fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, *v));
-        }
-    }
+    if (auto v = r.dns_names("dns")) group.dns = std::move(*v);
     if (auto v = r.duration("dns_refresh", kDnsRefreshRange)) {
-        if (!group.dns)
+        if (group.dns.empty())
             r.invalid("dns_refresh", "only applies with dns set; set it or remove the key");
-        if (group.dns) group.dns->refresh = *v;
+        for (DnsDiscoveryConfig& dns : group.dns) dns.refresh = *v;
     }
     if (auto* t = r.table("stickiness", "[target_group.stickiness]")) {
         group.stickiness = read_stickiness(diag, *t, r.path_of("stickiness"));
@@ -180,3 +140,38 @@ TargetGroupConfig read_target_group(Diagnostics& diag, const toml::table& table,
 }
 
 }  // namespace stickyd::config_detail
+
+namespace stickyd {
+
+// "NAME:PORT" with a DNS name (letters, digits, '-', '_', '.'; labels 1-63, total
+// <= 253) and a port 1-65535. An IP literal is also a name getaddrinfo resolves.
+std::optional<DnsDiscoveryConfig> parse_dns_name(std::string_view text) {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+    const std::string_view name = text.substr(0, colon);
+    const std::string_view port_text = text.substr(colon + 1);
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
+        port > 65535) {
+        return std::nullopt;
+    }
+    if (name.size() > 253) return std::nullopt;
+    size_t label = 0;
+    for (char c : name) {
+        if (c == '.') {
+            if (label == 0) return std::nullopt;
+            label = 0;
+            continue;
+        }
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '-' || c == '_';
+        if (!ok || ++label > 63) return std::nullopt;
+    }
+    DnsDiscoveryConfig dns;
+    dns.name = std::string(name);
+    dns.port = static_cast<uint16_t>(port);
+    return dns;
+}
+
+}  // namespace stickyd

@@ -12,6 +12,10 @@
 
 namespace stickyd::config_detail {
 
+std::string bad_dns_message(std::string_view text) {
+    return fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, text);
+}
+
 std::string int_range_message(const IntRange& range, std::string_view got) {
     return fmt::format("must be an integer from {} to {}{}, got {}", range.min, range.max,
                        range.note, got);

@@ -64,6 +64,7 @@ constexpr IntRange kMinHealthyPercentRange{1, 100, " or \"off\""};
 constexpr DurationRange kDnsRefreshRange{100ms, 3600s};  // below 1s: tests
 constexpr size_t kMaxHealthPath = 1024;                  // as the NLB's HealthCheckPath
 
+constexpr std::string_view kDnsExample = "\"app-headless.default.svc.cluster.local:8080\"";
 constexpr std::string_view kTargetExample = "127.0.0.1:9001 or [::1]:9001";
 constexpr std::string_view kBindExample = "127.0.0.1:8000 or [::]:8000";
 constexpr std::string_view kPrefixListExample = "[\"10.0.0.0/8\", \"2001:db8::/32\"]";
@@ -75,6 +76,8 @@ constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "er
 constexpr std::string_view kAlgorithms[] = {"ring", "maglev"};
 constexpr std::string_view kHealthProtocols[] = {"tcp", "http", "https"};
 
+// A dns value that is not "NAME:PORT"; the reader and validate() say it alike.
+std::string bad_dns_message(std::string_view text);
 std::string int_range_message(const IntRange& range, std::string_view got);
 std::optional<std::string> outside_range(int64_t value, const IntRange& range);
 

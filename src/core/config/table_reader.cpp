@@ -118,6 +118,47 @@ std::optional<SocketAddress> TableReader::address(std::string_view key, std::str
     return parsed;
 }
 
+std::optional<std::vector<DnsDiscoveryConfig>> TableReader::dns_names(std::string_view key) {
+    const toml::node* node = find(key);
+    if (!node) return std::nullopt;
+    if (auto* text = node->as_string()) {
+        auto dns = parse_dns_name(text->get());
+        if (!dns) {
+            invalid(key, bad_dns_message(text->get()));
+            return std::nullopt;
+        }
+        return std::vector{std::move(*dns)};
+    }
+    auto* array = node->as_array();
+    if (!array) {
+        invalid(key, fmt::format("expected \"NAME:PORT\" such as {} or an array of them, got {}",
+                                 kDnsExample, describe(*node)));
+        return std::nullopt;
+    }
+    if (array->empty()) {
+        invalid(key, "an empty list names nothing to resolve; name one or remove the key");
+        return std::nullopt;
+    }
+    std::vector<DnsDiscoveryConfig> out;
+    for (size_t i = 0; i < array->size(); ++i) {
+        const toml::node& element = (*array)[i];
+        const std::string path = index_key(path_of(key), i);
+        const Position position = position_of(element.source());
+        diag_.positions().record(path, position);
+        auto* text = element.as_string();
+        auto dns = text ? parse_dns_name(text->get()) : std::nullopt;
+        if (!dns) {
+            diag_.fail_at(path, position,
+                          text ? bad_dns_message(text->get())
+                               : fmt::format("expected \"NAME:PORT\" such as {}, got {}",
+                                             kDnsExample, describe(element)));
+            return std::nullopt;
+        }
+        out.push_back(std::move(*dns));
+    }
+    return out;
+}
+
 std::optional<std::vector<IpPrefix>> TableReader::prefixes(std::string_view key) {
     const toml::node* node = find(key);
     if (!node) return std::nullopt;

@@ -50,6 +50,10 @@ class TableReader {
     // position, as key[i].
     std::optional<std::vector<IpPrefix>> prefixes(std::string_view key);
 
+    // dns: one "NAME:PORT" or an array of them, each reported at its own position as
+    // dns[i]. Duplicates are validation's (validate_dns_names).
+    std::optional<std::vector<DnsDiscoveryConfig>> dns_names(std::string_view key);
+
     // A subtable written as `header` in the file; nullptr if absent or not a table.
     const toml::table* table(std::string_view key, std::string_view header);
 

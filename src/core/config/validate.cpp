@@ -6,6 +6,7 @@
 #include <sys/un.h>
 
 #include <algorithm>
+#include <cctype>
 #include <map>
 
 #include "core/config/rules.hpp"
@@ -140,6 +141,30 @@ void refuse_duplicate_targets(Diagnostics& diag, const std::string& group_path,
     }
 }
 
+// Each name valid and once (DNS names ignore case), one refresh in range. A file's
+// single string is the key itself; a list's names are dns[i].
+void validate_dns_names(Diagnostics& diag, const std::string& group_path,
+                        const std::vector<DnsDiscoveryConfig>& names) {
+    std::map<std::string, size_t> seen;
+    for (size_t i = 0; i < names.size(); ++i) {
+        const std::string text = names[i].text();
+        const std::string path =
+            names.size() == 1 ? group_path + ".dns" : index_key(group_path + ".dns", i);
+        if (!parse_dns_name(text)) diag.fail(path, bad_dns_message(text));
+        if (auto problem = outside_range(names[i].refresh, kDnsRefreshRange)) {
+            diag.fail(group_path + ".dns_refresh", *problem);
+        }
+        std::string folded = text;
+        for (char& c : folded) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        auto [it, fresh] = seen.emplace(std::move(folded), i);
+        if (!fresh) {
+            diag.fail(path, fmt::format("duplicate name {:?} in this group (also dns[{}]{})", text,
+                                        it->second,
+                                        diag.at_line(index_key(group_path + ".dns", it->second))));
+        }
+    }
+}
+
 // build_maglev throws on a size it cannot use; asking it first turns that into a
 // load-time error, with one owner for the rule.
 void validate_maglev_table_size(Diagnostics& diag, const std::string& path,
@@ -243,11 +268,7 @@ void validate_target_group(Diagnostics& diag, const std::string& path,
             diag.fail(path + ".minimum_healthy_targets.percentage", *problem);
         }
     }
-    if (group.dns) {
-        if (auto problem = outside_range(group.dns->refresh, kDnsRefreshRange)) {
-            diag.fail(path + ".dns_refresh", *problem);
-        }
-    }
+    validate_dns_names(diag, path, group.dns);
     for (size_t i = 0; i < group.targets.size(); ++i) {
         validate_target(diag, index_key(path + ".target", i), group.targets[i]);
     }
@@ -301,7 +322,7 @@ unsigned client_versions(const ListenerConfig& listener) {
 void validate_preserve_client_ip(Diagnostics& diag, const Config& config) {
     for (size_t i = 0; i < config.target_groups.size(); ++i) {
         const TargetGroupConfig& group = config.target_groups[i];
-        if (!group.preserve_client_ip || group.dns) continue;
+        if (!group.preserve_client_ip || !group.dns.empty()) continue;
         unsigned targets = 0;
         for (const TargetConfig& t : group.targets) {
             if (const int v = ip_version(t.address); v != 0) targets |= v == 4 ? kIpv4 : kIpv6;

@@ -21,7 +21,7 @@ std::vector<std::string> config_warnings(const Config& config) {
         const bool used =
             std::any_of(config.listeners.begin(), config.listeners.end(),
                         [&](const ListenerConfig& l) { return l.target_group == group.name; });
-        if (group.targets.empty() && !group.dns) {
+        if (group.targets.empty() && group.dns.empty()) {
             out.push_back(fmt::format(
                 "target group '{}' has no targets (none listed and no dns): {}", group.name,
                 used ? "its listeners will close every client" : "it routes nothing"));
@@ -30,7 +30,7 @@ std::vector<std::string> config_warnings(const Config& config) {
             out.push_back(fmt::format("target group '{}' is not used by any listener", group.name));
         }
         const unsigned count = group.minimum_healthy_targets.count;
-        if (!group.dns && !group.targets.empty() && count > group.targets.size()) {
+        if (group.dns.empty() && !group.targets.empty() && count > group.targets.size()) {
             out.push_back(fmt::format(
                 "target group '{}': minimum_healthy_targets.count {} is more than its {} targets: "
                 "one unhealthy target makes it fail open (route to all of them)",
