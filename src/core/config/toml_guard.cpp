@@ -47,7 +47,7 @@ class PreScan {
 
     std::optional<PreScanProblem> find_problem() {
         // toml++ skips a byte order mark without counting it as a column.
-        if (text_.starts_with("\xef\xbb\xbf")) pos_ = 3;
+        if (text_.starts_with("\xef\xbb\xbf")) pos_ = start_ = 3;
         while (pos_ < text_.size() && !problem_) {
             const char c = text_[pos_];
             if (header_start_) expect_header_key(c);
@@ -57,10 +57,13 @@ class PreScan {
                 fail("invalid TOML: a non-ASCII character outside a string or comment");
             }
             if (problem_) break;
+            if (expect_ == Expect::value) track_bare_value(c);
             if (c == '#') {
                 skip_comment();
-            } else if ((c == '"' || c == '\'') && quote_inside_bare_text()) {
-                fail("invalid TOML: a quote inside a bare key or value");
+            } else if ((c == '"' || c == '\'') && quote_starts_no_string()) {
+                fail(
+                    fmt::format("invalid TOML: a quote right after '{}', where no string can start",
+                                text_[pos_ - 1]));
             } else if (c == '"' || c == '\'') {
                 if (expect_ == Expect::key || expect_ == Expect::header) start_segment();
                 skip_string(c);
@@ -140,12 +143,14 @@ class PreScan {
     }
 
     void on_value_char(char c) {
-        if (c == '[' || c == '{') {
+        if (starts_date_without_time()) {
+            fail("invalid TOML: a date followed by 'T' or a space needs a time (HH:MM) next");
+        } else if (in_bare_value_) {
+            // Brackets in it are part of it for toml++, not arrays or tables.
+        } else if (c == '[' || c == '{') {
             open_.push_back({c, depth_});
             descend();
             if (c == '{') start_key();
-        } else if (starts_date_without_time()) {
-            fail("invalid TOML: a date followed by 'T' or a space needs a time (HH:MM) next");
         } else if (c == '}' && !open_.empty() && open_.back().bracket == '[') {
             // toml++ 3.3 hands it to its value parser, which asserts (or, built with
             // NDEBUG by clang, assumes) that no value starts with one.
@@ -167,20 +172,57 @@ class PreScan {
         const bool value_start =
             pos_ == 0 ||
             std::string_view(" \t\r\n=[,").find(text_[pos_ - 1]) != std::string_view::npos;
-        if (!value_start || rest.size() < 12) return false;
-        const auto digit = [&](size_t i) { return rest[i] >= '0' && rest[i] <= '9'; };
+        if (!value_start) return false;
+        if (date_then_lone_digit()) return true;
+        if (rest.size() < 12) return false;
         for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9}) {
-            if (!digit(i)) return false;
+            if (!is_digit(rest[i])) return false;
         }
-        if (rest[4] != '-' || rest[7] != '-' || digit(11)) return false;
+        if (rest[4] != '-' || rest[7] != '-' || is_digit(rest[11])) return false;
         if (rest[10] == 'T' || rest[10] == 't') return true;
-        return rest[10] == ' ' &&
-               std::string_view(" \t\r\n,]}#").find(rest[11]) == std::string_view::npos;
+        return rest[10] == ' ' && !ends_value(rest[11]);
+    }
+
+    // When the first ten characters of a value (underscores aside) start with a digit
+    // and have '-' as the 5th and 8th, and a space and a digit follow, toml++ 3.3
+    // reads on as the time of a date-time, asserting (or assuming) that the value goes
+    // on after that digit: "1979-05-2= 1" followed by a line break broke it.
+    bool date_then_lone_digit() const {
+        std::string chars;
+        size_t i = pos_;
+        for (; i < text_.size() && !ends_value(text_[i]) && chars.size() <= 10; ++i) {
+            if (text_[i] != '_') chars += text_[i];
+        }
+        if (chars.size() != 10 || !is_digit(chars[0]) || chars[4] != '-' || chars[7] != '-') {
+            return false;
+        }
+        return i + 1 < text_.size() && text_[i] == ' ' && is_digit(text_[i + 1]) &&
+               (i + 2 == text_.size() || ends_value(text_[i + 2]));
+    }
+
+    static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+    // What ends a value for toml++ (the non-ASCII whitespace it also counts never gets
+    // this far).
+    static bool ends_value(char c) {
+        return std::string_view(" \t\r\n\v\f,]}#").find(c) != std::string_view::npos;
     }
 
     void start_key() {
         expect_ = Expect::key;
         in_segment_ = false;
+        in_bare_value_ = false;
+    }
+
+    // toml++ reads a value that is no string, array or inline table (a number, a date,
+    // a boolean, or something broken) up to the next whitespace, ',', ']', '}' or '#',
+    // taking whatever comes between as part of it.
+    void track_bare_value(char c) {
+        if (std::string_view(" \t\r\n,]}#").find(c) != std::string_view::npos) {
+            in_bare_value_ = false;
+        } else if (c != '[' && c != '{' && c != '"' && c != '\'') {
+            in_bare_value_ = true;
+        }
     }
 
     void start_segment() {
@@ -293,13 +335,18 @@ class PreScan {
         }
     }
 
-    // A quote right after a bare key's or value's character ("x = de'...") starts no
-    // string for toml++, which reads the rest as part of a broken value.
-    bool quote_inside_bare_text() const {
-        if (pos_ == 0) return false;
+    // toml++ starts a string only where a key or a value starts: after a space, a line
+    // break, '=', '[', '{', ',' or, between key segments, '.', and never inside a bare
+    // value. Anywhere else ("x = de'...", "x = 1.'...'", "x = 1['...']") it reads the
+    // quote as part of a broken key or value, and a bare value runs on to the next
+    // whitespace, ',', ']', '}' or '#', asking of each character whether it is
+    // whitespace.
+    bool quote_starts_no_string() const {
+        if (pos_ == start_) return false;
+        if (in_bare_value_) return true;
         const char before = text_[pos_ - 1];
-        return std::isalnum(static_cast<unsigned char>(before)) || before == '-' || before == '_' ||
-               before == '+' || before == ':';
+        if (before == '.') return expect_ == Expect::value;
+        return std::string_view(" \t\r\n=[{,").find(before) == std::string_view::npos;
     }
 
     void advance_by(size_t n) {
@@ -307,12 +354,14 @@ class PreScan {
     }
 
     std::string_view text_;
+    size_t start_ = 0;  // past the byte order mark, if there is one
     size_t pos_ = 0;
     unsigned line_ = 1;
     unsigned column_ = 1;
     size_t line_offset_ = 0;
     Expect expect_ = Expect::key;
     bool in_segment_ = false;
+    bool in_bare_value_ = false;   // inside a value that is no string, array or table
     bool header_start_ = false;    // right after a header's "[": its key must start
     bool second_bracket_ = false;  // the header's "[[" has been seen
     unsigned depth_ = 0;
