@@ -23,9 +23,10 @@ constexpr int kExitOk = 0;
 
 constexpr const char* kDescription =
     "stickyd: a source-IP sticky TCP load balancer (AWS NLB stickiness, off AWS)\n\n"
-    "  stickyd --config FILE                  run with a configuration file\n"
-    "  stickyd --check-config FILE            validate one, then exit\n"
-    "  stickyd --listen ADDR --target ADDR... quick mode: no file, flags only\n\n"
+    "  stickyd --config FILE          run with a configuration file\n"
+    "  stickyd --check-config FILE    validate one, then exit\n"
+    "  stickyd --listen IP:PORT --target IP:PORT|HOST:PORT...\n"
+    "                                 quick mode: no file, flags only\n\n"
     "Exit status: 0 done; 1 the configuration or the environment is wrong (a bad file,\n"
     "a port in use, no io_uring); 2 the command line is wrong.";
 
@@ -171,10 +172,11 @@ int run_with_file(const Flags& f, DaemonOptions options) {
 
 int run_quick_mode(const Flags& f, DaemonOptions options) {
     if (f.quick.listen.empty()) {
-        return usage_error("quick mode needs --listen ADDR as well as --target ADDR");
+        return usage_error(
+            "quick mode needs --listen IP:PORT as well as --target IP:PORT or HOST:PORT");
     }
     if (f.quick.targets.empty()) {
-        return usage_error("quick mode needs at least one --target ADDR or HOST:PORT");
+        return usage_error("quick mode needs at least one --target IP:PORT or HOST:PORT");
     }
     auto built = config_from_flags(f.quick);
     if (auto* error = std::get_if<std::string>(&built)) return usage_error(*error);

@@ -248,6 +248,16 @@ def test_quick_mode_errors_name_the_flag():
         "127.0.0.1:9001 or [::1]:9001, or HOST:PORT such as localhost:9001",
         2,
     )
+    stickyd_error(
+        ["--listen", listen],
+        "stickyd: quick mode needs at least one --target IP:PORT or HOST:PORT",
+        2,
+    )
+    stickyd_error(
+        ["--target", "localhost:9001"],
+        "stickyd: quick mode needs --listen IP:PORT as well as --target IP:PORT or HOST:PORT",
+        2,
+    )
     stickyd_error(quick + ["--threads", "abc"], "stickyd: --threads: 'abc' is not a number", 2)
     stickyd_error(
         quick + ["--threads", "300"], "stickyd: --threads: must be from 1 to 256, got 300", 2
