@@ -15,6 +15,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// The example every dns error gives.
+constexpr std::string_view kExample = "app-headless.default.svc.cluster.local:8080";
+
 // A group "web" with `keys` (line 3 onwards), then its listener.
 std::string group_with(std::string_view keys) {
     return fmt::format(
@@ -95,27 +98,29 @@ TEST_CASE("dns: a name twice is an error at the second, whatever its case") {
 }
 
 TEST_CASE("dns: each wrong element is reported at its own position") {
-    CHECK(error_of(group_with("dns = [\"a:80\", \"app\"]\n")) ==
-          "t.toml:3:16: target_group[0].dns[1]: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\", got \"app\"");
-    CHECK(error_of(group_with("dns = [\"a:80\", 80]\n")) ==
-          "t.toml:3:16: target_group[0].dns[1]: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\", got integer 80");
-    CHECK(error_of(group_with("dns = [\":80\"]\n")) ==
-          "t.toml:3:8: target_group[0].dns[0]: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\", got \":80\"");
+    const std::string expected = fmt::format("expected \"NAME:PORT\" such as \"{}\"", kExample);
+    expect_errors({
+        {group_with("dns = [\"a:80\", \"app\"]\n"),
+         fmt::format("t.toml:3:16: target_group[0].dns[1]: {}, got \"app\"", expected)},
+        {group_with("dns = [\"a:80\", 80]\n"),
+         fmt::format("t.toml:3:16: target_group[0].dns[1]: {}, got integer 80", expected)},
+        {group_with("dns = [\":80\"]\n"),
+         fmt::format("t.toml:3:8: target_group[0].dns[0]: {}, got \":80\"", expected)},
+    });
 }
 
 TEST_CASE("dns: neither a string nor a list of them, or an empty list") {
-    CHECK(error_of(group_with("dns = 80\n")) ==
-          "t.toml:3:7: target_group[0].dns: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\" or an array of them, got integer 80");
-    CHECK(error_of(group_with("dns = []\n")) ==
-          "t.toml:3:7: target_group[0].dns: an empty list names nothing to resolve; name one or "
-          "remove the key");
-    CHECK(error_of(group_with("dns = []\ndns_refresh = \"1s\"\n")) ==
-          "t.toml:3:7: target_group[0].dns: an empty list names nothing to resolve; name one or "
-          "remove the key");
+    const std::string empty =
+        "t.toml:3:7: target_group[0].dns: an empty list names nothing to resolve; name one or "
+        "remove the key";
+    expect_errors({
+        {group_with("dns = 80\n"),
+         fmt::format("t.toml:3:7: target_group[0].dns: expected \"NAME:PORT\" such as \"{}\" or "
+                     "an array of them, got integer 80",
+                     kExample)},
+        {group_with("dns = []\n"), empty},
+        {group_with("dns = []\ndns_refresh = \"1s\"\n"), empty},
+    });
 }
 
 TEST_CASE("dns: validate() checks names built in memory as the loader does") {
@@ -123,12 +128,15 @@ TEST_CASE("dns: validate() checks names built in memory as the loader does") {
     CHECK(validate_error(in_memory({{"web", 8080}, {"WEB", 8080}})) ==
           "<command line>: target_group[0].dns[1]: duplicate name \"WEB:8080\" in this group "
           "(also dns[0])");
-    CHECK(validate_error(in_memory({{"a b", 80}})) ==
-          "<command line>: target_group[0].dns: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\", got \"a b:80\"");
-    CHECK(validate_error(in_memory({{"web", 0}})) ==
-          "<command line>: target_group[0].dns: expected \"NAME:PORT\" such as "
-          "\"app-headless.default.svc.cluster.local:8080\", got \"web:0\"");
+    for (const DnsDiscoveryConfig& bad :
+         {DnsDiscoveryConfig{"a b", 80}, DnsDiscoveryConfig{"web", 0}}) {
+        const std::string text = bad.text();
+        CAPTURE(text);
+        CHECK(validate_error(in_memory({bad})) ==
+              fmt::format("<command line>: target_group[0].dns: expected \"NAME:PORT\" such as "
+                          "\"{}\", got \"{}\"",
+                          kExample, text));
+    }
     CHECK(validate_error(in_memory({{"web", 80, 10ms}})) ==
           "<command line>: target_group[0].dns_refresh: must be a duration from 100ms to 1h, got "
           "10ms");

@@ -13,7 +13,12 @@
 namespace stickyd::config_detail {
 
 std::string bad_dns_message(std::string_view text) {
-    return fmt::format("expected \"NAME:PORT\" such as {}, got {:?}", kDnsExample, text);
+    return not_dns_message(fmt::format("{:?}", text));
+}
+
+std::string not_dns_message(std::string_view got, std::string_view alternative) {
+    return fmt::format("expected \"NAME:PORT\" such as {}{}, got {}", kDnsExample, alternative,
+                       got);
 }
 
 std::string int_range_message(const IntRange& range, std::string_view got) {

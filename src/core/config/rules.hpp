@@ -78,6 +78,9 @@ constexpr std::string_view kHealthProtocols[] = {"tcp", "http", "https"};
 
 // A dns value that is not "NAME:PORT"; the reader and validate() say it alike.
 std::string bad_dns_message(std::string_view text);
+// The same for a value that is not a string: `got` describes it, `alternative` is
+// what else the key takes (" or an array of them").
+std::string not_dns_message(std::string_view got, std::string_view alternative = "");
 std::string int_range_message(const IntRange& range, std::string_view got);
 std::optional<std::string> outside_range(int64_t value, const IntRange& range);
 

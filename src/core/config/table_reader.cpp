@@ -131,8 +131,7 @@ std::optional<std::vector<DnsDiscoveryConfig>> TableReader::dns_names(std::strin
     }
     auto* array = node->as_array();
     if (!array) {
-        invalid(key, fmt::format("expected \"NAME:PORT\" such as {} or an array of them, got {}",
-                                 kDnsExample, describe(*node)));
+        invalid(key, not_dns_message(describe(*node), " or an array of them"));
         return std::nullopt;
     }
     if (array->empty()) {
@@ -149,9 +148,7 @@ std::optional<std::vector<DnsDiscoveryConfig>> TableReader::dns_names(std::strin
         auto dns = text ? parse_dns_name(text->get()) : std::nullopt;
         if (!dns) {
             diag_.fail_at(path, position,
-                          text ? bad_dns_message(text->get())
-                               : fmt::format("expected \"NAME:PORT\" such as {}, got {}",
-                                             kDnsExample, describe(element)));
+                          text ? bad_dns_message(text->get()) : not_dns_message(describe(element)));
             return std::nullopt;
         }
         out.push_back(std::move(*dns));
