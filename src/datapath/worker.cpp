@@ -214,8 +214,9 @@ constexpr FlowDir flow_of(Op op) {
 enum class CloseMode { graceful, reset };
 
 // A removed listener stays in the table as a tombstone (fd -1) until its accept
-// and back-off timer have completed, so that no late completion for its index can
-// reach a listener added later in its place.
+// and back-off timer have completed and its connections have ended, so that no late
+// completion for its index, and no connection counting against its stats, can reach
+// a listener added later in its place.
 struct ListenerState {
     int fd = -1;
     ListenerSettings settings;
@@ -227,8 +228,9 @@ struct ListenerState {
     std::chrono::milliseconds backoff{0};
     __kernel_timespec backoff_ts{};  // read by the kernel at submit time
     bool pause_requested = false;    // the accept was cancelled because fds ran short
+    uint32_t connections = 0;        // accepted here and not yet freed
 
-    bool reusable() const { return removed && !accepting && !backoff_pending; }
+    bool reusable() const { return removed && !accepting && !backoff_pending && connections == 0; }
 };
 
 // Owns the listening fds from the moment the worker is constructed.
@@ -677,6 +679,7 @@ void Worker::Loop::accept_client(uint32_t index, int fd) {
     Connection& c = conns_[*slot];
     c.client_fd = fd;
     c.listener = static_cast<uint16_t>(index);
+    ++listener.connections;
     c.idle_ticks = idle_timeout_ticks(settings.config.idle_timeout, kIdleTick);
     c.pin = pin;
     ++pin->users;
@@ -1613,6 +1616,7 @@ void Worker::Loop::free_slot(uint32_t slot) {
     detach_target(c);
     unpin(c);
     free_handshake(c);
+    --listeners_.items[c.listener].connections;
     const uint32_t generation = next_generation(c.generation);
     c = Connection{};
     c.generation = generation;

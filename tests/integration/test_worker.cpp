@@ -323,6 +323,49 @@ TEST_CASE("a removed listener stops accepting; its connections carry on") {
     CHECK(stats->accepted.load() == 1);
 }
 
+TEST_CASE(
+    "a connection outliving its listener counts against it, not against its slot's next user") {
+    // Regression: a client still in its PROXY handshake when its listener was removed,
+    // and another listener took the table slot meanwhile, had its "no target" counted
+    // against the newcomer.
+    Rig rig;
+    TargetGroupConfig none;
+    none.name = "none";
+    RouteSlot nowhere{build_routing_table(none)};
+    auto removed = std::make_shared<ListenerStats>();
+    ListenerSettings settings = rig.settings("a", removed);
+    settings.route = &nowhere;
+    settings.config.accept_proxy_protocol = true;
+    std::string error;
+    const int listen_fd = open_listener(loopback(0), error);
+    REQUIRE_MESSAGE(listen_fd >= 0, error);
+    const uint16_t port = port_of(listen_fd);
+    rig.worker->add_listener(WorkerListener{listen_fd, std::move(settings)});
+    Fd client{connect_to(port)};
+    REQUIRE(client.fd >= 0);
+    REQUIRE(eventually([&] { return removed->accepted.load() == 1; }));
+    rig.worker->remove_listener("a");
+    REQUIRE(eventually([&] {
+        int fd = connect_to(port);
+        if (fd >= 0) ::close(fd);
+        return fd < 0;
+    }));
+    // Listeners added now find a's slot taken while its client lives.
+    std::vector<std::shared_ptr<ListenerStats>> newcomers;
+    for (int i = 0; i < 3; ++i) {
+        newcomers.push_back(std::make_shared<ListenerStats>());
+        const uint16_t p = rig.add("b" + std::to_string(i), newcomers.back());
+        Fd probe{connect_to(p)};
+        REQUIRE(probe.fd >= 0);
+        REQUIRE(eventually([&] { return newcomers.back()->accepted.load() == 1; }));
+    }
+    const std::string header = "PROXY TCP4 127.0.0.9 127.0.0.1 40000 80\r\n";
+    REQUIRE(retry([&] { return ::send(client.fd, header.data(), header.size(), MSG_NOSIGNAL); }) ==
+            static_cast<ssize_t>(header.size()));
+    CHECK(eventually([&] { return removed->no_target.load() == 1; }));
+    for (const auto& stats : newcomers) CHECK(stats->no_target.load() == 0);
+}
+
 TEST_CASE("update_listener applies to new connections only") {
     Rig rig;
     auto before = std::make_shared<ListenerStats>();
