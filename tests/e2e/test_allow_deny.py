@@ -262,16 +262,22 @@ def test_proxy_protocol_listener_judges_the_header_address():
     expect_refused(stickyd, h.fmt_addr(lb), denied=1, not_allowed=1)
     # What the refused client sent after its header counts nowhere.
     for source, end in (("198.51.100.7", '"not allowed"'), ("203.0.113.66", "denied")):
-        pattern = (
+        wait_for_access_line(
+            stickyd,
+            source,
             rf"client=127\.0\.0\.2:\d+ source={re.escape(source)}:40000 group=- "
-            rf"target=- addr=- attempts=0 up=0 down=0 ms=\d+\.\d end={end}$"
+            rf"target=- addr=- attempts=0 up=0 down=0 ms=\d+\.\d end={end}$",
         )
-        h.wait_for(
-            f"the access line of {source}",
-            lambda: re.search(pattern, stickyd.process.log(), re.M),
-            timeout=10,
-            process=stickyd.process,
-        )
+
+
+def wait_for_access_line(stickyd, who, pattern):
+    """Waits until stickyd's log has an access line (a whole line) matching pattern."""
+    h.wait_for(
+        f"the access line of {who}",
+        lambda: re.search(pattern, stickyd.process.log(), re.M),
+        timeout=10,
+        process=stickyd.process,
+    )
 
 
 def test_access_log_records_refusals_when_on():
@@ -292,15 +298,11 @@ def test_access_log_records_refusals_when_on():
     reset(lb, "127.0.0.2")
     reset(lb, "127.0.0.9")
     for ip, end in (("127.0.0.2", "denied"), ("127.0.0.9", '"not allowed"')):
-        pattern = (
+        wait_for_access_line(
+            stickyd,
+            ip,
             rf"access listener={re.escape(h.fmt_addr(lb))} client={re.escape(ip)}:\d+ "
-            rf"group=- target=- addr=- attempts=0 up=0 down=0 ms=\d+\.\d end={end}$"
-        )
-        h.wait_for(
-            f"the access line of {ip}",
-            lambda: re.search(pattern, stickyd.process.log(), re.M),
-            timeout=10,
-            process=stickyd.process,
+            rf"group=- target=- addr=- attempts=0 up=0 down=0 ms=\d+\.\d end={end}$",
         )
 
 

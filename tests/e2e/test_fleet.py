@@ -643,13 +643,10 @@ def progress(proc):
     return max([d["progress"] for d in json_lines(proc) if "progress" in d] or [0])
 
 
-def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
-    reason = namespaces_unavailable()
-    if reason:
-        h.skip(reason)
-    fleet = Fleet()
+def start_backends(fleet, count=3):
+    """Echo backends backend-1.. in the backends' namespace: their target entries."""
     backends = []
-    for i in range(1, 4):
+    for i in range(1, count + 1):
         proc = in_ns(
             fleet.backends,
             [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name", f"backend-{i}"],
@@ -661,6 +658,15 @@ def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
             process=proc,
         )
         backends.append({"id": f"backend-{i}", "address": log.split("listening on ")[1].split()[0]})
+    return backends
+
+
+def test_ecmp_fleet_keeps_clients_on_their_backend_through_a_scale_in():
+    reason = namespaces_unavailable()
+    if reason:
+        h.skip(reason)
+    fleet = Fleet()
+    backends = start_backends(fleet)
 
     daemons, admins = [], []
     for k, ns in enumerate(fleet.instances):
@@ -826,19 +832,7 @@ def test_bird_withdraws_a_stopping_instance_and_clients_do_not_notice():
         h.skip(reason)
     fleet = Fleet(with_bird=True)
     start_bird(fleet.router, "bird-router", router_bird_conf())
-    backends = []
-    for i in range(1, 4):
-        proc = in_ns(
-            fleet.backends,
-            [h.ECHO_BIN, "--listen", "10.200.3.2:0", "--name", f"backend-{i}"],
-            f"echo-{i}",
-        )
-        log = h.wait_for(
-            f"backend-{i} to listen",
-            lambda: "listening on" in proc.log() and proc.log(),
-            process=proc,
-        )
-        backends.append({"id": f"backend-{i}", "address": log.split("listening on ")[1].split()[0]})
+    backends = start_backends(fleet)
     daemons, admins = [], []
     for k, ns in enumerate(fleet.instances):
         admin = os.path.join(h.temp_dir(), f"i{k}.sock")
