@@ -28,6 +28,8 @@ struct WorkerStats {
     std::atomic<uint64_t> client_ip_fallbacks{0};
     // Receives that found every buffer taken and wait (parked) for one to come back.
     std::atomic<uint64_t> buffer_waits{0};
+    // Flows moved to splice because they kept their buffers full (bulk transfers).
+    std::atomic<uint64_t> spliced_flows{0};
     // Receives parked on -ENOBUFS whose connection was closed (its slot possibly
     // reused) before a buffer came back: dropped by their generation, never re-armed.
     std::atomic<uint64_t> stale_waiters{0};

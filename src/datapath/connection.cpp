@@ -7,6 +7,7 @@
 
 namespace stickyd {
 
+static_assert(sizeof(Flow) == 12, "the splice streak must not grow the flow");
 static_assert(sizeof(Connection) <= 96,
               "keep the per-connection slot small: idle memory is a goal");
 
@@ -14,12 +15,14 @@ void start_recv(Flow& flow) {
     flow.state = FlowState::receiving;
 }
 
-Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty) {
+Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty, uint32_t buffer_size) {
     if (res > 0 && bid != kNoBuffer) {
         flow.buf = bid;
         flow.sent = 0;
         flow.len = static_cast<uint32_t>(res);
         flow.source_ready = source_nonempty;
+        const bool full = flow.len >= buffer_size && source_nonempty;
+        flow.full_recvs = full ? std::min<uint8_t>(flow.full_recvs + 1, 3) : 0;
         flow.state = FlowState::sending;
         return {Step::send};
     }
@@ -46,11 +49,51 @@ Decision on_send(Flow& flow, int res) {
         flow.buf = kNoBuffer;
         flow.sent = flow.len = 0;
         flow.state = FlowState::receiving;
-        return {Step::recv, done};
+        return {flow.full_recvs >= kSpliceAfter ? Step::splice : Step::recv, done};
     }
     if (res == -EAGAIN || res == -EINTR) return {Step::send};
     // 0 bytes for a non-empty send means the sink is gone, like -EPIPE.
     return {Step::reset};
+}
+
+void start_splice(Flow& flow) {
+    flow.state = FlowState::splicing;
+}
+
+void stop_splice(Flow& flow, bool source_ready) {
+    flow.state = FlowState::receiving;
+    flow.full_recvs = 0;  // it has to prove itself bulk again
+    flow.source_ready = source_ready;
+}
+
+SpliceStep on_splice_in(Flow& flow, long res, uint32_t& piped, bool bulk_turn) {
+    if (res > 0) {
+        piped += static_cast<uint32_t>(res);
+        return SpliceStep::out;
+    }
+    if (res == 0) {
+        flow.state = FlowState::done;
+        return SpliceStep::finish;
+    }
+    if (res == -EAGAIN) {
+        if (bulk_turn) return SpliceStep::wait_source;
+        // A trickle, which recv/send serves without holding a pipe.
+        stop_splice(flow, false);
+        return SpliceStep::leave;
+    }
+    if (res == -EINTR) return SpliceStep::in;
+    return SpliceStep::reset;
+}
+
+SpliceStep on_splice_out(long res, uint32_t& piped) {
+    if (res > 0) {
+        piped -= std::min(piped, static_cast<uint32_t>(res));
+        return piped > 0 ? SpliceStep::out : SpliceStep::in;
+    }
+    if (res == -EAGAIN) return SpliceStep::wait_sink;
+    if (res == -EINTR) return SpliceStep::out;
+    // 0 for a non-empty pipe means the sink is gone, like -EPIPE.
+    return SpliceStep::reset;
 }
 
 uint16_t idle_timeout_ticks(std::chrono::milliseconds timeout, std::chrono::milliseconds tick) {

@@ -13,6 +13,13 @@
 // that is the backpressure. A flow ends at EOF (the sink is shut down for
 // writing while the other flow keeps going); any error aborts the whole
 // connection with an RST on both sides.
+//
+// A flow that keeps filling whole buffers (bulk) moves to splice while it does
+// (like HAProxy's splice-auto): its bytes go source -> pipe -> sink inside the
+// kernel, with no copy to and from user memory, and the same backpressure (the
+// source is read only once the pipe is empty). Once a turn brings less than a
+// buffer's worth it moves back to recv/send, so interactive connections hold no pipe
+// for long, and an idle one gives its empty pipe up to any flow that needs it.
 #pragma once
 
 #include <chrono>
@@ -36,6 +43,7 @@ enum class FlowState : uint8_t {
     receiving,       // a recv is in flight on the source
     waiting_buffer,  // the last recv found no free buffer; parked until one returns
     sending,         // a send of buf[sent, len) is in flight to the sink
+    splicing,        // moved to splice: the worker's pipe carries it (on_splice_in/out)
     done,            // the source reached EOF and the sink was shut down for writing
 };
 
@@ -46,8 +54,14 @@ struct Flow {
     FlowState state = FlowState::idle;
     // The last recv left data queued on the source, so the next recv should try
     // straight away instead of waiting for readiness first.
-    bool source_ready = false;
+    bool source_ready : 1 = false;
+    // Recvs in a row that filled a whole buffer (saturating at 3).
+    uint8_t full_recvs : 2 = 0;
 };
+
+// A flow whose last kSpliceAfter recvs each filled a whole buffer with more queued
+// behind it is a bulk transfer: once that buffer is sent, it moves to splice.
+inline constexpr uint8_t kSpliceAfter = 2;
 
 // Whether the send of the flow's current buffer should carry MSG_MORE: the recv
 // that filled it came back short of a full buffer yet said more is already
@@ -69,6 +83,8 @@ enum class Step : uint8_t {
     wait_buffer,  // park until buffers are returned to the ring
     finish,       // EOF: shut down the sink for writing (close if the other flow is done)
     reset,        // error on either socket: RST both sides and tear down
+    splice,       // the buffer is sent and the flow keeps its buffers full: move it to
+                  // splice if a pipe is free, else recv as usual
 };
 
 struct Decision {
@@ -81,11 +97,40 @@ void start_recv(Flow& flow);
 
 // A recv on the source completed: res = bytes (0 = EOF) or -errno; bid = the
 // buffer the kernel filled (kNoBuffer if none); source_nonempty = the CQE said
-// more data is queued (IORING_CQE_F_SOCK_NONEMPTY).
-Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty);
+// more data is queued (IORING_CQE_F_SOCK_NONEMPTY); buffer_size = what a buffer holds.
+Decision on_recv(Flow& flow, int res, uint16_t bid, bool source_nonempty, uint32_t buffer_size);
 
 // A send to the sink completed: res = bytes sent or -errno.
 Decision on_send(Flow& flow, int res);
+
+// A spliced flow, one non-blocking splice(2) at a time: source -> pipe ("in") while
+// the pipe is empty, pipe -> sink ("out") while it holds data.
+enum class SpliceStep : uint8_t {
+    out,          // the pipe holds data: splice it to the sink
+    in,           // the pipe is empty: splice more from the source
+    wait_sink,    // the sink's send buffer is full: poll it for room
+    wait_source,  // the source ran dry after a bulk turn: poll it, keeping the empty
+                  // pipe (unless a flow that finds none free takes it meanwhile)
+    leave,        // the source ran dry after a turn of less: back to recv/send, the
+                  // empty pipe to the pool
+    finish,       // EOF with the pipe empty: shut down the sink for writing
+    reset,        // error on either socket: RST both sides and tear down
+};
+
+// Before the first splice: the flow's buffer is sent, the pipe is empty.
+void start_splice(Flow& flow);
+
+// Back to recv/send with the pipe empty: the source ran dry after a trickle, or its
+// data came when no pipe was free. source_ready: data is known to be queued.
+void stop_splice(Flow& flow, bool source_ready);
+
+// splice(source -> pipe) returned res (bytes, 0 = EOF, or -errno); `piped` is what
+// the pipe holds; bulk_turn: since the source was last found ready, at least a whole
+// buffer's worth came from it.
+SpliceStep on_splice_in(Flow& flow, long res, uint32_t& piped, bool bulk_turn);
+
+// splice(pipe -> sink) returned res (bytes or -errno).
+SpliceStep on_splice_out(long res, uint32_t& piped);
 
 // The handshake is the PROXY protocol's part of a connection: reading the client's
 // PROXY header (accept_proxy_protocol, Phase::handshake) and sending the target ours

@@ -30,12 +30,14 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 
 #include "datapath/access_log.hpp"
 #include "datapath/connection.hpp"
 #include "datapath/idle_wheel.hpp"
+#include "datapath/pipe_pool.hpp"
 #include "datapath/transparent.hpp"
 #include "datapath/uring.hpp"
 #include "datapath/user_data.hpp"
@@ -89,6 +91,9 @@ constexpr uint16_t kBufferGroup = 0;
 // While fds are short, clients are taken from the backlog one at a time with a
 // plain accept4(); this many per loop iteration, so that completions keep flowing.
 constexpr unsigned kAcceptsPerBatch = 64;
+// Pipe-fulls a spliced flow reads per turn before it polls its source again (ready
+// at once), so that one bulk flow cannot hold the loop.
+constexpr unsigned kSpliceInsPerTurn = 2;
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kNoDeadline = INT64_MAX;
@@ -205,6 +210,10 @@ constexpr Op recv_op(FlowDir dir) {
 
 constexpr Op send_op(FlowDir dir) {
     return dir == FlowDir::upstream ? Op::send_target : Op::send_client;
+}
+
+constexpr uint64_t splice_key(uint32_t slot, FlowDir dir) {
+    return (static_cast<uint64_t>(slot) << 1) | static_cast<unsigned>(dir);
 }
 
 constexpr FlowDir flow_of(Op op) {
@@ -365,8 +374,16 @@ struct Worker::Loop {
     void submit_send(uint32_t slot, FlowDir dir);
     void carry_out(uint32_t slot, FlowDir dir, Decision decision);
     void finish_flow(uint32_t slot, FlowDir dir);
+    void note_bytes(uint32_t slot, FlowDir dir, uint64_t n);
     void park(uint64_t waiter);
     void rearm_waiters();
+
+    // Splicing: a flow that keeps its buffers full (see connection.hpp).
+    std::optional<Pipe> take_pipe();
+    bool move_to_splice(uint32_t slot, FlowDir dir);
+    void on_splice_ready(uint32_t slot, FlowDir dir, int res, bool source_side);
+    void pump(uint32_t slot, FlowDir dir);
+    void end_splice(uint32_t slot, FlowDir dir);
 
     // Idle timeout.
     void update_clock();
@@ -429,6 +446,16 @@ struct Worker::Loop {
     // Connection so that the slots of everyone else stay small).
     std::vector<std::unique_ptr<AccessRecord>> access_;
     std::vector<std::unique_ptr<SnapshotPin>> pins_;
+    // The pipe of each spliced flow, by slot * 2 + direction (kept out of Connection:
+    // only bulk flows have one, and only while they stay bulk).
+    struct Spliced {
+        Pipe pipe;
+        uint32_t piped = 0;           // bytes in the pipe, not yet spliced to the sink
+        bool waiting_source = false;  // dry after a bulk turn: its empty pipe may be taken
+    };
+    std::unordered_map<uint64_t, Spliced> spliced_;
+    PipePool pipes_;
+    bool pipe_warned_ = false;
 
     uint64_t batch_ = 0;
     uint32_t worker_ops_ = 0;  // wake read, accepts, timers in flight
@@ -470,7 +497,8 @@ Worker::Loop::Loop(unsigned index, std::vector<WorkerListener> listeners, Worker
       buffers_(uring_, kBufferGroup, options.buffer_count, options.buffer_size,
                options.max_buffers > 0 ? options.max_buffers
                                        : static_cast<uint32_t>(std::min<uint64_t>(
-                                             2ULL * options.max_connections, UINT32_MAX))) {
+                                             2ULL * options.max_connections, UINT32_MAX))),
+      pipes_(options.max_pipes, options.pipe_size) {
     if (options.max_connections == 0) throw std::runtime_error("max_connections must be > 0");
     if (listeners_.items.size() > UINT16_MAX) throw std::runtime_error("too many listeners");
     for (const ListenerState& l : listeners_.items) set_nonblocking(l.fd);
@@ -768,6 +796,7 @@ void Worker::Loop::unpin(Connection& c) {
 
 void Worker::Loop::begin_shortage(std::string_view why) {
     pause_accepting();
+    pipes_.release_spares();
     if (std::exchange(short_of_fds_, true)) return;
     log::warn(
         "worker {}: {}; pausing accepts: new clients wait in the backlog until "
@@ -1310,26 +1339,26 @@ void Worker::Loop::on_connection_event(UserData ud, const io_uring_cqe& cqe) {
             return handle_handshake_send(ud.slot, cqe.res);
         case Op::recv_client:
         case Op::recv_target: {
-            if (cqe.res > 0) {
-                const auto n = static_cast<uint64_t>(cqe.res);
-                const bool up = dir == FlowDir::upstream;
-                add(up ? stats_.bytes_in : stats_.bytes_out, n);
-                count(up ? c.stats->bytes_sent : c.stats->bytes_received, n);
-                if (AccessRecord* a = access(ud.slot)) (up ? a->bytes_up : a->bytes_down) += n;
-                c.last_active = static_cast<uint32_t>(now_tick_);
+            if (c.flow(dir).state == FlowState::splicing) {  // a poll for the source's data
+                return on_splice_ready(ud.slot, dir, cqe.res, true);
             }
+            if (cqe.res > 0) note_bytes(ud.slot, dir, static_cast<uint64_t>(cqe.res));
             const bool nonempty = (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) != 0;
             int res = cqe.res;
             if (res == 0 && c.flow(other(dir)).state != FlowState::done &&
                 eof_hides_reset(c.source_fd(dir))) {
                 res = -ECONNRESET;
             }
-            const Decision decision = on_recv(c.flow(dir), res, bid, nonempty);
+            const Decision decision =
+                on_recv(c.flow(dir), res, bid, nonempty, buffers_.buffer_size());
             if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::recv_client);
             return carry_out(ud.slot, dir, decision);
         }
         case Op::send_target:
         case Op::send_client: {
+            if (c.flow(dir).state == FlowState::splicing) {  // a poll for room in the sink
+                return on_splice_ready(ud.slot, dir, cqe.res, false);
+            }
             if (cqe.res > 0) c.last_active = static_cast<uint32_t>(now_tick_);
             const Decision decision = on_send(c.flow(dir), cqe.res);
             if (decision.step == Step::reset) note_reset(ud.slot, ud.op == Op::send_client);
@@ -1426,7 +1455,19 @@ void Worker::Loop::carry_out(uint32_t slot, FlowDir dir, Decision decision) {
             return finish_flow(slot, dir);
         case Step::reset:
             return close_connection(slot, CloseMode::reset);
+        case Step::splice:
+            if (!move_to_splice(slot, dir)) submit_recv(slot, dir);
+            return;
     }
+}
+
+void Worker::Loop::note_bytes(uint32_t slot, FlowDir dir, uint64_t n) {
+    Connection& c = conns_[slot];
+    const bool up = dir == FlowDir::upstream;
+    add(up ? stats_.bytes_in : stats_.bytes_out, n);
+    count(up ? c.stats->bytes_sent : c.stats->bytes_received, n);
+    if (AccessRecord* a = access(slot)) (up ? a->bytes_up : a->bytes_down) += n;
+    c.last_active = static_cast<uint32_t>(now_tick_);
 }
 
 // EOF on one side becomes EOF on the other; the opposite flow keeps going.
@@ -1438,6 +1479,145 @@ void Worker::Loop::finish_flow(uint32_t slot, FlowDir dir) {
     }
     // A plain syscall: IORING_OP_SHUTDOWN would be punted to an io-wq thread.
     ::shutdown(c.sink_fd(dir), SHUT_WR);
+}
+
+// ---------------------------------------------------------------------------
+// Splicing. Each call is a non-blocking splice(2) on the worker's own thread: the
+// sockets are made non-blocking when a flow first moves, so a call never sleeps, and
+// no io-wq thread is involved (IORING_OP_SPLICE always runs in one, and blocks it
+// while the source is empty). Readiness comes from single-shot polls under the
+// flow's own recv and send tags, so a teardown cancels them like any other op.
+
+// A pipe for a flow, unless none may be had: the limit is reached, or fds are short
+// (a pipe takes two that a waiting client needs more).
+std::optional<Pipe> Worker::Loop::take_pipe() {
+    if (short_of_fds_) return std::nullopt;
+    int error = 0;
+    std::optional<Pipe> pipe = pipes_.take(Clock::now(), error);
+    if (pipe) return pipe;
+    if (error != 0) {
+        if (!std::exchange(pipe_warned_, true)) {
+            log::info("worker {}: no pipe for a bulk flow ({}): such flows keep using recv/send",
+                      index_, std::strerror(error));
+        }
+        return std::nullopt;
+    }
+    // All taken: one held by a flow waiting on a dry source serves better here. That
+    // flow takes another when its data comes, or goes back to recv/send.
+    for (auto it = spliced_.begin(); it != spliced_.end(); ++it) {
+        if (!it->second.waiting_source || it->second.piped != 0) continue;
+        pipe = std::move(it->second.pipe);
+        spliced_.erase(it);
+        return pipe;
+    }
+    return std::nullopt;
+}
+
+// Called where the flow would arm its next recv: its buffer is sent, so the pipe
+// carries on exactly where recv/send left off.
+bool Worker::Loop::move_to_splice(uint32_t slot, FlowDir dir) {
+    std::optional<Pipe> pipe = take_pipe();
+    if (!pipe) return false;
+    Connection& c = conns_[slot];
+    for (const int fd : {c.client_fd, c.target_fd}) ::fcntl(fd, F_SETFL, O_NONBLOCK);
+    start_splice(c.flow(dir));
+    spliced_.emplace(splice_key(slot, dir), Spliced{std::move(*pipe), 0});
+    add(stats_.spliced_flows, 1);
+    pump(slot, dir);
+    return true;
+}
+
+// A poll completed: the source has data (or EOF, or an error), or the sink has room.
+// The splice itself finds out which.
+void Worker::Loop::on_splice_ready(uint32_t slot, FlowDir dir, int res, bool source_side) {
+    if (res < 0) {
+        note_reset(slot, (dir == FlowDir::upstream) == source_side);
+        return close_connection(slot, CloseMode::reset);
+    }
+    pump(slot, dir);
+}
+
+// Moves the flow's bytes until the source is dry, the sink is full, the flow ends,
+// or it has had its turn.
+void Worker::Loop::pump(uint32_t slot, FlowDir dir) {
+    Connection& c = conns_[slot];
+    Flow& flow = c.flow(dir);
+    auto it = spliced_.find(splice_key(slot, dir));
+    if (it == spliced_.end()) {  // its pipe was taken while it waited (take_pipe)
+        std::optional<Pipe> pipe = take_pipe();
+        if (!pipe) {
+            stop_splice(flow, true);
+            return submit_recv(slot, dir);
+        }
+        it = spliced_.emplace(splice_key(slot, dir), Spliced{std::move(*pipe), 0}).first;
+    }
+    Spliced& s = it->second;
+    s.waiting_source = false;
+    SpliceStep step = s.piped > 0 ? SpliceStep::out : SpliceStep::in;
+    bool source_side = false;  // whose socket the last splice failed on
+    uint64_t turn = 0;         // bytes from the source since this call began
+    for (unsigned ins = 0;;) {
+        switch (step) {
+            case SpliceStep::in: {
+                if (ins++ == kSpliceInsPerTurn) {
+                    io_uring_prep_poll_add(connection_sqe(slot, recv_op(dir)), c.source_fd(dir),
+                                           POLLIN);
+                    ++c.inflight;
+                    return;
+                }
+                const ssize_t n = ::splice(c.source_fd(dir), nullptr, s.pipe.write_end(), nullptr,
+                                           pipes_.size(), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                long res = n >= 0 ? n : -errno;
+                if (res > 0) {
+                    note_bytes(slot, dir, static_cast<uint64_t>(res));
+                    turn += static_cast<uint64_t>(res);
+                }
+                if (res == 0 && c.flow(other(dir)).state != FlowState::done &&
+                    eof_hides_reset(c.source_fd(dir))) {
+                    res = -ECONNRESET;
+                }
+                step = on_splice_in(flow, res, s.piped, turn >= buffers_.buffer_size());
+                source_side = true;
+                break;
+            }
+            case SpliceStep::out: {
+                const ssize_t n = ::splice(s.pipe.read_end(), nullptr, c.sink_fd(dir), nullptr,
+                                           s.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                if (n > 0) c.last_active = static_cast<uint32_t>(now_tick_);
+                step = on_splice_out(n >= 0 ? n : -errno, s.piped);
+                source_side = false;
+                break;
+            }
+            case SpliceStep::wait_sink:
+                io_uring_prep_poll_add(connection_sqe(slot, send_op(dir)), c.sink_fd(dir), POLLOUT);
+                ++c.inflight;
+                return;
+            case SpliceStep::wait_source:
+                s.waiting_source = true;
+                io_uring_prep_poll_add(connection_sqe(slot, recv_op(dir)), c.source_fd(dir),
+                                       POLLIN);
+                ++c.inflight;
+                return;
+            case SpliceStep::leave:
+                end_splice(slot, dir);
+                return submit_recv(slot, dir);
+            case SpliceStep::finish:
+                end_splice(slot, dir);
+                return finish_flow(slot, dir);
+            case SpliceStep::reset:
+                note_reset(slot, (dir == FlowDir::upstream) == source_side);
+                return close_connection(slot, CloseMode::reset);
+        }
+    }
+}
+
+// The pipe goes back to the pool; one that still holds bytes (the connection is
+// being torn down) is closed instead.
+void Worker::Loop::end_splice(uint32_t slot, FlowDir dir) {
+    const auto it = spliced_.find(splice_key(slot, dir));
+    if (it == spliced_.end()) return;
+    pipes_.give_back(std::move(it->second.pipe), it->second.piped == 0);
+    spliced_.erase(it);
 }
 
 // A recv found no buffer: it waits, as `waiter` (its user_data), for one to come back.
@@ -1613,6 +1793,7 @@ void Worker::Loop::free_slot(uint32_t slot) {
     close_fd(c.client_fd);
     close_fd(c.target_fd);
     for (const Flow& flow : c.flows) release_buffer(flow.buf);
+    for (const FlowDir dir : {FlowDir::upstream, FlowDir::downstream}) end_splice(slot, dir);
     detach_target(c);
     unpin(c);
     free_handshake(c);

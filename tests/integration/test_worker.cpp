@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <string>
 #include <thread>
 
 #include "datapath/listener.hpp"
@@ -160,10 +162,12 @@ struct Rig {
     std::thread thread;
 
     // buffer_count and max_buffers: see WorkerOptions (max_buffers 0: the default).
-    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0) {
+    // max_pipes: see WorkerOptions (0: splicing off).
+    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0, uint32_t max_pipes = 16) {
         WorkerOptions options;
         options.buffer_count = buffer_count;
         options.max_buffers = max_buffers;
+        options.max_pipes = max_pipes;
         options.max_connections = 64;
         worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
         thread = std::thread([this] { worker->run(); });
@@ -463,7 +467,7 @@ size_t push_until_stalled(int fd, const std::string& data) {
 // when the ring is empty (with data queued, and when data arrives after a
 // POLL_FIRST arm), as 6.1 does: it never waits for a buffer.
 TEST_CASE("connections reset while starved for buffers leave nothing to the slots' next users") {
-    Rig rig(2);
+    Rig rig(2, 0, 0);  // no splicing: a spliced flow holds a pipe, not a buffer
     const uint16_t port = rig.add("a", std::make_shared<ListenerStats>());
     auto [client_a, server_a] = rig.open_pair(port);
     Fd ca{client_a}, sa{server_a};
@@ -530,7 +534,7 @@ TEST_CASE("connections reset while starved for buffers leave nothing to the slot
 TEST_CASE(
     "recvs parked on a full pool outlive their connection; the slot's next user is unharmed") {
     Group other{"other"};  // before the rig: the worker routes to it until it stops
-    Rig rig(2, 2);         // two buffers, and the pool may not grow
+    Rig rig(2, 2, 0);      // two buffers, the pool may not grow, and no splicing
     auto stats_b = std::make_shared<ListenerStats>();
     const uint16_t port_a = rig.add("a", std::make_shared<ListenerStats>());
     const uint16_t port_b = rig.add("b", stats_b, &other);
@@ -758,4 +762,188 @@ TEST_CASE("a target's reset while a send to it is half done reaches the client a
         REQUIRE(eventually([&] { return tcp_state(*relay) == TCP_CLOSE; }));
     }
     CHECK(recv_error(writer) == ECONNRESET);
+}
+
+// ---------------------------------------------------------------------------
+// Splicing: a flow that keeps its buffers full moves to splice (connection.hpp).
+
+namespace {
+
+constexpr size_t kBulk = 8 * 1024 * 1024;  // far more than socket buffers hold at once
+
+// Sends all of `data` on fd from another thread, blocking: the relay sees a source
+// that always has more queued, which is what moves a flow to splice.
+std::thread send_all(int fd, const std::string& data) {
+    return std::thread([fd, &data] {
+        size_t sent = 0;
+        while (sent < data.size()) {
+            const ssize_t n = retry(
+                [&] { return ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL); });
+            if (n <= 0) return;
+            sent += static_cast<size_t>(n);
+        }
+    });
+}
+
+// Reads exactly `size` bytes from fd (or less, at EOF or an error).
+std::string read_exactly(int fd, size_t size) {
+    std::string got;
+    got.reserve(size);
+    char buffer[65536];
+    while (got.size() < size) {
+        const ssize_t n = retry(
+            [&] { return ::recv(fd, buffer, std::min(sizeof buffer, size - got.size()), 0); });
+        if (n <= 0) break;
+        got.append(buffer, static_cast<size_t>(n));
+    }
+    return got;
+}
+
+// Whether one of this process's pipes (the worker's) holds unread bytes.
+bool a_pipe_holds_bytes() {
+    DIR* dir = ::opendir("/proc/self/fd");
+    REQUIRE(dir != nullptr);
+    bool found = false;
+    while (dirent* e = ::readdir(dir)) {
+        const int fd = std::atoi(e->d_name);
+        struct stat st {};
+        int queued = 0;
+        if (e->d_name[0] != '.' && ::fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) &&
+            ::ioctl(fd, FIONREAD, &queued) == 0 && queued > 0) {
+            found = true;
+        }
+    }
+    ::closedir(dir);
+    return found;
+}
+
+// Every byte of `data` from one end arrives in order at the other.
+bool carried(int from, int to, const std::string& data) {
+    std::thread sender = send_all(from, data);
+    const std::string got = read_exactly(to, data.size());
+    sender.join();
+    return got == data;
+}
+
+}  // namespace
+
+TEST_CASE("bulk flows move to splice and carry every byte in order, both ways") {
+    Rig rig;
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    const std::string up = pattern(kBulk, 'u');
+    const std::string down = pattern(kBulk, 'd');
+    CHECK(carried(client, server, up));
+    CHECK(rig.worker->stats().spliced_flows.load() >= 1);
+    CHECK(carried(server, client, down));
+    CHECK(rig.worker->stats().spliced_flows.load() >= 2);
+    // Both ways at once, and a short exchange after: back on recv/send, still in order.
+    std::thread to_client = send_all(server, down);
+    CHECK(carried(client, server, up));
+    CHECK(read_exactly(client, down.size()) == down);
+    to_client.join();
+    CHECK(round_trip(client, server, 'x'));
+    CHECK(rig.worker->stats().bytes_in.load() == 2 * kBulk + 1);
+    CHECK(rig.worker->stats().bytes_out.load() == 2 * kBulk + 1);
+    CHECK(rig.target().bytes_sent.load() == 2 * kBulk + 1);
+    CHECK(rig.target().bytes_received.load() == 2 * kBulk + 1);
+}
+
+TEST_CASE("with no pipes allowed, bulk flows stay on recv/send") {
+    Rig rig(64, 0, 0);
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    CHECK(carried(client, server, pattern(kBulk, 'n')));
+    CHECK(rig.worker->stats().spliced_flows.load() == 0);
+}
+
+TEST_CASE("a spliced flow's EOF is a half-close: the other direction keeps flowing") {
+    Rig rig;
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    const std::string up = pattern(kBulk, 'h');
+    std::thread sender([&] {
+        size_t sent = 0;
+        while (sent < up.size()) {
+            const ssize_t n = retry(
+                [&] { return ::send(client, up.data() + sent, up.size() - sent, MSG_NOSIGNAL); });
+            if (n <= 0) return;
+            sent += static_cast<size_t>(n);
+        }
+        ::shutdown(client, SHUT_WR);
+    });
+    CHECK(read_exactly(server, up.size()) == up);
+    sender.join();
+    CHECK(rig.worker->stats().spliced_flows.load() >= 1);
+    char byte = 0;
+    CHECK(retry([&] { return ::recv(server, &byte, 1, 0); }) == 0);  // the FIN came through
+    const std::string reply = pattern(kBulk, 'r');
+    CHECK(carried(server, client, reply));
+    ::shutdown(server, SHUT_WR);
+    CHECK(retry([&] { return ::recv(client, &byte, 1, 0); }) == 0);
+}
+
+// The pipe is the relay's buffer while spliced: a target that stops reading must
+// stop the client, with no more queued than the socket buffers and one pipe hold.
+TEST_CASE("a spliced flow keeps backpressure, and resumes in order when the target reads") {
+    Rig rig;
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    // Spliced first, while the target reads.
+    const std::string warm = pattern(kBulk, 'w');
+    REQUIRE(carried(client, server, warm));
+    REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
+    const std::string data = pattern(512 * 1024 * 1024, 'b');
+    const size_t pushed = push_until_stalled(client, data);
+    // Loopback autotunes each socket buffer up to tcp_rmem/tcp_wmem's maximum
+    // (32 MiB and 4 MiB on this kernel): bounded, far below what was offered.
+    CHECK(pushed < 128 * 1024 * 1024);
+    CHECK(deliver(client, data, pushed, server, data));
+}
+
+TEST_CASE("a reset connection's pipe, full of its bytes, never feeds the next one") {
+    Rig rig(64, 0, 1);  // one pipe: the next bulk flow gets whatever the last one left
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    {
+        auto [client, server] = rig.open_pair(port);
+        Fd c{client}, s{server};
+        // Stalled while spliced: the pipe holds bytes the target never read.
+        push_until_stalled(client, pattern(256 * 1024 * 1024, 's'));
+        REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
+        REQUIRE(a_pipe_holds_bytes());
+        set_linger_zero(client);
+    }
+    REQUIRE(eventually([&] { return rig.worker->stats().active.load() == 0; }));
+    const uint64_t spliced = rig.worker->stats().spliced_flows.load();
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    const std::string fresh = pattern(kBulk, 'f');
+    CHECK(carried(client, server, fresh));
+    CHECK(rig.worker->stats().spliced_flows.load() > spliced);  // it had a pipe again
+}
+
+TEST_CASE("a target's reset while spliced reaches the client as a reset") {
+    Rig rig;
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    REQUIRE(carried(server, client, pattern(kBulk, 't')));
+    REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
+    // The target keeps sending while the client does not read; then it resets.
+    push_until_stalled(server, pattern(256 * 1024 * 1024, 'k'));
+    set_linger_zero(server);
+    ::close(server);
+    s.fd = -1;
+    // Whatever was already relayed may arrive first; then the reset.
+    char buffer[65536];
+    ssize_t n = 0;
+    do {
+        n = retry([&] { return ::recv(client, buffer, sizeof buffer, 0); });
+    } while (n > 0);
+    CHECK(n < 0);
+    CHECK(errno == ECONNRESET);
 }

@@ -14,6 +14,8 @@ using std::chrono::milliseconds;
 
 namespace {
 
+constexpr uint32_t kBuffer = 32 * 1024;  // what a receive buffer holds
+
 // A flow with a recv in flight, as the worker leaves it after arming one.
 Flow receiving_flow() {
     Flow flow;
@@ -25,7 +27,7 @@ Flow receiving_flow() {
 
 TEST_CASE("received data is sent from the same buffer, then the buffer goes back") {
     Flow flow = receiving_flow();
-    Decision d = on_recv(flow, 1000, 7, false);
+    Decision d = on_recv(flow, 1000, 7, false, kBuffer);
     CHECK(d.step == Step::send);
     CHECK(d.release == kNoBuffer);  // still needed by the send
     CHECK(flow.state == FlowState::sending);
@@ -42,7 +44,7 @@ TEST_CASE("received data is sent from the same buffer, then the buffer goes back
 
 TEST_CASE("a short send resubmits the remainder and keeps the buffer") {
     Flow flow = receiving_flow();
-    on_recv(flow, 16384, 3, true);
+    on_recv(flow, 16384, 3, true, kBuffer);
     Decision d = on_send(flow, 10000);
     CHECK(d.step == Step::send);
     CHECK(d.release == kNoBuffer);
@@ -58,7 +60,7 @@ TEST_CASE("a short send resubmits the remainder and keeps the buffer") {
 
 TEST_CASE("the source is not read while its data is being sent") {
     Flow flow = receiving_flow();
-    on_recv(flow, 10, 1, false);
+    on_recv(flow, 10, 1, false, kBuffer);
     // Only a send completion moves the flow back to receiving.
     CHECK(flow.state == FlowState::sending);
     on_send(flow, 4);
@@ -69,22 +71,22 @@ TEST_CASE("the source is not read while its data is being sent") {
 
 TEST_CASE("readiness hint: poll first only when the source had nothing more queued") {
     Flow flow = receiving_flow();
-    on_recv(flow, 100, 1, true);
-    CHECK(flow.source_ready);
+    on_recv(flow, 100, 1, true, kBuffer);
+    CHECK(static_cast<bool>(flow.source_ready));
     on_send(flow, 100);
-    on_recv(flow, 100, 2, false);
-    CHECK_FALSE(flow.source_ready);
+    on_recv(flow, 100, 2, false, kBuffer);
+    CHECK_FALSE(static_cast<bool>(flow.source_ready));
 }
 
 TEST_CASE("EOF finishes the flow and returns any buffer the kernel attached") {
     Flow flow = receiving_flow();
-    Decision d = on_recv(flow, 0, kNoBuffer, false);
+    Decision d = on_recv(flow, 0, kNoBuffer, false, kBuffer);
     CHECK(d.step == Step::finish);
     CHECK(d.release == kNoBuffer);
     CHECK(flow.state == FlowState::done);
 
     Flow other = receiving_flow();
-    d = on_recv(other, 0, 12, false);
+    d = on_recv(other, 0, 12, false, kBuffer);
     CHECK(d.step == Step::finish);
     CHECK(d.release == 12);
 }
@@ -95,51 +97,160 @@ TEST_CASE("half-close: one flow done, the other keeps relaying, then both done")
     start_recv(c.flow(FlowDir::upstream));
     start_recv(c.flow(FlowDir::downstream));
 
-    CHECK(on_recv(c.flow(FlowDir::upstream), 0, kNoBuffer, false).step == Step::finish);
+    CHECK(on_recv(c.flow(FlowDir::upstream), 0, kNoBuffer, false, kBuffer).step == Step::finish);
     CHECK_FALSE(c.both_flows_done());
 
     Flow& down = c.flow(FlowDir::downstream);
-    CHECK(on_recv(down, 500, 4, false).step == Step::send);
+    CHECK(on_recv(down, 500, 4, false, kBuffer).step == Step::send);
     CHECK(on_send(down, 500).step == Step::recv);
-    CHECK(on_recv(down, 0, kNoBuffer, false).step == Step::finish);
+    CHECK(on_recv(down, 0, kNoBuffer, false, kBuffer).step == Step::finish);
     CHECK(c.both_flows_done());
 }
 
 TEST_CASE("no free buffer parks the recv instead of closing") {
     Flow flow = receiving_flow();
-    Decision d = on_recv(flow, -ENOBUFS, kNoBuffer, false);
+    Decision d = on_recv(flow, -ENOBUFS, kNoBuffer, false, kBuffer);
     CHECK(d.step == Step::wait_buffer);
     CHECK(flow.state == FlowState::waiting_buffer);
-    CHECK(flow.source_ready);  // data is there: the re-armed recv should not poll first
+    CHECK(static_cast<bool>(
+        flow.source_ready));  // data is there: the re-armed recv should not poll first
     start_recv(flow);
     CHECK(flow.state == FlowState::receiving);
-    CHECK(on_recv(flow, 42, 9, false).step == Step::send);
+    CHECK(on_recv(flow, 42, 9, false, kBuffer).step == Step::send);
 }
 
 TEST_CASE("a short chunk with more queued behind it is sent with MSG_MORE, a full one is not") {
     constexpr uint32_t kSize = 32 * 1024;
     Flow flow = receiving_flow();
     // A reply with its FIN already queued: held back to leave with the FIN.
-    REQUIRE(on_recv(flow, 120, 1, true).step == Step::send);
+    REQUIRE(on_recv(flow, 120, 1, true, kBuffer).step == Step::send);
     CHECK(send_more(flow, kSize));
     CHECK(on_send(flow, 120).step == Step::recv);
     // Nothing queued behind it: out at once.
-    REQUIRE(on_recv(flow, 120, 1, false).step == Step::send);
+    REQUIRE(on_recv(flow, 120, 1, false, kBuffer).step == Step::send);
     CHECK_FALSE(send_more(flow, kSize));
     CHECK(on_send(flow, 120).step == Step::recv);
     // A full buffer (bulk) goes out at once even with more queued.
-    REQUIRE(on_recv(flow, kSize, 1, true).step == Step::send);
+    REQUIRE(on_recv(flow, kSize, 1, true, kBuffer).step == Step::send);
     CHECK_FALSE(send_more(flow, kSize));
+}
+
+// Receives one chunk of `n` bytes (more queued behind it if `more`) and sends it
+// whole; returns what the send completion decided.
+Step relay_chunk(Flow& flow, uint32_t n, bool more) {
+    REQUIRE(on_recv(flow, static_cast<int>(n), 1, more, kBuffer).step == Step::send);
+    return on_send(flow, static_cast<int>(n)).step;
+}
+
+TEST_CASE("a flow that fills whole buffers with more queued moves to splice, once sent") {
+    Flow flow = receiving_flow();
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);  // once could be one big reply
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::splice);
+    CHECK(flow.buf == kNoBuffer);  // nothing of the buffer is left to send first
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::splice);  // no pipe was free: asks again
+}
+
+TEST_CASE("a short chunk, or a full one with nothing behind it, restarts the splice count") {
+    Flow flow = receiving_flow();
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);
+    CHECK(relay_chunk(flow, kBuffer - 1, true) == Step::recv);
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);
+    CHECK(relay_chunk(flow, kBuffer, false) == Step::recv);  // it all fitted: not bulk
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);
+    // A short send in between changes nothing: the count is of receives.
+    REQUIRE(on_recv(flow, static_cast<int>(kBuffer), 1, true, kBuffer).step == Step::send);
+    CHECK(on_send(flow, 100).step == Step::send);
+    CHECK(on_send(flow, static_cast<int>(kBuffer) - 100).step == Step::splice);
+}
+
+TEST_CASE("a parked receive keeps the count: starvation says nothing about the flow") {
+    Flow flow = receiving_flow();
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);
+    CHECK(on_recv(flow, -ENOBUFS, kNoBuffer, false, kBuffer).step == Step::wait_buffer);
+    start_recv(flow);
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::splice);
+}
+
+TEST_CASE("splicing: in while the pipe is empty, out while it holds bytes") {
+    Flow flow = receiving_flow();
+    relay_chunk(flow, kBuffer, true);
+    relay_chunk(flow, kBuffer, true);
+    start_splice(flow);
+    CHECK(flow.state == FlowState::splicing);
+    uint32_t piped = 0;
+    CHECK(on_splice_in(flow, 1 << 20, piped, true) == SpliceStep::out);
+    CHECK(piped == 1u << 20);
+    CHECK(on_splice_out(300000, piped) == SpliceStep::out);  // short: try the rest
+    CHECK(piped == (1u << 20) - 300000);
+    CHECK(on_splice_out(-EAGAIN, piped) == SpliceStep::wait_sink);  // the sink is full
+    CHECK(piped == (1u << 20) - 300000);
+    CHECK(on_splice_out(-EINTR, piped) == SpliceStep::out);
+    CHECK(on_splice_out((1 << 20) - 300000, piped) == SpliceStep::in);  // empty: read on
+    CHECK(piped == 0);
+    CHECK(flow.state == FlowState::splicing);
+}
+
+TEST_CASE("splicing: a source dry after a bulk turn is polled, still spliced") {
+    Flow flow;
+    start_splice(flow);
+    uint32_t piped = 0;
+    CHECK(on_splice_in(flow, -EAGAIN, piped, true) == SpliceStep::wait_source);
+    CHECK(flow.state == FlowState::splicing);
+}
+
+TEST_CASE("splicing: a source dry after a trickle goes back to recv/send, which polls first") {
+    Flow flow = receiving_flow();
+    relay_chunk(flow, kBuffer, true);
+    relay_chunk(flow, kBuffer, true);
+    start_splice(flow);
+    uint32_t piped = 0;
+    CHECK(on_splice_in(flow, -EINTR, piped, false) == SpliceStep::in);
+    CHECK(on_splice_in(flow, -EAGAIN, piped, false) == SpliceStep::leave);
+    CHECK(flow.state == FlowState::receiving);
+    CHECK_FALSE(static_cast<bool>(flow.source_ready));  // poll first
+    // Back to counting from zero: one full buffer is not enough to return.
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::recv);
+    CHECK(relay_chunk(flow, kBuffer, true) == Step::splice);
+}
+
+TEST_CASE("splicing: data that finds no free pipe goes back to recv/send without waiting") {
+    Flow flow;
+    start_splice(flow);
+    flow.full_recvs = 2;
+    stop_splice(flow, true);
+    CHECK(flow.state == FlowState::receiving);
+    CHECK(static_cast<bool>(flow.source_ready));  // the data is there: recv at once
+    CHECK(static_cast<int>(flow.full_recvs) == 0);
+}
+
+TEST_CASE("splicing: EOF finishes the flow; errors on either socket reset") {
+    Flow flow;
+    start_splice(flow);
+    uint32_t piped = 0;
+    CHECK(on_splice_in(flow, 0, piped, true) == SpliceStep::finish);
+    CHECK(flow.state == FlowState::done);
+    for (int err : {ECONNRESET, EPIPE, ETIMEDOUT, EBADF}) {
+        CAPTURE(err);
+        Flow in;
+        start_splice(in);
+        uint32_t none = 0;
+        CHECK(on_splice_in(in, -err, none, true) == SpliceStep::reset);
+        uint32_t some = 10;
+        CHECK(on_splice_out(-err, some) == SpliceStep::reset);
+    }
+    // Nothing taken from a non-empty pipe means the sink is gone, like -EPIPE.
+    uint32_t some = 10;
+    CHECK(on_splice_out(0, some) == SpliceStep::reset);
 }
 
 TEST_CASE("resets and errors abort the connection from either side") {
     for (int err : {ECONNRESET, EPIPE, ETIMEDOUT, EHOSTUNREACH, ECANCELED}) {
         CAPTURE(err);
         Flow reading = receiving_flow();
-        CHECK(on_recv(reading, -err, kNoBuffer, false).step == Step::reset);
+        CHECK(on_recv(reading, -err, kNoBuffer, false, kBuffer).step == Step::reset);
 
         Flow sending = receiving_flow();
-        on_recv(sending, 10, 2, false);
+        on_recv(sending, 10, 2, false, kBuffer);
         CHECK(on_send(sending, -err).step == Step::reset);
         CHECK(sending.buf == 2);  // still held: the worker returns it when the slot is freed
     }
@@ -147,14 +258,14 @@ TEST_CASE("resets and errors abort the connection from either side") {
 
 TEST_CASE("a zero-byte send completion is treated as a dead sink, not retried forever") {
     Flow flow = receiving_flow();
-    on_recv(flow, 10, 2, false);
+    on_recv(flow, 10, 2, false, kBuffer);
     CHECK(on_send(flow, 0).step == Step::reset);
 }
 
 TEST_CASE("interrupted ops are simply retried") {
     Flow flow = receiving_flow();
-    CHECK(on_recv(flow, -EAGAIN, kNoBuffer, false).step == Step::recv);
-    on_recv(flow, 10, 2, false);
+    CHECK(on_recv(flow, -EAGAIN, kNoBuffer, false, kBuffer).step == Step::recv);
+    on_recv(flow, 10, 2, false, kBuffer);
     CHECK(on_send(flow, -EINTR).step == Step::send);
     CHECK(flow.sent == 0);
 }
