@@ -78,6 +78,7 @@ class DaemonAdminSource final : public AdminSource {
             t.bytes_in += s.bytes_in.load(std::memory_order_relaxed);
             t.bytes_out += s.bytes_out.load(std::memory_order_relaxed);
             t.client_ip_fallbacks += s.client_ip_fallbacks.load(std::memory_order_relaxed);
+            t.spliced_flows += s.spliced_flows.load(std::memory_order_relaxed);
         }
         return t;
     }

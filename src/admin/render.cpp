@@ -501,6 +501,10 @@ std::string metrics_text(const AdminState& state) {
              "preserve_client_ip connects made from stickyd's own address instead of the "
              "client's (IPv4 client and IPv6 target or the other way round, or a refused bind).");
     p.sample("stickyd_preserve_client_ip_fallbacks_total", {}, t.client_ip_fallbacks);
+    p.family("stickyd_spliced_flows_total", "counter",
+             "Flows (one direction of a connection) moved to splice because they kept "
+             "whole receive buffers full; counted each time one moves.");
+    p.sample("stickyd_spliced_flows_total", {}, t.spliced_flows);
 
     p.family("stickyd_process_open_fds", "gauge", "Number of open file descriptors.");
     p.sample("stickyd_process_open_fds", {}, state.fds.open);

@@ -97,6 +97,7 @@ struct DaemonTotals {
     uint64_t bytes_in = 0;             // client -> target
     uint64_t bytes_out = 0;            // target -> client
     uint64_t client_ip_fallbacks = 0;  // preserve_client_ip connects from our own address
+    uint64_t spliced_flows = 0;        // flows moved to splice (bulk transfers)
 };
 
 // One configured listener and its counters, copied out for one document.

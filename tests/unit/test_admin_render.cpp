@@ -23,7 +23,7 @@ AdminState state_of(FakeSource& source) {
     AdminState state;
     state.control = source.view();
     state.listeners = {{"front", "127.0.0.1:8000", "web", 12, 1}};
-    state.totals = {12, 3, 2, 1, 1000, 2000, 4};
+    state.totals = {12, 3, 2, 1, 1000, 2000, 4, 5};
     state.fds = {17, 1024};
     return state;
 }
@@ -157,6 +157,7 @@ TEST_CASE("/metrics holds every family with the right values and passes the stri
                       "target_group=\"web\"} 12"),
           std::string("stickyd_connect_retries_total 1"),
           std::string("stickyd_preserve_client_ip_fallbacks_total 4"),
+          std::string("stickyd_spliced_flows_total 5"),
           std::string("stickyd_active_connections 3"),
           std::string("stickyd_process_open_fds 17"),
           std::string("stickyd_process_max_fds 1024"),
