@@ -141,6 +141,9 @@ struct ListenerConfig {
 
 struct GlobalConfig {
     unsigned threads = 0;  // 0 = one per online CPU
+    // Pipes per worker for bulk flows moved to splice (see WorkerOptions::max_pipes);
+    // 0 = never splice.
+    unsigned splice_pipes = 16;
     LogLevel log_level = LogLevel::info;
     Duration shutdown_grace{30000};
     // On SIGTERM, how long to keep accepting while /ready answers 503, so routers

@@ -41,6 +41,10 @@ ReloadPlan plan_reload(const Config& current, const Config& next) {
         plan.restart_only.push_back(
             fmt::format("global.threads changed from {} to {}", a.threads, b.threads));
     }
+    if (a.splice_pipes != b.splice_pipes) {
+        plan.restart_only.push_back(fmt::format("global.splice_pipes changed from {} to {}",
+                                                a.splice_pipes, b.splice_pipes));
+    }
     if (a.admin_socket != b.admin_socket) {
         plan.restart_only.push_back(fmt::format("global.admin_socket changed from {:?} to {:?}",
                                                 a.admin_socket, b.admin_socket));

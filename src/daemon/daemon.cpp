@@ -204,10 +204,12 @@ bool Daemon::create_workers() {
         for (unsigned w = 0; w < count; ++w)
             per_worker[w].push_back(WorkerListener{fds[w], settings});
     }
+    WorkerOptions worker_options = options_.worker;
+    worker_options.max_pipes = config_.global.splice_pipes;
     try {
         for (unsigned w = 0; w < count; ++w) {
             workers_.push_back(
-                std::make_unique<Worker>(w, std::move(per_worker[w]), options_.worker));
+                std::make_unique<Worker>(w, std::move(per_worker[w]), worker_options));
         }
     } catch (const std::exception& e) {
         print_error(e.what());
@@ -376,6 +378,7 @@ void Daemon::commit_reload(Prepared& prepared) {
     // What only a restart applies stays as it runs, so the view of "the running
     // config" is the new file with those few values kept.
     next.global.threads = config_.global.threads;
+    next.global.splice_pipes = config_.global.splice_pipes;
     next.global.admin_socket = config_.global.admin_socket;
     next.global.admin_address = config_.global.admin_address;
     next.global.metrics_address = config_.global.metrics_address;

@@ -4,6 +4,7 @@ and every byte arrives, in order, exactly once (SHA-256 compared at both ends)."
 import hashlib
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -71,6 +72,36 @@ def test_backend_generated_data_after_client_eof():
         h.expect_eq(digest, h.sha256(h.pattern(downs[i])), f"connection {i}: reply SHA-256")
 
     h.run_parallel([lambda i=i: job(i) for i in range(16)], timeout=80)
+
+
+def spliced_flows(stickyd):
+    text = h.admin_get(stickyd.admin_socket, "/metrics")
+    m = re.search(r"^stickyd_spliced_flows_total (\d+)$", text, re.M)
+    h.expect(m, "no stickyd_spliced_flows_total in /metrics")
+    return int(m.group(1))
+
+
+def test_bulk_flows_splice_and_splice_pipes_0_keeps_them_on_recv_send():
+    # Bulk both ways moves flows to splice; every byte still arrives in order. With
+    # splice_pipes = 0 the same traffic never splices, and arrives just the same.
+    backends = h.start_backends(1)
+    payload = h.random_payload(32 * MIB, seed=7)
+    for pipes, spliced in ((None, True), (0, False)):
+        g = {} if pipes is None else {"splice_pipes": pipes}
+        lb = h.lb_addr()
+        groups = [{"name": "echo", "targets": [{"id": "b", "address": backends[0].address}]}]
+        listeners = [{"bind": h.fmt_addr(lb), "target_group": "echo"}]
+        stickyd = h.start_stickyd(h.config_text(listeners, groups, g), addr=lb)
+        with h.connect(lb) as s:
+            count, digest = h.echo_roundtrip(s, payload)
+        h.expect_eq(count, len(payload), f"splice_pipes {pipes}: echoed byte count")
+        h.expect_eq(digest, h.sha256(payload), f"splice_pipes {pipes}: echoed SHA-256")
+        flows = spliced_flows(stickyd)
+        h.expect(
+            (flows > 0) == spliced,
+            f"splice_pipes {pipes}: stickyd_spliced_flows_total is {flows}",
+        )
+        stickyd.process.kill()
 
 
 def test_32_full_duplex_connections_hashed_at_both_ends():

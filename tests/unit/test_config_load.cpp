@@ -107,6 +107,7 @@ name = "api"
 TEST_CASE("defaults fill in") {
     Config c = loaded(kMinimal);
     CHECK(c.global.threads == 0);
+    CHECK(c.global.splice_pipes == 16);
     CHECK(c.global.log_level == LogLevel::info);
     CHECK(c.global.shutdown_grace == 30s);
     REQUIRE(c.listeners.size() == 1);
@@ -190,6 +191,7 @@ TEST_CASE("boundary values are accepted") {
     Config c = loaded(R"(
 [global]
 threads = 256
+splice_pipes = 4096
 shutdown_grace = "1h"
 
 [[listener]]
@@ -219,6 +221,7 @@ connect_retries = 0
 stickiness = { prefix_v4 = 32, prefix_v6 = 128 }
 )");
     CHECK(c.global.threads == 256);
+    CHECK(c.global.splice_pipes == 4096);
     CHECK(c.global.shutdown_grace == 1h);
     CHECK(c.target_groups[0].maglev_table_size == 211);
     CHECK(c.target_groups[0].connect_timeout == 10ms);

@@ -125,7 +125,8 @@ HealthyThresholdCount = 3
 [global]
 zzz = 1
 aaa = 2
-)") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"log_level\", "
+)") == "t.toml:2:1: global.zzz: unknown key; expected one of \"threads\", \"splice_pipes\", "
+       "\"log_level\", "
        "\"shutdown_grace\", \"shutdown_delay\", \"admin_socket\", \"admin_socket_group\", "
        "\"admin_socket_mode\", \"admin_address\", \"metrics_address\"");
     }
@@ -167,6 +168,18 @@ threads = true
 )",
          "t.toml:2:11: global.threads: must be an integer from 0 to 256 (0 = one per online "
          "CPU), got boolean true"},
+        {R"(
+[global]
+splice_pipes = 4097
+)",
+         "t.toml:2:16: global.splice_pipes: must be an integer from 0 to 4096 (0 = never "
+         "splice), got 4097"},
+        {R"(
+[global]
+splice_pipes = -1
+)",
+         "t.toml:2:16: global.splice_pipes: must be an integer from 0 to 4096 (0 = never "
+         "splice), got -1"},
         {R"(
 [global]
 log_level = 3

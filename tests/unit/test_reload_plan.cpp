@@ -75,6 +75,7 @@ TEST_CASE("settings that need a restart are named") {
     Config before;
     Config after;
     after.global.threads = 4;
+    after.global.splice_pipes = 0;
     after.global.admin_socket = "/tmp/a.sock";
     after.global.admin_socket_group = "stickyd";
     after.global.admin_socket_mode = 0640;
@@ -84,7 +85,7 @@ TEST_CASE("settings that need a restart are named") {
     after.global.shutdown_grace = std::chrono::seconds(5);  // applied live
     const ReloadPlan plan = plan_reload(before, after);
     CHECK(plan.restart_only ==
-          Names{"global.threads changed from 0 to 4",
+          Names{"global.threads changed from 0 to 4", "global.splice_pipes changed from 16 to 0",
                 "global.admin_socket changed from \"/run/stickyd/admin.sock\" to \"/tmp/a.sock\"",
                 "global.admin_socket_group changed from \"\" to \"stickyd\"",
                 "global.admin_socket_mode changed from 0660 to 0640",

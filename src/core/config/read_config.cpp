@@ -28,11 +28,15 @@ std::optional<unsigned> parse_socket_mode(std::string_view text) {
 }
 
 GlobalConfig read_global(Diagnostics& diag, const toml::table& table, std::string path) {
-    TableReader r(diag, table, std::move(path),
-                  {"threads", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
-                   "admin_socket_group", "admin_socket_mode", "admin_address", "metrics_address"});
+    TableReader r(
+        diag, table, std::move(path),
+        {"threads", "splice_pipes", "log_level", "shutdown_grace", "shutdown_delay", "admin_socket",
+         "admin_socket_group", "admin_socket_mode", "admin_address", "metrics_address"});
     GlobalConfig global;
     if (auto v = r.integer("threads", kThreadsRange)) global.threads = static_cast<unsigned>(*v);
+    if (auto v = r.integer("splice_pipes", kSplicePipesRange)) {
+        global.splice_pipes = static_cast<unsigned>(*v);
+    }
     if (auto v = read_log_level(r, "log_level")) global.log_level = *v;
     if (auto v = r.duration("shutdown_grace", kShutdownGraceRange)) global.shutdown_grace = *v;
     if (auto v = r.duration("shutdown_delay", kShutdownDelayRange)) global.shutdown_delay = *v;

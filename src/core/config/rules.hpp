@@ -25,6 +25,7 @@ struct IntRange {
 };
 
 constexpr IntRange kThreadsRange{0, 256, " (0 = one per online CPU)"};
+constexpr IntRange kSplicePipesRange{0, 4096, " (0 = never splice)"};
 constexpr IntRange kWeightRange{1, kMaxWeight, ""};
 constexpr IntRange kRetriesRange{0, 16, ""};
 constexpr IntRange kPrefixV4Range{0, 32, ""};

@@ -19,6 +19,9 @@ void validate_global(Diagnostics& diag, const GlobalConfig& global) {
     if (auto problem = outside_range(global.threads, kThreadsRange)) {
         diag.fail("global.threads", *problem);
     }
+    if (auto problem = outside_range(global.splice_pipes, kSplicePipesRange)) {
+        diag.fail("global.splice_pipes", *problem);
+    }
     if (auto problem = outside_range(global.shutdown_grace, kShutdownGraceRange)) {
         diag.fail("global.shutdown_grace", *problem);
     }
