@@ -218,7 +218,7 @@ class PreScan {
     // a boolean, or something broken) up to the next whitespace, ',', ']', '}' or '#',
     // taking whatever comes between as part of it.
     void track_bare_value(char c) {
-        if (std::string_view(" \t\r\n,]}#").find(c) != std::string_view::npos) {
+        if (ends_value(c)) {
             in_bare_value_ = false;
         } else if (c != '[' && c != '{' && c != '"' && c != '\'') {
             in_bare_value_ = true;
