@@ -1107,6 +1107,20 @@ void Control::Loop::take_passive_reports() {
 // ---------------------------------------------------------------------------
 // Checks and their verdicts
 
+namespace {
+
+// The DNS name whose last answer holds this address ("" if none does): the first
+// in name order when several do, so every check of it names the same one.
+std::string dns_name_of(const Group& group, const SocketAddress& address) {
+    for (const auto& [key, addresses] : group.answers) {
+        if (std::find(addresses.begin(), addresses.end(), address) == addresses.end()) continue;
+        return key.substr(0, key.rfind(':'));  // answers are by "NAME:PORT"
+    }
+    return {};
+}
+
+}  // namespace
+
 void Control::Loop::start_check(uint32_t p) {
     const Probe& probe = probes_[p];
     const TargetGroupConfig& config = probe.group->config;
@@ -1114,6 +1128,9 @@ void Control::Loop::start_check(uint32_t p) {
     // Built per check, so a reload's new settings apply from the next check on.
     CheckRequest request;
     request.address = with_port(probe.address, hc.port);
+    if (hc.protocol == HealthProtocol::https) {
+        request.server_name = dns_name_of(*probe.group, probe.address);
+    }
     request.protocol = hc.protocol;
     request.path = hc.path;
     request.proxy_protocol_v2 = config.proxy_protocol_v2;

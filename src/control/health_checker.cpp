@@ -108,10 +108,12 @@ bool HealthChecker::start(uint32_t slot, const CheckRequest& request) {
 // memory for them is our problem, as a missing socket is, not the target's.
 bool HealthChecker::start_tls(Check& check) {
     if (!tls_context_) tls_context_ = TlsContext::create();
-    // SNI names the target as the check addresses it; an IP literal gets none.
+    // SNI names the target as it was found: by its DNS name, else by address (and an
+    // IP literal gets none).
     if (tls_context_) {
-        check.tls =
-            TlsSession::create(*tls_context_, to_string(ip_key_of(check.request.address.sa())));
+        const std::string& name = check.request.server_name;
+        check.tls = TlsSession::create(
+            *tls_context_, name.empty() ? to_string(ip_key_of(check.request.address.sa())) : name);
     }
     if (!check.tls) {
         errno = ENOMEM;

@@ -40,6 +40,9 @@ std::string connect_error(int err);
 // or a removed target cannot change a check under way.
 struct CheckRequest {
     SocketAddress address;  // the target's, with the check's port applied
+    // https: the DNS name the target was found by, sent as SNI; empty for a target
+    // given by address (an IP literal gets no SNI).
+    std::string server_name;
     HealthProtocol protocol = HealthProtocol::tcp;
     std::string path = "/";          // http and https
     bool proxy_protocol_v2 = false;  // send a PROXY v2 LOCAL header first

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import sys
 import threading
 
@@ -112,6 +113,32 @@ class Holder(h.PyServer):
                 with self._lock:
                     self.open -= 1
         except OSError:
+            pass
+
+
+class SniRecorder(h.PyServer):
+    """TLS with a self-signed certificate: records the SNI each handshake names (None
+    for none) and answers every request with 200."""
+
+    def __init__(self):
+        cert, key = certificate()
+        self.names = []
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.context.sni_callback = lambda _sock, name, _ctx: self.names.append(name)
+        super().__init__(self._answer)
+
+    def _answer(self, conn):
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        except (OSError, ssl.SSLError):
             pass
 
 
@@ -318,6 +345,26 @@ def test_reload_and_stop_in_the_middle_of_handshakes():
     stickyd.process.signal(15)  # SIGTERM
     h.expect_eq(stickyd.process.wait(10), 0, "exit status after a stop mid-handshake")
     h.wait_for("held-2's check to end", lambda: held[1].open == 0, timeout=SLACK)
+
+
+def test_https_check_of_a_target_found_by_dns_name_sends_that_name_as_sni():
+    # A target found by "localhost:PORT" is checked with SNI "localhost", as a TLS
+    # server that picks its certificate by name (an ingress, a service mesh) needs;
+    # a target given by address gets none.
+    by_name, by_ip = SniRecorder(), SniRecorder()
+    lb = h.lb_addr()
+    text = config(lb, [("by-ip", by_ip.address)], FAST).replace(
+        'name = "web"\n', f'name = "web"\ndns = "localhost:{by_name.addr[1]}"\n', 1
+    )
+    stickyd = h.start_stickyd(text, addr=lb)
+    h.wait_for(
+        "a check of each target",
+        lambda: "localhost" in by_name.names and None in by_ip.names,
+        timeout=INTERVAL + SLACK,
+        process=stickyd.process,
+    )
+    h.expect(set(by_ip.names) == {None}, f"SNI of checks by address: {by_ip.names}")
+    h.expect(set(by_name.names) == {"localhost"}, f"SNI of checks by name: {by_name.names}")
 
 
 if __name__ == "__main__":
