@@ -162,12 +162,14 @@ struct Rig {
     std::thread thread;
 
     // buffer_count and max_buffers: see WorkerOptions (max_buffers 0: the default).
-    // max_pipes: see WorkerOptions (0: splicing off).
-    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0, uint32_t max_pipes = 16) {
+    // max_pipes, pipe_size: see WorkerOptions (max_pipes 0: splicing off).
+    explicit Rig(uint32_t buffer_count = 64, uint32_t max_buffers = 0, uint32_t max_pipes = 16,
+                 uint32_t pipe_size = 1 << 20) {
         WorkerOptions options;
         options.buffer_count = buffer_count;
         options.max_buffers = max_buffers;
         options.max_pipes = max_pipes;
+        options.pipe_size = pipe_size;
         options.max_connections = 64;
         worker = std::make_unique<Worker>(0, std::vector<WorkerListener>{}, options);
         thread = std::thread([this] { worker->run(); });
@@ -857,6 +859,17 @@ TEST_CASE("with no pipes allowed, bulk flows stay on recv/send") {
     Fd c{client}, s{server};
     CHECK(carried(client, server, pattern(kBulk, 'n')));
     CHECK(rig.worker->stats().spliced_flows.load() == 0);
+}
+
+TEST_CASE("pipes the kernel refuses leave bulk flows on recv/send, every byte carried") {
+    Rig rig(64, 0, 16, 1U << 31);  // no pipe can be that large: every one is refused
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    auto [client, server] = rig.open_pair(port);
+    Fd c{client}, s{server};
+    CHECK(carried(client, server, pattern(kBulk, 'q')));
+    CHECK(carried(server, client, pattern(kBulk, 'Q')));
+    CHECK(rig.worker->stats().spliced_flows.load() == 0);
+    CHECK(round_trip(client, server, 'z'));
 }
 
 TEST_CASE("a spliced flow's EOF is a half-close: the other direction keeps flowing") {
