@@ -832,7 +832,8 @@ bool carried(int from, int to, const std::string& data) {
 TEST_CASE("bulk flows move to splice and carry every byte in order, both ways") {
     Rig rig;
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     const std::string up = pattern(kBulk, 'u');
     const std::string down = pattern(kBulk, 'd');
@@ -855,7 +856,8 @@ TEST_CASE("bulk flows move to splice and carry every byte in order, both ways") 
 TEST_CASE("with no pipes allowed, bulk flows stay on recv/send") {
     Rig rig(64, 0, 0);
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     CHECK(carried(client, server, pattern(kBulk, 'n')));
     CHECK(rig.worker->stats().spliced_flows.load() == 0);
@@ -864,7 +866,8 @@ TEST_CASE("with no pipes allowed, bulk flows stay on recv/send") {
 TEST_CASE("pipes the kernel refuses leave bulk flows on recv/send, every byte carried") {
     Rig rig(64, 0, 16, 1U << 31);  // no pipe can be that large: every one is refused
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     CHECK(carried(client, server, pattern(kBulk, 'q')));
     CHECK(carried(server, client, pattern(kBulk, 'Q')));
@@ -875,7 +878,8 @@ TEST_CASE("pipes the kernel refuses leave bulk flows on recv/send, every byte ca
 TEST_CASE("a spliced flow's EOF is a half-close: the other direction keeps flowing") {
     Rig rig;
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     const std::string up = pattern(kBulk, 'h');
     std::thread sender([&] {
@@ -904,7 +908,8 @@ TEST_CASE("a spliced flow's EOF is a half-close: the other direction keeps flowi
 TEST_CASE("a spliced flow keeps backpressure, and resumes in order when the target reads") {
     Rig rig;
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     // Spliced first, while the target reads.
     const std::string warm = pattern(kBulk, 'w');
@@ -922,7 +927,8 @@ TEST_CASE("a reset connection's pipe, full of its bytes, never feeds the next on
     Rig rig(64, 0, 1);  // one pipe: the next bulk flow gets whatever the last one left
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
     {
-        auto [client, server] = rig.open_pair(port);
+        const std::pair<int, int> ends = rig.open_pair(port);
+        const int client = ends.first, server = ends.second;
         Fd c{client}, s{server};
         // Stalled while spliced: the pipe holds bytes the target never read.
         push_until_stalled(client, pattern(256 * 1024 * 1024, 's'));
@@ -932,7 +938,8 @@ TEST_CASE("a reset connection's pipe, full of its bytes, never feeds the next on
     }
     REQUIRE(eventually([&] { return rig.worker->stats().active.load() == 0; }));
     const uint64_t spliced = rig.worker->stats().spliced_flows.load();
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     const std::string fresh = pattern(kBulk, 'f');
     CHECK(carried(client, server, fresh));
@@ -942,7 +949,8 @@ TEST_CASE("a reset connection's pipe, full of its bytes, never feeds the next on
 TEST_CASE("a target's reset while spliced reaches the client as a reset") {
     Rig rig;
     const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
-    auto [client, server] = rig.open_pair(port);
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     REQUIRE(carried(server, client, pattern(kBulk, 't')));
     REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
