@@ -19,6 +19,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -521,6 +523,13 @@ Worker::Loop::~Loop() {
 }
 
 void Worker::Loop::run() {
+    // splice(2) has no MSG_NOSIGNAL: into a socket whose peer is gone it raises
+    // SIGPIPE along with EPIPE, and the relay acts on the error. Blocked here, on this
+    // thread, whatever the process does with the signal.
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
     uring_.enable();
     log::debug("worker {}: io_uring ready ({}, {} x {} KiB receive buffers)", index_, uring_.mode(),
                options_.buffer_count, options_.buffer_size / 1024);

@@ -968,3 +968,47 @@ TEST_CASE("a target's reset while spliced reaches the client as a reset") {
     CHECK(n < 0);
     CHECK(errno == ECONNRESET);
 }
+
+// splice(2) has no MSG_NOSIGNAL: into a socket whose peer reset it (and whose error
+// was already taken) it fails with EPIPE and raises SIGPIPE, which by default ends
+// the process. The daemon ignores SIGPIPE, but a worker must not depend on that.
+TEST_CASE("a splice into a socket the target reset raises no SIGPIPE; the client sees a reset") {
+    Rig rig;
+    const uint16_t port = rig.add("l", std::make_shared<ListenerStats>());
+    const std::pair<int, int> ends = rig.open_pair(port);
+    const int client = ends.first, server = ends.second;
+    Fd c{client}, s{server};
+    REQUIRE(carried(client, server, pattern(kBulk, 'p')));
+    REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
+    // Nothing reads either way: no receive waits on the target's socket, and the
+    // client's spliced bytes wait in the pipe for room in it.
+    push_until_stalled(server, pattern(256 * 1024 * 1024, 'd'));
+    push_until_stalled(client, pattern(256 * 1024 * 1024, 'u'));
+    REQUIRE(a_pipe_holds_bytes());
+    sockaddr_in server_addr{};
+    socklen_t len = sizeof server_addr;
+    REQUIRE(::getsockname(server, reinterpret_cast<sockaddr*>(&server_addr), &len) == 0);
+    const std::optional<int> relay = socket_with(server_addr, false, client);
+    REQUIRE(relay.has_value());
+    {
+        WorkerHold hold(rig.thread);
+        REQUIRE(hold.holding);
+        set_linger_zero(server);
+        ::close(server);
+        s.fd = -1;
+        REQUIRE(eventually([&] { return tcp_state(*relay) == TCP_CLOSE; }));
+        // Take the reset's error, as a receive on that socket would: the relay's next
+        // write into it then fails with EPIPE.
+        int error = 0;
+        socklen_t error_len = sizeof error;
+        REQUIRE(::getsockopt(*relay, SOL_SOCKET, SO_ERROR, &error, &error_len) == 0);
+        CHECK(error == ECONNRESET);
+    }
+    char buffer[65536];
+    ssize_t n = 0;
+    do {
+        n = retry([&] { return ::recv(client, buffer, sizeof buffer, 0); });
+    } while (n > 0);
+    CHECK(n < 0);
+    CHECK(errno == ECONNRESET);
+}
