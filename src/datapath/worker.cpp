@@ -1569,6 +1569,9 @@ void Worker::Loop::pump(uint32_t slot, FlowDir dir) {
         switch (step) {
             case SpliceStep::in: {
                 if (ins++ == kSpliceInsPerTurn) {
+                    // The pipe is empty here too: should the source have just run dry,
+                    // this poll waits like wait_source's, and the pipe may be taken.
+                    s.waiting_source = true;
                     io_uring_prep_poll_add(connection_sqe(slot, recv_op(dir)), c.source_fd(dir),
                                            POLLIN);
                     ++c.inflight;
