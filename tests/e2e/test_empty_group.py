@@ -44,7 +44,11 @@ def expect_no_targets_answers(sock, group):
     return status
 
 
-def expect_clients_closed_and_counted(lb, sock, group, process):
+def expect_clients_closed_and_counted(lb, sock, group, process, probes=1):
+    """Each caller's h.wait_accepting(lb) made `probes` connections (it stops at the first one
+    accepted), and the daemon closes and counts those too, maybe only after this starts: so the
+    count must reach exactly probes + CLIENTS, not CLIENTS more than whatever it was first read as."""
+
     def counted():
         _, status = h.admin_document(sock, "/status")
         return sum(
@@ -53,15 +57,15 @@ def expect_clients_closed_and_counted(lb, sock, group, process):
             if listener["target_group"] == group
         )
 
-    # Waiting for the listener to accept already closed a client or more.
-    before = counted()
     for i in range(CLIENTS):
         client = h.connect(lb, f"127.0.0.{10 + i}")
         h.expect(h.wait_closed(client) in ("eof", "reset"), "client closed")
         client.close()
-    total = before + CLIENTS
+    total = probes + CLIENTS
     h.wait_for(
-        f"{CLIENTS} more no-target closes counted", lambda: counted() == total, process=process
+        f"{total} no-target closes counted ({probes} readiness probe and {CLIENTS} clients)",
+        lambda: counted() == total,
+        process=process,
     )
     text = h.admin_request(sock, "GET", "/metrics")[2]
     h.expect(
