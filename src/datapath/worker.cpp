@@ -1569,13 +1569,10 @@ void Worker::Loop::pump(uint32_t slot, FlowDir dir) {
         switch (step) {
             case SpliceStep::in: {
                 if (ins++ == kSpliceInsPerTurn) {
-                    // The pipe is empty here too: should the source have just run dry,
-                    // this poll waits like wait_source's, and the pipe may be taken.
-                    s.waiting_source = true;
-                    io_uring_prep_poll_add(connection_sqe(slot, recv_op(dir)), c.source_fd(dir),
-                                           POLLIN);
-                    ++c.inflight;
-                    return;
+                    // Its turn is over: wait for the source as a dry one does (ready at
+                    // once if it is not), offering the empty pipe meanwhile.
+                    step = SpliceStep::wait_source;
+                    break;
                 }
                 const ssize_t n = ::splice(c.source_fd(dir), nullptr, s.pipe.write_end(), nullptr,
                                            pipes_.size(), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);

@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "datapath/listener.hpp"
 #include "stickyd/config.hpp"
@@ -801,16 +802,17 @@ std::string read_exactly(int fd, size_t size) {
     return got;
 }
 
-// How many pipe ends this process holds (the worker's pipes, two ends each).
-int pipe_ends() {
+// This process's pipe ends (the worker's pipes, two ends each; stdout may be one).
+std::vector<int> pipe_ends() {
     DIR* dir = ::opendir("/proc/self/fd");
     REQUIRE(dir != nullptr);
-    int ends = 0;
+    std::vector<int> ends;
     while (dirent* e = ::readdir(dir)) {
+        const int fd = std::atoi(e->d_name);
         struct stat st {};
-        if (e->d_name[0] != '.' && ::fstat(std::atoi(e->d_name), &st) == 0 &&
+        if (e->d_name[0] != '.' && fd != ::dirfd(dir) && ::fstat(fd, &st) == 0 &&
             S_ISFIFO(st.st_mode)) {
-            ++ends;
+            ends.push_back(fd);
         }
     }
     ::closedir(dir);
@@ -819,20 +821,22 @@ int pipe_ends() {
 
 // Whether one of this process's pipes (the worker's) holds unread bytes.
 bool a_pipe_holds_bytes() {
-    DIR* dir = ::opendir("/proc/self/fd");
-    REQUIRE(dir != nullptr);
-    bool found = false;
-    while (dirent* e = ::readdir(dir)) {
-        const int fd = std::atoi(e->d_name);
-        struct stat st {};
+    for (const int fd : pipe_ends()) {
         int queued = 0;
-        if (e->d_name[0] != '.' && ::fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) &&
-            ::ioctl(fd, FIONREAD, &queued) == 0 && queued > 0) {
-            found = true;
-        }
+        if (::ioctl(fd, FIONREAD, &queued) == 0 && queued > 0) return true;
     }
-    ::closedir(dir);
-    return found;
+    return false;
+}
+
+// Reads what was relayed before the end, then returns the errno that ended the
+// reads (0 at EOF).
+int error_after_data(int fd) {
+    char buffer[65536];
+    ssize_t n = 0;
+    do {
+        n = retry([&] { return ::recv(fd, buffer, sizeof buffer, 0); });
+    } while (n > 0);
+    return n < 0 ? errno : 0;
 }
 
 // Every byte of `data` from one end arrives in order at the other.
@@ -898,18 +902,10 @@ TEST_CASE("a spliced flow's EOF is a half-close: the other direction keeps flowi
     const int client = ends.first, server = ends.second;
     Fd c{client}, s{server};
     const std::string up = pattern(kBulk, 'h');
-    std::thread sender([&] {
-        size_t sent = 0;
-        while (sent < up.size()) {
-            const ssize_t n = retry(
-                [&] { return ::send(client, up.data() + sent, up.size() - sent, MSG_NOSIGNAL); });
-            if (n <= 0) return;
-            sent += static_cast<size_t>(n);
-        }
-        ::shutdown(client, SHUT_WR);
-    });
+    std::thread sender = send_all(client, up);
     CHECK(read_exactly(server, up.size()) == up);
     sender.join();
+    ::shutdown(client, SHUT_WR);
     CHECK(rig.worker->stats().spliced_flows.load() >= 1);
     char byte = 0;
     CHECK(retry([&] { return ::recv(server, &byte, 1, 0); }) == 0);  // the FIN came through
@@ -976,13 +972,7 @@ TEST_CASE("a target's reset while spliced reaches the client as a reset") {
     ::close(server);
     s.fd = -1;
     // Whatever was already relayed may arrive first; then the reset.
-    char buffer[65536];
-    ssize_t n = 0;
-    do {
-        n = retry([&] { return ::recv(client, buffer, sizeof buffer, 0); });
-    } while (n > 0);
-    CHECK(n < 0);
-    CHECK(errno == ECONNRESET);
+    CHECK(error_after_data(client) == ECONNRESET);
 }
 
 // splice(2) has no MSG_NOSIGNAL: into a socket whose peer reset it (and whose error
@@ -1020,13 +1010,7 @@ TEST_CASE("a splice into a socket the target reset raises no SIGPIPE; the client
         REQUIRE(::getsockopt(*relay, SOL_SOCKET, SO_ERROR, &error, &error_len) == 0);
         CHECK(error == ECONNRESET);
     }
-    char buffer[65536];
-    ssize_t n = 0;
-    do {
-        n = retry([&] { return ::recv(client, buffer, sizeof buffer, 0); });
-    } while (n > 0);
-    CHECK(n < 0);
-    CHECK(errno == ECONNRESET);
+    CHECK(error_after_data(client) == ECONNRESET);
 }
 
 TEST_CASE("with every pipe held by a flow waiting on a dry source, a new bulk flow takes it") {
@@ -1035,17 +1019,17 @@ TEST_CASE("with every pipe held by a flow waiting on a dry source, a new bulk fl
     const std::pair<int, int> a = rig.open_pair(port);
     const std::pair<int, int> b = rig.open_pair(port);
     Fd ca{a.first}, sa{a.second}, cb{b.first}, sb{b.second};
-    const int others = pipe_ends();  // stdout may be one
+    const size_t others = pipe_ends().size();
     // A's upload splices; when its source runs dry it waits keeping the one pipe, or
     // (if its last turn was short) gives it up. Which one is up to timing, so both
     // outcomes are checked for what they promise.
     CHECK(carried(a.first, a.second, pattern(kBulk, 'A')));
     REQUIRE(rig.worker->stats().spliced_flows.load() >= 1);
-    const bool a_holds_it = pipe_ends() == others + 2;
+    const bool a_holds_it = pipe_ends().size() == others + 2;
     const uint64_t before = rig.worker->stats().spliced_flows.load();
     CHECK(carried(b.first, b.second, pattern(kBulk, 'B')));
     CHECK(rig.worker->stats().spliced_flows.load() > before);  // B spliced: taken or made
-    CHECK(pipe_ends() <= others + 2);                          // never beyond the limit
+    CHECK(pipe_ends().size() <= others + 2);                   // never beyond the limit
     if (a_holds_it) MESSAGE("B took the pipe A held while waiting");
     // A's next data may find its pipe gone: it takes one back or goes on with
     // recv/send, and loses nothing either way; nor does B.
