@@ -322,6 +322,40 @@ def settled_fd_count(pid, at_most=None, timeout=15.0):
     return last
 
 
+def connection_sockets(pid):
+    """pid's TCP sockets that are not listening (their inodes)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    connected = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A":  # 0A: LISTEN
+                    connected.add(fields[9])
+    return inodes & connected
+
+
+def resting_fd_count(process, timeout=START_TIMEOUT):
+    """How many fds a stickyd holds at rest, the baseline to compare with after a test's
+    load: counted once it has said it is ready (its listeners accept before every thread
+    has its ring and eventfds, so a count taken earlier is too low) and holds no
+    connection (wait_accepting's probe gone from both legs, so it is not too high)."""
+    wait_for(
+        "stickyd ready with no connection open",
+        lambda: "ready" in process.log() and not connection_sockets(process.pid),
+        process=process,
+        timeout=timeout,
+    )
+    return fd_count(process.pid)
+
+
 def private_dirty(pid):
     """A process's Private_Dirty memory in bytes (smaps_rollup)."""
     with open(f"/proc/{pid}/smaps_rollup") as f:

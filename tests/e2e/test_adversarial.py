@@ -84,7 +84,7 @@ def test_slowloris_on_the_proxy_listener_does_not_stop_a_real_client():
         f"{int(HEADER_TIMEOUT)}s",
     )
     pid = stickyd.process.pid
-    baseline = h.settled_fd_count(pid)
+    baseline = h.resting_fd_count(stickyd.process)
     header = h.proxy_v1_header(("203.0.113.9", 4321), lb)
     ips = h.source_ips(50, first=2)
     slow, opened_at, closed_at = [], {}, {}
@@ -189,7 +189,7 @@ def test_proxy_v2_lengths_beyond_the_limit_are_refused_at_once():
         [backend.address], "--accept-proxy-protocol", "--proxy-protocol-timeout", "30s"
     )
     pid = stickyd.process.pid
-    baseline = h.settled_fd_count(pid)
+    baseline = h.resting_fd_count(stickyd.process)
     addresses = bytes(12)
     cases = [
         # 64 KiB announced, nothing more sent.
@@ -279,7 +279,7 @@ def test_ten_thousand_instant_resets_leave_nothing_behind():
     lb, stickyd = start_lb([backend.address])
     plb, pstickyd = start_lb([backend.address], "--accept-proxy-protocol")
     pids = (stickyd.process.pid, pstickyd.process.pid)
-    base_fds = [h.settled_fd_count(p) for p in pids]
+    base_fds = [h.resting_fd_count(s.process) for s in (stickyd, pstickyd)]
     base_mem = [memory(p) for p in pids]
     base_lines = [log_lines(s) for s in (stickyd, pstickyd)]
     header = h.proxy_v2_header(("198.51.100.1", 1), plb)
@@ -506,7 +506,7 @@ def stalled_then_reset(direction):
     server = h.PyServer(handler)
     lb, stickyd = start_lb([server.address])
     pid = stickyd.process.pid
-    baseline = h.settled_fd_count(pid)
+    baseline = h.resting_fd_count(stickyd.process)
     s = h.connect(lb, "127.0.0.2")
     h.on_cleanup(s.close)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)

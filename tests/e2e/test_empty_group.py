@@ -47,7 +47,8 @@ def expect_no_targets_answers(sock, group):
 def expect_clients_closed_and_counted(lb, sock, group, process, probes=1):
     """Each caller's h.wait_accepting(lb) made `probes` connections (it stops at the first one
     accepted), and the daemon closes and counts those too, maybe only after this starts: so the
-    count must reach exactly probes + CLIENTS, not CLIENTS more than whatever it was first read as."""
+    count must reach exactly probes + CLIENTS, not CLIENTS more than whatever it was first read as.
+    """
 
     def counted():
         _, status = h.admin_document(sock, "/status")

@@ -66,37 +66,12 @@ def test_soft_limit_is_raised_to_the_hard_limit():
     h.expect_eq(soft_nofile(process.pid), 4096, "soft RLIMIT_NOFILE of the running stickyd")
 
 
-def connection_sockets(pid):
-    """pid's TCP sockets that are not listening (their inodes)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue  # closed meanwhile
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    connected = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] != "0A":  # 0A: LISTEN
-                    connected.add(fields[9])
-    return inodes & connected
-
-
 def resting_fds(backend):
     """How many fds an idle stickyd of this shape holds: counted once it says it is
     ready (the listener accepts before every thread has its ring and eventfds) and
     wait_accepting's probe connection is gone from it (both legs)."""
     process, _ = start_limited(64, 64, backend)
-    h.wait_for(
-        "stickyd ready with no connection open",
-        lambda: "ready" in process.log() and not connection_sockets(process.pid),
-        process=process,
-    )
-    count = h.fd_count(process.pid)
+    count = h.resting_fd_count(process)
     process.kill()
     return count
 

@@ -165,7 +165,7 @@ def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
     backends = h.start_backends(3)
     (lb,), stickyd = start(backends)
     pid = stickyd.process.pid
-    baseline = h.settled_fd_count(pid)
+    baseline = h.resting_fd_count(stickyd.process)
     ips = h.source_ips(100, first=2)
     socks, owner = [], {}
     try:
