@@ -216,6 +216,9 @@ struct Control::Loop {
     void run();
     void request_stop();
     void set_running(bool running);
+    // False once run() failed and its I/O could not be waited for: the kernel may
+    // still write into this Loop, so it must never be freed.
+    bool settled() const { return settled_; }
 
     // Runs `f` on the control thread and returns its result; inline (under the
     // lock) while the thread is not running, when nothing else touches the state.
@@ -265,6 +268,8 @@ struct Control::Loop {
     void schedule_checks(Group& group, Clock::time_point now);
 
     // The loop.
+    void loop();
+    bool quiesce() noexcept;
     void dispatch(const io_uring_cqe& cqe);
     void arm_wake();
     void on_wake(int res);
@@ -309,6 +314,7 @@ struct Control::Loop {
     std::atomic<bool> stop_{false};
     bool stopping_ = false;
     unsigned loop_ops_ = 0;  // wake read and tick in flight
+    bool settled_ = true;
 
     std::priority_queue<Due, std::vector<Due>, std::greater<>> schedule_;
     std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>> deadlines_;
@@ -985,6 +991,15 @@ void Control::Loop::schedule_checks(Group& group, Clock::time_point now) {
 // The loop
 
 void Control::Loop::run() {
+    try {
+        loop();
+    } catch (...) {
+        settled_ = quiesce();
+        throw;
+    }
+}
+
+void Control::Loop::loop() {
     ring_.enable();
     arm_wake();
     rearm_tick();
@@ -993,6 +1008,40 @@ void Control::Loop::run() {
         ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
         if (!stopping_) rearm_tick();
     }
+}
+
+// The loop failed, and nothing reaps completions any more: yet the kernel may still
+// write into what in-flight SQEs point at (the checks' buffers, the doorbell's
+// counter), all of it freed with the Loop. So everything is cancelled and waited
+// for, as on a stop, here: a SINGLE_ISSUER ring takes no io_uring_enter from another
+// thread. Bounded, since the failure may have left a count that never drops.
+bool Control::Loop::quiesce() noexcept {
+    constexpr auto kLimit = std::chrono::seconds(5);
+    try {
+        stopping_ = true;
+        checker_.stop();
+        io_uring_prep_cancel64(ring_.sqe(encode(ControlOp::ignore)), 0,
+                               IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        const Clock::time_point give_up = Clock::now() + kLimit;
+        while (loop_ops_ != 0 || checker_.in_flight() != 0) {
+            if (Clock::now() >= give_up) {
+                log::error(
+                    "control thread: {} health checks and {} loop operations still in flight "
+                    "after {} s; their memory is never freed",
+                    checker_.in_flight(), loop_ops_, kLimit.count());
+                return false;
+            }
+            ring_.submit_and_wait(1, to_timespec(std::chrono::milliseconds(100)));
+            ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
+        }
+        return true;
+    } catch (const std::exception& e) {
+        log::error("control thread: cannot wait for its I/O to end: {}; its memory is never freed",
+                   e.what());
+    } catch (...) {
+        log::error("control thread: cannot wait for its I/O to end; its memory is never freed");
+    }
+    return false;
 }
 
 void Control::Loop::request_stop() {
@@ -1311,6 +1360,8 @@ Control::Control(const Config& config, Terminate terminate, const Discovered& di
 
 Control::~Control() {
     stop();
+    // The kernel may still write into it: never freeing it is the only safe way out.
+    if (!loop_->settled()) static_cast<void>(loop_.release());
 }
 
 RouteSlot* Control::slot(const std::string& group) {

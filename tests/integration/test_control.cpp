@@ -986,3 +986,55 @@ TEST_CASE("control: checks started in one loop turn each connect to their own ta
         }
     }
 }
+
+// A Terminate that throws (the daemon's asks every worker, which can run out of
+// memory) ends run() with a check's I/O in flight. The kernel may write into what
+// that I/O points at until it completes, and all of it is freed with the Control:
+// the control thread waits for it before it goes, so the check's socket is closed
+// then, not only when the Control is destroyed.
+TEST_CASE("control: a control thread that fails ends its checks' I/O before it goes") {
+    std::string address;
+    const int listener = bound_socket(true, address);
+    Config c;
+    c.target_groups = {group("web", {{"a", address}})};
+    HealthCheckConfig& hc = c.target_groups[0].health_check;
+    hc.protocol = HealthProtocol::http;
+    hc.interval = Duration{100};   // the first check starts at once
+    hc.timeout = Duration{60000};  // and waits for a status line for the rest of the test
+    c.target_groups[0].deregistration_delay.timeout = Duration{0};
+    std::atomic<bool> terminated{false};
+    Control control(c, [&](const std::vector<std::shared_ptr<TargetStats>>&) {
+        terminated = true;
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+
+    pollfd pfd{listener, POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 20000) == 1);
+    const int conn = ::accept(listener, nullptr, nullptr);
+    REQUIRE(conn >= 0);
+    std::string request;
+    char buffer[512];
+    while (request.find("\r\n\r\n") == std::string::npos) {
+        pollfd cp{conn, POLLIN, 0};
+        REQUIRE(::poll(&cp, 1, 20000) == 1);
+        const ssize_t n = ::read(conn, buffer, sizeof buffer);
+        REQUIRE(n > 0);
+        request.append(buffer, static_cast<size_t>(n));
+    }
+    // The check now waits for an answer that never comes. A drain with no delay ends
+    // at once, on the control thread's next tick: its Terminate throws there.
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    pollfd cp{conn, POLLIN, 0};
+    const int ready = ::poll(&cp, 1, 10000);
+    CHECK(terminated);
+    CHECK(ready == 1);
+    if (ready == 1) CHECK(::read(conn, buffer, sizeof buffer) <= 0);  // FIN or RST
+    // And all of its I/O ended (the wake-up read's too): the thread is gone long before
+    // the 5 s after which it would give up waiting, and leave the Control unfreed.
+    const auto stopping = std::chrono::steady_clock::now();
+    control.stop();
+    CHECK(std::chrono::steady_clock::now() - stopping < 4s);
+    ::close(conn);
+    ::close(listener);
+}
