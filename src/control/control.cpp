@@ -1388,6 +1388,10 @@ void Control::stop() {
     loop_->set_running(false);
 }
 
+bool Control::settled() const {
+    return loop_->settled();
+}
+
 void Control::apply(const Config& config) {
     loop_->call([&] { loop_->apply(config); });
 }

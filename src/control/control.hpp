@@ -48,6 +48,10 @@ class Control {
 
     void start();
     void stop();  // idempotent; cancels every check and joins the thread
+    // After stop(): false when the control thread failed and its I/O could not be
+    // waited for, so that the kernel may still write into its state, which is then
+    // never freed.
+    bool settled() const;
 
     // Thread-safe, each returns once the control thread has applied it. Before
     // start() and after stop() they run on the caller's thread instead (nothing else
