@@ -58,9 +58,13 @@ SocketAddress with_port(const SocketAddress& address, std::optional<uint16_t> po
 }
 
 // "web-2 (127.0.0.1:9002)", or just the address when that is the id.
+std::string name_of(const std::string& id, const SocketAddress& address) {
+    const std::string text = address.to_string();
+    return id == text ? text : fmt::format("{} ({})", id, text);
+}
+
 std::string name_of(const GroupTarget& t) {
-    const std::string address = t.address.to_string();
-    return t.id == address ? address : fmt::format("{} ({})", t.id, address);
+    return name_of(t.id, t.address);
 }
 
 std::string seconds(Duration d) {
@@ -212,6 +216,9 @@ struct Control::Loop {
     void run();
     void request_stop();
     void set_running(bool running);
+    // False once run() failed and its I/O could not be waited for: the kernel may
+    // still write into this Loop, so it must never be freed.
+    bool settled() const { return settled_; }
 
     // Runs `f` on the control thread and returns its result; inline (under the
     // lock) while the thread is not running, when nothing else touches the state.
@@ -221,6 +228,7 @@ struct Control::Loop {
     // Commands.
     void apply(const Config& config);
     std::optional<std::string> reload_refusal(const Config& config);
+    void abandon_reload();
     void set_discovered(const std::string& group, const std::string& name,
                         std::vector<SocketAddress> addresses);
     void set_discovery_error(const std::string& group, const std::string& name, std::string error);
@@ -233,6 +241,10 @@ struct Control::Loop {
   private:
     // Membership.
     Group& add_group(const TargetGroupConfig& config);
+    std::optional<std::string> refusal_of(const Config& config);
+    // Why the pending reload could not hold the group with `overlay`, or nullopt.
+    std::optional<std::string> pending_misfit(const Group& group,
+                                              const RuntimeOverlay& overlay) const;
     // Returns the lines it logged; `via_admin` when the admin API changed the overlay.
     std::vector<std::string> reconcile_group(Group& group, Clock::time_point now,
                                              bool via_admin = false);
@@ -256,6 +268,8 @@ struct Control::Loop {
     void schedule_checks(Group& group, Clock::time_point now);
 
     // The loop.
+    void loop();
+    bool quiesce() noexcept;
     void dispatch(const io_uring_cqe& cqe);
     void arm_wake();
     void on_wake(int res);
@@ -281,6 +295,9 @@ struct Control::Loop {
 
     Terminate terminate_;
     std::vector<std::unique_ptr<Group>> groups_;  // config order, then dropped ones
+    // The groups of the config reload_refusal() last accepted, until apply() or
+    // abandon_reload(): what a registration must fit as well as the running config.
+    std::optional<std::vector<TargetGroupConfig>> pending_;
     std::mutex slots_mutex_;
     std::map<std::string, std::unique_ptr<RouteSlot>> slots_;  // never shrinks
     // A deque: taking a probe never moves the others, whose SQEs point into them
@@ -297,6 +314,7 @@ struct Control::Loop {
     std::atomic<bool> stop_{false};
     bool stopping_ = false;
     unsigned loop_ops_ = 0;  // wake read and tick in flight
+    bool settled_ = true;
 
     std::priority_queue<Due, std::vector<Due>, std::greater<>> schedule_;
     std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>> deadlines_;
@@ -496,6 +514,7 @@ void Control::Loop::erase_finished_groups() {
 }
 
 void Control::Loop::apply(const Config& config) {
+    pending_.reset();
     const Clock::time_point now = Clock::now();
     std::vector<std::unique_ptr<Group>> ordered;
     for (const TargetGroupConfig& gc : config.target_groups) {
@@ -534,8 +553,9 @@ void Control::Loop::apply(const Config& config) {
             }
             if (!group->overlay.registered.empty()) {
                 if (auto error = capacity_error(gc, desired_targets(gc, {}, group->overlay))) {
-                    // reload_refusal() refuses such a reload; this is a registration that
-                    // came in between.
+                    // Not reached by a reload: reload_refusal() refuses such a config, and
+                    // register_target() what the config it accepted could not hold. Only
+                    // an apply() of a config no reload_refusal() accepted gets here.
                     log::error(
                         "target group '{}': its {} targets registered at run time "
                         "deregister: {}",
@@ -569,6 +589,17 @@ void Control::Loop::apply(const Config& config) {
 }
 
 std::optional<std::string> Control::Loop::reload_refusal(const Config& config) {
+    pending_.reset();  // a refused reload is not applied; an accepted one replaces it
+    auto refusal = refusal_of(config);
+    if (!refusal) pending_ = config.target_groups;
+    return refusal;
+}
+
+void Control::Loop::abandon_reload() {
+    pending_.reset();
+}
+
+std::optional<std::string> Control::Loop::refusal_of(const Config& config) {
     for (const TargetGroupConfig& gc : config.target_groups) {
         const Group* group = find_group(gc.name);
         if (group == nullptr) continue;
@@ -800,9 +831,32 @@ AdminChange Control::Loop::register_target(const std::string& group_name,
     if (edit.outcome != OverlayEdit::Outcome::changed) {
         return AdminChange{result_of(edit.outcome), std::move(edit.message)};
     }
+    // Let in, it would be dropped again when the reload is applied.
+    if (auto misfit = pending_misfit(*group, edit.overlay)) {
+        return AdminChange{
+            AdminChange::Result::conflict,
+            fmt::format("target group '{}' cannot take target {}: the reload in progress would "
+                        "not hold it: {}; try again once it is done",
+                        group->config.name, name_of(target.id, target.address), *misfit)};
+    }
     group->overlay = std::move(edit.overlay);
     return AdminChange{AdminChange::Result::ok,
                        joined(reconcile_group(*group, Clock::now(), /*via_admin=*/true))};
+}
+
+// As reload_refusal() asks it of the registered targets. Deregistrations only ever
+// shrink what the pending config would have to hold, so only registrations ask.
+std::optional<std::string> Control::Loop::pending_misfit(const Group& group,
+                                                         const RuntimeOverlay& overlay) const {
+    if (!pending_) return std::nullopt;
+    auto gc = std::find_if(pending_->begin(), pending_->end(),
+                           [&](const TargetGroupConfig& g) { return g.name == group.config.name; });
+    // A group the reload removes drops its registrations anyway.
+    if (gc == pending_->end()) return std::nullopt;
+    std::vector<std::string> notes;
+    const RuntimeOverlay rebased = rebase_overlay(overlay, &*gc, notes);
+    if (rebased.registered.empty()) return std::nullopt;
+    return capacity_error(*gc, desired_targets(*gc, {}, rebased));
 }
 
 AdminChange Control::Loop::deregister_target(const std::string& group_name, const std::string& id) {
@@ -937,6 +991,15 @@ void Control::Loop::schedule_checks(Group& group, Clock::time_point now) {
 // The loop
 
 void Control::Loop::run() {
+    try {
+        loop();
+    } catch (...) {
+        settled_ = quiesce();
+        throw;
+    }
+}
+
+void Control::Loop::loop() {
     ring_.enable();
     arm_wake();
     rearm_tick();
@@ -945,6 +1008,40 @@ void Control::Loop::run() {
         ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
         if (!stopping_) rearm_tick();
     }
+}
+
+// The loop failed, and nothing reaps completions any more: yet the kernel may still
+// write into what in-flight SQEs point at (the checks' buffers, the doorbell's
+// counter), all of it freed with the Loop. So everything is cancelled and waited
+// for, as on a stop, here: a SINGLE_ISSUER ring takes no io_uring_enter from another
+// thread. Bounded, since the failure may have left a count that never drops.
+bool Control::Loop::quiesce() noexcept {
+    constexpr auto kLimit = std::chrono::seconds(5);
+    try {
+        stopping_ = true;
+        checker_.stop();
+        io_uring_prep_cancel64(ring_.sqe(encode(ControlOp::ignore)), 0,
+                               IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        const Clock::time_point give_up = Clock::now() + kLimit;
+        while (loop_ops_ != 0 || checker_.in_flight() != 0) {
+            if (Clock::now() >= give_up) {
+                log::error(
+                    "control thread: {} health checks and {} loop operations still in flight "
+                    "after {} s; their memory is never freed",
+                    checker_.in_flight(), loop_ops_, kLimit.count());
+                return false;
+            }
+            ring_.submit_and_wait(1, to_timespec(std::chrono::milliseconds(100)));
+            ring_.for_each_completion([this](const io_uring_cqe& cqe) { dispatch(cqe); });
+        }
+        return true;
+    } catch (const std::exception& e) {
+        log::error("control thread: cannot wait for its I/O to end: {}; its memory is never freed",
+                   e.what());
+    } catch (...) {
+        log::error("control thread: cannot wait for its I/O to end; its memory is never freed");
+    }
+    return false;
 }
 
 void Control::Loop::request_stop() {
@@ -1263,6 +1360,8 @@ Control::Control(const Config& config, Terminate terminate, const Discovered& di
 
 Control::~Control() {
     stop();
+    // The kernel may still write into it: never freeing it is the only safe way out.
+    if (!loop_->settled()) static_cast<void>(loop_.release());
 }
 
 RouteSlot* Control::slot(const std::string& group) {
@@ -1289,12 +1388,20 @@ void Control::stop() {
     loop_->set_running(false);
 }
 
+bool Control::settled() const {
+    return loop_->settled();
+}
+
 void Control::apply(const Config& config) {
     loop_->call([&] { loop_->apply(config); });
 }
 
 std::optional<std::string> Control::reload_refusal(const Config& config) {
     return loop_->call([&] { return loop_->reload_refusal(config); });
+}
+
+void Control::abandon_reload() {
+    loop_->call([&] { loop_->abandon_reload(); });
 }
 
 void Control::set_discovered(const std::string& group, const std::string& name,

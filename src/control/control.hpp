@@ -48,6 +48,10 @@ class Control {
 
     void start();
     void stop();  // idempotent; cancels every check and joins the thread
+    // After stop(): false when the control thread failed and its I/O could not be
+    // waited for, so that the kernel may still write into its state, which is then
+    // never freed.
+    bool settled() const;
 
     // Thread-safe, each returns once the control thread has applied it. Before
     // start() and after stop() they run on the caller's thread instead (nothing else
@@ -59,8 +63,13 @@ class Control {
     void apply(const Config& config);
     // Why a reload to config is refused: apply(config) would have to drop targets
     // registered at run time or discovered through DNS (what a group holds now does
-    // not fit its new balancer settings), or nullopt.
+    // not fit its new balancer settings), or nullopt. An accepted config is the
+    // pending reload until apply() or abandon_reload(): registrations must fit it too,
+    // so none comes in between that apply() would have to drop. Every accepted
+    // config is either applied or abandoned.
     std::optional<std::string> reload_refusal(const Config& config);
+    // The pending reload will not be applied (it failed after reload_refusal).
+    void abandon_reload();
     // DNS discovery results for one name ("NAME:PORT") of a group's `dns`: its full
     // current set. The group discovers the union of its names' sets (a static target
     // at one of the addresses stays the static one). A union the group's balancer
@@ -80,6 +89,8 @@ class Control {
     // registered target starts `initial` and takes clients after its first passed
     // check; a deregistered one drains for the group's deregistration delay. group
     // may be empty when there is one group (register) or the id is unique (deregister).
+    // While a reload is pending, a registration its config could not hold is refused
+    // as a conflict.
     AdminChange register_target(const std::string& group, const Registration& target);
     AdminChange deregister_target(const std::string& group, const std::string& id);
     // A consistent copy of every group's state.

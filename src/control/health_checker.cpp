@@ -54,6 +54,9 @@ uint64_t HealthChecker::tag(ControlOp op, uint32_t slot) const {
 // Starting a check
 
 bool HealthChecker::start(uint32_t slot, const CheckRequest& request) {
+    // First, as it may throw (a failing submit): a check counted in flight with no
+    // I/O submitted would keep the control loop waiting for I/O that never ends.
+    ring_.reserve(2);
     Check& check = at(slot);
     check.request = request;
     if (check.https() && !start_tls(check)) return false;
@@ -92,7 +95,6 @@ bool HealthChecker::start(uint32_t slot, const CheckRequest& request) {
     check.deadline = to_timespec(request.timeout);
     check.started = Clock::now();
     ++in_flight_;
-    ring_.reserve(2);
     // The address the kernel reads is the check's own copy: it lives until the
     // connect completes (a local here would be gone by submission).
     const SocketAddress& address = check.request.address;

@@ -64,6 +64,11 @@ size_t static_targets(const Config& config) {
 
 }  // namespace
 
+Daemon::Prepared::~Prepared() {
+    if (pending != nullptr) pending->abandon_reload();
+    for (const auto& listener : opened) close_all(listener.second);
+}
+
 void apply_overrides(Config& config, const DaemonOptions& options) {
     if (options.threads) config.global.threads = *options.threads;
     if (options.log_level) config.global.log_level = *options.log_level;
@@ -337,6 +342,7 @@ Daemon::Prepare Daemon::prepare_reload() {
     apply_overrides(prepared->next, options_);
     if (auto problem = client_ip_problem(prepared->next, options_.config_path)) return *problem;
     if (auto refusal = control_->reload_refusal(prepared->next)) return *refusal;
+    prepared->pending = control_.get();
     prepared->plan = plan_reload(config_, prepared->next);
     std::string error;
     if (!open_added_listeners(*prepared, error)) return error;
@@ -368,7 +374,8 @@ bool Daemon::open_added_listeners(Prepared& prepared, std::string& error) {
 
 void Daemon::commit_reload(Prepared& prepared) {
     Config& next = prepared.next;
-    control_->apply(next);  // new groups get their slots here, before listeners use them
+    control_->apply(next);       // new groups get their slots here, before listeners use them
+    prepared.pending = nullptr;  // apply() ended it: nothing to abandon
     swap_listeners(prepared);
     apply_dns(next);
     for (const std::string& line : prepared.plan.restart_only) {

@@ -81,9 +81,19 @@ class Daemon {
     // A reload that validated and has its new sockets open: commit() applies it and
     // cannot fail. `plan` points into `next`, so a Prepared is never copied.
     struct Prepared {
+        Prepared() = default;
+        Prepared(const Prepared&) = delete;
+        Prepared& operator=(const Prepared&) = delete;
+        // One not committed (prepare failed, or anything threw before the commit)
+        // lets the control thread's pending reload go and closes its new sockets.
+        ~Prepared();
+
         Config next;
         ReloadPlan plan;
         std::vector<std::pair<const ListenerConfig*, std::vector<int>>> opened;
+        // Set once the control thread accepted `next` (reload_refusal): it holds
+        // registrations to it until apply() or abandon_reload().
+        Control* pending = nullptr;
     };
     using Prepare = std::variant<std::unique_ptr<Prepared>, std::string>;
 

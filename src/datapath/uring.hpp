@@ -59,18 +59,23 @@ class Uring {
     io_uring* get() { return &uring_; }
 
     // Hands every completion that is ready to `handle`, then retires them all at
-    // once (one store to the CQ head instead of one per completion).
+    // once (one store to the CQ head instead of one per completion). A handler that
+    // throws has still taken its completion: it is retired with those before it, so
+    // a loop that waits for its I/O after the failure never handles one twice.
     template <typename Handle>
     unsigned for_each_completion(Handle&& handle) {
+        struct Retire {
+            io_uring* ring;
+            unsigned seen = 0;
+            ~Retire() { io_uring_cq_advance(ring, seen); }
+        } retire{&uring_};
         unsigned head = 0;
-        unsigned seen = 0;
         io_uring_cqe* cqe = nullptr;
         io_uring_for_each_cqe(&uring_, head, cqe) {
+            ++retire.seen;
             handle(*cqe);
-            ++seen;
         }
-        io_uring_cq_advance(&uring_, seen);
-        return seen;
+        return retire.seen;
     }
     // IOSQE_CQE_SKIP_SUCCESS is honoured (5.17+).
     bool can_skip_success() const { return (uring_.features & IORING_FEAT_CQE_SKIP) != 0; }

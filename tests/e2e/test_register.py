@@ -78,9 +78,9 @@ class Daemon:
         self.sock = self.stickyd.admin_socket
         self.path = self.process.argv[self.process.argv.index("--config") + 1]
 
-    def text(self, groups):
+    def text(self, groups, more_listeners=()):
         return h.config_text(
-            [{"bind": h.fmt_addr(self.lb), "target_group": groups[0]["name"]}],
+            [{"bind": h.fmt_addr(self.lb), "target_group": groups[0]["name"]}, *more_listeners],
             groups,
             {
                 "admin_socket": getattr(self, "sock", None)
@@ -88,12 +88,12 @@ class Daemon:
             },
         )
 
-    def reload(self, groups):
+    def reload(self, groups, more_listeners=(), outcome="reloaded "):
         """Rewrites the file, sends SIGHUP, waits for the outcome; returns its log line."""
         before = self.outcomes()
         tmp = self.path + ".new"
         with open(tmp, "w") as f:
-            f.write(self.text(groups))
+            f.write(self.text(groups, more_listeners))
         os.replace(tmp, self.path)
         self.process.signal(1)  # SIGHUP
         line = h.wait_for(
@@ -102,7 +102,7 @@ class Daemon:
             timeout=10,
             process=self.process,
         )[0]
-        h.expect("reloaded " in line, f"the reload failed: {line}")
+        h.expect(outcome in line, f"expected a '{outcome}' line, got: {line}")
         return line
 
     def outcomes(self):
@@ -309,6 +309,32 @@ def test_a_reload_keeps_runtime_targets_and_deregistrations_until_the_file_says_
         "registered at run time, is now in the configuration file, which keeps it"
         in d.process.log(),
         "the log says the file took it over",
+    )
+
+
+def test_a_failed_reload_holds_back_no_registration():
+    """A reload first asks whether its file holds the registered targets (and refuses
+    registrations it would not hold until it is applied), then opens its new listeners.
+    One that fails there, at a port someone else holds, is abandoned: a registration
+    its file could not have held goes through afterwards."""
+    backends = h.start_backends(3)
+    web = group(backends[:1], algorithm="maglev", maglev_table_size=307)  # room for 3 targets
+    d = Daemon([web])
+    first, second = backends[1], backends[2]
+    h.stickyctl("register", f"{first.name}={first.address}", "--admin", d.sock)
+    squatter = socket.socket()
+    h.on_cleanup(squatter.close)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = h.fmt_addr(squatter.getsockname())
+    tight = dict(web, maglev_table_size=211)  # room for the 2 targets there are, not a third
+    line = d.reload([tight], [{"bind": taken, "target_group": "web"}], outcome="reload failed")
+    h.expect(taken in line, f"the reload failed at the taken port: {line}")
+    body = json.dumps({"group": "web", "id": second.name, "address": second.address})
+    code, doc = request(d.sock, "POST", "/targets", body)
+    h.expect_eq(code, 200, f"POST /targets after the failed reload: {doc}")
+    h.expect_eq(
+        sorted(targets(d.sock)), sorted(b.name for b in backends), "targets after registering"
     )
 
 

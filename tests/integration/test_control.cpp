@@ -474,6 +474,97 @@ TEST_CASE("control: a reload that cannot hold the runtime targets is refused") {
     CHECK(control.reload_refusal(c) == std::nullopt);
 }
 
+namespace {
+
+// One static target, in a Maglev table with room for 3 targets.
+Config roomy_maglev() {
+    Config c;
+    c.target_groups = {group("web", {{"a", "127.0.0.1:9001"}})};
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 307;
+    return c;
+}
+
+// The same table, with room for only 2.
+Config tight_maglev() {
+    Config c = roomy_maglev();
+    c.target_groups[0].maglev_table_size = 211;
+    return c;
+}
+
+std::vector<std::string> in_service(const ControlView& view, std::string_view g) {
+    std::vector<std::string> out;
+    for (const TargetView& t : view.find(g)->targets) {
+        if (t.deregistration == Deregistration::none) out.push_back(t.id);
+    }
+    return out;
+}
+
+}  // namespace
+
+// A reload asks whether its config holds the registered targets (reload_refusal),
+// then applies it: a registration that came in between fitted the running config,
+// and apply() then deregistered every target registered at run time in that group.
+TEST_CASE("control: a registration the pending reload could not hold is refused; none is lost") {
+    Control control(roomy_maglev(), nullptr);
+    REQUIRE(control.register_target("web", registration("r1", "127.0.0.2:9001")).result ==
+            AdminChange::Result::ok);
+    const Config tight = tight_maglev();
+    REQUIRE(control.reload_refusal(tight) == std::nullopt);
+
+    auto late = control.register_target("web", registration("r2", "127.0.0.2:9002"));
+    CHECK(late.result == AdminChange::Result::conflict);
+    CHECK(late.message ==
+          "target group 'web' cannot take target r2 (127.0.0.2:9002): the reload in progress "
+          "would not hold it: maglev_table_size 211 is too small for 3 targets: it needs at "
+          "least 100 entries per target (a prime >= 300); try again once it is done");
+    control.apply(tight);
+    auto view = control.view();
+    CHECK(in_service(*view, "web") == std::vector<std::string>{"a", "r1"});
+    CHECK(target_in(*view, "web", "r1")->origin == TargetOrigin::runtime);
+    CHECK(target_in(*view, "web", "r2") == nullptr);
+}
+
+TEST_CASE(
+    "control: registrations must fit a pending reload only until it is abandoned or applied") {
+    Control control(roomy_maglev(), nullptr);
+    REQUIRE(control.register_target("web", registration("r1", "127.0.0.2:9001")).result ==
+            AdminChange::Result::ok);
+    const Config tight = tight_maglev();
+    const Registration r2 = registration("r2", "127.0.0.2:9002");
+
+    // A reload that failed after the control thread accepted it (at opening a new
+    // listener) is abandoned: what the running config holds goes through again.
+    REQUIRE(control.reload_refusal(tight) == std::nullopt);
+    REQUIRE(control.register_target("web", r2).result == AdminChange::Result::conflict);
+    control.abandon_reload();
+    CHECK(control.register_target("web", r2).result == AdminChange::Result::ok);
+    CHECK(in_service(*control.view(), "web") == std::vector<std::string>{"a", "r1", "r2"});
+    REQUIRE(control.deregister_target("web", "r2").result == AdminChange::Result::ok);
+
+    // A refused reload is not pending either.
+    REQUIRE(control.reload_refusal(tight) == std::nullopt);
+    Config tiny = roomy_maglev();
+    tiny.target_groups[0].maglev_table_size = 101;  // room for 1
+    REQUIRE(control.reload_refusal(tiny).has_value());
+    CHECK(control.register_target("web", registration("r3", "127.0.0.2:9003")).result ==
+          AdminChange::Result::ok);
+    REQUIRE(control.deregister_target("web", "r3").result == AdminChange::Result::ok);
+
+    // apply() ends the pending reload, whichever config it applies.
+    REQUIRE(control.reload_refusal(tight) == std::nullopt);
+    control.apply(roomy_maglev());
+    CHECK(control.register_target("web", registration("r4", "127.0.0.2:9004")).result ==
+          AdminChange::Result::ok);
+    CHECK(in_service(*control.view(), "web") == std::vector<std::string>{"a", "r1", "r4"});
+
+    // Registrations that fit both configs go through while one is pending.
+    REQUIRE(control.deregister_target("web", "r4").result == AdminChange::Result::ok);
+    REQUIRE(control.reload_refusal(roomy_maglev()) == std::nullopt);
+    CHECK(control.register_target("web", registration("r5", "127.0.0.2:9005")).result ==
+          AdminChange::Result::ok);
+}
+
 TEST_CASE("control: DNS discovery adds and removes targets; errors are kept for the view") {
     Config c;
     c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
@@ -894,4 +985,55 @@ TEST_CASE("control: checks started in one loop turn each connect to their own ta
             CHECK(t->last_check_reason == "connection refused");
         }
     }
+}
+
+// A Terminate that throws (the daemon's asks every worker, which can run out of
+// memory) ends run() with a check's I/O in flight. The kernel may write into what
+// that I/O points at until it completes, and all of it is freed with the Control:
+// the control thread waits for it before it goes, so the check's socket is closed
+// then, not only when the Control is destroyed.
+TEST_CASE("control: a control thread that fails ends its checks' I/O before it goes") {
+    std::string address;
+    const int listener = bound_socket(true, address);
+    Config c;
+    c.target_groups = {group("web", {{"a", address}})};
+    HealthCheckConfig& hc = c.target_groups[0].health_check;
+    hc.protocol = HealthProtocol::http;
+    hc.interval = Duration{100};   // the first check starts at once
+    hc.timeout = Duration{60000};  // and waits for a status line for the rest of the test
+    c.target_groups[0].deregistration_delay.timeout = Duration{0};
+    std::atomic<bool> terminated{false};
+    Control control(c, [&](const std::vector<std::shared_ptr<TargetStats>>&) {
+        terminated = true;
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+
+    pollfd pfd{listener, POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 20000) == 1);
+    const int conn = ::accept(listener, nullptr, nullptr);
+    REQUIRE(conn >= 0);
+    std::string request;
+    char buffer[512];
+    while (request.find("\r\n\r\n") == std::string::npos) {
+        pollfd cp{conn, POLLIN, 0};
+        REQUIRE(::poll(&cp, 1, 20000) == 1);
+        const ssize_t n = ::read(conn, buffer, sizeof buffer);
+        REQUIRE(n > 0);
+        request.append(buffer, static_cast<size_t>(n));
+    }
+    // The check now waits for an answer that never comes. A drain with no delay ends
+    // at once, on the control thread's next tick: its Terminate throws there.
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    pollfd cp{conn, POLLIN, 0};
+    const int ready = ::poll(&cp, 1, 10000);
+    CHECK(terminated);
+    CHECK(ready == 1);
+    if (ready == 1) CHECK(::read(conn, buffer, sizeof buffer) <= 0);  // FIN or RST
+    // And all of its I/O ended (the wake-up read's too), so the Control can be freed:
+    // had the thread lost count of it, it would have given up waiting.
+    control.stop();
+    CHECK(control.settled());
+    ::close(conn);
+    ::close(listener);
 }
