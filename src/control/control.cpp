@@ -245,6 +245,10 @@ struct Control::Loop {
     // Why the pending reload could not hold the group with `overlay`, or nullopt.
     std::optional<std::string> pending_misfit(const Group& group,
                                               const RuntimeOverlay& overlay) const;
+    // Why the pending reload could not hold the group's DNS answers, or nullopt.
+    std::optional<std::string> pending_dns_misfit(const Group& group) const;
+    // The pending reload's config of the group, or null (none pending, or it drops it).
+    const TargetGroupConfig* pending_group(const Group& group) const;
     // Returns the lines it logged; `via_admin` when the admin API changed the overlay.
     std::vector<std::string> reconcile_group(Group& group, Clock::time_point now,
                                              bool via_admin = false);
@@ -544,8 +548,8 @@ void Control::Loop::apply(const Config& config) {
                 // Answers held back before stay held; what is in use stays if it fits.
                 group->discovered = still_named(group->discovered, all);
                 if (capacity_error(gc, desired_targets(gc, group->discovered))) {
-                    // reload_refusal() refuses such a reload; this is a DNS answer that came in
-                    // between.
+                    // Not reached by a reload: reload_refusal() refuses such a config, and
+                    // use_answers() holds back what the config it accepted could not hold.
                     log::error("target group '{}': its {} DNS addresses deregister: {}", gc.name,
                                group->discovered.size(), *group->capacity_error);
                     group->discovered.clear();
@@ -597,6 +601,10 @@ std::optional<std::string> Control::Loop::reload_refusal(const Config& config) {
 
 void Control::Loop::abandon_reload() {
     pending_.reset();
+    // DNS answers held back for it are taken up now: the names may not answer anew.
+    for (auto& g : groups_) {
+        if (g->configured && !g->answers.empty()) use_answers(*g);
+    }
 }
 
 std::optional<std::string> Control::Loop::refusal_of(const Config& config) {
@@ -649,6 +657,15 @@ void Control::Loop::use_answers(Group& group) {
                 name, all.size(), group.discovered.size(), *error);
         }
         group.capacity_error = std::move(error);
+        return;
+    }
+    if (auto misfit = pending_dns_misfit(group)) {
+        // Used now, apply() would have to deregister every DNS address of the group;
+        // held back, apply() takes the answers up with the new settings.
+        log::info(
+            "target group '{}': DNS answers of {} addresses wait for the reload in progress, "
+            "which could not hold them: {}",
+            name, all.size(), *misfit);
         return;
     }
     if (group.capacity_error) {
@@ -844,19 +861,36 @@ AdminChange Control::Loop::register_target(const std::string& group_name,
                        joined(reconcile_group(*group, Clock::now(), /*via_admin=*/true))};
 }
 
+const TargetGroupConfig* Control::Loop::pending_group(const Group& group) const {
+    if (!pending_) return nullptr;
+    auto gc = std::find_if(pending_->begin(), pending_->end(),
+                           [&](const TargetGroupConfig& g) { return g.name == group.config.name; });
+    return gc == pending_->end() ? nullptr : &*gc;
+}
+
 // As reload_refusal() asks it of the registered targets. Deregistrations only ever
 // shrink what the pending config would have to hold, so only registrations ask.
 std::optional<std::string> Control::Loop::pending_misfit(const Group& group,
                                                          const RuntimeOverlay& overlay) const {
-    if (!pending_) return std::nullopt;
-    auto gc = std::find_if(pending_->begin(), pending_->end(),
-                           [&](const TargetGroupConfig& g) { return g.name == group.config.name; });
+    const TargetGroupConfig* gc = pending_group(group);
     // A group the reload removes drops its registrations anyway.
-    if (gc == pending_->end()) return std::nullopt;
+    if (gc == nullptr) return std::nullopt;
     std::vector<std::string> notes;
     const RuntimeOverlay rebased = rebase_overlay(overlay, &*gc, notes);
     if (rebased.registered.empty()) return std::nullopt;
     return capacity_error(*gc, desired_targets(*gc, {}, rebased));
+}
+
+// What the pending reload would make of the group's DNS answers, as apply() will:
+// only the names its config still lists.
+std::optional<std::string> Control::Loop::pending_dns_misfit(const Group& group) const {
+    const TargetGroupConfig* gc = pending_group(group);
+    if (gc == nullptr) return std::nullopt;
+    std::map<std::string, std::vector<SocketAddress>> kept;
+    for (const auto& [name, addresses] : group.answers) {
+        if (lists_dns_name(*gc, name)) kept.emplace(name, addresses);
+    }
+    return capacity_error(*gc, desired_targets(*gc, union_of(kept)));
 }
 
 AdminChange Control::Loop::deregister_target(const std::string& group_name, const std::string& id) {

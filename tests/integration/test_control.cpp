@@ -635,6 +635,48 @@ TEST_CASE("control: a DNS answer the balancer cannot hold is not used; the last 
     CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::removed);
 }
 
+// Regression: a DNS answer between a reload's prepare and its commit that the running
+// balancer held but the reloaded one could not made apply() deregister every address
+// DNS had given the group, though reload_refusal() had found the ones in use to fit.
+TEST_CASE("control: a DNS answer the pending reload could not hold waits for it") {
+    Config c;
+    c.target_groups = {group("web", {{"static", "127.0.0.1:9001"}})};
+    c.target_groups[0].algorithm = Algorithm::maglev;
+    c.target_groups[0].maglev_table_size = 307;  // room for 3 targets
+    c.target_groups[0].dns = {DnsDiscoveryConfig{"web.local", 80, Duration{5000}}};
+    Control control(c, nullptr);
+    control.set_discovered("web", "web.local:80", {addr("127.0.0.2:80")});
+    Config smaller = c;
+    smaller.target_groups[0].maglev_table_size = 211;  // room for 2 targets
+    REQUIRE(control.reload_refusal(smaller) == std::nullopt);
+
+    // The running table holds three; the pending one would not.
+    control.set_discovered("web", "web.local:80", {addr("127.0.0.2:80"), addr("127.0.0.3:80")});
+    auto view = control.view();
+    CHECK(target_in(*view, "web", "127.0.0.3:80") == nullptr);
+    REQUIRE(target_in(*view, "web", "127.0.0.2:80") != nullptr);
+
+    control.apply(smaller);
+    view = control.view();
+    REQUIRE(target_in(*view, "web", "127.0.0.2:80") != nullptr);
+    CHECK(target_in(*view, "web", "127.0.0.2:80")->deregistration == Deregistration::none);
+    CHECK(target_in(*view, "web", "127.0.0.3:80") == nullptr);
+    REQUIRE(view->groups[0].dns_error.has_value());
+    CHECK(view->groups[0].dns_error->find("too small for 3 targets") != std::string::npos);
+
+    // Abandoned instead, the running balancer takes up the answer it held back, though
+    // the name does not answer again.
+    Control again(c, nullptr);
+    again.set_discovered("web", "web.local:80", {addr("127.0.0.2:80")});
+    REQUIRE(again.reload_refusal(smaller) == std::nullopt);
+    again.set_discovered("web", "web.local:80", {addr("127.0.0.2:80"), addr("127.0.0.3:80")});
+    CHECK(target_in(*again.view(), "web", "127.0.0.3:80") == nullptr);
+    again.abandon_reload();
+    view = again.view();
+    REQUIRE(target_in(*view, "web", "127.0.0.3:80") != nullptr);
+    CHECK(target_in(*view, "web", "127.0.0.3:80")->deregistration == Deregistration::none);
+}
+
 TEST_CASE("control: DNS addresses a reload's balancer cannot hold deregister instead of failing") {
     Config c;
     c.target_groups = {group("web", {})};
