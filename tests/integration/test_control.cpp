@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "admin/api.hpp"
+#include "admin/daemon_source.hpp"
 #include "control/control.hpp"
 #include "stickyd/proxy_protocol.hpp"
 
@@ -1141,4 +1143,48 @@ TEST_CASE("control: every call to a failed control thread throws ControlFailed, 
     // commands inline on it either.
     control.stop();
     CHECK(finished(control, [&] { control.view(); }) == kFailed);
+}
+
+// The daemon's admin source over a failed control thread: what needs the thread is
+// a 503 carrying why, /ready takes the instance out of rotation, and a scrape still
+// gets the workers' and listeners' series.
+TEST_CASE("control: once the control thread failed, the admin API answers 503, /metrics serves") {
+    Control control(failing_on_drain(), [](const std::vector<std::shared_ptr<TargetStats>>&) {
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+    const std::vector<std::unique_ptr<Worker>> workers;
+    DaemonAdminSource source(control, workers);
+    auto request = [&](std::string method, std::string path,
+                       std::multimap<std::string, std::string> query = {}, std::string body = {}) {
+        return handle_admin_request(
+            {std::move(method), std::move(path), std::move(query), std::move(body)}, source,
+            AdminAccess::full);
+    };
+    CHECK(request("GET", "/ready").status == 200);
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    REQUIRE(eventually([&] { return control.failure().has_value(); }));
+
+    const std::vector<AdminRequest> needing_control = {
+        {"GET", "/status", {}, {}},
+        {"GET", "/ring", {}, {}},
+        {"GET", "/lookup", {{"ip", "192.0.2.1"}}, {}},
+        {"POST", "/targets/a/drain", {}, {}},
+        {"POST", "/targets/a/enable", {}, {}},
+        {"DELETE", "/targets/a", {}, {}},
+        {"POST", "/targets", {}, R"({"id": "r", "address": "127.0.0.1:9002"})"},
+    };
+    for (const AdminRequest& r : needing_control) {
+        CAPTURE(r.path);
+        const AdminReply reply = request(r.method, r.path, r.query, r.body);
+        CHECK(reply.status == 503);
+        CHECK(Json::parse(reply.body)["error"] == kFailed);
+    }
+    const AdminReply ready = request("GET", "/ready");
+    CHECK(ready.status == 503);
+    CHECK(Json::parse(ready.body)["ready"] == false);
+    const AdminReply metrics = request("GET", "/metrics");
+    CHECK(metrics.status == 200);
+    CHECK(metrics.body.find("stickyd_active_connections ") != std::string::npos);
+    CHECK(metrics.body.find("stickyd_target_healthy{") == std::string::npos);
 }
