@@ -220,8 +220,8 @@ struct Control::Loop {
     void set_running(bool running);
     // Fails every queued command and every later one with `why`. Called on the
     // control thread as run() fails, before it waits for its I/O, so callers are not
-    // kept waiting for that.
-    void fail(std::string_view why);
+    // kept waiting for that. Never throws: run() must still wait for its I/O.
+    void fail(std::string_view why) noexcept;
     std::optional<std::string> failure() const;
     // False once run() failed and its I/O could not be waited for: the kernel may
     // still write into this Loop, so it must never be freed.
@@ -321,7 +321,9 @@ struct Control::Loop {
     mutable std::mutex running_mutex_;
     bool running_ = false;  // false: commands run inline on the caller, under running_mutex_
     // Set once, under running_mutex_: from then on no command is queued or run.
-    std::optional<std::string> failure_;
+    bool failed_ = false;
+    std::optional<std::string> failure_;  // why, unless even that could not be allocated
+    std::string failure_text() const;     // under running_mutex_, once failed_
     CommandQueue<Command> commands_;
     std::atomic<bool> stop_{false};
     bool stopping_ = false;
@@ -412,33 +414,47 @@ void Control::Loop::set_running(bool running) {
     for (auto& command : left) command(nullptr);
 }
 
-void Control::Loop::fail(std::string_view why) {
+void Control::Loop::fail(std::string_view why) noexcept {
     std::vector<Command> left;
     std::exception_ptr error;
     {
         // Under the lock that call() queues under: a command is either queued before
-        // this takes the queue, or sees failure_ and is never queued.
+        // this takes the queue, or sees failed_ and is never queued.
         std::lock_guard lock(running_mutex_);
-        if (failure_) return;
-        failure_ = fmt::format(
-            "control thread failed: {}; target health and membership are frozen; restart stickyd",
-            why);
-        error = std::make_exception_ptr(ControlFailed(*failure_));
+        if (failed_) return;
+        failed_ = true;
+        try {
+            failure_ = fmt::format(
+                "control thread failed: {}; target health and membership are frozen; restart "
+                "stickyd",
+                why);
+            error = std::make_exception_ptr(ControlFailed(*failure_));
+        } catch (...) {
+            // Out of memory even for the message: the waiting callers get that
+            // instead, rather than no answer.
+            error = std::current_exception();
+        }
         left = commands_.take();
     }
     for (auto& command : left) command(error);
 }
 
+std::string Control::Loop::failure_text() const {
+    return failure_.value_or(
+        "control thread failed; target health and membership are frozen; restart stickyd");
+}
+
 std::optional<std::string> Control::Loop::failure() const {
     std::lock_guard lock(running_mutex_);
-    return failure_;
+    if (!failed_) return std::nullopt;
+    return failure_text();
 }
 
 template <typename F>
 auto Control::Loop::call(F f) -> decltype(f()) {
     using Result = decltype(f());
     std::unique_lock lock(running_mutex_);
-    if (failure_) throw ControlFailed(*failure_);
+    if (failed_) throw ControlFailed(failure_text());
     if (!running_) return f();
     std::promise<Result> promise;
     auto result = promise.get_future();
