@@ -9,6 +9,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,6 +77,15 @@ struct ControlView {
 };
 
 // The outcome of drain/enable/register/deregister.
+// Thrown by every command to a control thread that failed: nothing runs its commands
+// any more, so callers get this at once instead of waiting forever. Declared here,
+// not with Control, so the admin API can answer it without linking the control
+// thread. The message is one line, for logs and replies as it is.
+class ControlFailed : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
 struct AdminChange {
     enum class Result : uint8_t {
         ok,

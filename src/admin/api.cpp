@@ -77,9 +77,10 @@ ChosenGroup choose(const AdminRequest& request, const ControlView& view) {
                                                   group_names(view)))};
 }
 
-AdminState gather(AdminSource& source) {
+// Everything but the control thread's view, which stays empty.
+AdminState gather_without_control(AdminSource& source) {
     AdminState state;
-    state.control = source.view();
+    state.control = std::make_shared<const ControlView>();
     for (const ListenerInfo& l : source.listeners()) {
         ListenerCounters c{l.name, l.bind, l.target_group, 0, 0, 0, 0, 0};
         if (l.stats) {
@@ -93,6 +94,14 @@ AdminState gather(AdminSource& source) {
     }
     state.totals = source.totals();
     state.fds = source.process_fds();
+    return state;
+}
+
+AdminState gather(AdminSource& source) {
+    // The view first: a failed control thread throws before anything is counted.
+    std::shared_ptr<const ControlView> control = source.view();
+    AdminState state = gather_without_control(source);
+    state.control = std::move(control);
     return state;
 }
 
@@ -383,8 +392,37 @@ bool admin_only(std::string_view path) {
 
 }  // namespace
 
+namespace {
+
+// The workers' and listeners' series still count while the control thread is gone;
+// a scrape that stopped answering would hide them too. Its groups' series are left
+// out: /ready, /status and the log say why.
+AdminState gather_for_metrics(AdminSource& source) {
+    try {
+        return gather(source);
+    } catch (const ControlFailed&) {
+        return gather_without_control(source);
+    }
+}
+
+AdminReply route(const AdminRequest& request, AdminSource& source, AdminAccess access);
+
+}  // namespace
+
 AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source,
                                 AdminAccess access) {
+    try {
+        return route(request, source, access);
+    } catch (const ControlFailed& e) {
+        // Nothing a client can fix, and not a fault of the endpoint: this instance
+        // is out of service for changes until it is restarted.
+        return error_reply(503, e.what());
+    }
+}
+
+namespace {
+
+AdminReply route(const AdminRequest& request, AdminSource& source, AdminAccess access) {
     if (std::optional<AdminReply> bad = invalid_utf8(request)) return *bad;
     const std::string& path = request.path;
     if (access == AdminAccess::read_only && !served_read_only(path)) {
@@ -408,7 +446,7 @@ AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source
     if (path == "/metrics") {
         AdminReply reply;
         reply.content_type = std::string(kMetricsContentType);
-        reply.body = metrics_text(gather(source));
+        reply.body = metrics_text(gather_for_metrics(source));
         return reply;
     }
     if (path == "/targets") {
@@ -448,5 +486,7 @@ AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source
     return error_reply(404, fmt::format("no such endpoint: {} {} (endpoints: {})", request.method,
                                         path, kEndpoints));
 }
+
+}  // namespace
 
 }  // namespace stickyd

@@ -83,7 +83,9 @@ class DaemonAdminSource final : public AdminSource {
         return t;
     }
 
-    bool ready() override { return ready_.load(std::memory_order_relaxed); }
+    // Not once the control thread failed either: its health checks and membership
+    // are frozen until a restart, so routers should send clients elsewhere.
+    bool ready() override { return ready_.load(std::memory_order_relaxed) && !control_.failure(); }
     // A stop began: routers and probes must send no new clients from now on.
     void withdraw() { ready_.store(false, std::memory_order_relaxed); }
 

@@ -23,12 +23,14 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <future>
 #include <iterator>
 #include <mutex>
 #include <queue>
 #include <random>
 #include <stdexcept>
+#include <type_traits>
 
 #include "control/control_ops.hpp"
 #include "control/health_checker.hpp"
@@ -216,12 +218,18 @@ struct Control::Loop {
     void run();
     void request_stop();
     void set_running(bool running);
+    // Fails every queued command and every later one with `why`. Called on the
+    // control thread as run() fails, before it waits for its I/O, so callers are not
+    // kept waiting for that. Never throws: run() must still wait for its I/O.
+    void fail(std::string_view why) noexcept;
+    std::optional<std::string> failure() const;
     // False once run() failed and its I/O could not be waited for: the kernel may
     // still write into this Loop, so it must never be freed.
     bool settled() const { return settled_; }
 
     // Runs `f` on the control thread and returns its result; inline (under the
     // lock) while the thread is not running, when nothing else touches the state.
+    // Throws ControlFailed once the thread failed.
     template <typename F>
     auto call(F f) -> decltype(f());
 
@@ -312,9 +320,15 @@ struct Control::Loop {
     Uring ring_;
     HealthChecker checker_;  // after ring_: its I/O runs there
     Doorbell wake_{"control thread"};
-    std::mutex running_mutex_;
+    // A queued command is run with nullptr, or failed with why it will never run.
+    using Command = std::function<void(std::exception_ptr)>;
+    mutable std::mutex running_mutex_;
     bool running_ = false;  // false: commands run inline on the caller, under running_mutex_
-    CommandQueue<std::function<void()>> commands_;
+    // Set once, under running_mutex_: from then on no command is queued or run.
+    bool failed_ = false;
+    std::optional<std::string> failure_;  // why, unless even that could not be allocated
+    std::string failure_text() const;     // under running_mutex_, once failed_
+    CommandQueue<Command> commands_;
     std::atomic<bool> stop_{false};
     bool stopping_ = false;
     unsigned loop_ops_ = 0;  // wake read and tick in flight
@@ -393,7 +407,7 @@ RouteSlot* Control::Loop::slot(const std::string& group) {
 }
 
 void Control::Loop::set_running(bool running) {
-    std::vector<std::function<void()>> left;
+    std::vector<Command> left;
     {
         std::lock_guard lock(running_mutex_);
         running_ = running;
@@ -401,17 +415,66 @@ void Control::Loop::set_running(bool running) {
         left = commands_.take();
     }
     // Queued while the loop was ending: their callers are waiting.
-    for (auto& command : left) command();
+    for (auto& command : left) command(nullptr);
+}
+
+void Control::Loop::fail(std::string_view why) noexcept {
+    std::vector<Command> left;
+    std::exception_ptr error;
+    {
+        // Under the lock that call() queues under: a command is either queued before
+        // this takes the queue, or sees failed_ and is never queued.
+        std::lock_guard lock(running_mutex_);
+        if (failed_) return;
+        failed_ = true;
+        try {
+            failure_ = fmt::format(
+                "control thread failed: {}; target health and membership are frozen; restart "
+                "stickyd",
+                why);
+            error = std::make_exception_ptr(ControlFailed(*failure_));
+        } catch (...) {
+            // Out of memory even for the message: the waiting callers get that
+            // instead, rather than no answer.
+            error = std::current_exception();
+        }
+        left = commands_.take();
+    }
+    for (auto& command : left) command(error);
+}
+
+std::string Control::Loop::failure_text() const {
+    return failure_.value_or(
+        "control thread failed; target health and membership are frozen; restart stickyd");
+}
+
+std::optional<std::string> Control::Loop::failure() const {
+    std::lock_guard lock(running_mutex_);
+    if (!failed_) return std::nullopt;
+    return failure_text();
 }
 
 template <typename F>
 auto Control::Loop::call(F f) -> decltype(f()) {
     using Result = decltype(f());
     std::unique_lock lock(running_mutex_);
+    if (failed_) throw ControlFailed(failure_text());
     if (!running_) return f();
-    std::packaged_task<Result()> task(std::move(f));
-    auto result = task.get_future();
-    commands_.push([&task] { task(); });
+    std::promise<Result> promise;
+    auto result = promise.get_future();
+    commands_.push([&promise, &f](std::exception_ptr error) {
+        if (error) return promise.set_exception(error);
+        try {
+            if constexpr (std::is_void_v<Result>) {
+                f();
+                promise.set_value();
+            } else {
+                promise.set_value(f());
+            }
+        } catch (...) {
+            promise.set_exception(std::current_exception());
+        }
+    });
     lock.unlock();
     wake_.ring();
     return result.get();
@@ -1027,7 +1090,12 @@ void Control::Loop::schedule_checks(Group& group, Clock::time_point now) {
 void Control::Loop::run() {
     try {
         loop();
+    } catch (const std::exception& e) {
+        fail(e.what());
+        settled_ = quiesce();
+        throw;
     } catch (...) {
+        fail("an unknown exception");
         settled_ = quiesce();
         throw;
     }
@@ -1126,7 +1194,7 @@ void Control::Loop::on_wake(int res) {
 }
 
 void Control::Loop::run_commands() {
-    for (auto& command : commands_.take()) command();
+    for (auto& command : commands_.take()) command(nullptr);
 }
 
 // One absolute timer for the earliest due check or deregistration deadline. An
@@ -1408,9 +1476,9 @@ void Control::start() {
     thread_ = std::thread([this] {
         try {
             loop_->run();
-        } catch (const std::exception& e) {
-            log::error("control thread failed: {}; target health and membership are frozen",
-                       e.what());
+        } catch (...) {
+            // run() recorded why; every caller gets that message from now on.
+            log::error("{}", loop_->failure().value_or("control thread failed"));
         }
     });
 }
@@ -1424,6 +1492,10 @@ void Control::stop() {
 
 bool Control::settled() const {
     return loop_->settled();
+}
+
+std::optional<std::string> Control::failure() const {
+    return loop_->failure();
 }
 
 void Control::apply(const Config& config) {

@@ -53,9 +53,15 @@ class Control {
     // never freed.
     bool settled() const;
 
+    // Why the control thread failed (the ControlFailed message), or nullopt while it
+    // has not. Thread-safe.
+    std::optional<std::string> failure() const;
+
     // Thread-safe, each returns once the control thread has applied it. Before
     // start() and after stop() they run on the caller's thread instead (nothing else
-    // touches the state then). Never call them from a Terminate callback.
+    // touches the state then). Once the control thread has failed, each throws
+    // ControlFailed (control_view.hpp) instead, also after stop(): its state may be
+    // half changed. Never call them from a Terminate callback.
     // A reload with an already validated config: targets that stay keep their health,
     // stats and connections; new ones start `initial` (routable after their first
     // passed check); removed ones deregister with their group's delay. Groups that

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 
@@ -32,6 +33,19 @@ void close_all(const std::vector<int>& fds) {
 
 void print_error(std::string_view message) {
     fmt::print(stderr, "stickyd: {}\n", message);
+}
+
+// A failed control thread takes no DNS results. The failure was logged when it
+// happened; one line says the results go nowhere, not one per answer.
+template <typename F>
+void hand_dns_to(std::once_flag& dropped, F f) {
+    try {
+        f();
+    } catch (const ControlFailed& e) {
+        std::call_once(dropped, [&e] {
+            log::warn("DNS discovery: answers are dropped from now on: {}", e.what());
+        });
+    }
 }
 
 // preserve_client_ip binds target sockets to clients' addresses, which takes a
@@ -65,7 +79,12 @@ size_t static_targets(const Config& config) {
 }  // namespace
 
 Daemon::Prepared::~Prepared() {
-    if (pending != nullptr) pending->abandon_reload();
+    try {
+        if (pending != nullptr) pending->abandon_reload();
+    } catch (...) {
+        // A failed control thread (ControlFailed) holds no pending reload any more,
+        // and a destructor that threw would end the process.
+    }
     for (const auto& listener : opened) close_all(listener.second);
 }
 
@@ -290,25 +309,35 @@ void Daemon::create_dns(const Config& config, const DnsAnswers& initial, bool ap
     const bool any = std::any_of(config.target_groups.begin(), config.target_groups.end(),
                                  [](const TargetGroupConfig& g) { return !g.dns.empty(); });
     if (!any) return;
-    for (const auto& [group, answers] : initial) {
-        for (const auto& [name, answer] : answers) {
+    Control* control = control_.get();
+    auto dropped = std::make_shared<std::once_flag>();
+    // Not structured bindings: the lambdas capture them (clang 14 cannot).
+    for (const auto& by_group : initial) {
+        const std::string& group = by_group.first;
+        for (const auto& by_name : by_group.second) {
+            const std::string& name = by_name.first;
+            const auto& answer = by_name.second;
             if (!answer.ok()) {
-                control_->set_discovery_error(group, name, answer.error);
+                hand_dns_to(*dropped,
+                            [&] { control->set_discovery_error(group, name, answer.error); });
             } else if (apply_results) {
-                control_->set_discovered(group, name, answer.addresses);
+                hand_dns_to(*dropped,
+                            [&] { control->set_discovered(group, name, answer.addresses); });
             }
         }
     }
-    Control* control = control_.get();
     dns_ = std::make_unique<DnsDiscovery>(
         config,
         DnsDiscovery::Callbacks{
-            [control](const std::string& group, const std::string& name,
-                      std::vector<SocketAddress> addresses) {
-                control->set_discovered(group, name, std::move(addresses));
+            [control, dropped](const std::string& group, const std::string& name,
+                               std::vector<SocketAddress> addresses) {
+                hand_dns_to(*dropped,
+                            [&] { control->set_discovered(group, name, std::move(addresses)); });
             },
-            [control](const std::string& group, const std::string& name, std::string error) {
-                control->set_discovery_error(group, name, std::move(error));
+            [control, dropped](const std::string& group, const std::string& name,
+                               std::string error) {
+                hand_dns_to(*dropped,
+                            [&] { control->set_discovery_error(group, name, std::move(error)); });
             }},
         initial);
 }
@@ -321,17 +350,24 @@ Daemon::ReloadResult Daemon::reload(const std::function<void()>& before_apply) {
         log::warn("{}", result.message);
         return result;
     }
-    Prepare prepared = prepare_reload();
-    if (auto* why = std::get_if<std::string>(&prepared)) {
-        ReloadResult result{false,
-                            "reload failed, still serving the previous configuration: " + *why};
+    auto failed = [](std::string_view why) {
+        ReloadResult result{
+            false, fmt::format("reload failed, still serving the previous configuration: {}", why)};
         log::error("{}", result.message);
         return result;
+    };
+    try {
+        Prepare prepared = prepare_reload();
+        if (auto* why = std::get_if<std::string>(&prepared)) return failed(*why);
+        if (before_apply) before_apply();
+        Prepared& ready = *std::get<std::unique_ptr<Prepared>>(prepared);
+        commit_reload(ready);
+        return reloaded(ready.plan);
+    } catch (const ControlFailed& e) {
+        // Only reload_refusal() and apply() throw it, both before anything changed;
+        // the Prepared let its new sockets go.
+        return failed(e.what());
     }
-    if (before_apply) before_apply();
-    Prepared& ready = *std::get<std::unique_ptr<Prepared>>(prepared);
-    commit_reload(ready);
-    return reloaded(ready.plan);
 }
 
 Daemon::Prepare Daemon::prepare_reload() {
@@ -485,12 +521,24 @@ uint64_t Daemon::active_connections() const {
 std::string Daemon::status_line() const {
     // Targets in service, DNS-discovered ones included.
     size_t targets = 0;
-    // Named: a range-for over view()->groups would free the view before the loop.
-    const std::shared_ptr<const ControlView> view = control_->view();
-    for (const GroupView& group : view->groups) {
-        for (const TargetView& t : group.targets) {
-            if (t.deregistration == Deregistration::none) ++targets;
+    std::optional<std::string> failed = control_->failure();
+    if (!failed) {
+        try {
+            // Named: a range-for over view()->groups would free the view before the loop.
+            const std::shared_ptr<const ControlView> view = control_->view();
+            for (const GroupView& group : view->groups) {
+                for (const TargetView& t : group.targets) {
+                    if (t.deregistration == Deregistration::none) ++targets;
+                }
+            }
+        } catch (const ControlFailed& e) {
+            failed = e.what();
         }
+    }
+    // The workers still serve: what they do is still worth a line after why.
+    if (failed) {
+        return fmt::format("{}; {}, {}", *failed, count_of(config_.listeners.size(), "listener"),
+                           count_of(active_connections(), "active connection"));
     }
     return fmt::format("{}, {}, {}", count_of(config_.listeners.size(), "listener"),
                        count_of(targets, "target"),

@@ -155,12 +155,18 @@ class SignalLoop {
         if (stop_.phase() != StopSequence::Phase::serving) return;  // nothing to reload into
         // RELOADING=1 only for a file that validated: a refused reload changes
         // nothing, and says why in STATUS= for `systemctl status`.
-        const Daemon::ReloadResult result = daemon_.reload([] { notified(sd::reloading()); });
+        bool reloading = false;
+        const Daemon::ReloadResult result = daemon_.reload([&reloading] {
+            reloading = true;
+            notified(sd::reloading());
+        });
         if (result.applied) {
             notified(sd::ready(daemon_.status_line()));
             return;
         }
-        notified(sd::status(result.message));
+        // One that failed after RELOADING=1 (the control thread failed) still owes
+        // systemd its READY=1, or the reload job would hang until it times out.
+        notified(reloading ? sd::ready(result.message) : sd::status(result.message));
         // Keep the failure visible until the next tick replaces it.
         next_tick_ = Clock::now() + timing_.tick;
     }

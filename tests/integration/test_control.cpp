@@ -10,10 +10,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "admin/api.hpp"
+#include "admin/daemon_source.hpp"
 #include "control/control.hpp"
 #include "stickyd/proxy_protocol.hpp"
 
@@ -96,6 +99,45 @@ bool eventually(F condition) {
     }
     return condition();
 }
+
+// How a call ended: the ControlFailed message, or what else happened.
+template <typename F>
+std::string outcome(F f) {
+    try {
+        f();
+        return "returned";
+    } catch (const ControlFailed& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        return std::string("threw another exception: ") + e.what();
+    }
+}
+
+template <typename F>
+std::future<std::string> call_async(F f) {
+    return std::async(std::launch::async, [f] { return outcome(f); });
+}
+
+// A call left waiting on a dead control thread fails the test instead of hanging it.
+std::string finished(Control& control, std::future<std::string>& call) {
+    if (call.wait_for(20s) != std::future_status::ready) {
+        // stop() runs what is still queued inline, so the waiting call returns and
+        // the future can be destroyed.
+        control.stop();
+        FAIL("a call to the failed control thread never returned");
+    }
+    return call.get();
+}
+
+template <typename F>
+std::string finished(Control& control, F f) {
+    auto call = call_async(f);
+    return finished(control, call);
+}
+
+constexpr std::string_view kFailed =
+    "control thread failed: test: cannot reach the workers; target health and membership are "
+    "frozen; restart stickyd";
 
 }  // namespace
 
@@ -1078,4 +1120,113 @@ TEST_CASE("control: a control thread that fails ends its checks' I/O before it g
     CHECK(control.settled());
     ::close(conn);
     ::close(listener);
+}
+
+// A drain with no delay ends on the control thread's next tick, where a throwing
+// Terminate makes run() fail: the seam every failed-thread case uses.
+Config failing_on_drain() {
+    Config c;
+    c.target_groups = {group("web", {{"a", "127.0.0.1:9001"}})};
+    c.target_groups[0].deregistration_delay.timeout = Duration{0};
+    return c;
+}
+
+TEST_CASE("control: a command queued as the control thread fails is failed, not left waiting") {
+    std::atomic<bool> terminating{false};
+    std::atomic<bool> release{false};
+    Control control(failing_on_drain(), [&](const std::vector<std::shared_ptr<TargetStats>>&) {
+        terminating = true;
+        // Holds the thread, so that the command below waits in its queue.
+        eventually([&] { return release.load(); });
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    REQUIRE(eventually([&] { return terminating.load(); }));
+    auto queued = call_async([&] { control.view(); });
+    // Nothing shows that the command reached the queue, so it gets ample time to;
+    // one that came later would meet the recorded failure, which must end it too.
+    std::this_thread::sleep_for(200ms);
+    release = true;
+    CHECK(finished(control, queued) == kFailed);
+    CHECK(control.failure() == std::string(kFailed));
+}
+
+TEST_CASE("control: every call to a failed control thread throws ControlFailed, after stop() too") {
+    std::atomic<bool> terminated{false};
+    const Config c = failing_on_drain();
+    Control control(c, [&](const std::vector<std::shared_ptr<TargetStats>>&) {
+        terminated = true;
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+    CHECK_FALSE(control.failure());
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    // The first calls may race the thread's failure: queued or not, they end.
+    REQUIRE(eventually([&] { return terminated.load(); }));
+    CHECK(finished(control, [&] { control.view(); }) == kFailed);
+    CHECK(finished(control, [&] { control.drain("web", "a"); }) == kFailed);
+    CHECK(finished(control, [&] { control.enable("web", "a"); }) == kFailed);
+    CHECK(finished(control, [&] {
+              control.register_target("web", registration("r", "127.0.0.1:9002"));
+          }) == kFailed);
+    CHECK(finished(control, [&] { control.deregister_target("web", "a"); }) == kFailed);
+    CHECK(finished(control, [&] { control.reload_refusal(c); }) == kFailed);
+    CHECK(finished(control, [&] { control.abandon_reload(); }) == kFailed);
+    CHECK(finished(control, [&] { control.apply(c); }) == kFailed);
+    CHECK(finished(control, [&] {
+              control.set_discovered("web", "db.example:5432", {addr("127.0.0.1:9003")});
+          }) == kFailed);
+    CHECK(finished(control, [&] {
+              control.set_discovery_error("web", "db.example:5432", "test");
+          }) == kFailed);
+    CHECK(control.failure() == std::string(kFailed));
+    // The thread's state may be half changed: a stopped Control does not run
+    // commands inline on it either.
+    control.stop();
+    CHECK(finished(control, [&] { control.view(); }) == kFailed);
+}
+
+// The daemon's admin source over a failed control thread: what needs the thread is
+// a 503 carrying why, /ready takes the instance out of rotation, and a scrape still
+// gets the workers' and listeners' series.
+TEST_CASE("control: once the control thread failed, the admin API answers 503, /metrics serves") {
+    Control control(failing_on_drain(), [](const std::vector<std::shared_ptr<TargetStats>>&) {
+        throw std::runtime_error("test: cannot reach the workers");
+    });
+    control.start();
+    const std::vector<std::unique_ptr<Worker>> workers;
+    DaemonAdminSource source(control, workers);
+    auto request = [&](std::string method, std::string path,
+                       std::multimap<std::string, std::string> query = {}, std::string body = {}) {
+        return handle_admin_request(
+            {std::move(method), std::move(path), std::move(query), std::move(body)}, source,
+            AdminAccess::full);
+    };
+    CHECK(request("GET", "/ready").status == 200);
+    REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
+    REQUIRE(eventually([&] { return control.failure().has_value(); }));
+
+    const std::vector<AdminRequest> needing_control = {
+        {"GET", "/status", {}, {}},
+        {"GET", "/ring", {}, {}},
+        {"GET", "/lookup", {{"ip", "192.0.2.1"}}, {}},
+        {"POST", "/targets/a/drain", {}, {}},
+        {"POST", "/targets/a/enable", {}, {}},
+        {"DELETE", "/targets/a", {}, {}},
+        {"POST", "/targets", {}, R"({"id": "r", "address": "127.0.0.1:9002"})"},
+    };
+    for (const AdminRequest& r : needing_control) {
+        CAPTURE(r.path);
+        const AdminReply reply = request(r.method, r.path, r.query, r.body);
+        CHECK(reply.status == 503);
+        CHECK(Json::parse(reply.body)["error"] == kFailed);
+    }
+    const AdminReply ready = request("GET", "/ready");
+    CHECK(ready.status == 503);
+    CHECK(Json::parse(ready.body)["ready"] == false);
+    const AdminReply metrics = request("GET", "/metrics");
+    CHECK(metrics.status == 200);
+    CHECK(metrics.body.find("stickyd_active_connections ") != std::string::npos);
+    CHECK(metrics.body.find("stickyd_target_healthy{") == std::string::npos);
 }
