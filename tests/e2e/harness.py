@@ -323,7 +323,9 @@ def settled_fd_count(pid, at_most=None, timeout=15.0):
 
 
 def connection_sockets(pid):
-    """pid's TCP sockets that are not listening (their inodes)."""
+    """pid's TCP sockets that are not listening (their inodes), closed ones it still
+    holds too: those are in no table, so this counts every socket of pid that is not a
+    TCP listener and not of another kind (unix, netlink, UDP)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -332,14 +334,28 @@ def connection_sockets(pid):
             continue  # closed meanwhile
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
-    connected = set()
+    other = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[3] != "0A":  # 0A: LISTEN
-                    connected.add(fields[9])
-    return inodes & connected
+                if fields[3] == "0A":  # 0A: LISTEN
+                    other.add(fields[9])
+    for table, column in (
+        ("/proc/net/unix", 6),
+        ("/proc/net/netlink", 9),
+        ("/proc/net/udp", 9),
+        ("/proc/net/udp6", 9),
+    ):
+        try:
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    if len(fields) > column:
+                        other.add(fields[column])
+        except FileNotFoundError:
+            pass
+    return inodes - other
 
 
 def resting_fd_count(process, timeout=START_TIMEOUT):

@@ -329,14 +329,22 @@ def test_ten_thousand_instant_resets_leave_nothing_behind():
 
 
 def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
-    # The mirror of test_integrity's silent backend: 20 backends' streams at 20
-    # clients that read nothing. stickyd must stop reading the backends once the
+    # The mirror of test_integrity's silent backend: up to 20 backends' streams at as
+    # many clients that read nothing. stickyd must stop reading the backends once the
     # clients' buffers are full (so the backends' sends stall), hold no more than its
     # buffers meanwhile, then deliver every byte once the clients read.
+    # Each stream must be longer than all that the path can hold without anyone
+    # reading, or a stream may fit whole and the stall not show: the backend's send
+    # buffer, stickyd's receive buffer (autotuned up to tcp_rmem's maximum while it
+    # reads fast, before the client's buffers fill), a spliced flow's 1 MiB pipe,
+    # stickyd's send buffer and the client's 64 KiB. Fewer clients when that is
+    # long, so the whole test moves about as many bytes as ever.
     with open("/proc/sys/net/ipv4/tcp_wmem") as f:
         wmem_max = int(f.read().split()[2])
-    size = max(10 * 1000 * 1000, 2 * wmem_max)
-    clients = 20
+    with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+        rmem_max = int(f.read().split()[2])
+    size = max(10 * 1000 * 1000, 2 * wmem_max + rmem_max + 4 * MIB)
+    clients = max(4, min(20, 200 * 1000 * 1000 // size))
     pool = random.Random(31).randbytes(4 * MIB)
     pushed = {}
 
@@ -376,7 +384,7 @@ def test_a_client_that_never_reads_stalls_its_backend_without_growing_memory():
         s.connect(lb)
         h.send_all(s, f"flood-{i}\n".encode())
         socks.append(s)
-    h.wait_for("all 20 backend connections", lambda: len(pushed) == clients, timeout=20)
+    h.wait_for(f"all {clients} backend connections", lambda: len(pushed) == clients, timeout=20)
 
     def stalled():
         before = sum(pushed.values())
