@@ -76,7 +76,6 @@ struct ControlView {
     const GroupView* find(std::string_view group) const;
 };
 
-// The outcome of drain/enable/register/deregister.
 // Thrown by every command to a control thread that failed: nothing runs its commands
 // any more, so callers get this at once instead of waiting forever. Declared here,
 // not with Control, so the admin API can answer it without linking the control
@@ -86,6 +85,7 @@ class ControlFailed : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The outcome of drain/enable/register/deregister.
 struct AdminChange {
     enum class Result : uint8_t {
         ok,

@@ -405,23 +405,6 @@ AdminState gather_for_metrics(AdminSource& source) {
     }
 }
 
-AdminReply route(const AdminRequest& request, AdminSource& source, AdminAccess access);
-
-}  // namespace
-
-AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source,
-                                AdminAccess access) {
-    try {
-        return route(request, source, access);
-    } catch (const ControlFailed& e) {
-        // Nothing a client can fix, and not a fault of the endpoint: this instance
-        // is out of service for changes until it is restarted.
-        return error_reply(503, e.what());
-    }
-}
-
-namespace {
-
 AdminReply route(const AdminRequest& request, AdminSource& source, AdminAccess access) {
     if (std::optional<AdminReply> bad = invalid_utf8(request)) return *bad;
     const std::string& path = request.path;
@@ -488,5 +471,16 @@ AdminReply route(const AdminRequest& request, AdminSource& source, AdminAccess a
 }
 
 }  // namespace
+
+AdminReply handle_admin_request(const AdminRequest& request, AdminSource& source,
+                                AdminAccess access) {
+    try {
+        return route(request, source, access);
+    } catch (const ControlFailed& e) {
+        // Nothing a client can fix, and not a fault of the endpoint: this instance
+        // is out of service for changes until it is restarted.
+        return error_reply(503, e.what());
+    }
+}
 
 }  // namespace stickyd
