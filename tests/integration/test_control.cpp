@@ -25,6 +25,15 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// The connection a health check makes to `listener`, once it comes.
+int accept_check(int listener) {
+    pollfd pfd{listener, POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 20000) == 1);
+    const int conn = ::accept(listener, nullptr, nullptr);
+    REQUIRE(conn >= 0);
+    return conn;
+}
+
 SocketAddress addr(const std::string& text) {
     auto parsed = SocketAddress::parse(text);
     REQUIRE(parsed.has_value());
@@ -939,10 +948,7 @@ TEST_CASE("control: health checks of a proxy_protocol_v2 group start with a LOCA
     Control control(c, nullptr);
     control.start();
 
-    pollfd pfd{listener, POLLIN, 0};
-    REQUIRE(::poll(&pfd, 1, 20000) == 1);
-    const int conn = ::accept(listener, nullptr, nullptr);
-    REQUIRE(conn >= 0);
+    const int conn = accept_check(listener);
     std::string received;
     char buffer[64];
     for (;;) {
@@ -1093,10 +1099,7 @@ TEST_CASE("control: a control thread that fails ends its checks' I/O before it g
     });
     control.start();
 
-    pollfd pfd{listener, POLLIN, 0};
-    REQUIRE(::poll(&pfd, 1, 20000) == 1);
-    const int conn = ::accept(listener, nullptr, nullptr);
-    REQUIRE(conn >= 0);
+    const int conn = accept_check(listener);
     std::string request;
     char buffer[512];
     while (request.find("\r\n\r\n") == std::string::npos) {
