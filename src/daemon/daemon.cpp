@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -226,7 +227,8 @@ bool Daemon::create_workers() {
         }
         const ListenerSettings settings = settings_for(listener);
         for (unsigned w = 0; w < count; ++w)
-            per_worker[w].push_back(WorkerListener{fds[w], settings});
+            per_worker[w].push_back(
+                WorkerListener{fds[w], settings, adopted_.contains(listener.name)});
     }
     WorkerOptions worker_options = options_.worker;
     worker_options.max_pipes = config_.global.splice_pipes;
@@ -286,8 +288,13 @@ void Daemon::start_worker_threads() {
             try {
                 w->run();
             } catch (const std::exception& e) {
-                log::error("worker failed: {}", e.what());
-                failed_ = true;
+                const std::string why = fmt::format("worker {} failed: {}", i, e.what());
+                log::error("{}", why);
+                {
+                    const std::lock_guard lock(failure_mutex_);
+                    if (!worker_failure_) worker_failure_ = why;
+                }
+                kill(getpid(), SIGTERM);
             }
         });
     }
@@ -443,7 +450,7 @@ void Daemon::swap_listeners(Prepared& prepared) {
     for (auto& [l, fds] : prepared.opened) {
         const ListenerSettings settings = settings_for(*l);
         for (size_t w = 0; w < workers_.size(); ++w) {
-            workers_[w]->add_listener(WorkerListener{fds[w], settings});
+            workers_[w]->add_listener(WorkerListener{fds[w], settings, adopted_.contains(l->name)});
         }
     }
     prepared.opened.clear();  // the workers own those sockets now
@@ -494,7 +501,12 @@ void Daemon::stop(Duration grace) {
 int Daemon::join() {
     for (auto& thread : threads_) thread.join();
     stop_services();
-    return failed_ ? 1 : 0;
+    return worker_failure() ? 1 : 0;
+}
+
+std::optional<std::string> Daemon::worker_failure() const {
+    const std::lock_guard lock(failure_mutex_);
+    return worker_failure_;
 }
 
 // In reverse order of start: nothing may call the control thread once it is gone.
@@ -535,6 +547,7 @@ std::string Daemon::status_line() const {
             failed = e.what();
         }
     }
+    if (auto worker = worker_failure()) failed = failed ? *worker + "; " + *failed : *worker;
     // The workers still serve: what they do is still worth a line after why.
     if (failed) {
         return fmt::format("{}; {}, {}", *failed, count_of(config_.listeners.size(), "listener"),

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -70,6 +71,10 @@ class Daemon {
     void stop(Duration grace);
     // Waits for the workers, then stops the rest; a worker that died makes it non-zero.
     int join();
+    // What the first worker to fail said ("worker 1 failed: ..."), once one has. Its
+    // thread then sends this process SIGTERM, for the signal loop to notice and
+    // stop the daemon: the other workers alone are not the service configured.
+    std::optional<std::string> worker_failure() const;
 
     Duration shutdown_grace() const;
     Duration shutdown_delay() const;
@@ -133,7 +138,8 @@ class Daemon {
     std::unique_ptr<DaemonAdminSource> admin_source_;
     std::unique_ptr<AdminServer> admin_;
     std::vector<std::thread> threads_;
-    std::atomic<bool> failed_{false};
+    mutable std::mutex failure_mutex_;
+    std::optional<std::string> worker_failure_;  // under failure_mutex_
 };
 
 }  // namespace stickyd

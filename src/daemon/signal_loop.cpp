@@ -105,16 +105,22 @@ class SignalLoop {
         });
         next_tick_ = Clock::now() + timing_.tick;
         for (;;) {
-            const int sig = wait_for_signal();
+            bool from_inside = false;
+            const int sig = wait_for_signal(from_inside);
             if (sig < 0) {
                 on_tick();
             } else if (joined_) {
                 break;
+            } else if (from_inside) {
+                // A worker failed: below.
             } else if (sig == SIGHUP) {
                 on_reload();
             } else {
-                on_stop(sig);
+                on_stop(sig == SIGINT ? "SIGINT received" : "SIGTERM received");
             }
+            // On every wake-up, not just our own: a signal from outside pending at
+            // the same time takes the place of the worker's.
+            if (!failure_seen_) on_worker_failure();
         }
         joiner.join();
         // A worker failed: we stop unasked.
@@ -124,15 +130,18 @@ class SignalLoop {
     }
 
   private:
-    // The signal taken, or -1 when the tick (or the end of a withdraw window) came first.
-    int wait_for_signal() {
+    // The signal taken, or -1 when the tick (or the end of a withdraw window) came
+    // first. `from_inside`: this process sent it (a worker thread, or the joiner).
+    int wait_for_signal(bool& from_inside) {
         for (;;) {
             const auto wake = std::min(next_tick_, stop_.deadline().value_or(next_tick_));
             const auto left = std::max(wake - Clock::now(), Clock::duration::zero());
             const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
             const timespec timeout{static_cast<time_t>(ns / 1000000000),
                                    static_cast<long>(ns % 1000000000)};
-            const int sig = sigtimedwait(&signals_, nullptr, &timeout);
+            siginfo_t info{};
+            const int sig = sigtimedwait(&signals_, &info, &timeout);
+            from_inside = sig >= 0 && info.si_code == SI_USER && info.si_pid == getpid();
             if (sig >= 0 || errno == EAGAIN) return sig;
         }
     }
@@ -171,18 +180,29 @@ class SignalLoop {
         next_tick_ = Clock::now() + timing_.tick;
     }
 
-    void on_stop(int sig) {
-        const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+    // A worker's loop failed. The others go on, but the daemon is less than its
+    // config says (its share of the clients was reset), so it stops as for SIGTERM,
+    // shutdown delay and grace included, and exits with status 1 for systemd's
+    // Restart=on-failure (or any supervisor) to start it whole again.
+    void on_worker_failure() {
+        if (!daemon_.worker_failure()) return;  // its thread logged why
+        failure_seen_ = true;
+        // Already stopping: the stop goes on, and the exit status tells.
+        if (stop_.phase() == StopSequence::Phase::serving)
+            on_stop("a worker failed (exit status 1)");
+    }
+
+    void on_stop(const std::string& why) {
         switch (stop_.on_signal(daemon_.shutdown_delay(), Clock::now())) {
             case StopSequence::Action::withdraw:
                 daemon_.withdraw();
                 notified(sd::stopping());
-                log::info("{} received: not ready; still accepting for the shutdown delay of {} ms",
-                          name, daemon_.shutdown_delay().count());
+                log::info("{}: not ready; still accepting for the shutdown delay of {} ms", why,
+                          daemon_.shutdown_delay().count());
                 break;
             case StopSequence::Action::drain:
                 notified(sd::stopping());
-                begin_drain(std::string(name) + " received");
+                begin_drain(why);
                 break;
             case StopSequence::Action::stop_now:
                 log::warn("second signal: closing all connections now");
@@ -209,6 +229,7 @@ class SignalLoop {
     Clock::time_point next_tick_;
     StopSequence stop_;
     int exit_code_ = 0;
+    bool failure_seen_ = false;
     std::atomic<bool> joined_{false};
 };
 

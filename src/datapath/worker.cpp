@@ -45,6 +45,7 @@
 #include "datapath/user_data.hpp"
 #include "stickyd/log.hpp"
 #include "stickyd/proxy_protocol.hpp"
+#include "stickyd/words.hpp"
 
 namespace stickyd {
 
@@ -231,6 +232,7 @@ enum class CloseMode { graceful, reset };
 struct ListenerState {
     int fd = -1;
     ListenerSettings settings;
+    bool shared = false;  // WorkerListener::shared
     bool removed = false;
     bool backoff_pending = false;     // the accept_backoff timer is in flight
     SnapshotPin* pin = nullptr;       // the latest snapshot this listener handed out
@@ -255,6 +257,7 @@ struct Listeners {
             ListenerState state;
             state.fd = l.fd;
             state.settings = std::move(l.settings);
+            state.shared = l.shared;
             items.push_back(std::move(state));
         }
     }
@@ -310,6 +313,7 @@ struct Worker::Loop {
     ~Loop();
 
     void run();
+    void abandon() noexcept;
     void request_stop(std::chrono::milliseconds grace);
     void post(Command command);
 
@@ -1966,6 +1970,7 @@ void Worker::Loop::add_listener(WorkerListener listener) {
     *free_index = ListenerState{};
     free_index->fd = listener.fd;
     free_index->settings = std::move(listener.settings);
+    free_index->shared = listener.shared;
     set_nonblocking(listener.fd);
     start_accepting(static_cast<uint32_t>(free_index - items.begin()));
 }
@@ -2106,6 +2111,36 @@ void Worker::Loop::begin_drain() {
                            IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
 }
 
+// The loop threw, and its ring may never turn again, so nothing here goes through
+// it: plain syscalls only, none of which can throw. Closing the fds would not do:
+// the SQEs in flight hold their own references, which would keep a listener in its
+// SO_REUSEPORT group (the kernel would go on queueing clients there, and nobody
+// would accept them) and every client connected, waiting for bytes that never come.
+void Worker::Loop::abandon() noexcept {
+    for (ListenerState& l : listeners_.items) {
+        // Leaves the group and resets the clients queued on it, who can retry.
+        if (l.fd >= 0 && !l.shared) ::shutdown(l.fd, SHUT_RDWR);
+    }
+    unsigned reset = 0;
+    for (Connection& c : conns_) {
+        if (c.phase == Phase::free) continue;
+        for (const int fd : {c.client_fd, c.target_fd}) {
+            if (fd < 0) continue;
+            // connect(AF_UNSPEC) disconnects a TCP socket however many references it
+            // has: an RST, so neither peer takes a cut-off stream for a whole one.
+            sockaddr any{};
+            any.sa_family = AF_UNSPEC;
+            ::connect(fd, &any, sizeof any);
+        }
+        ++reset;
+    }
+    stats_.active.store(0, std::memory_order_relaxed);
+    try {
+        log::error("worker {}: failed; reset its {}", index_, count_of(reset, "connection"));
+    } catch (...) {  // out of memory, say: the caller's own line will tell
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 Worker::Worker(unsigned index, std::vector<WorkerListener> listeners, WorkerOptions options) {
@@ -2119,7 +2154,12 @@ Worker::Worker(unsigned index, std::vector<WorkerListener> listeners, WorkerOpti
 Worker::~Worker() = default;
 
 void Worker::run() {
-    loop_->run();
+    try {
+        loop_->run();
+    } catch (...) {
+        loop_->abandon();
+        throw;
+    }
 }
 
 void Worker::stop(std::chrono::milliseconds grace) {

@@ -31,6 +31,9 @@ struct ListenerSettings {
 struct WorkerListener {
     int fd;  // owned by the worker from construction (or add_listener) on
     ListenerSettings settings;
+    // systemd's socket, duplicated for every worker: a worker that fails must not
+    // shut it down (see Worker::run), or the other workers would stop accepting too.
+    bool shared;
 };
 
 struct WorkerOptions {
@@ -64,7 +67,10 @@ class Worker {
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
-    // The event loop; returns once stopped and all connections are gone.
+    // The event loop; returns once stopped and all connections are gone. When the
+    // loop fails (its io_uring refused to run, memory ran out), it throws after
+    // resetting its connections and taking its own listeners out of their
+    // SO_REUSEPORT groups, so that nothing waits on a loop that will not turn again.
     void run();
     // Thread-safe: stop accepting now, let open connections finish, RST whatever
     // remains after `grace`, then run() returns. A later call with a shorter

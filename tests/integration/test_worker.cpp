@@ -197,7 +197,7 @@ struct Rig {
         int fd = open_listener(loopback(0), error);
         REQUIRE_MESSAGE(fd >= 0, error);
         const uint16_t port = port_of(fd);
-        worker->add_listener(WorkerListener{fd, settings(name, std::move(stats), to)});
+        worker->add_listener(WorkerListener{fd, settings(name, std::move(stats), to), false});
         return port;
     }
 
@@ -347,7 +347,7 @@ TEST_CASE(
     const int listen_fd = open_listener(loopback(0), error);
     REQUIRE_MESSAGE(listen_fd >= 0, error);
     const uint16_t port = port_of(listen_fd);
-    rig.worker->add_listener(WorkerListener{listen_fd, std::move(settings)});
+    rig.worker->add_listener(WorkerListener{listen_fd, std::move(settings), false});
     Fd client{connect_to(port)};
     REQUIRE(client.fd >= 0);
     REQUIRE(eventually([&] { return removed->accepted.load() == 1; }));
@@ -685,7 +685,7 @@ TEST_CASE("allow and deny lists reset refused clients before any target; an upda
     const int fd = open_listener(loopback(0), error);
     REQUIRE_MESSAGE(fd >= 0, error);
     const uint16_t port = port_of(fd);
-    rig.worker->add_listener(WorkerListener{fd, settings});
+    rig.worker->add_listener(WorkerListener{fd, settings, false});
 
     CHECK(reset_from("127.0.0.3", port));
     CHECK(before->refused_not_allowed.load() == 1);
