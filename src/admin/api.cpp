@@ -401,7 +401,9 @@ AdminState gather_for_metrics(AdminSource& source) {
     try {
         return gather(source);
     } catch (const ControlFailed&) {
-        return gather_without_control(source);
+        AdminState state = gather_without_control(source);
+        state.control_up = false;
+        return state;
     }
 }
 

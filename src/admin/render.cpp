@@ -366,6 +366,10 @@ std::string metrics_text(const AdminState& state) {
 
     p.family("stickyd_build_info", "gauge", "Always 1; the version label says which stickyd runs.");
     p.sample("stickyd_build_info", {{"version", STICKYD_VERSION}}, uint64_t{1});
+    p.family("stickyd_control_up", "gauge",
+             "1 while the control thread (health checks, membership, reloads) runs; 0 once "
+             "it failed, when the group and target series are left out.");
+    p.sample("stickyd_control_up", {}, uint64_t{state.control_up});
 
     // Per target, one family at a time (the format wants each family contiguous).
     struct TargetFamily {

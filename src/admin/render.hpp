@@ -120,6 +120,9 @@ struct ProcessFds {
 // Everything /status and /metrics show, gathered at one moment.
 struct AdminState {
     std::shared_ptr<const ControlView> control;  // never null
+    // False once the control thread failed: `control` is then empty, and /metrics
+    // says so in stickyd_control_up rather than by series gone missing.
+    bool control_up = true;
     std::vector<ListenerCounters> listeners;
     DaemonTotals totals;
     ProcessFds fds;

@@ -1207,6 +1207,7 @@ TEST_CASE("control: once the control thread failed, the admin API answers 503, /
             AdminAccess::full);
     };
     CHECK(request("GET", "/ready").status == 200);
+    CHECK(request("GET", "/metrics").body.find("\nstickyd_control_up 1\n") != std::string::npos);
     REQUIRE(control.drain("web", "a").result == AdminChange::Result::ok);
     REQUIRE(eventually([&] { return control.failure().has_value(); }));
 
@@ -1232,4 +1233,5 @@ TEST_CASE("control: once the control thread failed, the admin API answers 503, /
     CHECK(metrics.status == 200);
     CHECK(metrics.body.find("stickyd_active_connections ") != std::string::npos);
     CHECK(metrics.body.find("stickyd_target_healthy{") == std::string::npos);
+    CHECK(metrics.body.find("\nstickyd_control_up 0\n") != std::string::npos);
 }
