@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -614,9 +615,15 @@ void AdminServer::start() {
         throw;
     }
     s.stopping = false;
-    s.io = std::thread([&s] { s.io_loop(); });
+    s.io = std::thread([&s] {
+        pthread_setname_np(pthread_self(), "admin-io");
+        s.io_loop();
+    });
     for (unsigned i = 0; i < std::max(1U, s.options.threads); ++i) {
-        s.pool.emplace_back([&s] { s.pool_loop(); });
+        s.pool.emplace_back([&s] {
+            pthread_setname_np(pthread_self(), "admin");
+            s.pool_loop();
+        });
     }
     if (!s.options.unix_path.empty()) log::info("admin endpoint on unix:{}", s.options.unix_path);
     if (s.tcp_bound) log::info("admin endpoint on http://{}", s.tcp_bound->to_string());

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -148,7 +149,10 @@ DnsDiscovery::~DnsDiscovery() {
 void DnsDiscovery::start() {
     std::lock_guard lock(mutex_);
     if (thread_.joinable() || stopping_) return;
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+        pthread_setname_np(pthread_self(), "dns");
+        run();
+    });
 }
 
 void DnsDiscovery::stop() {

@@ -1,20 +1,27 @@
-// An LD_PRELOAD library for test_worker_failure.py: makes liburing's
+// An LD_PRELOAD library for the e2e tests of a failing thread: makes liburing's
 // io_uring_submit_and_wait{,_timeout} fail with -ENOMEM (as io_uring_enter(2) does
 // when the kernel is out of memory) in the one thread named $FAIL_URING_THREAD
-// (e.g. "worker-1"), from the moment the file $FAIL_URING_WHEN exists. Every other
-// call goes through to liburing. So a test can make one worker's loop fail while
-// stickyd runs, through the error path a real failure takes, with nothing in
-// stickyd itself made for tests.
+// ("worker-1", "control"), from the moment the file $FAIL_URING_WHEN exists: every
+// call from then on, or only the first $FAIL_URING_COUNT. Every other call goes
+// through to liburing. So a test can make one loop fail while stickyd runs, through
+// the error path a real failure takes, with nothing in stickyd made for tests.
 #include <dlfcn.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
 namespace {
+
+// Failures left to make; negative: no end to them.
+std::atomic<long> left{[] {
+    const char* count = std::getenv("FAIL_URING_COUNT");
+    return count != nullptr ? std::atol(count) : -1L;
+}()};
 
 bool failing() {
     const char* thread = std::getenv("FAIL_URING_THREAD");
@@ -22,7 +29,12 @@ bool failing() {
     if (thread == nullptr || when == nullptr) return false;
     char name[16] = {};
     if (pthread_getname_np(pthread_self(), name, sizeof name) != 0) return false;
-    return std::strcmp(name, thread) == 0 && access(when, F_OK) == 0;
+    if (std::strcmp(name, thread) != 0 || access(when, F_OK) != 0) return false;
+    long now = left.load();
+    while (now != 0) {
+        if (now < 0 || left.compare_exchange_weak(now, now - 1)) return true;
+    }
+    return false;
 }
 
 template <typename Function>

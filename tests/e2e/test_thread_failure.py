@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""A worker whose loop fails (its io_uring refuses to run: io_uring_enter out of
-memory, made so by the failing-uring library preloaded into stickyd). The daemon must
-not go on half working: the failed worker's clients are reset at once, its listener
-leaves the SO_REUSEPORT group so that no new client waits in a backlog nobody
-accepts, and stickyd stops as for SIGTERM (shutdown delay and grace included) and
-exits with status 1, for its supervisor to start it whole again."""
+"""A thread whose io_uring loop fails mid-run (io_uring_enter out of memory, made so
+by the failing-uring library preloaded into stickyd).
+
+A worker: the daemon must not go on half working. The failed worker's clients are
+reset at once, its listener leaves the SO_REUSEPORT group so that no new client waits
+in a backlog nobody accepts, and stickyd stops as for SIGTERM (shutdown delay and
+grace included) and exits with status 1, for its supervisor to start it whole again.
+
+The control thread: the workers go on with the routing they had, and everything that
+needs the control thread says it failed (503 with the reason, /ready 503, /metrics'
+stickyd_control_up 0, a reload refused) until a restart; SIGTERM still stops stickyd.
+Whether its ring then lets it cancel its I/O or not, nothing is freed that the kernel
+may still write into, and nothing is reported as a leak."""
 import os
 import signal
 import sys
@@ -19,11 +26,28 @@ CONNECTIONS = 24
 LINE = b"are you there?\n"
 
 
-def start(delay="0s"):
+def failing_env(thread, count=None):
+    """(environment for stickyd, trigger file): `thread`'s io_uring_enter fails once
+    the trigger exists (`count` times, or from then on)."""
     lib = os.environ.get("FAILING_URING_LIB")
     if not lib:
         h.skip("FAILING_URING_LIB is not set (run through meson)")
-    trigger = os.path.join(h.temp_dir(), "fail-worker-1-now")
+    trigger = os.path.join(h.temp_dir(), f"fail-{thread}-now")
+    env = {
+        "LD_PRELOAD": lib,
+        "FAIL_URING_THREAD": thread,
+        "FAIL_URING_WHEN": trigger,
+        # A build that links the ASan runtime as a shared library wants it first of
+        # all; the preloaded library replaces no function ASan intercepts.
+        **h.asan_options("verify_asan_link_order=0"),
+    }
+    if count is not None:
+        env["FAIL_URING_COUNT"] = str(count)
+    return env, trigger
+
+
+def start(delay="0s"):
+    env, trigger = failing_env("worker-1")
     backend = h.start_backend("echo")
     lb = h.lb_addr()
     stickyd = h.start_stickyd(
@@ -33,14 +57,7 @@ def start(delay="0s"):
             global_={"threads": 2, "shutdown_grace": "60s", "shutdown_delay": delay},
         ),
         addr=lb,
-        env={
-            "LD_PRELOAD": lib,
-            "FAIL_URING_THREAD": "worker-1",
-            "FAIL_URING_WHEN": trigger,
-            # A build that links the ASan runtime as a shared library wants it first of
-            # all; the preloaded library replaces no function ASan intercepts.
-            **h.asan_options("verify_asan_link_order=0"),
-        },
+        env=env,
     )
     return lb, stickyd, trigger
 
@@ -141,6 +158,66 @@ def test_during_the_shutdown_delay_no_new_client_waits_on_the_failed_worker():
     status = process.wait(15)
     h.expect(status is not None, f"stickyd still running after SIGTERM\n{process.describe()}")
     h.expect_eq(status, 1, "exit status after a worker failed")
+
+
+CONTROL_FAILED = "control thread failed: io_uring_enter failed: Cannot allocate memory"
+
+
+def control_thread_fails(count):
+    env, trigger = failing_env("control", count)
+    backend = h.start_backend("echo")
+    lb = h.lb_addr()
+    # Checks every 200 ms keep the control loop turning: the trigger takes at once.
+    stickyd = h.start_stickyd(
+        h.simple_config(h.fmt_addr(lb), [backend], group={"health_check": {"interval": "200ms"}}),
+        addr=lb,
+        env=env,
+    )
+    process = stickyd.process
+    h.expect_eq(h.whoami("127.0.0.2", lb), backend.name, "a request before the failure")
+    h.write_file(os.path.basename(trigger), "")
+    h.wait_for(
+        "the control thread's failure", lambda: CONTROL_FAILED in process.log(), process=process
+    )
+
+    status, doc = h.admin_document(stickyd.admin_socket, "/status")
+    h.expect_eq(status, 503, "GET /status once the control thread failed")
+    h.expect(CONTROL_FAILED in doc.get("error", ""), f"the error names the failure: {doc}")
+    status, _ = h.admin_document(stickyd.admin_socket, "/ready")
+    h.expect_eq(status, 503, "GET /ready once the control thread failed")
+    metrics = h.admin_get(stickyd.admin_socket, "/metrics")
+    h.expect("\nstickyd_control_up 0\n" in metrics, "stickyd_control_up 0 in /metrics")
+    # The workers still relay with the routing they had.
+    h.expect_eq(h.whoami("127.0.0.3", lb), backend.name, "a request after the failure")
+    process.signal(signal.SIGHUP)
+    h.wait_for(
+        "the refused reload",
+        lambda: "reload failed, still serving the previous configuration: control thread failed"
+        in process.log(),
+        process=process,
+    )
+    h.expect_eq(h.whoami("127.0.0.4", lb), backend.name, "a request after the refused reload")
+    process.signal(signal.SIGTERM)
+    status = process.wait(15)
+    h.expect(status is not None, f"stickyd still running after SIGTERM\n{process.describe()}")
+    h.expect_eq(status, 0, "exit status after SIGTERM")
+    return process.log()
+
+
+def test_a_failed_control_thread_leaves_the_workers_serving_and_says_so():
+    # Once: its ring then cancels and waits out the checks in flight, and frees all.
+    log = control_thread_fails(count=1)
+    h.expect("its memory is never freed" not in log, "the control thread's I/O was waited out")
+
+
+def test_a_control_thread_whose_ring_stays_broken_keeps_what_the_kernel_may_write():
+    # Every time: nothing can be cancelled, so its memory is kept, and said so (under
+    # ASan, the harness fails the test on any leak report at exit).
+    log = control_thread_fails(count=None)
+    h.expect(
+        "control thread: cannot wait for its I/O to end" in log or "still in flight" in log,
+        "the log says the control thread's memory is kept",
+    )
 
 
 if __name__ == "__main__":
