@@ -1476,16 +1476,17 @@ RouteSlot* Control::slot(const std::string& group) {
     return loop_->slot(group);
 }
 
-void Control::start() {
+void Control::start(std::function<void()> on_failure) {
     if (thread_.joinable()) return;
     loop_->set_running(true);
-    thread_ = std::thread([this] {
+    thread_ = std::thread([this, on_failure = std::move(on_failure)] {
         pthread_setname_np(pthread_self(), "control");  // for `top -H`, and tests
         try {
             loop_->run();
         } catch (...) {
             // run() recorded why; every caller gets that message from now on.
             log::error("{}", loop_->failure().value_or("control thread failed"));
+            if (on_failure) on_failure();
         }
     });
 }

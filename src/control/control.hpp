@@ -46,7 +46,9 @@ class Control {
     // removed (their listeners are gone by then). nullptr for an unknown group.
     RouteSlot* slot(const std::string& group);
 
-    void start();
+    // `on_failure`, if set, runs on the control thread once it has failed (failure()
+    // is set by then): the daemon's wake-up for its signal loop.
+    void start(std::function<void()> on_failure = {});
     void stop();  // idempotent; cancels every check and joins the thread
     // After stop(): false when the control thread failed and its I/O could not be
     // waited for, so that the kernel may still write into its state, which is then

@@ -157,7 +157,7 @@ bool Daemon::start() {
     // Before the workers: they must start from the health-aware snapshots.
     if (!start_control(initial_dns) || !check_ports_free() || !create_workers()) return false;
     create_dns(config_, initial_dns, false);
-    control_->start();
+    control_->start([] { kill(getpid(), SIGTERM); });  // see control_failure()
     if (dns_) dns_->start();
     if (!start_admin()) return false;
     start_worker_threads();
@@ -500,8 +500,13 @@ void Daemon::stop(Duration grace) {
 
 int Daemon::join() {
     for (auto& thread : threads_) thread.join();
+    const bool failed = worker_failure() || control_failure();
     stop_services();
-    return worker_failure() ? 1 : 0;
+    return failed ? 1 : 0;
+}
+
+std::optional<std::string> Daemon::control_failure() const {
+    return control_ ? control_->failure() : std::nullopt;
 }
 
 std::optional<std::string> Daemon::worker_failure() const {

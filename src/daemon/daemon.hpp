@@ -75,6 +75,9 @@ class Daemon {
     // thread then sends this process SIGTERM, for the signal loop to notice and
     // stop the daemon: the other workers alone are not the service configured.
     std::optional<std::string> worker_failure() const;
+    // The control thread's failure, once it failed (it sends SIGTERM too): with
+    // health and membership frozen the daemon stops, to be started afresh.
+    std::optional<std::string> control_failure() const;
 
     Duration shutdown_grace() const;
     Duration shutdown_delay() const;

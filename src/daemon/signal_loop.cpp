@@ -112,15 +112,15 @@ class SignalLoop {
             } else if (joined_) {
                 break;
             } else if (from_inside) {
-                // A worker failed: below.
+                // A thread failed: below.
             } else if (sig == SIGHUP) {
                 on_reload();
             } else {
                 on_stop(sig == SIGINT ? "SIGINT received" : "SIGTERM received");
             }
             // On every wake-up, not just our own: a signal from outside pending at
-            // the same time takes the place of the worker's.
-            if (!failure_seen_) on_worker_failure();
+            // the same time takes the place of the failed thread's.
+            if (!failure_seen_) on_thread_failure();
         }
         joiner.join();
         // A worker failed: we stop unasked.
@@ -131,7 +131,7 @@ class SignalLoop {
 
   private:
     // The signal taken, or -1 when the tick (or the end of a withdraw window) came
-    // first. `from_inside`: this process sent it (a worker thread, or the joiner).
+    // first. `from_inside`: this process sent it (a failed thread, or the joiner).
     int wait_for_signal(bool& from_inside) {
         for (;;) {
             const auto wake = std::min(next_tick_, stop_.deadline().value_or(next_tick_));
@@ -180,16 +180,21 @@ class SignalLoop {
         next_tick_ = Clock::now() + timing_.tick;
     }
 
-    // A worker's loop failed. The others go on, but the daemon is less than its
-    // config says (its share of the clients was reset), so it stops as for SIGTERM,
-    // shutdown delay and grace included, and exits with status 1 for systemd's
-    // Restart=on-failure (or any supervisor) to start it whole again.
-    void on_worker_failure() {
-        if (!daemon_.worker_failure()) return;  // its thread logged why
+    // A worker's loop failed: the others go on, but the daemon is less than its
+    // config says (that worker's clients were reset). Or the control thread failed:
+    // the workers go on, but no target's health changes any more. Either way the
+    // daemon stops as for SIGTERM, shutdown delay and grace included, and exits with
+    // status 1, for systemd's Restart=on-failure (or any supervisor) to start it
+    // whole again. The failed thread logged why.
+    void on_thread_failure() {
+        const char* what = daemon_.worker_failure()    ? "a worker failed"
+                           : daemon_.control_failure() ? "the control thread failed"
+                                                       : nullptr;
+        if (what == nullptr) return;
         failure_seen_ = true;
         // Already stopping: the stop goes on, and the exit status tells.
         if (stop_.phase() == StopSequence::Phase::serving)
-            on_stop("a worker failed (exit status 1)");
+            on_stop(std::string(what) + " (exit status 1)");
     }
 
     void on_stop(const std::string& why) {
