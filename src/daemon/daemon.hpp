@@ -4,7 +4,6 @@
 // signal_loop.cpp turns signals and ticks into calls here.
 #pragma once
 
-#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -69,7 +68,8 @@ class Daemon {
     void withdraw();
     // Stop accepting; connections get `grace` to finish.
     void stop(Duration grace);
-    // Waits for the workers, then stops the rest; a worker that died makes it non-zero.
+    // Waits for the workers, then stops the rest; non-zero once a worker or the
+    // control thread failed.
     int join();
     // What the first worker to fail said ("worker 1 failed: ..."), once one has. Its
     // thread then sends this process SIGTERM, for the signal loop to notice and
