@@ -26,9 +26,10 @@ CONNECTIONS = 24
 LINE = b"are you there?\n"
 
 
-def failing_env(thread, count=None):
-    """(environment for stickyd, trigger file): `thread`'s io_uring_enter fails once
-    the trigger exists (`count` times, or from then on)."""
+def start(thread, count=None, group=None, global_=None):
+    """(listener, Stickyd, backend, trigger file) of a stickyd in front of one echo
+    backend whose `thread` fails its io_uring_enter once the trigger file exists
+    (`count` times, or from then on)."""
     lib = os.environ.get("FAILING_URING_LIB")
     if not lib:
         h.skip("FAILING_URING_LIB is not set (run through meson)")
@@ -43,23 +44,28 @@ def failing_env(thread, count=None):
     }
     if count is not None:
         env["FAIL_URING_COUNT"] = str(count)
-    return env, trigger
-
-
-def start(delay="0s"):
-    env, trigger = failing_env("worker-1")
     backend = h.start_backend("echo")
     lb = h.lb_addr()
     stickyd = h.start_stickyd(
-        h.simple_config(
-            h.fmt_addr(lb),
-            [backend],
-            global_={"threads": 2, "shutdown_grace": "60s", "shutdown_delay": delay},
-        ),
+        h.simple_config(h.fmt_addr(lb), [backend], group=group, global_=global_),
         addr=lb,
         env=env,
     )
+    return lb, stickyd, backend, trigger
+
+
+def start_two_workers(delay="0s"):
+    lb, stickyd, _, trigger = start(
+        "worker-1",
+        global_={"threads": 2, "shutdown_grace": "60s", "shutdown_delay": delay},
+    )
     return lb, stickyd, trigger
+
+
+def expect_exit_status_1(process, after):
+    status = process.wait(15)
+    h.expect(status is not None, f"stickyd still running after {after}\n{process.describe()}")
+    h.expect_eq(status, 1, f"exit status after {after}")
 
 
 def answered(sock):
@@ -101,7 +107,7 @@ def fail_worker(trigger, clients):
 
 
 def test_a_failed_worker_resets_its_clients_and_stickyd_exits_1():
-    lb, stickyd, trigger = start()
+    lb, stickyd, trigger = start_two_workers()
     process = stickyd.process
     survivors = fail_worker(trigger, open_clients(lb))
     h.wait_for(
@@ -117,12 +123,7 @@ def test_a_failed_worker_resets_its_clients_and_stickyd_exits_1():
         h.expect(answered(s), "worker 0's connection relays while stickyd drains")
     for s in survivors:
         s.close()
-    status = process.wait(15)
-    h.expect(
-        status is not None,
-        f"stickyd still running after its last connection closed\n" f"{process.describe()}",
-    )
-    h.expect_eq(status, 1, "exit status after a worker failed")
+    expect_exit_status_1(process, "a worker failed and its last connection closed")
 
 
 def refused(addr):
@@ -136,7 +137,7 @@ def refused(addr):
 
 
 def test_during_the_shutdown_delay_no_new_client_waits_on_the_failed_worker():
-    lb, stickyd, trigger = start(delay="600s")
+    lb, stickyd, trigger = start_two_workers(delay="600s")
     process = stickyd.process
     survivors = fail_worker(trigger, open_clients(lb))
     h.wait_for(
@@ -155,29 +156,20 @@ def test_during_the_shutdown_delay_no_new_client_waits_on_the_failed_worker():
         h.expect(answered(s), "worker 0's connection relays during the shutdown delay")
     # A signal during the delay stops at once; the status still says a worker failed.
     process.signal(signal.SIGTERM)
-    status = process.wait(15)
-    h.expect(status is not None, f"stickyd still running after SIGTERM\n{process.describe()}")
-    h.expect_eq(status, 1, "exit status after a worker failed")
+    expect_exit_status_1(process, "a worker failed and then SIGTERM")
 
 
 CONTROL_FAILED = "control thread failed: io_uring_enter failed: Cannot allocate memory"
 
 
 def control_thread_fails(count):
-    env, trigger = failing_env("control", count)
-    backend = h.start_backend("echo")
-    lb = h.lb_addr()
     # Checks every 200 ms keep the control loop turning: the trigger takes at once.
     # The shutdown delay keeps stickyd serving while the test looks.
-    stickyd = h.start_stickyd(
-        h.simple_config(
-            h.fmt_addr(lb),
-            [backend],
-            group={"health_check": {"interval": "200ms"}},
-            global_={"shutdown_delay": "600s"},
-        ),
-        addr=lb,
-        env=env,
+    lb, stickyd, backend, trigger = start(
+        "control",
+        count,
+        group={"health_check": {"interval": "200ms"}},
+        global_={"shutdown_delay": "600s"},
     )
     process = stickyd.process
     h.expect_eq(h.whoami("127.0.0.2", lb), backend.name, "a request before the failure")
@@ -200,9 +192,7 @@ def control_thread_fails(count):
     h.expect_eq(h.whoami("127.0.0.3", lb), backend.name, "a request after the failure")
     # A signal during the delay stops at once; the status still says what failed.
     process.signal(signal.SIGTERM)
-    status = process.wait(15)
-    h.expect(status is not None, f"stickyd still running after SIGTERM\n{process.describe()}")
-    h.expect_eq(status, 1, "exit status after the control thread failed")
+    expect_exit_status_1(process, "the control thread failed and then SIGTERM")
     return process.log()
 
 
