@@ -32,6 +32,12 @@ void close_all(const std::vector<int>& fds) {
     for (int fd : fds) ::close(fd);
 }
 
+// A thread that failed wakes the signal loop (serve), which tells this SIGTERM from
+// one sent from outside by its sender's pid, and stops the daemon.
+void wake_signal_loop() {
+    kill(getpid(), SIGTERM);
+}
+
 void print_error(std::string_view message) {
     fmt::print(stderr, "stickyd: {}\n", message);
 }
@@ -157,7 +163,7 @@ bool Daemon::start() {
     // Before the workers: they must start from the health-aware snapshots.
     if (!start_control(initial_dns) || !check_ports_free() || !create_workers()) return false;
     create_dns(config_, initial_dns, false);
-    control_->start([] { kill(getpid(), SIGTERM); });  // see control_failure()
+    control_->start(wake_signal_loop);  // see control_failure()
     if (dns_) dns_->start();
     if (!start_admin()) return false;
     start_worker_threads();
@@ -294,7 +300,7 @@ void Daemon::start_worker_threads() {
                     const std::lock_guard lock(failure_mutex_);
                     if (!worker_failure_) worker_failure_ = why;
                 }
-                kill(getpid(), SIGTERM);
+                wake_signal_loop();
             }
         });
     }
