@@ -182,11 +182,13 @@ def test_1000_held_connections_stay_sticky_alive_and_leave_nothing_behind():
                 f"{ip} reached {owner[ip]} and {name} while 1000 connections were open",
             )
         h.expect(len(set(owner.values())) >= 2, "all sources went to one backend")
-        during = h.fd_count(pid)
+        # Both legs of every connection, counted as TCP connection sockets: a count of
+        # all fds against the baseline flaked when the baseline caught a passing admin
+        # connection (2015 fds against a baseline of 17 under ASan).
+        during = len(h.connection_sockets(pid))
         h.expect(
-            during >= baseline + 2000,
-            f"stickyd holds {during} descriptors with 1000 "
-            f"connections open (baseline {baseline})",
+            during >= 2000,
+            f"stickyd holds {during} TCP connection sockets with 1000 connections open",
         )
         for i, s in enumerate(socks):  # every held connection still works
             h.send_all(s, b"ping %d\n" % i)
